@@ -1,0 +1,130 @@
+"""`ibert.int_softmax`: I-BERT Softmax (spec §3; P-Alg.3, HF IntSoftmax) on int32 scores -> int16 in [0, 256].
+
+Per row: q = x - max(x) (masked entries act as -inf, as HF's additive mask makes them), clamped at
+30 x0; z = floor(q / x0), r = q - z x0; p = (r + b) r + c (i-exp polynomial); then the fused 16-bit step of
+§3.3.6, e16 = clamp(rne(max(p, 0) M / 2^(E - 30 + z))), equal to HF's rne(p 2^(30-z) / S16) without the
+2^60 intermediate; finally F = floor(2^32 / sum e16) and out = floor(e16 F / 2^24), scale 2^-8.
+
+Output values lie in [0, 256] (256 when one entry holds the whole row), stored as int16 for `ibert.matmul`.
+A row with no unmasked entry (or whose exp values all round to 0) is defined as all zeros: HF gives NaN there.
+The optional `mask` has the scores' rank, each dim equal or 1 (broadcast); nonzero means "attend".
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, te, tirx as tir
+
+from .intmath import as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2
+from .registry import IBertOpError, dims, like, make_call, register, same_dim, tensor_type
+
+OP = "ibert.int_softmax"
+EXP_CONST = 30
+OUT_BITS = 8
+SUM_BITS = 32
+MASK_DTYPES = ["bool", "int8", "uint8", "int32", "int64"]
+E16_MIN, E16_MAX = -(1 << 15), (1 << 15) - 1
+
+
+def _infer(call: relax.Call) -> relax.TensorType:
+    x = tensor_type(call, 0, "x", ["int32"], min_ndim=1)
+    if len(call.args) == 2:
+        mask = tensor_type(call, 1, "mask", MASK_DTYPES, ndim=x.ndim)
+        for i, (dx, dm) in enumerate(zip(dims(x), dims(mask))):
+            if not (same_dim(dm, 1) or same_dim(dx, dm)):
+                raise IBertOpError(f"{OP}: 'mask' dim {i} is {dm}; it must be 1 or equal the scores' {dx}")
+    attrs = {k: int(call.attrs[k]) for k in ("x0_int", "b_int", "c_int", "exp_multiplier", "exp_shift")}
+    if attrs["x0_int"] >= 0:
+        raise IBertOpError(f"{OP}: attribute 'x0_int' must be negative (floor(-ln2 / S)), got {attrs['x0_int']}")
+    if not EXP_CONST <= attrs["exp_shift"] <= 93:
+        raise IBertOpError(f"{OP}: attribute 'exp_shift' must lie in [30, 93], got {attrs['exp_shift']}")
+    return like(x, "int16")
+
+
+def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int, exp_multiplier: int,
+             exp_shift: int) -> te.Tensor:
+    rows, length = list(x.shape[:-1]), x.shape[-1]
+
+    def keep(i):
+        if not mask:
+            return tir.const(True, "bool")
+        m = mask[0]
+        idx = [0 if (isinstance(dm, tir.IntImm) and int(dm) == 1) else ix for dm, ix in zip(m.shape, i)]
+        return m[tuple(idx)] != tir.const(0, m.dtype)
+
+    k = te.reduce_axis((0, length), name="k")
+    row_max = te.compute(rows, lambda *r: te.max(x[(*r, k)], axis=k, where=keep(r + (k,))), name="row_max")
+    floor_q = i64(EXP_CONST * x0_int)
+
+    def exp16(*i):
+        q = tir.Select(keep(i), i64(x[i]) - i64(row_max[i[:-1]]), floor_q)
+        q = tir.max(q, floor_q)
+        z = tir.floordiv(q, i64(x0_int))
+        r = q - i64(x0_int) * z
+        p = tir.max((r + i64(b_int)) * r + i64(c_int), i64(0))
+        return clamp(mul_rne_shift_wide(p, exp_multiplier, i64(exp_shift - EXP_CONST) + z), E16_MIN, E16_MAX)
+
+    e16 = te.compute(x.shape, exp16, name="exp16")
+    k2 = te.reduce_axis((0, length), name="k2")
+    total = te.compute(rows, lambda *r: te.sum(e16[(*r, k2)], axis=k2), name="exp_sum")
+    if mask:
+        k3 = te.reduce_axis((0, length), name="k3")
+        alive = te.compute(rows, lambda *r: te.max(tir.Select(keep(r + (k3,)), i64(1), i64(0)), axis=k3),
+                           name="row_alive")
+    else:
+        alive = None
+
+    def prob(*i):
+        s = total[i[:-1]]
+        ok = s > i64(0) if alive is None else tir.And(s > i64(0), alive[i[:-1]] > i64(0))
+        factor = tir.floordiv(i64(1 << SUM_BITS), tir.max(s, i64(1)))
+        return tir.Select(ok, (e16[i] * factor) >> i64(SUM_BITS - OUT_BITS), i64(0)).astype("int16")
+
+    return te.compute(x.shape, prob, name="int_softmax")
+
+
+register(OP, "Integer-only Softmax (I-BERT i-exp + integer normalisation), output scale 2^-8.", _infer, _compute)
+
+
+def int_softmax(x: relax.Expr, x0_int: int, b_int: int, c_int: int, exp_multiplier: int, exp_shift: int,
+                mask: relax.Expr | None = None) -> relax.Call:
+    """IntSoftmax over the last axis of int32 scores, with the integers of `quant.softmax_constants`."""
+    args = [x] if mask is None else [x, mask]
+    return make_call(OP, args, x0_int=int(x0_int), b_int=int(b_int), c_int=int(c_int),
+                     exp_multiplier=int(exp_multiplier), exp_shift=int(exp_shift))
+
+
+def reference(x: np.ndarray, x0_int: int, b_int: int, c_int: int, exp_multiplier: int, exp_shift: int,
+              mask: np.ndarray | None = None) -> np.ndarray:
+    """Exact Python-integer IntSoftmax in HF's unfused order: e = max(p, 0) 2^(30-z), then rne(e M / 2^E)."""
+    keep = np.ones(x.shape, bool) if mask is None else np.broadcast_to(mask != 0, x.shape)
+    xi = as_pyint(x)
+    masked_min = np.where(keep, xi, None)
+    floor_q = EXP_CONST * x0_int
+    out = np.zeros(x.shape, dtype=np.int64)
+    for idx in np.ndindex(*x.shape[:-1]):
+        row_keep = keep[idx]
+        if not row_keep.any():
+            continue
+        mx = max(v for v, k in zip(masked_min[idx], row_keep) if k)
+        q = [max(int(v) - mx, floor_q) if k else floor_q for v, k in zip(xi[idx], row_keep)]
+        z = [qi // x0_int for qi in q]
+        r = [qi - x0_int * zi for qi, zi in zip(q, z)]
+        e = [max((ri + b_int) * ri + c_int, 0) << (EXP_CONST - zi) for ri, zi in zip(r, z)]
+        e16 = np.clip(ref_rne_div_pow2(np.array(e, dtype=object) * exp_multiplier, exp_shift), E16_MIN, E16_MAX)
+        total = int(sum(e16))
+        if total <= 0:
+            continue
+        factor = (1 << SUM_BITS) // total
+        out[idx] = [(int(v) * factor) >> (SUM_BITS - OUT_BITS) for v in e16]
+    return out
+
+
+def i_exp_reference(q: np.ndarray, x0_int: int, b_int: int, c_int: int) -> np.ndarray:
+    """i-exp of non-positive integers (before the 16-bit step): value p 2^(30-z), scale 0.358 S^2 / 2^30."""
+    qi = np.maximum(as_pyint(q), EXP_CONST * x0_int)
+    z = qi // x0_int
+    r = qi - x0_int * z
+    p = (r + b_int) * r + c_int
+    return np.array([max(int(pi), 0) << (EXP_CONST - int(zi)) for pi, zi in zip(p.ravel(), z.ravel())],
+                    dtype=object).reshape(q.shape)

@@ -1,0 +1,74 @@
+"""`ibert.linear`: int8 activations x int8 weights (per-output-channel scales) -> int32, + int32 bias.
+
+The weight scales are not an input: they only enter the requantization constants of the consumer
+(`quant.quantize_linear` returns them), so the op is pure integer arithmetic: acc = x W^T + b in int32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, te
+
+from .registry import IBertOpError, dims, make_call, register, same_dim, tensor_type
+
+OP = "ibert.linear"
+# |x| <= 128, |w| <= 128: an int32 accumulator holds K * 2^14 + |bias| while this stays below 2^31.
+ACC_LIMIT = (1 << 31) - 1
+
+
+def _infer(call: relax.Call) -> relax.TensorType:
+    x = tensor_type(call, 0, "x", ["int8"], min_ndim=1)
+    w = tensor_type(call, 1, "weight", ["int8"], ndim=2)
+    xs, ws = dims(x), dims(w)
+    if xs and ws and not same_dim(xs[-1], ws[1]):
+        raise IBertOpError(f"{OP}: 'x' has {xs[-1]} input features but 'weight' has {ws[1]}")
+    if len(call.args) == 3:
+        b = tensor_type(call, 2, "bias", ["int32"], ndim=1)
+        if ws and dims(b) and not same_dim(dims(b)[0], ws[0]):
+            raise IBertOpError(f"{OP}: 'bias' has {dims(b)[0]} channels but 'weight' has {ws[0]} output channels")
+    if not (xs and ws):
+        return relax.TensorType(ndim=x.ndim, dtype="int32")
+    return relax.TensorType(xs[:-1] + [ws[0]], "int32")
+
+
+def _compute(x: te.Tensor, w: te.Tensor, bias: te.Tensor | None = None) -> te.Tensor:
+    k = te.reduce_axis((0, x.shape[-1]), name="k")
+    shape = list(x.shape[:-1]) + [w.shape[0]]
+    acc = te.compute(shape, lambda *i: te.sum(x[(*i[:-1], k)].astype("int32") * w[(i[-1], k)].astype("int32"), axis=k),
+                     name="acc")
+    if bias is None:
+        return acc
+    return te.compute(shape, lambda *i: acc[i] + bias[(i[-1],)], name="acc_bias")
+
+
+register(OP, "int8 x int8 -> int32 dense with int32 bias (I-BERT QuantLinear).", _infer, _compute)
+
+
+def linear(x: relax.Expr, weight: relax.Expr | np.ndarray, bias: relax.Expr | np.ndarray | None = None) -> relax.Call:
+    """y[..., n] = sum_k x[..., k] * weight[n, k] + bias[n], int32. Numpy weights/bias become constants.
+
+    With constant weights and bias, the int32 accumulator's worst case is checked here.
+    """
+    if isinstance(weight, np.ndarray):
+        if weight.dtype != np.int8:
+            raise IBertOpError(f"{OP}: argument 'weight' must be int8, got {weight.dtype}")
+        k = weight.shape[-1]
+        worst = k * 128 * 128 + (0 if bias is None or not isinstance(bias, np.ndarray)
+                                 else int(np.abs(bias.astype(np.int64)).max(initial=0)))
+        if worst > ACC_LIMIT:
+            raise IBertOpError(f"{OP}: K={k} with bias up to {worst - k * 2**14} can overflow the int32 accumulator")
+        weight = relax.const(weight, "int8")
+    args = [x, weight]
+    if bias is not None:
+        if isinstance(bias, np.ndarray):
+            if bias.dtype != np.int32:
+                raise IBertOpError(f"{OP}: argument 'bias' must be int32, got {bias.dtype}")
+            bias = relax.const(bias, "int32")
+        args.append(bias)
+    return make_call(OP, args)
+
+
+def reference(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """Exact int64 result (the op's int32 output equals it whenever it fits, which `linear` checks)."""
+    acc = x.astype(np.int64) @ weight.astype(np.int64).T
+    return acc if bias is None else acc + bias.astype(np.int64)

@@ -1,0 +1,151 @@
+"""Registration of the `ibert.*` Relax operators: one call registers name, type rule, purity and lowering.
+
+Each operator file calls :func:`register` once with its type rule and its TE compute. Type rules raise
+:class:`IBertOpError`, which names the operator and the offending argument; the public builder functions
+run the same rule eagerly so a bad graph fails where the user built it, not deep inside TVM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.transform.legalize_ops.common import register_legalize
+
+InferFn = Callable[[relax.Call], relax.TensorType]
+ComputeFn = Callable[..., Any]
+_TYPE_RULES: dict[str, InferFn] = {}
+
+
+class IBertOpError(TypeError):
+    """A malformed `ibert.*` call: wrong dtype, rank, shape or attribute. The message names op and argument."""
+
+
+def register(name: str, doc: str, infer: InferFn, compute: ComputeFn) -> None:
+    """Register `name` as a pure Relax op whose type rule is `infer` and whose lowering is the TE `compute`.
+
+    `compute(*te_tensors, **attrs)` receives one TE tensor per call argument and the call's attributes
+    as Python values; it returns the TE output tensor.
+    """
+    _TYPE_RULES[name] = infer
+    if _op_exists(name):
+        return
+    tvm.get_global_func("ir.RegisterOp")(name, doc)
+    tvm.ir.register_op_attr(name, "FInferType", lambda call, _ctx: infer(call))
+    tvm.ir.register_op_attr(name, "FPurity", True)
+
+    def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
+        return bb.call_te(compute, *call.args, primfunc_name_hint=name.replace(".", "_"), **attrs_of(call))
+
+    register_legalize(name, legalize)
+
+
+def _op_exists(name: str) -> bool:
+    try:
+        return tvm.ir.Op.get(name).get_attr("FInferType") is not None
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def make_call(name: str, args: Sequence[relax.Expr], **attrs: Any) -> relax.Call:
+    """Build a call of a registered `ibert.*` op and check it with the op's own type rule right away."""
+    call = relax.Call(tvm.ir.Op.get(name), list(args), tvm.ir.make_node("ir.DictAttrs", **attrs))
+    if all(_has_type(a) for a in args):
+        _TYPE_RULES[name](call)
+    return call
+
+
+def _has_type(expr: relax.Expr) -> bool:
+    try:
+        return isinstance(expr.ty, relax.TensorType)
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def attrs_of(call: relax.Call) -> dict[str, Any]:
+    """The call's attributes as plain Python values (ints, bools, strings)."""
+    if call.attrs is None:
+        return {}
+    out = {}
+    for key, value in call.attrs.items():
+        if isinstance(value, tvm.tirx.IntImm):
+            value = bool(value.value) if str(value.dtype) == "bool" else int(value.value)
+        elif isinstance(value, str):
+            value = str(value)
+        out[str(key)] = value
+    return out
+
+
+def int_const(values: int | Sequence[int] | np.ndarray, op: str, arg: str) -> relax.Constant:
+    """An int64 Relax constant (shape () for per-tensor, (C,) for per-channel) holding integer parameters."""
+    arr = np.asarray(values)
+    if arr.dtype.kind not in "iu":
+        raise IBertOpError(f"{op}: argument '{arg}' must be integers computed at build time, got dtype {arr.dtype}")
+    if arr.ndim > 1:
+        raise IBertOpError(f"{op}: argument '{arg}' must be a scalar or a per-channel vector, got shape {arr.shape}")
+    return relax.const(arr.astype("int64"), "int64")
+
+
+def as_expr(value: Any, op: str, arg: str) -> relax.Expr:
+    """Accept a Relax expression as is, or wrap integer Python/numpy parameters with :func:`int_const`."""
+    return value if isinstance(value, relax.Expr) else int_const(value, op, arg)
+
+
+# ---------------------------------------------------------------- type-rule helpers
+
+
+def tensor_type(call: relax.Call, index: int, arg: str, dtypes: Sequence[str], ndim: int | None = None,
+                min_ndim: int = 0) -> relax.TensorType:
+    """The TensorType of argument `index`, checked for dtype and rank; raises IBertOpError naming `arg`."""
+    op = call.op.name
+    try:
+        ty = call.args[index].ty
+    except (AttributeError, RuntimeError) as err:
+        raise IBertOpError(f"{op}: argument '{arg}' has no known type") from err
+    if not isinstance(ty, relax.TensorType):
+        raise IBertOpError(f"{op}: argument '{arg}' must be a tensor, got {ty}")
+    if str(ty.dtype) not in dtypes:
+        raise IBertOpError(f"{op}: argument '{arg}' must have dtype {' or '.join(dtypes)}, got {ty.dtype}")
+    if ndim is not None and ty.ndim != ndim:
+        raise IBertOpError(f"{op}: argument '{arg}' must have rank {ndim}, got rank {ty.ndim}")
+    if ty.ndim != -1 and ty.ndim < min_ndim:
+        raise IBertOpError(f"{op}: argument '{arg}' must have rank >= {min_ndim}, got rank {ty.ndim}")
+    return ty
+
+
+def dims(ty: relax.TensorType) -> list[Any]:
+    """The shape of a TensorType as a list of PrimExprs (empty when unknown)."""
+    shape = ty.shape
+    return list(shape.values) if isinstance(shape, relax.ShapeExpr) else []
+
+
+def same_dim(a: Any, b: Any) -> bool:
+    """True unless both dims are known integers that differ (symbolic dims are trusted)."""
+    if isinstance(a, tvm.tirx.IntImm) and isinstance(b, tvm.tirx.IntImm):
+        return int(a) == int(b)
+    return True
+
+
+def check_channel_vector(call: relax.Call, index: int, arg: str, channels: Any) -> None:
+    """Argument `index` must be an int64 scalar (per-tensor) or an int64 vector of length `channels`."""
+    ty = tensor_type(call, index, arg, ["int64"])
+    if ty.ndim not in (0, 1):
+        raise IBertOpError(f"{call.op.name}: argument '{arg}' must be a scalar or a per-channel vector, "
+                           f"got rank {ty.ndim}")
+    if ty.ndim == 1 and not same_dim(dims(ty)[0], channels):
+        raise IBertOpError(f"{call.op.name}: argument '{arg}' has {dims(ty)[0]} channels but the input "
+                           f"has {channels}")
+
+
+def check_scalar(call: relax.Call, index: int, arg: str) -> None:
+    """Argument `index` must be an int64 scalar (rank 0)."""
+    tensor_type(call, index, arg, ["int64"], ndim=0)
+
+
+def like(ty: relax.TensorType, dtype: str) -> relax.TensorType:
+    """A TensorType with `ty`'s shape (or rank, when the shape is unknown) and another dtype."""
+    shape = dims(ty)
+    return relax.TensorType(shape, dtype) if shape or ty.ndim == 0 else relax.TensorType(ndim=ty.ndim, dtype=dtype)

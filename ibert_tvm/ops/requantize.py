@@ -1,0 +1,107 @@
+"""`ibert.requantize`: dyadic rescale `clamp(rne(x M / 2^E) [+ rne(y M1 / 2^E1)])` (HF QuantAct/FixedPointMul).
+
+Round half to even, like HF's `torch.round`; each term is rounded on its own, then added, then clamped to
+[-2^(bits-1), 2^(bits-1) - 1] (spec §1.6). `M`, `E` are per-tensor (int64 scalars) or per-channel (int64
+vectors over the last axis). Output: int8 for bits=8, int16 for 16, int32 for 22 (the LayerNorm input) and 32.
+
+Exactness: int8/16/32 inputs use one int64 product (|x M| <= 2^62); int64 inputs (i-GELU and LayerNorm
+outputs, up to 2^62) use the split product of `intmath.mul_rne_shift_wide`, so no 128-bit type is needed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tvm import relax, te
+
+from .intmath import clamp, i64, mul_rne_shift_wide, per_channel, ref_rne_div_pow2, rne_shift
+from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, same_dim, tensor_type
+
+OP = "ibert.requantize"
+OUT_DTYPE = {8: "int8", 16: "int16", 22: "int32", 32: "int32"}
+NARROW_INPUTS = ["int8", "int16", "int32"]
+# Shift ranges the two product paths are exact for (beyond the upper end the result is 0 and is folded so).
+NARROW_MAX_SHIFT = 62
+WIDE_MAX_SHIFT = 93
+
+
+def _infer(call: relax.Call) -> relax.TensorType:
+    bits = int(call.attrs["bits"])
+    if bits not in OUT_DTYPE:
+        raise IBertOpError(f"{OP}: 'bits' must be one of {sorted(OUT_DTYPE)}, got {bits}")
+    x = tensor_type(call, 0, "x", NARROW_INPUTS + ["int64"], min_ndim=1)
+    channels = dims(x)[-1] if dims(x) else None
+    check_channel_vector(call, 1, "multiplier", channels)
+    check_channel_vector(call, 2, "shift", channels)
+    if len(call.args) == 6:
+        y = tensor_type(call, 3, "residual", NARROW_INPUTS, ndim=x.ndim)
+        for i, (dx, dy) in enumerate(zip(dims(x), dims(y))):
+            if not same_dim(dx, dy):
+                raise IBertOpError(f"{OP}: 'residual' dim {i} is {dy} but 'x' has {dx}")
+        check_channel_vector(call, 4, "residual_multiplier", channels)
+        check_channel_vector(call, 5, "residual_shift", channels)
+    elif len(call.args) != 3:
+        raise IBertOpError(f"{OP}: expects 3 arguments, or 6 with a residual, got {len(call.args)}")
+    return like(x, OUT_DTYPE[bits])
+
+
+def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bits: int) -> te.Tensor:
+    wide = x.dtype == "int64"
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+
+    def body(*i):
+        mi, ei = per_channel(m, i), per_channel(e, i)
+        v = mul_rne_shift_wide(x[i], mi, ei) if wide else rne_shift(i64(x[i]) * mi, ei)
+        if residual:
+            y, m1, e1 = residual
+            v = v + rne_shift(i64(y[i]) * per_channel(m1, i), per_channel(e1, i))
+        return clamp(v, lo, hi).astype(OUT_DTYPE[bits])
+
+    return te.compute(x.shape, body, name="requantize")
+
+
+register(OP, "Dyadic requantization with round-half-even, optional rescaled residual, clamp.", _infer, _compute)
+
+
+def _dyadic(m: np.ndarray | int, e: np.ndarray | int, wide: bool, arg: str) -> tuple[np.ndarray, np.ndarray]:
+    """Check (M, E) and fold shifts past the exact range to (0, 0): their product rounds to 0 anyway."""
+    m = np.asarray(m, dtype=np.int64)
+    e = np.asarray(e, dtype=np.int64)
+    if m.shape != e.shape:
+        raise IBertOpError(f"{OP}: '{arg}' multiplier shape {m.shape} differs from its shift shape {e.shape}")
+    if np.any(np.abs(m) > 1 << 31):
+        raise IBertOpError(f"{OP}: '{arg}' multiplier must satisfy |M| <= 2^31 (a batch_frexp mantissa)")
+    if np.any(e < 0):
+        raise IBertOpError(f"{OP}: '{arg}' shift must be >= 0 (scale ratio below 2^31), got {int(e.min())}")
+    limit = WIDE_MAX_SHIFT if wide else NARROW_MAX_SHIFT
+    beyond = e > limit
+    return np.where(beyond, 0, m), np.where(beyond, 0, e)
+
+
+def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | int, bits: int = 8,
+               residual: relax.Expr | None = None, residual_multiplier: np.ndarray | int | None = None,
+               residual_shift: np.ndarray | int | None = None) -> relax.Call:
+    """clamp(rne(x M / 2^E) + rne(residual M1 / 2^E1)) into `bits` (8, 16, 22 or 32).
+
+    `multiplier`/`shift` come from `quant.requant_dyadic` (scalars, or per-channel vectors).
+    """
+    wide = isinstance(x, relax.Expr) and getattr(getattr(x, "ty", None), "dtype", None) == "int64"
+    m, e = _dyadic(multiplier, shift, wide, "x")
+    args = [x, as_expr(m, OP, "multiplier"), as_expr(e, OP, "shift")]
+    if residual is not None:
+        if residual_multiplier is None or residual_shift is None:
+            raise IBertOpError(f"{OP}: a residual needs residual_multiplier and residual_shift")
+        m1, e1 = _dyadic(residual_multiplier, residual_shift, False, "residual")
+        args += [residual, as_expr(m1, OP, "residual_multiplier"), as_expr(e1, OP, "residual_shift")]
+    return make_call(OP, args, bits=int(bits))
+
+
+def reference(x: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int, bits: int = 8,
+              residual: np.ndarray | None = None, residual_multiplier: np.ndarray | int | None = None,
+              residual_shift: np.ndarray | int | None = None) -> np.ndarray:
+    """Exact Python-integer definition, with HF's clamp; returns int64."""
+    out = ref_rne_div_pow2(x.astype(object) * np.asarray(multiplier, dtype=object), shift)
+    if residual is not None:
+        out = out + ref_rne_div_pow2(residual.astype(object) * np.asarray(residual_multiplier, dtype=object),
+                                     residual_shift)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return np.clip(out, lo, hi).astype(np.int64)

@@ -1,0 +1,202 @@
+"""Build-time constants of the I-BERT scheme, computed from real scales exactly as the reference does.
+
+Every float the scheme needs becomes integers here, once, while compiling: weight/bias quantization,
+dyadic requantization multipliers (`batch_frexp`), the i-GELU / i-exp polynomial constants in the input's
+scale, the LayerNorm bias offset. The float arithmetic mirrors HuggingFace `quant_modules.py` operation by
+operation (float32 where it uses float32 tensors, double where it uses double), so the integers match the
+reference's (spec §6.3, "static constants"). Each function also checks the int64 bounds its operator relies
+on and raises :class:`QuantizationRangeError` when a scale would overflow them.
+"""
+
+from __future__ import annotations
+
+import decimal
+from dataclasses import dataclass
+
+import numpy as np
+
+F32 = np.float32
+
+# i-GELU (spec §2.2): truncated sqrt(2), the >>14 overflow guard, erf polynomial a(x+b)^2 + c with c/a.
+GELU_K = 1.4142
+GELU_SHIFT = 14
+GELU_A, GELU_B = -0.2888, -1.769
+GELU_C_OVER_A = 1.0 / -0.2888
+# i-exp (spec §3.2): truncated -ln2, the shift bound 30, exp polynomial a x^2 + b x + c normalised by a.
+EXP_X0 = -0.6931
+EXP_CONST = 30
+EXP_A = 0.35815147
+EXP_B_OVER_A = 0.96963238 / 0.35815147
+EXP_C_OVER_A = 1.0 / 0.35815147
+SOFTMAX_OUT_BITS = 8
+SOFTMAX_EXP_BITS = 16
+# IntLayerNorm (spec §4.3): output scale sqrt(C) / 2^30.
+LN_OUT_SHIFT = 30
+
+INT64_SAFE = 1 << 62  # bound for values entering a wide (split) multiply
+
+
+class QuantizationRangeError(ValueError):
+    """A scale or range that the integer-only operators cannot represent within their int64 bounds."""
+
+
+def _f32(x: np.ndarray | float) -> np.ndarray:
+    return np.asarray(x, dtype=F32)
+
+
+def symmetric_scale(bits: int, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
+    """Symmetric scale max(|lo|, |hi|).clamp(1e-8) / (2^(bits-1) - 1) in float32 (spec §1.1), elementwise."""
+    n = F32(2 ** (bits - 1) - 1)
+    return np.maximum(np.maximum(np.abs(_f32(lo)), np.abs(_f32(hi))), F32(1e-8)) / n
+
+
+def quantize_symmetric(x: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    """Direct quantization `clamp(rne((1/S) * x), -n, n-1)` as HF's SymmetricQuantFunction (spec §1.2).
+
+    `scale` broadcasts against `x` (per-channel weights: shape (N, 1)). Returns int64.
+    """
+    n = 2 ** (bits - 1) - 1
+    q = np.round((F32(1.0) / _f32(scale)) * _f32(x))
+    return np.clip(q, -n, n - 1).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class QuantizedLinear:
+    """Per-output-channel int8 weights, int32 bias, and the accumulator's per-channel scale S_w * S_in."""
+
+    weight: np.ndarray  # int8 [N, K]
+    bias: np.ndarray | None  # int32 [N]
+    weight_scale: np.ndarray  # float32 [N]
+    acc_scale: np.ndarray  # float32 [N]
+
+
+def quantize_linear(weight: np.ndarray, bias: np.ndarray | None, input_scale: float) -> QuantizedLinear:
+    """HF QuantLinear (spec §1.3): 8-bit per-channel weights, 32-bit bias at scale S_w[c] * S_in."""
+    w = _f32(weight)
+    s_w = symmetric_scale(8, w.min(axis=1), w.max(axis=1))
+    w_int = quantize_symmetric(w, s_w.reshape(-1, 1), 8).astype(np.int8)
+    acc_scale = s_w * F32(input_scale)
+    b_int = None if bias is None else quantize_symmetric(_f32(bias), acc_scale, 32).astype(np.int32)
+    return QuantizedLinear(w_int, b_int, s_w, acc_scale)
+
+
+@dataclass(frozen=True)
+class Dyadic:
+    """r ~= multiplier / 2^shift, elementwise (int64 arrays of equal shape)."""
+
+    multiplier: np.ndarray
+    shift: np.ndarray
+
+
+def batch_frexp(ratio: np.ndarray | float, max_bit: int = 31) -> Dyadic:
+    """HF `batch_frexp` (spec §1.6 step 3): r = m 2^k, M = round_half_up(m 2^31) exactly, E = 31 - k."""
+    r = np.asarray(ratio, dtype=np.float64)
+    m, k = np.frexp(r)
+    to_int = np.vectorize(
+        lambda v: int(decimal.Decimal(float(v) * 2**max_bit).quantize(decimal.Decimal(1),
+                                                                      rounding=decimal.ROUND_HALF_UP)),
+        otypes=[np.int64])
+    return Dyadic(to_int(m).reshape(r.shape), (max_bit - k).astype(np.int64).reshape(r.shape))
+
+
+def requant_dyadic(in_scale: np.ndarray | float, out_scale: float) -> Dyadic:
+    """(M, E) with M / 2^E ~= S_in / S_out, computed as double(S_in) / double(float32(S_out)) (HF-qm:L788)."""
+    ratio = _f32(in_scale).astype(np.float64) / np.float64(F32(out_scale))
+    if not np.all(np.isfinite(ratio)):
+        raise QuantizationRangeError(f"requantization ratio S_in / S_out is not finite (S_out = {out_scale})")
+    return batch_frexp(ratio)
+
+
+@dataclass(frozen=True)
+class GeluConstants:
+    """i-GELU integers per channel (spec §2.3) and the (negative, per-channel) output scale."""
+
+    b_int: np.ndarray
+    c_int: np.ndarray
+    q1: np.ndarray
+    out_scale: np.ndarray
+
+
+def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConstants:
+    """i-GELU constants for an input with (per-channel) float32 scale S and |q| < 2^(in_bits-1)."""
+    s = np.atleast_1d(_f32(in_scale))
+    s_erf = s / F32(GELU_K)
+    s_erf_sq = s_erf * s_erf
+    b_int = np.floor(F32(GELU_B) / s_erf)
+    c_int = np.floor(F32(GELU_C_OVER_A) / s_erf_sq)
+    s_l = s_erf_sq * F32(GELU_A) * F32(2**GELU_SHIFT)
+    q1 = np.floor_divide(F32(1.0), s_l)
+    out_scale = s * s_l / F32(2)
+    for name, v in (("b_int", b_int), ("c_int", c_int), ("q1", q1)):
+        if not np.all(np.isfinite(v)) or np.any(np.abs(v.astype(np.float64)) >= 2.0**62):
+            raise QuantizationRangeError(f"i-GELU: input scale {s.min():.3e} is too small: {name} overflows int64")
+    b, c, q = (v.astype(np.int64) for v in (b_int, c_int, q1))
+    erf_max = [int(bi) ** 2 + abs(int(ci)) for bi, ci in zip(b, c)]
+    out_max = [(1 << (in_bits - 1)) * ((e >> GELU_SHIFT) + abs(int(qi)) + 1) for e, qi in zip(erf_max, q)]
+    if max(erf_max) >= 1 << 63 or max(out_max) >= INT64_SAFE:
+        raise QuantizationRangeError(
+            f"i-GELU: input scale {s.min():.3e} is too small for int64 intermediates "
+            f"(|out| could reach 2^{max(out_max).bit_length()})")
+    return GeluConstants(b, c, q, out_scale)
+
+
+@dataclass(frozen=True)
+class SoftmaxConstants:
+    """i-exp integers (spec §3.3) and the fused 16-bit requantization of exp, (M', E') ~= 1 / S16."""
+
+    x0_int: int
+    b_int: int
+    c_int: int
+    exp_multiplier: int
+    exp_shift: int
+
+
+def softmax_exp_range(in_scale: float) -> float:
+    """The value of i-exp at the row max, c' * 2^30: what the reference's QuantAct(16) calibrates to."""
+    s = F32(in_scale)
+    return float(np.floor(F32(EXP_C_OVER_A) / (s * s))) * 2.0**EXP_CONST
+
+
+def softmax_constants(in_scale: float, exp_scale: float, in_bits: int = 32) -> SoftmaxConstants:
+    """Constants for IntSoftmax on scores with scalar float32 scale S.
+
+    `exp_scale` is the scale S16 of the reference's internal QuantAct(16), which HF calibrates on the
+    *integer* exp values (spec §3.3 step 6); the fused form requantizes `p 2^(30-z)` by 1/S16 directly.
+    """
+    s = F32(in_scale)
+    x0_int = np.floor(F32(EXP_X0) / s)
+    b_int = np.floor(F32(EXP_B_OVER_A) / s)
+    c_int = np.floor(F32(EXP_C_OVER_A) / (s * s))
+    if not all(np.isfinite(v) and abs(float(v)) < 2.0**62 for v in (x0_int, b_int, c_int)) or x0_int >= 0:
+        raise QuantizationRangeError(f"IntSoftmax: input scale {float(s):.3e} is out of range")
+    d = batch_frexp(1.0 / np.float64(F32(exp_scale)))
+    x0, b, c = int(x0_int), int(b_int), int(c_int)
+    m, e = int(d.multiplier), int(d.shift)
+    p_max = abs(x0) * (abs(x0) + abs(b)) + abs(c)
+    if not EXP_CONST <= e <= 93:
+        raise QuantizationRangeError(f"IntSoftmax: exp requantization scale {exp_scale:.3e} is out of range "
+                                     f"(shift {e} not in [30, 93])")
+    if p_max >= INT64_SAFE or (p_max * abs(m)) >> (e - EXP_CONST) >= INT64_SAFE or abs(x0) * EXP_CONST >= 1 << 62:
+        raise QuantizationRangeError(f"IntSoftmax: input scale {float(s):.3e} is too small for int64 intermediates")
+    return SoftmaxConstants(x0, b, c, m, e)
+
+
+@dataclass(frozen=True)
+class LayerNormConstants:
+    """IntLayerNorm's per-channel integer bias offset and per-channel output scale (spec §4.3 step 6)."""
+
+    bias_int: np.ndarray
+    out_scale: np.ndarray
+
+
+def layernorm_constants(weight: np.ndarray, bias: np.ndarray) -> LayerNormConstants:
+    """gamma is folded into the output scale, beta into `floor((beta/gamma) / (sqrt(C)/2^30))`."""
+    gamma, beta = _f32(weight), _f32(bias)
+    if np.any(gamma == 0):
+        raise QuantizationRangeError("IntLayerNorm: LayerNorm weight (gamma) has zero channels; "
+                                     "the integer scheme folds gamma into the output scale and cannot represent 0")
+    scale = np.sqrt(F32(gamma.shape[-1])) / F32(2**LN_OUT_SHIFT)
+    bias_int = np.floor((beta / gamma) / scale)
+    if not np.all(np.isfinite(bias_int)) or np.any(np.abs(bias_int.astype(np.float64)) >= 2.0**61):
+        raise QuantizationRangeError("IntLayerNorm: beta / gamma is too large for an int64 bias offset")
+    return LayerNormConstants(bias_int.astype(np.int64), scale * gamma)
