@@ -53,7 +53,10 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
         return m[tuple(idx)] != tir.const(0, m.dtype)
 
     k = te.reduce_axis((0, length), name="k")
-    row_max = te.compute(rows, lambda *r: te.max(x[(*r, k)], axis=k, where=keep(r + (k,))), name="row_max")
+    # Masked entries enter the max as INT32_MIN (a reduction `where=` predicate is not honoured by TE here).
+    lowest = tir.min_value("int32")
+    row_max = te.compute(rows, lambda *r: te.max(tir.Select(keep(r + (k,)), x[(*r, k)], lowest), axis=k),
+                         name="row_max")
     floor_q = i64(EXP_CONST * x0_int)
 
     def exp16(*i):

@@ -1,0 +1,124 @@
+"""Emit integer-only Relax for the I-BERT building blocks, from HF `IBert` modules holding calibrated ranges.
+
+The quantization points and bit widths are those of the spec's §5 tables (HF `modeling_ibert.py`): every
+`QuantAct` becomes an `ibert.requantize` whose (M, E) come from `quant.requant_dyadic`, every `QuantLinear`
+an `ibert.linear` with its integer weights, `IntSoftmax` / `IntGELU` / `IntLayerNorm` the matching ops.
+Scales travel beside the values as float32 arrays and are consumed here, at build time, only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import relax
+
+from . import ops, quant
+
+F32 = np.float32
+
+
+@dataclass(frozen=True)
+class QTensor:
+    """An integer Relax value and its real scale (scalar or per-channel float32)."""
+
+    value: relax.Expr
+    scale: np.ndarray
+
+
+def _np(t) -> np.ndarray:
+    return t.detach().cpu().numpy()
+
+
+def act_scale(quant_act) -> np.ndarray:
+    """The scale of an HF `QuantAct` from its calibrated (x_min, x_max) buffers (spec §1.5)."""
+    return quant.symmetric_scale(quant_act.activation_bit, _np(quant_act.x_min)[0], _np(quant_act.x_max)[0])
+
+
+def requantize_act(bb: relax.BlockBuilder, x: QTensor, quant_act, identity: QTensor | None = None) -> QTensor:
+    """HF QuantAct with an input scale (FixedPointMul, optionally with identity) -> ibert.requantize."""
+    out_scale = act_scale(quant_act)
+    d = quant.requant_dyadic(x.scale, float(out_scale))
+    kwargs = {}
+    if identity is not None:
+        d1 = quant.requant_dyadic(identity.scale, float(out_scale))
+        kwargs = {"residual": identity.value, "residual_multiplier": d1.multiplier, "residual_shift": d1.shift}
+    value = bb.emit(ops.requantize(x.value, d.multiplier, d.shift, bits=quant_act.activation_bit, **kwargs))
+    return QTensor(value, out_scale)
+
+
+def quant_linear(bb: relax.BlockBuilder, x: QTensor, linear) -> QTensor:
+    """HF QuantLinear (8-bit per-channel weights, 32-bit bias) -> ibert.linear; scale S_w * S_in per channel."""
+    bias = None if linear.bias is None else _np(linear.bias)
+    q = quant.quantize_linear(_np(linear.weight), bias, float(x.scale))
+    return QTensor(bb.emit(ops.linear(x.value, q.weight, q.bias)), q.acc_scale)
+
+
+def int_layernorm(bb: relax.BlockBuilder, x: QTensor, layer_norm) -> QTensor:
+    """HF IntLayerNorm -> ibert.int_layernorm with its calibrated `shift`; per-channel output scale."""
+    c = quant.layernorm_constants(_np(layer_norm.weight), _np(layer_norm.bias))
+    shift = int(_np(layer_norm.shift).reshape(-1)[0])
+    return QTensor(bb.emit(ops.int_layernorm(x.value, c.bias_int, shift)), c.out_scale)
+
+
+def int_gelu(bb: relax.BlockBuilder, x: QTensor) -> QTensor:
+    """HF IntGELU -> ibert.int_gelu; the output scale is negative per channel (spec §2.3 step 6)."""
+    c = quant.gelu_constants(x.scale)
+    return QTensor(bb.emit(ops.int_gelu(x.value, c.b_int, c.c_int, c.q1)), c.out_scale)
+
+
+def int_softmax(bb: relax.BlockBuilder, scores: QTensor, softmax, mask: relax.Expr | None) -> QTensor:
+    """HF IntSoftmax (with its calibrated QuantAct(16)) -> ibert.int_softmax; output scale 2^-8."""
+    c = quant.softmax_constants(float(scores.scale), float(act_scale(softmax.act)))
+    value = bb.emit(ops.int_softmax(scores.value, c.x0_int, c.b_int, c.c_int, c.exp_multiplier, c.exp_shift,
+                                    mask=mask))
+    return QTensor(value, np.asarray(F32(1.0 / 2**quant.SOFTMAX_OUT_BITS)))
+
+
+def _heads(bb: relax.BlockBuilder, x: relax.Expr, num_heads: int) -> relax.Expr:
+    """[B, L, H] -> [B, heads, L, H/heads]."""
+    b, length, hidden = x.ty.shape.values
+    split = bb.emit(relax.op.reshape(x, (b, length, num_heads, hidden // num_heads)))
+    return bb.emit(relax.op.permute_dims(split, [0, 2, 1, 3]))
+
+
+def _merge_heads(bb: relax.BlockBuilder, x: relax.Expr) -> relax.Expr:
+    """[B, heads, L, D] -> [B, L, heads * D]."""
+    b, heads, length, d = x.ty.shape.values
+    merged = bb.emit(relax.op.permute_dims(x, [0, 2, 1, 3]))
+    return bb.emit(relax.op.reshape(merged, (b, length, heads * d)))
+
+
+def self_attention(bb: relax.BlockBuilder, x: QTensor, attn, mask: relax.Expr | None) -> QTensor:
+    """IBertSelfAttention (spec §5.2 A1-A7): Q/K/V, integer scores, IntSoftmax, P.V, 8-bit context."""
+    num_heads = attn.num_attention_heads
+    q = requantize_act(bb, quant_linear(bb, x, attn.query), attn.query_activation)
+    k = requantize_act(bb, quant_linear(bb, x, attn.key), attn.key_activation)
+    v = requantize_act(bb, quant_linear(bb, x, attn.value), attn.value_activation)
+    qh, kh, vh = (_heads(bb, t.value, num_heads) for t in (q, k, v))
+    scores = bb.emit(ops.matmul(qh, kh, transpose_b=True))
+    # HF folds 1/sqrt(d) into the scale in float32: S_q * S_k / sqrt(d).
+    score_scale = np.asarray(q.scale * k.scale / F32(math.sqrt(attn.attention_head_size)), dtype=F32)
+    probs = int_softmax(bb, QTensor(scores, score_scale), attn.softmax, mask)
+    context = bb.emit(ops.matmul(probs.value, vh))
+    context = QTensor(_merge_heads(bb, context), np.asarray(probs.scale * v.scale, dtype=F32))
+    return requantize_act(bb, context, attn.output_activation)
+
+
+def dense_residual_norm(bb: relax.BlockBuilder, x: QTensor, residual: QTensor, block) -> QTensor:
+    """IBertSelfOutput / IBertOutput: dense, 22-bit add of the residual, IntLayerNorm, 8-bit output."""
+    h = quant_linear(bb, x, block.dense)
+    h = requantize_act(bb, h, block.ln_input_act, identity=residual)
+    return requantize_act(bb, int_layernorm(bb, h, block.LayerNorm), block.output_activation)
+
+
+def encoder_layer(bb: relax.BlockBuilder, x: QTensor, layer, mask: relax.Expr | None) -> QTensor:
+    """One IBertLayer (spec §5.2 A1-F9): int8 hidden states in, int8 hidden states out."""
+    attention = self_attention(bb, x, layer.attention.self, mask)
+    attention = dense_residual_norm(bb, attention, x, layer.attention.output)
+    h = requantize_act(bb, attention, layer.pre_intermediate_act)
+    inter = int_gelu(bb, quant_linear(bb, h, layer.intermediate.dense))
+    inter = requantize_act(bb, inter, layer.intermediate.output_activation)
+    inter = requantize_act(bb, inter, layer.pre_output_act)
+    return dense_residual_norm(bb, inter, h, layer.output)
