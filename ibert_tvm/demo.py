@@ -29,13 +29,14 @@ class DemoShape:
     hidden: int = 768
     heads: int = 12
     ffn: int = 3072
+    init_range: float = 0.02  # std of HF's weight initialisation (IBertConfig.initializer_range)
 
 
 def _hf_layer(shape: DemoShape, seed: int) -> tuple[IBertLayer, IBertLayer]:
     """(quantized layer, float twin) with identical seeded weights and no dropout."""
     torch.manual_seed(seed)
     cfg = dict(hidden_size=shape.hidden, num_attention_heads=shape.heads, intermediate_size=shape.ffn,
-               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+               hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, initializer_range=shape.init_range)
     # Built inside a one-layer IBertModel so that HF's own weight initialisation (post_init) runs.
     q_layer = IBertModel(IBertConfig(quant_mode=True, num_hidden_layers=1, **cfg)).encoder.layer[0]
     f_layer = IBertModel(IBertConfig(quant_mode=False, num_hidden_layers=1, **cfg)).encoder.layer[0]
