@@ -122,3 +122,32 @@ def encoder_layer(bb: relax.BlockBuilder, x: QTensor, layer, mask: relax.Expr | 
     inter = requantize_act(bb, inter, layer.intermediate.output_activation)
     inter = requantize_act(bb, inter, layer.pre_output_act)
     return dense_residual_norm(bb, inter, h, layer.output)
+
+
+def quant_embedding(bb: relax.BlockBuilder, ids: relax.Expr, emb) -> QTensor:
+    """HF QuantEmbedding (8-bit, one per-tensor scale over the table) -> ibert.embedding."""
+    table = _np(emb.weight)
+    scale = quant.symmetric_scale(emb.weight_bit, table.min(), table.max())
+    table_int = quant.quantize_symmetric(table, scale, emb.weight_bit).astype(np.int8)
+    return QTensor(bb.emit(ops.embedding(ids, table_int)), scale)
+
+
+def roberta_position_ids(bb: relax.BlockBuilder, ids: relax.Expr, pad: int) -> relax.Expr:
+    """RoBERTa/IBert position ids: pad + cumsum(ids != pad) on real tokens, pad on padding (integer ops)."""
+    real = bb.emit(relax.op.astype(relax.op.not_equal(ids, relax.const(pad, ids.ty.dtype)), "int32"))
+    count = bb.emit(relax.op.cumsum(real, axis=1, dtype="int32"))
+    return bb.emit(relax.op.add(relax.op.multiply(count, real), relax.const(pad, "int32")))
+
+
+def embeddings(bb: relax.BlockBuilder, ids: relax.Expr, position_ids: relax.Expr, token_type_ids: relax.Expr,
+               emb) -> QTensor:
+    """IBertEmbeddings (spec §5.1 E1-E7): three int8 lookups merged at 16 bits, IntLayerNorm, int8 output.
+
+    HF applies the *same* `embeddings_act1` twice (E3 and E5), so both merges share one 16-bit scale.
+    """
+    word = quant_embedding(bb, ids, emb.word_embeddings)
+    token_type = quant_embedding(bb, token_type_ids, emb.token_type_embeddings)
+    merged = requantize_act(bb, word, emb.embeddings_act1, identity=token_type)
+    position = quant_embedding(bb, position_ids, emb.position_embeddings)
+    merged = requantize_act(bb, merged, emb.embeddings_act1, identity=position)
+    return requantize_act(bb, int_layernorm(bb, merged, emb.LayerNorm), emb.output_activation)

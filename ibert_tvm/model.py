@@ -1,0 +1,167 @@
+"""From a HuggingFace BERT / RoBERTa / IBert encoder to a calibrated, integer-only Relax program.
+
+The float model's weights are carried into HF's own `IBertModel` (quant_mode=True): its `QuantAct` modules
+hold the activation ranges — trained ones for an IBert checkpoint, or calibrated here with HF's running
+min/max (momentum 0.95, spec §1.5) for a float BERT/RoBERTa — and `layers` emits the integer program at
+exactly the quantization points of the spec's §5 tables. Scales are propagated between layers ("ibert"
+semantics), which equals HF's computation for the first layer (HF reuses the embedding scale, spec §5.3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from tqdm import tqdm
+from transformers import AutoConfig, AutoModel, IBertConfig, IBertModel, PreTrainedModel
+from tvm import relax
+
+from . import layers
+
+
+class UnsupportedModelError(ValueError):
+    """The model uses a feature the integer-only compiler does not support; the message names it."""
+
+
+SUPPORTED_TYPES = ("bert", "roberta", "ibert")
+
+
+def _check_supported(config) -> None:
+    kind = getattr(config, "model_type", None)
+    if kind not in SUPPORTED_TYPES:
+        raise UnsupportedModelError(f"model type '{kind}' is not supported (supported: {', '.join(SUPPORTED_TYPES)})")
+    if getattr(config, "hidden_act", "gelu") != "gelu":
+        raise UnsupportedModelError(f"activation '{config.hidden_act}' is not supported: I-BERT has an integer "
+                                    "GELU only")
+    pos = getattr(config, "position_embedding_type", "absolute")
+    if pos not in (None, "absolute"):
+        raise UnsupportedModelError(f"position_embedding_type '{pos}' is not supported: only absolute "
+                                    "position embeddings have an integer lookup")
+    if getattr(config, "is_decoder", False) or getattr(config, "add_cross_attention", False):
+        raise UnsupportedModelError("decoder / cross-attention models are not supported (encoders only)")
+
+
+def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
+    if isinstance(model_or_dir, PreTrainedModel):
+        return model_or_dir
+    path = Path(model_or_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
+    _check_supported(AutoConfig.from_pretrained(path, local_files_only=True))
+    return AutoModel.from_pretrained(path, local_files_only=True)
+
+
+def _encoder_of(model: PreTrainedModel) -> PreTrainedModel:
+    """The bare encoder of a `...Model` or `...ForSequenceClassification`."""
+    for attr in ("ibert", "roberta", "bert"):
+        if hasattr(model, attr) and isinstance(getattr(model, attr), PreTrainedModel):
+            return getattr(model, attr)
+    return model
+
+
+def to_ibert(model: PreTrainedModel) -> IBertModel:
+    """An `IBertModel(quant_mode=True)` with the float model's weights (and an IBert model's trained ranges)."""
+    encoder = _encoder_of(model)
+    _check_supported(encoder.config)
+    if encoder.config.model_type == "ibert" and encoder.config.quant_mode:
+        return encoder
+    src = encoder.config
+    cfg = IBertConfig(vocab_size=src.vocab_size, hidden_size=src.hidden_size, num_hidden_layers=src.num_hidden_layers,
+                      num_attention_heads=src.num_attention_heads, intermediate_size=src.intermediate_size,
+                      max_position_embeddings=src.max_position_embeddings, type_vocab_size=src.type_vocab_size,
+                      pad_token_id=src.pad_token_id if src.pad_token_id is not None else 0,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, quant_mode=True,
+                      add_pooling_layer=False)
+    target = IBertModel(cfg, add_pooling_layer=False)
+    state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
+    missing, unexpected = target.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if not k.endswith("position_ids") and not k.endswith("token_type_ids")]
+    if unexpected:
+        raise UnsupportedModelError(f"weights with no I-BERT counterpart: {', '.join(unexpected[:5])}")
+    weights_missing = [k for k in missing if k.endswith(".weight") or k.endswith(".bias")]
+    if weights_missing:
+        raise UnsupportedModelError(f"weights the I-BERT model needs but the model lacks: {weights_missing[:5]}")
+    return target.eval()
+
+
+@dataclass
+class Batch:
+    """Token ids, attention mask and the position ids the source architecture uses."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def position_ids(model_type: str, input_ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """BERT counts positions from 0; RoBERTa / IBert from pad + 1 over real tokens (pad stays pad)."""
+    if model_type == "bert":
+        return torch.arange(input_ids.shape[1]).expand(input_ids.shape)
+    real = (input_ids != pad).long()
+    return torch.cumsum(real, dim=1) * real + pad
+
+
+def calibrate(qmodel: IBertModel, model_type: str, batches: Iterable[Batch]) -> None:
+    """HF's own calibration: train-mode forwards update every QuantAct's EMA range (momentum 0.95)."""
+    batches = list(batches)
+    qmodel.train()
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="calibrating", unit="batch"):
+            qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id))
+    qmodel.eval()
+
+
+@dataclass
+class QuantizedModel:
+    """A calibrated I-BERT encoder ready to emit its integer-only Relax program."""
+
+    ibert: IBertModel
+    model_type: str
+
+    @property
+    def output_scale(self) -> float:
+        return float(layers.act_scale(self.ibert.encoder.layer[-1].output.output_activation))
+
+    def program(self, batch: int, seq: int) -> tvm.IRModule:
+        """`main(input_ids int64 [B, L], attention_mask int32 [B, L]) -> int8 hidden states [B, L, H]`."""
+        ids = relax.Var("input_ids", relax.TensorType((batch, seq), "int64"))
+        mask = relax.Var("attention_mask", relax.TensorType((batch, seq), "int32"))
+        pad = self.ibert.config.pad_token_id
+        bb = relax.BlockBuilder()
+        with bb.function("main", [ids, mask]):
+            with bb.dataflow():
+                if self.model_type == "bert":
+                    pos = bb.emit(relax.const(np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()))
+                else:
+                    pos = layers.roberta_position_ids(bb, ids, pad)
+                types = bb.emit(relax.const(np.zeros((batch, seq), np.int32)))
+                h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
+                mask4 = bb.emit(relax.op.reshape(mask, (batch, 1, 1, seq)))
+                for layer in self.ibert.encoder.layer:
+                    h = layers.encoder_layer(bb, h, layer, mask4)
+                out = bb.emit_output(h.value)
+            bb.emit_func_output(out)
+        return bb.get()
+
+
+def from_pretrained(model_or_dir: PreTrainedModel | str | Path, calibration: Iterable[Batch] | None = None
+                    ) -> QuantizedModel:
+    """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
+
+    An IBert model with `quant_mode=True` keeps its trained ranges (calibration optional); any other model
+    needs `calibration`: batches of token ids and masks run through HF's own range statistics.
+    """
+    model = _load(model_or_dir)
+    qmodel = to_ibert(model)
+    model_type = _encoder_of(model).config.model_type
+    if model_type == "ibert":
+        model_type = "roberta"
+    if calibration is not None:
+        calibrate(qmodel, model_type, calibration)
+    elif qmodel is not _encoder_of(model):
+        raise ValueError("a float model needs calibration batches (or pass an IBert model with trained ranges)")
+    return QuantizedModel(qmodel, model_type)
