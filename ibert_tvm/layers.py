@@ -21,10 +21,23 @@ F32 = np.float32
 
 @dataclass(frozen=True)
 class QTensor:
-    """An integer Relax value and its real scale (scalar or per-channel float32)."""
+    """An integer Relax value and its real scale (scalar or per-channel float32).
+
+    `assumed` is the scale HF's IBertModel *believes* the value has, where that differs (it hands the
+    embedding scale to every layer, spec §5.3); None means the true scale is used ("ibert" semantics).
+    """
 
     value: relax.Expr
     scale: np.ndarray
+    assumed: np.ndarray | None = None
+
+
+def regrid(bb: relax.BlockBuilder, x: QTensor) -> QTensor:
+    """HF's `x / S_assumed` on an integer grid: rne(x * S / S_assumed), exact dyadic, 32-bit."""
+    if x.assumed is None or float(x.assumed) == float(x.scale):
+        return QTensor(x.value, x.scale)
+    d = quant.requant_dyadic(x.scale, float(x.assumed))
+    return QTensor(bb.emit(ops.requantize(x.value, d.multiplier, d.shift, bits=32)), np.asarray(x.assumed))
 
 
 def _np(t) -> np.ndarray:
@@ -42,6 +55,7 @@ def requantize_act(bb: relax.BlockBuilder, x: QTensor, quant_act, identity: QTen
     d = quant.requant_dyadic(x.scale, float(out_scale))
     kwargs = {}
     if identity is not None:
+        identity = regrid(bb, identity)
         d1 = quant.requant_dyadic(identity.scale, float(out_scale))
         kwargs = {"residual": identity.value, "residual_multiplier": d1.multiplier, "residual_shift": d1.shift}
     value = bb.emit(ops.requantize(x.value, d.multiplier, d.shift, bits=quant_act.activation_bit, **kwargs))
@@ -49,10 +63,21 @@ def requantize_act(bb: relax.BlockBuilder, x: QTensor, quant_act, identity: QTen
 
 
 def quant_linear(bb: relax.BlockBuilder, x: QTensor, linear) -> QTensor:
-    """HF QuantLinear (8-bit per-channel weights, 32-bit bias) -> ibert.linear; scale S_w * S_in per channel."""
+    """HF QuantLinear (8-bit per-channel weights, 32-bit bias) -> ibert.linear; scale S_w * S_in per channel.
+
+    With an assumed input scale (HF semantics) the bias is quantized at S_w * S_assumed and the accumulator,
+    which HF forms from the non-integer x / S_assumed, is regridded before the bias is added.
+    """
     bias = None if linear.bias is None else _np(linear.bias)
-    q = quant.quantize_linear(_np(linear.weight), bias, float(x.scale))
-    return QTensor(bb.emit(ops.linear(x.value, q.weight, q.bias)), q.acc_scale)
+    in_scale = x.scale if x.assumed is None else x.assumed
+    q = quant.quantize_linear(_np(linear.weight), bias, float(in_scale))
+    if x.assumed is None or float(x.assumed) == float(x.scale):
+        return QTensor(bb.emit(ops.linear(x.value, q.weight, q.bias)), q.acc_scale)
+    acc = bb.emit(ops.linear(x.value, q.weight))
+    acc = regrid(bb, QTensor(acc, np.asarray(x.scale), np.asarray(in_scale))).value
+    if q.bias is not None:
+        acc = bb.emit(relax.op.add(acc, relax.const(q.bias, "int32")))
+    return QTensor(acc, q.acc_scale)
 
 
 def int_layernorm(bb: relax.BlockBuilder, x: QTensor, layer_norm) -> QTensor:

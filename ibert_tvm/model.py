@@ -121,6 +121,7 @@ class QuantizedModel:
 
     ibert: IBertModel
     model_type: str
+    semantics: str = "ibert"
 
     @property
     def output_scale(self) -> float:
@@ -141,20 +142,30 @@ class QuantizedModel:
                 types = bb.emit(relax.const(np.zeros((batch, seq), np.int32)))
                 h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
                 mask4 = bb.emit(relax.op.reshape(mask, (batch, 1, 1, seq)))
+                emb_scale = h.scale
                 for layer in self.ibert.encoder.layer:
+                    if self.semantics == "hf":
+                        h = layers.QTensor(h.value, h.scale, emb_scale)
                     h = layers.encoder_layer(bb, h, layer, mask4)
                 out = bb.emit_output(h.value)
             bb.emit_func_output(out)
         return bb.get()
 
 
-def from_pretrained(model_or_dir: PreTrainedModel | str | Path, calibration: Iterable[Batch] | None = None
-                    ) -> QuantizedModel:
+SEMANTICS = ("ibert", "hf")
+
+
+def from_pretrained(model_or_dir: PreTrainedModel | str | Path, calibration: Iterable[Batch] | None = None,
+                    semantics: str = "ibert") -> QuantizedModel:
     """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
 
     An IBert model with `quant_mode=True` keeps its trained ranges (calibration optional); any other model
     needs `calibration`: batches of token ids and masks run through HF's own range statistics.
+    `semantics="hf"` reproduces HF's IBertModel, which hands the embedding scale to every layer (spec §5.3),
+    for checkpoints trained with it; the default "ibert" propagates each layer's true output scale.
     """
+    if semantics not in SEMANTICS:
+        raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
     model = _load(model_or_dir)
     qmodel = to_ibert(model)
     model_type = _encoder_of(model).config.model_type
@@ -164,4 +175,4 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path, calibration: Ite
         calibrate(qmodel, model_type, calibration)
     elif qmodel is not _encoder_of(model):
         raise ValueError("a float model needs calibration batches (or pass an IBert model with trained ranges)")
-    return QuantizedModel(qmodel, model_type)
+    return QuantizedModel(qmodel, model_type, semantics)
