@@ -53,11 +53,17 @@ def symmetric_scale(bits: int, lo: np.ndarray | float, hi: np.ndarray | float) -
 def quantize_symmetric(x: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
     """Direct quantization `clamp(rne((1/S) * x), -n, n-1)` as HF's SymmetricQuantFunction (spec §1.2).
 
-    `scale` broadcasts against `x` (per-channel weights: shape (N, 1)). Returns int64.
+    `scale` broadcasts against `x` (per-channel weights: shape (N, 1)). The clamp is applied in float64, so a
+    saturating 32-bit value lands on n-1 exactly (float32 cannot hold 2^31 - 2). Returns int64.
     """
     n = 2 ** (bits - 1) - 1
-    q = np.round((F32(1.0) / _f32(scale)) * _f32(x))
+    q = np.round((F32(1.0) / _f32(scale)) * _f32(x)).astype(np.float64)
     return np.clip(q, -n, n - 1).astype(np.int64)
+
+
+def _const_over(const: float, denom: np.ndarray) -> np.ndarray:
+    """HF's `python_const / float32_tensor`: torch evaluates it as reciprocal(tensor) * const (two roundings)."""
+    return (F32(1.0) / denom) * F32(const)
 
 
 @dataclass(frozen=True)
@@ -122,8 +128,8 @@ def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConst
     s = np.atleast_1d(_f32(in_scale))
     s_erf = s / F32(GELU_K)
     s_erf_sq = s_erf * s_erf
-    b_int = np.floor(F32(GELU_B) / s_erf)
-    c_int = np.floor(F32(GELU_C_OVER_A) / s_erf_sq)
+    b_int = np.floor(_const_over(GELU_B, s_erf))
+    c_int = np.floor(_const_over(GELU_C_OVER_A, s_erf_sq))
     s_l = s_erf_sq * F32(GELU_A) * F32(2**GELU_SHIFT)
     q1 = np.floor_divide(F32(1.0), s_l)
     out_scale = s * s_l / F32(2)
@@ -154,7 +160,7 @@ class SoftmaxConstants:
 def softmax_exp_range(in_scale: float) -> float:
     """The value of i-exp at the row max, c' * 2^30: what the reference's QuantAct(16) calibrates to."""
     s = F32(in_scale)
-    return float(np.floor(F32(EXP_C_OVER_A) / (s * s))) * 2.0**EXP_CONST
+    return float(np.floor(_const_over(EXP_C_OVER_A, s * s))) * 2.0**EXP_CONST
 
 
 def softmax_constants(in_scale: float, exp_scale: float, in_bits: int = 32) -> SoftmaxConstants:
@@ -164,9 +170,9 @@ def softmax_constants(in_scale: float, exp_scale: float, in_bits: int = 32) -> S
     *integer* exp values (spec §3.3 step 6); the fused form requantizes `p 2^(30-z)` by 1/S16 directly.
     """
     s = F32(in_scale)
-    x0_int = np.floor(F32(EXP_X0) / s)
-    b_int = np.floor(F32(EXP_B_OVER_A) / s)
-    c_int = np.floor(F32(EXP_C_OVER_A) / (s * s))
+    x0_int = np.floor(_const_over(EXP_X0, s))
+    b_int = np.floor(_const_over(EXP_B_OVER_A, s))
+    c_int = np.floor(_const_over(EXP_C_OVER_A, s * s))
     if not all(np.isfinite(v) and abs(float(v)) < 2.0**62 for v in (x0_int, b_int, c_int)) or x0_int >= 0:
         raise QuantizationRangeError(f"IntSoftmax: input scale {float(s):.3e} is out of range")
     d = batch_frexp(1.0 / np.float64(F32(exp_scale)))

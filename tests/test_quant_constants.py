@@ -137,6 +137,8 @@ def test_requant_dyadic_matches_fixedpointmul(per_channel, fixedpointmul_frexp_c
     for case in range(n_cases):
         if per_channel:  # accumulator scales S_w[c] * S_in, as QuantLinear forms them in float32
             s_in = log_uniform(rng, 1e-4, 1e-1, channels) * F32(log_uniform(rng, 1e-4, 1e-1, 1)[0])
+            if case % 2:  # i-GELU / LayerNorm output scales: negative channels -> negative M
+                s_in = s_in * np.where(rng.random(channels) < 0.5, F32(-1), F32(1))
         else:
             s_in = log_uniform(rng, 1e-12, 1e3, 1)
         s_out = log_uniform(rng, 1e-8, 1e2, 1)
@@ -206,6 +208,19 @@ def test_gelu_constants_match_hf(gelu_pair, name):
         assert_same(f"i-GELU {name}", s, ours[name], ref[name].astype(np.int64))
 
 
+def test_hf_gelu_constants_are_reciprocal_times_constant(gelu_pair):
+    """Pins HF's exact float32 formula (the one `quant.gelu_constants` has to mirror).
+
+    `coeff / scaling_factor` on a tensor is `Tensor.__rtruediv__` = `scaling_factor.reciprocal() * coeff`:
+    two float32 roundings (1/S', then the product), not one correctly rounded division. Above 2^24 a
+    one-ulp difference is a difference of 2 .. 2^k in the integer (c_int ~ 1e9 .. 1e12).
+    """
+    s, _, ref = gelu_pair
+    s_erf = s / F32(1.4142)
+    assert np.array_equal(np.floor((F32(1.0) / s_erf) * F32(-1.769)), ref["b_int"])
+    assert np.array_equal(np.floor((F32(1.0) / (s_erf * s_erf)) * F32(1.0 / -0.2888)), ref["c_int"])
+
+
 def test_gelu_q1_uses_floor_not_truncation():
     """q1 = 1.0 // S_L on torch >= 1.13 floors toward -inf; S_L < 0, so truncation would be 1 larger."""
     s = F32([1e-5, 3.3e-4, 0.01, 0.7])
@@ -230,7 +245,9 @@ def softmax_pair():
     s = np.concatenate([log_uniform(rng, 2e-5, 1.0, 3000),
                         # S_q S_k / sqrt(64), as the attention forms it in float32
                         log_uniform(rng, 2e-3, 5e-2, 1000) * log_uniform(rng, 2e-3, 5e-2, 1000) / F32(8.0),
-                        F32([2e-5, 5e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.6931, 1.0])]).astype(F32)
+                        F32([2e-5, 5e-5, 1e-4, 3e-4, 1e-3, 3e-3, 0.6931, 1.0]),
+                        # found by search: floor(-0.6931 / S) sits within one float32 rounding of an integer
+                        F32([1.032013024087064e-04, 3.1164565007202327e-04, 2.465144279995002e-05])]).astype(F32)
     s = s[s >= 2e-5]
     module = hf.IntSoftmax(8, quant_mode=True).eval()
     x_int = torch.zeros(s.size, 2)  # q = 0: e is i-exp at the row max
@@ -258,6 +275,15 @@ def test_softmax_constants_match_hf(softmax_pair, name):
     else:
         assert np.all(ref[name] == np.floor(ref[name]))
         assert_same(f"IntSoftmax {name}", s, ours[name].astype(np.int64), ref[name].astype(np.int64))
+
+
+def test_hf_softmax_constants_are_reciprocal_times_constant(softmax_pair):
+    """As for i-GELU: HF's `x0 / S`, `coef / S`, `coef / S**2` are `reciprocal(S) * constant` in float32."""
+    s, _, ref = softmax_pair
+    inv, inv_sq = F32(1.0) / s, F32(1.0) / (s * s)
+    assert np.array_equal(np.floor(inv * F32(-0.6931)), ref["x0_int"])
+    assert np.array_equal(np.floor(inv * F32(0.96963238 / 0.35815147)), ref["b_int"])
+    assert np.array_equal(np.floor(inv_sq * F32(1.0 / 0.35815147)), ref["c_int"])
 
 
 def test_softmax_exp_requant_matches_hf_frexp():
