@@ -4,11 +4,15 @@
 tried in this order (the first that applies wins):
 
 - `Matmul`: `ibert.linear` (the int32 bias add is inlined into its epilogue) and `ibert.matmul` (Q K^T,
-  and P V with int16 probabilities). Its int8 tensor-core branch (`MatmulInt8Tensorization`, chosen on
-  sm_70+ when M, N and K all exceed 64, i.e. every BERT-base linear layer) crashes TVM 0.27 while lowering
-  (`GetWmmaFragmentSize`, in InjectSoftwarePipeline), so each PrimFunc is marked `dlight.do_not_tensorize`
-  and the rule's SIMT schedule (shared-memory tiles, int32 accumulation in registers) is used at every shape.
-- `GEMV`, `Reduction`: kept for the shapes they recognise (e.g. a linear layer on a single token).
+  and P V with int16 probabilities), always with its SIMT schedule (shared-memory tiles, int32 accumulation
+  in registers). Its int8 tensor-core branch (`MatmulInt8Tensorization`, taken on sm_70+ when M, N and K all
+  exceed 64, as in every BERT-base linear layer) crashes TVM 0.27 while lowering (`GetWmmaFragmentSize`, in
+  InjectSoftwarePipeline), and merely entering it imports `tvm.s_tir.tensor_intrin.cuda`, about a minute of
+  TVMScript parsing, even when the PrimFunc carries `dlight.do_not_tensorize`. So the rule is shown the
+  target with a pre-Volta arch (its only use of `arch` is that branch); the kernels are still built for the
+  real target.
+- `GEMV`: `ibert.linear` on a single token (M = 1), where `Matmul` declines.
+- `Reduction`: kept from TVM's default list; no `ibert.*` op at BERT shapes needs it.
 - `GeneralReduction`: `ibert.int_softmax` and `ibert.int_layernorm` (one thread block per row; the row
   reductions and the elementwise stages fused into one kernel).
 - `Fallback`: elementwise and gather ops: `ibert.requantize`, `ibert.int_gelu`, `ibert.embedding`.
@@ -23,9 +27,10 @@ driver. The host side of the module is not part of the result.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 
 import tvm
-from tvm import relax, tirx
+from tvm import relax, s_tir, tirx
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.s_tir import dlight as dl
 from tvm.support import nvcc
@@ -33,7 +38,6 @@ from tvm.target import Target
 
 #: The NVIDIA T4 (sm_75), the data-centre GPU the project targets first.
 T4 = "nvidia/nvidia-t4"
-_NO_TENSORIZE = "dlight.do_not_tensorize"
 
 
 class NvccNotFoundError(RuntimeError):
@@ -44,14 +48,23 @@ def find_nvcc() -> str:
     """The path of nvcc on PATH; raises NvccNotFoundError naming it when it is missing."""
     path = shutil.which("nvcc")
     if path is None:
-        raise NvccNotFoundError("nvcc not found on PATH: compiling CUDA kernels to a cubin needs the CUDA "
-                                "toolkit's nvcc (e.g. add /usr/local/cuda/bin to PATH)")
+        raise NvccNotFoundError("nvcc, the CUDA toolkit's compiler, is not on PATH; it compiles the CUDA "
+                                "kernels to a cubin (add e.g. /usr/local/cuda/bin to PATH)")
     return path
 
 
+class SimtMatmul(dl.gpu.Matmul):
+    """dlight's `Matmul` rule without its (crashing) tensor-core branch: it sees the target as pre-Volta."""
+
+    def apply(self, func: tirx.PrimFunc, target: Target, tunable: bool) -> s_tir.Schedule | None:
+        if target.kind.name == "cuda":
+            target = Target({**dict(target.export()), "arch": "sm_50"})
+        return super().apply(func, target, tunable)
+
+
 def default_rules() -> list[dl.ScheduleRule]:
-    """The dlight GPU rules in the order they are tried (the CUDA backend's default list)."""
-    return [dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
+    """The dlight GPU rules in the order they are tried (the CUDA backend's default list, SIMT matmul)."""
+    return [SimtMatmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
 
 
 def apply_default_schedule(mod: tvm.IRModule, target: Target | str = T4) -> tvm.IRModule:
@@ -61,12 +74,8 @@ def apply_default_schedule(mod: tvm.IRModule, target: Target | str = T4) -> tvm.
     (an unscheduled kernel would otherwise fail later with unbound threads).
     """
     target = _cuda_target(target)
-    mod = mod.clone()  # the caller's module stays as it was
-    for gvar, func in mod.functions_items():
-        if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
-            mod[gvar] = func.with_attr(_NO_TENSORIZE, True)
-    with target:
-        mod = dl.ApplyDefaultSchedule(*default_rules())(mod)
+    with target:  # the pass edits the module it is given in place: give it a copy
+        mod = dl.ApplyDefaultSchedule(*default_rules())(mod.clone())
     missed = [g.name_hint for g, f in mod.functions_items()
               if isinstance(f, tirx.PrimFunc) and not f.attrs.get("tirx.is_scheduled", False)]
     if missed:
@@ -101,12 +110,18 @@ def build_cubin(mod: tvm.IRModule, target: Target | str = T4) -> bytes:
     find_nvcc()
     target = _cuda_target(target)
     exe = tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
-    sources = [m.inspect_source("cuda") for m in exe.mod._collect_from_import_tree(lambda m: m.kind == "cuda")]
+    sources = [m.inspect_source("cuda") for m in _module_tree(exe.mod) if m.kind == "cuda"]
     if len(sources) != 1:
         raise RuntimeError(f"expected one CUDA module in the build, found {len(sources)}")
     with target:  # compile_cuda reads the target in scope even when arch is given
         return bytes(nvcc.compile_cuda(sources[0], target_format="cubin", arch=str(target.attrs["arch"]),
                                        compiler="nvcc"))
+
+
+def _module_tree(mod: tvm.runtime.Module) -> Iterator[tvm.runtime.Module]:
+    yield mod
+    for sub in mod.imports:
+        yield from _module_tree(sub)
 
 
 def _cuda_target(target: Target | str) -> Target:
