@@ -50,7 +50,8 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
             return tir.const(True, "bool")
         m = mask[0]
         idx = [0 if (isinstance(dm, tir.IntImm) and int(dm) == 1) else ix for dm, ix in zip(m.shape, i)]
-        return m[tuple(idx)] != tir.const(0, m.dtype)
+        value = m[tuple(idx)]
+        return value if str(m.dtype) == "bool" else value != tir.const(0, m.dtype)
 
     k = te.reduce_axis((0, length), name="k")
     # Masked entries enter the max as INT32_MIN (a reduction `where=` predicate is not honoured by TE here).
