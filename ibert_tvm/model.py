@@ -9,18 +9,18 @@ semantics), which equals HF's computation for the first layer (HF reuses the emb
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import tvm
-from tqdm import tqdm
-from transformers import AutoConfig, AutoModel, IBertConfig, IBertModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoTokenizer, IBertConfig, IBertModel, PreTrainedModel
 from tvm import relax
 
 from . import layers
+from .calibration import Batch, batches_from_texts, calibrate, position_ids  # noqa: F401 (re-exported)
 
 
 class UnsupportedModelError(ValueError):
@@ -89,39 +89,13 @@ def to_ibert(model: PreTrainedModel) -> IBertModel:
 
 
 @dataclass
-class Batch:
-    """Token ids, attention mask and the position ids the source architecture uses."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-
-
-def position_ids(model_type: str, input_ids: torch.Tensor, pad: int) -> torch.Tensor:
-    """BERT counts positions from 0; RoBERTa / IBert from pad + 1 over real tokens (pad stays pad)."""
-    if model_type == "bert":
-        return torch.arange(input_ids.shape[1]).expand(input_ids.shape)
-    real = (input_ids != pad).long()
-    return torch.cumsum(real, dim=1) * real + pad
-
-
-def calibrate(qmodel: IBertModel, model_type: str, batches: Iterable[Batch]) -> None:
-    """HF's own calibration: train-mode forwards update every QuantAct's EMA range (momentum 0.95)."""
-    batches = list(batches)
-    qmodel.train()
-    with torch.no_grad():
-        for batch in tqdm(batches, desc="calibrating", unit="batch"):
-            qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id))
-    qmodel.eval()
-
-
-@dataclass
 class QuantizedModel:
     """A calibrated I-BERT encoder ready to emit its integer-only Relax program."""
 
     ibert: IBertModel
     model_type: str
     semantics: str = "ibert"
+    tokenizer: object | None = None
 
     @property
     def output_scale(self) -> float:
@@ -155,12 +129,15 @@ class QuantizedModel:
 SEMANTICS = ("ibert", "hf")
 
 
-def from_pretrained(model_or_dir: PreTrainedModel | str | Path, calibration: Iterable[Batch] | None = None,
-                    semantics: str = "ibert") -> QuantizedModel:
+def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
+                    calibration: Iterable[Batch] | Sequence[str] | None = None, semantics: str = "ibert",
+                    tokenizer=None, method: str = "minmax", percentile: float = 99.99) -> QuantizedModel:
     """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
 
     An IBert model with `quant_mode=True` keeps its trained ranges (calibration optional); any other model
-    needs `calibration`: batches of token ids and masks run through HF's own range statistics.
+    needs `calibration`: batches of token ids and masks, or sentences (tokenized with `tokenizer`, or the
+    tokenizer saved in the model directory), run through HF's own range statistics (`method="minmax"`,
+    momentum 0.95) or their `percentile` variant (`method="percentile"`).
     `semantics="hf"` reproduces HF's IBertModel, which hands the embedding scale to every layer (spec §5.3),
     for checkpoints trained with it; the default "ibert" propagates each layer's true output scale.
     """
@@ -171,8 +148,16 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path, calibration: Ite
     model_type = _encoder_of(model).config.model_type
     if model_type == "ibert":
         model_type = "roberta"
+    if tokenizer is None and not isinstance(model_or_dir, PreTrainedModel):
+        tokenizer = AutoTokenizer.from_pretrained(Path(model_or_dir), local_files_only=True)
     if calibration is not None:
-        calibrate(qmodel, model_type, calibration)
+        calibration = list(calibration)
+        if calibration and all(isinstance(t, str) for t in calibration):
+            if tokenizer is None:
+                raise ValueError("calibration texts need a tokenizer (pass tokenizer=, or a model directory "
+                                 "that holds one)")
+            calibration = batches_from_texts(calibration, tokenizer)
+        calibrate(qmodel, model_type, calibration, method=method, percentile=percentile)
     elif qmodel is not _encoder_of(model):
         raise ValueError("a float model needs calibration batches (or pass an IBert model with trained ranges)")
-    return QuantizedModel(qmodel, model_type, semantics)
+    return QuantizedModel(qmodel, model_type, semantics, tokenizer)

@@ -35,8 +35,8 @@ def test_layer_is_integer_only(tiny_result):
     assert tiny_result["ibert_ops"] == 23
 
 
-def test_demo_cli_runs():
+def test_block_demo_cli_runs():
     exe = Path(sys.executable).with_name("ibert-tvm")
-    proc = subprocess.run([str(exe), "demo", "--seq", "16"], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([str(exe), "demo", "--block", "--seq", "16"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "identical" in proc.stdout and "cosine" in proc.stdout

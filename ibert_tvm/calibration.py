@@ -1,0 +1,97 @@
+"""Activation-range calibration on sample inputs: HF's own running min/max, or a percentile variant.
+
+Ranges live in the `QuantAct` buffers of HF's `IBertModel` (quant_mode=True). Train-mode forward passes make
+every QuantAct update its EMA of the batch min/max (momentum 0.95, spec §1.5) — the I-BERT reference's
+calibration, unchanged. The percentile method replaces each batch's min/max by its lower/upper percentile
+(per-tensor; the IntSoftmax's internal 16-bit range keeps min/max: its maximum is exact by construction).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers.models.ibert.quant_modules import QuantAct
+
+MOMENTUM = 0.95
+METHODS = ("minmax", "percentile")
+
+
+@dataclass
+class Batch:
+    """Token ids and attention mask (int64 [B, L] tensors)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+
+
+def position_ids(model_type: str, input_ids: torch.Tensor, pad: int) -> torch.Tensor:
+    """BERT counts positions from 0; RoBERTa / IBert from pad + 1 over real tokens (pad stays pad)."""
+    if model_type == "bert":
+        return torch.arange(input_ids.shape[1]).expand(input_ids.shape)
+    real = (input_ids != pad).long()
+    return torch.cumsum(real, dim=1) * real + pad
+
+
+def batches_from_texts(texts: Sequence[str], tokenizer, batch_size: int = 8, max_length: int = 128) -> list[Batch]:
+    """Tokenize sentences with the model's tokenizer into padded batches."""
+    if isinstance(texts, str):
+        raise TypeError("calibration texts must be a sequence of strings, not one string")
+    out = []
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True, max_length=max_length,
+                        return_tensors="pt")
+        out.append(Batch(enc["input_ids"], enc["attention_mask"]))
+    return out
+
+
+class _PercentileRanges:
+    """Forward pre-hooks recording each QuantAct's per-batch percentile range, merged by HF's EMA rule."""
+
+    def __init__(self, acts: list[QuantAct], percentile: float):
+        self.low, self.high = 100.0 - percentile, percentile
+        self.ranges: dict[QuantAct, tuple[float, float]] = {}
+        self.hooks = [a.register_forward_pre_hook(self._record, with_kwargs=True) for a in acts]
+
+    def _record(self, module: QuantAct, args: tuple, kwargs: dict) -> None:
+        x = args[0]
+        identity = kwargs.get("identity", args[2] if len(args) > 2 else None)
+        x_act = (x if identity is None else x + identity).detach().float().flatten().numpy()
+        lo, hi = (float(v) for v in np.percentile(x_act, [self.low, self.high]))
+        if module in self.ranges:
+            old_lo, old_hi = self.ranges[module]
+            lo, hi = MOMENTUM * old_lo + (1 - MOMENTUM) * lo, MOMENTUM * old_hi + (1 - MOMENTUM) * hi
+        self.ranges[module] = (lo, hi)
+
+    def apply(self) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        for module, (lo, hi) in self.ranges.items():
+            module.x_min.fill_(lo)
+            module.x_max.fill_(hi)
+
+
+def calibrate(qmodel, model_type: str, batches: Iterable[Batch], method: str = "minmax",
+              percentile: float = 99.99) -> None:
+    """Run the batches through `qmodel` in train mode (dropout is 0) so its QuantActs record ranges."""
+    if method not in METHODS:
+        raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
+    batches = list(batches)
+    if not batches:
+        raise ValueError("calibration needs at least one batch of inputs")
+    recorder = None
+    if method == "percentile":
+        softmax_acts = {m.act for m in qmodel.modules() if hasattr(m, "act") and isinstance(m.act, QuantAct)}
+        acts = [m for m in qmodel.modules() if isinstance(m, QuantAct) and m not in softmax_acts]
+        recorder = _PercentileRanges(acts, percentile)
+    qmodel.train()
+    with torch.no_grad():
+        for batch in tqdm(batches, desc="calibrating", unit="batch"):
+            qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id))
+    qmodel.eval()
+    if recorder is not None:
+        recorder.apply()
