@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import tvm
 from transformers import AutoConfig, AutoModel, AutoTokenizer, IBertConfig, IBertModel, PreTrainedModel
 from tvm import relax
 
 from . import layers
-from .calibration import Batch, batches_from_texts, calibrate, position_ids  # noqa: F401 (re-exported)
+from .calibration import Batch, batches_from_texts, calibrate, position_ids  # noqa: F401 (Batch, position_ids re-exported)
 
 
 class UnsupportedModelError(ValueError):

@@ -141,3 +141,26 @@ def test_unsupported_architecture_is_named():
 
     with pytest.raises(UnsupportedModelError, match="gpt2"):
         from_pretrained(GPT2Model(GPT2Config(n_layer=1, n_embd=32, n_head=2)), calibration=[])
+
+
+def test_percentile_calibration_clips_ranges():
+    fm = tiny("bert")
+    data = batches(0, 3, 4, 24, seed=1)
+    minmax = from_pretrained(fm, calibration=data)
+    pct = from_pretrained(fm, calibration=data, method="percentile", percentile=99.0)
+    act = lambda qm: qm.ibert.encoder.layer[0].attention.self.query_activation  # noqa: E731
+    assert float(act(pct).x_max) < float(act(minmax).x_max)
+    assert float(act(pct).x_min) > float(act(minmax).x_min)
+    # The softmax's internal 16-bit range keeps min/max (its maximum is exact by construction).
+    sm = lambda qm: qm.ibert.encoder.layer[0].attention.self.softmax.act  # noqa: E731
+    assert float(sm(pct).x_max) == pytest.approx(float(sm(minmax).x_max), rel=1e-6)
+
+
+def test_text_calibration_needs_a_tokenizer():
+    with pytest.raises(ValueError, match="tokenizer"):
+        from_pretrained(tiny("bert"), calibration=["a sentence", "another one"])
+
+
+def test_unknown_calibration_method_is_named():
+    with pytest.raises(ValueError, match="median"):
+        from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 8, seed=1), method="median")

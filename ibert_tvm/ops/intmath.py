@@ -42,8 +42,9 @@ def rne_shift(v: tir.PrimExpr, e: tir.PrimExpr | int) -> tir.PrimExpr:
 def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr | int) -> tir.PrimExpr:
     """round_half_even(x * m / 2^e) exactly, without a 128-bit type.
 
-    Bounds: |x| < 2^62, |m| <= 2^31, 0 <= e <= 93, and the result fits in int64 (callers bound it at build
-    time). x*m is split as c*2^31 + bl with 0 <= bl < 2^31, so every partial product stays below 2^63.
+    Bounds: |x| < 2^62, |m| <= 2^31, 0 <= e <= 93. x*m is split as c*2^31 + bl with 0 <= bl < 2^31, so every
+    partial product stays below 2^63. A result whose magnitude would pass 2^62 saturates there, keeping its
+    sign (every caller clamps to at most 32 bits afterwards, so the clamp still sees the right side).
     """
     x, m, e = i64(x), i64(m), i64(e)
     low31, k31 = i64(LOW31), i64(31)
@@ -60,7 +61,8 @@ def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr |
     eq_hi = tir.Select(d == i64(0), bl == half31, tir.And(rc == hd, bl == i64(0)))
     # e < 31: q = c * 2^(31-e) + (bl >> e); the remainder lies in bl's low e bits.
     s = tir.min(e, k31)
-    q_lo = (c << (k31 - s)) + (bl >> s)
+    c_limit = i64(1) << (k31 + s)  # |c| < 2^(31+s) keeps c * 2^(31-s) below 2^62
+    q_lo = (tir.min(tir.max(c, -c_limit), c_limit - i64(1)) << (k31 - s)) + (bl >> s)
     r_lo = bl & ((i64(1) << s) - i64(1))
     h_lo = (i64(1) << s) >> i64(1)
     gt_lo = r_lo > h_lo
@@ -70,6 +72,17 @@ def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr |
     gt = tir.Select(wide, gt_hi, gt_lo)
     eq = tir.Select(wide, eq_hi, eq_lo)
     return q + tir.Select(tir.Or(gt, tir.And(eq, (q & i64(1)) == i64(1))), i64(1), i64(0))
+
+
+def add_for_clamp(v: tir.PrimExpr, w: tir.PrimExpr, limit_bits: int = 40) -> tir.PrimExpr:
+    """v + w for int64 terms up to 2^62 each, saturated at +-2^(limit_bits+1) instead of wrapping.
+
+    Exact whenever |v + w| < 2^limit_bits; beyond that only the sign matters to a clamp of <= 32 bits.
+    floor((v + w) / 2) is formed without overflow to decide.
+    """
+    half = (v >> i64(1)) + (w >> i64(1)) + (((v & i64(1)) + (w & i64(1))) >> i64(1))
+    big = i64(1 << limit_bits)
+    return tir.Select(half > big, big * i64(2), tir.Select(half < -big, -big * i64(2), v + w))
 
 
 def clamp(v: tir.PrimExpr, lo: int, hi: int) -> tir.PrimExpr:

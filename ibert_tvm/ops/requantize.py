@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te
 
-from .intmath import clamp, i64, mul_rne_shift_wide, per_channel, ref_rne_div_pow2, rne_shift
+from .intmath import add_for_clamp, clamp, i64, mul_rne_shift_wide, per_channel, ref_rne_div_pow2, rne_shift
 from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, same_dim, tensor_type
 
 OP = "ibert.requantize"
@@ -53,7 +53,7 @@ def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bit
         v = mul_rne_shift_wide(x[i], mi, ei) if wide else rne_shift(i64(x[i]) * mi, ei)
         if residual:
             y, m1, e1 = residual
-            v = v + rne_shift(i64(y[i]) * per_channel(m1, i), per_channel(e1, i))
+            v = add_for_clamp(v, rne_shift(i64(y[i]) * per_channel(m1, i), per_channel(e1, i)))
         return clamp(v, lo, hi).astype(OUT_DTYPE[bits])
 
     return te.compute(x.shape, body, name="requantize")
@@ -62,8 +62,14 @@ def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bit
 register(OP, "Dyadic requantization with round-half-even, optional rescaled residual, clamp.", _infer, _compute)
 
 
-def _dyadic(m: np.ndarray | int, e: np.ndarray | int, wide: bool, arg: str) -> tuple[np.ndarray, np.ndarray]:
-    """Check (M, E) and fold shifts past the exact range to (0, 0): their product rounds to 0 anyway."""
+def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, wide: bool, arg: str
+            ) -> tuple[np.ndarray | relax.Expr, np.ndarray | relax.Expr]:
+    """Check (M, E) and fold shifts past the exact range to (0, 0): their product rounds to 0 anyway.
+
+    Relax expressions (run-time parameters) pass unchecked: their values must already satisfy the bounds.
+    """
+    if isinstance(m, relax.Expr) or isinstance(e, relax.Expr):
+        return m, e
     m = np.asarray(m, dtype=np.int64)
     e = np.asarray(e, dtype=np.int64)
     if m.shape != e.shape:

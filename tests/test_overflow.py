@@ -1,0 +1,443 @@
+"""Each `ibert.*` operator driven to its widest intermediate, compared with its exact reference.
+
+linear / matmul at the largest reduction length the int32 accumulator allows; requantize at |x M| = 2^62
+(narrow) and |x| ~ 2^62 over every shift (wide); i-GELU at the smallest scale `quant.gelu_constants`
+accepts; IntSoftmax at the scale and shift limits of `quant.softmax_constants` with scores spanning int32;
+IntLayerNorm with C = 4096 (and the contract's largest C) at the 22-bit ends; embedding at ids 0 and V-1.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+
+from ibert_tvm import ops, quant
+from ibert_tvm.ops import IBertOpError
+from ibert_tvm.ops.registry import make_call
+
+from op_harness import (EMBEDDING, GELU, I32_MAX, I32_MIN, LAYERNORM, LINEAR, LN_MAX, LN_MIN, MATMUL, REQUANT, SOFTMAX,
+                        assert_exact, compile_vm, describe_mismatch, run_static, sym, tvar)
+
+K_LINEAR_MAX = I32_MAX // (128 * 128)  # 131071: K * 2^14 <= 2^31 - 1
+K_PV_MAX = I32_MAX // (256 * 128)  # 65535: softmax probabilities (<= 256) x int8
+
+
+def _f32_bits(f) -> int:
+    return int(np.float32(f).view(np.int32))
+
+
+def _f32(bits: int) -> np.float32:
+    return np.int32(bits).view(np.float32)
+
+
+def boundary_scale(accepts, lo: float, hi: float) -> np.float32:
+    """The float32 scale in [lo, hi] where `accepts` flips: the smallest accepted one if `accepts(hi)`,
+    else the largest accepted one (bisection on the float32 bit patterns)."""
+    a, b = _f32_bits(lo), _f32_bits(hi)
+    hi_ok = accepts(_f32(b))
+    assert accepts(_f32(a)) != hi_ok
+    while b - a > 1:
+        mid = (a + b) // 2
+        if accepts(_f32(mid)) == hi_ok:
+            b = mid
+        else:
+            a = mid
+    return _f32(b if hi_ok else a)
+
+
+def _accepts(fn):
+    def ok(s) -> bool:
+        try:
+            with np.errstate(all="ignore"):
+                fn(s)
+            return True
+        except quant.QuantizationRangeError:
+            return False
+
+    return ok
+
+
+def softmax_consts(s, exp_scale=None) -> dict:
+    s = np.float32(s)
+    with np.errstate(all="ignore"):
+        if exp_scale is None:  # HF's calibration: the row max maps to 32767
+            exp_scale = quant.symmetric_scale(16, 0, quant.softmax_exp_range(s))
+        c = quant.softmax_constants(s, exp_scale)
+    return dict(x0_int=c.x0_int, b_int=c.b_int, c_int=c.c_int, exp_multiplier=c.exp_multiplier,
+                exp_shift=c.exp_shift)
+
+
+GELU_MIN_SCALE = boundary_scale(_accepts(lambda s: quant.gelu_constants(np.float32(s))), 1e-12, 1e-1)
+GELU22_MIN_SCALE = boundary_scale(_accepts(lambda s: quant.gelu_constants(np.float32(s), in_bits=22)),
+                                  1e-12, 1e-1)
+SOFTMAX_MIN_SCALE = boundary_scale(_accepts(softmax_consts), 1e-12, 1e-1)
+SOFTMAX_MAX_SCALE = boundary_scale(_accepts(softmax_consts), 1e-1, 10.0)
+
+
+# ============================================================================== linear / matmul
+
+
+def test_linear_max_k_all_minus_128():
+    """K = 131071, the largest K with K 2^14 + |bias| < 2^31; -128 x -128 everywhere, bias 16383."""
+    k = K_LINEAR_MAX
+    x = np.full((2, k), -128, np.int8)
+    x[1, ::2] = 127
+    w = np.full((3, k), -128, np.int8)
+    w[1] = 127
+    w[2, 1::2] = 127
+    b = np.array([16383, -16383, 0], np.int32)  # max |bias| the builder accepts at this K
+    out = run_static(lambda xv: ops.linear(xv, w, b), {"x": x})
+    ref = LINEAR.reference(x, w, b)
+    assert ref[0, 0] == I32_MAX  # the accumulator's exact top: k 2^14 + 16383 = 2^31 - 1
+    assert_exact(out, ref, "int32", "linear max K")
+
+
+@pytest.mark.parametrize("k,bias", [
+    (K_LINEAR_MAX + 1, None),
+    (K_LINEAR_MAX, [16384]),
+    (K_LINEAR_MAX, [-16384, 0]),
+    (K_LINEAR_MAX - 1, [32768]),
+    (1, [I32_MAX]),
+])
+def test_linear_rejects_accumulator_overflow(k, bias):
+    w = np.full((len(bias) if bias else 1, k), -128, np.int8)
+    b = None if bias is None else np.array(bias, np.int32)
+    x = tvar("x", (2, k), "int8")
+    with pytest.raises(IBertOpError, match="overflow"):
+        ops.linear(x, w, b)
+
+
+def test_linear_accepts_accumulator_limit():
+    w = np.zeros((2, K_LINEAR_MAX), np.int8)
+    call = ops.linear(tvar("x", (2, K_LINEAR_MAX), "int8"), w, np.array([16383, -16383], np.int32))
+    assert call.op.name == "ibert.linear"
+    call = ops.linear(tvar("x", (2, 1), "int8"), np.zeros((1, 1), np.int8), np.array([I32_MAX - 16384], np.int32))
+    assert call.op.name == "ibert.linear"
+    call = ops.linear(tvar("x", (2, K_LINEAR_MAX - 1), "int8"), np.zeros((1, K_LINEAR_MAX - 1), np.int8),
+                      np.array([-32767], np.int32))
+    assert call.op.name == "ibert.linear"
+
+
+def test_matmul_probabilities_256_by_minus_128_max_k():
+    """P V with int16 probabilities: K = 65535, 256 x -128 = -2^15 per term, sum -2^31 + 2^15."""
+    k = K_PV_MAX
+    a = np.full((1, 2, 2, k), 256, np.int16)
+    a[0, 1, 1, 1::2] = 0
+    b = np.full((1, 2, k, 3), -128, np.int8)
+    b[..., 1] = 127
+    b[0, 1, ::3, 2] = 127
+    out = run_static(lambda av, bv: ops.matmul(av, bv), {"a": a, "b": b})
+    ref = MATMUL.reference(a, b)
+    assert ref[0, 0, 0, 0] == -k * 256 * 128
+    assert_exact(out, ref, "int32", "P V max K")
+
+
+def test_matmul_int8_minus_128_squared_max_k_transposed():
+    """Q K^T with int8 keys (transpose_b): K = 131071, -128 x -128 everywhere -> 2^31 - 2^14."""
+    k = K_LINEAR_MAX
+    a = np.full((2, 1, k), -128, np.int8)
+    b = np.full((2, 2, k), -128, np.int8)
+    b[1, 1] = 127
+    out = run_static(lambda av, bv: ops.matmul(av, bv, transpose_b=True), {"a": a, "b": b})
+    ref = MATMUL.reference(a, b, True)
+    assert ref[0, 0, 0] == k * 128 * 128
+    assert_exact(out, ref, "int32", "Q K^T max K")
+
+
+@pytest.mark.parametrize("a_dtype,k_max", [("int16", K_PV_MAX), ("int8", K_LINEAR_MAX)])
+def test_matmul_type_rule_bounds_k(a_dtype, k_max):
+    ok = ops.matmul(tvar("a", (1, 2, k_max), a_dtype), tvar("b", (1, k_max, 3), "int8"))
+    assert ok.op.name == "ibert.matmul"
+    with pytest.raises(IBertOpError, match="overflow"):
+        ops.matmul(tvar("a", (1, 2, k_max + 1), a_dtype), tvar("b", (1, k_max + 1, 3), "int8"))
+
+
+# ============================================================================== requantize
+
+OUT_DTYPE = {8: "int8", 16: "int16", 22: "int32", 32: "int32"}
+NARROW_X = np.array([I32_MIN, I32_MAX, I32_MIN + 1, -1, 0, 1], np.int64)
+NARROW_E = [0, 1, 31, 62, 63, 100]
+NARROW_M = [1 << 31, -(1 << 31)]
+
+
+@pytest.mark.parametrize("bits", [8, 16, 22, 32])
+def test_requantize_narrow_x_times_m_at_2_62(bits):
+    """x = -2^31 with M = +-2^31: |x M| = 2^62, E in {0, 1, 31, 62, 63, 100} (63 and 100 fold to 0)."""
+    cols = [(m, e) for m in NARROW_M for e in NARROW_E]
+    m = np.array([c[0] for c in cols], np.int64)
+    e = np.array([c[1] for c in cols], np.int64)
+    x = np.repeat(NARROW_X[:, None], len(cols), axis=1).astype(np.int32)
+    out = run_static(lambda xv: ops.requantize(xv, m, e, bits), {"x": x})
+    ref = REQUANT.reference(x, m, e, bits)
+    lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    want_row0 = [max(lo, min(hi, v)) for v in
+                 [-(1 << 62), -(1 << 61), -(1 << 31), -1, 0, 0, 1 << 62, 1 << 61, 1 << 31, 1, 0, 0]]
+    assert ref[0].tolist() == want_row0  # -2^62 / 2^63 = -0.5 rounds to even 0
+    assert_exact(out, ref, OUT_DTYPE[bits], f"requantize narrow bits={bits}",
+                 labels=lambda i: f"x={int(x[i])}, M={int(m[i[1]])}, E={int(e[i[1]])}")
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_requantize_residual_two_terms_at_2_62(bits):
+    """x = y = -2^31 with M = M1 = +-2^31: each rounded term is +-2^62 at E = E1 = 0, their sum +-2^63."""
+    cols = [(1 << 31, 0, 1 << 31, 0), (-(1 << 31), 0, -(1 << 31), 0), (-(1 << 31), 0, 1 << 31, 0),
+            (-(1 << 31), 1, -(1 << 31), 1), (-(1 << 31), 0, -(1 << 31), 1), (1 << 31, 62, -(1 << 31), 62),
+            (-(1 << 31), 63, -(1 << 31), 100)]
+    m, e, m1, e1 = (np.array(v, np.int64) for v in zip(*cols))
+    x = np.repeat(np.array([I32_MIN, I32_MAX, I32_MIN], np.int64)[:, None], len(cols), axis=1).astype(np.int32)
+    y = np.repeat(np.array([I32_MIN, I32_MIN, I32_MAX], np.int64)[:, None], len(cols), axis=1).astype(np.int32)
+    out = run_static(lambda xv, yv: ops.requantize(xv, m, e, bits, yv, m1, e1), {"x": x, "y": y})
+    ref = REQUANT.reference(x, m, e, bits, y, m1, e1)
+    assert ref[0, 1] == (1 << (bits - 1)) - 1  # 2^62 + 2^62 = 2^63 saturates high
+    assert_exact(out, ref, OUT_DTYPE[bits], f"requantize residual bits={bits}",
+                 labels=lambda i: (f"x={int(x[i])}, y={int(y[i])}, M={int(m[i[1]])}, E={int(e[i[1]])}, "
+                                   f"M1={int(m1[i[1]])}, E1={int(e1[i[1]])}"))
+
+
+WIDE_X = np.array([(1 << 62) - 1, -((1 << 62) - 1), (1 << 62) - (1 << 31), -(1 << 62) + (1 << 31) + 1,
+                   (1 << 61) + 1, -(1 << 61) - 1, (1 << 45) + 3, 1 << 32, I32_MAX, -1, 1, 0], np.int64)
+WIDE_M = [1 << 31, -(1 << 31), (1 << 30) + 1, -((1 << 31) - 1)]
+WIDE_E = list(range(0, 94)) + [94, 95, 100, 127, 200]
+
+
+@functools.lru_cache(maxsize=None)
+def _wide_requant(bits: int):
+    """One per-channel run over every (M, E) column; returns x, M, E, out, reference."""
+    cols = [(mi, ei) for mi in WIDE_M for ei in WIDE_E]
+    m = np.array([c[0] for c in cols], np.int64)
+    e = np.array([c[1] for c in cols], np.int64)
+    x = np.repeat(WIDE_X[:, None], len(cols), axis=1)
+    out = run_static(lambda xv: ops.requantize(xv, m, e, bits), {"x": x})
+    ref = REQUANT.reference(x, m, e, bits)
+    exact = x.astype(object) * m.astype(object)
+    fits = np.vectorize(lambda p, ei: abs(p) < 1 << (63 + ei), otypes=[bool])(exact, e[None, :])
+    return x, m, e, out, ref, fits
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_requantize_wide_near_2_62_result_within_int64(bits):
+    """int64 x up to 2^62 - 1, E over [0, 93] and beyond (folded): every element whose exact x M / 2^E
+    fits int64 (the split product's own precondition)."""
+    x, m, e, out, ref, fits = _wide_requant(bits)
+    assert out.dtype == np.dtype(OUT_DTYPE[bits])
+    assert fits.sum() > 0.8 * fits.size
+    masked_out = np.where(fits, out.astype(np.int64), 0)
+    masked_ref = np.where(fits, ref, 0)
+    msg = describe_mismatch(masked_out, masked_ref, lambda i: f"x={int(x[i])}, M={int(m[i[1]])}, E={int(e[i[1]])}")
+    assert not msg, f"requantize wide bits={bits}: {msg}"
+
+
+@pytest.mark.parametrize("bits", [8, 32])
+def test_requantize_wide_result_past_int64_saturates(bits):
+    """The same run, elements with |x M / 2^E| >= 2^63 (E < 31, large x): the result must saturate like the
+    reference's clamp. `requantize` accepts these (M, E) for int64 inputs and checks no output bound."""
+    x, m, e, out, ref, fits = _wide_requant(bits)
+    over = ~fits
+    assert over.sum() > 0
+    assert set(np.unique(ref[over]).tolist()) <= {-(1 << (bits - 1)), (1 << (bits - 1)) - 1}
+    masked_out = np.where(over, out.astype(np.int64), 0)
+    masked_ref = np.where(over, ref, 0)
+    msg = describe_mismatch(masked_out, masked_ref, lambda i: f"x={int(x[i])}, M={int(m[i[1]])}, E={int(e[i[1]])}")
+    assert not msg, f"requantize wide bits={bits}, result past int64: {msg}"
+
+
+def test_requantize_wide_minimal_past_int64():
+    """Smallest case of the above: x = 2^32 (int64), M = 2^31, E = 0 -> x M = 2^63 -> clamp to 127."""
+    x = np.array([[1 << 32, -(1 << 32) - 1, (1 << 32) - 1]], np.int64)
+    out = run_static(lambda xv: ops.requantize(xv, 1 << 31, 0, 8), {"x": x})
+    ref = REQUANT.reference(x, 1 << 31, 0, 8)
+    assert ref.tolist() == [[127, -128, 127]]
+    assert_exact(out, ref, "int8", "requantize wide minimal")
+
+
+# ============================================================================== i-GELU
+
+
+def test_gelu_constants_smallest_scale_boundary():
+    assert quant.gelu_constants(GELU_MIN_SCALE).q1.size == 1
+    for smaller in (np.nextafter(GELU_MIN_SCALE, np.float32(0)), GELU_MIN_SCALE * np.float32(0.5),
+                    np.float32(1e-9)):
+        with pytest.raises(quant.QuantizationRangeError), np.errstate(all="ignore"):
+            quant.gelu_constants(np.float32(smaller))
+    # one channel too small is enough to refuse a per-channel vector
+    with pytest.raises(quant.QuantizationRangeError), np.errstate(all="ignore"):
+        quant.gelu_constants(np.array([1e-2, np.nextafter(GELU_MIN_SCALE, np.float32(0))], np.float32))
+    assert GELU22_MIN_SCALE < GELU_MIN_SCALE  # a 22-bit input allows a finer scale
+
+
+@functools.lru_cache(maxsize=None)
+def _gelu_vm():
+    n, c = sym("n", "c")
+    return compile_vm([tvar("x", (n, c), "int32")] + [tvar(k, (c,), "int64") for k in ("b", "cc", "q1")],
+                      lambda x, b, cc, q1: ops.int_gelu(x, b, cc, q1))
+
+
+@functools.lru_cache(maxsize=None)
+def _wide_requant_vm(bits: int):
+    n, c = sym("n", "c")
+    return compile_vm([tvar("x", (n, c), "int64"), tvar("m", (c,), "int64"), tvar("e", (c,), "int64")],
+                      lambda x, m, e: make_call("ibert.requantize", [x, m, e], bits=bits))
+
+
+@pytest.mark.parametrize("in_bits", [32, 22])
+def test_gelu_smallest_scale_extreme_inputs(in_bits):
+    """i-GELU at the smallest accepted scale with q = +-(2^(b-1) - 1) and -2^(b-1): |out| approaches 2^62.
+    Then the 8- and 32-bit requantization of that int64 output (negative per-channel scale)."""
+    s_min = GELU_MIN_SCALE if in_bits == 32 else GELU22_MIN_SCALE
+    scales = np.array([s_min, s_min, s_min * np.float32(1.5), 1e-5, 1e-1], np.float32)
+    g = quant.gelu_constants(scales, in_bits=in_bits)
+    top = (1 << (in_bits - 1)) - 1
+    rows = [[top] * 5, [-top] * 5, [-top - 1] * 5, [0] * 5, [1] * 5, [-1] * 5]
+    for edge in (-g.b_int, -g.b_int - 1, g.b_int, g.b_int + 1):  # where min(|q|, -b) starts to clip
+        rows.append(np.clip(edge, -top - 1, top).tolist())
+    x = np.array(rows, np.int64).astype(np.int32)
+    out = _gelu_vm()(x, g.b_int, g.c_int, g.q1)
+    ref = GELU.reference(x, g.b_int, g.c_int, g.q1)
+    assert_exact(out, ref, "int64", f"int_gelu smallest scale (in_bits={in_bits})")
+    mag = np.abs(ref.astype(object))
+    assert max(mag.ravel()) < quant.INT64_SAFE  # the bound gelu_constants promises
+    assert max(mag.ravel()) >= 1 << 60  # ... and this input really drives it there
+    real = np.abs(ref.astype(np.float64) * g.out_scale.astype(np.float64))
+    for bits in (8, 32):
+        target = float(real.max()) / ((1 << (bits - 1)) - 1)  # a calibrated per-tensor output scale
+        d = quant.requant_dyadic(g.out_scale, target)
+        y = _wide_requant_vm(bits)(out, *REQUANT._dyadic(d.multiplier, d.shift, True, "x"))
+        assert_exact(y, REQUANT.reference(ref, d.multiplier, d.shift, bits), OUT_DTYPE[bits],
+                     f"requantize of i-GELU output to {bits} bits")
+        assert np.abs(y.astype(np.int64)).max() >= (1 << (bits - 1)) - 2
+
+
+# ============================================================================== IntSoftmax
+
+
+@functools.lru_cache(maxsize=None)
+def _softmax_vm(scale: float, exp_scale: float | None):
+    n, length = sym("n", "L")
+    kw = softmax_consts(scale, exp_scale)
+    return compile_vm([tvar("x", (n, length), "int32")], lambda x: ops.int_softmax(x, **kw)), kw
+
+
+SOFTMAX_EXTREMES = {
+    # largest scale (x0 = -1, c' = 1), HF calibration
+    "max_scale": (float(SOFTMAX_MAX_SCALE), None),
+    # smallest scale: c' ~ 2^48, fused requantization shift E' = 93 (the limit)
+    "min_scale": (float(SOFTMAX_MIN_SCALE), None),
+    # S16 = 1: E' = 30 (the other limit), so every e16 near the row max clamps at 32767
+    "exp_shift_30": (0.1, 1.0),
+}
+
+
+def _softmax_rows(x0: int, rng) -> list[np.ndarray]:
+    """Row groups (each a 2-D array) at the int32 and clamp extremes."""
+    c = 30 * x0  # the clamp point, in integer units (negative)
+
+    def clip(v):
+        return np.clip(np.array(v, np.int64), I32_MIN, I32_MAX).astype(np.int32)
+
+    top = I32_MAX
+    return [
+        clip(rng.integers(I32_MIN, I32_MAX, (4, 33), endpoint=True)),  # spanning all of int32
+        clip([[I32_MAX] + [I32_MIN] * 15, [I32_MIN] * 15 + [I32_MAX], [0] * 7 + [I32_MAX] + [I32_MIN] * 8]),
+        clip([[top, top + c, top + c + 1, top + c - 1, top + x0, top + x0 + 1, top - 1, top],
+              [I32_MIN - c, I32_MIN - c + c, I32_MIN - c + c + 1, I32_MIN, I32_MIN - c - 1, I32_MIN - c,
+               I32_MIN - c + x0, I32_MIN - c + 2 * x0]]),
+        clip([[I32_MIN] * 9, [I32_MAX] * 9, list(range(9))]),
+        clip([np.linspace(I32_MIN, I32_MAX, 64, dtype=np.float64).astype(np.int64)]),
+        clip([[top + z * x0 + r for z in range(31) for r in (0, x0 // 2 if x0 < -1 else 0)]]),  # every z
+        clip([[5]]),
+    ]
+
+
+@pytest.mark.parametrize("case", list(SOFTMAX_EXTREMES))
+def test_int_softmax_extreme_scales(case):
+    scale, exp_scale = SOFTMAX_EXTREMES[case]
+    fn, kw = _softmax_vm(scale, exp_scale)
+    if case == "min_scale":
+        assert kw["exp_shift"] == 93
+    if case == "exp_shift_30":
+        assert kw["exp_shift"] == 30
+    rng = np.random.default_rng(11)
+    for x in _softmax_rows(kw["x0_int"], rng):
+        out = fn(x)
+        assert_exact(out, SOFTMAX.reference(x, **kw), "int16", f"int_softmax {case} (S={scale}), rows {x[:, :4]}")
+        assert out.min() >= 0 and out.max() <= 256
+
+
+@pytest.mark.parametrize("case", ["max_scale", "min_scale"])
+def test_int_softmax_all_but_max_clamped(case):
+    """Every entry but the max is below the clamp (30 x0): with HF's calibration the max gets 255, the rest 0."""
+    scale, exp_scale = SOFTMAX_EXTREMES[case]
+    fn, kw = _softmax_vm(scale, exp_scale)
+    c = 30 * kw["x0_int"]
+    x = np.array([[I32_MAX] + [I32_MIN] * 20,
+                  [1000] + [1000 + c - k for k in range(20)],
+                  [I32_MIN - c] + [I32_MIN] * 20], np.int64).astype(np.int32)
+    out = fn(x)
+    assert out[:, 0].tolist() == [255, 255, 255]
+    assert not out[:, 1:].any()
+    assert_exact(out, SOFTMAX.reference(x, **kw), "int16", f"int_softmax clamped rows ({case})")
+
+
+# ============================================================================== IntLayerNorm
+
+
+@functools.lru_cache(maxsize=None)
+def _layernorm_vm(shift: int):
+    n, c = sym("n", "c")
+    return compile_vm([tvar("x", (n, c), "int32"), tvar("b", (c,), "int64")],
+                      lambda x, b: ops.int_layernorm(x, b, shift))
+
+
+def _ln_rows(c: int, rng) -> np.ndarray:
+    alt = np.where(np.arange(c) % 2 == 0, LN_MIN, LN_MAX)
+    half = np.where(np.arange(c) < c // 2, LN_MIN, LN_MAX)
+    one_hi = np.full(c, LN_MIN)
+    one_hi[c // 3] = LN_MAX
+    one_lo = np.full(c, LN_MAX)
+    one_lo[-1] = LN_MIN
+    rand = rng.choice([LN_MIN, LN_MAX, LN_MIN + 1, LN_MAX - 1], c)
+    ramp = np.linspace(LN_MIN, LN_MAX, c).astype(np.int64)
+    const = np.full(c, LN_MIN)
+    return np.stack([alt, half, one_hi, one_lo, rand, ramp, const]).astype(np.int32)
+
+
+@pytest.mark.parametrize("shift", [0, 5, 12])
+def test_int_layernorm_c4096_at_22bit_ends(shift):
+    c = 4096
+    rng = np.random.default_rng(shift)
+    x = _ln_rows(c, rng)
+    bias = rng.choice([(1 << 61) - 1, -(1 << 61) + 1, 0, 12345], c).astype(np.int64)
+    out = _layernorm_vm(shift)(x, bias)
+    ref = LAYERNORM.reference(x, bias, shift)
+    assert_exact(out, ref, "int64", f"int_layernorm C=4096 shift={shift}")
+    assert np.array_equal(out[-1], bias)  # the constant row
+    y = x[0].astype(object) - int(np.round(x[0].astype(np.float64).mean()))
+    assert sum(int(v) ** 2 for v in y) >= 1 << 53  # var ~ 2^54 for the isqrt and the y F product
+
+
+def test_int_layernorm_largest_c_at_22bit_ends():
+    """C = 2^18 - 1, the contract's largest, half at -2^21 and half at 2^21 - 1: var ~ 2^60 (< 2^63)."""
+    c = (1 << 18) - 1
+    x = np.where(np.arange(c) < c // 2, LN_MIN, LN_MAX).astype(np.int32)[None, :]
+    bias = np.zeros(c, np.int64)
+    out = _layernorm_vm(0)(x, bias)
+    ref = LAYERNORM.reference(x, bias, 0)
+    assert_exact(out, ref, "int64", "int_layernorm C=2^18-1")
+    assert np.abs(out).max() <= 1 << 30
+
+
+# ============================================================================== embedding
+
+
+@pytest.mark.parametrize("ids_dtype", ["int32", "int64"])
+def test_embedding_first_and_last_id(ids_dtype):
+    vocab, dim = 50265, 17  # RoBERTa's vocabulary
+    rng = np.random.default_rng(0)
+    table = rng.integers(-128, 128, (vocab, dim), dtype=np.int8)
+    table[0], table[-1] = -128, 127
+    ids = np.array([[0, vocab - 1, 0], [vocab - 1, vocab - 1, 1]], ids_dtype)
+    out = run_static(lambda iv: ops.embedding(iv, table), {"ids": ids})
+    assert_exact(out, EMBEDDING.reference(ids, table), "int8", "embedding ends")
+    assert (out[0, 0] == -128).all() and (out[0, 1] == 127).all()
