@@ -19,7 +19,10 @@ from transformers import AutoConfig, AutoModel, AutoTokenizer, IBertConfig, IBer
 from tvm import relax
 
 from . import layers
-from .calibration import Batch, batches_from_texts, calibrate, position_ids  # noqa: F401 (Batch, position_ids re-exported)
+from .calibration import Batch, batches_from_texts, calibrate, position_ids
+
+
+__all__ = ["Batch", "QuantizedModel", "UnsupportedModelError", "from_pretrained", "position_ids", "to_ibert"]
 
 
 class UnsupportedModelError(ValueError):
