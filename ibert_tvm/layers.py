@@ -21,7 +21,9 @@ F32 = np.float32
 
 @dataclass(frozen=True)
 class QTensor:
-    """An integer Relax value and its real scale (scalar or per-channel float32).
+    """An integer Relax value and its real scale (scalar or per-channel float32); scale None: a float value.
+
+    Float values only occur in Q8BERT mode, around the nonlinearities HF's `force_dequant` keeps in float.
 
     `assumed` is the scale HF's IBertModel *believes* the value has, where that differs (it hands the
     embedding scale to every layer, spec §5.3); None means the true scale is used ("ibert" semantics).
@@ -49,9 +51,24 @@ def act_scale(quant_act) -> np.ndarray:
     return quant.symmetric_scale(quant_act.activation_bit, _np(quant_act.x_min)[0], _np(quant_act.x_max)[0])
 
 
+def dequantize(bb: relax.BlockBuilder, x: QTensor) -> relax.Expr:
+    """Real values q * S in float32 (Q8BERT mode only)."""
+    return bb.emit(relax.op.multiply(relax.op.astype(x.value, "float32"), relax.const(np.asarray(x.scale, F32))))
+
+
+def quantize_direct(bb: relax.BlockBuilder, x: relax.Expr, scale: np.ndarray, bits: int) -> relax.Expr:
+    """HF's direct quantization of a float value: clamp(rne((1/S) x), -n, n-1) (spec §1.2)."""
+    n = 2 ** (bits - 1) - 1
+    q = relax.op.round(relax.op.multiply(relax.const(F32(1.0) / F32(scale), "float32"), x))
+    return bb.emit(relax.op.astype(relax.op.clip(q, -n, n - 1), ops.requantize_dtype(bits)))
+
+
 def requantize_act(bb: relax.BlockBuilder, x: QTensor, quant_act, identity: QTensor | None = None) -> QTensor:
-    """HF QuantAct with an input scale (FixedPointMul, optionally with identity) -> ibert.requantize."""
+    """HF QuantAct: FixedPointMul (optionally with identity) -> ibert.requantize; a float input (scale
+    None, after a force-dequantized nonlinearity) is quantized directly, as HF does."""
     out_scale = act_scale(quant_act)
+    if x.scale is None:
+        return QTensor(quantize_direct(bb, x.value, out_scale, quant_act.activation_bit), out_scale)
     d = quant.requant_dyadic(x.scale, float(out_scale))
     kwargs = {}
     if identity is not None:
@@ -81,14 +98,26 @@ def quant_linear(bb: relax.BlockBuilder, x: QTensor, linear) -> QTensor:
 
 
 def int_layernorm(bb: relax.BlockBuilder, x: QTensor, layer_norm) -> QTensor:
-    """HF IntLayerNorm -> ibert.int_layernorm with its calibrated `shift`; per-channel output scale."""
+    """HF IntLayerNorm -> ibert.int_layernorm with its calibrated `shift`; per-channel output scale.
+
+    Force-dequantized (Q8BERT): a float LayerNorm with eps on the dequantized input.
+    """
+    if not layer_norm.quant_mode:
+        out = relax.op.nn.layer_norm(dequantize(bb, x), relax.const(_np(layer_norm.weight)),
+                                     relax.const(_np(layer_norm.bias)), axes=[-1], epsilon=float(layer_norm.eps))
+        return QTensor(bb.emit(out), None)
     c = quant.layernorm_constants(_np(layer_norm.weight), _np(layer_norm.bias))
     shift = int(_np(layer_norm.shift).reshape(-1)[0])
     return QTensor(bb.emit(ops.int_layernorm(x.value, c.bias_int, shift)), c.out_scale)
 
 
-def int_gelu(bb: relax.BlockBuilder, x: QTensor) -> QTensor:
-    """HF IntGELU -> ibert.int_gelu; the output scale is negative per channel (spec §2.3 step 6)."""
+def int_gelu(bb: relax.BlockBuilder, x: QTensor, gelu) -> QTensor:
+    """HF IntGELU -> ibert.int_gelu; the output scale is negative per channel (spec §2.3 step 6).
+
+    Force-dequantized (Q8BERT): exact (erf) GELU in float on the dequantized input.
+    """
+    if not gelu.quant_mode:
+        return QTensor(bb.emit(relax.op.nn.gelu(dequantize(bb, x))), None)
     c = quant.gelu_constants(x.scale)
     return QTensor(bb.emit(ops.int_gelu(x.value, c.b_int, c.c_int, c.q1)), c.out_scale)
 
@@ -125,10 +154,24 @@ def self_attention(bb: relax.BlockBuilder, x: QTensor, attn, mask: relax.Expr | 
     scores = bb.emit(ops.matmul(qh, kh, transpose_b=True))
     # HF folds 1/sqrt(d) into the scale in float32: S_q * S_k / sqrt(d).
     score_scale = np.asarray(q.scale * k.scale / F32(math.sqrt(attn.attention_head_size)), dtype=F32)
+    if not attn.softmax.quant_mode:
+        context = float_attention(bb, QTensor(scores, score_scale), QTensor(vh, v.scale), mask)
+        return requantize_act(bb, QTensor(_merge_heads(bb, context), None), attn.output_activation)
     probs = int_softmax(bb, QTensor(scores, score_scale), attn.softmax, mask)
     context = bb.emit(ops.matmul(probs.value, vh))
     context = QTensor(_merge_heads(bb, context), np.asarray(probs.scale * v.scale, dtype=F32))
     return requantize_act(bb, context, attn.output_activation)
+
+
+def float_attention(bb: relax.BlockBuilder, scores: QTensor, values: QTensor, mask: relax.Expr | None) -> relax.Expr:
+    """Q8BERT's float Softmax and P.V (HF with force_dequant="softmax"): additive finfo.min mask, float matmul."""
+    logits = dequantize(bb, scores)
+    if mask is not None:
+        blocked = relax.op.equal(mask, relax.const(0, mask.ty.dtype))
+        bias = relax.op.where(blocked, relax.const(np.finfo(np.float32).min, "float32"), relax.const(0.0, "float32"))
+        logits = bb.emit(relax.op.add(logits, bias))
+    probs = bb.emit(relax.op.nn.softmax(logits, axis=-1))
+    return bb.emit(relax.op.matmul(probs, dequantize(bb, values)))
 
 
 def dense_residual_norm(bb: relax.BlockBuilder, x: QTensor, residual: QTensor, block) -> QTensor:
@@ -143,7 +186,7 @@ def encoder_layer(bb: relax.BlockBuilder, x: QTensor, layer, mask: relax.Expr | 
     attention = self_attention(bb, x, layer.attention.self, mask)
     attention = dense_residual_norm(bb, attention, x, layer.attention.output)
     h = requantize_act(bb, attention, layer.pre_intermediate_act)
-    inter = int_gelu(bb, quant_linear(bb, h, layer.intermediate.dense))
+    inter = int_gelu(bb, quant_linear(bb, h, layer.intermediate.dense), layer.intermediate.intermediate_act_fn)
     inter = requantize_act(bb, inter, layer.intermediate.output_activation)
     inter = requantize_act(bb, inter, layer.pre_output_act)
     return dense_residual_norm(bb, inter, h, layer.output)

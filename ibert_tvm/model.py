@@ -65,8 +65,17 @@ def _encoder_of(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
-def to_ibert(model: PreTrainedModel) -> IBertModel:
-    """An `IBertModel(quant_mode=True)` with the float model's weights (and an IBert model's trained ranges)."""
+FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
+
+
+def to_ibert(model: PreTrainedModel, force_dequant: str = "none") -> IBertModel:
+    """An `IBertModel(quant_mode=True)` with the float model's weights (and an IBert model's trained ranges).
+
+    `force_dequant` is HF's switch for Q8BERT mode: the named nonlinearities ("nonlinear" = all three) stay
+    float, between int8 GEMMs.
+    """
+    if force_dequant not in FORCE_DEQUANT:
+        raise ValueError(f"force_dequant must be one of {FORCE_DEQUANT}, got {force_dequant!r}")
     encoder = _encoder_of(model)
     _check_supported(encoder.config)
     if encoder.config.model_type == "ibert" and encoder.config.quant_mode:
@@ -77,7 +86,7 @@ def to_ibert(model: PreTrainedModel) -> IBertModel:
                       max_position_embeddings=src.max_position_embeddings, type_vocab_size=src.type_vocab_size,
                       pad_token_id=src.pad_token_id if src.pad_token_id is not None else 0,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, quant_mode=True,
-                      add_pooling_layer=False)
+                      force_dequant=force_dequant, layer_norm_eps=src.layer_norm_eps)
     target = IBertModel(cfg, add_pooling_layer=False)
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
     missing, unexpected = target.load_state_dict(state, strict=False)
@@ -133,20 +142,22 @@ SEMANTICS = ("ibert", "hf")
 
 def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
                     calibration: Iterable[Batch] | Sequence[str] | None = None, semantics: str = "ibert",
-                    tokenizer=None, method: str = "minmax", percentile: float = 99.99) -> QuantizedModel:
+                    tokenizer=None, method: str = "minmax", percentile: float = 99.99,
+                    force_dequant: str = "none") -> QuantizedModel:
     """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
 
     An IBert model with `quant_mode=True` keeps its trained ranges (calibration optional); any other model
     needs `calibration`: batches of token ids and masks, or sentences (tokenized with `tokenizer`, or the
     tokenizer saved in the model directory), run through HF's own range statistics (`method="minmax"`,
-    momentum 0.95) or their `percentile` variant (`method="percentile"`).
+    momentum 0.95) or their `percentile` variant (`method="percentile"`). `force_dequant` selects Q8BERT
+    mode per nonlinearity, as HF's config does ("gelu", "softmax", "layernorm", "nonlinear").
     `semantics="hf"` reproduces HF's IBertModel, which hands the embedding scale to every layer (spec §5.3),
     for checkpoints trained with it; the default "ibert" propagates each layer's true output scale.
     """
     if semantics not in SEMANTICS:
         raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
     model = _load(model_or_dir)
-    qmodel = to_ibert(model)
+    qmodel = to_ibert(model, force_dequant)
     model_type = _encoder_of(model).config.model_type
     if model_type == "ibert":
         model_type = "roberta"

@@ -164,3 +164,27 @@ def test_text_calibration_needs_a_tokenizer():
 def test_unknown_calibration_method_is_named():
     with pytest.raises(ValueError, match="median"):
         from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 8, seed=1), method="median")
+
+
+@pytest.mark.parametrize("force_dequant", ["softmax", "nonlinear"])
+def test_q8bert_mode_matches_hf_force_dequant(force_dequant, report):
+    """Q8BERT mode (float nonlinearities between int8 GEMMs) equals HF's IBertModel with the same force_dequant."""
+    fm = tiny("bert")
+    qm = from_pretrained(fm, calibration=batches(0, 3, 4, 24, seed=1), semantics="hf", force_dequant=force_dequant)
+    b = batches(0, 1, 3, 20, seed=2)[0]
+    ours = run(qm, b)
+    same, worst = agreement(ours, hf_forward(qm, b)[-1][0])
+    with torch.no_grad():
+        ref = fm(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state.numpy()
+    o = ours.astype(np.float32) * qm.output_scale
+    cos = (np.sum(o * ref, -1) / (np.linalg.norm(o, axis=-1) * np.linalg.norm(ref, axis=-1)))[
+        b.attention_mask.numpy().astype(bool)]
+    report(f"bert 2 layers, Q8BERT mode (force_dequant={force_dequant}) vs HF: {100 * same:.3f}% identical, "
+           f"max {worst} LSB; per-token cosine vs float min {cos.min():.4f}")
+    assert same >= 0.999 and worst <= 1
+    assert cos.min() >= 0.99
+
+
+def test_unknown_force_dequant_is_named():
+    with pytest.raises(ValueError, match="force_dequant"):
+        from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 8, seed=1), force_dequant="tanh")

@@ -18,10 +18,10 @@ from .int_softmax import int_softmax
 from .linear import linear
 from .matmul import matmul
 from .registry import IBertOpError
-from .requantize import requantize
+from .requantize import requantize, requantize_dtype
 
 #: op name -> its module (registration, type rule, TE compute, `reference`).
 OPERATORS = {m.OP: m for m in (_embedding, _int_gelu, _int_layernorm, _int_softmax, _linear, _matmul, _requantize)}
 
 __all__ = ["OPERATORS", "IBertOpError", "embedding", "int_gelu", "int_layernorm", "int_softmax", "linear",
-           "matmul", "requantize"]
+           "matmul", "requantize", "requantize_dtype"]

@@ -62,6 +62,11 @@ def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bit
 register(OP, "Dyadic requantization with round-half-even, optional rescaled residual, clamp.", _infer, _compute)
 
 
+def requantize_dtype(bits: int) -> str:
+    """The integer dtype that holds a `bits`-wide requantized value."""
+    return OUT_DTYPE[bits]
+
+
 def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, wide: bool, arg: str
             ) -> tuple[np.ndarray | relax.Expr, np.ndarray | relax.Expr]:
     """Check (M, E) and fold shifts past the exact range to (0, 0): their product rounds to 0 anyway.
