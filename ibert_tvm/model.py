@@ -15,10 +15,11 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-from transformers import AutoConfig, AutoModel, AutoTokenizer, IBertConfig, IBertModel, PreTrainedModel
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, IBertConfig, IBertModel, PreTrainedModel
 from tvm import relax
 
-from . import layers
+from . import layers, quant
+from .head import HEAD_MODES, ClassifierHead, calibrate_head, float_head, head_of, integer_head
 from .calibration import Batch, batches_from_texts, calibrate, position_ids
 
 
@@ -53,7 +54,10 @@ def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
     path = Path(model_or_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
-    _check_supported(AutoConfig.from_pretrained(path, local_files_only=True))
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    _check_supported(config)
+    if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
+        return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     return AutoModel.from_pretrained(path, local_files_only=True)
 
 
@@ -107,13 +111,27 @@ class QuantizedModel:
     model_type: str
     semantics: str = "ibert"
     tokenizer: object | None = None
+    head: ClassifierHead | None = None
+    head_mode: str = "integer"
 
     @property
-    def output_scale(self) -> float:
+    def hidden_scale(self) -> float:
+        """The real scale of the int8 hidden states the encoder outputs."""
         return float(layers.act_scale(self.ibert.encoder.layer[-1].output.output_activation))
 
+    @property
+    def output_scale(self) -> float | np.ndarray:
+        """Scale of the program's output: the hidden states', per-class for integer logits, 1 for float logits."""
+        if self.head is None:
+            return self.hidden_scale
+        if self.head_mode == "float":
+            return 1.0
+        out = self.head.out
+        return quant.quantize_linear(out.weight.detach().numpy(), None, float(quant.TANH_OUT_SCALE)).acc_scale
+
     def program(self, batch: int, seq: int) -> tvm.IRModule:
-        """`main(input_ids int64 [B, L], attention_mask int32 [B, L]) -> int8 hidden states [B, L, H]`."""
+        """`main(input_ids int64 [B, L], attention_mask int32 [B, L])` -> int8 hidden states [B, L, H], or
+        with a classification head int32 logits [B, labels] (float32 logits for a float head)."""
         ids = relax.Var("input_ids", relax.TensorType((batch, seq), "int64"))
         mask = relax.Var("attention_mask", relax.TensorType((batch, seq), "int32"))
         pad = self.ibert.config.pad_token_id
@@ -132,7 +150,13 @@ class QuantizedModel:
                     if self.semantics == "hf":
                         h = layers.QTensor(h.value, h.scale, emb_scale)
                     h = layers.encoder_layer(bb, h, layer, mask4)
-                out = bb.emit_output(h.value)
+                if self.head is None:
+                    result = h.value
+                elif self.head_mode == "integer":
+                    result = integer_head(bb, h, self.head).value
+                else:
+                    result = float_head(bb, h, self.head)
+                out = bb.emit_output(result)
             bb.emit_func_output(out)
         return bb.get()
 
@@ -143,19 +167,23 @@ SEMANTICS = ("ibert", "hf")
 def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
                     calibration: Iterable[Batch] | Sequence[str] | None = None, semantics: str = "ibert",
                     tokenizer=None, method: str = "minmax", percentile: float = 99.99,
-                    force_dequant: str = "none") -> QuantizedModel:
+                    force_dequant: str = "none", head: str = "integer") -> QuantizedModel:
     """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
 
     An IBert model with `quant_mode=True` keeps its trained ranges (calibration optional); any other model
     needs `calibration`: batches of token ids and masks, or sentences (tokenized with `tokenizer`, or the
     tokenizer saved in the model directory), run through HF's own range statistics (`method="minmax"`,
     momentum 0.95) or their `percentile` variant (`method="percentile"`). `force_dequant` selects Q8BERT
-    mode per nonlinearity, as HF's config does ("gelu", "softmax", "layernorm", "nonlinear").
+    mode per nonlinearity, as HF's config does ("gelu", "softmax", "layernorm", "nonlinear"). A
+    `...ForSequenceClassification` keeps its head: integer-only (`head="integer"`, calibrated on the same
+    batches) or HF's float head (`head="float"`).
     `semantics="hf"` reproduces HF's IBertModel, which hands the embedding scale to every layer (spec §5.3),
     for checkpoints trained with it; the default "ibert" propagates each layer's true output scale.
     """
     if semantics not in SEMANTICS:
         raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
+    if head not in HEAD_MODES:
+        raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
     model = _load(model_or_dir)
     qmodel = to_ibert(model, force_dequant)
     model_type = _encoder_of(model).config.model_type
@@ -173,4 +201,9 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
         calibrate(qmodel, model_type, calibration, method=method, percentile=percentile)
     elif qmodel is not _encoder_of(model):
         raise ValueError("a float model needs calibration batches (or pass an IBert model with trained ranges)")
-    return QuantizedModel(qmodel, model_type, semantics, tokenizer)
+    classifier = head_of(model)
+    if classifier is not None and head == "integer":
+        if not calibration:
+            raise ValueError("the integer classification head needs calibration batches (or head='float')")
+        calibrate_head(classifier, qmodel, model_type, calibration)
+    return QuantizedModel(qmodel, model_type, semantics, tokenizer, classifier, head)

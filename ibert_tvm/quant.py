@@ -206,3 +206,13 @@ def layernorm_constants(weight: np.ndarray, bias: np.ndarray) -> LayerNormConsta
     if not np.all(np.isfinite(bias_int)) or np.any(np.abs(bias_int.astype(np.float64)) >= 2.0**61):
         raise QuantizationRangeError("IntLayerNorm: beta / gamma is too large for an int64 bias offset")
     return LayerNormConstants(bias_int.astype(np.int64), scale * gamma)
+
+
+TANH_OUT_SCALE = F32(1.0 / 127)  # tanh lies in (-1, 1): int8 at scale 1/127
+
+
+def lookup_table(fn, in_scale: float, out_scale: float) -> np.ndarray:
+    """The int8 -> int8 table of an elementwise `fn`: table[q + 128] = clamp(rne(fn(q S_in) / S_out))."""
+    q = np.arange(-128, 128, dtype=np.float64)
+    y = np.round(fn(q * float(F32(in_scale))) / float(F32(out_scale)))
+    return np.clip(y, -128, 127).astype(np.int8)

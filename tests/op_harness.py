@@ -16,6 +16,7 @@ GELU = OPERATORS["ibert.int_gelu"]
 SOFTMAX = OPERATORS["ibert.int_softmax"]
 LAYERNORM = OPERATORS["ibert.int_layernorm"]
 EMBEDDING = OPERATORS["ibert.embedding"]
+LOOKUP = OPERATORS["ibert.lookup"]
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
 LN_MIN, LN_MAX = -(1 << 21), (1 << 21) - 1  # the 22-bit QuantAct output range (requantize bits=22)

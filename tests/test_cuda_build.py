@@ -114,6 +114,7 @@ def _cases() -> dict[str, Case]:
     mask[0, ..., S // 2:] = 0
     ln = quant.layernorm_constants(RNG.uniform(0.5, 1.5, H), RNG.normal(0, 0.1, H))
     table = ints(-128, 128, (50, H), dtype=np.int8)
+    tanh_table = quant.lookup_table(np.tanh, 0.02, float(quant.TANH_OUT_SCALE))
     return {
         "linear": Case("ibert.linear", lambda v: ops.linear(v, w, bias), {"x": x}),
         "matmul_qk": Case("ibert.matmul", lambda a, b: ops.matmul(a, b, transpose_b=True), {"q": q, "k": k}),
@@ -133,6 +134,8 @@ def _cases() -> dict[str, Case]:
                               {"x": ints(-2**21, 2**21, (B, S, H), dtype=np.int32)}),
         "embedding": Case("ibert.embedding", lambda i: ops.embedding(i, table),
                           {"ids": ints(0, 50, (B, S)).astype(np.int64)}),
+        "lookup": Case("ibert.lookup", lambda v: ops.lookup(v, tanh_table),
+                       {"x": ints(-128, 128, (B, H), dtype=np.int8)}),
     }
 
 

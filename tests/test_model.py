@@ -188,3 +188,44 @@ def test_q8bert_mode_matches_hf_force_dequant(force_dequant, report):
 def test_unknown_force_dequant_is_named():
     with pytest.raises(ValueError, match="force_dequant"):
         from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 8, seed=1), force_dequant="tanh")
+
+
+def tiny_classifier(kind: str):
+    from transformers import BertForSequenceClassification, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    if kind == "roberta":
+        cfg = RobertaConfig(type_vocab_size=1, pad_token_id=1, num_labels=3, **COMMON)
+        return RobertaForSequenceClassification(cfg).eval()
+    return BertForSequenceClassification(BertConfig(pad_token_id=0, num_labels=3, **COMMON)).eval()
+
+
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_integer_classification_head(kind, report):
+    """Integer head (linear, requantize, tanh table, linear) vs HF IBert's float head on its own hidden states."""
+    from ibert_tvm.relay_passes.verify_integer_only import verify_integer_only
+
+    fm = tiny_classifier(kind)
+    pad = fm.config.pad_token_id
+    qm = from_pretrained(fm, calibration=batches(pad, 3, 4, 24, seed=1), semantics="hf")
+    b = batches(pad, 1, 6, 20, seed=2)[0]
+    verify_integer_only(relax.transform.LegalizeOps()(qm.program(6, 20)))
+    logits_int32 = run(qm, b)
+    assert logits_int32.dtype == np.int32 and logits_int32.shape == (6, 3)
+    ours = logits_int32.astype(np.float32) * qm.output_scale
+    with torch.no_grad():
+        hidden = qm.ibert(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                          position_ids=position_ids(qm.model_type, b.input_ids, pad)).last_hidden_state
+        ref = qm.head.out(torch.tanh(qm.head.dense(hidden[:, 0, :]))).numpy()
+    worst = float(np.abs(ours - ref).max() / np.abs(ref).max())
+    report(f"{kind} integer classification head vs HF IBert (float head): max |logit diff| {100 * worst:.2f}% of "
+           f"the largest logit, argmax equal on {int(np.sum(ours.argmax(1) == ref.argmax(1)))}/6 rows")
+    assert worst <= 0.05
+    np.testing.assert_array_equal(ours.argmax(1), ref.argmax(1))
+
+
+def test_float_head_option_gives_float_logits():
+    fm = tiny_classifier("bert")
+    qm = from_pretrained(fm, calibration=batches(0, 2, 4, 16, seed=1), head="float")
+    logits = run(qm, batches(0, 1, 2, 12, seed=5)[0])
+    assert logits.dtype == np.float32 and logits.shape == (2, 3)

@@ -22,7 +22,8 @@ from hypothesis.extra import numpy as hnp
 from ibert_tvm import ops, quant
 from ibert_tvm.ops.registry import make_call
 
-from op_harness import (EMBEDDING, GELU, I32_MAX, I32_MIN, LAYERNORM, LINEAR, LN_MAX, LN_MIN, MATMUL, REQUANT, SOFTMAX,
+from op_harness import (EMBEDDING, GELU, I32_MAX, I32_MIN, LAYERNORM, LINEAR, LN_MAX, LN_MIN, LOOKUP, MATMUL, REQUANT,
+                        SOFTMAX,
                         assert_exact, compile_vm, run_static, sym, tvar)
 
 HYP = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -846,3 +847,18 @@ def test_int_layernorm_mean_rounds_half_to_even_explicit():
         factor = (1 << 31) // max(math.isqrt(sum(v * v for v in y)), 1)
         assert got == [(v * factor) // 2 for v in y], (row, mu)
     assert_exact(out, LAYERNORM.reference(x, bias, 0), "int64", "LN mean ties")
+
+
+@functools.cache
+def _lookup_vm():
+    return compile_vm([tvar("x", (3, 17), "int8"), tvar("table", (256,), "int8")], ops.lookup)
+
+
+@settings(max_examples=20, **HYP)
+@given(x=arr("int8", (3, 17), -128, 127), scale=log_uniform(1e-3, 1.0))
+def test_lookup_tanh_table_is_exact(x, scale):
+    """ibert.lookup equals the table indexing, and the tanh table equals rne(tanh(q S) * 127) clamped."""
+    table = quant.lookup_table(np.tanh, float(scale), float(quant.TANH_OUT_SCALE))
+    q = np.arange(-128, 128)
+    np.testing.assert_array_equal(table, np.clip(np.round(np.tanh(q * float(scale)) * 127), -128, 127))
+    assert_exact(_lookup_vm()(x, table), LOOKUP.reference(x, table), "int8", "lookup")

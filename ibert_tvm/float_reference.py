@@ -1,0 +1,77 @@
+"""TVM's own float compilation of a BERT / RoBERTa encoder: a numerical reference this project did not write.
+
+`float_program` exports the float HF encoder with `torch.export` and converts it with TVM's
+`relax.frontend.torch.from_exported_program`, so every operator of the result comes from TVM's importer and
+its legalization, none from `ibert_tvm.layers`. The export uses eager attention (an explicit
+softmax(QK^T / sqrt(d) + mask) V, as the I-BERT layers compute it) on a copy of the model; the caller's model
+is left untouched.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import torch
+import tvm
+from transformers import AutoModel, PreTrainedModel
+from tvm import relax
+
+__all__ = ["float_program", "run_float"]
+
+
+class _LastHiddenState(torch.nn.Module):
+    """`(input_ids, attention_mask) -> last_hidden_state`: the encoder's forward with a plain tensor output."""
+
+    def __init__(self, encoder: PreTrainedModel):
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def _eager_encoder(model: PreTrainedModel | str | Path) -> PreTrainedModel:
+    from .model import _encoder_of  # the bare encoder of a ...ForSequenceClassification as well
+
+    if isinstance(model, PreTrainedModel):
+        encoder = copy.deepcopy(_encoder_of(model))
+        encoder.set_attn_implementation("eager")
+    else:
+        path = Path(model)
+        if not path.is_dir():
+            raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
+        encoder = _encoder_of(AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager"))
+    if encoder.config._attn_implementation != "eager":
+        raise RuntimeError(f"could not switch attention to 'eager' (got {encoder.config._attn_implementation!r})")
+    return encoder.eval()
+
+
+def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int) -> tvm.IRModule:
+    """The float encoder as a Relax module, imported by TVM from `torch.export`.
+
+    `main(input_ids int64 [batch, seq], attention_mask int64 [batch, seq]) -> float32 [batch, seq, hidden]`
+    (the last hidden state); the weights are bound as constants. `model` is a HF BertModel / RobertaModel
+    (or a model wrapping one, e.g. ...ForSequenceClassification), or a local model directory.
+    """
+    from tvm.relax.frontend.torch import from_exported_program
+
+    encoder = _eager_encoder(model)
+    example = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, seq, dtype=torch.long))
+    with torch.no_grad():
+        exported = torch.export.export(_LastHiddenState(encoder).eval(), example)
+        mod = from_exported_program(exported, unwrap_unit_return_tuple=True)
+    return mod
+
+
+def run_float(mod: tvm.IRModule, input_ids, attention_mask) -> np.ndarray:
+    """Compile `mod` (from `float_program`) for llvm and run it on one batch; float32 [B, L, H]."""
+    ids = np.ascontiguousarray(np.asarray(input_ids, dtype=np.int64))
+    mask = np.ascontiguousarray(np.asarray(attention_mask, dtype=np.int64))
+    exe = tvm.compile(relax.transform.LegalizeOps()(mod), "llvm")
+    vm = relax.VirtualMachine(exe, tvm.cpu())
+    out = vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask))
+    if not hasattr(out, "numpy"):  # a one-element tuple when the importer kept it
+        out = out[0]
+    return out.numpy()

@@ -1,0 +1,87 @@
+"""Sequence-classification heads: dense -> tanh -> linear on the first token, integer-only or float.
+
+BERT's pooler + classifier and RoBERTa/IBert's classification head have the same shape. HF's IBert runs its
+head in float; here it is integer by default: `ibert.linear` (int8 weights per channel), a requantization
+to int8 at a calibrated scale, tanh as an exact int8 -> int8 table (`ibert.lookup`), and a final
+`ibert.linear` giving int32 logits with a per-class scale. `head="float"` keeps HF's float head instead
+(the program then ends with a dequantization, reported as such by `verify_integer_only`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from transformers.models.ibert.quant_modules import QuantAct
+from tvm import relax
+
+from . import layers, ops, quant
+from .calibration import Batch, position_ids
+
+HEAD_MODES = ("integer", "float")
+
+
+@dataclass
+class ClassifierHead:
+    """The head's float layers and the calibrated 8-bit range of its pre-tanh activation."""
+
+    dense: nn.Linear
+    out: nn.Linear
+    pre_tanh: QuantAct
+
+    @property
+    def num_labels(self) -> int:
+        return self.out.out_features
+
+
+def head_of(model: nn.Module) -> ClassifierHead | None:
+    """The classification head of a `...ForSequenceClassification`, or None for a bare encoder."""
+    classifier = getattr(model, "classifier", None)
+    if classifier is None:
+        return None
+    if hasattr(classifier, "dense") and hasattr(classifier, "out_proj"):  # RoBERTa / IBert
+        return ClassifierHead(classifier.dense, classifier.out_proj, QuantAct(8, quant_mode=True))
+    pooler = getattr(getattr(model, "bert", None), "pooler", None)
+    if isinstance(classifier, nn.Linear) and pooler is not None:  # BERT: pooler dense + tanh, classifier
+        return ClassifierHead(pooler.dense, classifier, QuantAct(8, quant_mode=True))
+    raise ValueError(f"classification head {type(classifier).__name__} is not supported "
+                     "(expected dense -> tanh -> linear on the first token)")
+
+
+def calibrate_head(head: ClassifierHead, qmodel, model_type: str, batches: Iterable[Batch]) -> None:
+    """EMA range (momentum 0.95) of the dense output on the calibrated encoder's first-token features."""
+    head.pre_tanh.train()
+    with torch.no_grad():
+        for batch in batches:
+            hidden = qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id)
+                            ).last_hidden_state
+            head.pre_tanh(head.dense(hidden[:, 0, :]))
+    head.pre_tanh.eval()
+
+
+def first_token(bb: relax.BlockBuilder, h: layers.QTensor) -> layers.QTensor:
+    """[B, L, H] -> [B, H] at position 0 (the CLS / <s> token)."""
+    return layers.QTensor(bb.emit(relax.op.take(h.value, relax.const(0, "int64"), axis=1)), h.scale)
+
+
+def integer_head(bb: relax.BlockBuilder, h: layers.QTensor, head: ClassifierHead) -> layers.QTensor:
+    """int8 hidden states -> int32 logits (per-class scale), integer-only."""
+    x = layers.quant_linear(bb, first_token(bb, h), head.dense)
+    x = layers.requantize_act(bb, x, head.pre_tanh)
+    table = quant.lookup_table(np.tanh, float(x.scale), float(quant.TANH_OUT_SCALE))
+    t = layers.QTensor(bb.emit(ops.lookup(x.value, table)), np.asarray(quant.TANH_OUT_SCALE))
+    return layers.quant_linear(bb, t, head.out)
+
+
+def float_head(bb: relax.BlockBuilder, h: layers.QTensor, head: ClassifierHead) -> relax.Expr:
+    """HF's float head on the dequantized first token: float32 logits."""
+    def dense(x: relax.Expr, lin: nn.Linear) -> relax.Expr:
+        w = relax.const(lin.weight.detach().numpy().T.copy())
+        return bb.emit(relax.op.add(relax.op.matmul(x, w), relax.const(lin.bias.detach().numpy())))
+
+    x = layers.dequantize(bb, first_token(bb, h))
+    return dense(bb.emit(relax.op.tanh(dense(x, head.dense))), head.out)

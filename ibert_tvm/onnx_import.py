@@ -1,0 +1,618 @@
+"""BERT / RoBERTa encoders from ONNX files: the HF model rebuilt from the graph, or the float graph in Relax.
+
+`model_from_onnx` reads an export of a HF `BertModel` / `RobertaModel` (``torch.onnx.export(...,
+dynamo=True)``, last hidden state as output) and rebuilds the HF model with the file's weights, ready for
+`ibert_tvm.model.from_pretrained`. It works from the graph's structure, not from initializer names, because
+the exporter's default optimizer (``optimize=True``) keeps only some names: embedding tables, LayerNorm
+parameters and biases keep their PyTorch names, but every projection weight is constant-folded into its
+transpose under a generated name (``val_56``, shape [in, out]); a static-shape export folds BERT's position
+embedding lookup into a [1, L, H] constant (named ``embedding_2``); and identical tensors (the zero biases
+and unit LayerNorm weights of a freshly initialized model) are merged into one initializer under one of
+their names. What is read, and from where:
+
+- vocabulary and hidden size: the [vocab, hidden] table gathered by the integer token-id input;
+- token-type and position tables: the two terms HF adds to the word embedding, in HF's order (token types
+  first); RoBERTa vs BERT: RoBERTa's position ids are computed from the token ids by the padding-offset
+  cumulative sum (a CumSum in the position lookup's index), BERT's come from its position-id buffer; the
+  padding id from the ``Equal(input_ids, pad)`` of that computation (BERT's is not in the graph: 0 is used);
+- layers: each LayerNorm output that feeds three projections opens a layer; query / key / value are told
+  apart by where they meet (query and key: left and right operand of the score MatMul; value: right operand of
+  the MatMul after the Softmax); then the attention output projection, residual and LayerNorm, the
+  intermediate projection, activation, output projection, residual and LayerNorm;
+- heads: the head size is the last entry of the shape the query is reshaped to ([B, L, heads or -1,
+  head_size]), heads = hidden / head size;
+- activation: the nodes between intermediate and output projection must be ONNX ``Gelu`` (exact) or its Erf
+  form; anything else (Relu, a Tanh approximation, ...) is refused with its op named;
+- layer_norm_eps: the LayerNormalization epsilon (a float32 in the file, read back as the shortest decimal).
+
+Every float initializer with more than one element must end up in the model (else the file holds something
+this reader does not understand: a pooler, a task head, relative position tables, ...), every model weight must
+be found, and every shape must match.
+
+`import_onnx_float` is TVM's own import of the float graph (`relax.frontend.onnx.from_onnx`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import onnx
+import tvm
+from onnx import numpy_helper
+from transformers import BertConfig, BertModel, PreTrainedModel, RobertaConfig, RobertaModel
+
+from .model import UnsupportedModelError
+
+__all__ = ["OnnxImportError", "import_onnx_float", "model_from_onnx"]
+
+
+class OnnxImportError(UnsupportedModelError):
+    """The ONNX file is not an encoder export this reader understands; the message names the problem."""
+
+
+# Ops the dynamo exporter emits for BertModel / RobertaModel (optimized or not, static or dynamic shapes,
+# eager or SDPA attention, opset 17 Erf-GELU or opset 20 Gelu).
+_KNOWN_OPS = frozenset("""
+    Add And Cast CastLike Concat Constant ConstantOfShape CumSum Div Equal Erf Expand Gather GatherElements
+    GatherND Gelu Greater GreaterOrEqual Identity IsNaN LayerNormalization Less LessOrEqual MatMul Max Min Mul
+    Neg Not Or Range Reshape Shape Slice Softmax Sqrt Squeeze Sub Transpose Unsqueeze Where
+""".split())
+_ERF_GELU_OPS = frozenset({"Div", "Mul", "Add", "Erf", "Sqrt", "Cast", "CastLike", "Constant", "Reciprocal"})
+_PASS_THROUGH = frozenset({"Reshape", "Transpose", "Cast", "Squeeze", "Unsqueeze", "Expand"})
+_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
+
+
+def _load(path: str | Path | onnx.ModelProto) -> onnx.ModelProto:
+    if isinstance(path, onnx.ModelProto):
+        return path
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file")
+    try:
+        return onnx.load(str(path))  # external weights (`model.onnx.data`) are read from the same folder
+    except Exception as e:  # noqa: BLE001 (protobuf raises several types)
+        raise OnnxImportError(f"{path} is not a readable ONNX model: {e}") from e
+
+
+class _Graph:
+    """An ONNX graph with producer / consumer maps (Identity nodes removed) and constant evaluation."""
+
+    def __init__(self, model: onnx.ModelProto):
+        g = model.graph
+        self.model = model
+        self.init = {t.name: t for t in g.initializer}
+        self.inputs = {i.name: i for i in g.input if i.name not in self.init}
+        self.alias: dict[str, str] = {}
+        for n in g.node:
+            if n.op_type == "Identity":
+                self.alias[n.output[0]] = self.canon(n.input[0])
+        self.nodes = [n for n in g.node if n.op_type != "Identity"]
+        self.producer = {self.canon(o): n for n in self.nodes for o in n.output}
+        self.consumers: dict[str, list[onnx.NodeProto]] = {}
+        for n in self.nodes:
+            for i in dict.fromkeys(self.canon(x) for x in n.input if x):
+                self.consumers.setdefault(i, []).append(n)
+        self.outputs = [self.canon(o.name) for o in g.output]
+        self.used: set[str] = set()  # initializers loaded into the model
+        self._arrays: dict[str, np.ndarray] = {}
+
+    def canon(self, name: str) -> str:
+        while name in self.alias:
+            name = self.alias[name]
+        return name
+
+    def ins(self, node: onnx.NodeProto) -> list[str]:
+        return [self.canon(x) for x in node.input]
+
+    def out(self, node: onnx.NodeProto) -> str:
+        return self.canon(node.output[0])
+
+    def value_users(self, name: str) -> list[onnx.NodeProto]:
+        """Consumers that read the values of `name` (not Shape, nor CastLike taking only its type)."""
+        return [n for n in self.consumers.get(name, []) if n.op_type != "Shape"
+                and not (n.op_type == "CastLike" and self.canon(n.input[0]) != name)]
+
+    def array(self, name: str) -> np.ndarray:
+        if name not in self._arrays:
+            self._arrays[name] = numpy_helper.to_array(self.init[name])
+        return self._arrays[name]
+
+    def const(self, name: str, _sources: set[str] | None = None) -> np.ndarray | None:
+        """The value of `name` if it is computed from constants only (a small evaluator), else None.
+
+        `_sources` collects the initializers it is computed from.
+        """
+        name = self.canon(name)
+        if name in self.init:
+            if _sources is not None:
+                _sources.add(name)
+            return self.array(name)
+        node = self.producer.get(name)
+        if node is None:
+            return None
+        op = node.op_type
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if op == "Constant":
+            if "value" in attrs:
+                return numpy_helper.to_array(attrs["value"])
+            for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
+                               ("value_ints", np.int64)):
+                if key in attrs:
+                    return np.asarray(attrs[key], dtype)
+            return None
+        if op == "CastLike":  # only the first operand's values matter; the second may be computed
+            value, like = self.const(node.input[0], _sources), self.const(node.input[1])
+            if value is None:
+                return None
+            return value.astype(like.dtype if like is not None else np.float32)
+        args = [self.const(x, _sources) if x else None for x in node.input]
+        if any(a is None for a, x in zip(args, node.input) if x):
+            return None
+        try:
+            if op == "Transpose":
+                return np.transpose(args[0], attrs.get("perm"))
+            if op == "Cast":
+                return args[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+            if op == "Sqrt":
+                return np.sqrt(args[0])
+            if op == "Reciprocal":
+                return 1 / args[0]
+            if op == "Neg":
+                return -args[0]
+            if op in ("Add", "Sub", "Mul", "Div"):
+                f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op]
+                return f(args[0], args[1]).astype(args[0].dtype)
+            if op == "Concat":
+                return np.concatenate(args, axis=attrs["axis"])
+            if op == "Unsqueeze":
+                out = args[0]
+                for ax in sorted(int(a) % (out.ndim + len(args[1])) for a in args[1]):
+                    out = np.expand_dims(out, ax)
+                return out
+            if op == "Squeeze":
+                return np.squeeze(args[0], tuple(int(a) for a in args[1]) if len(args) > 1 else None)
+            if op == "Reshape":
+                shape = [d if d != 0 or attrs.get("allowzero", 0) else args[0].shape[i]
+                         for i, d in enumerate(args[1].tolist())]
+                return args[0].reshape(shape)
+        except Exception:  # noqa: BLE001 (malformed constants: not constant for our purposes)
+            return None
+        return None
+
+    def param(self, name: str, what: str) -> np.ndarray:
+        """A weight computed from initializers; records them as used."""
+        sources: set[str] = set()
+        value = self.const(name, sources)
+        if value is None or not sources:
+            raise OnnxImportError(f"{what}: '{name}' is not a constant weight")
+        self.used |= sources
+        return np.asarray(value, np.float32)
+
+    def depends_on(self, name: str, pred, limit: int = 400) -> list[onnx.NodeProto]:
+        """Nodes among the ancestors of `name` satisfying `pred` (breadth-first, bounded)."""
+        seen, found, todo = set(), [], deque([self.canon(name)])
+        while todo and len(seen) < limit:
+            x = todo.popleft()
+            if x in seen:
+                continue
+            seen.add(x)
+            node = self.producer.get(x)
+            if node is None:
+                continue
+            if pred(node):
+                found.append(node)
+            todo.extend(self.ins(node))
+        return found
+
+    def unsupported_ops(self) -> list[str]:
+        return sorted({f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}" for n in self.nodes
+                       if n.op_type not in _KNOWN_OPS or n.domain not in ("", "ai.onnx")})
+
+
+class _Reader:
+    """Walks an encoder graph from the token embedding to the last LayerNorm, collecting weights."""
+
+    def __init__(self, model: onnx.ModelProto):
+        self.g = _Graph(model)
+        self.state: dict[str, np.ndarray] = {}
+        self.warnings: list[str] = []
+
+    # -- errors -------------------------------------------------------------------------------------------
+
+    def fail(self, message: str):
+        extra = self.g.unsupported_ops()
+        if extra:
+            message += f" (the graph contains ops this reader does not support: {', '.join(extra)})"
+        raise OnnxImportError(message)
+
+    # -- building blocks ----------------------------------------------------------------------------------
+
+    def only_consumer(self, name: str, what: str) -> onnx.NodeProto:
+        users = self.g.value_users(name)
+        if len(users) != 1:
+            ops = ", ".join(n.op_type for n in users) or "nothing"
+            self.fail(f"{what}: expected one consumer of '{name}', found {ops}")
+        return users[0]
+
+    def linear_weight(self, node: onnx.NodeProto) -> str | None:
+        """If `node` is MatMul(x, constant 2-D weight^T), the weight's tensor name."""
+        if node.op_type != "MatMul":
+            return None
+        w = self.g.const(node.input[1])
+        return self.g.canon(node.input[1]) if w is not None and w.ndim == 2 and w.dtype.kind == "f" else None
+
+    def linear(self, node: onnx.NodeProto, prefix: str) -> str:
+        """Read `MatMul(x, W^T) + b` at `node` into `prefix.weight` / `prefix.bias`; returns the output."""
+        w_name = self.linear_weight(node)
+        if w_name is None:
+            self.fail(f"{prefix}: expected a MatMul by a constant weight, found {node.op_type} '{node.name}'")
+        weight = self.g.param(w_name, f"{prefix}.weight").T
+        add = self.only_consumer(self.g.out(node), f"{prefix} (bias)")
+        if add.op_type != "Add":
+            self.fail(f"{prefix}: expected a bias Add after the MatMul, found {add.op_type} '{add.name}'")
+        a, b = self.g.ins(add)
+        other = b if a == self.g.out(node) else a
+        bias = self.g.param(other, f"{prefix}.bias")
+        if bias.shape != (weight.shape[0],):
+            self.fail(f"{prefix}: bias shape {bias.shape} does not match the weight's {weight.shape}")
+        self.state[f"{prefix}.weight"], self.state[f"{prefix}.bias"] = weight, bias
+        return self.g.out(add)
+
+    def layer_norm(self, node: onnx.NodeProto, prefix: str, hidden: int) -> str:
+        if node.op_type != "LayerNormalization":
+            self.fail(f"{prefix}: expected a LayerNormalization, found {node.op_type} '{node.name}'")
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
+        if attrs.get("axis", -1) not in (-1, 2):
+            self.fail(f"{prefix}: LayerNormalization over axis {attrs['axis']}, expected the last")
+        ins = self.g.ins(node)
+        if len(ins) < 3 or not ins[2]:
+            self.fail(f"{prefix}: LayerNormalization without a bias")
+        self.state[f"{prefix}.weight"] = self.g.param(ins[1], f"{prefix}.weight")
+        self.state[f"{prefix}.bias"] = self.g.param(ins[2], f"{prefix}.bias")
+        for k in ("weight", "bias"):
+            if self.state[f"{prefix}.{k}"].shape != (hidden,):
+                self.fail(f"{prefix}.{k} has shape {self.state[f'{prefix}.{k}'].shape}, expected ({hidden},)")
+        self.eps.add(float(np.float32(attrs.get("epsilon", 1e-5))))
+        return self.g.out(node)
+
+    def residual_norm(self, x: str, residual: str, prefix: str, hidden: int) -> str:
+        """`LayerNorm(x + residual)`; returns the LayerNorm output."""
+        add = self.only_consumer(x, f"{prefix} (residual)")
+        if add.op_type != "Add" or residual not in self.g.ins(add):
+            self.fail(f"{prefix}: expected the residual Add with '{residual}', found {add.op_type} '{add.name}'")
+        return self.layer_norm(self.only_consumer(self.g.out(add), prefix), prefix, hidden)
+
+    def follow(self, name: str) -> tuple[onnx.NodeProto, int, list[onnx.NodeProto]]:
+        """From a projection's output through reshapes / transposes / constant scalings to the next MatMul.
+
+        Returns that MatMul, the operand slot reached, and the nodes passed.
+        """
+        passed = []
+        for _ in range(32):
+            node = self.only_consumer(name, "attention")
+            ins = self.g.ins(node)
+            if node.op_type == "MatMul":
+                return node, ins.index(name), passed
+            if node.op_type in ("Mul", "Div") and len(ins) == 2:
+                other = ins[1] if ins[0] == name else ins[0]
+                c = self.g.const(other)
+                if c is None or c.size != 1:
+                    break
+            elif node.op_type not in _PASS_THROUGH or ins[0] != name:
+                break
+            passed.append(node)
+            name = self.g.out(node)
+        self.fail(f"attention: projection output does not reach a MatMul through reshapes / transposes / "
+                  f"scalings (stopped at {node.op_type} '{node.name}')")
+
+    def head_size(self, passed: list[onnx.NodeProto]) -> int:
+        """The last entry of the first reshape's target shape: [B, L, heads or -1, head_size]."""
+        reshape = next((n for n in passed if n.op_type == "Reshape"), None)
+        if reshape is None:
+            self.fail("attention: the query is not reshaped into heads")
+        shape_name = self.g.ins(reshape)[1]
+        shape = self.g.const(shape_name)
+        if shape is not None:
+            entries = [int(v) for v in np.asarray(shape).reshape(-1)]
+        else:  # dynamic shapes: Concat(batch, seq, [-1], [head_size]) with the first two computed
+            prod = self.g.producer.get(shape_name)
+            entries = []
+            for part in (self.g.ins(prod) if prod is not None and prod.op_type == "Concat" else [None]):
+                value = self.g.const(part) if part else None
+                entries += [None] if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
+        if len(entries) != 4 or entries[-1] is None or entries[-1] <= 0:
+            self.fail(f"attention: cannot read the head size from the query's reshape '{reshape.name}' "
+                      f"(target shape {entries})")
+        return entries[-1]
+
+    def activation(self, start: str, stop: str, layer: int) -> None:
+        """The nodes between the intermediate projection's output `start` and `stop` must be an exact GELU."""
+        region, todo, seen = [], deque([stop]), set()
+        while todo:
+            x = todo.popleft()
+            if x == start or x in seen:
+                continue
+            seen.add(x)
+            node = self.g.producer.get(x)
+            if node is None:
+                self.fail(f"layer {layer}: the feed-forward activation does not come from the intermediate "
+                          "projection")
+            region.append(node)
+            todo.extend(i for i in self.g.ins(node) if self.g.const(i) is None)
+        ops = sorted({n.op_type for n in region})
+        where = f"layer {layer}'s feed-forward activation"
+        hint = "I-BERT has an integer GELU only (ONNX Gelu or its Erf form)"
+        if ops == ["Gelu"]:
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in region[0].attribute}
+            approx = attrs.get("approximate", b"none")
+            approx = approx.decode() if isinstance(approx, bytes) else approx
+            if approx != "none":
+                raise OnnxImportError(f"{where} is Gelu(approximate='{approx}'), not supported: {hint}")
+            return
+        if "Erf" in ops and set(ops) <= _ERF_GELU_OPS:
+            return
+        if not region:
+            raise OnnxImportError(f"{where} is missing (the projections are joined directly): {hint}")
+        raise OnnxImportError(f"{where} is {'+'.join(ops)}, not supported: {hint}")
+
+    # -- the walk -----------------------------------------------------------------------------------------
+
+    def word_lookup(self) -> onnx.NodeProto:
+        int_inputs = [n for n, i in self.g.inputs.items() if i.type.tensor_type.elem_type not in _FLOAT_TYPES]
+        lookups = []
+        for n in self.g.nodes:
+            if n.op_type != "Gather" or self.g.canon(n.input[1]) not in int_inputs:
+                continue
+            table = self.g.const(n.input[0])
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 0)
+            if table is not None and table.ndim == 2 and table.dtype.kind == "f" and axis == 0:
+                lookups.append(n)
+        if not lookups:
+            inputs = ", ".join(self.g.inputs) or "none"
+            self.fail("not a BERT / RoBERTa encoder export: no token-embedding lookup (a Gather of a [vocab, hidden] "
+                      f"table by an integer graph input; graph inputs: {inputs})")
+        # token ids before token types: by name, else the larger table
+        lookups.sort(key=lambda n: (self.g.canon(n.input[1]) != "input_ids", -self.g.const(n.input[0]).shape[0]))
+        return lookups[0]
+
+    def embeddings(self) -> tuple[str, int, str, int]:
+        """Returns (embedding output, hidden, model type, pad id)."""
+        word = self.word_lookup()
+        self.ids = self.g.canon(word.input[1])
+        table = self.g.param(word.input[0], "embeddings.word_embeddings.weight")
+        vocab, hidden = table.shape
+        self.state["embeddings.word_embeddings.weight"] = table
+        x, terms = self.g.out(word), []
+        while True:
+            node = self.only_consumer(x, "embeddings")
+            if node.op_type != "Add":
+                break
+            a, b = self.g.ins(node)
+            terms.append(b if a == x else a)
+            x = self.g.out(node)
+        if len(terms) != 2:
+            self.fail(f"embeddings: expected word + token-type + position embeddings, found the word embedding "
+                      f"plus {len(terms)} term(s) before {node.op_type} '{node.name}'")
+        types, positions = (self.g.producer.get(t) for t in terms)
+        if types is None or types.op_type != "Gather" or self.g.const(types.input[0]) is None:
+            self.fail("embeddings: the token-type embedding is not a table lookup (constant-folded or missing)")
+        self.state["embeddings.token_type_embeddings.weight"] = self.g.param(
+            types.input[0], "embeddings.token_type_embeddings.weight")
+        model_type, pad = "bert", 0
+        if positions is not None and positions.op_type == "Gather" and self.g.const(positions.input[0]) is not None:
+            pos_table = self.g.param(positions.input[0], "embeddings.position_embeddings.weight")
+            index = self.g.canon(positions.input[1])
+            if self.g.depends_on(index, lambda n: n.op_type == "CumSum"):
+                model_type = "roberta"
+                equal = self.g.depends_on(index, lambda n: n.op_type in ("Equal", "Sub") and self.ids in self.g.ins(n))
+                pads = {int(np.asarray(v).reshape(-1)[0]) for n in equal for i in self.g.ins(n)
+                        if i != self.ids and (v := self.g.const(i)) is not None and np.asarray(v).size == 1}
+                if len(pads) != 1:
+                    self.fail("embeddings: RoBERTa-style position ids without a readable padding id "
+                              "(expected Equal(input_ids, pad))")
+                pad = pads.pop()
+        else:
+            folded = self.g.const(terms[1])
+            if folded is None or folded.dtype.kind != "f" or folded.shape[-1] != hidden or folded.ndim not in (2, 3) \
+                    or (folded.ndim == 3 and folded.shape[0] != 1):
+                self.fail("embeddings: the position embedding is neither a table lookup nor a [1, L, hidden] "
+                          "constant")
+            pos_table = self.g.param(terms[1], "embeddings.position_embeddings.weight").reshape(-1, hidden)
+            self.warnings.append(
+                f"the export folded BERT's position embeddings into a constant (a static-shape export): only the "
+                f"first {pos_table.shape[0]} rows are in the file, so the rebuilt model has "
+                f"max_position_embeddings={pos_table.shape[0]}; export with dynamic_shapes on the sequence axis "
+                "to keep the whole table")
+        self.state["embeddings.position_embeddings.weight"] = pos_table
+        for k in ("token_type_embeddings", "position_embeddings"):
+            if self.state[f"embeddings.{k}.weight"].shape[1] != hidden:
+                self.fail(f"embeddings.{k}.weight has width {self.state[f'embeddings.{k}.weight'].shape[1]}, "
+                          f"the word embeddings {hidden}")
+        self.vocab = vocab
+        return self.layer_norm(node, "embeddings.LayerNorm", hidden), hidden, model_type, pad
+
+    def layer(self, h: str, i: int, hidden: int, projections: list[onnx.NodeProto]) -> str:
+        p = f"encoder.layer.{i}"
+        ends = {}
+        for node in projections:
+            tmp = f"{p}.attention.self.proj{len(ends)}"
+            out = self.linear(node, tmp)
+            ends[tmp] = (out, *self.follow(out))
+        by_matmul: dict[str, dict[int, str]] = {}
+        for tmp, (_, mm, slot, _) in ends.items():
+            by_matmul.setdefault(self.g.out(mm), {})[slot] = tmp
+        scores = [k for k, v in by_matmul.items() if set(v) == {0, 1}]
+        context = [k for k, v in by_matmul.items() if set(v) == {1}]
+        if len(scores) != 1 or len(context) != 1:
+            self.fail(f"{p}: the three projections do not form query @ key^T and softmax @ value")
+        roles = {by_matmul[scores[0]][0]: "query", by_matmul[scores[0]][1]: "key", by_matmul[context[0]][1]: "value"}
+        ctx_node = self.g.producer[context[0]]
+        softmax = self.g.depends_on(self.g.ins(ctx_node)[0], lambda n: n.op_type == "Softmax", limit=40)
+        if not softmax or not self.g.depends_on(self.g.ins(ctx_node)[0],
+                                                 lambda n: self.g.out(n) == scores[0], limit=40):
+            self.fail(f"{p}: no Softmax between the attention scores and the value product")
+        head_size = self.head_size(ends[next(k for k, r in roles.items() if r == "query")][3])
+        self.head_sizes.add(head_size)
+        for tmp, role in roles.items():
+            for k in ("weight", "bias"):
+                self.state[f"{p}.attention.self.{role}.{k}"] = self.state.pop(f"{tmp}.{k}")
+            if self.state[f"{p}.attention.self.{role}.weight"].shape != (hidden, hidden):
+                self.fail(f"{p}.attention.self.{role}.weight has shape "
+                          f"{self.state[f'{p}.attention.self.{role}.weight'].shape}, expected ({hidden}, {hidden})")
+        # context -> [B, L, hidden] -> output projection -> residual -> LayerNorm
+        x = self.linear(self.follow_to_linear(context[0], p), f"{p}.attention.output.dense")
+        h1 = self.residual_norm(x, h, f"{p}.attention.output.LayerNorm", hidden)
+        ffn = [n for n in self.g.consumers.get(h1, []) if self.linear_weight(n)]
+        if len(ffn) != 1:
+            self.fail(f"{p}: expected one intermediate projection after the attention block, found {len(ffn)}")
+        inter = self.linear(ffn[0], f"{p}.intermediate.dense")
+        down = self.find_down_projection(inter, p)
+        self.activation(inter, self.g.ins(down)[0], i)
+        x = self.linear(down, f"{p}.output.dense")
+        self.intermediate.add(self.state[f"{p}.intermediate.dense.weight"].shape)
+        if self.state[f"{p}.output.dense.weight"].shape[::-1] != self.state[f"{p}.intermediate.dense.weight"].shape:
+            self.fail(f"{p}: output projection {self.state[f'{p}.output.dense.weight'].shape} does not invert the "
+                      f"intermediate {self.state[f'{p}.intermediate.dense.weight'].shape}")
+        return self.residual_norm(x, h1, f"{p}.output.LayerNorm", hidden)
+
+    def follow_to_linear(self, name: str, p: str) -> onnx.NodeProto:
+        """From the attention context through transposes / reshapes to the output projection's MatMul."""
+        for _ in range(8):
+            node = self.only_consumer(name, f"{p} (attention output)")
+            if self.linear_weight(node):
+                return node
+            if node.op_type not in _PASS_THROUGH:
+                break
+            name = self.g.out(node)
+        self.fail(f"{p}: the attention context does not reach the output projection (stopped at {node.op_type} "
+                  f"'{node.name}')")
+
+    def find_down_projection(self, start: str, p: str) -> onnx.NodeProto:
+        """The first constant-weight MatMul downstream of the intermediate projection."""
+        todo, seen = deque([start]), set()
+        while todo and len(seen) < 64:
+            x = todo.popleft()
+            if x in seen:
+                continue
+            seen.add(x)
+            for n in self.g.consumers.get(x, []):
+                if self.linear_weight(n):
+                    return n
+                todo.append(self.g.out(n))
+        self.fail(f"{p}: no output projection after the intermediate projection")
+
+    def read(self) -> tuple[PreTrainedModel, list[str]]:
+        self.eps, self.head_sizes, self.intermediate = set(), set(), set()
+        h, hidden, model_type, pad = self.embeddings()
+        n_layers = 0
+        while True:
+            projections = [n for n in self.g.consumers.get(h, []) if self.linear_weight(n)]
+            if not projections:
+                break
+            if len(projections) != 3:
+                self.fail(f"encoder.layer.{n_layers}: expected query, key and value projections of the layer input, "
+                          f"found {len(projections)} projection(s)")
+            h = self.layer(h, n_layers, hidden, projections)
+            n_layers += 1
+        if n_layers == 0:
+            self.fail("not a BERT / RoBERTa encoder export: no attention layer after the embeddings")
+        if h not in self.g.outputs:
+            users = ", ".join(f"{n.op_type} '{n.name}'" for n in self.g.consumers.get(h, []))
+            self.fail(f"the last layer's output is not a graph output (used by {users or 'nothing'}): export the "
+                      "encoder's last_hidden_state")
+        if len(self.head_sizes) != 1 or hidden % next(iter(self.head_sizes)):
+            self.fail(f"head sizes {sorted(self.head_sizes)} do not divide the hidden size {hidden}")
+        if len(self.intermediate) != 1:
+            self.fail(f"intermediate sizes differ between layers: {sorted(self.intermediate)}")
+        if len(self.eps) != 1:
+            self.fail(f"LayerNorm epsilons differ: {sorted(self.eps)}")
+        unused = [f"'{name}' {list(t.dims)}" for name, t in self.g.init.items()
+                  if name not in self.g.used and t.data_type in _FLOAT_TYPES and int(np.prod(t.dims)) > 1]
+        if unused:
+            self.fail(f"initializers not used by the rebuilt {model_type} encoder: {', '.join(unused[:8])}"
+                      f"{' ...' if len(unused) > 8 else ''} (a pooler, a task head or an unsupported feature?)")
+        unsupported = self.g.unsupported_ops()
+        if unsupported:
+            raise OnnxImportError(f"unsupported ops in the graph: {', '.join(unsupported)}")
+        common = dict(vocab_size=self.vocab, hidden_size=hidden, num_hidden_layers=n_layers,
+                      num_attention_heads=hidden // self.head_sizes.pop(),
+                      intermediate_size=self.intermediate.pop()[0], hidden_act="gelu",
+                      max_position_embeddings=self.state["embeddings.position_embeddings.weight"].shape[0],
+                      type_vocab_size=self.state["embeddings.token_type_embeddings.weight"].shape[0],
+                      layer_norm_eps=float(str(np.float32(self.eps.pop()))), pad_token_id=pad,
+                      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        if model_type == "roberta":
+            model = RobertaModel(RobertaConfig(**common), add_pooling_layer=False)
+        else:
+            model = BertModel(BertConfig(**common), add_pooling_layer=False)
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(self.state))
+        extra = sorted(set(self.state) - set(expected))
+        if missing or extra:
+            self.fail(f"weights missing from the file: {missing[:5]}; read but unknown to {type(model).__name__}: "
+                      f"{extra[:5]}")
+        for k, v in self.state.items():
+            if tuple(expected[k].shape) != v.shape:
+                self.fail(f"{k}: shape {v.shape} in the file, {tuple(expected[k].shape)} in the rebuilt model")
+        import torch
+
+        model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in self.state.items()},
+                              strict=True)
+        return model.eval(), self.warnings
+
+
+def model_from_onnx(path: str | Path | onnx.ModelProto) -> PreTrainedModel:
+    """Rebuild the HF `BertModel` / `RobertaModel` (no pooler) of an ONNX encoder export, with its weights.
+
+    The architecture (vocabulary, hidden size, layers, heads, intermediate size, positions, token types,
+    LayerNorm epsilon, BERT vs RoBERTa and RoBERTa's padding id) is read from the graph and its initializers
+    (see the module docstring); errors (`OnnxImportError`, a `ValueError`) name what is missing or
+    unsupported. A static-shape BERT export keeps only the first L position embeddings (a warning says so).
+    """
+    model, notes = _Reader(_load(path)).read()
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    return model
+
+
+def _pin_shapes(model: onnx.ModelProto, batch: int | None, seq: int | None) -> onnx.ModelProto:
+    """Fix symbolic input dimensions ([batch, seq]) and fold the shape computations they feed."""
+    symbolic = [(i, d) for i in model.graph.input for d in i.type.tensor_type.shape.dim if not d.HasField("dim_value")]
+    if not symbolic:
+        return model
+    if batch is None or seq is None:
+        names = sorted({f"{i.name}[{d.dim_param or '?'}]" for i, d in symbolic})
+        raise ValueError(f"the graph has symbolic input dimensions ({', '.join(names)}): pass batch= and seq=")
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    for i in model.graph.input:
+        dims = i.type.tensor_type.shape.dim
+        if len(dims) != 2:
+            continue
+        for d, v in zip(dims, (batch, seq)):
+            if not d.HasField("dim_value"):
+                d.ClearField("dim_param")
+                d.dim_value = v
+    # TVM's ONNX importer loses the static shapes through the exporter's dynamic-shape mask computation (its
+    # Reshape then fails); constant-folding with the pinned shapes removes those computations first.
+    import onnxscript.optimizer
+
+    return onnxscript.optimizer.optimize(model)
+
+
+def import_onnx_float(path: str | Path | onnx.ModelProto, batch: int | None = None,
+                      seq: int | None = None) -> tvm.IRModule:
+    """TVM's own import of the float ONNX graph (`relax.frontend.onnx.from_onnx`), weights as constants.
+
+    `main` takes the graph's inputs (input_ids / attention_mask int64 [B, L] for the exporter's encoder graphs)
+    and returns its output. A graph exported with dynamic shapes needs `batch` and `seq`: they are pinned and
+    the shape computations folded (onnxscript's optimizer) before TVM imports it.
+    """
+    from tvm.relax.frontend.onnx import from_onnx
+
+    model = _pin_shapes(_load(path), batch, seq)
+    shapes = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input
+              if i.name not in {t.name for t in model.graph.initializer}}
+    return from_onnx(model, shape_dict=shapes)
