@@ -23,7 +23,8 @@ from .head import HEAD_MODES, ClassifierHead, calibrate_head, float_head, head_o
 from .calibration import Batch, batches_from_texts, calibrate, position_ids
 
 
-__all__ = ["Batch", "QuantizedModel", "UnsupportedModelError", "from_pretrained", "position_ids", "to_ibert"]
+__all__ = ["Batch", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained", "position_ids",
+           "to_ibert"]
 
 
 class UnsupportedModelError(ValueError):
@@ -207,3 +208,12 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
             raise ValueError("the integer classification head needs calibration batches (or head='float')")
         calibrate_head(classifier, qmodel, model_type, calibration)
     return QuantizedModel(qmodel, model_type, semantics, tokenizer, classifier, head)
+
+
+def from_onnx(path: str | Path, calibration: Iterable[Batch] | Sequence[str] | None = None, **options
+              ) -> QuantizedModel:
+    """`from_pretrained` for an ONNX export of a BertModel / RobertaModel: the architecture is read from the
+    graph and the weights from its initializers (`onnx_import.model_from_onnx`); same options."""
+    from .onnx_import import model_from_onnx
+
+    return from_pretrained(model_from_onnx(path), calibration=calibration, **options)

@@ -22,7 +22,8 @@ their names. What is read, and from where:
 - heads: the head size is the last entry of the shape the query is reshaped to ([B, L, heads or -1,
   head_size]), heads = hidden / head size;
 - activation: the nodes between intermediate and output projection must be ONNX ``Gelu`` (exact) or its Erf
-  form; anything else (Relu, a Tanh approximation, ...) is refused with its op named;
+  form (opset < 20; evaluated on [-6, 6] against x * Phi(x)); anything else (Relu, a Tanh approximation,
+  ...) is refused with its ops named;
 - layer_norm_eps: the LayerNormalization epsilon (a float32 in the file, read back as the shortest decimal).
 
 Every float initializer with more than one element must end up in the model (else the file holds something
@@ -353,10 +354,46 @@ class _Reader:
                 raise OnnxImportError(f"{where} is Gelu(approximate='{approx}'), not supported: {hint}")
             return
         if "Erf" in ops and set(ops) <= _ERF_GELU_OPS:
+            err = self.erf_gelu_error(region, start, stop)
+            if err > 1e-5:
+                raise OnnxImportError(f"{where} is an Erf expression ({'+'.join(ops)}) that is not GELU (max "
+                                      f"deviation {err:.3g} on [-6, 6]): {hint}")
             return
         if not region:
             raise OnnxImportError(f"{where} is missing (the projections are joined directly): {hint}")
         raise OnnxImportError(f"{where} is {'+'.join(ops)}, not supported: {hint}")
+
+    def erf_gelu_error(self, region: list[onnx.NodeProto], start: str, stop: str) -> float:
+        """Max |f(x) - x * Phi(x)| on [-6, 6] for the subgraph `region` computing `stop` from `start`."""
+        import math
+
+        from onnx.reference import ReferenceEvaluator
+
+        order = {id(n): k for k, n in enumerate(self.g.nodes)}
+        nodes, consts = [], {}
+        for n in sorted(region, key=lambda n: order[id(n)]):
+            clone = onnx.NodeProto()
+            clone.CopyFrom(n)
+            clone.ClearField("input")
+            clone.input.extend(self.g.ins(n))
+            clone.ClearField("output")
+            clone.output.extend(self.g.canon(o) for o in n.output)
+            nodes.append(clone)
+            for i in self.g.ins(n):
+                if i and i != start and (value := self.g.const(i)) is not None:
+                    consts[i] = value
+        x = np.linspace(-6, 6, 241, dtype=np.float32)
+        graph = onnx.helper.make_graph(
+            nodes, "activation", [onnx.helper.make_tensor_value_info(start, onnx.TensorProto.FLOAT, [x.size])],
+            [onnx.helper.make_tensor_value_info(stop, onnx.TensorProto.FLOAT, [x.size])],
+            [numpy_helper.from_array(np.asarray(v), name=k) for k, v in consts.items()])
+        opset = [o for o in self.g.model.opset_import if o.domain in ("", "ai.onnx")]
+        try:
+            y = ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opset)).run(None, {start: x})[0]
+        except Exception as e:  # noqa: BLE001 (the evaluator raises many types)
+            self.fail(f"cannot evaluate the feed-forward activation ({e})")
+        ref = x.astype(np.float64) * 0.5 * (1 + np.vectorize(math.erf)(x.astype(np.float64) / math.sqrt(2)))
+        return float(np.max(np.abs(np.asarray(y, np.float64) - ref)))
 
     # -- the walk -----------------------------------------------------------------------------------------
 
@@ -582,6 +619,11 @@ def _pin_shapes(model: onnx.ModelProto, batch: int | None, seq: int | None) -> o
     """Fix symbolic input dimensions ([batch, seq]) and fold the shape computations they feed."""
     symbolic = [(i, d) for i in model.graph.input for d in i.type.tensor_type.shape.dim if not d.HasField("dim_value")]
     if not symbolic:
+        for i in model.graph.input:
+            dims = [d.dim_value for d in i.type.tensor_type.shape.dim]
+            if len(dims) == 2 and (batch, seq) != (None, None) and [batch or dims[0], seq or dims[1]] != dims:
+                raise ValueError(f"the graph's input {i.name} has the static shape {dims}; asked for "
+                                 f"[{batch}, {seq}] (export with dynamic_shapes for other shapes)")
         return model
     if batch is None or seq is None:
         names = sorted({f"{i.name}[{d.dim_param or '?'}]" for i, d in symbolic})

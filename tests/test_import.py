@@ -1,0 +1,214 @@
+"""Importers we did not write as references: torch.export and ONNX into TVM, and encoders rebuilt from ONNX.
+
+- `float_reference`: the float encoder through `torch.export` + TVM's `from_exported_program` agrees with torch;
+- `onnx_import.import_onnx_float`: the dynamo exporter's ONNX graph through TVM's `from_onnx` agrees with torch;
+- `onnx_import.model_from_onnx`: the HF model rebuilt from the ONNX graph has exactly the original weights and
+  architecture, and quantizes to the same integer-only program output; unsupported files are refused by name.
+"""
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import tvm
+from onnx import TensorProto, helper
+from transformers import BertConfig, BertModel
+
+from ibert_tvm.float_reference import float_program, run_float
+from ibert_tvm.model import from_onnx, from_pretrained
+from ibert_tvm.onnx_import import OnnxImportError, import_onnx_float, model_from_onnx
+from test_model import COMMON, batches, run, tiny
+
+B, L = 2, 16
+
+
+def distinct(kind: str):
+    """The tiny model with every parameter perturbed, so no two tensors are alike (biases are 0 at init)."""
+    model = tiny(kind)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    return model
+
+
+def torch_out(model, b) -> np.ndarray:
+    with torch.no_grad():
+        return model(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state.numpy()
+
+
+def export(model, path, dynamic: bool) -> str:
+    b = batches(model.config.pad_token_id, 1, B, L, seed=5)[0]
+    kw = {}
+    if dynamic:
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
+        kw["dynamic_shapes"] = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (b.input_ids, b.attention_mask), str(path), dynamo=True,
+                          input_names=["input_ids", "attention_mask"], **kw)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"bert": distinct("bert"), "roberta": distinct("roberta")}
+
+
+@pytest.fixture(scope="module")
+def onnx_files(models, tmp_path_factory):
+    """Exports made once for the module: {(kind, 'dynamic' | 'static'): path}."""
+    d = tmp_path_factory.mktemp("onnx")
+    files = {}
+    for kind, shapes in [("bert", "dynamic"), ("roberta", "dynamic"), ("bert", "static")]:
+        files[kind, shapes] = export(models[kind], d / f"{kind}_{shapes}.onnx", shapes == "dynamic")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_torch_export_float_program_matches_torch(kind, models, report):
+    model = models[kind]
+    mod = float_program(model, B, L)
+    assert model.config._attn_implementation == "sdpa"  # the caller's model is left as it was
+    b = batches(model.config.pad_token_id, 1, B, L, seed=3)[0]
+    ours, ref = run_float(mod, b.input_ids, b.attention_mask), torch_out(model, b)
+    err = float(np.abs(ours - ref).max())
+    report(f"{kind} float, torch.export -> from_exported_program -> llvm vs torch eager: max |diff| {err:.2e}")
+    assert ours.shape == (B, L, COMMON["hidden_size"])
+    assert err < 1e-4
+
+
+@pytest.mark.parametrize("kind, shapes", [("bert", "static"), ("roberta", "dynamic")])
+def test_onnx_float_import_matches_torch(kind, shapes, models, onnx_files, report):
+    model = models[kind]
+    mod = import_onnx_float(onnx_files[kind, shapes], batch=B, seq=L)
+    b = batches(model.config.pad_token_id, 1, B, L, seed=3)[0]
+    ours, ref = run_float(mod, b.input_ids, b.attention_mask), torch_out(model, b)
+    err = float(np.abs(ours - ref).max())
+    report(f"{kind} float, ONNX ({shapes} shapes) -> from_onnx -> llvm vs torch eager: max |diff| {err:.2e}")
+    assert err < 1e-4
+
+
+def test_dynamic_onnx_import_needs_shapes(onnx_files):
+    with pytest.raises(ValueError, match="batch= and seq="):
+        import_onnx_float(onnx_files["roberta", "dynamic"])
+
+
+def assert_same_encoder(rebuilt, original, positions: int | None = None):
+    assert type(rebuilt) is type(original)
+    for key in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                "type_vocab_size", "layer_norm_eps", "hidden_act"):
+        assert getattr(rebuilt.config, key) == getattr(original.config, key), key
+    assert rebuilt.config.max_position_embeddings == (positions or original.config.max_position_embeddings)
+    if original.config.model_type == "roberta":
+        assert rebuilt.config.pad_token_id == original.config.pad_token_id
+    ours, ref = rebuilt.state_dict(), original.state_dict()
+    assert ours.keys() == ref.keys()
+    for k in ref:
+        expected = ref[k][:positions] if positions and k == "embeddings.position_embeddings.weight" else ref[k]
+        assert torch.equal(ours[k], expected), k
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_model_from_onnx_has_the_original_weights(kind, models, onnx_files):
+    """The default (optimized) export renames every projection weight; the graph's structure places them."""
+    names = {t.name for t in onnx.load(onnx_files[kind, "dynamic"]).graph.initializer}
+    assert "encoder.layer.0.attention.self.query.weight" not in names  # folded into its transpose
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing to warn about in a dynamic-shape export
+        rebuilt = model_from_onnx(onnx_files[kind, "dynamic"])
+    assert_same_encoder(rebuilt, models[kind])
+
+
+def test_static_bert_export_keeps_only_the_used_positions(models, onnx_files):
+    with pytest.warns(UserWarning, match=f"first {L} rows"):
+        rebuilt = model_from_onnx(onnx_files["bert", "static"])
+    assert_same_encoder(rebuilt, models["bert"], positions=L)
+
+
+@pytest.mark.parametrize("optimize, opset", [(True, None), (False, None), (True, 17)])
+def test_merged_unoptimized_and_erf_exports_are_read(optimize, opset, tmp_path):
+    """A freshly initialized model's equal tensors (zero biases, unit LayerNorm weights) are merged into one
+    initializer by the exporter's optimizer; without the optimizer every weight keeps its name (and goes
+    through a Transpose node); at opset 17 (no Gelu op) GELU is exported in its Erf form."""
+    model = tiny("bert")
+    b = batches(0, 1, B, L, seed=5)[0]
+    path = str(tmp_path / "fresh.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        batch, seq = torch.export.Dim("batch"), torch.export.Dim("seq", max=64)
+        torch.onnx.export(model, (b.input_ids, b.attention_mask), path, dynamo=True, optimize=optimize,
+                          opset_version=opset,
+                          dynamic_shapes={"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: seq}})
+    graph = onnx.load(path).graph
+    names, ops = {t.name for t in graph.initializer}, {n.op_type for n in graph.node}
+    if optimize:
+        assert "encoder.layer.1.output.dense.bias" not in names  # merged with another zero bias
+    else:
+        assert "encoder.layer.1.output.dense.weight" in names
+    assert ("Erf" in ops and "Gelu" not in ops) if opset == 17 else "Gelu" in ops
+    assert_same_encoder(model_from_onnx(path), model)
+
+
+def quantize_both(kind, models, onnx_files):
+    original = models[kind]
+    calibration = batches(original.config.pad_token_id, 2, 4, 24, seed=1)
+    return (from_pretrained(original, calibration=calibration),
+            from_onnx(onnx_files[kind, "dynamic"], calibration=calibration))
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_rebuilt_model_gives_the_same_integer_program(kind, models, onnx_files):
+    """Same calibrated ranges and the same program, int8 weight tensors included (structural equality compares
+    constant contents)."""
+    qa, qb = quantize_both(kind, models, onnx_files)
+    assert qb.model_type == qa.model_type == kind
+    assert qb.output_scale == qa.output_scale
+    tvm.ir.assert_structural_equal(qb.program(3, 20), qa.program(3, 20))
+
+
+def test_rebuilt_roberta_runs_to_identical_int8(models, onnx_files, report):
+    """Compiled and run (about 20 s per program, so once, for RoBERTa: its padding id comes from the graph)."""
+    qa, qb = quantize_both("roberta", models, onnx_files)
+    b = batches(models["roberta"].config.pad_token_id, 1, 3, 20, seed=2)[0]
+    ours, ref = run(qb, b), run(qa, b)
+    report(f"roberta rebuilt from ONNX -> integer program: {np.mean(ours == ref) * 100:.1f}% of int8 outputs "
+           f"identical to the original model's ({ours.size} values)")
+    assert ours.dtype == np.int8 and ours.shape == (3, 20, COMMON["hidden_size"])
+    np.testing.assert_array_equal(ours, ref)
+
+
+def test_relu_bert_is_refused(tmp_path):
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(pad_token_id=0, hidden_act="relu", **COMMON), add_pooling_layer=False).eval()
+    path = export(model, tmp_path / "relu.onnx", dynamic=False)
+    assert "Relu" in {n.op_type for n in onnx.load(path).graph.node}
+    with pytest.raises(OnnxImportError, match="activation is Relu"):
+        model_from_onnx(path)
+
+
+def test_pooler_weights_are_not_silently_dropped(tmp_path):
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(pad_token_id=0, **COMMON), add_pooling_layer=True).eval()
+    path = export(model, tmp_path / "pooler.onnx", dynamic=False)
+    with pytest.raises(OnnxImportError, match=r"not used .*pooler\.dense\.weight") as e:
+        model_from_onnx(path)
+    assert "Tanh" in str(e.value)
+
+
+def test_non_encoder_onnx_is_refused(tmp_path):
+    w = helper.make_tensor("w", TensorProto.FLOAT, [4, 3], np.ones(12, np.float32))
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "matmul",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
+    path = tmp_path / "matmul.onnx"
+    onnx.save(helper.make_model(graph), str(path))
+    with pytest.raises(OnnxImportError, match="not a BERT / RoBERTa encoder export: no token-embedding lookup"):
+        model_from_onnx(path)
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.onnx"):
+        model_from_onnx(tmp_path / "nothing.onnx")
