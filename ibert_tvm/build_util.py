@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import numpy as np
@@ -22,7 +23,23 @@ def single_op_module(build: Callable[..., relax.Expr], inputs: dict[str, np.ndar
 
 def compile_and_run(mod: tvm.IRModule, inputs: list[np.ndarray], target: str = "llvm") -> np.ndarray:
     """Legalize the ibert ops, compile for a CPU target and run `main` on numpy inputs."""
-    mod = relax.transform.LegalizeOps()(mod)
-    exe = tvm.compile(mod, target=target)
-    vm = relax.VirtualMachine(exe, tvm.cpu())
+    vm, _ = compile_vm(mod, target)
     return vm["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+
+
+def compile_vm(mod: tvm.IRModule, target: str = "llvm") -> tuple[relax.VirtualMachine, float]:
+    """Legalize, compile for a CPU target and load into a Relax VM; returns (vm, compile seconds)."""
+    t0 = time.perf_counter()
+    exe = tvm.compile(relax.transform.LegalizeOps()(mod), target=target)
+    return relax.VirtualMachine(exe, tvm.cpu()), time.perf_counter() - t0
+
+
+def run_timed(fn: Callable, args: list, repeats: int) -> tuple[object, float]:
+    """Call `fn(*args)` once for its result, then `repeats` more times; returns (result, median ms)."""
+    result = fn(*args)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t)
+    return result, 1e3 * float(np.median(times))

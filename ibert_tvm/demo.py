@@ -7,7 +7,6 @@ compiles it with TVM for `llvm`, runs it, and compares with HF's simulated-integ
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +19,7 @@ from transformers.models.ibert.quant_modules import QuantAct
 from tvm import relax
 
 from . import layers
+from .build_util import compile_vm, run_timed
 
 
 @dataclass(frozen=True)
@@ -94,19 +94,11 @@ def run_demo(shape: DemoShape = DemoShape(), seed: int = 0, calib_batches: int =
         hf_out = q_layer(x_hf, torch.tensor([in_scale]), ext_mask)[0]
         float_out = f_layer(x_hf, None, ext_mask)[0]
 
-    t0 = time.perf_counter()
     mod = build_program(q_layer, np.asarray(in_scale), shape)
     n_ops = sum(1 for _ in _ibert_calls(mod))
-    exe = tvm.compile(relax.transform.LegalizeOps()(mod), target="llvm")
-    compile_s = time.perf_counter() - t0
-    vm = relax.VirtualMachine(exe, tvm.cpu())
-    args = [tvm.runtime.tensor(x_int8), tvm.runtime.tensor(mask)]
-    out = vm["main"](*args).numpy()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        vm["main"](*args)
-        times.append(time.perf_counter() - t)
+    vm, compile_s = compile_vm(mod)
+    out, latency_ms = run_timed(vm["main"], [tvm.runtime.tensor(x_int8), tvm.runtime.tensor(mask)], repeats)
+    out = out.numpy()
 
     out_scale = layers.act_scale(q_layer.output.output_activation)
     hf_int = torch.round(hf_out / torch.tensor(out_scale)).numpy().astype(np.int64)
@@ -114,7 +106,7 @@ def run_demo(shape: DemoShape = DemoShape(), seed: int = 0, calib_batches: int =
     ours_real = out.astype(np.float32) * out_scale
     ref = float_out.numpy()
     cos = np.sum(ours_real * ref, -1) / (np.linalg.norm(ours_real, axis=-1) * np.linalg.norm(ref, axis=-1))
-    result = {"ibert_ops": n_ops, "compile_s": compile_s, "latency_ms": 1e3 * float(np.median(times)),
+    result = {"ibert_ops": n_ops, "compile_s": compile_s, "latency_ms": latency_ms,
               "identical_to_hf": float(np.mean(diff == 0)), "max_lsb_diff_vs_hf": int(diff.max()),
               "min_token_cosine_vs_float": float(cos.min()), "mean_token_cosine_vs_float": float(cos.mean())}
     print(f"integer program: {n_ops} ibert.* operators, int8 in -> int8 out, compiled in {compile_s:.1f} s")

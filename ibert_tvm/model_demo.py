@@ -8,7 +8,6 @@ float model: embedding cosine, nearest-neighbour agreement, latency.
 
 from __future__ import annotations
 
-import time
 from importlib import resources
 from pathlib import Path
 
@@ -16,8 +15,8 @@ import numpy as np
 import torch
 import tvm
 from transformers import AutoModel
-from tvm import relax
 
+from .build_util import compile_vm, run_timed
 from .calibration import batches_from_texts
 from .model import from_pretrained
 
@@ -58,23 +57,13 @@ def run_model_demo(model_dir: Path | None = None, repeats: int = 3) -> dict:
     batch = batches_from_texts(held, qm.tokenizer, batch_size=len(held))[0]
     ids, mask = batch.input_ids.numpy(), batch.attention_mask.numpy().astype(np.int32)
 
-    t0 = time.perf_counter()
-    exe = tvm.compile(relax.transform.LegalizeOps()(qm.program(*ids.shape)), target="llvm")
-    compile_s = time.perf_counter() - t0
-    vm = relax.VirtualMachine(exe, tvm.cpu())
-    args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(mask)]
-    hidden_int8 = vm["main"](*args).numpy()
-    int_times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        vm["main"](*args)
-        int_times.append(time.perf_counter() - t)
+    vm, compile_s = compile_vm(qm.program(*ids.shape))
+    hidden_int8, int_ms = run_timed(vm["main"], [tvm.runtime.tensor(ids), tvm.runtime.tensor(mask)], repeats)
+    hidden_int8 = hidden_int8.numpy()
     with torch.no_grad():
-        float_times = []
-        for _ in range(repeats):
-            t = time.perf_counter()
-            ref = float_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).last_hidden_state
-            float_times.append(time.perf_counter() - t)
+        ref, float_ms = run_timed(lambda: float_model(input_ids=batch.input_ids,
+                                                      attention_mask=batch.attention_mask).last_hidden_state,
+                                  [], repeats)
 
     ours = mean_pool(hidden_int8.astype(np.float32) * qm.output_scale, mask)
     theirs = mean_pool(ref.numpy(), mask)
@@ -84,7 +73,7 @@ def run_model_demo(model_dir: Path | None = None, repeats: int = 3) -> dict:
     np.fill_diagonal(sim_theirs, -2)
     nn_agree = float(np.mean(sim_ours.argmax(1) == sim_theirs.argmax(1)))
     result = {"sentences": len(held), "tokens": int(mask.sum()), "compile_s": compile_s,
-              "int_ms": 1e3 * float(np.median(int_times)), "float_torch_ms": 1e3 * float(np.median(float_times)),
+              "int_ms": int_ms, "float_torch_ms": float_ms,
               "cosine_min": float(cos.min()), "cosine_mean": float(cos.mean()), "nearest_neighbour_agreement": nn_agree}
     print(f"integer-only program compiled for llvm in {compile_s:.1f} s; batch {ids.shape[0]} x {ids.shape[1]} tokens")
     for text, c, j in list(zip(held, cos, sim_ours.argmax(1)))[:4]:

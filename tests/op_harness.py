@@ -73,3 +73,25 @@ def assert_exact(out: np.ndarray, ref, dtype: str | None = None, what: str = "",
     assert out.shape == ref.shape, f"{what}: output shape {out.shape}, expected {ref.shape}"
     msg = describe_mismatch(out, ref, labels)
     assert not msg, f"{what}: {msg}"
+
+def _f32_bits(f) -> int:
+    return int(np.float32(f).view(np.int32))
+
+
+def _f32(bits: int) -> np.float32:
+    return np.int32(bits).view(np.float32)
+
+
+def boundary_scale(accepts, lo: float, hi: float) -> np.float32:
+    """The float32 scale in [lo, hi] where `accepts` flips (bisection on the float32 bit patterns):
+    the smallest accepted one if `accepts(hi)`, else the largest accepted one."""
+    a, b = _f32_bits(lo), _f32_bits(hi)
+    hi_ok = accepts(_f32(b))
+    assert accepts(_f32(a)) != hi_ok
+    while b - a > 1:
+        mid = (a + b) // 2
+        if accepts(_f32(mid)) == hi_ok:
+            b = mid
+        else:
+            a = mid
+    return _f32(b if hi_ok else a)

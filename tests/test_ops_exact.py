@@ -24,7 +24,7 @@ from ibert_tvm.ops.registry import make_call
 
 from op_harness import (EMBEDDING, GELU, I32_MAX, I32_MIN, LAYERNORM, LINEAR, LN_MAX, LN_MIN, LOOKUP, MATMUL, REQUANT,
                         SOFTMAX,
-                        assert_exact, compile_vm, run_static, sym, tvar)
+                        assert_exact, boundary_scale, compile_vm, run_static, sym, tvar)
 
 HYP = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
@@ -55,27 +55,6 @@ def v2(n: int) -> int:
     return (n & -n).bit_length() - 1
 
 
-def _f32_bits(f) -> int:
-    return int(np.float32(f).view(np.int32))
-
-
-def _f32(bits: int) -> np.float32:
-    return np.int32(bits).view(np.float32)
-
-
-def boundary_scale(accepts, lo: float, hi: float) -> np.float32:
-    """The float32 scale in [lo, hi] where `accepts` flips (bisection on the float32 bit patterns):
-    the smallest accepted one if `accepts(hi)`, else the largest accepted one."""
-    a, b = _f32_bits(lo), _f32_bits(hi)
-    hi_ok = accepts(_f32(b))
-    assert accepts(_f32(a)) != hi_ok
-    while b - a > 1:
-        mid = (a + b) // 2
-        if accepts(_f32(mid)) == hi_ok:
-            b = mid
-        else:
-            a = mid
-    return _f32(b if hi_ok else a)
 
 
 def _gelu_ok(s) -> bool:

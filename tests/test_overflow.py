@@ -18,33 +18,12 @@ from ibert_tvm.ops import IBertOpError
 from ibert_tvm.ops.registry import make_call
 
 from op_harness import (EMBEDDING, GELU, I32_MAX, I32_MIN, LAYERNORM, LINEAR, LN_MAX, LN_MIN, MATMUL, REQUANT, SOFTMAX,
-                        assert_exact, compile_vm, describe_mismatch, run_static, sym, tvar)
+                        assert_exact, boundary_scale, compile_vm, describe_mismatch, run_static, sym, tvar)
 
 K_LINEAR_MAX = I32_MAX // (128 * 128)  # 131071: K * 2^14 <= 2^31 - 1
 K_PV_MAX = I32_MAX // (256 * 128)  # 65535: softmax probabilities (<= 256) x int8
 
 
-def _f32_bits(f) -> int:
-    return int(np.float32(f).view(np.int32))
-
-
-def _f32(bits: int) -> np.float32:
-    return np.int32(bits).view(np.float32)
-
-
-def boundary_scale(accepts, lo: float, hi: float) -> np.float32:
-    """The float32 scale in [lo, hi] where `accepts` flips: the smallest accepted one if `accepts(hi)`,
-    else the largest accepted one (bisection on the float32 bit patterns)."""
-    a, b = _f32_bits(lo), _f32_bits(hi)
-    hi_ok = accepts(_f32(b))
-    assert accepts(_f32(a)) != hi_ok
-    while b - a > 1:
-        mid = (a + b) // 2
-        if accepts(_f32(mid)) == hi_ok:
-            b = mid
-        else:
-            a = mid
-    return _f32(b if hi_ok else a)
 
 
 def _accepts(fn):
