@@ -1,0 +1,155 @@
+"""`integer_pipeline` / `build` on a tiny 2-layer RoBERTa program: bit-identical to the unfused LegalizeOps +
+compile path, requantize fused into the GEMMs producing it (only where the accumulator has no other
+consumer), numbered IR dumps, the verify phase stopping a float, and the untuned llvm latency of both."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, tirx
+
+from ibert_tvm import ops, quant
+from ibert_tvm.model import from_pretrained
+from ibert_tvm.relay_passes.fuse_requantize import FuseRequantize
+from ibert_tvm.relay_passes.pipeline import PHASES, build, integer_pipeline
+from ibert_tvm.relay_passes.verify_integer_only import FloatOpError
+from test_model import batches, tiny
+
+BATCH, SEQ = 2, 16
+GEMM = re.compile(r"ibert_(linear|matmul)\d*$")  # a GEMM PrimFunc that nothing was fused into
+
+
+@pytest.fixture(scope="module")
+def tiny_program():
+    """(program, its [ids, mask] inputs) of a calibrated 2-layer RoBERTa; the batch has padding."""
+    qm = from_pretrained(tiny("roberta"), calibration=batches(1, 2, 2, SEQ, seed=1))
+    b = batches(1, 1, BATCH, SEQ, seed=5)[0]
+    return qm.program(BATCH, SEQ), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+
+
+@pytest.fixture(scope="module")
+def built(tiny_program, tmp_path_factory):
+    """The program compiled both ways, and the fused build's dump folder."""
+    mod, _ = tiny_program
+    dump = tmp_path_factory.mktemp("ir")
+    unfused = tvm.compile(relax.transform.LegalizeOps()(mod), "llvm")
+    return {"unfused": unfused, "fused": build(mod, "llvm", dump_dir=str(dump)), "dump": dump}
+
+
+def _calls(mod: tvm.IRModule) -> list[tuple[relax.Var, str, list[relax.Expr]]]:
+    """(bound var, callee PrimFunc name, args) of each call_tir in `main`, in program order."""
+    out = []
+    for block in mod["main"].body.blocks:
+        for bind in block.bindings:
+            v = bind.value
+            if isinstance(v, relax.Call) and v.op.same_as(tvm.ir.Op.get("relax.call_tir")):
+                out.append((bind.var, v.args[0].name_hint, list(v.args[1].fields)))
+    return out
+
+
+def _standalone_gemm_consumers(mod: tvm.IRModule) -> dict[str, list[str]]:
+    """{'lv = GEMM PrimFunc': [PrimFuncs reading lv]} for every GEMM call not fused with its consumer."""
+    calls = _calls(mod)
+    return {f"{var.name} = {name}": [c for _, c, args in calls if any(a.same_as(var) for a in args)]
+            for var, name, _ in calls if GEMM.match(name)}
+
+
+def _prim_funcs(mod: tvm.IRModule) -> list[str]:
+    return sorted(g.name_hint for g, f in mod.functions_items() if isinstance(f, tirx.PrimFunc))
+
+
+def test_fused_build_is_bit_identical_to_unfused(tiny_program, built):
+    _, inputs = tiny_program
+    args = [tvm.runtime.tensor(a) for a in inputs]
+    ref = relax.VirtualMachine(built["unfused"], tvm.cpu())["main"](*args).numpy()
+    out = relax.VirtualMachine(built["fused"], tvm.cpu())["main"](*args).numpy()
+    assert out.dtype == np.int8 and out.shape == (BATCH, SEQ, 64)
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_requantize_is_fused_into_every_linear_and_matmul(tiny_program, report):
+    """No requantize (or other elementwise) PrimFunc is left right after a linear or matmul: every linear
+    and the P.V matmul carry their epilogue; only Q.K^T stays standalone (its consumer is int_softmax)."""
+    legalized = relax.transform.LegalizeOps()(tiny_program[0])
+    fused = FuseRequantize()(legalized)
+    before, after = _prim_funcs(legalized), _prim_funcs(fused)
+    before_left = _standalone_gemm_consumers(legalized)
+    left = _standalone_gemm_consumers(fused)
+    report(f"FuseRequantize on the tiny 2-layer program: {len(before)} PrimFuncs ({len(_calls(legalized))} calls) "
+           f"-> {len(after)} ({len(_calls(fused))} calls); GEMM calls without epilogue {len(before_left)} -> "
+           f"{len(left)}; fused GEMMs: {', '.join(n for n in after if n.startswith(('fused_ibert_linear', 'fused_ibert_matmul')))}")
+    not_fused = {g: c for g, c in left.items() if any("requantize" in n or "gelu" in n for n in c)}
+    assert not not_fused, f"requantize still a PrimFunc of its own after a GEMM: {not_fused}; PrimFuncs: {after}"
+    assert all(consumers and all(n.startswith("ibert_int_softmax") for n in consumers)
+               for consumers in left.values()), f"standalone GEMMs left: {left}; PrimFuncs: {after}"
+    assert len(left) == 2  # Q.K^T of each layer
+    assert any(n.startswith("fused_ibert_matmul") and "requantize" in n for n in after), after
+    assert any(n.startswith("fused_ibert_linear") and "int_gelu" in n for n in after), after
+
+
+def _linear_requantize(share: str) -> tvm.IRModule:
+    """main(x) = requantize(linear(x)) where the accumulator (or its transposed copy) is also returned."""
+    rng = np.random.default_rng(0)
+    w, bias = rng.integers(-128, 128, (16, 16), dtype=np.int8), rng.integers(-99, 99, 16, dtype=np.int32)
+    d = quant.requant_dyadic(0.01, 0.05)
+    x = relax.Var("x", relax.TensorType((2, 4, 16), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            acc = bb.emit(ops.linear(x, w, bias))
+            shared = bb.emit(relax.op.permute_dims(acc, [1, 0, 2])) if share == "transposed" else acc
+            out = bb.emit(ops.requantize(shared, d.multiplier, d.shift, bits=8))
+            result = bb.emit_output(relax.Tuple([out, shared]) if share else out)
+        bb.emit_func_output(result)
+    return relax.transform.LegalizeOps()(bb.get())
+
+
+@pytest.mark.parametrize("share", ["", "accumulator", "transposed"])
+def test_accumulator_with_another_consumer_is_not_fused(share):
+    left = _standalone_gemm_consumers(FuseRequantize()(_linear_requantize(share)))
+    assert bool(left) == bool(share), left
+
+
+def test_ir_dumps_have_numbered_phase_names(built):
+    dumps = sorted(p.name for p in Path(built["dump"]).iterdir())
+    assert dumps == [f"{i:02d}_{name}.py" for i, name in enumerate(PHASES)]
+    legalized, fused = ((Path(built["dump"]) / f).read_text() for f in ("00_legalize.py", "01_fuse.py"))
+    assert "def ibert_linear(" in legalized and "def ibert_linear(" not in fused
+    assert "def fused_ibert_linear_ibert_requantize" in fused
+
+
+def _with_float_op(mod: tvm.IRModule) -> tvm.IRModule:
+    """`mod` whose main also goes through float: astype(float32) * 0.5 -> int8 on the encoder's output."""
+    params = [relax.Var(p.name, p.ty) for p in mod["main"].params]
+    bb = relax.BlockBuilder()
+    encoder = bb.add_func(mod["main"].without_attr("global_symbol"), "encoder")
+    with bb.function("main", params):
+        with bb.dataflow():
+            h = bb.emit(relax.Call(encoder, params))
+            f = bb.emit(relax.op.multiply(relax.op.astype(h, "float32"), relax.const(0.5, "float32")))
+            out = bb.emit_output(relax.op.astype(f, "int8"))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def test_verify_phase_rejects_a_float_op(tiny_program, tmp_path):
+    with pytest.raises(FloatOpError, match="float32"):
+        integer_pipeline("llvm", dump_dir=str(tmp_path))(_with_float_op(tiny_program[0]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00_legalize.py", "01_fuse.py"]  # stopped in phase 2
+
+
+def test_untuned_latency_unfused_vs_fused(tiny_program, built, report):
+    args = [tvm.runtime.tensor(a) for a in tiny_program[1]]
+    medians: dict[str, list[float]] = {"unfused": [], "fused": []}
+    vms = {k: relax.VirtualMachine(built[k], tvm.cpu()) for k in medians}
+    for _ in range(5):  # interleaved, so that load from elsewhere hits both alike
+        for k, vm in vms.items():
+            medians[k].append(vm.time_evaluator("main", tvm.cpu(), number=20, repeat=5)(*args).median * 1e3)
+    unfused, fused = (float(np.median(medians[k])) for k in medians)
+    report(f"tiny 2-layer RoBERTa (batch {BATCH}, seq {SEQ}), llvm untuned on the host CPU: LegalizeOps+compile "
+           f"{unfused:.3f} ms, integer_pipeline build {fused:.3f} ms (x{unfused / fused:.2f})")
+    assert fused > 0 and unfused > 0
