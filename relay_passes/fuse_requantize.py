@@ -1,40 +1,45 @@
-"""Fuse requantization into the matmul that produces it, so the int32 accumulator is no Relax tensor.
+"""Fuse requantization into the matmul that produces it, so that no int32 accumulator is a Relax tensor.
 
-Run on a legalized module (after `relax.transform.LegalizeOps()`). `FuseRequantize` is TVM's own fusion
-(`AnnotateTIROpPattern`, `FuseOps`, `FuseTIR`) plus one pattern FuseOps cannot see. The op patterns our TE
-computes get are the ones output-epilogue fusion needs, so no op's pattern is overridden:
+`FuseRequantize` runs on a legalized module (after `relax.transform.LegalizeOps()`): TVM's own
+`AnnotateTIROpPattern` + `FuseOps` + `FuseTIR`, plus one pattern FuseOps cannot see. The op patterns our TE
+computes get are the ones output-epilogue fusion needs, so none is overridden:
 
-- `ibert.linear`, `ibert.matmul`: kOutEWiseFusable (a multiply-accumulate reduction; the bias add of
-  `linear` is an elementwise stage of the same PrimFunc).
-- `ibert.requantize`, `ibert.int_gelu`, Relax `add` / `astype`: kElemWise (per-channel constants are
-  broadcast loads beside elementwise ones, which TVM still counts as elementwise).
-- `ibert.int_layernorm`, `ibert.int_softmax` are labelled kOutEWiseFusable too, because TVM gives that
-  label to any multiply-accumulate-shaped reduction (their sum of squares). Strictly they are row
-  reductions; the label only lets their own elementwise consumers fuse (LayerNorm -> int8 requantize, so
-  the int64 LayerNorm output is no tensor either), which is legal, so it is kept.
+- `ibert.linear`, `ibert.matmul`: kOutEWiseFusable (a multiply-accumulate reduction; `linear`'s bias add
+  is an elementwise stage of the same PrimFunc).
+- `ibert.requantize`, `ibert.int_gelu`, Relax `add`: kElemWise (a per-channel constant is a broadcast
+  load beside an elementwise one, which TVM counts as elementwise).
+- `ibert.int_layernorm`, `ibert.int_softmax` come out kOutEWiseFusable too (TVM's block analysis takes one
+  of their reductions for a GEMM-like one; a plain `sum` gets kCommReduce). Strictly they are row
+  reductions, but the label only lets their elementwise consumers fuse (LayerNorm -> requantize, so its
+  int64 output is no tensor either), which is legal, so it is kept.
 
-Fused (each becomes one PrimFunc `fused_ibert_linear..._ibert_requantize...`):
+Fused, each into one PrimFunc named `fused_ibert_linear..._ibert_requantize...` (or `..._matmul...`):
 
-- linear -> requantize (Q, K, V, the attention-output and FFN-output dense layers; with the 22-bit
-  residual requantize, whose second input is the residual tensor);
-- linear -> int_gelu -> requantize -> requantize (the FFN's intermediate dense layer);
-- "hf" semantics: linear -> requantize(32-bit regrid) -> add(bias) -> requantize;
-- P.V matmul -> permute_dims -> reshape -> requantize (the context): FuseOps stops at the layout ops (its
-  kOutEWiseFusable rule takes elementwise paths only), so this file fuses GEMM -> 1-2 single-input
-  layout PrimFuncs -> elementwise PrimFunc by pattern first.
+- linear -> requantize: Q, K, V, and the two output dense layers with their 22-bit residual requantize
+  (whose second input, the residual, is read inside the same PrimFunc);
+- linear -> int_gelu -> requantize -> requantize (FFN intermediate); "hf" semantics: linear ->
+  requantize (regrid) -> add (bias) -> requantize;
+- P.V matmul -> permute_dims -> reshape -> requantize (the context). FuseOps stops at layout ops (its
+  kOutEWiseFusable rule follows elementwise paths only), so GEMM -> 1-2 single-input layout PrimFuncs ->
+  elementwise PrimFunc is first grouped by `FuseOpsByPattern`.
 
-Where legal: a GEMM is fused only when every consumer of its accumulator is inside the fused epilogue.
-FuseOps fuses a kOutEWiseFusable op only up to its immediate post-dominator along elementwise paths, so an
-accumulator that is also returned, read by another GEMM or reduction, or feeds two chains that do not
-rejoin stays a standalone GEMM; the layout pattern checks that each intermediate has exactly one use.
+Where legal: only when every consumer of the accumulator is inside the fused epilogue. FuseOps fuses a
+kOutEWiseFusable op only up to its immediate post-dominator along elementwise paths, so an accumulator that
+is also returned, read by another GEMM or a reduction, or feeding two chains that do not rejoin stays a
+standalone GEMM; the layout pattern requires each intermediate to have exactly one use.
 
-Not fused: Q.K^T scores -> int_softmax (a row reduction, not an epilogue), int_softmax -> P.V (a prologue),
-GEMMs whose accumulator has another consumer. Other fusion FuseOps does on the way: requantize chains,
-LayerNorm -> requantize, layout ops with their elementwise neighbours.
+Not fused: Q.K^T -> int_softmax (a row reduction, not an epilogue); int_softmax -> P.V (a prologue);
+GEMMs whose accumulator has another consumer. Besides the GEMM epilogues, FuseOps also fuses requantize
+chains, LayerNorm -> requantize and layout ops with their neighbours.
+
+`split_requantize_chains=True` (for GPU targets) keeps every requantize that reads another requantize's
+output in its own PrimFunc: dlight inlines a fused chain into one expression, and TVM's simplifier then
+takes minutes on the nested round-half-even Selects (one residual requantize: 2 s to build for CUDA; two
+chained: over 5 min). The GEMM epilogue then ends at the first requantize (linear -> int_gelu -> requantize).
 
 Memory: the accumulator becomes a buffer local to the fused PrimFunc. CUDA's dlight `Matmul` rule keeps it
-in registers and writes only the epilogue's output; untuned `llvm` keeps a function-local buffer (placing
-the epilogue inside the accumulation loop lost LLVM's vectorization of the epilogue and was not faster).
+in registers and stores only the epilogue's output; untuned llvm keeps a function-local buffer (moving the
+epilogue into the accumulation loop with `reverse_compute_at` measured no faster untuned: left to tuning).
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ __all__ = ["FuseRequantize"]
 ELEMWISE, BROADCAST, INJECTIVE, OUT_EWISE_FUSABLE, OPAQUE = 0, 1, 2, 4, 8
 MAX_LAYOUT_OPS = 2  # permute_dims + reshape between the P.V matmul and its requantize
 MAX_EPILOGUE_ARGS = 6  # requantize with a residual: x, M, E, residual, M1, E1
+REQUANTIZE = "ibert_requantize"
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
 def _call_tir(*args: DFPattern) -> DFPattern:
@@ -93,13 +100,47 @@ def _layout_epilogue_patterns(mod: tvm.IRModule) -> list[tuple]:
     return patterns
 
 
+def _is_requantize(expr: relax.Expr | None) -> bool:
+    """A call_tir of an `ibert.requantize` PrimFunc (LegalizeOps names it after the op, ops/registry.py)."""
+    return (isinstance(expr, relax.Call) and expr.op.same_as(_CALL_TIR)
+            and expr.args[0].name_hint.startswith(REQUANTIZE))
+
+
+@relax.expr_functor.mutator
+class _SplitRequantizeChains(relax.PyExprMutator):
+    """Point each requantize whose input is another requantize's output at an opaque copy of its PrimFunc."""
+
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+        self.mod = mod
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        x = call.args[1].fields[0] if _is_requantize(call) else None
+        if not (isinstance(x, relax.Var) and _is_requantize(self.lookup_binding(x))):
+            return call
+        func = self.mod[call.args[0]].with_attr("op_pattern", OPAQUE)
+        gvar = self.builder_.add_func(func, f"{call.args[0].name_hint}_unfused")
+        return relax.call_tir(gvar, call.args[1], call.ty_args[0])
+
+
 @tvm.transform.module_pass(opt_level=0, name="FuseRequantize")
 class FuseRequantize:
     """Fuse each requantize (and elementwise chain) into the linear/matmul producing it, where legal."""
 
+    def __init__(self, split_requantize_chains: bool = False) -> None:
+        """`split_requantize_chains`: keep requantize -> requantize in separate PrimFuncs (for GPU targets)."""
+        self.split_requantize_chains = split_requantize_chains
+
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Annotate op patterns, fuse GEMM -> layout -> requantize by pattern, then FuseOps and FuseTIR."""
         mod = relax.transform.AnnotateTIROpPattern()(mod)
+        if self.split_requantize_chains:
+            split = _SplitRequantizeChains(mod)
+            for gvar, func in mod.functions_items():
+                if isinstance(func, relax.Function):
+                    split.builder_.update_func(gvar, split.visit_expr(func))
+            mod = split.builder_.get()
         return tvm.transform.Sequential([
             relax.transform.FuseOpsByPattern(_layout_epilogue_patterns(mod), bind_constants=False),
             relax.transform.FuseOps(),

@@ -1,9 +1,10 @@
 """The integer-only compilation pipeline in numbered phases, with optional IR dumps between them.
 
-Phase 0 legalizes the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`), phase 1
-fuses requantize epilogues into their GEMMs, phase 2 verifies that no float survived, phase 3 is the
+Phase 0 legalizes the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds
+constants, phase 1 fuses requantize epilogues into their GEMMs (`FuseRequantize`; on CUDA with requantize
+chains split, see there), phase 2 verifies that no float survived (`VerifyIntegerOnly`), phase 3 is the
 target's default scheduling and lowering to VM form (CUDA: `schedules.cuda.apply_default_schedule`; llvm:
-no scheduling). `build` runs it and compiles with `tvm.compile(..., relax_pipeline=None)`.
+none, as in `tvm.compile`). Layout after MLC-LLM's `compiler_pass/pipeline.py`.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ class _DumpIR:
 
 
 def _cuda_schedule(target: Target) -> tvm.transform.Pass:
-    """`apply_default_schedule` as a pass (imported here: it loads dlight and nvcc support)."""
+    """`apply_default_schedule` as a pass (imported here: dlight takes ~4 s to import, llvm needs none)."""
     from ibert_tvm.schedules.cuda import apply_default_schedule
 
     return tvm.transform.module_pass(lambda mod, _ctx: apply_default_schedule(mod, target), opt_level=0,
@@ -48,22 +49,21 @@ def _cuda_schedule(target: Target) -> tvm.transform.Pass:
 
 def _phases(target: Target) -> list[list[tvm.transform.Pass]]:
     """The passes of each phase in PHASES order, for `target` (CUDA or a CPU kind)."""
-    if target.kind.name == "cuda":
-        backend, schedule = cuda_pipeline, [_cuda_schedule(target)]
-    elif "cpu" in target.keys:
-        backend, schedule = cpu_pipeline, []
-    else:
+    gpu = target.kind.name == "cuda"
+    if not gpu and "cpu" not in target.keys:
         raise ValueError(f"integer_pipeline supports CUDA and CPU (llvm) targets, got {target}")
+    backend = cuda_pipeline if gpu else cpu_pipeline
+    schedule = [_cuda_schedule(target)] if gpu else []
     return [
         [*backend.library_dispatch_passes(target), relax.transform.LegalizeOps(), relax.transform.FoldConstant()],
-        [FuseRequantize()],
+        [FuseRequantize(split_requantize_chains=gpu)],
         [VerifyIntegerOnly()],
         [*schedule, *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
     ]
 
 
 def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None) -> tvm.transform.Pass:
-    """Legalize, fuse, verify integer-only and lower an ibert program for `target`, dumping IR per phase."""
+    """Legalize, fuse, verify and lower an ibert program for `target`; per-phase dumps make each step inspectable."""
     target = Target(target) if isinstance(target, str) else target
     passes: list[tvm.transform.Pass] = []
     for index, (name, phase) in enumerate(zip(PHASES, _phases(target))):
@@ -78,6 +78,6 @@ def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None)
 
 
 def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None) -> tvm.runtime.Executable:
-    """Run `integer_pipeline` on `mod` and compile the result for `target` (a Relax VM executable)."""
+    """Compile `mod` via `integer_pipeline` to a VM executable (already lowered, hence relax_pipeline=None)."""
     target = Target(target) if isinstance(target, str) else target
     return tvm.compile(integer_pipeline(target, dump_dir)(mod), target=target, relax_pipeline=None)

@@ -77,22 +77,38 @@ def test_requantize_is_fused_into_every_linear_and_matmul(tiny_program, report):
     legalized = relax.transform.LegalizeOps()(tiny_program[0])
     fused = FuseRequantize()(legalized)
     before, after = _prim_funcs(legalized), _prim_funcs(fused)
-    before_left = _standalone_gemm_consumers(legalized)
     left = _standalone_gemm_consumers(fused)
-    report(f"FuseRequantize on the tiny 2-layer program: {len(before)} PrimFuncs ({len(_calls(legalized))} calls) "
-           f"-> {len(after)} ({len(_calls(fused))} calls); GEMM calls without epilogue {len(before_left)} -> "
-           f"{len(left)}; fused GEMMs: {', '.join(n for n in after if n.startswith(('fused_ibert_linear', 'fused_ibert_matmul')))}")
+    epilogued = [n for n in after if n.startswith(("fused_ibert_linear", "fused_ibert_matmul"))]
+    report(f"FuseRequantize, tiny 2-layer program: {len(before)} PrimFuncs ({len(_calls(legalized))} calls) -> "
+           f"{len(after)} ({len(_calls(fused))} calls); GEMM calls without epilogue "
+           f"{len(_standalone_gemm_consumers(legalized))} -> {len(left)}; GEMMs with epilogue: {', '.join(epilogued)}")
     not_fused = {g: c for g, c in left.items() if any("requantize" in n or "gelu" in n for n in c)}
     assert not not_fused, f"requantize still a PrimFunc of its own after a GEMM: {not_fused}; PrimFuncs: {after}"
-    assert all(consumers and all(n.startswith("ibert_int_softmax") for n in consumers)
-               for consumers in left.values()), f"standalone GEMMs left: {left}; PrimFuncs: {after}"
-    assert len(left) == 2  # Q.K^T of each layer
-    assert any(n.startswith("fused_ibert_matmul") and "requantize" in n for n in after), after
-    assert any(n.startswith("fused_ibert_linear") and "int_gelu" in n for n in after), after
+    assert all(c and all(n.startswith("ibert_int_softmax") for n in c) for c in left.values()), \
+        f"standalone GEMMs left: {left}; PrimFuncs: {after}"
+
+    def count(mod: tvm.IRModule, pattern: str) -> int:
+        return sum(bool(re.match(pattern, name)) for _, name, _ in _calls(mod))
+
+    linear, matmul = count(legalized, r"ibert_linear\d*$"), count(legalized, r"ibert_matmul\d*$")
+    assert (linear, matmul) == (12, 4), before  # 6 linears and Q.K^T, P.V per layer
+    assert count(fused, r"fused_ibert_linear") == linear, f"linear calls in fused PrimFuncs; PrimFuncs: {after}"
+    assert count(fused, r"fused_ibert_matmul\d*_transpose\d*_reshape\d*_ibert_requantize") == 2, after  # P.V
+    assert len(left) == 2 and any("int_gelu" in n for n in epilogued), after
+
+
+def test_gpu_fusion_keeps_requantize_chains_apart(tiny_program):
+    """For GPU targets no PrimFunc holds two requantizes (dlight would inline them into one huge expression)."""
+    fused = FuseRequantize(split_requantize_chains=True)(relax.transform.LegalizeOps()(tiny_program[0]))
+    names = _prim_funcs(fused)
+    assert not [n for n in names if n.count("requantize") > 1], names
+    assert any(n.endswith("_unfused") for n in names) and any(n.startswith("fused_ibert_linear") for n in names)
+    left = _standalone_gemm_consumers(fused)
+    assert all(all(n.startswith("ibert_int_softmax") for n in c) for c in left.values()), left
 
 
 def _linear_requantize(share: str) -> tvm.IRModule:
-    """main(x) = requantize(linear(x)) where the accumulator (or its transposed copy) is also returned."""
+    """main(x) = requantize(linear(x)); `share`: the accumulator (or its transposed copy) is also returned."""
     rng = np.random.default_rng(0)
     w, bias = rng.integers(-128, 128, (16, 16), dtype=np.int8), rng.integers(-99, 99, 16, dtype=np.int32)
     d = quant.requant_dyadic(0.01, 0.05)
@@ -103,15 +119,15 @@ def _linear_requantize(share: str) -> tvm.IRModule:
             acc = bb.emit(ops.linear(x, w, bias))
             shared = bb.emit(relax.op.permute_dims(acc, [1, 0, 2])) if share == "transposed" else acc
             out = bb.emit(ops.requantize(shared, d.multiplier, d.shift, bits=8))
-            result = bb.emit_output(relax.Tuple([out, shared]) if share else out)
+            result = bb.emit_output(out if share == "none" else relax.Tuple([out, shared]))
         bb.emit_func_output(result)
     return relax.transform.LegalizeOps()(bb.get())
 
 
-@pytest.mark.parametrize("share", ["", "accumulator", "transposed"])
+@pytest.mark.parametrize("share", ["none", "accumulator", "transposed"])
 def test_accumulator_with_another_consumer_is_not_fused(share):
     left = _standalone_gemm_consumers(FuseRequantize()(_linear_requantize(share)))
-    assert bool(left) == bool(share), left
+    assert bool(left) == (share != "none"), left
 
 
 def test_ir_dumps_have_numbered_phase_names(built):
