@@ -103,19 +103,16 @@ def reference(x: np.ndarray, x0_int: int, b_int: int, c_int: int, exp_multiplier
     """Exact Python-integer IntSoftmax in HF's unfused order: e = max(p, 0) 2^(30-z), then rne(e M / 2^E)."""
     keep = np.ones(x.shape, bool) if mask is None else np.broadcast_to(mask != 0, x.shape)
     xi = as_pyint(x)
-    masked_min = np.where(keep, xi, None)
     floor_q = EXP_CONST * x0_int
     out = np.zeros(x.shape, dtype=np.int64)
     for idx in np.ndindex(*x.shape[:-1]):
         row_keep = keep[idx]
         if not row_keep.any():
             continue
-        mx = max(v for v, k in zip(masked_min[idx], row_keep) if k)
-        q = [max(int(v) - mx, floor_q) if k else floor_q for v, k in zip(xi[idx], row_keep)]
-        z = [qi // x0_int for qi in q]
-        r = [qi - x0_int * zi for qi, zi in zip(q, z)]
-        e = [max((ri + b_int) * ri + c_int, 0) << (EXP_CONST - zi) for ri, zi in zip(r, z)]
-        e16 = np.clip(ref_rne_div_pow2(np.array(e, dtype=object) * exp_multiplier, exp_shift), E16_MIN, E16_MAX)
+        mx = max(v for v, k in zip(xi[idx], row_keep) if k)
+        q = np.array([int(v) - mx if k else floor_q for v, k in zip(xi[idx], row_keep)], dtype=object)
+        e = i_exp_reference(q, x0_int, b_int, c_int)
+        e16 = np.clip(ref_rne_div_pow2(e * exp_multiplier, exp_shift), E16_MIN, E16_MAX)
         total = int(sum(e16))
         if total <= 0:
             continue
