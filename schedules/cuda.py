@@ -130,3 +130,8 @@ def _cuda_target(target: Target | str) -> Target:
     if target.kind.name != "cuda" or not arch.startswith("sm_"):
         raise ValueError(f"a CUDA target with an sm_XX arch is needed, got {target}")
     return target
+
+
+def tuning_space(target: Target) -> dict:
+    """MetaSchedule's default CUDA space (placeholder until the dp4a / tensor-core space lands)."""
+    return {"space": "post-order-apply"}

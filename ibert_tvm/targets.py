@@ -1,0 +1,118 @@
+"""The targets users name (`t4`, `cuda`, `aarch64`, `aarch64-neon`, `llvm` / `x86`), resolved to TVM targets.
+
+One registry for `compile`, `tune`, the CLI and the artifact metadata. Each entry knows its schedule family
+(the `schedules/` module that schedules and tunes it) and whether exporting it needs a cross compiler.
+Host CPU features are detected through LLVM, never assumed: the same name may mean AVX2 on one machine and
+AVX-512 VNNI on another, and the artifact metadata records which.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import tvm
+from tvm.target import Target, codegen
+
+__all__ = ["TARGET_NAMES", "TargetSpec", "UnknownTargetError", "host_cpu_features", "resolve_target"]
+
+
+class UnknownTargetError(ValueError):
+    """A target name the registry does not know, or a target that cannot be used here (message says why)."""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """A named target: the TVM target (with its host), its schedule family and how its library is exported."""
+
+    name: str
+    family: str  # "cuda" | "arm" | "x86": the `schedules/<family>.py` module that schedules it
+    target: Target
+    cross_compiler: str | None = None  # the C compiler `export_library` needs, None for the host's own
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.family == "cuda"
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The int8 dot-product features the schedules may use (e.g. 'dotprod', 'avx512vnni', 'sm_75')."""
+        if self.family == "cuda":
+            return (str(self.target.attrs["arch"]),)
+        if self.family == "arm":
+            return tuple(sorted(m.lstrip("+") for m in self.target.attrs.get("mattr", []) if m.startswith("+")))
+        return host_cpu_features(str(self.target.attrs.get("mcpu", "")))
+
+    def describe(self) -> str:
+        return f"{self.name} ({', '.join(self.features) or 'generic'}): {self.target}"
+
+
+_AARCH64_TRIPLE = "aarch64-linux-gnu"
+_AARCH64_CC = "aarch64-linux-gnu-g++"
+#: x86 features that decide the int8 GEMM instruction, widest first.
+_X86_INT8_FEATURES = ("avx512vnni", "avxvnni", "avx512bw", "avx2")
+
+
+def host_cpu_features(mcpu: str | None = None) -> tuple[str, ...]:
+    """The int8-relevant x86 features LLVM reports for `mcpu` (default: this machine's CPU), widest first."""
+    mcpu = mcpu or codegen.llvm_get_system_cpu()
+    host = Target({"kind": "llvm", "mcpu": mcpu})
+    return tuple(f for f in _X86_INT8_FEATURES if codegen.llvm_cpu_has_features(f, host))
+
+
+def _host() -> Target:
+    """This machine's CPU as an llvm target (its exact CPU, so LLVM uses every vector feature it has)."""
+    return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+
+
+def _cuda(arch: str) -> Target:
+    if not re.fullmatch(r"sm_\d{2,3}a?", arch):
+        raise UnknownTargetError(f"CUDA arch '{arch}' is not of the form sm_XX (e.g. cuda:sm_75)")
+    base = dict(Target("nvidia/nvidia-t4").export())
+    base.pop("tag", None)
+    return Target({**base, "arch": arch}, host=Target("llvm"))  # generic x86-64 host code: any T4 server runs it
+
+
+def _detected_cuda_arch() -> str:
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        raise UnknownTargetError("target 'cuda' detects the arch from the GPU, and no CUDA GPU is present here; "
+                                 "name one: 't4' or 'cuda:sm_XX'")
+    return "sm_" + dev.compute_version.replace(".", "")
+
+
+def _aarch64(mcpu: str, mattr: list[str]) -> Target:
+    return Target({"kind": "llvm", "mtriple": _AARCH64_TRIPLE, "mcpu": mcpu, "mattr": mattr})
+
+
+#: name -> (description, factory). Factories run lazily: `cuda` needs a GPU only when it is asked for.
+_REGISTRY = {
+    "t4": ("NVIDIA T4 (sm_75): dp4a and INT8 tensor cores", lambda: ("cuda", _cuda("sm_75"), None)),
+    "cuda": ("the CUDA GPU present here, its arch detected (or cuda:sm_XX)",
+             lambda: ("cuda", _cuda(_detected_cuda_arch()), None)),
+    "aarch64": ("ARMv8.2 CPU with dot product (Cortex-A76 / Neoverse-N1 class): NEON + sdot",
+                lambda: ("arm", _aarch64("neoverse-n1", ["+neon", "+dotprod"]), _AARCH64_CC)),
+    "aarch64-neon": ("ARMv8 CPU without dot product (Cortex-A72 class): NEON only",
+                     lambda: ("arm", _aarch64("cortex-a72", ["+neon"]), _AARCH64_CC)),
+    "llvm": ("this machine's x86 CPU, features detected (VNNI / AVX-512 / AVX2)", lambda: ("x86", _host(), None)),
+}
+_ALIASES = {"x86": "llvm", "host": "llvm", "nvidia/nvidia-t4": "t4"}
+TARGET_NAMES = tuple(_REGISTRY) + tuple(_ALIASES)
+
+
+def resolve_target(name: str | TargetSpec) -> TargetSpec:
+    """The TargetSpec for a user-facing name; raises UnknownTargetError listing the known names."""
+    if isinstance(name, TargetSpec):
+        return name
+    if not isinstance(name, str):
+        raise UnknownTargetError(f"a target is named by a string ({', '.join(_REGISTRY)}), got {type(name).__name__}")
+    key = name.strip().lower()
+    if key.startswith("cuda:"):
+        return TargetSpec(name=key, family="cuda", target=_cuda(key.split(":", 1)[1]))
+    key = _ALIASES.get(key, key)
+    if key not in _REGISTRY:
+        known = "; ".join(f"{n}: {d}" for n, (d, _) in _REGISTRY.items())
+        raise UnknownTargetError(f"unknown target '{name}'. Known targets: {known} (aliases: "
+                                 f"{', '.join(_ALIASES)}; or cuda:sm_XX)")
+    family, target, cc = _REGISTRY[key][1]()
+    return TargetSpec(name=key, family=family, target=target, cross_compiler=cc)

@@ -1,0 +1,16 @@
+"""x86 CPU schedules (placeholder until the VNNI / AVX2 schedules land): LLVM's own vectorization."""
+
+from __future__ import annotations
+
+import tvm
+from tvm.target import Target
+
+
+def apply_default_schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+    """No schedule: the PrimFuncs compile as legalized, as `tvm.compile` does for llvm."""
+    return mod
+
+
+def tuning_space(target: Target) -> dict:
+    """MetaSchedule's default CPU space."""
+    return {"space": "post-order-apply"}
