@@ -22,7 +22,7 @@ from tvm.target import Target
 from .fuse_requantize import FuseRequantize
 from .verify_integer_only import VerifyIntegerOnly
 
-__all__ = ["PHASES", "build", "integer_pipeline"]
+__all__ = ["PHASES", "build", "integer_pipeline", "tunable_module"]
 
 #: Phase names in order; phase i dumps to `dump_dir/{i:02d}_{name}.py`.
 PHASES = ("legalize", "fuse", "verify", "lower")
@@ -41,18 +41,19 @@ class _DumpIR:
         return mod
 
 
-def _schedule(target: Target, database: Any | None) -> list[tvm.transform.Pass]:
+def _schedule(target: Target, database: Any | None, options: dict) -> list[tvm.transform.Pass]:
     """Apply a tuning database's records (where given), then the target family's default schedule to the rest."""
     from ibert_tvm.schedules import schedules_for  # lazily: the CUDA schedules import dlight (~4 s)
 
     family = schedules_for(target)
-    default = tvm.transform.module_pass(lambda mod, _ctx: family.apply_default_schedule(mod, target), opt_level=0,
+    default = tvm.transform.module_pass(lambda mod, _ctx: family.apply_default_schedule(mod, target, **options), opt_level=0,
                                         name="IBertDefaultSchedule")
     tuned = [] if database is None else [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
     return [*tuned, default]
 
 
-def _phases(target: Target, database: Any | None) -> list[list[tvm.transform.Pass]]:
+def _phases(target: Target, database: Any | None = None, options: dict | None = None
+            ) -> list[list[tvm.transform.Pass]]:
     """The passes of each phase in PHASES order, for `target` (CUDA or a CPU kind)."""
     gpu = target.kind.name == "cuda"
     if not gpu and "cpu" not in target.keys:
@@ -62,20 +63,21 @@ def _phases(target: Target, database: Any | None) -> list[list[tvm.transform.Pas
         [*backend.library_dispatch_passes(target), relax.transform.LegalizeOps(), relax.transform.FoldConstant()],
         [FuseRequantize(split_requantize_chains=gpu)],
         [VerifyIntegerOnly()],
-        [*_schedule(target, database), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
+        [*_schedule(target, database, options or {}), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
     ]
 
 
 def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
-                     database: Any | None = None) -> tvm.transform.Pass:
+                     database: Any | None = None, **schedule_options: Any) -> tvm.transform.Pass:
     """Legalize, fuse, verify and lower an ibert program for `target`; per-phase dumps make each step inspectable.
 
     `database` (a MetaSchedule Database tuned for this target) schedules the PrimFuncs it has records for;
-    the target family's default schedule (`schedules/`) takes the rest.
+    the target family's default schedule (`schedules/`) takes the rest, with `schedule_options` (e.g. the
+    CUDA GEMM variant).
     """
     target = Target(target) if isinstance(target, str) else target
     passes: list[tvm.transform.Pass] = []
-    for index, (name, phase) in enumerate(zip(PHASES, _phases(target, database))):
+    for index, (name, phase) in enumerate(zip(PHASES, _phases(target, database, schedule_options))):
         passes += phase + ([_DumpIR(Path(dump_dir) / f"{index:02d}_{name}.py")] if dump_dir else [])
 
     @tvm.transform.module_pass(opt_level=0, name="IBertIntegerPipeline")
@@ -88,9 +90,17 @@ def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
     return _pipeline
 
 
+def tunable_module(mod: tvm.IRModule, target: Target | str = "llvm") -> tvm.IRModule:
+    """`mod` after phases legalize, fuse and verify: the PrimFuncs that tuning extracts as tasks and that
+    `MetaScheduleApplyDatabase` in phase 3 matches records against (same module state, same hashes)."""
+    target = Target(target) if isinstance(target, str) else target
+    with target:
+        return tvm.transform.Sequential([p for phase in _phases(target)[:3] for p in phase])(mod)
+
+
 def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None,
-          database: Any | None = None) -> tvm.runtime.Executable:
+          database: Any | None = None, **schedule_options: Any) -> tvm.runtime.Executable:
     """Compile `mod` via `integer_pipeline` to a VM executable (already lowered, hence relax_pipeline=None)."""
     target = Target(target) if isinstance(target, str) else target
     with target:
-        return tvm.compile(integer_pipeline(target, dump_dir, database)(mod), target=target, relax_pipeline=None)
+        return tvm.compile(integer_pipeline(target, dump_dir, database, **schedule_options)(mod), target=target, relax_pipeline=None)

@@ -6,7 +6,7 @@ import tvm
 from tvm.target import Target
 
 
-def apply_default_schedule(mod: tvm.IRModule, target: Target) -> tvm.IRModule:
+def apply_default_schedule(mod: tvm.IRModule, target: Target, **options) -> tvm.IRModule:
     """No schedule: the PrimFuncs compile as legalized, as `tvm.compile` does for llvm."""
     return mod
 

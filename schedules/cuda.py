@@ -67,7 +67,7 @@ def default_rules() -> list[dl.ScheduleRule]:
     return [SimtMatmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(), dl.gpu.Fallback()]
 
 
-def apply_default_schedule(mod: tvm.IRModule, target: Target | str = T4) -> tvm.IRModule:
+def apply_default_schedule(mod: tvm.IRModule, target: Target | str = T4, **options) -> tvm.IRModule:
     """Schedule every unscheduled PrimFunc of a legalized module (after `relax.transform.LegalizeOps()`).
 
     Raises ValueError for a non-CUDA target, and RuntimeError naming any PrimFunc no rule could schedule
