@@ -23,8 +23,8 @@ from .head import HEAD_MODES, ClassifierHead, calibrate_head, float_head, head_o
 from .calibration import Batch, batches_from_texts, calibrate, position_ids
 
 
-__all__ = ["Batch", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained", "position_ids",
-           "to_ibert"]
+__all__ = ["Batch", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained", "function_name",
+           "position_ids", "to_ibert"]
 
 
 class UnsupportedModelError(ValueError):
@@ -91,7 +91,8 @@ def to_ibert(model: PreTrainedModel, force_dequant: str = "none") -> IBertModel:
                       max_position_embeddings=src.max_position_embeddings, type_vocab_size=src.type_vocab_size,
                       pad_token_id=src.pad_token_id if src.pad_token_id is not None else 0,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, quant_mode=True,
-                      force_dequant=force_dequant, layer_norm_eps=src.layer_norm_eps)
+                      force_dequant=force_dequant, layer_norm_eps=src.layer_norm_eps,
+                      id2label=dict(model.config.id2label))  # the labels of a classifier's head
     target = IBertModel(cfg, add_pooling_layer=False)
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
     missing, unexpected = target.load_state_dict(state, strict=False)
@@ -133,11 +134,24 @@ class QuantizedModel:
     def program(self, batch: int, seq: int) -> tvm.IRModule:
         """`main(input_ids int64 [B, L], attention_mask int32 [B, L])` -> int8 hidden states [B, L, H], or
         with a classification head int32 logits [B, labels] (float32 logits for a float head)."""
+        bb = relax.BlockBuilder()
+        self.emit_function(bb, "main", batch, seq)
+        return bb.get()
+
+    def programs(self, shapes: Sequence[tuple[int, int]]) -> tvm.IRModule:
+        """One module with a `program` function per (batch, seq) shape, named by `function_name` (the
+        shape buckets of a compiled artifact; PrimFuncs of equal shapes are shared)."""
+        bb = relax.BlockBuilder()
+        for batch, seq in shapes:
+            self.emit_function(bb, function_name(batch, seq), batch, seq)
+        return bb.get()
+
+    def emit_function(self, bb: relax.BlockBuilder, name: str, batch: int, seq: int) -> None:
+        """Emit the integer program for one static (batch, seq) shape as Relax function `name` into `bb`."""
         ids = relax.Var("input_ids", relax.TensorType((batch, seq), "int64"))
         mask = relax.Var("attention_mask", relax.TensorType((batch, seq), "int32"))
         pad = self.ibert.config.pad_token_id
-        bb = relax.BlockBuilder()
-        with bb.function("main", [ids, mask]):
+        with bb.function(name, [ids, mask]):
             with bb.dataflow():
                 if self.model_type == "bert":
                     pos = bb.emit(relax.const(np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()))
@@ -159,7 +173,11 @@ class QuantizedModel:
                     result = float_head(bb, h, self.head)
                 out = bb.emit_output(result)
             bb.emit_func_output(out)
-        return bb.get()
+
+
+def function_name(batch: int, seq: int) -> str:
+    """The Relax function of one shape bucket in a multi-shape program (`QuantizedModel.programs`)."""
+    return f"main_b{batch}_s{seq}"
 
 
 SEMANTICS = ("ibert", "hf")

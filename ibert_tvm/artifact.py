@@ -1,0 +1,120 @@
+"""The deployable artifact: one shared library (weights inside) and its metadata JSON beside it.
+
+`model.so` + `model.json`: the JSON holds the model config, the program's input/output spec and shape
+buckets, the target and the TVM versions it was built with, the quantization scales needed to read the
+outputs, the tokenizer files, and the SHA-256 of the library. `load` checks all of it before anything runs:
+a truncated or replaced library, metadata from another model, another TVM, or a target this machine cannot
+run are refused with a one-line reason (`ArtifactError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from importlib import metadata as pkg_metadata
+from pathlib import Path
+from typing import Any
+
+import tvm
+
+from .targets import host_cpu_features
+
+__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "check_runnable_here", "library_sha256", "metadata_path",
+           "read_metadata", "runtime_versions", "write_metadata"]
+
+ARTIFACT_FORMAT = "ibert-tvm-artifact/1"
+_REQUIRED = ("format", "versions", "target", "model", "inputs", "output", "buckets", "library")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact that cannot be loaded or run here; the message says why and what to do."""
+
+
+def metadata_path(library: str | Path) -> Path:
+    """The metadata JSON that belongs to a library: `model.so` -> `model.json`."""
+    return Path(library).with_suffix(".json")
+
+
+def library_sha256(library: str | Path) -> str:
+    """The SHA-256 of the library file, recorded at export and checked at load."""
+    digest = hashlib.sha256()
+    with open(library, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def runtime_versions() -> dict[str, str]:
+    """The versions an artifact depends on at load: TVM, its FFI, and this package."""
+    return {"tvm": tvm.__version__, "tvm_ffi": pkg_metadata.version("apache-tvm-ffi"),
+            "ibert_tvm": pkg_metadata.version("ibert-tvm")}
+
+
+def write_metadata(library: str | Path, meta: dict[str, Any]) -> Path:
+    """Write `meta` (plus format, versions and the library's hash) beside the exported library."""
+    library = Path(library)
+    meta = {**meta, "format": ARTIFACT_FORMAT, "versions": runtime_versions(),
+            "library": {"file": library.name, "sha256": library_sha256(library)}}
+    path = metadata_path(library)
+    path.write_text(json.dumps(meta, indent=1, sort_keys=True), encoding="utf-8")
+    return path
+
+
+def read_metadata(library: str | Path) -> dict[str, Any]:
+    """The metadata of an artifact, checked against its library (presence, format, hash, TVM version)."""
+    library = Path(library)
+    if not library.is_file():
+        raise ArtifactError(f"{library}: no such library file")
+    path = metadata_path(library)
+    if not path.is_file():
+        raise ArtifactError(f"{library}: its metadata {path.name} is missing (export writes both; copy them together)")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ArtifactError(f"{path}: not valid JSON ({err}); re-export the artifact") from err
+    if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(f"{path}: not an ibert-tvm artifact metadata file (format "
+                            f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {ARTIFACT_FORMAT})")
+    missing = [k for k in _REQUIRED if k not in meta]
+    if missing:
+        raise ArtifactError(f"{path}: metadata lacks {', '.join(missing)}; re-export the artifact")
+    if library_sha256(library) != meta["library"]["sha256"]:
+        raise ArtifactError(f"{library}: the library does not match its metadata {path.name} (SHA-256 differs: "
+                            "the file is truncated or replaced, or the JSON belongs to another model); re-export")
+    built, here = meta["versions"].get("tvm"), tvm.__version__
+    if built != here:
+        raise ArtifactError(f"{library}: built with TVM {built}, this runtime is TVM {here}; recompile it with "
+                            "this TVM (the VM bytecode and ABI are tied to the version)")
+    return meta
+
+
+def check_runnable_here(meta: dict[str, Any], library: str | Path = "artifact") -> None:
+    """Refuse an artifact whose target this machine cannot run (other ISA, missing CPU features, no GPU)."""
+    target = meta["target"]
+    family, name, features = target["family"], target["name"], target.get("features", [])
+    machine = platform.machine().lower()
+    if family == "arm" and machine not in ("aarch64", "arm64"):
+        raise ArtifactError(f"{library}: built for target '{name}' (aarch64), this machine is {machine}; run it on "
+                            "an aarch64 machine (or under qemu-aarch64 with examples/cpp), or compile for 'llvm'")
+    if family == "x86":
+        if machine not in ("x86_64", "amd64"):
+            raise ArtifactError(f"{library}: built for an x86-64 CPU, this machine is {machine}; compile for this "
+                                "machine's target")
+        lacking = sorted(set(features) - set(host_cpu_features()))
+        if lacking:
+            raise ArtifactError(f"{library}: built for a CPU with {', '.join(lacking)}, which this CPU lacks; "
+                                "compile it on (or for) this machine with target 'llvm'")
+    if family == "cuda":
+        _check_cuda_device(str(features[0]) if features else "", library)
+
+
+def _check_cuda_device(arch: str, library: str | Path) -> None:
+    """A cubin for sm_XY runs on a GPU of the same major version and minor >= Y."""
+    dev = tvm.cuda(0)
+    if not dev.exist:
+        raise ArtifactError(f"{library}: built for CUDA {arch}, and no CUDA GPU is present here")
+    have = dev.compute_version.replace(".", "")
+    if not arch.startswith("sm_") or have[:-1] != arch[3:-1] or int(have[-1]) < int(arch[-1]):
+        raise ArtifactError(f"{library}: holds kernels for {arch}, this GPU is sm_{have}; compile for target "
+                            f"'cuda' (detects sm_{have}) or 'cuda:sm_{have}'")

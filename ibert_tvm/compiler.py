@@ -1,0 +1,186 @@
+"""`compile`, `CompiledModel.export` and `load`: from a QuantizedModel to a deployable library and back.
+
+Sequence lengths are compiled as a set of static buckets (default 32 and 128), not as a symbolic length:
+MetaSchedule tunes per static shape and the tuned records apply to exactly these shapes, the integer kernels
+keep constant trip counts (tensorization needs them), and padding up to a bucket is exact for the real tokens
+(masked keys are -inf to the integer Softmax). Each (batch, seq) bucket is one Relax function of one library.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+
+from .artifact import ArtifactError, check_runnable_here, read_metadata, runtime_versions, write_metadata
+from .model import QuantizedModel, function_name
+from .relay_passes.pipeline import build
+from .runtime import IntegerModel
+from .targets import TargetSpec, resolve_target
+
+__all__ = ["CompiledModel", "DEFAULT_BATCH_SIZES", "DEFAULT_SEQ_LENGTHS", "compile", "load"]
+
+DEFAULT_BATCH_SIZES = (1, 8)
+DEFAULT_SEQ_LENGTHS = (32, 128)
+
+
+class CompiledModel:
+    """A compiled integer-only program for one target: export it, or (host targets) run it in-process."""
+
+    def __init__(self, executable: Any, spec: TargetSpec, meta: dict[str, Any]) -> None:
+        self.executable = executable
+        self.spec = spec
+        self.meta = meta
+
+    def export(self, path: str | Path) -> Path:
+        """Write the library (cross-compiled where the target needs it) and its metadata JSON beside it."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _build_environment(self.spec):
+            self.executable.export_library(str(path), **_export_options(self.spec))
+        write_metadata(path, self.meta)
+        return path
+
+    def runner(self) -> IntegerModel:
+        """An in-process runner (host CPU or a present GPU); refuses a target this machine cannot run."""
+        check_runnable_here({**self.meta, "versions": runtime_versions()}, f"target {self.spec.name}")
+        return IntegerModel(self.executable, self.meta)
+
+    def __call__(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> np.ndarray:
+        return self.runner()(input_ids, attention_mask, **kwargs)
+
+
+def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_logs: str | Path | bool | None = None,
+            batch_sizes: Sequence[int] = DEFAULT_BATCH_SIZES, seq_lengths: Sequence[int] = DEFAULT_SEQ_LENGTHS,
+            dump_dir: str | None = None, **schedule_options: Any) -> CompiledModel:
+    """Compile a quantized model for `target` ("llvm", "t4", "aarch64", ...) over the given shape buckets.
+
+    `tuning_logs`: None uses the database shipped for the target if there is one, a path uses that database
+    (refused when made for another target or TVM), False compiles with the untuned default schedules only.
+    `schedule_options` go to the target family's default schedule (e.g. `gemm="dp4a"` on CUDA).
+    """
+    if not isinstance(model, QuantizedModel):
+        raise TypeError(f"compile takes a QuantizedModel (from ibert_tvm.from_pretrained / from_onnx), got "
+                        f"{type(model).__name__}")
+    spec = resolve_target(target)
+    batch_sizes, seq_lengths = _buckets(model, batch_sizes, seq_lengths)
+    shapes = [(b, s) for b in batch_sizes for s in seq_lengths]
+    database = _database(tuning_logs, spec)
+    with _build_environment(spec):
+        exe = build(model.programs(shapes), spec.target, dump_dir=dump_dir, database=database, **schedule_options)
+    meta = _metadata(model, spec, batch_sizes, seq_lengths, schedule_options, tuning_logs=database is not None)
+    return CompiledModel(exe, spec, meta)
+
+
+def load(path: str | Path) -> IntegerModel:
+    """Load an exported artifact with the TVM runtime, after checking its metadata, hash, TVM and target."""
+    meta = read_metadata(path)
+    check_runnable_here(meta, path)
+    try:
+        lib = tvm.runtime.load_module(str(path))
+    except Exception as err:  # a library that passed the hash check but that the loader refuses
+        raise ArtifactError(f"{path}: the TVM runtime cannot load it ({str(err).splitlines()[0]})") from err
+    return IntegerModel(lib, meta)
+
+
+def _buckets(model: QuantizedModel, batch_sizes: Sequence[int], seq_lengths: Sequence[int]
+             ) -> tuple[list[int], list[int]]:
+    """Sorted, de-duplicated buckets, checked against the model's position-embedding range."""
+    batch_sizes, seq_lengths = sorted(set(map(int, batch_sizes))), sorted(set(map(int, seq_lengths)))
+    if not batch_sizes or not seq_lengths or batch_sizes[0] < 1 or seq_lengths[0] < 1:
+        raise ValueError(f"batch_sizes and seq_lengths must be non-empty positive integers, got {batch_sizes}, "
+                         f"{seq_lengths}")
+    limit = max_seq_length(model)
+    if seq_lengths[-1] > limit:
+        raise ValueError(f"sequence length {seq_lengths[-1]} exceeds what the model's position embeddings "
+                         f"cover ({limit})")
+    return batch_sizes, seq_lengths
+
+
+def max_seq_length(model: QuantizedModel) -> int:
+    """The longest sequence the position embeddings cover (RoBERTa's start after the padding index)."""
+    config = model.ibert.config
+    offset = config.pad_token_id + 1 if model.model_type == "roberta" else 0
+    return int(config.max_position_embeddings - offset)
+
+
+def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> Any | None:
+    """The MetaSchedule database to apply: the shipped one, a given folder, or none."""
+    if tuning_logs is False:
+        return None
+    from . import tuning
+
+    if tuning_logs is None or tuning_logs is True:
+        shipped = tuning.shipped_database(spec)
+        return None if shipped is None else tuning.open_database(shipped, spec)
+    return tuning.open_database(tuning_logs, spec)
+
+
+def _build_environment(spec: TargetSpec) -> contextlib.AbstractContextManager:
+    """CUDA: the environment in which the build embeds a real cubin (no GPU needed); CPUs: nothing."""
+    if spec.family != "cuda":
+        return contextlib.nullcontext()
+    from .cuda_toolchain import cuda_build_environment
+
+    return cuda_build_environment(spec.target)
+
+
+def _export_options(spec: TargetSpec) -> dict[str, Any]:
+    """`export_library` options: the cross compiler for aarch64 targets."""
+    if spec.cross_compiler is None:
+        return {}
+    import shutil
+
+    from tvm.support import cc
+
+    if shutil.which(spec.cross_compiler) is None:
+        raise ArtifactError(f"exporting for {spec.name} needs the cross compiler {spec.cross_compiler} (Debian: "
+                            "g++-aarch64-linux-gnu; `make test` installs it)")
+    return {"fcompile": cc.cross_compiler(spec.cross_compiler)}
+
+
+def _metadata(model: QuantizedModel, spec: TargetSpec, batch_sizes: list[int], seq_lengths: list[int],
+              schedule_options: dict[str, Any], tuning_logs: bool) -> dict[str, Any]:
+    """Everything `load` and a reader of the artifact need besides the library itself."""
+    config = model.ibert.config
+    head = model.head is not None
+    labels = None
+    if head:
+        id2label = {int(k): v for k, v in (getattr(config, "id2label", None) or {}).items()}
+        labels = [str(id2label.get(i, i)) for i in range(model.head.num_labels)]
+    out_dtype = "float32" if head and model.head_mode == "float" else ("int32" if head else "int8")
+    scale = model.output_scale
+    return {
+        "target": {"name": spec.name, "family": spec.family, "tvm_target": str(spec.target),
+                   "features": list(spec.features), "schedule_options": schedule_options,
+                   "tuned": tuning_logs},
+        "model": {"model_type": model.model_type, "semantics": model.semantics, "vocab_size": int(config.vocab_size),
+                  "hidden_size": int(config.hidden_size), "num_hidden_layers": int(config.num_hidden_layers),
+                  "pad_token_id": int(config.pad_token_id), "max_seq_length": max_seq_length(model),
+                  "force_dequant": getattr(config, "force_dequant", "none"), "head": model.head_mode if head else None,
+                  "labels": labels, "config": json.loads(config.to_json_string())},
+        "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
+                   {"name": "attention_mask", "dtype": "int32", "shape": ["batch", "seq"]}],
+        "output": {"kind": "logits" if head else "hidden_states", "dtype": out_dtype,
+                   "shape": ["batch", "labels"] if head else ["batch", "seq", int(config.hidden_size)],
+                   "scale": np.asarray(scale, np.float64).tolist()},
+        "scales": {"hidden_states": model.hidden_scale},
+        "buckets": {"batch_sizes": batch_sizes, "seq_lengths": seq_lengths,
+                    "functions": {f"{b}x{s}": function_name(b, s) for b in batch_sizes for s in seq_lengths}},
+        "tokenizer": _tokenizer_files(model.tokenizer),
+    }
+
+
+def _tokenizer_files(tokenizer: Any) -> dict[str, str]:
+    """The tokenizer's saved files as {name: text}, bundled in the metadata (empty without a tokenizer)."""
+    if tokenizer is None:
+        return {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tokenizer.save_pretrained(tmp)
+        return {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(tmp).iterdir()) if p.is_file()}

@@ -1,0 +1,189 @@
+"""Running a compiled integer-only model: input validation, shape buckets, dequantized outputs, `classify`.
+
+`IntegerModel` wraps a Relax VM over the compiled functions (one per (batch, seq) bucket, see
+`QuantizedModel.programs`). Inputs are checked at this boundary — dtype, rank, sequence length within the
+compiled range, token ids within the vocabulary, mask values — so that nothing wrong reaches TVM. A batch is
+padded up to the smallest compiled sequence bucket (masked positions change nothing for the real tokens:
+the integer Softmax treats them as -inf) and split over the compiled batch sizes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+__all__ = ["InputError", "IntegerModel", "Prediction"]
+
+
+class InputError(ValueError):
+    """An input the compiled model cannot take; the message names the input and the problem."""
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One classified text: its label, the label's index and the (dequantized) logits."""
+
+    label: str
+    index: int
+    logits: np.ndarray
+
+
+class IntegerModel:
+    """A compiled integer-only model, callable on token ids: `m(input_ids, attention_mask)`."""
+
+    def __init__(self, executable: tvm.runtime.Module | relax.VMExecutable, meta: dict[str, Any],
+                 device: tvm.runtime.Device | None = None) -> None:
+        self.meta = meta
+        self.device = device or (tvm.cuda(0) if meta["target"]["family"] == "cuda" else tvm.cpu())
+        self._vm = relax.VirtualMachine(executable, self.device)
+        self._tokenizer = None
+
+    # ---- what the artifact is
+    @property
+    def batch_sizes(self) -> list[int]:
+        return sorted(self.meta["buckets"]["batch_sizes"])
+
+    @property
+    def seq_lengths(self) -> list[int]:
+        return sorted(self.meta["buckets"]["seq_lengths"])
+
+    @property
+    def labels(self) -> list[str] | None:
+        return self.meta["model"].get("labels")
+
+    # ---- running
+    def __call__(self, input_ids: Any, attention_mask: Any = None, *, integer: bool = False) -> np.ndarray:
+        """Logits [B, labels] or hidden states [B, L, H] for token ids [B, L] (numpy, torch or lists).
+
+        Outputs are dequantized to float32 with the compiled scales; `integer=True` returns the program's own
+        integers (int8 hidden states or int32 logits) instead.
+        """
+        ids, mask = self.validate(input_ids, attention_mask)
+        out = self._run_buckets(ids, mask)
+        return out if integer else self.dequantize(out)
+
+    def dequantize(self, out: np.ndarray) -> np.ndarray:
+        """Program integers -> real values (hidden-state scale, or per-class logit scales)."""
+        spec = self.meta["output"]
+        if spec["dtype"].startswith("float"):
+            return out.astype(np.float32)
+        return (out.astype(np.float64) * np.asarray(spec["scale"], np.float64)).astype(np.float32)
+
+    def validate(self, input_ids: Any, attention_mask: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """(int64 ids, int32 mask) [B, L] after every boundary check, or InputError naming the problem."""
+        ids = _as_int_array(input_ids, "input_ids")
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or 0 in ids.shape:
+            raise InputError(f"input_ids must have shape [batch, seq] with both > 0, got {list(ids.shape)}")
+        longest = self.seq_lengths[-1]
+        if ids.shape[1] > longest:
+            raise InputError(f"sequence length {ids.shape[1]} exceeds the longest compiled length {longest} "
+                             f"(compiled: {self.seq_lengths}); truncate, or compile with a longer seq_lengths")
+        vocab = self.meta["model"]["vocab_size"]
+        low, high = int(ids.min()), int(ids.max())
+        if low < 0 or high >= vocab:
+            raise InputError(f"input_ids must lie in [0, {vocab}) (the vocabulary), found {low if low < 0 else high}")
+        if attention_mask is None:
+            mask = np.ones(ids.shape, np.int32)
+        else:
+            mask = _as_int_array(attention_mask, "attention_mask", allow_bool=True)
+            if mask.ndim == 1:
+                mask = mask[None]
+            if mask.shape != ids.shape:
+                raise InputError(f"attention_mask shape {list(mask.shape)} differs from input_ids shape "
+                                 f"{list(ids.shape)}")
+            if not np.isin(mask, (0, 1)).all():
+                raise InputError("attention_mask values must be 0 or 1, found "
+                                 f"{sorted(set(np.unique(mask).tolist()) - {0, 1})[:3]}")
+            empty = np.flatnonzero(mask.sum(1) == 0)
+            if empty.size:
+                raise InputError(f"attention_mask row {int(empty[0])} has no 1: every sequence needs a real token")
+        return ids.astype(np.int64), mask.astype(np.int32)
+
+    def _run_buckets(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Pad to the sequence bucket, run batch chunks of compiled sizes, trim back to [B, L(, H)]."""
+        batch, seq = ids.shape
+        bucket = next(s for s in self.seq_lengths if s >= seq)
+        pad_id = self.meta["model"]["pad_token_id"]
+        ids = np.pad(ids, ((0, 0), (0, bucket - seq)), constant_values=pad_id)
+        mask = np.pad(mask, ((0, 0), (0, bucket - seq)))
+        outs = []
+        for start, size in _chunks(batch, self.batch_sizes):
+            rows = slice(start, min(start + size, batch))
+            chunk_ids = _pad_rows(ids[rows], size, pad_id)
+            chunk_mask = _pad_rows(mask[rows], size, 1)  # padded rows attend to one pad token: no empty rows
+            fn = self._vm[self.meta["buckets"]["functions"][f"{size}x{bucket}"]]
+            res = fn(tvm.runtime.tensor(chunk_ids, self.device), tvm.runtime.tensor(chunk_mask, self.device))
+            outs.append(res.numpy()[: rows.stop - rows.start])
+        out = np.concatenate(outs)
+        return out[:, :seq] if out.ndim == 3 else out
+
+    # ---- texts
+    def tokenizer(self):
+        """The tokenizer bundled at export (transformers is imported only here)."""
+        if self._tokenizer is None:
+            files = self.meta.get("tokenizer") or {}
+            if not files:
+                raise InputError("this artifact has no tokenizer (the model was compiled without one); pass "
+                                 "token ids instead")
+            from transformers import AutoTokenizer
+
+            with tempfile.TemporaryDirectory() as tmp:
+                for name, text in files.items():
+                    (Path(tmp) / name).write_text(text, encoding="utf-8")
+                self._tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        return self._tokenizer
+
+    def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids and mask for `texts`, truncated to the longest compiled length."""
+        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
+            raise InputError("texts must be a list of strings")
+        enc = self.tokenizer()(list(texts), padding=True, truncation=True, max_length=self.seq_lengths[-1],
+                               return_tensors="np")
+        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32)
+
+    def classify(self, texts: Sequence[str]) -> list[Prediction]:
+        """Label each text with the compiled classification head (needs a model compiled with one)."""
+        if self.meta["output"]["kind"] != "logits":
+            raise InputError("classify needs a model with a classification head; this artifact outputs hidden "
+                             "states (call it on token ids instead)")
+        logits = self(*self.encode_texts(texts))
+        labels = self.labels or [str(i) for i in range(logits.shape[1])]
+        return [Prediction(labels[int(i)], int(i), row) for row, i in zip(logits, logits.argmax(1))]
+
+
+def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray:
+    """numpy / torch / nested lists -> an integer numpy array, or InputError naming the dtype."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype == np.bool_ and allow_bool:
+        return arr.astype(np.int32)
+    if arr.dtype not in (np.int64, np.int32):
+        raise InputError(f"{name} must be int64 or int32, got {arr.dtype}")
+    return arr
+
+
+def _chunks(batch: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """(start, compiled batch size) covering `batch` rows: the largest size that fits, the rest padded up."""
+    out, start = [], 0
+    while start < batch:
+        left = batch - start
+        fitting = [s for s in sizes if s <= left]
+        size = fitting[-1] if fitting else next(s for s in sizes if s >= left)
+        out.append((start, size))
+        start += size
+    return out
+
+
+def _pad_rows(arr: np.ndarray, rows: int, value: int) -> np.ndarray:
+    """`arr` with rows appended (filled with `value`) up to `rows`."""
+    return np.pad(arr, ((0, rows - arr.shape[0]), (0, 0)), constant_values=value) if arr.shape[0] < rows else arr
