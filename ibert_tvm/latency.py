@@ -1,0 +1,94 @@
+"""Latency of a loaded artifact over batch sizes and sequence lengths: percentiles, JSON, Markdown, a plot.
+
+What `ibert-tvm bench` runs. Inputs are random token ids within the vocabulary (every token attended), the
+model is warmed up before timing, and p50 / p90 / p99 are taken over the repeated runs.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .runtime import IntegerModel
+
+__all__ = ["LatencyRow", "measure_latency", "write_report"]
+
+
+@dataclass(frozen=True)
+class LatencyRow:
+    """Latency percentiles (milliseconds) of one (batch, seq) input shape."""
+
+    batch: int
+    seq: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    runs: int
+
+
+def measure_latency(model: IntegerModel, batch_sizes: list[int], seq_lengths: list[int], warmup: int = 3,
+                    repeats: int = 20, seed: int = 0, progress: bool = True) -> list[LatencyRow]:
+    """Time `model` on random ids for every (batch, seq); a progress bar over the shapes."""
+    rng = np.random.default_rng(seed)
+    vocab = model.meta["model"]["vocab_size"]
+    rows = []
+    shapes = [(b, s) for b in batch_sizes for s in seq_lengths]
+    for batch, seq in tqdm(shapes, desc="bench", unit="shape", disable=not progress):
+        ids = rng.integers(0, vocab, (batch, seq), dtype=np.int64)
+        mask = np.ones((batch, seq), np.int32)
+        for _ in range(warmup):
+            model(ids, mask, integer=True)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            model(ids, mask, integer=True)
+            times.append(1e3 * (time.perf_counter() - start))
+        p50, p90, p99 = np.percentile(times, [50, 90, 99])
+        rows.append(LatencyRow(batch, seq, float(p50), float(p90), float(p99), repeats))
+    return rows
+
+
+def write_report(rows: list[LatencyRow], out_dir: str | Path, title: str, context: dict) -> dict[str, Path]:
+    """`latency.json`, `latency.md` and `latency.png` (p50 vs sequence length, one line per batch size)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    context = {**context, "machine": platform.processor() or platform.machine(), "date": date.today().isoformat()}
+    paths = {"json": out / "latency.json", "markdown": out / "latency.md", "plot": out / "latency.png"}
+    paths["json"].write_text(json.dumps({"title": title, "context": context, "rows": [asdict(r) for r in rows]},
+                                        indent=1), encoding="utf-8")
+    lines = [f"# {title}", "", *(f"- {k}: {v}" for k, v in context.items()), "",
+             "| batch | seq | p50 ms | p90 ms | p99 ms | runs |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
+    lines += [f"| {r.batch} | {r.seq} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.runs} |" for r in rows]
+    paths["markdown"].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    _plot(rows, paths["plot"], title)
+    return paths
+
+
+def _plot(rows: list[LatencyRow], path: Path, title: str) -> None:
+    """p50 latency against sequence length, one line per batch size, p90 as the band's upper edge."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for batch in sorted({r.batch for r in rows}):
+        mine = sorted((r for r in rows if r.batch == batch), key=lambda r: r.seq)
+        seqs = [r.seq for r in mine]
+        ax.plot(seqs, [r.p50_ms for r in mine], marker="o", label=f"batch {batch} (p50)")
+        ax.fill_between(seqs, [r.p50_ms for r in mine], [r.p90_ms for r in mine], alpha=0.2)
+    ax.set_xlabel("sequence length")
+    ax.set_ylabel("latency (ms)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,171 @@
+"""compile / export / load on a tiny BERT classifier with a real tokenizer: identical integers in another
+process and across shape buckets, `classify`, and a clear error for each kind of bad input or artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+import ibert_tvm
+from ibert_tvm.relay_passes.pipeline import build
+from tiny_models import LABELS, calibration_texts, held_out_texts, save_tiny_classifier
+
+BATCHES, SEQS = (1, 2), (8, 16)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    path = save_tiny_classifier(tmp_path_factory.mktemp("tiny") / "model")
+    return ibert_tvm.from_pretrained(str(path), calibration=calibration_texts())
+
+
+@pytest.fixture(scope="module")
+def exported(quantized, tmp_path_factory):
+    lib = ibert_tvm.compile(quantized, "llvm", tuning_logs=False, batch_sizes=BATCHES, seq_lengths=SEQS)
+    return lib.export(tmp_path_factory.mktemp("artifact") / "model.so")
+
+
+@pytest.fixture(scope="module")
+def loaded(exported):
+    return ibert_tvm.load(exported)
+
+
+def _inputs(model, texts):
+    return model.encode_texts(texts)
+
+
+def test_export_writes_library_and_metadata(exported):
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    assert meta["target"]["name"] == "llvm" and meta["target"]["family"] == "x86"
+    assert meta["versions"]["tvm"] == tvm.__version__
+    assert meta["buckets"]["batch_sizes"] == list(BATCHES) and meta["buckets"]["seq_lengths"] == list(SEQS)
+    assert meta["model"]["labels"] == list(LABELS.values())
+    assert meta["output"]["kind"] == "logits" and meta["output"]["dtype"] == "int32"
+    assert len(meta["output"]["scale"]) == 3
+    assert "vocab.txt" in meta["tokenizer"] or "tokenizer.json" in meta["tokenizer"]
+
+
+def test_buckets_and_batch_chunks_equal_the_exact_shape_program(quantized, loaded):
+    """5 texts (chunks 2+2+1) padded to the 16-token bucket give the integers of a [5, L] program."""
+    ids, mask = (a[:, :11] for a in _inputs(loaded, held_out_texts()[:5]))
+    ours = loaded(ids, mask, integer=True)
+    vm = relax.VirtualMachine(build(quantized.program(*ids.shape), "llvm"), tvm.cpu())
+    exact = vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask)).numpy()
+    assert ours.dtype == np.int32
+    np.testing.assert_array_equal(ours, exact)
+
+
+def test_another_process_gives_identical_outputs(exported, loaded, tmp_path):
+    ids, mask = _inputs(loaded, held_out_texts()[:4])
+    np.save(tmp_path / "ids.npy", ids)
+    np.save(tmp_path / "mask.npy", mask)
+    script = ("import sys, numpy as np, ibert_tvm; m = ibert_tvm.load(sys.argv[1]); "
+              "np.save(sys.argv[4], m(np.load(sys.argv[2]), np.load(sys.argv[3]), integer=True))")
+    subprocess.run([sys.executable, "-c", script, str(exported), str(tmp_path / "ids.npy"),
+                    str(tmp_path / "mask.npy"), str(tmp_path / "out.npy")], check=True, timeout=300)
+    np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), loaded(ids, mask, integer=True))
+
+
+def test_classify_uses_the_bundled_tokenizer_and_labels(loaded):
+    texts = held_out_texts()[:3]
+    predictions = loaded.classify(texts)
+    logits = loaded(*_inputs(loaded, texts))
+    assert [p.label for p in predictions] == [LABELS[int(i)] for i in logits.argmax(1)]
+    np.testing.assert_allclose(np.stack([p.logits for p in predictions]), logits)
+
+
+def test_torch_and_int32_inputs_are_accepted(loaded):
+    import torch
+
+    ids, mask = _inputs(loaded, held_out_texts()[:2])
+    ref = loaded(ids, mask, integer=True)
+    np.testing.assert_array_equal(loaded(torch.from_numpy(ids), torch.from_numpy(mask), integer=True), ref)
+    np.testing.assert_array_equal(loaded(ids.astype(np.int32), mask.astype(bool), integer=True), ref)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda ids, m: (ids.astype(np.float32), m), "input_ids must be int64 or int32, got float32"),
+    (lambda ids, m: (ids[:, :, None], m), "shape [batch, seq]"),
+    (lambda ids, m: (np.ones((1, 17), np.int64), None), "exceeds the longest compiled length 16"),
+    (lambda ids, m: (np.full_like(ids, 30522), m), "[0, 30522)"),
+    (lambda ids, m: (np.full_like(ids, -1), m), "[0, 30522)"),
+    (lambda ids, m: (ids, m * 2), "values must be 0 or 1"),
+    (lambda ids, m: (ids, m[:, :-1]), "differs from input_ids shape"),
+    (lambda ids, m: (ids, np.zeros_like(m)), "row 0 has no 1"),
+    (lambda ids, m: (ids, m.astype(np.float64)), "attention_mask must be int64 or int32"),
+])
+def test_bad_inputs_are_named(loaded, make, message):
+    ids, mask = _inputs(loaded, held_out_texts()[:2])
+    with pytest.raises(ibert_tvm.InputError) as err:
+        loaded(*make(ids, mask))
+    assert message in str(err.value)
+
+
+def test_truncated_library_is_refused(exported, tmp_path):
+    bad = tmp_path / "model.so"
+    bad.write_bytes(exported.read_bytes()[: exported.stat().st_size // 2])
+    shutil.copy(exported.with_suffix(".json"), bad.with_suffix(".json"))
+    with pytest.raises(ibert_tvm.ArtifactError, match="truncated or replaced"):
+        ibert_tvm.load(bad)
+
+
+def test_metadata_of_another_model_is_refused(exported, tmp_path):
+    other = tmp_path / "model.so"
+    shutil.copy(exported, other)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    meta["library"]["sha256"] = "0" * 64
+    other.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ibert_tvm.ArtifactError, match="belongs to another model"):
+        ibert_tvm.load(other)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda m: m["versions"].update(tvm="0.26.0"), "built with TVM 0.26.0"),
+    (lambda m: m["target"].update(name="aarch64", family="arm"), "built for target 'aarch64' (aarch64)"),
+    (lambda m: m["target"].update(features=["avx512vnni", "amx-int8"]), "amx-int8, which this CPU lacks"),
+    (lambda m: m.update(format="something-else"), "not an ibert-tvm artifact"),
+    (lambda m: m.pop("buckets"), "metadata lacks buckets"),
+])
+def test_mismatched_metadata_is_refused(exported, tmp_path, edit, message):
+    copy = tmp_path / "model.so"
+    shutil.copy(exported, copy)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    edit(meta)
+    copy.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ibert_tvm.ArtifactError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        ibert_tvm.load(copy)
+
+
+def test_missing_files_are_named(exported, tmp_path):
+    with pytest.raises(ibert_tvm.ArtifactError, match="no such library"):
+        ibert_tvm.load(tmp_path / "absent.so")
+    lone = tmp_path / "lone.so"
+    shutil.copy(exported, lone)
+    with pytest.raises(ibert_tvm.ArtifactError, match="metadata lone.json is missing"):
+        ibert_tvm.load(lone)
+
+
+def test_compile_refuses_bad_arguments(quantized):
+    with pytest.raises(ibert_tvm.UnknownTargetError, match="unknown target 'tpu'"):
+        ibert_tvm.compile(quantized, "tpu")
+    with pytest.raises(ValueError, match="exceeds what the model's position embeddings cover \\(64\\)"):
+        ibert_tvm.compile(quantized, "llvm", tuning_logs=False, seq_lengths=(128,))
+    with pytest.raises(TypeError, match="takes a QuantizedModel"):
+        ibert_tvm.compile("model-dir", "llvm")
+
+
+def test_artifact_for_another_target_is_refused(quantized, tmp_path):
+    """A real aarch64 export (cross-compiled) cannot be loaded on this x86 machine: the reason says so."""
+    lib = ibert_tvm.compile(quantized, "aarch64", tuning_logs=False, batch_sizes=(1,), seq_lengths=(8,))
+    path = lib.export(tmp_path / "arm.so")
+    assert path.read_bytes()[18] == 183  # ELF e_machine EM_AARCH64
+    with pytest.raises(ibert_tvm.ArtifactError, match="built for target 'aarch64' \\(aarch64\\), this machine is x86_64"):
+        ibert_tvm.load(path)
