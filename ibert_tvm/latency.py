@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -18,7 +19,7 @@ from tqdm import tqdm
 
 from .runtime import IntegerModel
 
-__all__ = ["LatencyRow", "measure_latency", "write_report"]
+__all__ = ["LatencyRow", "latency_row", "measure_latency", "time_calls", "write_report"]
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,26 @@ def measure_latency(model: IntegerModel, batch_sizes: list[int], seq_lengths: li
     for batch, seq in tqdm(shapes, desc="bench", unit="shape", disable=not progress):
         ids = rng.integers(0, vocab, (batch, seq), dtype=np.int64)
         mask = np.ones((batch, seq), np.int32)
-        for _ in range(warmup):
-            model(ids, mask, integer=True)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            model(ids, mask, integer=True)
-            times.append(1e3 * (time.perf_counter() - start))
-        p50, p90, p99 = np.percentile(times, [50, 90, 99])
-        rows.append(LatencyRow(batch, seq, float(p50), float(p90), float(p99), repeats))
+        rows.append(latency_row(batch, seq, time_calls(lambda: model(ids, mask, integer=True), warmup, repeats)))
     return rows
+
+
+def time_calls(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
+    """Milliseconds of `repeats` calls of `fn` after `warmup` untimed ones."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(1e3 * (time.perf_counter() - start))
+    return times
+
+
+def latency_row(batch: int, seq: int, times_ms: list[float]) -> LatencyRow:
+    """p50 / p90 / p99 of the timed calls."""
+    p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
+    return LatencyRow(batch, seq, float(p50), float(p90), float(p99), len(times_ms))
 
 
 def write_report(rows: list[LatencyRow], out_dir: str | Path, title: str, context: dict) -> dict[str, Path]:

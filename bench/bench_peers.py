@@ -1,0 +1,221 @@
+"""Integer-only ibert-tvm against the peers a user would pick, in one process, on the same inputs.
+
+    .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR] [--out bench/results]
+
+Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs), TVM's own float32 build
+of the same model (untuned), PyTorch FP32 eager, PyTorch dynamic int8 (`quantize_dynamic`, Linear layers),
+ONNX Runtime FP32 and ONNX Runtime dynamic int8 (`onnxruntime.quantization.quantize_dynamic`). Shapes: seq 128
+at batch 1 and 8, seq 32 and 256 at batch 1. Median of repeated runs after warm-up; ratios against PyTorch
+FP32 and ONNX Runtime int8; the host's CPU flags beside the results. Writes peers.json, peers.md, peers.png.
+BERT-base uses seeded random weights (speed only); MiniLM is the real all-MiniLM-L6-v2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import warnings
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import ibert_tvm
+from ibert_tvm.latency import time_calls
+from ibert_tvm.model_demo import default_model_dir
+
+SHAPES = ((1, 128), (8, 128), (1, 32), (1, 256))
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512bw", "avx2", "amx_int8")
+
+
+def cpu_summary() -> dict:
+    """Model name and the int8-relevant flags of /proc/cpuinfo."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
+    return {"cpu": name, "cores": os.cpu_count(), "int8_flags": [f for f in INT8_FLAGS if f in flags]}
+
+
+def load_model(name: str) -> torch.nn.Module:
+    """The float encoder: seeded random BERT-base, or the real MiniLM."""
+    from transformers import AutoModel, BertConfig, BertModel
+
+    if name == "bert-base":
+        torch.manual_seed(0)
+        return BertModel(BertConfig(), add_pooling_layer=False).eval()
+    if name == "minilm":
+        return AutoModel.from_pretrained(default_model_dir(), local_files_only=True).eval()
+    raise SystemExit(f"unknown model {name!r} (bert-base, minilm)")
+
+
+def inputs(model: torch.nn.Module, batch: int, seq: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(batch * 1000 + seq)
+    ids = rng.integers(1000, model.config.vocab_size, (batch, seq), dtype=np.int64)
+    return ids, np.ones((batch, seq), np.int64)
+
+
+def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool):
+    """The integer-only program for one shape, calibrated on random batches of that model's vocabulary."""
+    calibration = [ibert_tvm.Batch(*map(torch.from_numpy, inputs(model, 2, seq))) for _ in range(2)]
+    qm = ibert_tvm.from_pretrained(model, calibration=calibration)
+    m = ibert_tvm.compile(qm, "llvm", tuning_logs=tuning_logs, batch_sizes=(batch,), seq_lengths=(seq,)).runner()
+    return lambda ids, mask: m(ids, mask.astype(np.int32), integer=True)
+
+
+def tvm_float_runner(model, batch: int, seq: int):
+    import tvm
+    from tvm import relax
+
+    from ibert_tvm.float_reference import float_program
+
+    vm = relax.VirtualMachine(tvm.compile(float_program(model, batch, seq), "llvm"), tvm.cpu())
+    return lambda ids, mask: vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask))
+
+
+def torch_runner(model, int8: bool):
+    net = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8) if int8 else model
+
+    def run(ids, mask):
+        with torch.inference_mode():
+            return net(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask)).last_hidden_state
+    return run
+
+
+def ort_runner(model, batch: int, seq: int, int8: bool, workdir: Path):
+    import onnxruntime as ort
+
+    path = workdir / f"model_{batch}x{seq}.onnx"
+    if not path.exists():
+        ids, mask = inputs(model, batch, seq)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(_Hidden(model), (torch.from_numpy(ids), torch.from_numpy(mask)), str(path),
+                              dynamo=True, input_names=["input_ids", "attention_mask"], external_data=False)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        q = workdir / f"model_{batch}x{seq}_int8.onnx"
+        quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8)
+        path = q
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count() or 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})
+
+
+class _Hidden(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+
+def bench_model(name: str, args, workdir: Path) -> list[dict]:
+    """Median latency of every runner on every shape of one model."""
+    model = load_model(name)
+    rows = []
+    for batch, seq in args.shapes:
+        if seq > model.config.max_position_embeddings:
+            continue
+        ids, mask = inputs(model, batch, seq)
+        runners = {"ibert-tvm int (untuned)": lambda: ibert_runner(model, batch, seq, False),
+                   "TVM float32 (untuned)": lambda: tvm_float_runner(model, batch, seq),
+                   "PyTorch FP32": lambda: torch_runner(model, False),
+                   "PyTorch dynamic int8": lambda: torch_runner(model, True),
+                   "ONNX Runtime FP32": lambda: ort_runner(model, batch, seq, False, workdir),
+                   "ONNX Runtime dynamic int8": lambda: ort_runner(model, batch, seq, True, workdir)}
+        if args.tuning_logs:
+            runners["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs)
+        for runner, make in runners.items():
+            if args.only and runner not in args.only:
+                continue
+            fn = make()
+            ms = float(np.median(time_calls(lambda: fn(ids, mask), args.warmup, args.repeats)))
+            rows.append({"model": name, "batch": batch, "seq": seq, "runner": runner, "median_ms": ms})
+            print(f"{name:9s} b{batch} s{seq:<4d} {runner:28s} {ms:9.2f} ms", flush=True)
+    return rows
+
+
+def with_ratios(rows: list[dict]) -> list[dict]:
+    """Each row's speed-up over PyTorch FP32 and over ONNX Runtime int8 on the same model and shape."""
+    def ref(row, runner):
+        match = [r["median_ms"] for r in rows if r["runner"] == runner
+                 and (r["model"], r["batch"], r["seq"]) == (row["model"], row["batch"], row["seq"])]
+        return match[0] if match else None
+
+    for row in rows:
+        for key, runner in (("x_vs_torch_fp32", "PyTorch FP32"), ("x_vs_ort_int8", "ONNX Runtime dynamic int8")):
+            base = ref(row, runner)
+            row[key] = round(base / row["median_ms"], 3) if base else None
+    return rows
+
+
+def write(rows: list[dict], out: Path, context: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "peers.json").write_text(json.dumps({"context": context, "rows": rows}, indent=1))
+    lines = [f"# ibert-tvm vs peers ({context['date']})", "", *(f"- {k}: {v}" for k, v in context.items()), "",
+             "| model | batch | seq | runner | median ms | x vs PyTorch FP32 | x vs ORT int8 |",
+             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
+    lines += [f"| {r['model']} | {r['batch']} | {r['seq']} | {r['runner']} | {r['median_ms']:.1f} | "
+              f"{r['x_vs_torch_fp32']} | {r['x_vs_ort_int8']} |" for r in rows]
+    (out / "peers.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "peers.png")
+    print("\n".join(lines))
+
+
+def _plot(rows: list[dict], path: Path) -> None:
+    """Grouped bars: median latency per runner for each (model, batch, seq)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = sorted({(r["model"], r["batch"], r["seq"]) for r in rows})
+    runners = list(dict.fromkeys(r["runner"] for r in rows))
+    fig, ax = plt.subplots(figsize=(max(6, 2 * len(groups)), 4.5))
+    width = 0.8 / max(1, len(runners))
+    for i, runner in enumerate(runners):
+        values = [next((r["median_ms"] for r in rows if (r["model"], r["batch"], r["seq"]) == g
+                        and r["runner"] == runner), 0) for g in groups]
+        ax.bar(np.arange(len(groups)) + i * width, values, width, label=runner)
+    ax.set_xticks(np.arange(len(groups)) + 0.4 - width / 2, [f"{m}\nb{b} s{s}" for m, b, s in groups])
+    ax.set_ylabel("median latency (ms, log)")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", default="bert-base,minilm")
+    parser.add_argument("--shapes", default=",".join(f"{b}x{s}" for b, s in SHAPES),
+                        help="comma-separated BATCHxSEQ (default: 1x128,8x128,1x32,1x256)")
+    parser.add_argument("--only", help="comma-separated runner names to run (default: all)")
+    parser.add_argument("--tuning-logs", help="a tuning database folder for the tuned integer build")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="bench/results")
+    args = parser.parse_args()
+    args.only = set(args.only.split(",")) if args.only else None
+    args.shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
+    torch.set_num_threads(os.cpu_count() or 1)
+    context = {**cpu_summary(), "date": date.today().isoformat(), "python": platform.python_version(),
+               "command": " ".join(sys.argv)}
+    print(context)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = [r for name in args.models.split(",") for r in bench_model(name, args, Path(tmp))]
+    write(with_ratios(rows), Path(args.out), context)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
