@@ -1,0 +1,665 @@
+"""Auto-tuning of the integer program with MetaSchedule (xgb cost model): one resumable database per target.
+
+`tune(model, target, trials, work_dir)` extracts the kernels of the integer program as tasks (the module
+state of `pipeline.tunable_module`, which `pipeline.build(..., database=...)` matches records against),
+searches the target family's space (`schedules/<family>.tuning_space`), measures on this machine or on the
+devices of a TVM RPC tracker, and leaves a MetaSchedule JSON database in `work_dir` with `ibert_tuning.json`
+beside it (target, versions, shapes, trials). A second call on the same folder continues: the records
+already there count against `trials`, seed the search, and the xgb model is reloaded.
+
+MetaSchedule databases are not keyed by target, so `open_database(path, target)` refuses a folder made for
+another target or TVM version, one missing its files, and a corrupt log, each with a `TuningLogError`
+naming the problem. `shipped_database(target)` finds the database that ships for a target in
+`tuning_logs/<log_name(target)>/`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import sys
+import time
+import types
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import tvm
+from tqdm.auto import tqdm
+from tvm import relax
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from .relay_passes import pipeline
+from .schedules import schedules_for
+from .targets import TargetSpec, resolve_target
+
+if TYPE_CHECKING:
+    from .model import QuantizedModel
+
+__all__ = ["META_FILE", "RECORD_FILE", "WORKLOAD_FILE", "TuningLogError", "TuningResult", "log_name",
+           "open_database", "shipped_database", "tune"]
+
+WORKLOAD_FILE = "database_workload.json"
+RECORD_FILE = "database_tuning_record.json"
+#: ibert-tvm's metadata beside MetaSchedule's two files: what the records were tuned for and how.
+META_FILE = "ibert_tuning.json"
+#: The xgb model and its training data, kept so that a resumed call does not start the model from scratch.
+COST_MODEL_FILE = "cost_model.tar"
+#: MetaSchedule records a failed candidate (build or run error) with this run time.
+_FAILED_SECS = 1e10
+_BUILD_TIMEOUT_S = 120.0
+_RUN_TIMEOUT_S = 60.0
+_REPO_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"  # a source checkout / editable install
+_PACKAGE_LOGS = Path(__file__).resolve().parent / "tuning_logs"  # a wheel carrying the logs as package data
+
+
+class TuningLogError(ValueError):
+    """A tuning database that cannot be used: another target or TVM version, files missing, or corrupt."""
+
+
+@dataclass
+class TuningResult:
+    """What one `tune` call did: its tasks, the trials it ran and those that failed, estimated latencies."""
+
+    target: str
+    work_dir: Path
+    tasks: dict[str, int]  # task name -> weight (call sites in the program)
+    trials_run: int  # measured in this call
+    trials_total: int  # records of these tasks in the database, earlier calls included
+    build_errors: int
+    run_errors: int
+    errors: dict[str, int] = field(default_factory=dict)  # one-line message -> candidates (this call)
+    untunable: dict[str, str] = field(default_factory=dict)  # task -> why MetaSchedule cannot tune it
+    latency_before_ms: float | None = None  # sum over tasks of weight x default-schedule latency
+    latency_after_ms: float | None = None  # the same with each task's best record where it has one
+    slower_than_default: tuple[str, ...] = ()  # tasks whose best record loses to their default schedule
+    seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        """Candidates of this call that did not build or did not run."""
+        return self.build_errors + self.run_errors
+
+    @property
+    def failed_share(self) -> float:
+        """The failed candidates' share of this call's trials (0 when none ran)."""
+        return self.failed / self.trials_run if self.trials_run else 0.0
+
+    def __str__(self) -> str:
+        lines = [f"tuned {len(self.tasks)} tasks for {self.target}: {self.trials_run} trials in this call, "
+                 f"{self.trials_total} in {self.work_dir} ({self.seconds:.0f} s)",
+                 f"failed candidates: {self.failed} ({self.failed_share:.0%}; {self.build_errors} build, "
+                 f"{self.run_errors} run errors)"]
+        lines += [f"  {n} x {message}" for message, n in sorted(self.errors.items(), key=lambda kv: -kv[1])]
+        lines += [f"not tunable (default schedule): {name}: {why}" for name, why in self.untunable.items()]
+        if self.latency_before_ms is not None and self.latency_after_ms is not None:
+            lines.append(f"estimated latency (sum of task latencies): {self.latency_before_ms:.3f} ms untuned, "
+                         f"{self.latency_after_ms:.3f} ms tuned")
+        if self.slower_than_default:
+            lines.append(f"best record slower than the default schedule (applied all the same): "
+                         f"{', '.join(self.slower_than_default)}")
+        return "\n".join(lines)
+
+
+# ---- where databases live and what their metadata says
+
+def log_name(target: str | TargetSpec) -> str:
+    """The folder name of a target's database under `tuning_logs/`: the target's name, with the CPU for the
+    x86 host (hosts differ between machines) and the arch for a CUDA GPU named by arch."""
+    spec = resolve_target(target)
+    if spec.family == "x86":
+        return f"{spec.name}-{spec.target.attrs.get('mcpu', 'generic')}"
+    if spec.name.startswith("cuda"):
+        return f"cuda-{spec.target.attrs['arch']}"
+    return spec.name
+
+
+def shipped_database(target: str | TargetSpec) -> Path | None:
+    """The database folder that ships for `target` (repo `tuning_logs/`, or the installed package's), if any."""
+    name = log_name(target)
+    for root in (_REPO_LOGS, _PACKAGE_LOGS):
+        if (root / name / META_FILE).is_file():
+            return root / name
+    return None
+
+
+def _target_record(spec: TargetSpec) -> dict[str, Any]:
+    """How the metadata names a target: user-facing name, the TVM target string, its int8 features."""
+    return {"name": spec.name, "target": str(spec.target), "features": list(spec.features)}
+
+
+def _hardware(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
+    """Where the candidates were measured, for the metadata: the RPC device key, or this machine's device."""
+    if rpc is not None:
+        return f"RPC tracker {rpc[0]}:{rpc[1]}, device key '{rpc[2]}'"
+    if spec.is_gpu:
+        return tvm.cuda(0).device_name
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), "unknown CPU")
+    return f"{cpu}, {_physical_cores()} cores ({spec.target.attrs.get('mcpu', 'generic')})"
+
+
+def _read_meta(folder: Path) -> dict[str, Any]:
+    """The folder's metadata file, or a TuningLogError saying that it is missing or unreadable."""
+    path = folder / META_FILE
+    if not path.is_file():
+        raise TuningLogError(f"{folder} has no {META_FILE}: not a database written by `ibert-tvm tune`")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise TuningLogError(f"{path} is corrupt: {err}") from err
+    if not (isinstance(meta, dict) and isinstance(meta.get("target"), dict) and "target" in meta["target"]
+            and "tvm" in meta):
+        raise TuningLogError(f"{path} is corrupt: it lacks the target or the TVM version")
+    return meta
+
+
+def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
+    """Refuse records made for another target or another TVM (their traces and workloads would not apply)."""
+    made_for = meta["target"]
+    if made_for["target"] != str(spec.target):
+        raise TuningLogError(f"tuning database {folder} was made for target '{made_for.get('name')}' "
+                             f"({made_for['target']}), not for '{spec.name}' ({spec.target})")
+    if meta["tvm"] != tvm.__version__:
+        raise TuningLogError(f"tuning database {folder} was made with TVM {meta['tvm']}, this is TVM "
+                             f"{tvm.__version__}: re-tune")
+
+
+def _check_lines(folder: Path) -> set[str]:
+    """Parse both JSON-lines files, so that a truncated or garbage line is refused rather than skipped;
+    returns the tensor intrinsics the records' traces name."""
+    workloads, intrinsics = 0, set()
+    for name in (WORKLOAD_FILE, RECORD_FILE):
+        path = folder / name
+        if not path.is_file():
+            raise TuningLogError(f"tuning database {folder} is missing {name}")
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                ok = isinstance(row, list) and len(row) == 2
+                ok = ok and (name == WORKLOAD_FILE or (isinstance(row[0], int) and 0 <= row[0] < workloads
+                                                        and isinstance(row[1], list) and len(row[1]) == 4))
+            except json.JSONDecodeError:
+                ok = False
+            if not ok:
+                raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is not a "
+                                     f"MetaSchedule {'workload' if name == WORKLOAD_FILE else 'record'}")
+            workloads += name == WORKLOAD_FILE
+            if name == RECORD_FILE:
+                intrinsics |= _tensorized_with(row[1][0])
+    return intrinsics
+
+
+def _tensorized_with(trace: Any) -> set[str]:
+    """The intrinsic names of a JSON trace's Tensorize instructions ([kind, inputs, [intrinsic, ...], outputs])."""
+    insts = trace[0] if isinstance(trace, list) and trace and isinstance(trace[0], list) else []
+    return {inst[2][0] for inst in insts if isinstance(inst, list) and len(inst) == 4 and inst[0] == "Tensorize"
+            and isinstance(inst[2], list) and inst[2] and isinstance(inst[2][0], str)}
+
+
+def _register_intrinsics(folder: Path, spec: TargetSpec, names: set[str]) -> None:
+    """Register the intrinsics the records tensorize with (applying a trace looks them up by name): the
+    project's come with the family's schedules, TVM's from its module for the family (imported only when
+    needed: TVM's CUDA one takes a minute)."""
+    from tvm.s_tir import TensorIntrin
+
+    schedules_for(spec.target)
+    missing = {n for n in names if TensorIntrin.get(n, allow_missing=True) is None}
+    if missing:
+        with _family_intrinsics_only(spec):
+            missing = {n for n in missing if TensorIntrin.get(n, allow_missing=True) is None}
+    if missing:
+        raise TuningLogError(f"tuning database {folder} tensorizes with {', '.join(sorted(missing))}, which "
+                             f"neither schedules/{spec.family}.py nor TVM registers")
+
+
+def open_database(path: str | Path, target: str | TargetSpec) -> ms.database.JSONDatabase:
+    """The database in folder `path` for `target`; a TuningLogError (one line) if it was made for another
+    target or TVM version, misses a file, or has a corrupt line."""
+    spec, folder = resolve_target(target), Path(path)
+    if not folder.is_dir():
+        raise TuningLogError(f"no tuning database at {folder} (folder not found)")
+    _check_meta(folder, _read_meta(folder), spec)
+    _register_intrinsics(folder, spec, _check_lines(folder))
+    try:
+        return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False)
+    except (RuntimeError, ValueError) as err:  # what TVM raises for a record it cannot parse
+        raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
+
+
+def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str) -> None:
+    """Write (or update after a resumed call) the metadata file beside the two JSON files."""
+    old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+    meta = {"target": _target_record(spec), "tvm": tvm.__version__,
+            "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
+            "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
+            "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+
+def _database_for_tuning(folder: Path, spec: TargetSpec) -> ms.database.JSONDatabase:
+    """The work_dir's database: the existing one, checked as `open_database` does, or a new empty one."""
+    if (folder / WORKLOAD_FILE).exists() or (folder / RECORD_FILE).exists() or (folder / META_FILE).exists():
+        return open_database(folder, spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=True)
+
+
+# ---- what is measured and how
+
+def _program(model: QuantizedModel | tvm.IRModule, batch: int, seq: int) -> tvm.IRModule:
+    """The integer program: an IRModule as given, or the model's program at (batch, seq)."""
+    return model if isinstance(model, tvm.IRModule) else model.program(batch, seq)
+
+
+def _shapes(mod: tvm.IRModule) -> list[list[int]]:
+    """The (batch, seq) of each Relax function of the program (from its first parameter, the token ids)."""
+    return [[int(d) for d in f.params[0].ty.shape] for _, f in mod.functions_items()
+            if isinstance(f, relax.Function) and f.params]
+
+
+def _physical_cores() -> int:
+    """This machine's physical cores, as MetaSchedule counts them (psutil: a requirement of its search)."""
+    import psutil
+
+    return psutil.cpu_count(logical=False) or 1
+
+
+def _tuning_target(target: Target) -> Target:
+    """`target` with `num-cores`, which MetaSchedule's CPU rules require (the local count: boards behind RPC
+    should name theirs in the target)."""
+    if target.kind.name != "llvm" or "num-cores" in target.attrs:
+        return target
+    return Target({**target.export(), "num-cores": _physical_cores()})
+
+
+def _f_build() -> Callable[[tvm.IRModule, Target, Any], tvm.runtime.Module]:
+    """MetaSchedule's default build without its `import tvm.s_tir.tensor_intrin` (about a minute per build
+    worker, and the pool is new for every batch). Nested, so cloudpickle ships it by value and the worker
+    imports only tvm: the candidates arrive already tensorized, so no intrinsic needs registering there."""
+
+    def build(mod: tvm.IRModule, target: Target, _params: Any) -> tvm.runtime.Module:
+        from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+        return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+    return build
+
+
+def _f_export(cross_compiler: str) -> Callable[[tvm.runtime.Module], str]:
+    """Export a candidate as a shared library linked here by `cross_compiler` (a board needs no compiler)."""
+
+    def export(mod: tvm.runtime.Module) -> str:
+        import tempfile
+
+        from tvm.contrib import cc
+
+        path = str(Path(tempfile.mkdtemp()) / "tvm_tmp_mod.so")
+        mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
+        return path
+
+    return export
+
+
+def _builder(spec: TargetSpec) -> ms.builder.LocalBuilder:
+    """Candidates are built here, in a process pool; cross-compiled targets are linked here too."""
+    export = _f_export(spec.cross_compiler) if spec.cross_compiler else None
+    return ms.builder.LocalBuilder(f_build=_f_build(), f_export=export, timeout_sec=_BUILD_TIMEOUT_S)
+
+
+def _runner(rpc: tuple[str, int, str] | None) -> ms.runner.Runner:
+    """Measure on this machine, or on the devices registered with a TVM RPC tracker under a key."""
+    if rpc is None:
+        return ms.runner.LocalRunner(timeout_sec=_RUN_TIMEOUT_S)
+    host, port, key = rpc
+    config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key,
+                                 session_timeout_sec=int(_RUN_TIMEOUT_S))
+    servers = config.count_num_servers(allow_missing=False)  # raises naming tracker and key when none
+    return ms.runner.RPCRunner(rpc_config=config, max_workers=servers)
+
+
+def _space(spec: TargetSpec) -> dict[str, Any]:
+    """The family's space as TuneContext arguments: `space` (and `strategy`) as given, or rules, postprocs
+    and mutators assembled into MetaSchedule's post-order-apply space."""
+    given = dict(schedules_for(spec.target).tuning_space(spec.target))
+    unknown = set(given) - {"space", "strategy", "sch_rules", "postprocs", "mutators"}
+    if unknown:
+        raise ValueError(f"schedules/{spec.family}.tuning_space returned unknown keys: {', '.join(sorted(unknown))}")
+    rules = {k: given.pop(k) for k in ("sch_rules", "postprocs", "mutators") if k in given}
+    if rules:
+        if "space" in given:
+            raise ValueError(f"schedules/{spec.family}.tuning_space gives both a space object and rules")
+        given["space"] = ms.space_generator.PostOrderApply(
+            sch_rules=rules.get("sch_rules", "from-target"), postprocs=rules.get("postprocs", "from-target"),
+            mutator_probs=rules.get("mutators", "from-target"))
+    return given
+
+
+# ---- trial accounting over calls
+
+def _records_per_task(database: ms.database.Database, tasks: list[ms.ExtractedTask]) -> dict[str, list[float]]:
+    """Task name -> the mean run time (s) of each of its records in `database` (failures at 1e10)."""
+    out: dict[str, list[float]] = {t.task_name: [] for t in tasks}
+    workloads = {t.task_name: database.commit_workload(t.dispatched[0]) for t in tasks
+                 if database.has_workload(t.dispatched[0])}
+    for record in database.get_all_tuning_records():
+        for name, workload in workloads.items():
+            if record.workload.same_as(workload):
+                secs = [float(s) for s in record.run_secs] if record.run_secs else [_FAILED_SECS]
+                out[name].append(sum(secs) / len(secs))
+    return out
+
+
+@derived_object
+class _CappedSearch(ms.search_strategy.PySearchStrategy):
+    """A task's search strategy whose trial cap is lowered by the records it already has (resumed calls)."""
+
+    def __init__(self, inner: ms.search_strategy.SearchStrategy, done: int) -> None:
+        self.inner, self.done = inner, done
+
+    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        self.inner._initialize_with_tune_context(context)  # noqa: SLF001 (MetaSchedule's own protocol)
+
+    def pre_tuning(self, max_trials: int, num_trials_per_iter: int, design_spaces: list, database: Any = None,
+                   cost_model: Any = None) -> None:
+        self.inner.pre_tuning(max_trials - self.done, num_trials_per_iter, design_spaces, database, cost_model)
+
+    def post_tuning(self) -> None:
+        self.inner.post_tuning()
+
+    def generate_measure_candidates(self) -> list | None:
+        return self.inner.generate_measure_candidates()
+
+    def notify_runner_results(self, measure_candidates: list, results: list) -> None:
+        self.inner.notify_runner_results(measure_candidates, results)
+
+    def clone(self) -> ms.search_strategy.SearchStrategy:
+        return _CappedSearch(self.inner.clone(), self.done)
+
+
+#: The module of `tvm.s_tir.tensor_intrin` with TVM's own intrinsics for each family's default spaces.
+_FAMILY_INTRINSICS = {"x86": "x86", "arm": "arm_cpu", "cuda": "cuda"}
+
+
+@contextlib.contextmanager
+def _family_intrinsics_only(spec: TargetSpec) -> Iterator[None]:
+    """Let TuneContext's `import tvm.s_tir.tensor_intrin` (every target's intrinsics: 1 min of CPU, 220 s on
+    this loaded 2-core machine) import only the family's module (1 s): a stand-in package with the real path
+    answers for the package while the contexts are made. Later full imports of the package still work."""
+    name = "tvm.s_tir.tensor_intrin"
+    if name in sys.modules:
+        yield
+        return
+    stand_in = types.ModuleType(name)
+    stand_in.__path__ = list(importlib.util.find_spec(name).submodule_search_locations)
+    sys.modules[name] = stand_in
+    try:
+        importlib.import_module(f"{name}.{_FAMILY_INTRINSICS[spec.family]}")
+        yield
+    finally:
+        if sys.modules.get(name) is stand_in:
+            del sys.modules[name]
+
+
+def _weighted_flops(task: ms.ExtractedTask, context: ms.TuneContext) -> float:
+    """The task's FLOPs x weight (the heaviest are tuned first); raises RuntimeError where MetaSchedule's task
+    scheduler would die on the task and stop the whole run: a FLOP estimate that fails (on a `Let`, as in
+    int_layernorm's Newton square root), or a space that cannot be generated (a rule failing on the blocks)."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    flops = estimate_tir_flops(task.dispatched[0])
+    context.generate_design_space()
+    return flops * task.weight
+
+
+def _evolutionary(per_iter: int) -> ms.search_strategy.EvolutionarySearch:
+    """MetaSchedule's evolutionary search with its population scaled to the batch as its defaults are (512
+    for 64 candidates a batch): a batch of 4 then costs seconds of search, not minutes."""
+    population = min(512, 8 * per_iter)
+    return ms.search_strategy.EvolutionarySearch(population_size=population,
+                                                 init_min_unmeasured=min(50, population))
+
+
+def _contexts(tasks: list[ms.ExtractedTask], work_dir: Path, spec: TargetSpec, done: dict[str, int],
+              cap: int | None, per_iter: int) -> tuple[list[tuple[ms.ExtractedTask, ms.TuneContext]], dict[str, str]]:
+    """(task, TuneContext) for each task MetaSchedule can tune, heaviest first, and why each other task
+    cannot be. As MetaSchedule's `extracted_tasks_to_tune_contexts`, with a strategy whose cap counts earlier
+    records where a per-task cap is given, and the thread count given rather than asked of the target."""
+    from tvm.s_tir.meta_schedule.utils import fork_seed
+
+    space = _space(spec)
+    loggers = _task_loggers(work_dir, [t.task_name for t in tasks])
+    tunable, untunable = [], {}
+    with _family_intrinsics_only(spec):
+        for task, logger, seed in zip(tasks, loggers, fork_seed(None, n=len(tasks))):
+            strategy = space.get("strategy") or _evolutionary(per_iter)
+            if isinstance(strategy, str):
+                strategy = ms.search_strategy.SearchStrategy.create(strategy)
+            if cap is not None and done[task.task_name]:
+                strategy = _CappedSearch(strategy, done[task.task_name])
+            context = ms.TuneContext(mod=task.dispatched[0], target=task.target,
+                                     space_generator=space.get("space", "post-order-apply"), search_strategy=strategy,
+                                     task_name=task.task_name, logger=logger, rand_state=seed,
+                                     num_threads=_physical_cores()).clone()
+            try:
+                tunable.append((_weighted_flops(task, context), task, context))
+            except RuntimeError as err:  # tvm.error.InternalError, ScheduleError
+                untunable[task.task_name] = _one_line(str(err))
+    return [(task, context) for _, task, context in sorted(tunable, key=lambda item: -item[0])], untunable
+
+
+# ---- progress and outcome
+
+@dataclass
+class _Tally:
+    """What the measure callback saw: trials, failures by message, each task's best latency."""
+
+    trials: int = 0
+    build_errors: int = 0
+    run_errors: int = 0
+    errors: Counter = field(default_factory=Counter)
+    best: dict[str, float] = field(default_factory=dict)  # task -> seconds
+
+
+def _one_line(message: str) -> str:
+    """The line of a MetaSchedule error message (often a whole traceback) that says what went wrong."""
+    lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
+    said = [ln for ln in lines if "Error" in ln.split(":", 1)[0] or "Check failed" in ln]
+    return (said or lines or ["(no message)"])[-1][:200]
+
+
+@derived_object
+class _Progress(ms.measure_callback.PyMeasureCallback):
+    """Counts each measured batch into the tally and moves the progress bar, which shows the estimated
+    latency of the program with each task's best candidate so far (untuned tasks at their default)."""
+
+    def __init__(self, tally: _Tally, bar: Any, estimate: Callable[[], float | None]) -> None:
+        self.tally, self.bar, self.estimate = tally, bar, estimate
+
+    def apply(self, task_scheduler: Any, task_id: int, measure_candidates: list, builder_results: list,
+              runner_results: list) -> None:
+        name = task_scheduler.tasks_[task_id].ctx.task_name
+        for built, ran in zip(builder_results, runner_results):
+            if built.error_msg:
+                self.tally.build_errors += 1
+                self.tally.errors["build: " + _one_line(built.error_msg)] += 1
+            elif ran.error_msg:
+                self.tally.run_errors += 1
+                self.tally.errors["run: " + _one_line(ran.error_msg)] += 1
+            else:
+                secs = sum(float(s) for s in ran.run_secs) / len(ran.run_secs)
+                self.tally.best[name] = min(secs, self.tally.best.get(name, math.inf))
+        self.tally.trials += len(measure_candidates)
+        estimate = self.estimate()
+        self.bar.set_postfix_str(("" if estimate is None else f"est {estimate:.3f} ms, ")
+                                 + f"failed {self.tally.build_errors + self.tally.run_errors}")
+        self.bar.update(len(measure_candidates))
+
+
+@dataclass(frozen=True)
+class _Run:
+    """Where one `tune` call measures and records: target, work dir, database, builder and runner."""
+
+    spec: TargetSpec
+    folder: Path
+    database: ms.database.Database
+    builder: ms.builder.Builder
+    runner: ms.runner.Runner
+
+
+def _default_latencies(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, float]:
+    """Each task's run time (s) under the family's default schedule, measured as the candidates are (one
+    build and one run per task: what `compile` gives a task that has no record)."""
+    family = schedules_for(run.spec.target)
+    mods = [family.apply_default_schedule(t.dispatched[0], run.spec.target) for t in tasks]
+    built = run.builder.build([ms.builder.BuilderInput(m, t.target) for t, m in zip(tasks, mods)])
+    ok = [(t, m, b) for t, m, b in zip(tasks, mods, built) if not b.error_msg]
+    device = "cuda" if run.spec.is_gpu else "cpu"
+    futures = run.runner.run([ms.runner.RunnerInput(b.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(m["main"]))
+                              for _, m, b in ok])
+    out = {}
+    for (task, _, _), future in zip(ok, futures):
+        result = future.result()
+        if not result.error_msg:
+            out[task.task_name] = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+    return out
+
+
+def _estimate_ms(weights: dict[str, int], default: dict[str, float], best: dict[str, float]) -> float | None:
+    """Sum over tasks of weight x latency, each task at its best record if it has one, else its default."""
+    secs = [w * best.get(n, default.get(n, math.nan)) for n, w in weights.items()]
+    total = sum(secs)
+    return None if math.isnan(total) else total * 1e3
+
+
+_LOG_FORMAT = logging.Formatter("%(asctime)s [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S")
+
+
+def _file_logger(name: str, path: Path) -> logging.Logger:
+    """A logger writing INFO and above to `path` only (its handler replaced if it had one)."""
+    logger = logging.getLogger(name)
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+        old.close()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_LOG_FORMAT)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    return logger
+
+
+def _task_loggers(folder: Path, names: list[str]) -> list[logging.Logger]:
+    """A logger per task into work_dir/logs/. MetaSchedule's `get_loggers_from_work_dir` is not used: it
+    reconfigures logging process-wide and fails on a handler without a name (pytest's, for one)."""
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    return [_file_logger(f"ibert_tvm.tuning.task_{i:02d}", folder / "logs" / f"task_{i:02d}_{name[:100]}.log")
+            for i, name in enumerate(names)]
+
+
+@contextlib.contextmanager
+def _scheduler_log(folder: Path) -> Iterator[None]:
+    """MetaSchedule's task scheduler logs a table after each batch: into work_dir/logs/task_scheduler.log,
+    with only its warnings on the console (where the progress bar is)."""
+    logger = logging.getLogger("tvm.s_tir.meta_schedule")
+    (folder / "logs").mkdir(parents=True, exist_ok=True)
+    console = logging.StreamHandler()
+    console.setLevel(logging.WARNING)
+    handlers = [logging.FileHandler(folder / "logs" / "task_scheduler.log", encoding="utf-8"), console]
+    saved = logger.level, logger.propagate
+    for handler in handlers:
+        handler.setFormatter(_LOG_FORMAT)
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
+def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials: int, work_dir: str | Path, *,
+         batch: int = 1, seq: int = 128, rpc: tuple[str, int, str] | None = None, progress: bool = True,
+         max_trials_per_task: int | None = None, num_trials_per_iter: int = 64, estimate: bool = True
+         ) -> TuningResult:
+    """Tune the integer program of `model` (at `batch` x `seq`, or an IRModule as given) for `target` until
+    `work_dir`'s database holds `trials` trials of its tasks, earlier calls included.
+
+    MetaSchedule with the xgb cost model searches the family's `tuning_space`; candidates are built here and
+    measured here or, with `rpc=(tracker host, port, device key)`, on the devices of a TVM RPC tracker.
+    `max_trials_per_task` caps each task's records (earlier calls included). `estimate` measures each task's
+    default schedule once to estimate the program's latency before and after (sum of task latencies).
+    """
+    started = time.monotonic()
+    spec, folder = resolve_target(target), Path(work_dir)
+    database = _database_for_tuning(folder, spec)
+    mod = _program(model, batch, seq)
+    tasks = ms.relax_integration.extract_tasks(pipeline.tunable_module(mod, spec.target), _tuning_target(spec.target))
+    records = _records_per_task(database, tasks)
+    done = {name: len(r) for name, r in records.items()}
+    _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))  # a valid folder if stopped
+    todo = [t for t in tasks if max_trials_per_task is None or done[t.task_name] < max_trials_per_task]
+    remaining = trials - sum(done.values())
+    run = _Run(spec, folder, database, _builder(spec), _runner(rpc)) if estimate or (remaining > 0 and todo) else None
+    default = _default_latencies(run, tasks) if estimate else {}
+    weights = {t.task_name: int(t.weight) for t in tasks}
+    tally = _Tally(best={name: min(r) for name, r in records.items() if r and min(r) < _FAILED_SECS})
+    untunable: dict[str, str] = {}
+    if remaining > 0 and todo:
+        with _scheduler_log(folder), tqdm(total=trials, initial=trials - remaining, unit="trial",
+                                            desc=f"tuning {spec.name}", disable=not progress) as bar:
+            callback = _Progress(tally, bar, functools.partial(_estimate_ms, weights, default, tally.best))
+            untunable = _search(run, todo, done, remaining, max_trials_per_task,
+                                min(num_trials_per_iter, remaining), callback)
+    total = sum(len(r) for r in _records_per_task(database, tasks).values())
+    _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc))
+    before = _estimate_ms(weights, default, {})
+    return TuningResult(
+        target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,
+        build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
+        latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, tally.best),
+        slower_than_default=tuple(n for n, secs in tally.best.items() if secs > default.get(n, math.inf)),
+        seconds=time.monotonic() - started)
+
+
+def _search(run: _Run, tasks: list[ms.ExtractedTask], done: dict[str, int], budget: int, cap: int | None,
+            per_iter: int, callback: _Progress) -> dict[str, str]:
+    """Run MetaSchedule's gradient task scheduler over the tunable `tasks` for `budget` trials, the xgb model
+    resumed from and saved to the work dir; returns why each task left out could not be tuned."""
+    tunable, untunable = _contexts(tasks, run.folder, run.spec, done, cap, per_iter)
+    if not tunable:
+        return untunable
+    cost_model = ms.cost_model.XGBModel(num_tuning_cores=_physical_cores())
+    saved = run.folder / COST_MODEL_FILE
+    if saved.is_file():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # xgboost guessing the format MetaSchedule saved in
+            cost_model.load(str(saved))
+    ms.tune_tasks(tasks=[c for _, c in tunable], task_weights=[t.weight for t, _ in tunable],
+                  work_dir=str(run.folder), max_trials_global=budget, max_trials_per_task=cap,
+                  num_trials_per_iter=per_iter, builder=run.builder, runner=run.runner, database=run.database,
+                  cost_model=cost_model,
+                  measure_callbacks=[*ms.measure_callback.MeasureCallback.create("default"), callback])
+    if cost_model.booster is not None:  # XGBModel.load cannot read a model saved before its first training
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # xgboost's note on its default file format
+            cost_model.save(str(saved))
+    return untunable
