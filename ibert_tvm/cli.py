@@ -1,4 +1,4 @@
-"""The `ibert-tvm` command line: demo, compile, tune, run, bench, eval, inspect.
+"""The `ibert-tvm` command line: demo, compile, tune, run, bench, inspect.
 
 Every command's failures that a user can act on (bad input, unknown target, a model we do not support, a
 corrupt tuning log or artifact) end in one line `ibert-tvm: error: ...` and exit status 2.
@@ -174,14 +174,6 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
-
-    report = evaluate(csv_path=args.csv, limit=args.limit)
-    print(report)
-    return 0
-
-
 def _inspect(args: argparse.Namespace) -> int:
     from .artifact import read_metadata
 
@@ -268,14 +260,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=20)
     bench.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
     bench.set_defaults(func=_bench)
-
-    ev = sub.add_parser("eval", help="float vs integer-only agreement and accuracy on a labelled CSV",
-                        description="Classify a labelled CSV (text,label) with the FP32 model, the integer-only "
-                                    "program and Q8BERT mode; print accuracy, macro-F1, agreement and logit cosine. "
-                                    "Default: the held-out split of the bundled sentiment data.")
-    ev.add_argument("--csv", help="a CSV with text and label columns (default: the bundled held-out split)")
-    ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
-    ev.set_defaults(func=_eval)
 
     insp = sub.add_parser("inspect", help="what an artifact contains",
                           description="Check an artifact's metadata against its library and print its target, "

@@ -1,0 +1,98 @@
+"""Every `ibert-tvm` command end to end through the installed console script (subprocess), on a tiny BERT
+classifier with a real tokenizer; user errors are one line on stderr with exit status 2, no traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tiny_models import LABELS, calibration_texts, held_out_texts, save_tiny_classifier
+
+SCRIPT = Path(sys.executable).parent / "ibert-tvm"
+COMMANDS = ("demo", "compile", "tune", "run", "bench", "inspect")
+
+
+def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, fragment: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ibert-tvm: error: ") and fragment in lines[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("cli")
+    (root / "calibration.txt").write_text("\n".join(calibration_texts()), encoding="utf-8")
+    return save_tiny_classifier(root / "model")
+
+
+@pytest.fixture(scope="module")
+def artifact(model_dir) -> Path:
+    out = model_dir.parent / "art" / "tiny.so"
+    proc = cli("compile", "--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"),
+               "--target", "llvm", "--batch-sizes", "1", "--seq-lengths", "16", "--tuning-logs", "none",
+               "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout and out.is_file() and out.with_suffix(".json").is_file()
+    return out
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_explains_each_command(command):
+    proc = cli(command, "--help", timeout=120)
+    assert proc.returncode == 0 and f"usage: ibert-tvm {command}" in proc.stdout
+    assert len(proc.stdout.split()) > 25  # a description, not just a usage line
+
+
+def test_inspect_describes_the_artifact(artifact):
+    proc = cli("inspect", str(artifact), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for fragment in ("target     llvm", "bert, 2 layers, hidden 64", "logits int32", "batch [1] x seq [16]",
+                     "negative", "matches"):
+        assert fragment in proc.stdout
+    meta = json.loads(cli("inspect", str(artifact), "--json", timeout=120).stdout)
+    assert meta["buckets"]["seq_lengths"] == [16] and "tokenizer" not in meta
+
+
+def test_run_classifies_texts_and_ids(artifact):
+    texts = held_out_texts()[:2]
+    proc = cli("run", str(artifact), "--text", texts[0], "--text", texts[1], timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads(proc.stdout)
+    assert [r["text"] for r in rows] == texts and all(r["label"] in LABELS.values() for r in rows)
+    assert all(len(r["logits"]) == 3 for r in rows)
+    proc = cli("run", str(artifact), "--ids", "101,2023,2003,102", timeout=300)
+    assert proc.returncode == 0 and len(json.loads(proc.stdout)[0]["output"]) == 3
+
+
+def test_bench_writes_json_markdown_and_plot(artifact, tmp_path):
+    proc = cli("bench", str(artifact), "--seq-lengths", "8,16", "--repeats", "3", "--warmup", "1",
+               "--out", str(tmp_path), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((tmp_path / "latency.json").read_text())
+    assert [(r["batch"], r["seq"]) for r in data["rows"]] == [(1, 8), (1, 16)]
+    assert all(0 < r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] for r in data["rows"])
+    assert "| 1 | 16 |" in (tmp_path / "latency.md").read_text()
+    assert (tmp_path / "latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_user_errors_are_one_line(artifact, model_dir, tmp_path):
+    assert_one_line_error(cli("run", str(artifact), "--ids", "1,2,99999999", timeout=300), "[0, 30522)")
+    assert_one_line_error(cli("run", str(artifact), "--ids", ",".join(["5"] * 17), timeout=300),
+                          "exceeds the longest compiled length 16")
+    assert_one_line_error(cli("inspect", str(tmp_path / "nothing.so"), timeout=120), "no such library")
+    truncated = tmp_path / "tiny.so"
+    truncated.write_bytes(artifact.read_bytes()[:1000])
+    truncated.with_suffix(".json").write_text(artifact.with_suffix(".json").read_text())
+    assert_one_line_error(cli("run", str(truncated), "--ids", "1,2", timeout=300), "truncated or replaced")
+    assert_one_line_error(cli("compile", "--model", str(model_dir), "--target", "tpu", "-o",
+                              str(tmp_path / "x.so"), timeout=300), "unknown target 'tpu'")
+    assert_one_line_error(cli("compile", "--model", str(tmp_path / "absent"), timeout=300), "not a local model")
