@@ -306,7 +306,7 @@ def _f_export(cross_compiler: str) -> Callable[[tvm.runtime.Module], str]:
     def export(mod: tvm.runtime.Module) -> str:
         import tempfile
 
-        from tvm.contrib import cc
+        from tvm.support import cc
 
         path = str(Path(tempfile.mkdtemp()) / "tvm_tmp_mod.so")
         mod.export_library(path, fcompile=cc.cross_compiler(cross_compiler))
