@@ -63,9 +63,12 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _quantize(args: argparse.Namespace):
-    """The QuantizedModel the model arguments describe."""
+    """The QuantizedModel the model arguments describe (the target is checked first: calibrating takes time)."""
     from . import from_onnx, from_pretrained
     from .model_demo import default_model_dir, sentences
+    from .targets import resolve_target
+
+    resolve_target(args.target)
 
     if args.calibration:
         texts = [t.strip() for t in Path(args.calibration).read_text(encoding="utf-8").splitlines() if t.strip()]
