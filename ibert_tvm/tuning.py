@@ -316,9 +316,11 @@ def _f_export(cross_compiler: str) -> Callable[[tvm.runtime.Module], str]:
 
 
 def _builder(spec: TargetSpec) -> ms.builder.LocalBuilder:
-    """Candidates are built here, in a process pool; cross-compiled targets are linked here too."""
+    """Candidates are built here, in a process pool; cross-compiled targets are linked here too, and CUDA
+    candidates are compiled to cubins with nvcc as `compile` does (no GPU needed to build)."""
     export = _f_export(spec.cross_compiler) if spec.cross_compiler else None
-    return ms.builder.LocalBuilder(f_build=_f_build(), f_export=export, timeout_sec=_BUILD_TIMEOUT_S)
+    f_build = schedules_for(spec.target).build_candidate if spec.family == "cuda" else _f_build()
+    return ms.builder.LocalBuilder(f_build=f_build, f_export=export, timeout_sec=_BUILD_TIMEOUT_S)
 
 
 def _runner(rpc: tuple[str, int, str] | None) -> ms.runner.Runner:

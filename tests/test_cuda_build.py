@@ -1,7 +1,9 @@
-"""Every `ibert.*` operator builds for CUDA sm_75 (NVIDIA T4) with the default dlight schedule, into a real cubin.
+"""Every `ibert.*` operator builds for CUDA sm_75 (NVIDIA T4) with the default schedule, into a real cubin.
 
-Needs nvcc only (no GPU, no CUDA driver library); skipped when nvcc is not on PATH. The cubin is checked by
-reading its ELF header and symbol table here, independently of TVM and of nvcc's own tools.
+The integer pipeline builds each op inside `cuda_build_environment`, and the cubin is cut out of the
+exported library (`cuda_toolchain.build_cubin`). Needs nvcc only (no GPU, no CUDA driver library); skipped
+when nvcc is not on PATH. The cubin is checked by reading its ELF header and symbol table here,
+independently of TVM and of nvcc's own tools.
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ import pytest
 import tvm
 from tvm import relax, tirx
 
-from ibert_tvm import ops, quant
+from ibert_tvm import cuda_toolchain, ops, quant
 from ibert_tvm.build_util import single_op_module
 from ibert_tvm.schedules import cuda
 
 try:
-    NVCC = cuda.find_nvcc()
-except cuda.NvccNotFoundError as err:
+    NVCC = cuda_toolchain.find_nvcc()
+except cuda_toolchain.CudaToolchainError as err:
     pytest.skip(f"nvcc not found: {err}", allow_module_level=True)
 
 EM_CUDA = 190
@@ -149,17 +151,18 @@ def test_every_operator_has_a_case() -> None:
 @pytest.mark.parametrize("name", list(CASES))
 def test_op_builds_sm75_cubin(name: str) -> None:
     case = CASES[name]
-    cubin = cuda.build_cubin(single_op_module(case.build, case.inputs), cuda.T4)
+    cubin = cuda_toolchain.build_cubin(single_op_module(case.build, case.inputs), cuda.T4)
     assert cuda_sm(cubin) == 75
     kernels = function_symbols(cubin)
     assert case.kernel in kernels, f"{case.kernel} not among the cubin's functions {sorted(kernels)}"
 
 
 def test_bert_base_linear_builds() -> None:
-    """A BERT-base FFN GEMM (M=128, N=3072, K=768): dlight's int8 tensor-core branch crashes TVM here."""
+    """A BERT-base FFN GEMM (M=128, N=3072, K=768) on tensor cores: dlight's own int8 tensor-core branch
+    crashes TVM here, the project's schedule (`schedules/cuda_gemm.py`) takes it."""
     x = RNG.integers(-128, 128, (1, 128, 768), dtype=np.int8)
     w = RNG.integers(-128, 128, (3072, 768), dtype=np.int8)
-    cubin = cuda.build_cubin(single_op_module(lambda v: ops.linear(v, w), {"x": x}))
+    cubin = cuda_toolchain.build_cubin(single_op_module(lambda v: ops.linear(v, w), {"x": x}), cuda.T4)
     assert cuda_sm(cubin) == 75
     assert "ibert_linear_kernel" in function_symbols(cubin)
 
