@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import tvm
 
+from . import cross
 from .artifact import ArtifactError, check_runnable_here, read_metadata, runtime_versions, write_metadata
 from .model import QuantizedModel, function_name
 from .relay_passes.pipeline import build
@@ -43,7 +44,7 @@ class CompiledModel:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with _build_environment(self.spec):
-            self.executable.export_library(str(path), **_export_options(self.spec))
+            cross.export(self.executable, path, self.spec)
         write_metadata(path, self.meta)
         return path
 
@@ -129,20 +130,6 @@ def _build_environment(spec: TargetSpec) -> contextlib.AbstractContextManager:
     from .cuda_toolchain import cuda_build_environment
 
     return cuda_build_environment(spec.target)
-
-
-def _export_options(spec: TargetSpec) -> dict[str, Any]:
-    """`export_library` options: the cross compiler for aarch64 targets."""
-    if spec.cross_compiler is None:
-        return {}
-    import shutil
-
-    from tvm.support import cc
-
-    if shutil.which(spec.cross_compiler) is None:
-        raise ArtifactError(f"exporting for {spec.name} needs the cross compiler {spec.cross_compiler} (Debian: "
-                            "g++-aarch64-linux-gnu; `make test` installs it)")
-    return {"fcompile": cc.cross_compiler(spec.cross_compiler)}
 
 
 def _metadata(model: QuantizedModel, spec: TargetSpec, batch_sizes: list[int], seq_lengths: list[int],

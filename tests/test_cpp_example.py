@@ -1,0 +1,92 @@
+"""examples/cpp: the C++ driver, built with g++ against the installed TVM runtime, loads a tiny encoder exported
+by `ibert_tvm.compile(...).export(...)` for the host and prints exactly the integers `ibert_tvm.load` computes,
+with no Python in the process.
+
+The tiny model and its builds are cached per process (`tiny_case`, `compiled`): tests/test_aarch64.py reuses
+the host build as its reference.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+import ibert_tvm
+from ibert_tvm.compiler import CompiledModel
+from test_model import batches, tiny
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cpp"
+BATCH, SEQ = 2, 16
+
+
+@functools.cache
+def tiny_case() -> tuple[ibert_tvm.QuantizedModel, np.ndarray, np.ndarray]:
+    """(model, int64 ids [B, L], int32 mask [B, L]) of a calibrated 2-layer RoBERTa; row 1 is padded."""
+    qm = ibert_tvm.from_pretrained(tiny("roberta"), calibration=batches(1, 2, 2, SEQ, seed=1))
+    b = batches(1, 1, BATCH, SEQ, seed=5)[0]
+    return qm, b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)
+
+
+@functools.cache
+def compiled(target_name: str) -> CompiledModel:
+    """The tiny model compiled for a registry target ('llvm', 'aarch64', ...), one (B, L) bucket, untuned."""
+    return ibert_tvm.compile(tiny_case()[0], target_name, tuning_logs=False, batch_sizes=(BATCH,), seq_lengths=(SEQ,))
+
+
+@functools.cache
+def python_vm_output() -> np.ndarray:
+    """The host build exported and loaded back by `ibert_tvm.load`: the reference every driver run must equal."""
+    _, ids, mask = tiny_case()
+    with tempfile.TemporaryDirectory() as tmp:
+        return ibert_tvm.load(compiled("llvm").export(Path(tmp) / "tiny.so"))(ids, mask, integer=True)
+
+
+def write_inputs(path: Path, ids: np.ndarray, mask: np.ndarray) -> Path:
+    """The driver's input file: 'B L', the ids, the mask."""
+    rows = [f"{ids.shape[0]} {ids.shape[1]}", " ".join(map(str, ids.ravel())), " ".join(map(str, mask.ravel()))]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def parse_output(stdout: str) -> tuple[np.ndarray, float | None]:
+    """(output tensor, median ms or None) from the driver's 'shape: / dtype: / values: / time_ms:' lines."""
+    fields = dict(line.split(": ", 1) for line in stdout.strip().splitlines() if ": " in line)
+    shape = tuple(int(d) for d in fields["shape"].split())
+    values = np.array(fields["values"].split(), dtype=np.int64).astype(fields["dtype"]).reshape(shape)
+    return values, float(fields["time_ms"]) if "time_ms" in fields else None
+
+
+def build_driver(kind: str, build_dir: Path) -> Path:
+    """`make -C examples/cpp <kind>` ('host' or 'aarch64') into build_dir; raises with make's output on failure."""
+    done = subprocess.run(["make", "-C", str(EXAMPLE), kind, f"BUILD={build_dir}", f"PYTHON={sys.executable}"],
+                          capture_output=True, text=True, check=False)
+    assert done.returncode == 0, f"building the {kind} driver failed:\n{done.stdout}\n{done.stderr}"
+    return build_dir / kind / "ibert_run"
+
+
+def test_host_driver_matches_python_vm(tmp_path, report):
+    _, ids, mask = tiny_case()
+    library = compiled("llvm").export(tmp_path / "tiny_llvm.so")
+    driver = build_driver("host", tmp_path / "build")
+    done = subprocess.run([driver, library, write_inputs(tmp_path / "in.txt", ids, mask), "20"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    out, ms = parse_output(done.stdout)
+    ref = python_vm_output()
+    assert out.dtype == ref.dtype == np.int8 and out.shape == ref.shape == (BATCH, SEQ, 64)
+    np.testing.assert_array_equal(out, ref)
+    report(f"examples/cpp host driver, tiny 2-layer RoBERTa ({BATCH}x{SEQ}), llvm build: identical to Python's VM "
+           f"on all {out.size} int8 outputs; median {ms:.3f} ms per call")
+
+
+def test_driver_names_a_bad_input_file(tmp_path):
+    driver = build_driver("host", tmp_path / "build")
+    (tmp_path / "short.txt").write_text("2 16\n1 2 3\n")
+    done = subprocess.run([driver, tmp_path / "missing.so", tmp_path / "short.txt"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1 and "expected 64 integers after 'B L'" in done.stderr, done.stderr
