@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import tvm
+import tvm_ffi
 from tqdm.auto import tqdm
 from tvm import relax
 from tvm.ir.utils import derived_object
@@ -83,7 +84,7 @@ class TuningResult:
     errors: dict[str, int] = field(default_factory=dict)  # one-line message -> candidates (this call)
     untunable: dict[str, str] = field(default_factory=dict)  # task -> why MetaSchedule cannot tune it
     latency_before_ms: float | None = None  # sum over tasks of weight x default-schedule latency
-    latency_after_ms: float | None = None  # the same with each task's best record where it has one
+    latency_after_ms: float | None = None  # the same with what compile applies: a task's best record, if faster
     slower_than_default: tuple[str, ...] = ()  # tasks whose best record loses to their default schedule
     seconds: float = 0.0
 
@@ -108,7 +109,7 @@ class TuningResult:
             lines.append(f"estimated latency (sum of task latencies): {self.latency_before_ms:.3f} ms untuned, "
                          f"{self.latency_after_ms:.3f} ms tuned")
         if self.slower_than_default:
-            lines.append(f"best record slower than the default schedule (applied all the same): "
+            lines.append(f"best record slower than the default schedule (compile keeps the default): "
                          f"{', '.join(self.slower_than_default)}")
         return "\n".join(lines)
 
@@ -161,7 +162,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise TuningLogError(f"{path} is corrupt: {err}") from err
     if not (isinstance(meta, dict) and isinstance(meta.get("target"), dict) and "target" in meta["target"]
-            and "tvm" in meta):
+            and "tvm" in meta and isinstance(meta.get("default_wins", {}), dict)):
         raise TuningLogError(f"{path} is corrupt: it lacks the target or the TVM version")
     return meta
 
@@ -227,34 +228,61 @@ def _register_intrinsics(folder: Path, spec: TargetSpec, names: set[str]) -> Non
                              f"neither schedules/{spec.family}.py nor TVM registers")
 
 
-def open_database(path: str | Path, target: str | TargetSpec) -> ms.database.JSONDatabase:
+def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bool = False) -> ms.database.Database:
     """The database in folder `path` for `target`; a TuningLogError (one line) if it was made for another
-    target or TVM version, misses a file, or has a corrupt line."""
+    target or TVM version, misses a file, or has a corrupt line.
+
+    Records of the kernels whose best candidate measured slower than their default schedule (listed by
+    `tune` in the metadata) are left out, so that applying the database never makes a kernel slower;
+    `keep_slower=True` (tuning itself) returns the database as it is on disk."""
     spec, folder = resolve_target(target), Path(path)
     if not folder.is_dir():
         raise TuningLogError(f"no tuning database at {folder} (folder not found)")
-    _check_meta(folder, _read_meta(folder), spec)
+    meta = _read_meta(folder)
+    _check_meta(folder, meta, spec)
     _register_intrinsics(folder, spec, _check_lines(folder))
     try:
-        return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False)
+        database = ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False)
     except (RuntimeError, ValueError) as err:  # what TVM raises for a record it cannot parse
         raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
+    slower = set(meta.get("default_wins", {}))
+    return database if keep_slower or not slower else _without_workloads(database, slower)
 
 
-def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str) -> None:
-    """Write (or update after a resumed call) the metadata file beside the two JSON files."""
+def _workload_key(mod: tvm.IRModule) -> str:
+    """A kernel's key in the metadata: the structural hash MetaSchedule itself files its workload under."""
+    return str(tvm_ffi.structural_hash(mod))
+
+
+def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.database.MemoryDatabase:
+    """An in-memory copy of `database` without the records of the workloads whose key is in `keys`."""
+    kept = ms.database.MemoryDatabase()
+    for record in database.get_all_tuning_records():
+        if _workload_key(record.workload.mod) not in keys:
+            workload = kept.commit_workload(record.workload.mod)
+            kept.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, record.run_secs,
+                                                               record.target, record.args_info))
+    return kept
+
+
+def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str,
+                default_wins: dict[str, str] | None = None) -> None:
+    """Write (or update after a resumed call) the metadata file beside the two JSON files. `default_wins`
+    (workload key -> task name: kernels whose best record loses to the default schedule) replaces the old
+    list when given."""
     old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
     meta = {"target": _target_record(spec), "tvm": tvm.__version__,
             "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
-            "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+            "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "default_wins": old.get("default_wins", {}) if default_wins is None else default_wins}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
 def _database_for_tuning(folder: Path, spec: TargetSpec) -> ms.database.JSONDatabase:
     """The work_dir's database: the existing one, checked as `open_database` does, or a new empty one."""
     if (folder / WORKLOAD_FILE).exists() or (folder / RECORD_FILE).exists() or (folder / META_FILE).exists():
-        return open_database(folder, spec)
+        return open_database(folder, spec, keep_slower=True)
     folder.mkdir(parents=True, exist_ok=True)
     return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=True)
 
@@ -632,14 +660,16 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
             untunable = _search(run, todo, done, remaining, max_trials_per_task,
                                 min(num_trials_per_iter, remaining), callback)
     total = sum(len(r) for r in _records_per_task(database, tasks).values())
-    _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc))
+    slower = [t for t in tasks if tally.best.get(t.task_name, 0.0) > default.get(t.task_name, math.inf)]
+    _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc),
+                {_workload_key(t.dispatched[0]): t.task_name for t in slower} if estimate else None)
+    best = {n: secs for n, secs in tally.best.items() if n not in {t.task_name for t in slower}}
     before = _estimate_ms(weights, default, {})
     return TuningResult(
         target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
-        latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, tally.best),
-        slower_than_default=tuple(n for n, secs in tally.best.items() if secs > default.get(n, math.inf)),
-        seconds=time.monotonic() - started)
+        latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, best),
+        slower_than_default=tuple(t.task_name for t in slower), seconds=time.monotonic() - started)
 
 
 def _search(run: _Run, tasks: list[ms.ExtractedTask], done: dict[str, int], budget: int, cap: int | None,

@@ -1,0 +1,214 @@
+"""`ibert_tvm.tuning` on a tiny 1-layer RoBERTa (hidden 32, batch 1 x 8 tokens) with budgets of a few trials:
+tuning for the host, the records applying in `pipeline.build` with bit-identical outputs, resuming, measuring
+through a real TVM RPC tracker and server on loopback, and `open_database` refusing unusable folders."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from transformers import RobertaConfig, RobertaModel
+from tvm import relax, tirx
+
+from ibert_tvm import tuning
+from ibert_tvm.model import from_pretrained
+from ibert_tvm.relay_passes import pipeline
+from ibert_tvm.targets import resolve_target
+from ibert_tvm.tuning import META_FILE, RECORD_FILE, WORKLOAD_FILE, TuningLogError, open_database, tune
+from test_model import batches
+
+BATCH, SEQ, TRIALS, PER_ITER = 1, 8, 8, 4
+CONFIG = dict(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+              max_position_embeddings=40, initializer_range=0.1, hidden_dropout_prob=0.0,
+              attention_probs_dropout_prob=0.0, type_vocab_size=1, pad_token_id=1)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A calibrated 1-layer RoBERTa, hidden 32."""
+    torch.manual_seed(0)
+    return from_pretrained(RobertaModel(RobertaConfig(**CONFIG), add_pooling_layer=False).eval(),
+                           calibration=batches(1, 2, 2, SEQ, seed=1))
+
+
+@pytest.fixture(scope="module")
+def spec():
+    return resolve_target("llvm")
+
+
+@pytest.fixture(scope="module")
+def tuned(model, spec, tmp_path_factory):
+    """(work dir, result) of TRIALS trials for the host, default latencies measured."""
+    work = tmp_path_factory.mktemp("tuning") / "llvm"
+    return work, tune(model, spec, TRIALS, work, batch=BATCH, seq=SEQ, num_trials_per_iter=PER_ITER, progress=False)
+
+
+def _run(executable: tvm.runtime.Executable, inputs: list[np.ndarray]) -> np.ndarray:
+    return relax.VirtualMachine(executable, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
+
+
+def test_tune_writes_a_database_with_its_metadata(tuned, spec, report):
+    work, result = tuned
+    assert result.trials_run == TRIALS and result.trials_total == TRIALS
+    assert result.failed == result.build_errors + result.run_errors and 0 <= result.failed_share <= 1
+    assert (work / WORKLOAD_FILE).is_file() and (work / RECORD_FILE).is_file()
+    meta = json.loads((work / META_FILE).read_text())
+    assert meta["target"] == {"name": "llvm", "target": str(spec.target), "features": list(spec.features)}
+    assert meta["tvm"] == tvm.__version__ and meta["shapes"] == [[BATCH, SEQ]] and meta["trials"] == TRIALS
+    assert meta["apache_tvm_ffi"] and meta["hardware"] and meta["date"]
+    assert result.latency_before_ms > 0 and result.latency_after_ms > 0
+    report(f"tuning (llvm, tiny RoBERTa 1x{SEQ}): {result.trials_run} trials in {result.seconds:.0f} s, "
+           f"{result.failed} failed ({result.failed_share:.0%}); estimated {result.latency_before_ms:.3f} ms "
+           f"untuned -> {result.latency_after_ms:.3f} ms; not tunable: {len(result.untunable)} of {len(result.tasks)}")
+
+
+def test_records_apply_and_outputs_are_bit_identical(model, spec, tuned):
+    """ApplyDatabase schedules the tasks that have valid records (all of them, the slower ones kept: a few
+    trials rarely beat the default schedules); the tuned build's int8 outputs equal the untuned build's."""
+    work, _ = tuned
+    mod = model.program(BATCH, SEQ)
+    database = open_database(work, spec, keep_slower=True)
+    valid = {r.workload.mod.script() for r in database.get_all_tuning_records()
+             if r.run_secs and float(r.run_secs[0]) < 1e9}
+    assert valid, "no candidate of the tuned tasks ran"
+    with spec.target, database:
+        applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(pipeline.tunable_module(mod, spec.target))
+    scheduled = [g.name_hint for g, f in applied.functions_items()
+                 if isinstance(f, tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled", False)]
+    assert len(scheduled) == len(valid)  # each task with a valid record, and only those
+    b = batches(1, 1, 2, SEQ, seed=5)[0]  # row 1 has padding
+    inputs = [b.input_ids[1:].numpy(), b.attention_mask[1:].numpy().astype(np.int32)]
+    untuned = _run(pipeline.build(mod, spec.target), inputs)
+    tuned_out = _run(pipeline.build(mod, spec.target, database=database), inputs)
+    assert tuned_out.dtype == np.int8
+    np.testing.assert_array_equal(tuned_out, untuned)
+
+
+def test_a_second_call_continues(model, spec, tuned, tmp_path):
+    """The records already there count: the same budget runs nothing, a larger one runs only the difference,
+    and a per-task cap counts each task's earlier records too."""
+    work = tmp_path / "llvm"
+    shutil.copytree(tuned[0], work)
+    again = tune(model, spec, TRIALS, work, batch=BATCH, seq=SEQ, progress=False, estimate=False)
+    assert again.trials_run == 0 and again.trials_total == TRIALS
+    cap = PER_ITER + 2  # the tasks tuned first have PER_ITER records each: 2 more each at most
+    more = tune(model, spec, TRIALS + PER_ITER, work, batch=BATCH, seq=SEQ, num_trials_per_iter=PER_ITER,
+                max_trials_per_task=cap, progress=False, estimate=False)
+    assert more.trials_run == PER_ITER and more.trials_total == TRIALS + PER_ITER
+    records = open_database(work, spec, keep_slower=True).get_all_tuning_records()
+    assert len(records) == TRIALS + PER_ITER
+    assert max(Counter(r.workload.mod.script() for r in records).values()) <= cap
+    assert json.loads((work / META_FILE).read_text())["trials"] == TRIALS + PER_ITER
+
+
+def test_rpc_tracker_measures_on_a_registered_server(model, spec, tmp_path):
+    """A TVM RPC tracker and a server registered under a key, on loopback: the runner measures through them."""
+    from tvm.rpc.server import Server
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=9190, port_end=12345, silent=True)  # first free ports from 9190
+    server = Server(host="127.0.0.1", port=9190, port_end=12345, tracker_addr=("127.0.0.1", tracker.port),
+                    key="ibert-test-board", silent=True)
+    try:
+        work = tmp_path / "rpc"
+        result = tune(model, spec, PER_ITER, work, batch=BATCH, seq=SEQ, rpc=("127.0.0.1", tracker.port,
+                      "ibert-test-board"), num_trials_per_iter=PER_ITER, progress=False, estimate=False)
+    finally:
+        server.terminate()
+        tracker.terminate()
+    assert result.trials_run == PER_ITER and result.run_errors == 0, result
+    secs = [float(r.run_secs[0]) for r in open_database(work, spec).get_all_tuning_records()]
+    measured = [s for s in secs if s < 1e9]
+    assert len(secs) == PER_ITER and measured and all(s > 0 for s in measured)
+    assert "ibert-test-board" in json.loads((work / META_FILE).read_text())["hardware"]
+
+
+def test_rpc_without_a_server_for_the_key_is_refused(model, spec, tmp_path):
+    from tvm.rpc.tracker import Tracker
+
+    tracker = Tracker(host="127.0.0.1", port=9190, port_end=12345, silent=True)
+    try:
+        with pytest.raises(ValueError, match="no-such-board"):
+            tune(model, spec, 4, tmp_path / "rpc", batch=BATCH, seq=SEQ, rpc=("127.0.0.1", tracker.port,
+                 "no-such-board"), progress=False, estimate=False)
+    finally:
+        tracker.terminate()
+
+
+@pytest.fixture
+def copy(tuned, tmp_path):
+    """A copy of the tuned database folder, to damage."""
+    return shutil.copytree(tuned[0], tmp_path / "db")
+
+
+def test_records_slower_than_the_default_schedule_are_not_applied(tuned, copy, spec):
+    """`tune` lists the kernels whose best record lost to their default schedule; `open_database` leaves
+    exactly their records out (so applying a database never slows a kernel down), unless asked to keep them."""
+    _, result = tuned
+    meta = json.loads((copy / META_FILE).read_text())
+    assert sorted(meta["default_wins"].values()) == sorted(result.slower_than_default)
+    everything = open_database(copy, spec, keep_slower=True).get_all_tuning_records()
+    assert set(meta["default_wins"]) <= {tuning._workload_key(r.workload.mod) for r in everything}
+    key = tuning._workload_key(everything[0].workload.mod)
+    (copy / META_FILE).write_text(json.dumps({**meta, "default_wins": {key: "first task"}}))
+    kept = open_database(copy, spec).get_all_tuning_records()
+    assert len(kept) == sum(tuning._workload_key(r.workload.mod) != key for r in everything) < len(everything)
+    assert all(tuning._workload_key(r.workload.mod) != key for r in kept)
+    assert len(open_database(copy, spec, keep_slower=True).get_all_tuning_records()) == len(everything)
+
+
+def test_open_database_refuses_another_target(copy, model, spec):
+    with pytest.raises(TuningLogError, match="made for target 'llvm'.*not for 'aarch64'"):
+        open_database(copy, "aarch64")
+    with pytest.raises(TuningLogError, match="not for 'aarch64'"):  # tuning into it is refused the same way
+        tune(model, "aarch64", 4, copy, batch=BATCH, seq=SEQ, progress=False)
+
+
+def test_open_database_refuses_another_tvm_version(copy, spec):
+    meta = json.loads((copy / META_FILE).read_text())
+    (copy / META_FILE).write_text(json.dumps({**meta, "tvm": "0.26.0"}))
+    with pytest.raises(TuningLogError, match="made with TVM 0.26.0"):
+        open_database(copy, spec)
+
+
+def _tensorize_with_unknown_intrinsic(folder) -> None:
+    """Append a Tensorize instruction naming an intrinsic nobody registers to the first record's trace."""
+    lines = (folder / RECORD_FILE).read_text().splitlines()
+    record = json.loads(lines[0])
+    record[1][0][0].append(["Tensorize", ["b0"], ["no_such_intrinsic", 1], []])
+    (folder / RECORD_FILE).write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text()[:-200]),
+     f"corrupt: {RECORD_FILE} line {TRIALS} "),
+    (lambda d: (d / WORKLOAD_FILE).write_text("garbage\n" + (d / WORKLOAD_FILE).read_text()),
+     f"corrupt: {WORKLOAD_FILE} line 1 "),
+    (lambda d: (d / RECORD_FILE).write_text('[99, [[], [1e-05], {}, []]]\n'), f"corrupt: {RECORD_FILE} line 1 "),
+    (lambda d: (d / META_FILE).write_text("{"), f"{META_FILE} is corrupt"),
+    (lambda d: (d / RECORD_FILE).unlink(), f"missing {RECORD_FILE}"),
+    (lambda d: (d / META_FILE).unlink(), f"has no {META_FILE}"),
+    (lambda d: shutil.rmtree(d), "folder not found"),
+    (_tensorize_with_unknown_intrinsic, "tensorizes with no_such_intrinsic, which neither"),
+], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
+        "missing-metadata", "missing-folder", "unknown-intrinsic"])
+def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
+    damage(copy)
+    with pytest.raises(TuningLogError, match=message) as err:
+        open_database(copy, spec)
+    assert "\n" not in str(err.value)
+
+
+def test_shipped_database_is_found_by_target(tuned, spec, tmp_path, monkeypatch):
+    monkeypatch.setattr(tuning, "_REPO_LOGS", tmp_path)
+    monkeypatch.setattr(tuning, "_PACKAGE_LOGS", tmp_path / "none")
+    assert tuning.log_name(spec) == f"llvm-{spec.target.attrs['mcpu']}"
+    assert tuning.shipped_database(spec) is None
+    shutil.copytree(tuned[0], tmp_path / tuning.log_name(spec))
+    assert tuning.shipped_database("llvm") == tmp_path / tuning.log_name(spec)
+    assert tuning.shipped_database("aarch64") is None
