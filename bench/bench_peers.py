@@ -27,7 +27,7 @@ import torch
 
 import ibert_tvm
 from ibert_tvm.latency import time_calls
-from ibert_tvm.model_demo import default_model_dir
+from ibert_tvm.classifier import default_model_dir
 
 SHAPES = ((1, 128), (8, 128), (1, 32), (1, 256))
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512bw", "avx2", "amx_int8")

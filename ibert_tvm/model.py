@@ -150,21 +150,9 @@ class QuantizedModel:
         """Emit the integer program for one static (batch, seq) shape as Relax function `name` into `bb`."""
         ids = relax.Var("input_ids", relax.TensorType((batch, seq), "int64"))
         mask = relax.Var("attention_mask", relax.TensorType((batch, seq), "int32"))
-        pad = self.ibert.config.pad_token_id
         with bb.function(name, [ids, mask]):
             with bb.dataflow():
-                if self.model_type == "bert":
-                    pos = bb.emit(relax.const(np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()))
-                else:
-                    pos = layers.roberta_position_ids(bb, ids, pad)
-                types = bb.emit(relax.const(np.zeros((batch, seq), np.int32)))
-                h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
-                mask4 = bb.emit(relax.op.reshape(mask, (batch, 1, 1, seq)))
-                emb_scale = h.scale
-                for layer in self.ibert.encoder.layer:
-                    if self.semantics == "hf":
-                        h = layers.QTensor(h.value, h.scale, emb_scale)
-                    h = layers.encoder_layer(bb, h, layer, mask4)
+                h = self.encoder_states(bb, ids, mask)
                 if self.head is None:
                     result = h.value
                 elif self.head_mode == "integer":
@@ -173,6 +161,23 @@ class QuantizedModel:
                     result = float_head(bb, h, self.head)
                 out = bb.emit_output(result)
             bb.emit_func_output(out)
+
+    def encoder_states(self, bb: relax.BlockBuilder, ids: relax.Var, mask: relax.Var) -> layers.QTensor:
+        """Emit the encoder into `bb`'s dataflow block: int64 ids and int32 mask [B, L] -> int8 states [B, L, H]."""
+        batch, seq = (int(d) for d in ids.ty.shape.values)
+        if self.model_type == "bert":
+            pos = bb.emit(relax.const(np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()))
+        else:
+            pos = layers.roberta_position_ids(bb, ids, self.ibert.config.pad_token_id)
+        types = bb.emit(relax.const(np.zeros((batch, seq), np.int32)))
+        h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
+        mask4 = bb.emit(relax.op.reshape(mask, (batch, 1, 1, seq)))
+        emb_scale = h.scale
+        for layer in self.ibert.encoder.layer:
+            if self.semantics == "hf":
+                h = layers.QTensor(h.value, h.scale, emb_scale)
+            h = layers.encoder_layer(bb, h, layer, mask4)
+        return h
 
 
 def function_name(batch: int, seq: int) -> str:

@@ -13,7 +13,7 @@ import pytest
 from tiny_models import LABELS, calibration_texts, held_out_texts, save_tiny_classifier
 
 SCRIPT = Path(sys.executable).parent / "ibert-tvm"
-COMMANDS = ("demo", "compile", "tune", "run", "bench", "inspect")
+COMMANDS = ("demo", "compile", "tune", "run", "bench", "eval", "inspect")
 
 
 def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -96,3 +96,18 @@ def test_user_errors_are_one_line(artifact, model_dir, tmp_path):
     assert_one_line_error(cli("compile", "--model", str(model_dir), "--target", "tpu", "-o",
                               str(tmp_path / "x.so"), timeout=300), "unknown target 'tpu'")
     assert_one_line_error(cli("compile", "--model", str(tmp_path / "absent"), timeout=300), "not a local model")
+
+
+def test_eval_scores_a_labelled_csv(tmp_path):
+    """`eval` on four bundled test tweets: the real MiniLM classifier in FP32 and integer-only, one table."""
+    from ibert_tvm.sentiment_data import bundled_test_slice, write_labelled_csv
+
+    csv = tmp_path / "four.csv"
+    write_labelled_csv(bundled_test_slice().take(slice(0, 4)), csv)
+    proc = cli("eval", "--csv", str(csv), "--no-q8bert", "--batch-size", "4", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert f"4 labelled texts from {csv}" in proc.stdout
+    assert "| integer-only (I-BERT, TVM) |" in proc.stdout and "Q8BERT" not in proc.stdout
+    assert "prediction agreement" in proc.stdout
+    (tmp_path / "bad.csv").write_text("text,label\nfine,happy\n", encoding="utf-8")
+    assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv"), timeout=300), "'happy' is not one of")

