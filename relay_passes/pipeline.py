@@ -20,6 +20,8 @@ from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.target import Target
 
 from .fuse_requantize import FuseRequantize
+from .pack_probabilities_i16 import PackProbabilitiesI16
+from .shift_activations_u8 import ShiftActivationsU8
 from .verify_integer_only import VerifyIntegerOnly
 
 __all__ = ["PHASES", "build", "integer_pipeline", "tunable_module"]
@@ -61,7 +63,8 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
     backend = cuda_pipeline if gpu else cpu_pipeline
     return [
         [*backend.library_dispatch_passes(target), relax.transform.LegalizeOps(), relax.transform.FoldConstant()],
-        [FuseRequantize(split_requantize_chains=gpu)],
+        [*([] if gpu else [ShiftActivationsU8(target), PackProbabilitiesI16(target)]),
+         FuseRequantize(split_requantize_chains=gpu)],
         [VerifyIntegerOnly()],
         [*_schedule(target, database, options or {}), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
     ]

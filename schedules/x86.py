@@ -1,16 +1,466 @@
-"""x86 CPU schedules (placeholder until the VNNI / AVX2 schedules land): LLVM's own vectorization."""
+"""x86 CPU schedules: int8 GEMMs tensorized with VNNI, everything else parallel and vectorized.
+
+Features come from the target itself (its `mcpu` / `mattr`, through LLVM), never from the machine compiling:
+`Target("llvm")` has none and gets the plain schedules; `ibert_tvm.targets.resolve_target("llvm")` is this
+machine's CPU (e.g. znver4: avx512vnni, avx512bw, avx2).
+
+GEMMs. On VNNI targets the pipeline's fuse phase has rewritten every GEMM into a packed form
+(relay_passes/shift_activations_u8.py, pack_probabilities_i16.py, te_packing.py): linear layers and Q K^T
+as u8 activations x s8 operands packed `[N/lanes, K/4, lanes, 4]` for `vpdpbusd`, P V (int16
+probabilities) as s16 x s16 pairs packed `[N/lanes, K/2, lanes, 2]` for `vpdpwssd`. Their accumulation is
+tiled into MR rows x NR column blocks of `lanes` (MR * NR accumulators that stay in vector registers: up to
+8 x 8 within 32 zmm / 16 ymm), the whole k loop runs inside the register tile, and the `lanes x group`
+step is one VNNI instruction (the project's tensor intrinsics below: zmm for avx512vnni, ymm for
+avxvnni; TVM's own `dot_16x4_vnni` passes <16 x i32> operands that LLVM 22's vpdpbusd no longer takes, so
+the module fails verification). Parallel tasks: (column tile, row tile) for linear layers, column tiles
+outermost so a weight panel stays in cache; (batch, column tile) for activation x activation products,
+whose run-time packing then happens once per task. The epilogue (bias, requantize, GELU, residual, the
+context's transpose) runs on each task's tile right after it is accumulated. Without VNNI the same tiling
+accumulates int32 vectors over the columns and LLVM vectorizes the multiply-adds.
+
+Row reductions (int_softmax, int_layernorm): rows parallel, every stage computed per row, elementwise
+stages vectorized at the width of their widest type. Everything else (requantize chains, embedding,
+layout): copies inlined into their consumers, innermost axis vectorized, the rest fused and parallel.
+
+Schedules only reorder, tile, vectorize and tensorize the legalized integer computation, so the results are
+identical to the unscheduled build's (tests/test_x86_schedules.py). `tuning_space` gives MetaSchedule the
+same VNNI intrinsics (`MultiLevelTilingWithIntrin`) for tuning on top of these defaults.
+"""
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Callable
+
 import tvm
-from tvm.target import Target
+from tvm import s_tir, tirx
+from tvm.s_tir import TensorIntrin
+from tvm.s_tir import meta_schedule as ms
+from tvm.script import tirx as T
+from tvm.target import Target, codegen
+
+from . import family_of
+
+__all__ = ["VNNI_INTRINSICS", "apply_default_schedule", "int8_features", "schedule_prim_func", "tuning_space", "vector_bytes",
+           "vnni_lanes"]
+
+#: x86 features that decide the int8 GEMM instruction, widest first (as in ibert_tvm.targets).
+INT8_FEATURES = ("avx512vnni", "avxvnni", "avx512bw", "avx2")
+#: (int32 lanes, products per lane) -> (tensor intrinsic, LLVM intrinsic, A dtype, B dtype): VNNI's u8 x s8
+#: `vpdpbusd` and s16 x s16 `vpdpwssd`, in zmm (AVX512-VNNI) and ymm (AVX-VNNI) widths.
+VNNI_INTRINSICS = {
+    (16, 4): ("ibert_dot_16x4_u8s8_avx512vnni", "llvm.x86.avx512.vpdpbusd.512", "uint8", "int8"),
+    (8, 4): ("ibert_dot_8x4_u8s8_avxvnni", "llvm.x86.avx512.vpdpbusd.256", "uint8", "int8"),
+    (16, 2): ("ibert_dot_16x2_s16s16_avx512vnni", "llvm.x86.avx512.vpdpwssd.512", "int16", "int16"),
+    (8, 2): ("ibert_dot_8x2_s16s16_avxvnni", "llvm.x86.avx512.vpdpwssd.256", "int16", "int16"),
+}
+MAX_ROWS = 8  # register tile: at most this many rows ...
+MAX_COLUMN_BLOCKS = 8  # ... and this many vector-wide column blocks
+VECTOR_REGISTERS = {64: 32, 32: 16, 16: 16}  # vector bytes -> architectural vector registers (zmm / ymm / xmm)
 
 
-def apply_default_schedule(mod: tvm.IRModule, target: Target, **options) -> tvm.IRModule:
-    """No schedule: the PrimFuncs compile as legalized, as `tvm.compile` does for llvm."""
-    return mod
+def int8_features(target: Target) -> tuple[str, ...]:
+    """The int8-relevant x86 features of `target` itself (its mcpu / mattr), widest first; () for plain llvm."""
+    if target.kind.name != "llvm" or family_of(target) != "x86":
+        return ()
+    return tuple(f for f in INT8_FEATURES if codegen.llvm_cpu_has_features(f, target))
+
+
+def vnni_lanes(target: Target) -> int:
+    """int32 lanes of the target's VNNI instructions: 16 (AVX512-VNNI), 8 (AVX-VNNI), 0 (none)."""
+    features = int8_features(target)
+    return 16 if "avx512vnni" in features else 8 if "avxvnni" in features else 0
+
+
+def vector_bytes(target: Target) -> int:
+    """Bytes of the target's widest integer vector register: 64 (AVX-512 BW), 32 (AVX2), 16 (SSE2)."""
+    features = int8_features(target)
+    return 64 if "avx512bw" in features else 32 if "avx2" in features or "avxvnni" in features else 16
+
+
+def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b_dtype: str
+                    ) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """(description, implementation) of C[lanes] += sum_{k<group} A[k] * B[lane, k] as one VNNI instruction:
+    A's group (4 bytes) broadcast to every lane, B one vector. The LLVM 22 signatures take byte / word
+    vectors (TVM's own `dot_16x4_vnni` passes <16 x i32> and fails LLVM's module verification)."""
+    width = lanes * group
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            for i, k in T.grid(lanes, group):
+                with T.sblock("update"):
+                    vi, vk = T.axis.remap("SR", [i, k])
+                    c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((lanes, group), b_dtype, offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
+            T.writes(c[0:lanes])
+            a_word = T.reinterpret(a.vload([0], f"{a_dtype}x{group}"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(llvm_intrinsic), c.vload([0], dtype=f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(a_word, lanes), dtype=f"{a_dtype}x{width}"),
+                b.vload([0, 0], dtype=f"{b_dtype}x{width}"), dtype=f"int32x{lanes}")
+
+    return desc, impl
+
+
+for (_lanes, _group), (_name, _llvm, _a, _b) in VNNI_INTRINSICS.items():
+    TensorIntrin.register(_name, *_vnni_intrinsic(_lanes, _group, _llvm, _a, _b), override=True)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Block analysis
+
+
+def _root_blocks(sch: s_tir.Schedule) -> list[s_tir.SBlockRV]:
+    """The blocks directly under the PrimFunc's root block, in program order."""
+    return list(sch.get_child_blocks(sch.get_sblock("root")))
+
+
+def _is_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    return any(iv.iter_type == tirx.IterVar.CommReduce for iv in sch.get(block).iter_vars)
+
+
+def _extent(sch: s_tir.Schedule, loop: s_tir.LoopRV) -> int:
+    return int(sch.get(loop).extent)
+
+
+def _kinds(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> str:
+    """The block's iteration kinds, e.g. "SSSR" for a GEMM over [b, m, n] reducing k."""
+    return "".join("R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in sch.get(block).iter_vars)
+
+
+def _vnni_gemm(sch: s_tir.Schedule, lanes: int) -> tuple[s_tir.SBlockRV, int] | None:
+    """(block, products per lane) of the packed accumulation that relay_passes' x86 rewrites emit: a
+    last-axis reduction reading a [..., lanes, group] packed operand and an activation of the matching dtype."""
+    for block in _root_blocks(sch):
+        kinds = _kinds(sch, block)
+        if not (kinds.endswith("SR") and kinds.count("R") == 1):
+            continue
+        reads = [r.source for r in sch.get(block).reads]
+        for (width, group), (_, _, a_dtype, b_dtype) in VNNI_INTRINSICS.items():
+            packed = any(b.dtype == b_dtype and len(b.shape) >= 4 and [int(d) for d in b.shape[-2:]] == [lanes, group]
+                         for b in reads)
+            if width == lanes and packed and any(b.dtype == a_dtype and len(b.shape) >= 2 for b in reads):
+                return block, group
+    return None
+
+
+def _plain_gemm(sch: s_tir.Schedule) -> s_tir.SBlockRV | None:
+    """The only reduction block of the function, when it is a multiply-accumulate over its last axis."""
+    reductions = [b for b in _root_blocks(sch) if _is_reduction(sch, b)]
+    if len(reductions) != 1:
+        return None
+    stmt = sch.get(reductions[0])
+    kinds = "".join("R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in stmt.iter_vars)
+    body = stmt.body
+    is_mac = isinstance(body, tirx.BufferStore) and isinstance(body.value, tirx.Add) and isinstance(body.value.b, tirx.Mul)
+    return reductions[0] if kinds.endswith("SSR") and kinds.count("R") == 1 and is_mac else None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loop helpers
+
+
+def _divisor_at_most(n: int, limit: int) -> int:
+    """The largest divisor of n that is <= limit (1 at worst): a split factor that needs no predicate."""
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+def _row_factors(dims: list[int], limit: int) -> list[int]:
+    """Per leading dim, an inner factor dividing it, innermost dim first, with a product <= limit.
+
+    Tiling each leading dim on its own (not their fused product) keeps every block's bindings affine, so
+    epilogues can be computed per tile and the inner step tensorized (fused-index bindings allow neither).
+    """
+    factors = []
+    for dim in reversed(dims):
+        factors.append(_divisor_at_most(dim, max(limit // max(1, _product(factors)), 1)))
+    return factors[::-1]
+
+
+def _product(values: list[int]) -> int:
+    out = 1
+    for v in values:
+        out *= v
+    return out
+
+
+def _register_tile(dims: list[int], blocks: int, registers: int) -> tuple[list[int], int]:
+    """(row factors, NR): MR = prod(row factors) rows x NR column blocks of accumulators, fitting
+    MR*NR accumulators + NR operands + 1 broadcast in `registers`, most MACs per load (MR*NR, then MR+NR)."""
+    options = []
+    for limit, nr in itertools.product(range(1, MAX_ROWS + 1), range(1, MAX_COLUMN_BLOCKS + 1)):
+        factors = _row_factors(dims, limit)
+        mr = _product(factors)
+        if blocks % nr == 0 and mr * nr + nr + 1 <= registers:
+            options.append((mr * nr, -(mr + nr), factors, nr))
+    best = max(options, key=lambda o: o[:2])
+    return best[2], best[3]
+
+
+def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> None:
+    """Vectorize the block's innermost loop in `lanes`-wide pieces (a divisor, so no tail predicate)."""
+    inner = sch.get_loops(block)[-1]
+    extent = sch.get(inner).extent
+    if not isinstance(extent, tirx.IntImm):
+        return
+    width = _divisor_at_most(int(extent), lanes)
+    if width > 1:
+        sch.vectorize(sch.split(inner, [None, width])[1] if width < int(extent) else inner)
+
+
+def _lanes_of(sch: s_tir.Schedule, block: s_tir.SBlockRV, vbytes: int) -> int:
+    """Vector lanes for the widest buffer the block touches, at the target's vector width (one register
+    per value: an int8 output computed in int64 gets 8 lanes on AVX-512, not 64 that spill)."""
+    stmt = sch.get(block)
+    bits = max(tvm.DataType(r.source.dtype).bits for r in [*stmt.reads, *stmt.writes])
+    return max(vbytes * 8 // bits, 1)
+
+
+def _parallel_vectorize(sch: s_tir.Schedule, block: s_tir.SBlockRV, vbytes: int) -> None:
+    """Schedule a root-level block on its own: the innermost axis vectorized in register-wide pieces, the
+    other spatial loops fused and parallel (all fused where the innermost is narrower than a register);
+    a reduction's loop stays inside, serial, under its parallel spatial loops."""
+    loops = sch.get_loops(block)
+    kinds = _kinds(sch, block)
+    spatial = len(kinds) - len(kinds.lstrip("S"))
+    if not loops or spatial == 0 or len(loops) != len(kinds):
+        return
+    if spatial < len(kinds):
+        sch.parallel(sch.fuse(*loops[:spatial]) if spatial > 1 else loops[0])
+        return
+    lanes = _lanes_of(sch, block, vbytes)
+    if len(loops) > 1 and _extent(sch, loops[-1]) < lanes:
+        loops = [sch.fuse(*loops)]
+    width = _divisor_at_most(_extent(sch, loops[-1]), lanes)
+    outer, inner = sch.split(loops[-1], [None, width])
+    if width > 1:
+        sch.vectorize(inner)
+    outer = sch.fuse(*loops[:-1], outer) if len(loops) > 1 else outer
+    if _extent(sch, outer) > 1:
+        sch.parallel(outer)
+
+
+def _is_copy(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    """Whether the block only moves (or casts) one element: a layout op, free to inline into its consumer."""
+    body = sch.get(block).body
+    value = body.value if isinstance(body, tirx.BufferStore) else None
+    value = value.value if isinstance(value, tirx.Cast) else value
+    return isinstance(value, tvm.ir.expr.TensorLoad)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# GEMM schedules
+
+
+def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: int, vbytes: int, batch: int = 0
+               ) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
+    """Tile a [batch..., rows..., N, K] GEMM into register tiles of MR rows x NR `width`-wide column
+    blocks, each accumulating over the whole k range, and parallel tasks over the tiles.
+
+    - No batch dims (a linear layer: one weight for every row): the tasks are (column tile, row tile),
+      column tiles outermost so that one weight panel stays in cache while the row tiles run through it;
+      each task computes its epilogue right after its tile.
+    - `batch` leading dims of B (an activation x activation matmul, B packed per batch at run time): the
+      tasks are (batch, column tile), the row tiles a serial loop inside, so that the packed B panel
+      and its per-column terms (the prologue, computed per task) serve every row; the epilogue follows
+      the task's row loop.
+
+    Returns (k outer loop, row loops, column-block loop, `width` loop, k inner loop), the inner ones in
+    that order under the k outer loop.
+    """
+    loops = sch.get_loops(gemm)
+    outer_batch, lead, cols, red = loops[:batch], loops[batch:-2], loops[-2], loops[-1]
+    factors, nr = _register_tile([_extent(sch, l) for l in lead], _extent(sch, cols) // width,
+                                 VECTOR_REGISTERS[vbytes])
+    row_splits = [sch.split(l, [None, f]) for l, f in zip(lead, factors)]
+    no, ni, nl = sch.split(cols, [None, nr, width])
+    ko, kg = sch.split(red, [None, k_step]) if k_step > 1 else (red, None)
+    rows_outer, rows_inner = [o for o, _ in row_splits], [i for _, i in row_splits]
+    sch.reorder(*outer_batch, no, *rows_outer, ko, *rows_inner, ni, nl, *([kg] if kg else []))
+    tile = sch.fuse(*outer_batch, no) if batch else sch.fuse(no, *rows_outer)
+    for block in _after(sch, gemm)[:-1]:
+        if _is_copy(sch, block):
+            sch.compute_inline(block)
+    prologue = _before(sch, gemm)
+    for block in reversed(prologue) if batch else ():
+        sch.compute_at(block, tile)
+    epilogue = _after(sch, gemm)
+    for block in epilogue:
+        sch.reverse_compute_at(block, tile)
+    sch.parallel(tile)
+    for block in [*epilogue, *(prologue if batch else ())]:
+        _vectorize_inner(sch, block, _lanes_of(sch, block, vbytes))
+    for block in () if batch else prologue:
+        _parallel_vectorize(sch, block, vbytes)
+    return ko, rows_inner, ni, nl, kg
+
+
+def _batch_dims(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, group: int) -> int:
+    """Leading dims of the packed operand before its [N/lanes, K/group, lanes, group] (0 for a weight)."""
+    packed = [r.source for r in sch.get(gemm).reads if [int(d) for d in r.source.shape[-2:]] == [lanes, group]
+              and len(r.source.shape) >= 4]
+    return len(packed[0].shape) - 4
+
+
+def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, group: int, vbytes: int) -> None:
+    """Register-tiled, parallel, VNNI-tensorized packed GEMM with its epilogue computed per task."""
+    ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group))
+    init = sch.decompose_reduction(gemm, ko)
+    _vectorize_inner(sch, init, lanes)
+    sch.tensorize(nl, VNNI_INTRINSICS[lanes, group][0])
+    for loop in [*rows, ni]:
+        sch.unroll(loop)
+
+
+def _schedule_plain_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, vbytes: int) -> None:
+    """The same tiling with int32 accumulators vectorized over the columns (LLVM's widening multiply-adds)."""
+    cols = _extent(sch, sch.get_loops(gemm)[-2])
+    width = _divisor_at_most(cols, _lanes_of(sch, gemm, vbytes))
+    ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, width, 1, vbytes)
+    sch.vectorize(nl)  # before decompose_reduction: vectorizing needs the block's init still inside it
+    for loop in [*rows, ni]:
+        sch.unroll(loop)
+    sch.decompose_reduction(gemm, ko)
+
+
+def _after(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> list[s_tir.SBlockRV]:
+    """The root blocks after `block` (its epilogue), in order."""
+    blocks = _root_blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    return blocks[names.index(sch.get(block).name_hint) + 1:]
+
+
+def _before(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> list[s_tir.SBlockRV]:
+    """The root blocks before `block` (its prologue), in order."""
+    blocks = _root_blocks(sch)
+    names = [sch.get(b).name_hint for b in blocks]
+    return blocks[:names.index(sch.get(block).name_hint)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-function dispatch
+
+
+def _schedule_elementwise(sch: s_tir.Schedule, vbytes: int) -> None:
+    """Layout copies inlined into their consumers, then every remaining root block parallel and vectorized."""
+    for block in _root_blocks(sch)[:-1]:
+        if _is_copy(sch, block):
+            sch.compute_inline(block)
+    for block in _root_blocks(sch):
+        _parallel_vectorize(sch, block, vbytes)
+
+
+def _schedule_rows(sch: s_tir.Schedule, vbytes: int) -> bool:
+    """Row reductions (softmax, layernorm): rows parallel, every stage computed per row, elementwise stages
+    vectorized at the width of their widest type. Returns False where the function is not made of stages
+    over the same leading rows with a reduction among them (dlight's CPU `Reduction` rule has the same
+    structure but sizes vectors by the output type: 32 lanes of int16 softmax output mean 4 registers
+    per int64 intermediate, and spills)."""
+    blocks = _root_blocks(sch)
+    kinds = [_kinds(sch, b) for b in blocks]
+    if len(blocks) < 2 or not any("R" in k for k in kinds) or "R" in kinds[-1]:
+        return False
+    rows = min(len(k) - len(k.lstrip("S")) for k in kinds)
+    if rows == 0 or rows == len(kinds[-1]):
+        return False
+    loops = sch.get_loops(blocks[-1])
+    row = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
+    sch.parallel(row)
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row, preserve_unit_loops=True)
+    for block, kind in zip(blocks, kinds):
+        if "R" not in kind:
+            _vectorize_inner(sch, block, _lanes_of(sch, block, vbytes))
+    return True
+
+
+def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_tir.Schedule | None]]]:
+    """The schedules tried on each PrimFunc, in order: the first that applies without error wins."""
+    lanes, vbytes = vnni_lanes(target), vector_bytes(target)
+
+    def vnni(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        found = _vnni_gemm(sch, lanes) if lanes else None
+        return None if found is None else (_schedule_vnni_gemm(sch, *found[:1], lanes, found[1], vbytes) or sch)
+
+    def plain(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        gemm = _plain_gemm(sch)
+        return None if gemm is None else (_schedule_plain_gemm(sch, gemm, vbytes) or sch)
+
+    def elementwise(func: tirx.PrimFunc) -> s_tir.Schedule:
+        sch = s_tir.Schedule(func)
+        _schedule_elementwise(sch, vbytes)
+        return sch
+
+    def rows(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        return sch if _schedule_rows(sch, vbytes) else None
+
+    return [("vnni_gemm", vnni), ("gemm", plain), ("rows", rows), ("elementwise", elementwise)]
+
+
+def schedule_prim_func(func: tirx.PrimFunc, target: Target) -> tuple[tirx.PrimFunc, str]:
+    """(`func` scheduled for `target`, the strategy used); unscheduled ("none") if no strategy applies."""
+    for name, strategy in _strategies(target):
+        try:
+            sch = strategy(func)
+        except (RuntimeError, ValueError):  # ScheduleError, or a failed check inside TVM's analyses
+            continue
+        if sch is not None:
+            return sch.mod["main"].with_attr("tirx.is_scheduled", True), name
+    return func, "none"
+
+
+def apply_default_schedule(mod: tvm.IRModule, target: Target, **options: object) -> tvm.IRModule:
+    """Schedule every PrimFunc not already scheduled (by a tuning database) for the x86 `target`."""
+    if options:
+        raise TypeError(f"x86 default schedules take no options, got {', '.join(options)}")
+    out = mod.clone()
+    for gvar, func in mod.functions_items():
+        if isinstance(func, tirx.PrimFunc) and not func.attrs.get("tirx.is_scheduled", False):
+            out[gvar] = schedule_prim_func(func, target)[0]
+    return out
 
 
 def tuning_space(target: Target) -> dict:
-    """MetaSchedule's default CPU space."""
-    return {"space": "post-order-apply"}
+    """MetaSchedule's space for `target`: on VNNI targets TVM's CPU rules with multi-level tiling tensorized
+    by the VNNI intrinsics (the u8 x s8 and s16 x s16 blocks of the packed GEMMs; the rest tiled plainly),
+    as TVM's VNNI tests set them up; MetaSchedule's default CPU space elsewhere (TVM picks `dot_16x4_vnni`
+    for VNNI targets by itself, which does not build with LLVM 22)."""
+    lanes = vnni_lanes(target)
+    if not lanes:
+        return {"space": "post-order-apply"}
+    rules = [
+        ms.schedule_rule.ApplyCustomRule(),
+        ms.schedule_rule.AutoInline(into_producer=False, into_consumer=True, inline_const_tensor=True,
+                                    disallow_if_then_else=True, require_injective=True, require_ordered=True,
+                                    disallow_op=["tirx.exp"]),
+        ms.schedule_rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
+        *(ms.schedule_rule.MultiLevelTilingWithIntrin(
+            VNNI_INTRINSICS[lanes, group][0], structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
+            vector_load_lens=None, reuse_read=None,
+            reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")) for group in (4, 2)),
+        ms.schedule_rule.MultiLevelTiling(
+            structure="SSRSRS", tile_binds=None, max_innermost_factor=64, vector_load_lens=None, reuse_read=None,
+            reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")),
+        ms.schedule_rule.ParallelizeVectorizeUnroll(max_jobs_per_core=16, max_vectorize_extent=64,
+                                                    unroll_max_steps=[0, 16, 64, 512], unroll_explicit=True),
+        ms.schedule_rule.RandomComputeLocation(),
+    ]
+    postprocs = [
+        ms.postproc.DisallowDynamicLoop(),
+        ms.postproc.RewriteParallelVectorizeUnroll(),
+        ms.postproc.RewriteReductionBlock(),
+        ms.postproc.RewriteTensorize(vectorize_init_loop=True),
+    ]
+    return {"space": ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")}

@@ -1,0 +1,48 @@
+"""Rewrite the int16 x int8 matmul (softmax probabilities x V) into int16 pairs for x86 VNNI `vpdpwssd`.
+
+Softmax probabilities lie in [0, 256] and are kept exactly as int16 (ops/matmul.py), so P V cannot use the
+u8 x s8 `vpdpbusd`. VNNI's `vpdpwssd` adds two s16 x s16 products per int32 lane, exactly (|p| <= 2^15,
+no saturation), at half vpdpbusd's rate: P V is a few percent of BERT's MACs. V is widened to int16 and
+packed `[..., N/lanes, K/2, lanes, 2]` at run time inside the PrimFunc (te_packing.matmul_i16), the
+product accumulates in int32 as before.
+
+Runs on a legalized module, before `FuseRequantize`: each `ibert_matmul...` PrimFunc with an int16 `a` is
+replaced (same name and parameters), so the P V -> transpose -> reshape -> requantize
+fusion is unchanged. A no-op for targets without VNNI.
+"""
+
+from __future__ import annotations
+
+import tvm
+from tvm import te
+from tvm.target import Target
+
+from .shift_activations_u8 import MATMUL, calls_of, matmul_layout, replace_prim_funcs
+from .te_packing import int64_shape, matmul_i16
+
+__all__ = ["PackProbabilitiesI16"]
+
+
+@tvm.transform.module_pass(opt_level=0, name="PackProbabilitiesI16")
+class PackProbabilitiesI16:
+    """Pack int16 x int8 matmuls for vpdpwssd on x86 VNNI targets; no-op on other targets."""
+
+    def __init__(self, target: Target) -> None:
+        """`target`: the compilation target; the rewrite happens only where it has a VNNI instruction."""
+        from ibert_tvm.schedules.x86 import vnni_lanes  # lazily: relay_passes must not need schedules at import
+
+        self.lanes = vnni_lanes(target)
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        """Replace each int16 x int8 matmul PrimFunc by its packed form."""
+        funcs = {}
+        for name, calls in calls_of(mod, MATMUL).items() if self.lanes else ():
+            a, b = calls[0].args[1].fields
+            transpose_b = matmul_layout(mod[name])
+            if transpose_b is None or a.ty.shape is None or b.ty.shape is None or (a.ty.dtype, b.ty.dtype) != ("int16", "int8"):
+                continue
+            a_te = te.placeholder(int64_shape(a.ty.shape), "int16", name="a")
+            b_te = te.placeholder(int64_shape(b.ty.shape), "int8", name="b")
+            func = te.create_prim_func([a_te, b_te, matmul_i16(a_te, b_te, transpose_b, self.lanes)])
+            funcs[name] = func.with_attr("tirx.noalias", True).without_attr("global_symbol")
+        return replace_prim_funcs(mod, funcs)

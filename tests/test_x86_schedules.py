@@ -1,0 +1,213 @@
+"""x86 default schedules (schedules/x86.py) and the VNNI rewrites (relay_passes/shift_activations_u8.py,
+pack_probabilities_i16.py): the scheduled build equals the unscheduled one on every element (single ops
+with odd shapes, a tiny 2-layer BERT), the GEMM kernels hold `vpdpbusd` / `vpdpwssd` on a VNNI host, and a
+target without any int8 dot product still builds and computes the same."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax, tirx
+from tvm.s_tir import meta_schedule as ms
+from tvm.target import Target
+
+from ibert_tvm import ops, quant
+from ibert_tvm.build_util import single_op_module
+from ibert_tvm.model import from_pretrained
+from ibert_tvm.ops.linear import reference as linear_reference
+from ibert_tvm.relay_passes.pipeline import build, tunable_module
+from ibert_tvm.relay_passes.shift_activations_u8 import compensated_bias, pack_weight
+from ibert_tvm.schedules import x86
+from ibert_tvm.targets import resolve_target
+from test_model import batches, tiny
+
+HOST = resolve_target("llvm").target
+PLAIN = Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no VNNI, no AVX
+HAS_VNNI = x86.vnni_lanes(HOST) > 0
+NEEDS_VNNI = pytest.mark.skipif(not HAS_VNNI, reason=f"host CPU ({HOST.attrs.get('mcpu')}) has neither avx512vnni "
+                                                     "nor avxvnni")
+RNG = np.random.default_rng(7)
+
+
+def _ints(dtype: str, shape: tuple, lo: int | None = None, hi: int | None = None) -> np.ndarray:
+    """Random integers over the dtype's whole range (or [lo, hi]), the extremes planted at the first places."""
+    info = np.iinfo(dtype)
+    lo, hi = info.min if lo is None else lo, info.max if hi is None else hi
+    out = RNG.integers(lo, hi, shape, endpoint=True).astype(dtype)
+    out.flat[:2] = [lo, hi]
+    return out
+
+
+def _unscheduled(mod: tvm.IRModule, inputs: list[np.ndarray]) -> np.ndarray:
+    """The reference: LegalizeOps + tvm.compile for plain llvm (no fusion, no rewrite, no schedule)."""
+    exe = tvm.compile(relax.transform.LegalizeOps()(mod), "llvm")
+    return relax.VirtualMachine(exe, tvm.cpu())["main"](*map(tvm.runtime.tensor, inputs)).numpy()
+
+
+def _run(exe: tvm.runtime.Executable, inputs: list[np.ndarray]) -> np.ndarray:
+    return relax.VirtualMachine(exe, tvm.cpu())["main"](*map(tvm.runtime.tensor, inputs)).numpy()
+
+
+def _asm(exe: tvm.runtime.Executable) -> str:
+    """The x86 assembly of every llvm module the executable holds."""
+
+    def tree(mod: tvm.runtime.Module) -> Iterator[tvm.runtime.Module]:
+        yield mod
+        for sub in mod.imports:
+            yield from tree(sub)
+
+    return "\n".join(m.inspect_source("asm") for m in tree(exe.mod) if m.kind == "llvm")
+
+
+# ------------------------------------------------------------------------------------------------ single ops
+
+W_ODD = _ints("int8", (19, 13))  # N = 19, K = 13: neither a multiple of 16 nor of 4
+B_ODD = _ints("int32", (19,), -10**6, 10**6)
+W_64 = _ints("int8", (48, 64))
+REQ = quant.requant_dyadic(0.01, 0.05)
+RES = quant.requant_dyadic(0.02, 0.05)
+SOFTMAX = quant.softmax_constants(np.float32(0.05), quant.symmetric_scale(16, 0, quant.softmax_exp_range(np.float32(0.05))))
+
+#: name -> (builder of the op graph, inputs)
+CASES: dict[str, tuple[Callable, dict[str, np.ndarray]]] = {
+    "linear_odd_bias": (lambda x: ops.linear(x, W_ODD, B_ODD), {"x": _ints("int8", (2, 7, 13))}),
+    "linear_no_bias": (lambda x: ops.linear(x, W_64), {"x": _ints("int8", (5, 64))}),
+    "linear_requantize_residual": (
+        lambda x, r: ops.requantize(ops.linear(x, W_64), REQ.multiplier, REQ.shift, bits=22, residual=r,
+                                    residual_multiplier=RES.multiplier, residual_shift=RES.shift),
+        {"x": _ints("int8", (3, 5, 64)), "r": _ints("int8", (3, 5, 48))}),
+    "linear_runtime_weight": (lambda x, w: ops.linear(x, w), {"x": _ints("int8", (6, 20)), "w": _ints("int8", (24, 20))}),
+    "qk_transposed_odd": (lambda a, b: ops.matmul(a, b, transpose_b=True),
+                          {"a": _ints("int8", (2, 3, 7, 13)), "b": _ints("int8", (2, 3, 19, 13))}),
+    "matmul_int8": (lambda a, b: ops.matmul(a, b), {"a": _ints("int8", (2, 5, 12)), "b": _ints("int8", (2, 12, 17))}),
+    "pv_int16_odd": (lambda a, b: ops.matmul(a, b),
+                     {"a": _ints("int16", (2, 3, 7, 19), 0, 256), "b": _ints("int8", (2, 3, 19, 13))}),
+    "softmax": (lambda x: ops.int_softmax(x, SOFTMAX.x0_int, SOFTMAX.b_int, SOFTMAX.c_int, SOFTMAX.exp_multiplier,
+                                          SOFTMAX.exp_shift), {"x": _ints("int32", (2, 3, 5, 11), -300, 300)}),
+    "layernorm_requantize": (lambda x: ops.requantize(ops.int_layernorm(x, np.int64(12345)), REQ.multiplier,
+                                                      REQ.shift), {"x": _ints("int32", (3, 7, 24), -2**21, 2**21 - 1)}),
+}
+
+
+def _ops_module() -> tvm.IRModule:
+    """One Relax function per case, named after it, so that each target compiles them all in one build."""
+    bb = relax.BlockBuilder()
+    for name, (make, inputs) in CASES.items():
+        params = [relax.Var(k, relax.TensorType(v.shape, str(v.dtype))) for k, v in inputs.items()]
+        with bb.function(name, params):
+            with bb.dataflow():
+                out = bb.emit_output(make(*params))
+            bb.emit_func_output(out)
+    return bb.get()
+
+
+@pytest.fixture(scope="module")
+def op_builds() -> dict[str, relax.VirtualMachine]:
+    """The single-op module unscheduled (the reference) and built for the host and for plain x86-64."""
+    mod = _ops_module()
+    exes = {"unscheduled": tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"),
+            "host": build(mod, HOST), "x86-64": build(mod, PLAIN)}
+    return {k: relax.VirtualMachine(e, tvm.cpu()) for k, e in exes.items()}
+
+
+@pytest.mark.parametrize("target", ["host", "x86-64"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_single_op_scheduled_build_is_bit_identical(op_builds, case, target):
+    args = [tvm.runtime.tensor(v) for v in CASES[case][1].values()]
+    np.testing.assert_array_equal(op_builds[target][case](*args).numpy(), op_builds["unscheduled"][case](*args).numpy())
+
+
+def test_compensated_bias_and_packing_reproduce_the_signed_product():
+    x = _ints("int8", (4, 13))
+    packed = pack_weight(W_ODD, 16)
+    assert packed.shape == (2, 4, 16, 4)
+    unpacked = packed.transpose(0, 2, 1, 3).reshape(32, 16)[:19, :13]
+    shifted = (x.astype(np.int64) + 128) @ unpacked.astype(np.int64).T + compensated_bias(W_ODD, B_ODD)
+    np.testing.assert_array_equal(shifted, linear_reference(x, W_ODD, B_ODD))
+
+
+def test_compensation_refuses_a_reduction_that_could_overflow_int32():
+    assert compensated_bias(np.ones((2, 70000), np.int8), None) is None
+
+
+# ------------------------------------------------------------------------------------------------ whole model
+
+
+@pytest.fixture(scope="module")
+def tiny_program():
+    """A calibrated 2-layer BERT program (batch 3, length 20, one padded row) and its inputs."""
+    qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 3, 20, seed=1))
+    b = batches(0, 1, 3, 20, seed=5)[0]
+    return qm.program(3, 20), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+
+
+@pytest.fixture(scope="module")
+def host_build(tiny_program):
+    return build(tiny_program[0], HOST)
+
+
+def test_tiny_model_scheduled_build_is_bit_identical(tiny_program, host_build, report):
+    mod, inputs = tiny_program
+    ref = _unscheduled(mod, inputs)
+    np.testing.assert_array_equal(_run(host_build, inputs), ref)
+    np.testing.assert_array_equal(_run(build(mod, PLAIN), inputs), ref)
+    report(f"x86 schedules, tiny 2-layer BERT: bit-identical to the unscheduled build on {HOST.attrs.get('mcpu')} "
+           f"({', '.join(x86.int8_features(HOST)) or 'no int8 features'}) and on plain x86-64")
+
+
+def test_every_prim_func_gets_a_schedule(tiny_program):
+    """Every GEMM is tensorized on a VNNI host (vectorized otherwise); nothing is left unscheduled."""
+    with HOST:
+        fused = tunable_module(tiny_program[0], HOST)
+    used = {g.name_hint: x86.schedule_prim_func(f, HOST)[1] for g, f in fused.functions_items()
+            if isinstance(f, tirx.PrimFunc)}
+    assert "none" not in used.values(), used
+    gemms = {n: s for n, s in used.items() if "linear" in n or "matmul" in n}
+    assert len(gemms) >= 6, used
+    assert set(gemms.values()) == {"vnni_gemm" if HAS_VNNI else "gemm"}, gemms
+
+
+@NEEDS_VNNI
+def test_gemm_kernels_use_vnni_instructions(host_build):
+    asm = _asm(host_build)
+    assert asm.count("vpdpbusd") >= 4, "no vpdpbusd in the host build's assembly"
+    assert "vpdpwssd" in asm, "P V (int16 probabilities) does not use vpdpwssd"
+
+
+def test_target_without_vnni_gets_no_vnni_instruction():
+    make, inputs = CASES["qk_transposed_odd"]
+    asm = _asm(build(single_op_module(make, inputs), PLAIN))
+    assert "vpdpbusd" not in asm and "zmm" not in asm
+
+
+def test_avx_vnni_target_uses_ymm_vpdpbusd():
+    """Alder Lake class (AVX-VNNI, no AVX-512): 8-lane packing, VEX vpdpbusd on ymm; compiled, not run."""
+    alderlake = Target({"kind": "llvm", "mcpu": "alderlake"})
+    assert x86.vnni_lanes(alderlake) == 8
+    make, inputs = CASES["linear_no_bias"]
+    asm = _asm(build(single_op_module(make, inputs), alderlake))
+    assert any("vpdpbusd" in line and "ymm" in line for line in asm.splitlines())
+    assert "zmm" not in asm
+
+
+# ------------------------------------------------------------------------------------------------ tuning
+
+
+@NEEDS_VNNI
+def test_tuning_space_tensorizes_the_u8_gemm_with_vnni():
+    make, inputs = CASES["linear_no_bias"]
+    with HOST:
+        fused = tunable_module(single_op_module(make, inputs), HOST)
+    gemm = next(f for g, f in fused.functions_items() if isinstance(f, tirx.PrimFunc) and "linear" in g.name_hint)
+    target = Target({**dict(HOST.export()), "num-cores": 2})  # MetaSchedule needs the core count
+    context = ms.TuneContext(tvm.IRModule({"main": gemm}), target=target, space_generator=x86.tuning_space(target)["space"])
+    sketches = context.generate_design_space()
+    intrin = x86.VNNI_INTRINSICS[16, 4][0]
+    assert any(intrin in str(s.trace) for s in sketches), [str(s.trace) for s in sketches]
+
+
+def test_tuning_space_without_vnni_is_the_default():
+    assert x86.tuning_space(PLAIN) == {"space": "post-order-apply"}
