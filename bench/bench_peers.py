@@ -1,6 +1,7 @@
 """Integer-only ibert-tvm against the peers a user would pick, in one process, on the same inputs.
 
     .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR] [--out bench/results]
+    .venv/bin/python bench/bench_peers.py --profile bert-base:1x128     # per-operator times (VM profiler)
 
 Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs), TVM's own float32 build
 of the same model (untuned), PyTorch FP32 eager, PyTorch dynamic int8 (`quantize_dynamic`, Linear layers),
@@ -59,12 +60,36 @@ def inputs(model: torch.nn.Module, batch: int, seq: int) -> tuple[np.ndarray, np
     return ids, np.ones((batch, seq), np.int64)
 
 
-def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool):
+def ibert_compiled(model, batch: int, seq: int, tuning_logs: str | bool) -> ibert_tvm.CompiledModel:
     """The integer-only program for one shape, calibrated on random batches of that model's vocabulary."""
     calibration = [ibert_tvm.Batch(*map(torch.from_numpy, inputs(model, 2, seq))) for _ in range(2)]
     qm = ibert_tvm.from_pretrained(model, calibration=calibration)
-    m = ibert_tvm.compile(qm, "llvm", tuning_logs=tuning_logs, batch_sizes=(batch,), seq_lengths=(seq,)).runner()
+    return ibert_tvm.compile(qm, "llvm", tuning_logs=tuning_logs, batch_sizes=(batch,), seq_lengths=(seq,))
+
+
+def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool):
+    m = ibert_compiled(model, batch, seq, tuning_logs).runner()
     return lambda ids, mask: m(ids, mask.astype(np.int32), integer=True)
+
+
+def profile(name: str, batch: int, seq: int, out: Path) -> Path:
+    """Per-operator times of the untuned integer program (TVM's VM profiler), written to profile_*.txt."""
+    import tvm
+    from tvm import relax
+
+    from ibert_tvm.model import function_name
+
+    model = load_model(name)
+    vm = relax.VirtualMachine(ibert_compiled(model, batch, seq, False).executable, tvm.cpu(), profile=True)
+    ids, mask = inputs(model, batch, seq)
+    args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(mask.astype(np.int32))]
+    vm[function_name(batch, seq)](*args)  # warm-up
+    report = vm.profile(function_name(batch, seq), *args)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"profile_{name}_b{batch}_s{seq}.txt"
+    path.write_text(report.table(sort=True, aggregate=True, col_sums=True))
+    print(path.read_text())
+    return path
 
 
 def tvm_float_runner(model, batch: int, seq: int):
@@ -204,7 +229,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="bench/results")
+    parser.add_argument("--profile", metavar="MODEL:BATCHxSEQ",
+                        help="instead of comparing: per-operator times of the integer program, e.g. bert-base:1x128")
     args = parser.parse_args()
+    if args.profile:
+        name, shape = args.profile.split(":")
+        profile(name, *map(int, shape.split("x")), Path(args.out))
+        return 0
     args.only = set(args.only.split(",")) if args.only else None
     args.shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)

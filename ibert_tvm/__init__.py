@@ -7,14 +7,23 @@
     out = m(input_ids, attention_mask)            # logits or hidden states; m.classify(["a sentence"])
 """
 
-from . import ops
-from .artifact import ArtifactError
-from .calibration import Batch
-from .compiler import CompiledModel, compile, load
-from .model import QuantizedModel, UnsupportedModelError, from_onnx, from_pretrained
-from .runtime import InputError, IntegerModel
-from .targets import UnknownTargetError, resolve_target
+import importlib
+from typing import Any
 
-__all__ = ["ArtifactError", "Batch", "CompiledModel", "InputError", "IntegerModel", "QuantizedModel",
-           "UnknownTargetError", "UnsupportedModelError", "compile", "from_onnx", "from_pretrained", "load", "ops",
-           "resolve_target"]
+#: Public name -> the submodule that defines it. Imported on first use, so that `ibert-tvm --help` and
+#: `ibert_tvm.load` do not pay for torch, transformers and TVM's compiler when they do not need them.
+_EXPORTS = {"ArtifactError": "artifact", "Batch": "calibration", "CompiledModel": "compiler", "compile": "compiler",
+            "load": "compiler", "QuantizedModel": "model", "UnsupportedModelError": "model", "from_onnx": "model",
+            "from_pretrained": "model", "InputError": "runtime", "IntegerModel": "runtime",
+            "UnknownTargetError": "targets", "resolve_target": "targets", "ops": "ops"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ibert_tvm' has no attribute {name!r}")
+    module = importlib.import_module(f".{_EXPORTS[name]}", __name__)
+    value = module if name == _EXPORTS[name] else getattr(module, name)
+    globals()[name] = value
+    return value

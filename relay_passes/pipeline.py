@@ -1,8 +1,9 @@
 """The integer-only compilation pipeline in numbered phases, with optional IR dumps between them.
 
 Phase 0 legalizes the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds
-constants, phase 1 fuses requantize epilogues into their GEMMs (`FuseRequantize`; on CUDA with requantize
-chains split, see there), phase 2 verifies that no float survived (`VerifyIntegerOnly`), phase 3 applies
+constants, phase 1 rewrites the GEMMs into x86 VNNI's operand forms on CPU targets that have it
+(`ShiftActivationsU8`, `PackProbabilitiesI16`; no-ops elsewhere) and fuses requantize epilogues into their
+GEMMs (`FuseRequantize`; on CUDA with requantize chains split, see there), phase 2 verifies that no float survived (`VerifyIntegerOnly`), phase 3 applies
 a tuning database where given, then the target family's default schedule (`schedules/<family>.py`), and
 lowers to VM form. Layout after MLC-LLM's `compiler_pass/pipeline.py`.
 """
