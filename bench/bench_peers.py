@@ -1,7 +1,7 @@
 """Integer-only ibert-tvm against the peers a user would pick, in one process, on the same inputs.
 
     .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR] [--out bench/results]
-    .venv/bin/python bench/bench_peers.py --profile bert-base:1x128     # per-operator times (VM profiler)
+    .venv/bin/python bench/bench_peers.py --profile bert-base:1x128     # per-kernel times (VM instrument)
 
 Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs), TVM's own float32 build
 of the same model (untuned), PyTorch FP32 eager, PyTorch dynamic int8 (`quantize_dynamic`, Linear layers),
@@ -72,22 +72,45 @@ def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool):
     return lambda ids, mask: m(ids, mask.astype(np.int32), integer=True)
 
 
-def profile(name: str, batch: int, seq: int, out: Path) -> Path:
-    """Per-operator times of the untuned integer program (TVM's VM profiler), written to profile_*.txt."""
+def profile(name: str, batch: int, seq: int, out: Path, repeats: int = 5) -> Path:
+    """Per-kernel times of the untuned integer program, written to profile_*.txt: the Relax VM's instrument
+    hook times every call (this TVM's VM has no built-in profiler), summed by kernel over `repeats` runs."""
+    import time
+    from collections import Counter
+
     import tvm
     from tvm import relax
+    from tvm.runtime.vm import VMInstrumentReturnKind
 
     from ibert_tvm.model import function_name
 
     model = load_model(name)
-    vm = relax.VirtualMachine(ibert_compiled(model, batch, seq, False).executable, tvm.cpu(), profile=True)
+    vm = relax.VirtualMachine(ibert_compiled(model, batch, seq, False).executable, tvm.cpu())
     ids, mask = inputs(model, batch, seq)
     args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(mask.astype(np.int32))]
-    vm[function_name(batch, seq)](*args)  # warm-up
-    report = vm.profile(function_name(batch, seq), *args)
+    main = vm[function_name(batch, seq)]
+    main(*args)  # warm-up
+    seconds, calls, started = Counter(), Counter(), {}
+
+    def instrument(_func, symbol, before, _ret, *_args):
+        if before:
+            started[symbol] = time.perf_counter()
+        else:
+            seconds[symbol] += time.perf_counter() - started[symbol]
+            calls[symbol] += 1
+        return VMInstrumentReturnKind.NO_OP
+
+    vm.set_instrument(instrument)
+    for _ in range(repeats):
+        main(*args)
+    total = sum(seconds.values())
+    lines = [f"{name} batch {batch} seq {seq}: {1e3 * total / repeats:.2f} ms per run in kernels (VM instrument)",
+             f"{'kernel':70s} {'calls':>6s} {'ms/run':>9s} {'share':>7s}"]
+    lines += [f"{k[:70]:70s} {calls[k] // repeats:6d} {1e3 * v / repeats:9.3f} {100 * v / total:6.1f}%"
+              for k, v in seconds.most_common()]
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"profile_{name}_b{batch}_s{seq}.txt"
-    path.write_text(report.table(sort=True, aggregate=True, col_sums=True))
+    path.write_text("\n".join(lines) + "\n")
     print(path.read_text())
     return path
 
@@ -230,7 +253,7 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--profile", metavar="MODEL:BATCHxSEQ",
-                        help="instead of comparing: per-operator times of the integer program, e.g. bert-base:1x128")
+                        help="instead of comparing: per-kernel times of the integer program, e.g. bert-base:1x128")
     args = parser.parse_args()
     if args.profile:
         name, shape = args.profile.split(":")
