@@ -663,7 +663,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     slower = [t for t in tasks if tally.best.get(t.task_name, 0.0) > default.get(t.task_name, math.inf)]
     _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc),
                 {_workload_key(t.dispatched[0]): t.task_name for t in slower} if estimate else None)
-    best = {n: secs for n, secs in tally.best.items() if n not in {t.task_name for t in slower}}
+    slower_names = {t.task_name for t in slower}
+    best = {n: secs for n, secs in tally.best.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
     return TuningResult(
         target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,

@@ -65,6 +65,21 @@ def _extents(sch: s_tir.Schedule, block: SBlockRV) -> list[int | None]:
     return [int(iv.dom.extent) if isinstance(iv.dom.extent, tirx.IntImm) else None for iv in sch.get(block).iter_vars]
 
 
+def _prepared_gemm(rule: GPUScheduleRule, func: tirx.PrimFunc, target: Target
+                   ) -> tuple[s_tir.Schedule, SBlockRV] | None:
+    """A schedule of `func` with its int8 GEMM block normalized to [batch, i, j, k], or None where `rule`
+    does not apply (not a PrimFunc, another target, no int8 GEMM)."""
+    if not isinstance(func, tirx.PrimFunc) or not rule.is_target_available(target):
+        return None
+    sch = s_tir.Schedule(func)
+    block = int8_gemm_block(sch)
+    if block is None:
+        return None
+    cuda_intrin.register()
+    _normalize(sch, block)
+    return sch, block
+
+
 class TensorCoreMatmul(GPUScheduleRule):
     """int8 GEMM on INT8 tensor cores (WMMA 16x16x16), for sm_72 and newer."""
 
@@ -73,14 +88,10 @@ class TensorCoreMatmul(GPUScheduleRule):
     k_fragments = 2  # 16-wide K slices staged in shared memory per step
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        prepared = _prepared_gemm(self, func, target)
+        if prepared is None:
             return None
-        sch = s_tir.Schedule(func)
-        block = int8_gemm_block(sch)
-        if block is None:
-            return None
-        cuda_intrin.register()
-        _normalize(sch, block)
+        sch, block = prepared
         _, m, n, k = _extents(sch, block)
         if (m is not None and m < 16) or (n is not None and n < 16):
             return None
@@ -158,14 +169,10 @@ class Dp4aMatmul(GPUScheduleRule):
     k_tile = 16  # K staged in shared memory per step
 
     def apply(self, func: tirx.PrimFunc, target: Target, _tunable: bool) -> s_tir.Schedule | None:
-        if not isinstance(func, tirx.PrimFunc) or not self.is_target_available(target):
+        prepared = _prepared_gemm(self, func, target)
+        if prepared is None:
             return None
-        sch = s_tir.Schedule(func)
-        block = int8_gemm_block(sch)
-        if block is None:
-            return None
-        cuda_intrin.register()
-        _normalize(sch, block)
+        sch, block = prepared
         self._schedule(sch, block)
         return sch
 
