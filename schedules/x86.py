@@ -219,8 +219,11 @@ def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> 
 
 def _lanes_of(sch: s_tir.Schedule, block: s_tir.SBlockRV, vbytes: int) -> int:
     """Vector lanes for the widest buffer the block touches, at the target's vector width (one register
-    per value: an int8 output computed in int64 gets 8 lanes on AVX-512, not 64 that spill)."""
+    per value: an int8 output computed in int64 gets 8 lanes on AVX-512, not 64 that spill). A block that
+    touches a bool buffer (the imported graph's mask logic) gets 1: TVM's vectorizer stores bool vectors as int8."""
     stmt = sch.get(block)
+    if any(str(r.source.dtype) == "bool" for r in [*stmt.reads, *stmt.writes]):
+        return 1
     bits = max(tvm.DataType(r.source.dtype).bits for r in [*stmt.reads, *stmt.writes])
     return max(vbytes * 8 // bits, 1)
 
@@ -294,14 +297,28 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     for block in reversed(prologue) if batch else ():
         sch.compute_at(block, tile)
     epilogue = _after(sch, gemm)
-    for block in epilogue:
+    per_tile = all(_follows_tile(sch, block, gemm, exact=not batch) for block in epilogue)
+    for block in epilogue if per_tile else ():
         sch.reverse_compute_at(block, tile)
     sch.parallel(tile)
-    for block in [*epilogue, *(prologue if batch else ())]:
+    for block in [*(epilogue if per_tile else ()), *(prologue if batch else ())]:
         _vectorize_inner(sch, block, _lanes_of(sch, block, vbytes))
-    for block in () if batch else prologue:
+    for block in [*(() if batch else prologue), *(() if per_tile else epilogue)]:
         _parallel_vectorize(sch, block, vbytes)
     return ko, rows_inner, ni, nl, kg
+
+
+def _follows_tile(sch: s_tir.Schedule, block: s_tir.SBlockRV, gemm: s_tir.SBlockRV, exact: bool) -> bool:
+    """Whether epilogue `block` can run inside the GEMM's tile loop (`reverse_compute_at`): it must read a
+    buffer computed in this function (the GEMM's or an earlier epilogue's; FuseOps also pulls in independent
+    stages, e.g. the regrid of a residual, whose region no tile determines), and with `exact` read every such
+    buffer at plain iteration variables (a reshape inlined into it, `(i * L + j) % M`, maps a row tile to no
+    box). Otherwise TVM would leave elements uncomputed or read values no task has written yet, so the
+    epilogue then runs after the GEMM, parallel on its own."""
+    produced = {w.source.name for b in [gemm, *_after(sch, gemm)] for w in sch.get(b).writes}
+    regions = [region for region in sch.get(block).reads if region.source.name in produced]
+    return bool(regions) and (not exact or all(isinstance(r.min, tirx.Var) and int(r.extent) == 1
+                                               for region in regions for r in region.region))
 
 
 def _batch_dims(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, group: int) -> int:

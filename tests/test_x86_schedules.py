@@ -158,6 +158,37 @@ def test_tiny_model_scheduled_build_is_bit_identical(tiny_program, host_build, r
            f"({', '.join(x86.int8_features(HOST)) or 'no int8 features'}) and on plain x86-64")
 
 
+@pytest.mark.parametrize("semantics", ["hf"])
+def test_epilogue_with_an_independent_stage_is_not_computed_per_tile(semantics):
+    """"hf" semantics regrids the residual inside the output dense's fused GEMM (a stage that reads no
+    accumulator). Computed inside the GEMM's tiles, its rows were read before any task wrote them: right on
+    fresh (zeroed) memory, wrong after another program had run. So the reference runs first here, and the
+    scheduled build's first run must equal it."""
+    qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 3, 20, seed=1), semantics=semantics)
+    b = batches(0, 1, 3, 20, seed=5)[0]
+    mod, inputs = qm.program(3, 20), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+    ref = _unscheduled(mod, inputs)
+    np.testing.assert_array_equal(_run(build(mod, HOST), inputs), ref)
+
+
+def test_reshape_between_gemm_and_epilogue_is_bit_identical():
+    """linear [60, K] -> reshape [3, 20, N] -> requantize with residual (the imported graph's form): the
+    reshape inlined into the epilogue maps a GEMM row tile to no box, so the epilogue runs after the GEMM."""
+    x = relax.Var("x", relax.TensorType((60, 64), "int8"))
+    res = relax.Var("res", relax.TensorType((3, 20, 48), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x, res]):
+        with bb.dataflow():
+            acc = bb.emit(ops.linear(x, W_64, _ints("int32", (48,), -10**5, 10**5)))
+            acc = bb.emit(relax.op.reshape(acc, (3, 20, 48)))
+            out = bb.emit_output(bb.emit(ops.requantize(acc, REQ.multiplier, REQ.shift, bits=22, residual=res,
+                                                        residual_multiplier=RES.multiplier, residual_shift=RES.shift)))
+        bb.emit_func_output(out)
+    inputs = [_ints("int8", (60, 64)), _ints("int8", (3, 20, 48))]
+    ref = _unscheduled(bb.get(), inputs)
+    np.testing.assert_array_equal(_run(build(bb.get(), HOST), inputs), ref)
+
+
 def test_every_prim_func_gets_a_schedule(tiny_program):
     """Every GEMM is tensorized on a VNNI host (vectorized otherwise); nothing is left unscheduled."""
     with HOST:
