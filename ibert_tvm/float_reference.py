@@ -48,20 +48,23 @@ def _eager_encoder(model: PreTrainedModel | str | Path) -> PreTrainedModel:
     return encoder.eval()
 
 
-def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int) -> tvm.IRModule:
+def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int, keep_params: bool = False,
+                  mask_dtype: str = "int64") -> tvm.IRModule:
     """The float encoder as a Relax module, imported by TVM from `torch.export`.
 
-    `main(input_ids int64 [batch, seq], attention_mask int64 [batch, seq]) -> float32 [batch, seq, hidden]`
-    (the last hidden state); the weights are bound as constants. `model` is a HF BertModel / RobertaModel
-    (or a model wrapping one, e.g. ...ForSequenceClassification), or a local model directory.
+    `main(input_ids int64 [batch, seq], attention_mask [batch, seq]) -> float32 [batch, seq, hidden]`
+    (the last hidden state); the weights are bound as constants, or with `keep_params` are parameters named
+    after their module (`p_encoder_<path>`, values in the function's "params" attribute), as the graph rewrite
+    `relay_passes.rewrite_to_ibert` reads them. `model` is a HF BertModel / RobertaModel (or a model wrapping
+    one, e.g. ...ForSequenceClassification), or a local model directory.
     """
     from tvm.relax.frontend.torch import from_exported_program
 
     encoder = _eager_encoder(model)
-    example = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, seq, dtype=torch.long))
+    example = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, seq, dtype=getattr(torch, mask_dtype)))
     with torch.no_grad():
         exported = torch.export.export(_LastHiddenState(encoder).eval(), example)
-        mod = from_exported_program(exported, unwrap_unit_return_tuple=True)
+        mod = from_exported_program(exported, keep_params_as_input=keep_params, unwrap_unit_return_tuple=True)
     return mod
 
 

@@ -151,27 +151,35 @@ def self_attention(bb: relax.BlockBuilder, x: QTensor, attn, mask: relax.Expr | 
     k = requantize_act(bb, quant_linear(bb, x, attn.key), attn.key_activation)
     v = requantize_act(bb, quant_linear(bb, x, attn.value), attn.value_activation)
     qh, kh, vh = (_heads(bb, t.value, num_heads) for t in (q, k, v))
-    scores = bb.emit(ops.matmul(qh, kh, transpose_b=True))
-    # HF folds 1/sqrt(d) into the scale in float32: S_q * S_k / sqrt(d).
-    score_scale = np.asarray(q.scale * k.scale / F32(math.sqrt(attn.attention_head_size)), dtype=F32)
+    scores = QTensor(bb.emit(ops.matmul(qh, kh, transpose_b=True)),
+                     score_scale(q.scale * k.scale, attn.attention_head_size))
     if not attn.softmax.quant_mode:
-        context = float_attention(bb, QTensor(scores, score_scale), QTensor(vh, v.scale), mask)
+        context = float_attention(bb, scores, QTensor(vh, v.scale), mask)
         return requantize_act(bb, QTensor(_merge_heads(bb, context), None), attn.output_activation)
-    probs = int_softmax(bb, QTensor(scores, score_scale), attn.softmax, mask)
+    probs = int_softmax(bb, scores, attn.softmax, mask)
     context = bb.emit(ops.matmul(probs.value, vh))
     context = QTensor(_merge_heads(bb, context), np.asarray(probs.scale * v.scale, dtype=F32))
     return requantize_act(bb, context, attn.output_activation)
 
 
-def float_attention(bb: relax.BlockBuilder, scores: QTensor, values: QTensor, mask: relax.Expr | None) -> relax.Expr:
-    """Q8BERT's float Softmax and P.V (HF with force_dequant="softmax"): additive finfo.min mask, float matmul."""
+def score_scale(qk_scale: np.ndarray, head_size: int) -> np.ndarray:
+    """The attention scores' scale: HF folds 1/sqrt(d) into S_q * S_k in float32, S_q * S_k / sqrt(d)."""
+    return np.asarray(qk_scale / F32(math.sqrt(head_size)), dtype=F32)
+
+
+def float_softmax(bb: relax.BlockBuilder, scores: QTensor, mask: relax.Expr | None) -> relax.Expr:
+    """Q8BERT's float Softmax (HF with force_dequant="softmax") of dequantized scores, additive finfo.min mask."""
     logits = dequantize(bb, scores)
     if mask is not None:
         blocked = relax.op.equal(mask, relax.const(0, mask.ty.dtype))
         bias = relax.op.where(blocked, relax.const(np.finfo(np.float32).min, "float32"), relax.const(0.0, "float32"))
         logits = bb.emit(relax.op.add(logits, bias))
-    probs = bb.emit(relax.op.nn.softmax(logits, axis=-1))
-    return bb.emit(relax.op.matmul(probs, dequantize(bb, values)))
+    return bb.emit(relax.op.nn.softmax(logits, axis=-1))
+
+
+def float_attention(bb: relax.BlockBuilder, scores: QTensor, values: QTensor, mask: relax.Expr | None) -> relax.Expr:
+    """Q8BERT's float Softmax and P.V: `float_softmax`, then a float matmul with the dequantized values."""
+    return bb.emit(relax.op.matmul(float_softmax(bb, scores, mask), dequantize(bb, values)))
 
 
 def dense_residual_norm(bb: relax.BlockBuilder, x: QTensor, residual: QTensor, block) -> QTensor:

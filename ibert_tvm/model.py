@@ -115,6 +115,8 @@ class QuantizedModel:
     tokenizer: object | None = None
     head: ClassifierHead | None = None
     head_mode: str = "integer"
+    importer: str = "modules"
+    source: PreTrainedModel | None = None  # the float model, which importer="graph" exports
 
     @property
     def hidden_scale(self) -> float:
@@ -165,6 +167,12 @@ class QuantizedModel:
     def encoder_states(self, bb: relax.BlockBuilder, ids: relax.Var, mask: relax.Var) -> layers.QTensor:
         """Emit the encoder into `bb`'s dataflow block: int64 ids and int32 mask [B, L] -> int8 states [B, L, H]."""
         batch, seq = (int(d) for d in ids.ty.shape.values)
+        if self.importer == "graph":
+            from .float_reference import float_program
+            from .relay_passes.rewrite_to_ibert import emit_encoder
+
+            graph = float_program(self.source, batch, seq, keep_params=True, mask_dtype=str(mask.ty.dtype))
+            return emit_encoder(bb, graph, self.ibert, self.semantics, [ids, mask])
         if self.model_type == "bert":
             pos = bb.emit(relax.const(np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()))
         else:
@@ -186,12 +194,13 @@ def function_name(batch: int, seq: int) -> str:
 
 
 SEMANTICS = ("ibert", "hf")
+IMPORTERS = ("modules", "graph")
 
 
 def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
                     calibration: Iterable[Batch] | Sequence[str] | None = None, semantics: str = "ibert",
                     tokenizer=None, method: str = "minmax", percentile: float = 99.99,
-                    force_dequant: str = "none", head: str = "integer") -> QuantizedModel:
+                    force_dequant: str = "none", head: str = "integer", importer: str = "modules") -> QuantizedModel:
     """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
 
     An IBert model with `quant_mode=True` keeps its trained ranges (calibration optional); any other model
@@ -203,7 +212,13 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     batches) or HF's float head (`head="float"`).
     `semantics="hf"` reproduces HF's IBertModel, which hands the embedding scale to every layer (spec §5.3),
     for checkpoints trained with it; the default "ibert" propagates each layer's true output scale.
+    `importer="graph"` builds the encoder by rewriting TVM's import of the float model's `torch.export` graph
+    (`relay_passes/rewrite_to_ibert.py`); the default "modules" emits the same integer program from the HF
+    modules directly (no export per shape; the only way for an IBert checkpoint, whose graph is HF's float
+    simulation of the integers).
     """
+    if importer not in IMPORTERS:
+        raise ValueError(f"importer must be one of {IMPORTERS}, got {importer!r}")
     if semantics not in SEMANTICS:
         raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
     if head not in HEAD_MODES:
@@ -230,7 +245,10 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
         if not calibration:
             raise ValueError("the integer classification head needs calibration batches (or head='float')")
         calibrate_head(classifier, qmodel, model_type, calibration)
-    return QuantizedModel(qmodel, model_type, semantics, tokenizer, classifier, head)
+    if importer == "graph" and qmodel is _encoder_of(model):
+        raise UnsupportedModelError("importer='graph' needs a float BERT / RoBERTa: an IBert checkpoint's graph is "
+                                    "HF's float simulation of the integers (use importer='modules')")
+    return QuantizedModel(qmodel, model_type, semantics, tokenizer, classifier, head, importer, model)
 
 
 def from_onnx(path: str | Path, calibration: Iterable[Batch] | Sequence[str] | None = None, **options

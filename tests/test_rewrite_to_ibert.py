@@ -1,0 +1,116 @@
+"""The graph rewrite (relay_passes/rewrite_to_ibert.py): TVM's import of the float model's torch.export graph,
+rewritten into ibert.* ops, computes exactly the integers of the program emitted from the HF modules (which
+tests/test_model.py checks against HF's IBertModel), compiles integer-only, and refuses what it cannot
+rewrite by name."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from tvm import relax
+
+from ibert_tvm.float_reference import float_program
+from ibert_tvm.model import UnsupportedModelError, from_pretrained
+from ibert_tvm.relay_passes.pipeline import build
+from ibert_tvm.relay_passes.rewrite_to_ibert import rewrite_to_ibert
+from ibert_tvm.relay_passes.verify_integer_only import verify_integer_only
+from test_model import agreement, batches, hf_forward, tiny
+
+BATCH, SEQ = 3, 20
+
+
+def _inputs(pad: int) -> list[np.ndarray]:
+    b = batches(pad, 1, BATCH, SEQ, seed=5)[0]
+    return [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+
+
+def _run(mod: tvm.IRModule, inputs: list[np.ndarray], exe=None) -> np.ndarray:
+    exe = exe or tvm.compile(relax.transform.LegalizeOps()(mod), "llvm")
+    return relax.VirtualMachine(exe, tvm.cpu())["main"](*map(tvm.runtime.tensor, inputs)).numpy()
+
+
+def _quantized(kind: str, **options):
+    pad = 1 if kind == "roberta" else 0
+    return from_pretrained(tiny(kind), calibration=batches(pad, 2, 4, 16, seed=1), **options), pad
+
+
+@pytest.mark.parametrize("semantics", ["ibert", "hf"])
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_rewritten_graph_equals_the_emitted_program(kind, semantics, report):
+    """Every int8 output identical, padding and a batch/length unlike calibration included."""
+    qm, pad = _quantized(kind, semantics=semantics)
+    graph = float_program(qm.source, BATCH, SEQ, keep_params=True, mask_dtype="int32")
+    rewritten = rewrite_to_ibert(graph, qm.ibert, semantics)
+    ops = {c.op.name for c in _calls(rewritten)}
+    assert {"ibert.embedding", "ibert.linear", "ibert.matmul", "ibert.int_softmax", "ibert.int_gelu",
+            "ibert.int_layernorm", "ibert.requantize"} <= ops
+    assert not {"relax.nn.softmax", "relax.nn.gelu", "relax.nn.layer_norm", "relax.matmul"} & ops
+    inputs = _inputs(pad)
+    ours = _run(rewritten, inputs)
+    np.testing.assert_array_equal(ours, _run(qm.program(BATCH, SEQ), inputs))
+    report(f"graph rewrite, {kind} '{semantics}': int8 outputs identical to the module-emitted program")
+
+
+def test_hf_semantics_rewrite_matches_hf_ibert_model():
+    """The rewritten BERT program against HF's own IBertModel (quant_mode=True, the same ranges)."""
+    qm, pad = _quantized("bert", semantics="hf", importer="graph")
+    b = batches(pad, 1, BATCH, SEQ, seed=5)[0]
+    ours = _run(qm.program(BATCH, SEQ), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)])
+    ref = hf_forward(qm, b)[-1][0]
+    real = b.attention_mask.numpy().astype(bool)
+    same, worst = agreement(ours[real], ref[real])
+    assert same >= 0.999 and worst <= 1, (same, worst)
+
+
+def test_graph_importer_compiles_integer_only_through_the_pipeline():
+    """importer="graph" end to end: the pipeline's VerifyIntegerOnly passes, the x86 build equals the plain one."""
+    qm, pad = _quantized("roberta", importer="graph")
+    mod = qm.program(BATCH, SEQ)
+    verify_integer_only(relax.transform.LegalizeOps()(mod))
+    inputs = _inputs(pad)
+    np.testing.assert_array_equal(_run(mod, inputs, build(mod, "llvm")), _run(mod, inputs))
+
+
+def test_q8bert_mode_through_the_rewrite():
+    """force_dequant="nonlinear": float Softmax / GELU / LayerNorm between int8 GEMMs, as the emitted program."""
+    qm, pad = _quantized("bert", force_dequant="nonlinear")
+    rewritten = rewrite_to_ibert(float_program(qm.source, BATCH, SEQ, keep_params=True, mask_dtype="int32"),
+                                 qm.ibert)
+    assert "relax.nn.softmax" in {c.op.name for c in _calls(rewritten)}
+    inputs = _inputs(pad)
+    np.testing.assert_array_equal(_run(rewritten, inputs), _run(qm.program(BATCH, SEQ), inputs))
+
+
+def test_an_op_without_integer_form_is_refused_by_name():
+    """A ReLU feed-forward (its graph) against a GELU model's ranges: the rewrite names relu."""
+    qm, _ = _quantized("bert")
+    relu = copy.deepcopy(qm.source)
+    for layer in relu.encoder.layer:
+        layer.intermediate.intermediate_act_fn = torch.nn.ReLU()
+    graph = float_program(relu, BATCH, SEQ, keep_params=True, mask_dtype="int32")
+    with pytest.raises(UnsupportedModelError, match="relax.nn.relu"):
+        rewrite_to_ibert(graph, qm.ibert)
+
+
+def test_other_weights_are_refused():
+    qm, _ = _quantized("bert")
+    other = copy.deepcopy(qm.source)
+    with torch.no_grad():
+        other.encoder.layer[1].output.dense.weight.add_(0.01)
+    graph = float_program(other, BATCH, SEQ, keep_params=True, mask_dtype="int32")
+    with pytest.raises(UnsupportedModelError, match="encoder.layer.1.output.dense.weight.*not the same weights"):
+        rewrite_to_ibert(graph, qm.ibert)
+
+
+def test_graph_importer_refuses_an_ibert_checkpoint():
+    qm, _ = _quantized("roberta")
+    with pytest.raises(UnsupportedModelError, match="importer='graph' needs a float"):
+        from_pretrained(qm.ibert, importer="graph")
+
+
+def _calls(mod: tvm.IRModule) -> list[relax.Call]:
+    return [b.value for block in mod["main"].body.blocks for b in block.bindings if isinstance(b.value, relax.Call)]
