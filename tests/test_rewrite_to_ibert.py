@@ -6,6 +6,7 @@ rewrite by name."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,8 +18,7 @@ from ibert_tvm.float_reference import float_program
 from ibert_tvm.model import UnsupportedModelError, from_pretrained
 from ibert_tvm.relay_passes.pipeline import build
 from ibert_tvm.relay_passes.rewrite_to_ibert import rewrite_to_ibert
-from ibert_tvm.relay_passes.verify_integer_only import verify_integer_only
-from test_model import agreement, batches, hf_forward, tiny
+from test_model import batches, tiny
 
 BATCH, SEQ = 3, 20
 
@@ -38,48 +38,28 @@ def _quantized(kind: str, **options):
     return from_pretrained(tiny(kind), calibration=batches(pad, 2, 4, 16, seed=1), **options), pad
 
 
-@pytest.mark.parametrize("semantics", ["ibert", "hf"])
-@pytest.mark.parametrize("kind", ["bert", "roberta"])
-def test_rewritten_graph_equals_the_emitted_program(kind, semantics, report):
-    """Every int8 output identical, padding and a batch/length unlike calibration included."""
-    qm, pad = _quantized(kind, semantics=semantics)
-    graph = float_program(qm.source, BATCH, SEQ, keep_params=True, mask_dtype="int32")
-    rewritten = rewrite_to_ibert(graph, qm.ibert, semantics)
+@pytest.mark.parametrize("kind, semantics, pipeline", [("bert", "ibert", False), ("roberta", "hf", True)])
+def test_rewritten_graph_equals_the_emitted_program(kind, semantics, pipeline, report):
+    """Every int8 output identical, padding and a batch/length unlike calibration included; built by the
+    integer pipeline (phase 2 verifies that no float survived) or plainly."""
+    qm, pad = _quantized(kind, semantics=semantics, importer="graph")
+    rewritten = qm.program(BATCH, SEQ)
     ops = {c.op.name for c in _calls(rewritten)}
     assert {"ibert.embedding", "ibert.linear", "ibert.matmul", "ibert.int_softmax", "ibert.int_gelu",
             "ibert.int_layernorm", "ibert.requantize"} <= ops
     assert not {"relax.nn.softmax", "relax.nn.gelu", "relax.nn.layer_norm", "relax.matmul"} & ops
     inputs = _inputs(pad)
-    ours = _run(rewritten, inputs)
-    np.testing.assert_array_equal(ours, _run(qm.program(BATCH, SEQ), inputs))
-    report(f"graph rewrite, {kind} '{semantics}': int8 outputs identical to the module-emitted program")
-
-
-def test_hf_semantics_rewrite_matches_hf_ibert_model():
-    """The rewritten BERT program against HF's own IBertModel (quant_mode=True, the same ranges)."""
-    qm, pad = _quantized("bert", semantics="hf", importer="graph")
-    b = batches(pad, 1, BATCH, SEQ, seed=5)[0]
-    ours = _run(qm.program(BATCH, SEQ), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)])
-    ref = hf_forward(qm, b)[-1][0]
-    real = b.attention_mask.numpy().astype(bool)
-    same, worst = agreement(ours[real], ref[real])
-    assert same >= 0.999 and worst <= 1, (same, worst)
-
-
-def test_graph_importer_compiles_integer_only_through_the_pipeline():
-    """importer="graph" end to end: the pipeline's VerifyIntegerOnly passes, the x86 build equals the plain one."""
-    qm, pad = _quantized("roberta", importer="graph")
-    mod = qm.program(BATCH, SEQ)
-    verify_integer_only(relax.transform.LegalizeOps()(mod))
-    inputs = _inputs(pad)
-    np.testing.assert_array_equal(_run(mod, inputs, build(mod, "llvm")), _run(mod, inputs))
+    ours = _run(rewritten, inputs, build(rewritten, "llvm") if pipeline else None)
+    np.testing.assert_array_equal(ours, _run(dataclasses.replace(qm, importer="modules").program(BATCH, SEQ), inputs))
+    report(f"graph rewrite, {kind} '{semantics}': int8 outputs identical to the module-emitted program "
+           f"({'integer pipeline' if pipeline else 'plain'} build)")
 
 
 def test_q8bert_mode_through_the_rewrite():
     """force_dequant="nonlinear": float Softmax / GELU / LayerNorm between int8 GEMMs, as the emitted program."""
     qm, pad = _quantized("bert", force_dequant="nonlinear")
     rewritten = rewrite_to_ibert(float_program(qm.source, BATCH, SEQ, keep_params=True, mask_dtype="int32"),
-                                 qm.ibert)
+                                 qm.ibert)  # the pass on its own, as a pipeline would call it
     assert "relax.nn.softmax" in {c.op.name for c in _calls(rewritten)}
     inputs = _inputs(pad)
     np.testing.assert_array_equal(_run(rewritten, inputs), _run(qm.program(BATCH, SEQ), inputs))
