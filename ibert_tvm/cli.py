@@ -52,6 +52,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")
     p.add_argument("--semantics", choices=("ibert", "hf"), default="ibert",
                    help="'ibert' propagates true scales (default); 'hf' reproduces HF IBertModel's embedding scale")
+    p.add_argument("--importer", choices=("modules", "graph"), default="modules",
+                   help="'modules' emits the program from the HF modules (default); 'graph' rewrites TVM's import "
+                        "of the model's torch.export graph (same integers)")
     p.add_argument("--head", choices=("integer", "float"), default="integer",
                    help="classification head integer-only (default) or HF's float head")
     p.add_argument("--force-dequant", default="none", choices=("none", "gelu", "softmax", "layernorm", "nonlinear"),
@@ -74,7 +77,8 @@ def _quantize(args: argparse.Namespace):
             raise ValueError(f"{args.calibration}: no calibration sentences in it")
     else:
         texts = sentences()
-    options = dict(calibration=texts, semantics=args.semantics, head=args.head, force_dequant=args.force_dequant)
+    options = dict(calibration=texts, semantics=args.semantics, head=args.head, force_dequant=args.force_dequant,
+                   importer=args.importer)
     if args.tokenizer:
         from transformers import AutoTokenizer
 
@@ -197,7 +201,8 @@ def _inspect(args: argparse.Namespace) -> int:
         f"built with TVM {meta['versions']['tvm']}, tvm-ffi {meta['versions']['tvm_ffi']}, "
         f"ibert-tvm {meta['versions']['ibert_tvm']}",
         f"model      {model['model_type']}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
-        f"vocab {model['vocab_size']}, semantics {model['semantics']}, force_dequant {model['force_dequant']}",
+        f"vocab {model['vocab_size']}, semantics {model['semantics']}, force_dequant {model['force_dequant']}, "
+        f"importer {model.get('importer', 'modules')}",
         f"inputs     " + ", ".join(f"{i['name']} {i['dtype']} [{', '.join(map(str, i['shape']))}]"
                                    for i in meta["inputs"]),
         f"output     {out['kind']} {out['dtype']} [{', '.join(map(str, out['shape']))}]"

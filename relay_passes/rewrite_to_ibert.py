@@ -150,8 +150,10 @@ class _Rewriter:
         num_input = int(func.attrs["num_input"])
         if len(inputs) != num_input:
             raise ValueError(f"rewrite_to_ibert: the graph takes {num_input} inputs, {len(inputs)} given")
+        used = set(relax.analysis.free_vars(func.body))  # a classifier's pooler is a parameter the graph never reads
         for var in func.params[num_input:]:
-            self.env[var] = self.param(var)
+            if var in used:
+                self.env[var] = self.param(var)
         for var, value in zip(func.params[:num_input], inputs):
             if value.ty.dtype != var.ty.dtype or _shape(value) != _shape(var):
                 raise ValueError(f"rewrite_to_ibert: input '{var.name}' of the graph is {var.ty}, bound to {value.ty}")
@@ -185,7 +187,7 @@ class _Rewriter:
 
     def integer_op(self, call: relax.Call, args: list):
         """Ops on integers and constants only: copied; float results (the mask's 0 / -inf) stay lazy."""
-        if call.op.name == "relax.where" and not _is_float(args[0]):
+        if call.op.name == "relax.where" and isinstance(args[0], relax.Expr) and not _is_float(args[0]):
             keep, drop = _scalar(args[1]), _scalar(args[2])
             if keep == 0.0 and drop is not None and drop <= -1e30:
                 return _Mask(self.plain(call.args[0]))

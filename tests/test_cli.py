@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tiny_models import LABELS, calibration_texts, held_out_texts, save_tiny_classifier
@@ -39,7 +40,7 @@ def artifact(model_dir) -> Path:
     out = model_dir.parent / "art" / "tiny.so"
     proc = cli("compile", "--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"),
                "--target", "llvm", "--batch-sizes", "1", "--seq-lengths", "16", "--tuning-logs", "none",
-               "-o", str(out))
+               "--importer", "graph", "-o", str(out))  # the torch.export graph, rewritten
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and out.is_file() and out.with_suffix(".json").is_file()
     return out
@@ -55,8 +56,8 @@ def test_help_explains_each_command(command):
 def test_inspect_describes_the_artifact(artifact):
     proc = cli("inspect", str(artifact), timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for fragment in ("target     llvm", "bert, 2 layers, hidden 64", "logits int32", "batch [1] x seq [16]",
-                     "negative", "matches"):
+    for fragment in ("target     llvm", "bert, 2 layers, hidden 64", "importer graph", "logits int32",
+                     "batch [1] x seq [16]", "negative", "matches"):
         assert fragment in proc.stdout
     meta = json.loads(cli("inspect", str(artifact), "--json", timeout=120).stdout)
     assert meta["buckets"]["seq_lengths"] == [16] and "tokenizer" not in meta
@@ -71,6 +72,21 @@ def test_run_classifies_texts_and_ids(artifact):
     assert all(len(r["logits"]) == 3 for r in rows)
     proc = cli("run", str(artifact), "--ids", "101,2023,2003,102", timeout=300)
     assert proc.returncode == 0 and len(json.loads(proc.stdout)[0]["output"]) == 3
+
+
+def test_graph_importer_artifact_equals_the_module_emitted_program(artifact, model_dir):
+    """The artifact compiled with --importer graph computes the integer logits of the default importer's program."""
+    import ibert_tvm
+    from transformers import AutoTokenizer
+
+    qm = ibert_tvm.from_pretrained(model_dir, calibration=calibration_texts())
+    lib = ibert_tvm.compile(qm, target="llvm", batch_sizes=(1,), seq_lengths=(16,), tuning_logs=False)
+    enc = AutoTokenizer.from_pretrained(model_dir)(held_out_texts()[:3], padding="max_length", max_length=16,
+                                                   truncation=True, return_tensors="np")
+    ids, mask = enc["input_ids"], enc["attention_mask"]
+    ours = ibert_tvm.load(artifact)(ids, mask, integer=True)
+    assert ours.dtype == "int32"
+    np.testing.assert_array_equal(ours, lib(ids, mask, integer=True))
 
 
 def test_bench_writes_json_markdown_and_plot(artifact, tmp_path):
