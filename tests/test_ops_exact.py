@@ -354,14 +354,27 @@ def test_matmul_hypothesis(case):
 
 
 @functools.lru_cache(maxsize=None)
-def _requant_vm(x_dtype: str, bits: int, res_dtype: str | None):
+def _requant_vm(x_dtype: str, bits: int, res_dtype: str | None, side: str | None = None):
     """requantize with (M, E) as runtime int64 parameters (built with make_call: `ops.requantize`
-    only takes numpy/int constants). Values must be pre-folded like the builder does (`_dyadic`)."""
+    only takes numpy/int constants). Values must be pre-folded like the builder does (`_dyadic`).
+    `side` "hi" / "lo" declares every shift >= 31 / < 31 (the attributes `ops.requantize` sets from known
+    shifts), so that the wide product is built for that side only."""
     n, c = sym("n", "c")
     params = [tvar("x", (n, c), x_dtype), tvar("m", (c,), "int64"), tvar("e", (c,), "int64")]
     if res_dtype is not None:
         params += [tvar("y", (n, c), res_dtype), tvar("m1", (c,), "int64"), tvar("e1", (c,), "int64")]
-    return compile_vm(params, lambda *p: make_call("ibert.requantize", list(p), bits=bits))
+    shifts = {None: {}, "hi": {"shift_min": 31, "shift_max": 93}, "lo": {"shift_min": 0, "shift_max": 30}}[side]
+    return compile_vm(params, lambda *p: make_call("ibert.requantize", list(p), bits=bits, **shifts))
+
+
+def _requant_wide_by_side(x: np.ndarray, fm: np.ndarray, fe: np.ndarray, bits: int) -> np.ndarray:
+    """The wide requantize built for one side of E = 31, run on the channels whose shift lies there
+    (both sides' outputs, stitched per channel)."""
+    out = np.zeros(x.shape, np.int64)
+    for side, cols in (("hi", fe >= 31), ("lo", fe < 31)):
+        if cols.any():
+            out[:, cols] = _requant_vm("int64", bits, None, side)(np.ascontiguousarray(x[:, cols]), fm[cols], fe[cols])
+    return out
 
 
 def fold(m, e, wide: bool):
@@ -447,7 +460,9 @@ def test_requantize_wide_hypothesis(case):
     x, m, e, bits = case
     fm, fe = fold(m, e, wide=True)
     out = _requant_vm("int64", bits, None)(x, fm, fe)
-    assert_exact(out, REQUANT.reference(x, m, e, bits), None, "requantize wide")
+    ref = REQUANT.reference(x, m, e, bits)
+    assert_exact(out, ref, None, "requantize wide")
+    assert_exact(_requant_wide_by_side(x, fm, fe, bits), ref, None, "requantize wide, one side of E = 31")
 
 
 @st.composite
@@ -489,8 +504,10 @@ def test_requantize_round_half_even_ties_narrow(case, bits):
 @given(tie_case(wide=True))
 def test_requantize_round_half_even_ties_wide(case):
     x, m, e = case
-    out = _requant_vm("int64", 32, None)(x, *fold(m, e, wide=True))
-    assert_exact(out, REQUANT.reference(x, m, e, 32), "int32", "requantize wide ties")
+    fm, fe = fold(m, e, wide=True)
+    ref = REQUANT.reference(x, m, e, 32)
+    assert_exact(_requant_vm("int64", 32, None)(x, fm, fe), ref, "int32", "requantize wide ties")
+    assert_exact(_requant_wide_by_side(x, fm, fe, 32), ref, None, "requantize wide ties, one side of E = 31")
 
 
 def test_requantize_ties_round_to_even_explicit():
@@ -551,7 +568,29 @@ def test_int_gelu_then_requantize_int8(case, out_scale):
                  "gelu -> requantize")
 
 
-SOFTMAX_HYP_SCALES = [float(SOFTMAX_MAX_SCALE), 1e-1, float(SOFTMAX_MIN_SCALE)]
+def _softmax_path(s) -> tuple[bool, bool]:
+    """(polynomial in int32, exp rescale in one int64 product) that int_softmax picks for scale s."""
+    kw = softmax_consts(s)
+    p_max = SOFTMAX._poly_range(kw["x0_int"], kw["b_int"], kw["c_int"])[1]
+    return SOFTMAX._fits_int32(kw["x0_int"], kw["b_int"], kw["c_int"]), p_max * kw["exp_multiplier"] < 1 << 62
+
+
+def _beside(s: np.float32) -> list[float]:
+    """s and its float32 neighbour below: the two sides of an arithmetic switch found by `boundary_scale`."""
+    return [float(s), float(np.nextafter(s, np.float32(0)))]
+
+
+# Each side of the switches from int32 to int64 arithmetic and from one product to the split (wide) one.
+SOFTMAX_INT32_SCALE = boundary_scale(lambda s: _softmax_path(s)[0], float(SOFTMAX_MIN_SCALE), 1e-1)
+SOFTMAX_ONE_PRODUCT_SCALE = boundary_scale(lambda s: _softmax_path(s)[1], float(SOFTMAX_MIN_SCALE), 1e-1)
+SOFTMAX_HYP_SCALES = [float(SOFTMAX_MAX_SCALE), 1e-1, *_beside(SOFTMAX_INT32_SCALE),
+                      *_beside(SOFTMAX_ONE_PRODUCT_SCALE), float(SOFTMAX_MIN_SCALE)]
+
+
+def test_softmax_scales_cover_every_arithmetic_path():
+    """The hypothesis scales reach all three paths: int32 + one product, int64 + one product or not."""
+    paths = {_softmax_path(s) for s in SOFTMAX_HYP_SCALES}
+    assert {(True, True), (False, False)} <= paths and len(paths) >= 3, paths
 
 
 @functools.lru_cache(maxsize=None)

@@ -420,3 +420,14 @@ def test_embedding_first_and_last_id(ids_dtype):
     out = run_static(lambda iv: ops.embedding(iv, table), {"ids": ids})
     assert_exact(out, EMBEDDING.reference(ids, table), "int8", "embedding ends")
     assert (out[0, 0] == -128).all() and (out[0, 1] == 127).all()
+
+
+def test_requantize_records_its_shift_range_and_refuses_a_wrong_one():
+    """The wide product is built only for the shifts the call declares, so a declared range that misses a
+    constant shift is refused (it would silently take the other side's arithmetic)."""
+    x = tvar("x", (2, 3), "int64")
+    call = ops.requantize(x, np.array([1 << 30, 3, 5]), np.array([31, 40, 60]))
+    assert (int(call.attrs["shift_min"]), int(call.attrs["shift_max"])) == (31, 60)
+    with pytest.raises(IBertOpError, match=r"shift range \[31, 93\] does not hold the shift's values \[30, 60\]"):
+        make_call("ibert.requantize", [x, *call.args[1:2], ops.registry.as_expr(np.array([30, 40, 60]), "t", "e")],
+                  bits=8, shift_min=31, shift_max=93)

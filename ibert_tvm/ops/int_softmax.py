@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te, tirx as tir
 
-from .intmath import as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2
+from .intmath import I64, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped
 from .registry import IBertOpError, dims, like, make_call, register, same_dim, tensor_type
 
 OP = "ibert.int_softmax"
@@ -58,19 +58,34 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
     lowest = tir.min_value("int32")
     row_max = te.compute(rows, lambda *r: te.max(tir.Select(keep(r + (k,)), x[(*r, k)], lowest), axis=k),
                          name="row_max")
-    floor_q = i64(EXP_CONST * x0_int)
+    narrow = _fits_int32(x0_int, b_int, c_int)
+    dt = "int32" if narrow else I64
+    floor_q = EXP_CONST * x0_int
+    p_max = _poly_range(x0_int, b_int, c_int)[1]
+    one_product = p_max * abs(exp_multiplier) < 1 << 62
+
+    # q: the difference in int64 (scores span int32), clamped at 30 x0; then z and the polynomial p in `dt`.
+    # Each a stage of its own, so that TVM's simplifier cannot widen them back to int64 through the casts.
+    q = te.compute(x.shape, lambda *i: tir.max(tir.Select(keep(i), i64(x[i]) - i64(row_max[i[:-1]]), i64(floor_q)),
+                                               i64(floor_q)).astype(dt), name="exp_q")
+    x0 = tir.const(x0_int, dt)
+    z = te.compute(x.shape, lambda *i: tir.truncdiv(q[i], x0), name="exp_z")  # q <= 0, x0 < 0: the floor
+
+    def poly(*i):
+        r = q[i] - x0 * z[i]
+        return tir.max((r + tir.const(b_int, dt)) * r + tir.const(c_int, dt), tir.const(0, dt))
+
+    p = te.compute(x.shape, poly, name="exp_poly")
 
     def exp16(*i):
-        q = tir.Select(keep(i), i64(x[i]) - i64(row_max[i[:-1]]), floor_q)
-        q = tir.max(q, floor_q)
-        z = tir.floordiv(q, i64(x0_int))
-        r = q - i64(x0_int) * z
-        p = tir.max((r + i64(b_int)) * r + i64(c_int), i64(0))
-        return clamp(mul_rne_shift_wide(p, exp_multiplier, i64(exp_shift - EXP_CONST) + z), E16_MIN, E16_MAX)
+        shift = i64(exp_shift - EXP_CONST) + i64(z[i])
+        e = (rne_shift_capped(i64(p[i]) * i64(exp_multiplier), shift, exp_shift) if one_product
+             else mul_rne_shift_wide(i64(p[i]), exp_multiplier, shift))
+        return clamp(e, E16_MIN, E16_MAX).astype("int32")
 
     e16 = te.compute(x.shape, exp16, name="exp16")
     k2 = te.reduce_axis((0, length), name="k2")
-    total = te.compute(rows, lambda *r: te.sum(e16[(*r, k2)], axis=k2), name="exp_sum")
+    total = te.compute(rows, lambda *r: te.sum(i64(e16[(*r, k2)]), axis=k2), name="exp_sum")
     if mask:
         k3 = te.reduce_axis((0, length), name="k3")
         alive = te.compute(rows, lambda *r: te.max(tir.Select(keep(r + (k3,)), i64(1), i64(0)), axis=k3),
@@ -82,9 +97,26 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
         s = total[i[:-1]]
         ok = s > i64(0) if alive is None else tir.And(s > i64(0), alive[i[:-1]] > i64(0))
         factor = tir.floordiv(i64(1 << SUM_BITS), tir.max(s, i64(1)))
-        return tir.Select(ok, (e16[i] * factor) >> i64(SUM_BITS - OUT_BITS), i64(0)).astype("int16")
+        return tir.Select(ok, (i64(e16[i]) * factor) >> i64(SUM_BITS - OUT_BITS), i64(0)).astype("int16")
 
     return te.compute(x.shape, prob, name="int_softmax")
+
+
+def _poly_range(x0_int: int, b_int: int, c_int: int) -> tuple[int, int]:
+    """(min, max) of the i-exp polynomial (r + b) r + c over its remainders r in (x0, 0] (Python ints)."""
+    r_lo = x0_int + 1
+    candidates = {r_lo, 0} | {r for r in (-b_int // 2, -(b_int // 2)) if r_lo <= r <= 0}
+    values = [(r + b_int) * r + c_int for r in candidates]
+    return min(values), max(values)
+
+
+def _fits_int32(x0_int: int, b_int: int, c_int: int) -> bool:
+    """Whether q, z, r, (r + b) r and the polynomial all stay within int32 (then computed there, 16 lanes
+    per AVX-512 register and no 64-bit division); else int64."""
+    limit = (1 << 31) - 1
+    lo, hi = _poly_range(x0_int, b_int, c_int)
+    return max(abs(EXP_CONST * x0_int), abs(b_int) + abs(x0_int), abs(c_int), abs(lo), abs(hi),
+               abs(lo - c_int), abs(hi - c_int)) <= limit
 
 
 register(OP, "Integer-only Softmax (I-BERT i-exp + integer normalisation), output scale 2^-8.", _infer, _compute)

@@ -39,39 +39,59 @@ def rne_shift(v: tir.PrimExpr, e: tir.PrimExpr | int) -> tir.PrimExpr:
     return q + tir.Select(round_up, i64(1), i64(0))
 
 
-def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr | int) -> tir.PrimExpr:
+def rne_shift_capped(v: tir.PrimExpr, e: tir.PrimExpr | int, e_max: int) -> tir.PrimExpr:
+    """round_half_even(v / 2^e) for int64 |v| < 2^62 and 0 <= e <= e_max (exact): a shift past 62 gives 0,
+    since |v| / 2^63 < 1/2 (`rne_shift` alone takes e <= 62)."""
+    v, e = i64(v), i64(e)
+    if e_max <= 62:
+        return rne_shift(v, e)
+    return tir.Select(e > i64(62), i64(0), rne_shift(v, tir.min(e, i64(62))))
+
+
+def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr | int, e_min: int = 0,
+                       e_max: int = 93) -> tir.PrimExpr:
     """round_half_even(x * m / 2^e) exactly, without a 128-bit type.
 
-    Bounds: |x| < 2^62, |m| <= 2^31, 0 <= e <= 93. x*m is split as c*2^31 + bl with 0 <= bl < 2^31, so every
-    partial product stays below 2^63. A result whose magnitude would pass 2^62 saturates there, keeping its
-    sign (every caller clamps to at most 32 bits afterwards, so the clamp still sees the right side).
+    Bounds: |x| < 2^62, |m| <= 2^31, e_min <= e <= e_max within [0, 93]. x*m is split as c*2^31 + bl with
+    0 <= bl < 2^31, so every partial product stays below 2^63. A result whose magnitude would pass 2^62
+    saturates there, keeping its sign (every caller clamps to at most 32 bits afterwards, so the clamp still
+    sees the right side). Shifts known to lie on one side of 31 (`e_min`, `e_max`) build only that side.
     """
     x, m, e = i64(x), i64(m), i64(e)
     low31, k31 = i64(LOW31), i64(31)
     b = (x & low31) * m
     c = (x >> k31) * m + (b >> k31)
     bl = b & low31
-    # e >= 31: shift c by d = e - 31; the remainder is rc * 2^31 + bl against half = 2^(d-1) * 2^31.
-    d = tir.max(e - k31, i64(0))
-    q_hi = c >> d
-    rc = c - (q_hi << d)
+    if e_min >= 31:
+        q, gt, eq = _wide_shift_hi(c, bl, e - k31)
+    elif e_max < 31:
+        q, gt, eq = _wide_shift_lo(c, bl, e)
+    else:
+        hi, lo, wide = _wide_shift_hi(c, bl, tir.max(e - k31, i64(0))), _wide_shift_lo(c, bl, tir.min(e, k31)), e >= k31
+        q, gt, eq = (tir.Select(wide, h, l) for h, l in zip(hi, lo))
+    return q + tir.Select(tir.Or(gt, tir.And(eq, (q & i64(1)) == i64(1))), i64(1), i64(0))
+
+
+def _wide_shift_hi(c: tir.PrimExpr, bl: tir.PrimExpr, d: tir.PrimExpr) -> tuple[tir.PrimExpr, ...]:
+    """e = 31 + d >= 31: (quotient c >> d, remainder above half, remainder exactly half); the remainder is
+    rc * 2^31 + bl against half = 2^(d-1) * 2^31."""
+    q = c >> d
+    rc = c - (q << d)
     hd = (i64(1) << d) >> i64(1)
     half31 = i64(1 << 30)
-    gt_hi = tir.Select(d == i64(0), bl > half31, tir.Or(rc > hd, tir.And(rc == hd, bl > i64(0))))
-    eq_hi = tir.Select(d == i64(0), bl == half31, tir.And(rc == hd, bl == i64(0)))
-    # e < 31: q = c * 2^(31-e) + (bl >> e); the remainder lies in bl's low e bits.
-    s = tir.min(e, k31)
+    gt = tir.Select(d == i64(0), bl > half31, tir.Or(rc > hd, tir.And(rc == hd, bl > i64(0))))
+    eq = tir.Select(d == i64(0), bl == half31, tir.And(rc == hd, bl == i64(0)))
+    return q, gt, eq
+
+
+def _wide_shift_lo(c: tir.PrimExpr, bl: tir.PrimExpr, s: tir.PrimExpr) -> tuple[tir.PrimExpr, ...]:
+    """e = s < 31: q = c * 2^(31-s) + (bl >> s); the remainder lies in bl's low s bits."""
+    k31 = i64(31)
     c_limit = i64(1) << (k31 + s)  # |c| < 2^(31+s) keeps c * 2^(31-s) below 2^62
-    q_lo = (tir.min(tir.max(c, -c_limit), c_limit - i64(1)) << (k31 - s)) + (bl >> s)
-    r_lo = bl & ((i64(1) << s) - i64(1))
-    h_lo = (i64(1) << s) >> i64(1)
-    gt_lo = r_lo > h_lo
-    eq_lo = tir.And(r_lo == h_lo, s > i64(0))
-    wide = e >= k31
-    q = tir.Select(wide, q_hi, q_lo)
-    gt = tir.Select(wide, gt_hi, gt_lo)
-    eq = tir.Select(wide, eq_hi, eq_lo)
-    return q + tir.Select(tir.Or(gt, tir.And(eq, (q & i64(1)) == i64(1))), i64(1), i64(0))
+    q = (tir.min(tir.max(c, -c_limit), c_limit - i64(1)) << (k31 - s)) + (bl >> s)
+    r = bl & ((i64(1) << s) - i64(1))
+    h = (i64(1) << s) >> i64(1)
+    return q, r > h, tir.And(r == h, s > i64(0))
 
 
 def add_for_clamp(v: tir.PrimExpr, w: tir.PrimExpr, limit_bits: int = 40) -> tir.PrimExpr:

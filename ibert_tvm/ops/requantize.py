@@ -11,6 +11,7 @@ outputs, up to 2^62) use the split product of `intmath.mul_rne_shift_wide`, so n
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax, te
 
 from .intmath import add_for_clamp, clamp, i64, mul_rne_shift_wide, per_channel, ref_rne_div_pow2, rne_shift
@@ -32,6 +33,7 @@ def _infer(call: relax.Call) -> relax.TensorType:
     channels = dims(x)[-1] if dims(x) else None
     check_channel_vector(call, 1, "multiplier", channels)
     check_channel_vector(call, 2, "shift", channels)
+    _check_shift_range(call)
     if len(call.args) == 6:
         y = tensor_type(call, 3, "residual", NARROW_INPUTS, ndim=x.ndim)
         for i, (dx, dy) in enumerate(zip(dims(x), dims(y))):
@@ -44,13 +46,27 @@ def _infer(call: relax.Call) -> relax.TensorType:
     return like(x, OUT_DTYPE[bits])
 
 
-def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bits: int) -> te.Tensor:
+def _check_shift_range(call: relax.Call) -> None:
+    """The optional `shift_min`/`shift_max` attributes must hold the shift's values (a constant is checked):
+    the wide product builds only the cases they admit."""
+    if "shift_min" not in call.attrs:
+        return
+    lo, hi = int(call.attrs["shift_min"]), int(call.attrs["shift_max"])
+    shift = call.args[2]
+    values = shift.value.numpy() if isinstance(shift, tvm.ir.GenericConst) else None
+    if not 0 <= lo <= hi <= WIDE_MAX_SHIFT or (values is not None and (values.min() < lo or values.max() > hi)):
+        raise IBertOpError(f"{OP}: shift range [{lo}, {hi}] does not hold the shift's values"
+                           + (f" [{values.min()}, {values.max()}]" if values is not None else ""))
+
+
+def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bits: int, shift_min: int = 0,
+             shift_max: int = WIDE_MAX_SHIFT) -> te.Tensor:
     wide = x.dtype == "int64"
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
     def body(*i):
         mi, ei = per_channel(m, i), per_channel(e, i)
-        v = mul_rne_shift_wide(x[i], mi, ei) if wide else rne_shift(i64(x[i]) * mi, ei)
+        v = mul_rne_shift_wide(x[i], mi, ei, shift_min, shift_max) if wide else rne_shift(i64(x[i]) * mi, ei)
         if residual:
             y, m1, e1 = residual
             v = add_for_clamp(v, rne_shift(i64(y[i]) * per_channel(m1, i), per_channel(e1, i)))
@@ -98,12 +114,14 @@ def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | 
     wide = isinstance(x, relax.Expr) and getattr(getattr(x, "ty", None), "dtype", None) == "int64"
     m, e = _dyadic(multiplier, shift, wide, "x")
     args = [x, as_expr(m, OP, "multiplier"), as_expr(e, OP, "shift")]
+    # Known shifts bound the wide product's cases (`intmath.mul_rne_shift_wide`); run-time ones may be any.
+    shifts = {} if isinstance(e, relax.Expr) else {"shift_min": int(e.min()), "shift_max": int(e.max())}
     if residual is not None:
         if residual_multiplier is None or residual_shift is None:
             raise IBertOpError(f"{OP}: a residual needs residual_multiplier and residual_shift")
         m1, e1 = _dyadic(residual_multiplier, residual_shift, False, "residual")
         args += [residual, as_expr(m1, OP, "residual_multiplier"), as_expr(e1, OP, "residual_shift")]
-    return make_call(OP, args, bits=int(bits))
+    return make_call(OP, args, bits=int(bits), **shifts)
 
 
 def reference(x: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int, bits: int = 8,
