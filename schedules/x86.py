@@ -195,13 +195,14 @@ def _product(values: list[int]) -> int:
 
 def _register_tile(dims: list[int], blocks: int, registers: int) -> tuple[list[int], int]:
     """(row factors, NR): MR = prod(row factors) rows x NR column blocks of accumulators, fitting
-    MR*NR accumulators + NR operands + 1 broadcast in `registers`, most MACs per load (MR*NR, then MR+NR)."""
+    MR*NR accumulators + NR operands + 1 broadcast in `registers`: most MACs per step, then most rows (each
+    B vector loaded then serves more rows; the A broadcasts hit L1, and a narrower B panel stays in cache)."""
     options = []
     for limit, nr in itertools.product(range(1, MAX_ROWS + 1), range(1, MAX_COLUMN_BLOCKS + 1)):
         factors = _row_factors(dims, limit)
         mr = _product(factors)
         if blocks % nr == 0 and mr * nr + nr + 1 <= registers:
-            options.append((mr * nr, -(mr + nr), factors, nr))
+            options.append((mr * nr, mr, factors, nr))
     best = max(options, key=lambda o: o[:2])
     return best[2], best[3]
 

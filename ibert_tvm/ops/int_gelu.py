@@ -31,9 +31,9 @@ def _compute(x: te.Tensor, b: te.Tensor, c: te.Tensor, q1: te.Tensor) -> te.Tens
     def body(*i):
         q = i64(x[i])
         bi = per_channel(b, i)
-        sgn = tir.Select(q > i64(0), i64(1), tir.Select(q < i64(0), i64(-1), i64(0)))
         t = tir.min(tir.abs(q), -bi) + bi
-        y = (sgn * (t * t + per_channel(c, i))) >> i64(ERF_SHIFT)
+        v = t * t + per_channel(c, i)
+        y = tir.Select(q > i64(0), v, tir.Select(q < i64(0), -v, i64(0))) >> i64(ERF_SHIFT)  # sgn * v
         return q * (y + per_channel(q1, i))
 
     return te.compute(x.shape, body, name="int_gelu")
