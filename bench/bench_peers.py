@@ -134,10 +134,10 @@ def torch_runner(model, int8: bool):
     return run
 
 
-def ort_runner(model, batch: int, seq: int, int8: bool, workdir: Path):
+def ort_runner(name: str, model, batch: int, seq: int, int8: bool, workdir: Path):
     import onnxruntime as ort
 
-    path = workdir / f"model_{batch}x{seq}.onnx"
+    path = workdir / f"{name}_{batch}x{seq}.onnx"  # one export per model and shape
     if not path.exists():
         ids, mask = inputs(model, batch, seq)
         with warnings.catch_warnings():
@@ -147,7 +147,7 @@ def ort_runner(model, batch: int, seq: int, int8: bool, workdir: Path):
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        q = workdir / f"model_{batch}x{seq}_int8.onnx"
+        q = path.with_name(f"{path.stem}_int8.onnx")
         quantize_dynamic(str(path), str(q), weight_type=QuantType.QInt8)
         path = q
     options = ort.SessionOptions()
@@ -177,8 +177,8 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
                    "TVM float32 (untuned)": lambda: tvm_float_runner(model, batch, seq),
                    "PyTorch FP32": lambda: torch_runner(model, False),
                    "PyTorch dynamic int8": lambda: torch_runner(model, True),
-                   "ONNX Runtime FP32": lambda: ort_runner(model, batch, seq, False, workdir),
-                   "ONNX Runtime dynamic int8": lambda: ort_runner(model, batch, seq, True, workdir)}
+                   "ONNX Runtime FP32": lambda: ort_runner(name, model, batch, seq, False, workdir),
+                   "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
         if args.tuning_logs:
             runners["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs)
         for runner, make in runners.items():
