@@ -571,8 +571,8 @@ def test_int_gelu_then_requantize_int8(case, out_scale):
 def _softmax_path(s) -> tuple[bool, bool]:
     """(polynomial in int32, exp rescale in one int64 product) that int_softmax picks for scale s."""
     kw = softmax_consts(s)
-    p_max = SOFTMAX._poly_range(kw["x0_int"], kw["b_int"], kw["c_int"])[1]
-    return SOFTMAX._fits_int32(kw["x0_int"], kw["b_int"], kw["c_int"]), p_max * kw["exp_multiplier"] < 1 << 62
+    dtype, one_product = SOFTMAX.arithmetic(kw["x0_int"], kw["b_int"], kw["c_int"], kw["exp_multiplier"])
+    return dtype == "int32", one_product
 
 
 def _beside(s: np.float32) -> list[float]:

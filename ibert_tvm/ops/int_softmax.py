@@ -58,11 +58,8 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
     lowest = tir.min_value("int32")
     row_max = te.compute(rows, lambda *r: te.max(tir.Select(keep(r + (k,)), x[(*r, k)], lowest), axis=k),
                          name="row_max")
-    narrow = _fits_int32(x0_int, b_int, c_int)
-    dt = "int32" if narrow else I64
+    dt, one_product = arithmetic(x0_int, b_int, c_int, exp_multiplier)
     floor_q = EXP_CONST * x0_int
-    p_max = _poly_range(x0_int, b_int, c_int)[1]
-    one_product = p_max * abs(exp_multiplier) < 1 << 62
 
     # q: the difference in int64 (scores span int32), clamped at 30 x0; then z and the polynomial p in `dt`.
     # Each a stage of its own, so that TVM's simplifier cannot widen them back to int64 through the casts.
@@ -110,13 +107,16 @@ def _poly_range(x0_int: int, b_int: int, c_int: int) -> tuple[int, int]:
     return min(values), max(values)
 
 
-def _fits_int32(x0_int: int, b_int: int, c_int: int) -> bool:
-    """Whether q, z, r, (r + b) r and the polynomial all stay within int32 (then computed there, 16 lanes
-    per AVX-512 register and no 64-bit division); else int64."""
-    limit = (1 << 31) - 1
+def arithmetic(x0_int: int, b_int: int, c_int: int, exp_multiplier: int) -> tuple[str, bool]:
+    """(dtype of q, z and the polynomial, whether the exp rescale is one int64 product) for these constants.
+
+    int32 where q, z, r, (r + b) r and the polynomial all stay within it (16 lanes per AVX-512 register and
+    no 64-bit division), else int64; one product where p_max |M| < 2^62, else the split (wide) product.
+    """
     lo, hi = _poly_range(x0_int, b_int, c_int)
-    return max(abs(EXP_CONST * x0_int), abs(b_int) + abs(x0_int), abs(c_int), abs(lo), abs(hi),
-               abs(lo - c_int), abs(hi - c_int)) <= limit
+    fits = max(abs(EXP_CONST * x0_int), abs(b_int) + abs(x0_int), abs(c_int), abs(lo), abs(hi),
+               abs(lo - c_int), abs(hi - c_int)) <= (1 << 31) - 1
+    return ("int32" if fits else I64), hi * abs(exp_multiplier) < 1 << 62
 
 
 register(OP, "Integer-only Softmax (I-BERT i-exp + integer normalisation), output scale 2^-8.", _infer, _compute)

@@ -67,8 +67,9 @@ def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr |
     elif e_max < 31:
         q, gt, eq = _wide_shift_lo(c, bl, e)
     else:
-        hi, lo, wide = _wide_shift_hi(c, bl, tir.max(e - k31, i64(0))), _wide_shift_lo(c, bl, tir.min(e, k31)), e >= k31
-        q, gt, eq = (tir.Select(wide, h, l) for h, l in zip(hi, lo))
+        hi = _wide_shift_hi(c, bl, tir.max(e - k31, i64(0)))
+        lo = _wide_shift_lo(c, bl, tir.min(e, k31))
+        q, gt, eq = (tir.Select(e >= k31, h, l) for h, l in zip(hi, lo))
     return q + tir.Select(tir.Or(gt, tir.And(eq, (q & i64(1)) == i64(1))), i64(1), i64(0))
 
 
