@@ -37,5 +37,10 @@ demo: $(STAMP)
 test: $(STAMP) $(TOOLCHAINS)
 	$(PY) -m pytest -q tests
 
+# The peers benchmark of the README (run by hand; ONNX Runtime comes with the `bench` extra).
+bench: $(STAMP)
+	$(PY) -m pip install -e ".[bench]"
+	$(PY) bench/bench_peers.py
+
 clean:
 	rm -rf $(VENV) build *.egg-info

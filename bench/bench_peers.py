@@ -260,6 +260,12 @@ def main() -> int:
         profile(name, *map(int, shape.split("x")), Path(args.out))
         return 0
     args.only = set(args.only.split(",")) if args.only else None
+    if any(r.startswith("ONNX Runtime") for r in (args.only or {"ONNX Runtime"})):
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise SystemExit("bench_peers: ONNX Runtime is not installed; `make bench` installs it "
+                             "(pip install -e '.[bench]'), or leave its runners out with --only")
     args.shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)
     context = {**cpu_summary(), "date": date.today().isoformat(), "python": platform.python_version(),
