@@ -8,13 +8,16 @@ AVX-512 VNNI on another, and the artifact metadata records which.
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import platform
 import re
 from dataclasses import dataclass
 
 import tvm
 from tvm.target import Target, codegen
 
-__all__ = ["TARGET_NAMES", "TargetSpec", "UnknownTargetError", "host_cpu_features", "resolve_target"]
+__all__ = ["TARGET_NAMES", "TargetSpec", "UnknownTargetError", "amx_usable", "host_cpu_features", "resolve_target"]
 
 
 class UnknownTargetError(ValueError):
@@ -41,7 +44,7 @@ class TargetSpec:
             return (str(self.target.attrs["arch"]),)
         if self.family == "arm":
             return tuple(sorted(m.lstrip("+") for m in self.target.attrs.get("mattr", []) if m.startswith("+")))
-        return host_cpu_features(str(self.target.attrs.get("mcpu", "")))
+        return host_cpu_features(self.target)
 
     def describe(self) -> str:
         return f"{self.name} ({', '.join(self.features) or 'generic'}): {self.target}"
@@ -49,20 +52,39 @@ class TargetSpec:
 
 _AARCH64_TRIPLE = "aarch64-linux-gnu"
 _AARCH64_CC = "aarch64-linux-gnu-g++"
-#: x86 features that decide the int8 GEMM instruction, widest first.
-_X86_INT8_FEATURES = ("avx512vnni", "avxvnni", "avx512bw", "avx2")
+_AMX_MATTR = ["+amx-tile", "+amx-int8"]
+_ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158  # Linux x86-64 <asm/prctl.h>
 
 
-def host_cpu_features(mcpu: str | None = None) -> tuple[str, ...]:
-    """The int8-relevant x86 features LLVM reports for `mcpu` (default: this machine's CPU), widest first."""
-    mcpu = mcpu or codegen.llvm_get_system_cpu()
-    host = Target({"kind": "llvm", "mcpu": mcpu})
-    return tuple(f for f in _X86_INT8_FEATURES if codegen.llvm_cpu_has_features(f, host))
+def host_cpu_features(target: Target | None = None) -> tuple[str, ...]:
+    """The int8-relevant x86 features of `target` (default: this machine's CPU), widest first."""
+    from .schedules.x86 import int8_features  # lazily: one list of the features, next to the schedules using them
+
+    return int8_features(target or _host())
+
+
+@functools.cache
+def amx_usable() -> bool:
+    """Whether this CPU has AMX int8 tiles and Linux lets this process use them (tile data is granted per
+    process on request, `arch_prctl(ARCH_REQ_XCOMP_PERM)`; a kernel without it, or a hypervisor that hides the
+    state, refuses). LLVM's host CPU name does not say: a VM may report a CPU model that has no AMX."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    if not {"amx_tile", "amx_int8"} <= set(flags):
+        return False
+    return ctypes.CDLL(None).syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
 
 
 def _host() -> Target:
-    """This machine's CPU as an llvm target (its exact CPU, so LLVM uses every vector feature it has)."""
-    return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu()})
+    """This machine's CPU as an llvm target (its exact CPU, so LLVM uses every vector feature it has), with
+    AMX's features added where the CPU and the OS allow them."""
+    mattr = _AMX_MATTR if amx_usable() else []
+    return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), **({"mattr": mattr} if mattr else {})})
 
 
 def _cuda(arch: str) -> Target:
@@ -94,7 +116,7 @@ _REGISTRY = {
                 lambda: ("arm", _aarch64("neoverse-n1", ["+neon", "+dotprod"]), _AARCH64_CC)),
     "aarch64-neon": ("ARMv8 CPU without dot product (Cortex-A72 class): NEON only",
                      lambda: ("arm", _aarch64("cortex-a72", ["+neon"]), _AARCH64_CC)),
-    "llvm": ("this machine's x86 CPU, features detected (VNNI / AVX-512 / AVX2)", lambda: ("x86", _host(), None)),
+    "llvm": ("this machine's x86 CPU, features detected (AMX / VNNI / AVX-512 / AVX2)", lambda: ("x86", _host(), None)),
 }
 _ALIASES = {"x86": "llvm", "host": "llvm", "nvidia/nvidia-t4": "t4"}
 TARGET_NAMES = tuple(_REGISTRY) + tuple(_ALIASES)

@@ -44,8 +44,8 @@ from . import family_of
 __all__ = ["VNNI_INTRINSICS", "apply_default_schedule", "int8_features", "schedule_prim_func", "tuning_space", "vector_bytes",
            "vnni_lanes"]
 
-#: x86 features that decide the int8 GEMM instruction, widest first (as in ibert_tvm.targets).
-INT8_FEATURES = ("avx512vnni", "avxvnni", "avx512bw", "avx2")
+#: x86 features that decide the int8 GEMM instruction, widest first (LLVM's names).
+INT8_FEATURES = ("amx-int8", "avx512vnni", "avxvnni", "avx512bw", "avx2")
 #: (int32 lanes, products per lane) -> (tensor intrinsic, LLVM intrinsic, A dtype, B dtype): VNNI's u8 x s8
 #: `vpdpbusd` and s16 x s16 `vpdpwssd`, in zmm (AVX512-VNNI) and ymm (AVX-VNNI) widths.
 VNNI_INTRINSICS = {
@@ -70,6 +70,11 @@ def vnni_lanes(target: Target) -> int:
     """int32 lanes of the target's VNNI instructions: 16 (AVX512-VNNI), 8 (AVX-VNNI), 0 (none)."""
     features = int8_features(target)
     return 16 if "avx512vnni" in features else 8 if "avxvnni" in features else 0
+
+
+def has_amx(target: Target) -> bool:
+    """Whether the target has AMX's int8 tiles (with AVX-512 VNNI for the GEMMs that do not fit tiles)."""
+    return "amx-int8" in int8_features(target) and vnni_lanes(target) == 16
 
 
 def vector_bytes(target: Target) -> int:
@@ -113,6 +118,86 @@ def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b
 
 for (_lanes, _group), (_name, _llvm, _a, _b) in VNNI_INTRINSICS.items():
     TensorIntrin.register(_name, *_vnni_intrinsic(_lanes, _group, _llvm, _a, _b), override=True)
+
+
+AMX_ROWS, AMX_BYTES = 16, 64  # one tile: 16 rows of 64 bytes (C: 16 x 16 int32; A: 16 x 64 u8; B: 16 x 64 s8)
+_ARCH_PRCTL = (158, 0x1023, 18)  # Linux x86-64: syscall arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+
+
+def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
+    """Register (once) and name the tensor intrinsic C[rows, cols] += A[rows, k] . B over the whole k:
+    AMX `tdpbusd` on (rows / 16) x (cols / 16) accumulator tiles that stay in tile registers for the whole
+    k loop (C loaded before, stored after). B is the vpdpbusd packing `[cols / 16, k / 4, 16, 4]`, which is
+    exactly AMX's B tile: 16 rows of k / 4 groups, each 16 columns x 4 bytes. Tile registers: C in 0..3,
+    A in 4..5, B in 6..7 (immediates, so the loops over them are unrolled)."""
+    name = f"ibert_amx_u8s8_{rows}x{cols}x{k}"
+    if TensorIntrin.get(name, allow_missing=True) is not None:
+        return name
+    mt, nt, kt = rows // AMX_ROWS, cols // AMX_ROWS, k // AMX_BYTES
+    i64 = T.int64
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((rows, k), "uint8", offset_factor=1), b: T.Buffer((nt, k // 4, 16, 4), "int8", offset_factor=1),
+             c: T.Buffer((rows, cols), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:rows, 0:cols], a[0:rows, 0:k], b[0:nt, 0:k // 4, 0:16, 0:4])
+            T.writes(c[0:rows, 0:cols])
+            for i, j, r in T.grid(i64(rows), i64(cols), i64(k)):
+                with T.sblock("update"):
+                    vi, vj, vk = T.axis.remap("SSR", [i, j, r])
+                    c[vi, vj] = c[vi, vj] + T.cast(a[vi, vk], "int32") * T.cast(
+                        b[vj // i64(16), vk // i64(4), vj % i64(16), vk % i64(4)], "int32")
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((rows, k), "uint8", offset_factor=1, strides=[T.int64(), T.int64()]),
+             b: T.Buffer((nt, k // 4, 16, 4), "int8", offset_factor=1,
+                           strides=[T.int64(), T.int64(), T.int64(), T.int64()]),
+             c: T.Buffer((rows, cols), "int32", offset_factor=1, strides=[T.int64(), T.int64()])) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:rows, 0:cols], a[0:rows, 0:k], b[0:nt, 0:k // 4, 0:16, 0:4])
+            T.writes(c[0:rows, 0:cols])
+            config = T.alloc_buffer((64,), "uint8", scope="local")  # palette 1; every tile 16 rows x 64 bytes
+            for i in range(64):
+                config[i] = T.if_then_else(i == 0, T.uint8(1), T.if_then_else(
+                    16 <= i and i < 32 and i % 2 == 0, T.uint8(AMX_BYTES),
+                    T.if_then_else(48 <= i and i < 56, T.uint8(AMX_ROWS), T.uint8(0))))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", config.access_ptr("r")))
+            for m in T.unroll(mt):
+                for n in T.unroll(nt):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(m * nt + n), c.access_ptr(
+                        "r", offset=m * AMX_ROWS * c.strides[0] + n * AMX_ROWS), c.strides[0] * i64(4)))
+            for kk in range(kt):
+                for m in T.unroll(mt):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(4 + m), a.access_ptr(
+                        "r", offset=m * AMX_ROWS * a.strides[0] + kk * AMX_BYTES), a.strides[0]))
+                for n in T.unroll(nt):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(6 + n), b.access_ptr(
+                        "r", offset=n * b.strides[0] + kk * AMX_ROWS * b.strides[1]), i64(AMX_BYTES)))
+                for m in T.unroll(mt):
+                    for n in T.unroll(nt):
+                        T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tdpbusd", T.int8(m * nt + n), T.int8(4 + m),
+                                                      T.int8(6 + n)))
+            for m in T.unroll(mt):
+                for n in T.unroll(nt):
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(m * nt + n), c.access_ptr(
+                        "w", offset=m * AMX_ROWS * c.strides[0] + n * AMX_ROWS), c.strides[0] * i64(4)))
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease"))
+
+    TensorIntrin.register(name, desc, impl)
+    return name
+
+
+def _request_amx(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` preceded by the request for AMX tile state (Linux grants it per process; without it the first
+    tile instruction faults), failing with an error that says so instead. Once per call, outside the
+    parallel tasks: after the first grant the syscall only confirms it."""
+    granted = tirx.call_extern("int64", "syscall", *(tirx.const(v, "int64") for v in _ARCH_PRCTL)) == 0
+    message = [tvm.ir.StringImm("this kernel uses AMX tiles and the OS refused this process their state "
+                                "(arch_prctl ARCH_REQ_XCOMP_PERM); compile for a target without amx-int8")]
+    # The FFI constructor directly: tirx.AssertStmt.__init__ passes (kind, condition), the constructor takes
+    # (condition, kind, message).
+    refused = tirx._ffi_api.AssertStmt(granted, tvm.ir.StringImm("RuntimeError"), message, None)
+    return func.with_body(tirx.SeqStmt([refused, func.body]))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -265,7 +350,8 @@ def _is_copy(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
 # GEMM schedules
 
 
-def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: int, vbytes: int, batch: int = 0
+def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: int, vbytes: int, batch: int = 0,
+               tile: tuple[list[int], int] | None = None
                ) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
     """Tile a [batch..., rows..., N, K] GEMM into register tiles of MR rows x NR `width`-wide column
     blocks, each accumulating over the whole k range, and parallel tasks over the tiles.
@@ -278,13 +364,14 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
       and its per-column terms (the prologue, computed per task) serve every row; the epilogue follows
       the task's row loop.
 
+    `tile` (row factors, NR) overrides the vector-register tile.
     Returns (k outer loop, row loops, column-block loop, `width` loop, k inner loop), the inner ones in
     that order under the k outer loop.
     """
     loops = sch.get_loops(gemm)
     outer_batch, lead, cols, red = loops[:batch], loops[batch:-2], loops[-2], loops[-1]
-    factors, nr = _register_tile([_extent(sch, l) for l in lead], _extent(sch, cols) // width,
-                                 VECTOR_REGISTERS[vbytes])
+    factors, nr = tile or _register_tile([_extent(sch, l) for l in lead], _extent(sch, cols) // width,
+                                         VECTOR_REGISTERS[vbytes])
     row_splits = [sch.split(l, [None, f]) for l, f in zip(lead, factors)]
     no, ni, nl = sch.split(cols, [None, nr, width])
     ko, kg = sch.split(red, [None, k_step]) if k_step > 1 else (red, None)
@@ -337,6 +424,29 @@ def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, g
     sch.tensorize(nl, VNNI_INTRINSICS[lanes, group][0])
     for loop in [*rows, ni]:
         sch.unroll(loop)
+
+
+def _amx_tile(sch: s_tir.Schedule, gemm: s_tir.SBlockRV) -> tuple[list[int], int, int] | None:
+    """(row factors, column tiles, K) of the AMX tile of a linear layer's packed u8 x s8 GEMM: 32 (else 16)
+    rows of its innermost row dim by 32 (else 16) columns over the whole K. None where the shape does not
+    fill tiles (rows not in 16s, K not in 64s: e.g. Q K^T's extra compensation row) or B is not a weight."""
+    if _batch_dims(sch, gemm, 16, 4):
+        return None
+    *lead, cols, red = (_extent(sch, l) for l in sch.get_loops(gemm))
+    if not lead or lead[-1] % AMX_ROWS or red % AMX_BYTES or cols % AMX_ROWS:
+        return None
+    rows = 2 * AMX_ROWS if lead[-1] % (2 * AMX_ROWS) == 0 else AMX_ROWS
+    return [1] * (len(lead) - 1) + [rows], 2 if cols % (2 * AMX_ROWS) == 0 else 1, red
+
+
+def _schedule_amx_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, factors: list[int], nr: int, k: int,
+                       vbytes: int) -> None:
+    """The linear-layer tiling of `_tile_gemm` with one AMX tile block (whole k) per parallel task."""
+    ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, AMX_ROWS, 1, vbytes, tile=(factors, nr))
+    sch.reorder(*rows, sch.fuse(ni, nl), ko)
+    init = sch.decompose_reduction(gemm, rows[-1])
+    _vectorize_inner(sch, init, 16)
+    sch.tensorize(rows[-1], _amx_intrinsic(factors[-1], nr * AMX_ROWS, k))
 
 
 def _schedule_plain_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, vbytes: int) -> None:
@@ -405,6 +515,12 @@ def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_t
     """The schedules tried on each PrimFunc, in order: the first that applies without error wins."""
     lanes, vbytes = vnni_lanes(target), vector_bytes(target)
 
+    def amx(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+        sch = s_tir.Schedule(func)
+        found = _vnni_gemm(sch, 16) if has_amx(target) else None
+        tile = _amx_tile(sch, found[0]) if found and found[1] == 4 else None
+        return None if tile is None else (_schedule_amx_gemm(sch, found[0], *tile, vbytes) or sch)
+
     def vnni(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         found = _vnni_gemm(sch, lanes) if lanes else None
@@ -424,7 +540,7 @@ def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_t
         sch = s_tir.Schedule(func)
         return sch if _schedule_rows(sch, vbytes) else None
 
-    return [("vnni_gemm", vnni), ("gemm", plain), ("rows", rows), ("elementwise", elementwise)]
+    return [("amx_gemm", amx), ("vnni_gemm", vnni), ("gemm", plain), ("rows", rows), ("elementwise", elementwise)]
 
 
 def schedule_prim_func(func: tirx.PrimFunc, target: Target) -> tuple[tirx.PrimFunc, str]:
@@ -435,7 +551,8 @@ def schedule_prim_func(func: tirx.PrimFunc, target: Target) -> tuple[tirx.PrimFu
         except (RuntimeError, ValueError):  # ScheduleError, or a failed check inside TVM's analyses
             continue
         if sch is not None:
-            return sch.mod["main"].with_attr("tirx.is_scheduled", True), name
+            scheduled = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            return (_request_amx(scheduled) if name == "amx_gemm" else scheduled), name
     return func, "none"
 
 

@@ -130,7 +130,7 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
 @pytest.mark.parametrize("edit, message", [
     (lambda m: m["versions"].update(tvm="0.26.0"), "built with TVM 0.26.0"),
     (lambda m: m["target"].update(name="aarch64", family="arm"), "built for target 'aarch64' (aarch64)"),
-    (lambda m: m["target"].update(features=["avx512vnni", "amx-int8"]), "amx-int8, which this CPU lacks"),
+    (lambda m: m["target"].update(features=["avx512vnni", "amx-fp8"]), "amx-fp8, which this CPU lacks"),
     (lambda m: m.update(format="something-else"), "not an ibert-tvm artifact"),
     (lambda m: m.pop("buckets"), "metadata lacks buckets"),
 ])

@@ -27,6 +27,8 @@ from test_model import batches, tiny
 HOST = resolve_target("llvm").target
 PLAIN = Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no VNNI, no AVX
 HAS_VNNI = x86.vnni_lanes(HOST) > 0
+HAS_AMX = x86.has_amx(HOST)
+SAPPHIRE_RAPIDS = Target({"kind": "llvm", "mcpu": "sapphirerapids"})  # AMX int8 + AVX-512 VNNI (compiled, not run)
 NEEDS_VNNI = pytest.mark.skipif(not HAS_VNNI, reason=f"host CPU ({HOST.attrs.get('mcpu')}) has neither avx512vnni "
                                                      "nor avxvnni")
 RNG = np.random.default_rng(7)
@@ -67,6 +69,7 @@ def _asm(exe: tvm.runtime.Executable) -> str:
 W_ODD = _ints("int8", (19, 13))  # N = 19, K = 13: neither a multiple of 16 nor of 4
 B_ODD = _ints("int32", (19,), -10**6, 10**6)
 W_64 = _ints("int8", (48, 64))
+W_128 = _ints("int8", (64, 128))
 REQ = quant.requant_dyadic(0.01, 0.05)
 RES = quant.requant_dyadic(0.02, 0.05)
 SOFTMAX = quant.softmax_constants(np.float32(0.05), quant.symmetric_scale(16, 0, quant.softmax_exp_range(np.float32(0.05))))
@@ -79,6 +82,13 @@ CASES: dict[str, tuple[Callable, dict[str, np.ndarray]]] = {
         lambda x, r: ops.requantize(ops.linear(x, W_64), REQ.multiplier, REQ.shift, bits=22, residual=r,
                                     residual_multiplier=RES.multiplier, residual_shift=RES.shift),
         {"x": _ints("int8", (3, 5, 64)), "r": _ints("int8", (3, 5, 48))}),
+    # AMX tiles (rows in 16s, K in 64s): 2 x 2 tiles of 16 x 16 over K = 128; 1 x 1 tiles with a residual epilogue
+    "linear_amx_2x2_tiles": (lambda x: ops.linear(x, W_128, _ints("int32", (64,), -10**6, 10**6)),
+                             {"x": _ints("int8", (2, 64, 128))}),
+    "linear_amx_1x1_tiles_residual": (
+        lambda x, r: ops.requantize(ops.linear(x, W_64), REQ.multiplier, REQ.shift, bits=22, residual=r,
+                                    residual_multiplier=RES.multiplier, residual_shift=RES.shift),
+        {"x": _ints("int8", (3, 16, 64)), "r": _ints("int8", (3, 16, 48))}),
     "linear_runtime_weight": (lambda x, w: ops.linear(x, w), {"x": _ints("int8", (6, 20)), "w": _ints("int8", (24, 20))}),
     "qk_transposed_odd": (lambda a, b: ops.matmul(a, b, transpose_b=True),
                           {"a": _ints("int8", (2, 3, 7, 13)), "b": _ints("int8", (2, 3, 19, 13))}),
@@ -198,6 +208,37 @@ def test_every_prim_func_gets_a_schedule(tiny_program):
     gemms = {n: s for n, s in used.items() if "linear" in n or "matmul" in n}
     assert len(gemms) >= 6, used
     assert set(gemms.values()) == {"vnni_gemm" if HAS_VNNI else "gemm"}, gemms
+
+
+def _strategies_used(mod: tvm.IRModule, target: Target) -> dict[str, str]:
+    with target:
+        fused = tunable_module(mod, target)
+    return {g.name_hint: x86.schedule_prim_func(f, target)[1] for g, f in fused.functions_items()
+            if isinstance(f, tirx.PrimFunc)}
+
+
+def test_amx_target_tiles_the_linear_layers():
+    """On an AMX target the linear layers whose rows come in 16s and K in 64s are AMX tile blocks (tdpbusd,
+    the tile state requested from the OS in the kernel); Q K^T (one extra compensation row) keeps vpdpbusd."""
+    make, inputs = CASES["linear_amx_2x2_tiles"]
+    mod = single_op_module(make, inputs)
+    assert set(_strategies_used(mod, SAPPHIRE_RAPIDS).values()) == {"amx_gemm"}
+    asm = _asm(build(mod, SAPPHIRE_RAPIDS))
+    assert "ldtilecfg" in asm and "tdpbusd" in asm and "tilerelease" in asm and "syscall" in asm
+    make, inputs = CASES["qk_transposed_odd"]
+    assert "amx_gemm" not in _strategies_used(single_op_module(make, inputs), SAPPHIRE_RAPIDS).values()
+
+
+@pytest.mark.skipif(not HAS_AMX, reason=f"host CPU ({HOST.attrs.get('mcpu')}) has no usable AMX int8 tiles")
+def test_tiny_model_amx_build_is_bit_identical(report):
+    """Batch 2 x 32 tokens of the tiny BERT (hidden 64, FFN 128): every linear layer runs on AMX tiles."""
+    qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 2, 32, seed=1))
+    b = batches(0, 1, 2, 32, seed=5)[0]
+    mod, inputs = qm.program(2, 32), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+    used = _strategies_used(mod, HOST)
+    assert sum(s == "amx_gemm" for s in used.values()) == 4, used  # QKV (one function), out, FFN in, FFN out
+    np.testing.assert_array_equal(_run(build(mod, HOST), inputs), _unscheduled(mod, inputs))
+    report("x86 AMX: tiny BERT 2 x 32 with every linear on AMX tiles is bit-identical to the unscheduled build")
 
 
 @NEEDS_VNNI
