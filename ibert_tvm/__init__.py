@@ -10,6 +10,10 @@
 import importlib
 from typing import Any
 
+from .threads import configure_threads
+
+configure_threads()  # before any kernel runs: TVM's default uses half the cores on x86 hosts without SMT
+
 #: Public name -> the submodule that defines it. Imported on first use, so that `ibert-tvm --help` and
 #: `ibert_tvm.load` do not pay for torch, transformers and TVM's compiler when they do not need them.
 _EXPORTS = {"ArtifactError": "artifact", "Batch": "calibration", "CompiledModel": "compiler", "compile": "compiler",

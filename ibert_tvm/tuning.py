@@ -45,6 +45,7 @@ from tvm.target import Target
 from .relay_passes import pipeline
 from .schedules import schedules_for
 from .targets import TargetSpec, resolve_target
+from .threads import physical_cores
 
 if TYPE_CHECKING:
     from .model import QuantizedModel
@@ -149,7 +150,7 @@ def _hardware(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
         return tvm.cuda(0).device_name
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), "unknown CPU")
-    return f"{cpu}, {_physical_cores()} cores ({spec.target.attrs.get('mcpu', 'generic')})"
+    return f"{cpu}, {physical_cores()} cores ({spec.target.attrs.get('mcpu', 'generic')})"
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:
@@ -300,19 +301,12 @@ def _shapes(mod: tvm.IRModule) -> list[list[int]]:
             if isinstance(f, relax.Function) and f.params]
 
 
-def _physical_cores() -> int:
-    """This machine's physical cores, as MetaSchedule counts them (psutil: a requirement of its search)."""
-    import psutil
-
-    return psutil.cpu_count(logical=False) or 1
-
-
 def _tuning_target(target: Target) -> Target:
     """`target` with `num-cores`, which MetaSchedule's CPU rules require (the local count: boards behind RPC
     should name theirs in the target)."""
     if target.kind.name != "llvm" or "num-cores" in target.attrs:
         return target
-    return Target({**target.export(), "num-cores": _physical_cores()})
+    return Target({**target.export(), "num-cores": physical_cores()})
 
 
 def _f_build() -> Callable[[tvm.IRModule, Target, Any], tvm.runtime.Module]:
@@ -484,7 +478,7 @@ def _contexts(tasks: list[ms.ExtractedTask], work_dir: Path, spec: TargetSpec, d
             context = ms.TuneContext(mod=task.dispatched[0], target=task.target,
                                      space_generator=space.get("space", "post-order-apply"), search_strategy=strategy,
                                      task_name=task.task_name, logger=logger, rand_state=seed,
-                                     num_threads=_physical_cores()).clone()
+                                     num_threads=physical_cores()).clone()
             try:
                 tunable.append((_weighted_flops(task, context), task, context))
             except RuntimeError as err:  # tvm.error.InternalError, ScheduleError
@@ -680,7 +674,7 @@ def _search(run: _Run, tasks: list[ms.ExtractedTask], done: dict[str, int], budg
     tunable, untunable = _contexts(tasks, run.folder, run.spec, done, cap, per_iter)
     if not tunable:
         return untunable
-    cost_model = ms.cost_model.XGBModel(num_tuning_cores=_physical_cores())
+    cost_model = ms.cost_model.XGBModel(num_tuning_cores=physical_cores())
     saved = run.folder / COST_MODEL_FILE
     if saved.is_file():
         with warnings.catch_warnings():

@@ -431,3 +431,22 @@ def test_requantize_records_its_shift_range_and_refuses_a_wrong_one():
     with pytest.raises(IBertOpError, match=r"shift range \[31, 93\] does not hold the shift's values \[30, 60\]"):
         make_call("ibert.requantize", [x, *call.args[1:2], ops.registry.as_expr(np.array([30, 40, 60]), "t", "e")],
                   bits=8, shift_min=31, shift_max=93)
+
+
+def test_requantize_clamp_to_int32_at_the_saturation_edge():
+    """`clamp_to_int32` (int64 inputs beyond int32 saturate the output): M = 129, E = 31 is the smallest
+    multiplier for which x = 2^31 - 1 already gives 128.5 (so it is set); inputs around 2^31 and out to
+    2^62 equal the exact reference. M = 128 falls short: the builder leaves the flag off, and a call that
+    sets it is refused."""
+    x = np.array([[s * v for s in (1, -1)] for v in (I32_MAX - 1, I32_MAX, 1 << 31, 1 << 40, (1 << 62) - 1)],
+                 np.int64).reshape(-1, 1)
+    m, e = np.array([129]), np.array([31])
+    call = ops.requantize(tvar("x", (10, 1), "int64"), m, e)
+    assert int(call.attrs["clamp_to_int32"]) == 1
+    out = compile_vm([tvar("x", (10, 1), "int64")], lambda v: ops.requantize(v, m, e))(x)
+    assert_exact(out, REQUANT.reference(x, m, e, 8), "int8", "requantize clamped to int32")
+    assert "clamp_to_int32" not in ops.requantize(tvar("x", (10, 1), "int64"), np.array([128]), e).attrs
+    with pytest.raises(IBertOpError, match="some channel's output does not saturate"):
+        make_call("ibert.requantize", [tvar("x", (10, 1), "int64"), *(ops.registry.as_expr(a, "t", "m")
+                                                                     for a in (np.array([128]), e))],
+                  bits=8, clamp_to_int32=1)
