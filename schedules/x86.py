@@ -121,6 +121,9 @@ for (_lanes, _group), (_name, _llvm, _a, _b) in VNNI_INTRINSICS.items():
 
 
 AMX_ROWS, AMX_BYTES = 16, 64  # one tile: 16 rows of 64 bytes (C: 16 x 16 int32; A: 16 x 64 u8; B: 16 x 64 s8)
+#: The 64-byte tile configuration as 8 little-endian words: palette 1; tiles 0-7 of 16 rows x 64 bytes.
+TILE_CONFIG = (1, 0, AMX_BYTES * 0x0001000100010001, AMX_BYTES * 0x0001000100010001, 0, 0,
+               AMX_ROWS * 0x0101010101010101, 0)
 _ARCH_PRCTL = (158, 0x1023, 18)  # Linux x86-64: syscall arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
 
 
@@ -134,6 +137,7 @@ def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
     if TensorIntrin.get(name, allow_missing=True) is not None:
         return name
     mt, nt, kt = rows // AMX_ROWS, cols // AMX_ROWS, k // AMX_BYTES
+    cfg0, cfg1, cfg2, cfg3, cfg4, cfg5, cfg6, cfg7 = (tirx.const(w, "int64") for w in TILE_CONFIG)
     i64 = T.int64
 
     @T.prim_func(s_tir=True)
@@ -156,12 +160,23 @@ def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
         with T.sblock("root"):
             T.reads(c[0:rows, 0:cols], a[0:rows, 0:k], b[0:nt, 0:k // 4, 0:16, 0:4])
             T.writes(c[0:rows, 0:cols])
-            config = T.alloc_buffer((64,), "uint8", scope="local")  # palette 1; every tile 16 rows x 64 bytes
-            for i in range(64):
-                config[i] = T.if_then_else(i == 0, T.uint8(1), T.if_then_else(
-                    16 <= i and i < 32 and i % 2 == 0, T.uint8(AMX_BYTES),
-                    T.if_then_else(48 <= i and i < 56, T.uint8(AMX_ROWS), T.uint8(0))))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", config.access_ptr("r")))
+            # The tile configuration is loaded only where the thread's differs (ldtilecfg costs ~150 ns, a
+            # tenth of a task; reading it back ~10 ns), and kept afterwards, as the next task needs it.
+            current = T.alloc_buffer((8,), "int64", scope="local")
+            wanted = T.alloc_buffer((8,), "int64", scope="local")
+            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.sttilecfg", current.access_ptr("w")))
+            wanted[0] = cfg0
+            wanted[1] = cfg1
+            wanted[2] = cfg2
+            wanted[3] = cfg3
+            wanted[4] = cfg4
+            wanted[5] = cfg5
+            wanted[6] = cfg6
+            wanted[7] = cfg7
+            if (current[0] != wanted[0] or current[1] != wanted[1] or current[2] != wanted[2]
+                    or current[3] != wanted[3] or current[4] != wanted[4] or current[5] != wanted[5]
+                    or current[6] != wanted[6] or current[7] != wanted[7]):
+                T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", wanted.access_ptr("r")))
             for m in T.unroll(mt):
                 for n in T.unroll(nt):
                     T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(m * nt + n), c.access_ptr(
@@ -181,7 +196,6 @@ def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
                 for n in T.unroll(nt):
                     T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilestored64", T.int8(m * nt + n), c.access_ptr(
                         "w", offset=m * AMX_ROWS * c.strides[0] + n * AMX_ROWS), c.strides[0] * i64(4)))
-            T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilerelease"))
 
     TensorIntrin.register(name, desc, impl)
     return name
