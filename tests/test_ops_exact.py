@@ -354,19 +354,20 @@ def test_matmul_hypothesis(case):
 
 
 @functools.lru_cache(maxsize=None)
-def _requant_vm(x_dtype: str, bits: int, res_dtype: str | None, side: str | None = None):
+def _requant_vm(x_dtype: str, bits: int, res_dtype: str | None, side: str | None = None, input_clamp: int = 0):
     """requantize with (M, E) as runtime int64 parameters (built with make_call: `ops.requantize`
     only takes numpy/int constants). Values must be pre-folded like the builder does (`_dyadic`).
     `side` "hi" / "lo" declares every shift >= 31 / < 31 (the attributes `ops.requantize` sets from known
-    shifts), so that the wide product is built for that side only; "clamp" declares that int64 inputs
-    beyond int32 saturate (`clamp_to_int32`), so they are clamped and take one product."""
+    shifts), so that the wide product is built for that side only. `input_clamp` X declares that every
+    channel saturates beyond |x| = X (what `ops.requantize` sets from known constants): int64 inputs are
+    clamped there and take one product."""
     n, c = sym("n", "c")
     params = [tvar("x", (n, c), x_dtype), tvar("m", (c,), "int64"), tvar("e", (c,), "int64")]
     if res_dtype is not None:
         params += [tvar("y", (n, c), res_dtype), tvar("m1", (c,), "int64"), tvar("e1", (c,), "int64")]
-    shifts = {None: {}, "hi": {"shift_min": 31, "shift_max": 93}, "lo": {"shift_min": 0, "shift_max": 30},
-              "clamp": {"clamp_to_int32": 1}}[side]
-    return compile_vm(params, lambda *p: make_call("ibert.requantize", list(p), bits=bits, **shifts))
+    attrs = {None: {}, "hi": {"shift_min": 31, "shift_max": 93}, "lo": {"shift_min": 0, "shift_max": 30}}[side]
+    attrs.update({"input_clamp": input_clamp} if input_clamp else {})
+    return compile_vm(params, lambda *p: make_call("ibert.requantize", list(p), bits=bits, **attrs))
 
 
 def _requant_wide_by_side(x: np.ndarray, fm: np.ndarray, fe: np.ndarray, bits: int) -> np.ndarray:
@@ -465,8 +466,10 @@ def test_requantize_wide_hypothesis(case):
     ref = REQUANT.reference(x, m, e, bits)
     assert_exact(out, ref, None, "requantize wide")
     assert_exact(_requant_wide_by_side(x, fm, fe, bits), ref, None, "requantize wide, one side of E = 31")
-    if REQUANT.saturates_beyond_int32(fm, fe, bits):
-        assert_exact(_requant_vm("int64", bits, None, "clamp")(x, fm, fe), ref, None, "requantize, clamped to int32")
+    saturation = REQUANT.saturation_clamp(fm, fe, bits)
+    if saturation:
+        out = _requant_vm("int64", bits, None, input_clamp=saturation)(x, fm, fe)
+        assert_exact(out, ref, None, f"requantize, input clamped to +-{saturation}")
 
 
 @st.composite

@@ -433,20 +433,19 @@ def test_requantize_records_its_shift_range_and_refuses_a_wrong_one():
                   bits=8, shift_min=31, shift_max=93)
 
 
-def test_requantize_clamp_to_int32_at_the_saturation_edge():
-    """`clamp_to_int32` (int64 inputs beyond int32 saturate the output): M = 129, E = 31 is the smallest
-    multiplier for which x = 2^31 - 1 already gives 128.5 (so it is set); inputs around 2^31 and out to
-    2^62 equal the exact reference. M = 128 falls short: the builder leaves the flag off, and a call that
-    sets it is refused."""
-    x = np.array([[s * v for s in (1, -1)] for v in (I32_MAX - 1, I32_MAX, 1 << 31, 1 << 40, (1 << 62) - 1)],
-                 np.int64).reshape(-1, 1)
+def test_requantize_input_clamp_at_the_saturation_edge():
+    """`input_clamp` X: every channel saturates for |x| >= X, so int64 inputs are clamped there and take one
+    product. M = 129, E = 31 gives X = ceil(257 * 2^31 / 258); inputs at X - 1, X, X + 1 (the edge), around
+    2^31 and out to 2^62 equal the exact reference; a call declaring X - 1 is refused."""
     m, e = np.array([129]), np.array([31])
-    call = ops.requantize(tvar("x", (10, 1), "int64"), m, e)
-    assert int(call.attrs["clamp_to_int32"]) == 1
-    out = compile_vm([tvar("x", (10, 1), "int64")], lambda v: ops.requantize(v, m, e))(x)
-    assert_exact(out, REQUANT.reference(x, m, e, 8), "int8", "requantize clamped to int32")
-    assert "clamp_to_int32" not in ops.requantize(tvar("x", (10, 1), "int64"), np.array([128]), e).attrs
-    with pytest.raises(IBertOpError, match="some channel's output does not saturate"):
-        make_call("ibert.requantize", [tvar("x", (10, 1), "int64"), *(ops.registry.as_expr(a, "t", "m")
-                                                                     for a in (np.array([128]), e))],
-                  bits=8, clamp_to_int32=1)
+    edge = -(-(257 << 31) // 258)
+    x = np.array([[s * v for s in (1, -1)] for v in (edge - 1, edge, edge + 1, I32_MAX, 1 << 31, 1 << 40,
+                                                     (1 << 62) - 1)], np.int64).reshape(-1, 1)
+    call = ops.requantize(tvar("x", (14, 1), "int64"), m, e)
+    assert int(call.attrs["input_clamp"]) == edge
+    out = compile_vm([tvar("x", (14, 1), "int64")], lambda v: ops.requantize(v, m, e))(x)
+    assert_exact(out, REQUANT.reference(x, m, e, 8), "int8", "requantize with its input clamped")
+    assert list(np.unique(out[4:])) == [-128, 127]  # beyond the edge: saturated
+    with pytest.raises(IBertOpError, match="is not a saturation point"):
+        make_call("ibert.requantize", [tvar("x", (14, 1), "int64"), *(ops.registry.as_expr(a, "t", "m") for a in (m, e))],
+                  bits=8, input_clamp=edge - 1)

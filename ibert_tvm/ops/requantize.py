@@ -6,9 +6,9 @@ vectors over the last axis). Output: int8 for bits=8, int16 for 16, int32 for 22
 
 Exactness: int8/16/32 inputs use one int64 product (|x M| <= 2^62); int64 inputs (i-GELU and LayerNorm
 outputs, up to 2^62) use the split product of `intmath.mul_rne_shift_wide`, so no 128-bit type is needed.
-Where known constants show that every int64 input beyond int32 saturates the output (attribute
-`clamp_to_int32`), the input is clamped to int32 first and takes the one-product path: same result, a
-fraction of the work.
+Where known constants show that every channel saturates for |x| >= X and X |M| < 2^62 (attribute
+`input_clamp` = X), an int64 input is clamped to [-X, X] first and takes the one-product path: the same
+result (rounding is monotonic, so a saturated output stays saturated), a fraction of the work.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
-from .intmath import (LOW31, add_for_clamp, as_pyint, clamp, i64, mul_rne_shift_wide, per_channel, ref_rne_div_pow2,
+from .intmath import (add_for_clamp, as_pyint, clamp, i64, mul_rne_shift_wide, per_channel, ref_rne_div_pow2,
                       rne_shift, rne_shift_capped)
 from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, same_dim, tensor_type
 
@@ -38,7 +38,7 @@ def _infer(call: relax.Call) -> relax.TensorType:
     check_channel_vector(call, 1, "multiplier", channels)
     check_channel_vector(call, 2, "shift", channels)
     _check_shift_range(call)
-    _check_clamp_to_int32(call, x.dtype)
+    _check_input_clamp(call, x.dtype)
     if len(call.args) == 6:
         y = tensor_type(call, 3, "residual", NARROW_INPUTS, ndim=x.ndim)
         for i, (dx, dy) in enumerate(zip(dims(x), dims(y))):
@@ -64,38 +64,42 @@ def _check_shift_range(call: relax.Call) -> None:
                            + (f" [{values.min()}, {values.max()}]" if values is not None else ""))
 
 
-def saturates_beyond_int32(multiplier: np.ndarray, shift: np.ndarray, bits: int) -> bool:
-    """Whether every channel's output saturates (to `bits`) for all |x| >= 2^31 - 1, i.e. |x M| / 2^E >=
-    2^(bits-1) + 1/2 there (M = 0 channels give 0 anyway): then clamping x to int32 changes no output,
-    rounding being monotonic."""
+def saturation_clamp(multiplier: np.ndarray, shift: np.ndarray, bits: int) -> int | None:
+    """X such that every channel's output saturates (to `bits`) for all |x| >= X, i.e. |x M| / 2^E >=
+    2^(bits-1) + 1/2 (channels with M = 0 give 0 anyway), when X |M| < 2^62, so that x clamped to [-X, X]
+    takes one int64 product; None where it would not."""
     m, e = np.broadcast_arrays(as_pyint(np.abs(np.asarray(multiplier))), as_pyint(np.asarray(shift)))
-    return all(mi == 0 or 2 * LOW31 * mi >= ((1 << bits) + 1) << ei for mi, ei in zip(m.ravel(), e.ravel()))
+    pairs = [(mi, ei) for mi, ei in zip(m.ravel(), e.ravel()) if mi != 0]
+    x = max((-(-(((1 << bits) + 1) << ei) // (2 * mi)) for mi, ei in pairs), default=0)
+    return x if x * max((mi for mi, _ in pairs), default=0) < 1 << 62 else None
 
 
-def _check_clamp_to_int32(call: relax.Call, dtype: str) -> None:
-    """`clamp_to_int32` is for an int64 input without residual, and constant (M, E) must saturate there."""
-    if not int(call.attrs.get("clamp_to_int32", 0)):
+def _check_input_clamp(call: relax.Call, dtype: str) -> None:
+    """`input_clamp` is for an int64 input without residual, and must be a saturation clamp of constant (M, E)."""
+    x = int(call.attrs.get("input_clamp", 0))
+    if not x:
         return
     if dtype != "int64" or len(call.args) != 3:
-        raise IBertOpError(f"{OP}: clamp_to_int32 applies to an int64 input without residual")
+        raise IBertOpError(f"{OP}: input_clamp applies to an int64 input without residual")
     m, e = call.args[1], call.args[2]
-    if all(isinstance(a, tvm.ir.GenericConst) for a in (m, e)) and not saturates_beyond_int32(
-            m.value.numpy(), e.value.numpy(), int(call.attrs["bits"])):
-        raise IBertOpError(f"{OP}: clamp_to_int32 is set, but some channel's output does not saturate for "
-                           "inputs beyond int32")
+    if all(isinstance(a, tvm.ir.GenericConst) for a in (m, e)):
+        needed = saturation_clamp(m.value.numpy(), e.value.numpy(), int(call.attrs["bits"]))
+        if needed is None or x < needed or x * int(np.abs(m.value.numpy()).max()) >= 1 << 62:
+            raise IBertOpError(f"{OP}: input_clamp {x} is not a saturation point of the multipliers and shifts "
+                               f"with |x M| < 2^62 (needed: {needed})")
 
 
 def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bits: int, shift_min: int = 0,
-             shift_max: int = WIDE_MAX_SHIFT, clamp_to_int32: int = 0) -> te.Tensor:
-    wide = x.dtype == "int64" and not clamp_to_int32
+             shift_max: int = WIDE_MAX_SHIFT, input_clamp: int = 0) -> te.Tensor:
+    wide = x.dtype == "int64" and not input_clamp
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
 
     def body(*i):
         mi, ei = per_channel(m, i), per_channel(e, i)
         if wide:
             v = mul_rne_shift_wide(x[i], mi, ei, shift_min, shift_max)
-        elif clamp_to_int32:  # shifts were folded for the wide product (up to 93)
-            v = rne_shift_capped(clamp(x[i], -LOW31, LOW31) * mi, ei, shift_max)
+        elif input_clamp:  # shifts were folded for the wide product (up to 93)
+            v = rne_shift_capped(clamp(x[i], -input_clamp, input_clamp) * mi, ei, shift_max)
         else:
             v = rne_shift(i64(x[i]) * mi, ei)
         if residual:
@@ -147,8 +151,9 @@ def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | 
     args = [x, as_expr(m, OP, "multiplier"), as_expr(e, OP, "shift")]
     # Known shifts bound the wide product's cases (`intmath.mul_rne_shift_wide`); run-time ones may be any.
     shifts = {} if isinstance(e, relax.Expr) else {"shift_min": int(e.min()), "shift_max": int(e.max())}
-    if wide and residual is None and not isinstance(e, relax.Expr) and saturates_beyond_int32(m, e, bits):
-        shifts["clamp_to_int32"] = 1
+    saturation = saturation_clamp(m, e, bits) if wide and residual is None and not isinstance(e, relax.Expr) else None
+    if saturation:
+        shifts["input_clamp"] = saturation
     if residual is not None:
         if residual_multiplier is None or residual_shift is None:
             raise IBertOpError(f"{OP}: a residual needs residual_multiplier and residual_shift")
