@@ -53,7 +53,6 @@ class TargetSpec:
 _AARCH64_TRIPLE = "aarch64-linux-gnu"
 _AARCH64_CC = "aarch64-linux-gnu-g++"
 _AMX_MATTR = ["+amx-tile", "+amx-int8"]
-_ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA, _SYS_ARCH_PRCTL = 0x1023, 18, 158  # Linux x86-64 <asm/prctl.h>
 
 
 def host_cpu_features(target: Target | None = None) -> tuple[str, ...]:
@@ -77,7 +76,9 @@ def amx_usable() -> bool:
         return False
     if not {"amx_tile", "amx_int8"} <= set(flags):
         return False
-    return ctypes.CDLL(None).syscall(_SYS_ARCH_PRCTL, _ARCH_REQ_XCOMP_PERM, _XFEATURE_XTILEDATA) == 0
+    from .schedules.x86 import AMX_PERMISSION_SYSCALL  # the request the AMX kernels themselves make
+
+    return ctypes.CDLL(None).syscall(*AMX_PERMISSION_SYSCALL) == 0
 
 
 def _host() -> Target:

@@ -1,4 +1,4 @@
-"""x86 CPU schedules: int8 GEMMs tensorized with VNNI, everything else parallel and vectorized.
+"""x86 CPU schedules: int8 GEMMs on AMX tiles or tensorized with VNNI, everything else parallel and vectorized.
 
 Features come from the target itself (its `mcpu` / `mattr`, through LLVM), never from the machine compiling:
 `Target("llvm")` has none and gets the plain schedules; `ibert_tvm.targets.resolve_target("llvm")` is this
@@ -17,6 +17,14 @@ outermost so a weight panel stays in cache; (batch, column tile) for activation 
 whose run-time packing then happens once per task. The epilogue (bias, requantize, GELU, residual, the
 context's transpose) runs on each task's tile right after it is accumulated. Without VNNI the same tiling
 accumulates int32 vectors over the columns and LLVM vectorizes the multiply-adds.
+
+AMX (targets with amx-int8, e.g. Sapphire Rapids; `ibert_tvm.targets` adds it to the host target where Linux
+grants the tile state): a linear layer whose rows come in 16s and whose K comes in 64s runs as tasks of
+32 (or 16) rows x 32 (or 16) columns, each one `tdpbusd` tile block over the whole K (`_amx_intrinsic`:
+2 x 2 accumulator tiles stay in tile registers, A and B tiles stream through the other four). The VNNI
+packing of B is already AMX's B tile layout, so the graph is the same as for VNNI. Each AMX kernel first
+asks Linux for the tile state (`arch_prctl`, once per process in effect) and fails with a clear error if
+refused. Q K^T (its compensation row makes M + 1 rows) and P V (s16 x s16, which AMX lacks) stay on VNNI.
 
 Row reductions (int_softmax, int_layernorm): rows parallel, every stage computed per row, elementwise
 stages vectorized at the width of their widest type. Everything else (requantize chains, embedding,
@@ -41,8 +49,8 @@ from tvm.target import Target, codegen
 
 from . import family_of
 
-__all__ = ["VNNI_INTRINSICS", "apply_default_schedule", "int8_features", "schedule_prim_func", "tuning_space", "vector_bytes",
-           "vnni_lanes"]
+__all__ = ["AMX_PERMISSION_SYSCALL", "VNNI_INTRINSICS", "apply_default_schedule", "has_amx", "int8_features",
+           "schedule_prim_func", "tuning_space", "vector_bytes", "vnni_lanes"]
 
 #: x86 features that decide the int8 GEMM instruction, widest first (LLVM's names).
 INT8_FEATURES = ("amx-int8", "avx512vnni", "avxvnni", "avx512bw", "avx2")
@@ -124,7 +132,8 @@ AMX_ROWS, AMX_BYTES = 16, 64  # one tile: 16 rows of 64 bytes (C: 16 x 16 int32;
 #: The 64-byte tile configuration as 8 little-endian words: palette 1; tiles 0-7 of 16 rows x 64 bytes.
 TILE_CONFIG = (1, 0, AMX_BYTES * 0x0001000100010001, AMX_BYTES * 0x0001000100010001, 0, 0,
                AMX_ROWS * 0x0101010101010101, 0)
-_ARCH_PRCTL = (158, 0x1023, 18)  # Linux x86-64: syscall arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)
+#: Linux x86-64: syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA), the tile state's request
+AMX_PERMISSION_SYSCALL = (158, 0x1023, 18)
 
 
 def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
@@ -141,14 +150,19 @@ def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
     i64 = T.int64
 
     @T.prim_func(s_tir=True)
-    def desc(a: T.Buffer((rows, k), "uint8", offset_factor=1), b: T.Buffer((nt, k // 4, 16, 4), "int8", offset_factor=1),
+    def desc(a: T.Buffer((rows, k), "uint8", offset_factor=1),
+             b: T.Buffer((nt, k // 4, 16, 4), "int8", offset_factor=1),
              c: T.Buffer((rows, cols), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(c[0:rows, 0:cols], a[0:rows, 0:k], b[0:nt, 0:k // 4, 0:16, 0:4])
+            T.reads(a[0:rows, 0:k], b[0:nt, 0:k // 4, 0:16, 0:4])
             T.writes(c[0:rows, 0:cols])
             for i, j, r in T.grid(i64(rows), i64(cols), i64(k)):
                 with T.sblock("update"):
                     vi, vj, vk = T.axis.remap("SSR", [i, j, r])
+                    T.reads(c[vi, vj], a[vi, vk], b[vj // i64(16), vk // i64(4), vj % i64(16), vk % i64(4)])
+                    T.writes(c[vi, vj])
+                    with T.init():
+                        c[vi, vj] = T.int32(0)
                     c[vi, vj] = c[vi, vj] + T.cast(a[vi, vk], "int32") * T.cast(
                         b[vj // i64(16), vk // i64(4), vj % i64(16), vk % i64(4)], "int32")
 
@@ -158,7 +172,7 @@ def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
                            strides=[T.int64(), T.int64(), T.int64(), T.int64()]),
              c: T.Buffer((rows, cols), "int32", offset_factor=1, strides=[T.int64(), T.int64()])) -> None:
         with T.sblock("root"):
-            T.reads(c[0:rows, 0:cols], a[0:rows, 0:k], b[0:nt, 0:k // 4, 0:16, 0:4])
+            T.reads(a[0:rows, 0:k], b[0:nt, 0:k // 4, 0:16, 0:4])
             T.writes(c[0:rows, 0:cols])
             # The tile configuration is loaded only where the thread's differs (ldtilecfg costs ~150 ns, a
             # tenth of a task; reading it back ~10 ns), and kept afterwards, as the next task needs it.
@@ -179,8 +193,7 @@ def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
                 T.evaluate(T.call_llvm_intrin("void", "llvm.x86.ldtilecfg", wanted.access_ptr("r")))
             for m in T.unroll(mt):
                 for n in T.unroll(nt):
-                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(m * nt + n), c.access_ptr(
-                        "r", offset=m * AMX_ROWS * c.strides[0] + n * AMX_ROWS), c.strides[0] * i64(4)))
+                    T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tilezero", T.int8(m * nt + n)))
             for kk in range(kt):
                 for m in T.unroll(mt):
                     T.evaluate(T.call_llvm_intrin("void", "llvm.x86.tileloadd64", T.int8(4 + m), a.access_ptr(
@@ -205,7 +218,7 @@ def _request_amx(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """`func` preceded by the request for AMX tile state (Linux grants it per process; without it the first
     tile instruction faults), failing with an error that says so instead. Once per call, outside the
     parallel tasks: after the first grant the syscall only confirms it."""
-    granted = tirx.call_extern("int64", "syscall", *(tirx.const(v, "int64") for v in _ARCH_PRCTL)) == 0
+    granted = tirx.call_extern("int64", "syscall", *(tirx.const(v, "int64") for v in AMX_PERMISSION_SYSCALL)) == 0
     message = [tvm.ir.StringImm("this kernel uses AMX tiles and the OS refused this process their state "
                                 "(arch_prctl ARCH_REQ_XCOMP_PERM); compile for a target without amx-int8")]
     # The FFI constructor directly: tirx.AssertStmt.__init__ passes (kind, condition), the constructor takes
@@ -458,8 +471,6 @@ def _schedule_amx_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, factors: list[
     """The linear-layer tiling of `_tile_gemm` with one AMX tile block (whole k) per parallel task."""
     ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, AMX_ROWS, 1, vbytes, tile=(factors, nr))
     sch.reorder(*rows, sch.fuse(ni, nl), ko)
-    init = sch.decompose_reduction(gemm, rows[-1])
-    _vectorize_inner(sch, init, 16)
     sch.tensorize(rows[-1], _amx_intrinsic(factors[-1], nr * AMX_ROWS, k))
 
 

@@ -447,5 +447,5 @@ def test_requantize_input_clamp_at_the_saturation_edge():
     assert_exact(out, REQUANT.reference(x, m, e, 8), "int8", "requantize with its input clamped")
     assert list(np.unique(out[4:])) == [-128, 127]  # beyond the edge: saturated
     with pytest.raises(IBertOpError, match="is not a saturation point"):
-        make_call("ibert.requantize", [tvar("x", (14, 1), "int64"), *(ops.registry.as_expr(a, "t", "m") for a in (m, e))],
-                  bits=8, input_clamp=edge - 1)
+        constants = [ops.registry.as_expr(a, "t", "m") for a in (m, e)]
+        make_call("ibert.requantize", [tvar("x", (14, 1), "int64"), *constants], bits=8, input_clamp=edge - 1)
