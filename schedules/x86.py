@@ -383,9 +383,12 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     """Tile a [batch..., rows..., N, K] GEMM into register tiles of MR rows x NR `width`-wide column
     blocks, each accumulating over the whole k range, and parallel tasks over the tiles.
 
-    - No batch dims (a linear layer: one weight for every row): the tasks are (column tile, row tile),
-      column tiles outermost so that one weight panel stays in cache while the row tiles run through it;
-      each task computes its epilogue right after its tile.
+    - No batch dims (a linear layer: one weight for every row): the tasks are (leading row dims, column
+      tile, row tile of the last row dim): within one sequence the column tiles are outermost, so that one
+      weight panel stays in cache while the row tiles run through it, and one sequence's rows (e.g.
+      128 x 3072 bytes) stay in L2 while the weights stream past (all of a batch's rows would not: 8 x 128
+      rows at K = 3072 are 3 MB, streamed once per column tile); each task computes its epilogue right
+      after its tile.
     - `batch` leading dims of B (an activation x activation matmul, B packed per batch at run time): the
       tasks are (batch, column tile), the row tiles a serial loop inside, so that the packed B panel
       and its per-column terms (the prologue, computed per task) serve every row; the epilogue follows
@@ -403,8 +406,9 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     no, ni, nl = sch.split(cols, [None, nr, width])
     ko, kg = sch.split(red, [None, k_step]) if k_step > 1 else (red, None)
     rows_outer, rows_inner = [o for o, _ in row_splits], [i for _, i in row_splits]
-    sch.reorder(*outer_batch, no, *rows_outer, ko, *rows_inner, ni, nl, *([kg] if kg else []))
-    tile = sch.fuse(*outer_batch, no) if batch else sch.fuse(no, *rows_outer)
+    chunks = [] if batch else rows_outer[:-1]  # leading row dims (the batch of a linear layer) outermost
+    sch.reorder(*outer_batch, *chunks, no, *rows_outer[len(chunks):], ko, *rows_inner, ni, nl, *([kg] if kg else []))
+    tile = sch.fuse(*outer_batch, no) if batch else sch.fuse(*chunks, no, *rows_outer[len(chunks):])
     for block in _after(sch, gemm)[:-1]:
         if _is_copy(sch, block):
             sch.compute_inline(block)

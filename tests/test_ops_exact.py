@@ -357,24 +357,28 @@ def test_matmul_hypothesis(case):
 def _requant_vm(x_dtype: str, bits: int, res_dtype: str | None, side: str | None = None, input_clamp: int = 0):
     """requantize with (M, E) as runtime int64 parameters (built with make_call: `ops.requantize`
     only takes numpy/int constants). Values must be pre-folded like the builder does (`_dyadic`).
-    `side` "hi" / "lo" declares every shift >= 31 / < 31 (the attributes `ops.requantize` sets from known
-    shifts), so that the wide product is built for that side only. `input_clamp` X declares that every
+    `side` "hi" / "lo" / "above" declares every shift >= 31 / < 31 / >= 32 (the attributes `ops.requantize`
+    sets from known shifts), so that the wide product is built for that side only. `input_clamp` X declares that every
     channel saturates beyond |x| = X (what `ops.requantize` sets from known constants): int64 inputs are
     clamped there and take one product."""
     n, c = sym("n", "c")
     params = [tvar("x", (n, c), x_dtype), tvar("m", (c,), "int64"), tvar("e", (c,), "int64")]
     if res_dtype is not None:
         params += [tvar("y", (n, c), res_dtype), tvar("m1", (c,), "int64"), tvar("e1", (c,), "int64")]
-    attrs = {None: {}, "hi": {"shift_min": 31, "shift_max": 93}, "lo": {"shift_min": 0, "shift_max": 30}}[side]
+    attrs = {None: {}, "hi": {"shift_min": 31, "shift_max": 93}, "lo": {"shift_min": 0, "shift_max": 30},
+             "above": {"shift_min": 32, "shift_max": 93}}[side]
     attrs.update({"input_clamp": input_clamp} if input_clamp else {})
     return compile_vm(params, lambda *p: make_call("ibert.requantize", list(p), bits=bits, **attrs))
 
 
-def _requant_wide_by_side(x: np.ndarray, fm: np.ndarray, fe: np.ndarray, bits: int) -> np.ndarray:
-    """The wide requantize built for one side of E = 31, run on the channels whose shift lies there
-    (both sides' outputs, stitched per channel)."""
+def _requant_wide_by_side(x: np.ndarray, fm: np.ndarray, fe: np.ndarray, bits: int, above: bool = False
+                          ) -> np.ndarray:
+    """The wide requantize built for one side of E = 31, run on the channels whose shift lies there (both
+    sides' outputs, stitched per channel); `above`: built for E >= 32 (E = 31 is the one case the E >= 31
+    rounding treats apart) on those channels, the unrestricted build on the others."""
     out = np.zeros(x.shape, np.int64)
-    for side, cols in (("hi", fe >= 31), ("lo", fe < 31)):
+    sides = (("above", fe >= 32), (None, fe < 32)) if above else (("hi", fe >= 31), ("lo", fe < 31))
+    for side, cols in sides:
         if cols.any():
             out[:, cols] = _requant_vm("int64", bits, None, side)(np.ascontiguousarray(x[:, cols]), fm[cols], fe[cols])
     return out
@@ -466,6 +470,7 @@ def test_requantize_wide_hypothesis(case):
     ref = REQUANT.reference(x, m, e, bits)
     assert_exact(out, ref, None, "requantize wide")
     assert_exact(_requant_wide_by_side(x, fm, fe, bits), ref, None, "requantize wide, one side of E = 31")
+    assert_exact(_requant_wide_by_side(x, fm, fe, bits, above=True), ref, None, "requantize wide, E >= 32 apart")
     saturation = REQUANT.saturation_clamp(fm, fe, bits)
     if saturation:
         out = _requant_vm("int64", bits, None, input_clamp=saturation)(x, fm, fe)
@@ -515,6 +520,7 @@ def test_requantize_round_half_even_ties_wide(case):
     ref = REQUANT.reference(x, m, e, 32)
     assert_exact(_requant_vm("int64", 32, None)(x, fm, fe), ref, "int32", "requantize wide ties")
     assert_exact(_requant_wide_by_side(x, fm, fe, 32), ref, None, "requantize wide ties, one side of E = 31")
+    assert_exact(_requant_wide_by_side(x, fm, fe, 32, above=True), ref, None, "requantize wide ties, E >= 32 apart")
 
 
 def test_requantize_ties_round_to_even_explicit():

@@ -63,14 +63,28 @@ def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr |
     c = (x >> k31) * m + (b >> k31)
     bl = b & low31
     if e_min >= 31:
-        q, gt, eq = _wide_shift_hi(c, bl, e - k31)
-    elif e_max < 31:
+        return _wide_round_hi(c, bl, e - k31, e_min - 31)
+    if e_max < 31:
         q, gt, eq = _wide_shift_lo(c, bl, e)
     else:
         hi = _wide_shift_hi(c, bl, tir.max(e - k31, i64(0)))
         lo = _wide_shift_lo(c, bl, tir.min(e, k31))
         q, gt, eq = (tir.Select(e >= k31, h, l) for h, l in zip(hi, lo))
     return q + tir.Select(tir.Or(gt, tir.And(eq, (q & i64(1)) == i64(1))), i64(1), i64(0))
+
+
+def _wide_round_hi(c: tir.PrimExpr, bl: tir.PrimExpr, d: tir.PrimExpr, d_min: int) -> tir.PrimExpr:
+    """round_half_even((c * 2^31 + bl) / 2^(31 + d)) for d >= d_min >= 0 as floor((V + 2^(e-1) - 1 + odd) /
+    2^e), odd = the parity of floor(V / 2^e) = c >> d (bl < 2^31): the bias 2^(e-1) - 1 splits into a high
+    part (2^(d-1) - 1, none for d = 0) added to c and a low part (2^31 - 1, or 2^30 - 1 for d = 0) whose carry
+    out of bl's 31 bits is added too. |c| <= 2^62 + 2^31 and d <= 62 keep every sum below 2^63."""
+    one = i64(1)
+    half = (one << d) >> one
+    odd = (c >> d) & one
+    if d_min >= 1:
+        return (c + half - one + ((bl + i64(LOW31) + odd) >> i64(31))) >> d
+    low_bias = tir.Select(d == i64(0), i64((1 << 30) - 1), i64(LOW31))
+    return (c + tir.max(half - one, i64(0)) + ((bl + low_bias + odd) >> i64(31))) >> d
 
 
 def _wide_shift_hi(c: tir.PrimExpr, bl: tir.PrimExpr, d: tir.PrimExpr) -> tuple[tir.PrimExpr, ...]:
