@@ -449,3 +449,21 @@ def test_requantize_input_clamp_at_the_saturation_edge():
     with pytest.raises(IBertOpError, match="is not a saturation point"):
         constants = [ops.registry.as_expr(a, "t", "m") for a in (m, e)]
         make_call("ibert.requantize", [tvar("x", (14, 1), "int64"), *constants], bits=8, input_clamp=edge - 1)
+
+
+def test_int_gelu_int32_arithmetic_at_its_bounds():
+    """i-GELU's int32 path (`narrow`) at the largest b, c it takes: b = -46340 (b^2 just below 2^31), c = -2^31
+    + 1 and c = -b^2; q at the int32 ends, at +-b and next to them equals the exact reference. One more unit of
+    |b| leaves int32: the builder then keeps int64, and a call that sets `narrow` is refused."""
+    b, q1 = np.array([-46340, -46340]), np.array([1 << 20, -(1 << 20)])
+    c = np.array([-(1 << 31) + 1, -46340 ** 2])
+    x = np.array([[v, v] for v in (I32_MIN, I32_MIN + 1, I32_MAX, -46341, -46340, -46339, -1, 0, 1, 46339, 46340,
+                                   46341)], np.int32)
+    call = ops.int_gelu(tvar("x", (12, 2), "int32"), b, c, q1)
+    assert int(call.attrs["narrow"]) == 1
+    out = compile_vm([tvar("x", (12, 2), "int32")], lambda v: ops.int_gelu(v, b, c, q1))(x)
+    assert_exact(out, GELU.reference(x, b, c, q1), "int64", "int_gelu in int32")
+    assert "narrow" not in ops.int_gelu(tvar("x", (12, 2), "int32"), b - 1, c, q1).attrs
+    with pytest.raises(IBertOpError, match="do not keep t\\^2 \\+ c"):
+        make_call("ibert.int_gelu", [tvar("x", (12, 2), "int32"), *(ops.registry.as_expr(v, "t", "k")
+                                                                     for v in (b - 1, c, q1))], narrow=1)

@@ -5,18 +5,32 @@
 with b = floor(-1.769 / S'), c = floor((1/-0.2888) / S'^2), S' = S / 1.4142, q1 = floor(1 / S_L)
 (`quant.gelu_constants`). The output scale S S_L / 2 is negative per channel; int64 is needed (|out| reaches
 2^45 for typical scales; `quant.gelu_constants` bounds it below 2^62 or refuses the scale).
+
+Where known constants bound t^2 + c and y + q1 within int32 (`int32_bounded`, attribute `narrow`, checked
+against constants), everything but the last product runs in int32 (twice the vector lanes), and that
+product is int32 x int32 -> int64; t = |clamp(q, b, -b)| + b avoids |q| of q = -2^31.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax, te, tirx as tir
 
 from .intmath import as_pyint, i64, per_channel
-from .registry import as_expr, check_channel_vector, dims, like, make_call, register, tensor_type
+from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, tensor_type
 
 OP = "ibert.int_gelu"
 ERF_SHIFT = 14
+
+
+def int32_bounded(b_int: np.ndarray | int, c_int: np.ndarray | int, q1: np.ndarray | int) -> bool:
+    """Whether t^2 and t^2 + c (t in [b, 0]), its sign-applied shift y and y + q1 all stay inside int32
+    (signed int32 overflow is undefined in the generated code, so no intermediate may wrap)."""
+    b, c, k = (as_pyint(np.atleast_1d(v)) for v in (b_int, c_int, q1))
+    limit = (1 << 31) - 1
+    v_max = max(max(int(bi) ** 2, int(bi) ** 2 + int(ci), -int(ci)) for bi, ci in np.broadcast(b, c))
+    return v_max <= limit and max(abs(int(v)) for v in k.ravel()) + (v_max >> ERF_SHIFT) + 1 <= limit
 
 
 def _infer(call: relax.Call) -> relax.TensorType:
@@ -24,10 +38,21 @@ def _infer(call: relax.Call) -> relax.TensorType:
     channels = dims(x)[-1] if dims(x) else None
     for idx, name in enumerate(("b_int", "c_int", "q1"), start=1):
         check_channel_vector(call, idx, name, channels)
+    consts = call.args[1:]
+    if int(call.attrs.get("narrow", 0)) and all(isinstance(a, tvm.ir.GenericConst) for a in consts) \
+            and not int32_bounded(*(a.value.numpy() for a in consts)):
+        raise IBertOpError(f"{OP}: narrow is set, but the constants do not keep t^2 + c and y + q1 in int32")
     return like(x, "int64")
 
 
-def _compute(x: te.Tensor, b: te.Tensor, c: te.Tensor, q1: te.Tensor) -> te.Tensor:
+def _compute(x: te.Tensor, b: te.Tensor, c: te.Tensor, q1: te.Tensor, narrow: int = 0) -> te.Tensor:
+    def narrow_body(*i):
+        q, bi = x[i], per_channel(b, i).astype("int32")
+        t = tir.abs(tir.min(tir.max(q, bi), -bi)) + bi
+        v = t * t + per_channel(c, i).astype("int32")
+        y = tir.Select(q > 0, v, tir.Select(q < 0, -v, tir.const(0, "int32"))) >> tir.const(ERF_SHIFT, "int32")
+        return i64(q) * i64(y + per_channel(q1, i).astype("int32"))
+
     def body(*i):
         q = i64(x[i])
         bi = per_channel(b, i)
@@ -36,7 +61,7 @@ def _compute(x: te.Tensor, b: te.Tensor, c: te.Tensor, q1: te.Tensor) -> te.Tens
         y = tir.Select(q > i64(0), v, tir.Select(q < i64(0), -v, i64(0))) >> i64(ERF_SHIFT)  # sgn * v
         return q * (y + per_channel(q1, i))
 
-    return te.compute(x.shape, body, name="int_gelu")
+    return te.compute(x.shape, narrow_body if narrow else body, name="int_gelu")
 
 
 register(OP, "Integer-only GELU (I-BERT i-GELU).", _infer, _compute)
@@ -44,7 +69,9 @@ register(OP, "Integer-only GELU (I-BERT i-GELU).", _infer, _compute)
 
 def int_gelu(x: relax.Expr, b_int: np.ndarray | int, c_int: np.ndarray | int, q1: np.ndarray | int) -> relax.Call:
     """i-GELU of int32 `x` with the integers of `quant.gelu_constants` (scalars or per-channel)."""
-    return make_call(OP, [x, as_expr(b_int, OP, "b_int"), as_expr(c_int, OP, "c_int"), as_expr(q1, OP, "q1")])
+    narrow = not any(isinstance(v, relax.Expr) for v in (b_int, c_int, q1)) and int32_bounded(b_int, c_int, q1)
+    return make_call(OP, [x, as_expr(b_int, OP, "b_int"), as_expr(c_int, OP, "c_int"), as_expr(q1, OP, "q1")],
+                     **({"narrow": 1} if narrow else {}))
 
 
 def reference(x: np.ndarray, b_int: np.ndarray, c_int: np.ndarray, q1: np.ndarray) -> np.ndarray:
