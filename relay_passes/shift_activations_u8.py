@@ -179,9 +179,9 @@ class ShiftActivationsU8:
 
     def __init__(self, target: Target) -> None:
         """`target`: the compilation target; the rewrite happens only where it has a VNNI instruction."""
-        from ibert_tvm.schedules.x86 import vnni_lanes  # lazily: relay_passes must not need schedules at import
+        from ibert_tvm.schedules.x86 import packed_lanes  # lazily: relay_passes must not need schedules at import
 
-        self.lanes = vnni_lanes(target)
+        self.lanes = packed_lanes(target)
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite linear PrimFuncs all of whose calls qualify (and those calls), then int8 matmuls."""

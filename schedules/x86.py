@@ -49,8 +49,9 @@ from tvm.target import Target, codegen
 
 from . import family_of
 
-__all__ = ["AMX_PERMISSION_SYSCALL", "VNNI_INTRINSICS", "apply_default_schedule", "has_amx", "int8_features",
-           "schedule_prim_func", "tuning_space", "vector_bytes", "vnni_lanes"]
+__all__ = ["AMX_PERMISSION_SYSCALL", "AVX2_INTRINSICS", "VNNI_INTRINSICS", "apply_default_schedule", "dot_intrinsics",
+           "has_amx", "int8_features", "packed_lanes", "schedule_prim_func", "tuning_space", "vector_bytes",
+           "vnni_lanes"]
 
 #: x86 features that decide the int8 GEMM instruction, widest first (LLVM's names).
 INT8_FEATURES = ("amx-int8", "avx512vnni", "avxvnni", "avx512bw", "avx2")
@@ -62,6 +63,8 @@ VNNI_INTRINSICS = {
     (16, 2): ("ibert_dot_16x2_s16s16_avx512vnni", "llvm.x86.avx512.vpdpwssd.512", "int16", "int16"),
     (8, 2): ("ibert_dot_8x2_s16s16_avxvnni", "llvm.x86.avx512.vpdpwssd.256", "int16", "int16"),
 }
+#: The same two products on AVX2 without VNNI, exactly: `vpmaddwd` on 16-bit halves (`_avx2_intrinsic`).
+AVX2_INTRINSICS = {(8, 4): "ibert_dot_8x4_u8s8_avx2", (8, 2): "ibert_dot_8x2_s16s16_avx2"}
 MAX_ROWS = 8  # register tile: at most this many rows ...
 MAX_COLUMN_BLOCKS = 8  # ... and this many vector-wide column blocks
 VECTOR_REGISTERS = {64: 32, 32: 16, 16: 16}  # vector bytes -> architectural vector registers (zmm / ymm / xmm)
@@ -80,6 +83,20 @@ def vnni_lanes(target: Target) -> int:
     return 16 if "avx512vnni" in features else 8 if "avxvnni" in features else 0
 
 
+def packed_lanes(target: Target) -> int:
+    """int32 lanes of the packed GEMMs' dot-product step: VNNI's (16 or 8), 8 on AVX2 (emulated exactly
+    with `vpmaddwd`), 0 where the GEMMs stay plain (SSE2 only)."""
+    return vnni_lanes(target) or (8 if "avx2" in int8_features(target) else 0)
+
+
+def dot_intrinsics(target: Target) -> dict[tuple[int, int], str]:
+    """(lanes, products per lane) -> the tensor intrinsic the target's packed GEMMs are tensorized with."""
+    lanes = vnni_lanes(target)
+    if lanes:
+        return {key: entry[0] for key, entry in VNNI_INTRINSICS.items() if key[0] == lanes}
+    return dict(AVX2_INTRINSICS) if packed_lanes(target) else {}
+
+
 def has_amx(target: Target) -> bool:
     """Whether the target has AMX's int8 tiles (with AVX-512 VNNI for the GEMMs that do not fit tiles)."""
     return "amx-int8" in int8_features(target) and vnni_lanes(target) == 16
@@ -91,12 +108,8 @@ def vector_bytes(target: Target) -> int:
     return 64 if "avx512bw" in features else 32 if "avx2" in features or "avxvnni" in features else 16
 
 
-def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b_dtype: str
-                    ) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
-    """(description, implementation) of C[lanes] += sum_{k<group} A[k] * B[lane, k] as one VNNI instruction:
-    A's group (4 bytes) broadcast to every lane, B one vector. The LLVM 22 signatures take byte / word
-    vectors (TVM's own `dot_16x4_vnni` passes <16 x i32> and fails LLVM's module verification)."""
-    width = lanes * group
+def _dot_desc(lanes: int, group: int, a_dtype: str, b_dtype: str) -> tirx.PrimFunc:
+    """C[lanes] += sum_{k<group} A[k] * B[lane, k]: the packed GEMMs' dot-product step."""
 
     @T.prim_func(s_tir=True)
     def desc(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((lanes, group), b_dtype, offset_factor=1),
@@ -108,6 +121,16 @@ def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
                     c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    return desc
+
+
+def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b_dtype: str
+                    ) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """(description, implementation) of the dot-product step as one VNNI instruction: A's group (4 bytes)
+    broadcast to every lane, B one vector. The LLVM 22 signatures take byte / word vectors (TVM's own
+    `dot_16x4_vnni` passes <16 x i32> and fails LLVM's module verification)."""
+    width = lanes * group
 
     @T.prim_func(s_tir=True)
     def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((lanes, group), b_dtype, offset_factor=1),
@@ -121,11 +144,43 @@ def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b
                 T.reinterpret(T.broadcast(a_word, lanes), dtype=f"{a_dtype}x{width}"),
                 b.vload([0, 0], dtype=f"{b_dtype}x{width}"), dtype=f"int32x{lanes}")
 
-    return desc, impl
+    return _dot_desc(lanes, group, a_dtype, b_dtype), impl
+
+
+def _avx2_intrinsic(group: int, a_dtype: str, b_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """(description, implementation) of the 8-lane dot-product step on AVX2, exactly: `vpmaddwd` multiplies
+    16-bit pairs into int32 sums. s16 x s16 (group 2) is one `vpmaddwd`. u8 x s8 (group 4) splits each 16-bit
+    word of A into its zero-extended even and odd bytes and each of B into its sign-extended ones, and adds two
+    `vpmaddwd` (each pair sum at most 2 * 255 * 128). `vpmaddubsw` is not used: its 16-bit sums saturate."""
+    pmadd = "llvm.x86.avx2.pmadd.wd"
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((8, group), b_dtype, offset_factor=1),
+             c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:8], a[0:group], b[0:8, 0:group])
+            T.writes(c[0:8])
+            a_word = T.reinterpret(a.vload([0], f"{a_dtype}x{group}"), dtype="int32")
+            aw = T.reinterpret(T.broadcast(a_word, 8), dtype="int16x16")
+            bw = T.reinterpret(b.vload([0, 0], dtype=f"{b_dtype}x{8 * group}"), dtype="int16x16")
+            low, eight = T.broadcast(T.int16(255), 16), T.broadcast(T.int16(8), 16)
+            if group == 2:
+                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(pmadd), aw, bw, dtype="int32x8")
+            else:
+                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(pmadd), aw & low, T.shift_right(T.shift_left(bw, eight), eight),
+                    dtype="int32x8") + T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(pmadd), T.shift_right(aw, eight) & low, T.shift_right(bw, eight),
+                    dtype="int32x8")
+
+    return _dot_desc(8, group, a_dtype, b_dtype), impl
 
 
 for (_lanes, _group), (_name, _llvm, _a, _b) in VNNI_INTRINSICS.items():
     TensorIntrin.register(_name, *_vnni_intrinsic(_lanes, _group, _llvm, _a, _b), override=True)
+    if (_lanes, _group) in AVX2_INTRINSICS:
+        TensorIntrin.register(AVX2_INTRINSICS[_lanes, _group], *_avx2_intrinsic(_group, _a, _b), override=True)
 
 
 AMX_ROWS, AMX_BYTES = 16, 64  # one tile: 16 rows of 64 bytes (C: 16 x 16 int32; A: 16 x 64 u8; B: 16 x 64 s8)
@@ -447,12 +502,14 @@ def _batch_dims(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, group: in
     return len(packed[0].shape) - 4
 
 
-def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, group: int, vbytes: int) -> None:
-    """Register-tiled, parallel, VNNI-tensorized packed GEMM with its epilogue computed per task."""
+def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, group: int, vbytes: int,
+                        intrinsic: str) -> None:
+    """Register-tiled, parallel packed GEMM tensorized with the dot-product step `intrinsic` (VNNI, or its
+    AVX2 form), with its epilogue computed per task."""
     ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group))
     init = sch.decompose_reduction(gemm, ko)
     _vectorize_inner(sch, init, lanes)
-    sch.tensorize(nl, VNNI_INTRINSICS[lanes, group][0])
+    sch.tensorize(nl, intrinsic)
     for loop in [*rows, ni]:
         sch.unroll(loop)
 
@@ -542,7 +599,7 @@ def _schedule_rows(sch: s_tir.Schedule, vbytes: int) -> bool:
 
 def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_tir.Schedule | None]]]:
     """The schedules tried on each PrimFunc, in order: the first that applies without error wins."""
-    lanes, vbytes = vnni_lanes(target), vector_bytes(target)
+    lanes, vbytes, intrinsics = packed_lanes(target), vector_bytes(target), dot_intrinsics(target)
 
     def amx(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
@@ -553,7 +610,8 @@ def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_t
     def vnni(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         found = _vnni_gemm(sch, lanes) if lanes else None
-        return None if found is None else (_schedule_vnni_gemm(sch, *found[:1], lanes, found[1], vbytes) or sch)
+        return None if found is None else (
+            _schedule_vnni_gemm(sch, found[0], lanes, found[1], vbytes, intrinsics[lanes, found[1]]) or sch)
 
     def plain(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)

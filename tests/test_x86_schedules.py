@@ -29,6 +29,8 @@ PLAIN = Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no VNNI, no AVX
 HAS_VNNI = x86.vnni_lanes(HOST) > 0
 HAS_AMX = x86.has_amx(HOST)
 SAPPHIRE_RAPIDS = Target({"kind": "llvm", "mcpu": "sapphirerapids"})  # AMX int8 + AVX-512 VNNI (compiled, not run)
+HASWELL = Target({"kind": "llvm", "mcpu": "haswell"})  # AVX2 only: the vpmaddwd form of the dot products
+RUNS_AVX2 = pytest.mark.skipif("avx2" not in x86.int8_features(HOST), reason="host CPU has no AVX2")
 NEEDS_VNNI = pytest.mark.skipif(not HAS_VNNI, reason=f"host CPU ({HOST.attrs.get('mcpu')}) has neither avx512vnni "
                                                      "nor avxvnni")
 RNG = np.random.default_rng(7)
@@ -120,10 +122,12 @@ def op_builds() -> dict[str, relax.VirtualMachine]:
     mod = _ops_module()
     exes = {"unscheduled": tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"),
             "host": build(mod, HOST), "x86-64": build(mod, PLAIN)}
+    if "avx2" in x86.int8_features(HOST):
+        exes["haswell"] = build(mod, HASWELL)
     return {k: relax.VirtualMachine(e, tvm.cpu()) for k, e in exes.items()}
 
 
-@pytest.mark.parametrize("target", ["host", "x86-64"])
+@pytest.mark.parametrize("target", ["host", "x86-64", pytest.param("haswell", marks=RUNS_AVX2)])
 @pytest.mark.parametrize("case", list(CASES))
 def test_single_op_scheduled_build_is_bit_identical(op_builds, case, target):
     args = [tvm.runtime.tensor(v) for v in CASES[case][1].values()]
@@ -164,8 +168,11 @@ def test_tiny_model_scheduled_build_is_bit_identical(tiny_program, host_build, r
     ref = _unscheduled(mod, inputs)
     np.testing.assert_array_equal(_run(host_build, inputs), ref)
     np.testing.assert_array_equal(_run(build(mod, PLAIN), inputs), ref)
+    if "avx2" in x86.int8_features(HOST):
+        np.testing.assert_array_equal(_run(build(mod, HASWELL), inputs), ref)
     report(f"x86 schedules, tiny 2-layer BERT: bit-identical to the unscheduled build on {HOST.attrs.get('mcpu')} "
-           f"({', '.join(x86.int8_features(HOST)) or 'no int8 features'}) and on plain x86-64")
+           f"({', '.join(x86.int8_features(HOST)) or 'no int8 features'}), on AVX2 (Haswell, vpmaddwd) where the "
+           "host runs it, and on plain x86-64")
 
 
 def test_epilogue_with_an_independent_stage_is_not_computed_per_tile():
@@ -252,6 +259,18 @@ def test_target_without_vnni_gets_no_vnni_instruction():
     make, inputs = CASES["qk_transposed_odd"]
     asm = _asm(build(single_op_module(make, inputs), PLAIN))
     assert "vpdpbusd" not in asm and "zmm" not in asm
+
+
+def test_avx2_target_uses_exact_vpmaddwd():
+    """AVX2 without VNNI (Haswell class): the packed GEMMs' dot products are vpmaddwd on 16-bit halves, never
+    the saturating vpmaddubsw, and no VNNI instruction; compiled here, run by the single-op cases above."""
+    assert x86.packed_lanes(HASWELL) == 8 and x86.vnni_lanes(HASWELL) == 0
+    for case in ("linear_no_bias", "pv_int16_odd"):
+        make, inputs = CASES[case]
+        mod = single_op_module(make, inputs)
+        assert "vnni_gemm" in _strategies_used(mod, HASWELL).values()
+        asm = _asm(build(mod, HASWELL))
+        assert "vpmaddwd" in asm and "vpmaddubsw" not in asm and "vpdp" not in asm and "zmm" not in asm
 
 
 def test_avx_vnni_target_uses_ymm_vpdpbusd():
