@@ -15,8 +15,9 @@ avxvnni; TVM's own `dot_16x4_vnni` passes <16 x i32> operands that LLVM 22's vpd
 the module fails verification). Parallel tasks: (column tile, row tile) for linear layers, column tiles
 outermost so a weight panel stays in cache; (batch, column tile) for activation x activation products,
 whose run-time packing then happens once per task. The epilogue (bias, requantize, GELU, residual, the
-context's transpose) runs on each task's tile right after it is accumulated. Without VNNI the same tiling
-accumulates int32 vectors over the columns and LLVM vectorizes the multiply-adds.
+context's transpose) runs on each task's tile right after it is accumulated. On AVX2 without VNNI the same
+packing and tiling take an exact `vpmaddwd` form of both products (`_avx2_intrinsic`); with SSE2 only, the
+GEMMs stay unpacked and the same tiling accumulates int32 vectors over the columns.
 
 AMX (targets with amx-int8, e.g. Sapphire Rapids; `ibert_tvm.targets` adds it to the host target where Linux
 grants the tile state): a linear layer whose rows come in 16s and whose K comes in 64s runs as tasks of
@@ -194,7 +195,7 @@ AMX_PERMISSION_SYSCALL = (158, 0x1023, 18)
 def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
     """Register (once) and name the tensor intrinsic C[rows, cols] += A[rows, k] . B over the whole k:
     AMX `tdpbusd` on (rows / 16) x (cols / 16) accumulator tiles that stay in tile registers for the whole
-    k loop (C loaded before, stored after). B is the vpdpbusd packing `[cols / 16, k / 4, 16, 4]`, which is
+    k loop (zeroed before: the description includes the GEMM's init; stored after). B is the vpdpbusd packing `[cols / 16, k / 4, 16, 4]`, which is
     exactly AMX's B tile: 16 rows of k / 4 groups, each 16 columns x 4 bytes. Tile registers: C in 0..3,
     A in 4..5, B in 6..7 (immediates, so the loops over them are unrolled)."""
     name = f"ibert_amx_u8s8_{rows}x{cols}x{k}"

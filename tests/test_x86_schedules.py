@@ -207,10 +207,7 @@ def test_reshape_between_gemm_and_epilogue_is_bit_identical():
 
 def test_every_prim_func_gets_a_schedule(tiny_program):
     """Every GEMM is tensorized on a VNNI host (vectorized otherwise); nothing is left unscheduled."""
-    with HOST:
-        fused = tunable_module(tiny_program[0], HOST)
-    used = {g.name_hint: x86.schedule_prim_func(f, HOST)[1] for g, f in fused.functions_items()
-            if isinstance(f, tirx.PrimFunc)}
+    used = _strategies_used(tiny_program[0], HOST)
     assert "none" not in used.values(), used
     gemms = {n: s for n, s in used.items() if "linear" in n or "matmul" in n}
     assert len(gemms) >= 6, used

@@ -46,22 +46,17 @@ def _infer(call: relax.Call) -> relax.TensorType:
 
 
 def _compute(x: te.Tensor, b: te.Tensor, c: te.Tensor, q1: te.Tensor, narrow: int = 0) -> te.Tensor:
-    def narrow_body(*i):
-        q, bi = x[i], per_channel(b, i).astype("int32")
-        t = tir.abs(tir.min(tir.max(q, bi), -bi)) + bi
-        v = t * t + per_channel(c, i).astype("int32")
-        y = tir.Select(q > 0, v, tir.Select(q < 0, -v, tir.const(0, "int32"))) >> tir.const(ERF_SHIFT, "int32")
-        return i64(q) * i64(y + per_channel(q1, i).astype("int32"))
+    dtype = "int32" if narrow else "int64"  # of everything but the last product
 
     def body(*i):
-        q = i64(x[i])
-        bi = per_channel(b, i)
-        t = tir.min(tir.abs(q), -bi) + bi
-        v = t * t + per_channel(c, i)
-        y = tir.Select(q > i64(0), v, tir.Select(q < i64(0), -v, i64(0))) >> i64(ERF_SHIFT)  # sgn * v
-        return q * (y + per_channel(q1, i))
+        q, bi = x[i].astype(dtype), per_channel(b, i).astype(dtype)
+        t = tir.abs(tir.min(tir.max(q, bi), -bi)) + bi  # min(|q|, -b) + b without |q| of q = -2^31
+        v = t * t + per_channel(c, i).astype(dtype)
+        zero = tir.const(0, dtype)
+        y = tir.Select(q > zero, v, tir.Select(q < zero, -v, zero)) >> tir.const(ERF_SHIFT, dtype)  # sgn * v
+        return i64(q) * i64(y + per_channel(q1, i).astype(dtype))
 
-    return te.compute(x.shape, narrow_body if narrow else body, name="int_gelu")
+    return te.compute(x.shape, body, name="int_gelu")
 
 
 register(OP, "Integer-only GELU (I-BERT i-GELU).", _infer, _compute)

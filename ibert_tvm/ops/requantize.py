@@ -150,16 +150,16 @@ def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | 
     m, e = _dyadic(multiplier, shift, wide, "x")
     args = [x, as_expr(m, OP, "multiplier"), as_expr(e, OP, "shift")]
     # Known shifts bound the wide product's cases (`intmath.mul_rne_shift_wide`); run-time ones may be any.
-    shifts = {} if isinstance(e, relax.Expr) else {"shift_min": int(e.min()), "shift_max": int(e.max())}
+    attrs = {} if isinstance(e, relax.Expr) else {"shift_min": int(e.min()), "shift_max": int(e.max())}
     saturation = saturation_clamp(m, e, bits) if wide and residual is None and not isinstance(e, relax.Expr) else None
     if saturation:
-        shifts["input_clamp"] = saturation
+        attrs["input_clamp"] = saturation
     if residual is not None:
         if residual_multiplier is None or residual_shift is None:
             raise IBertOpError(f"{OP}: a residual needs residual_multiplier and residual_shift")
         m1, e1 = _dyadic(residual_multiplier, residual_shift, False, "residual")
         args += [residual, as_expr(m1, OP, "residual_multiplier"), as_expr(e1, OP, "residual_shift")]
-    return make_call(OP, args, bits=int(bits), **shifts)
+    return make_call(OP, args, bits=int(bits), **attrs)
 
 
 def reference(x: np.ndarray, multiplier: np.ndarray | int, shift: np.ndarray | int, bits: int = 8,
