@@ -18,7 +18,7 @@ from typing import Any
 
 import tvm
 
-from .targets import host_cpu_features
+from .targets import host_cpu_features, x86_levels_for
 
 __all__ = ["ARTIFACT_FORMAT", "ArtifactError", "check_runnable_here", "library_sha256", "metadata_path",
            "read_metadata", "runtime_versions", "write_metadata"]
@@ -101,10 +101,13 @@ def check_runnable_here(meta: dict[str, Any], library: str | Path = "artifact") 
         if machine not in ("x86_64", "amd64"):
             raise ArtifactError(f"{library}: built for an x86-64 CPU, this machine is {machine}; compile for this "
                                 "machine's target")
-        lacking = sorted(set(features) - set(host_cpu_features()))
+        here = host_cpu_features()
+        lacking = sorted(set(features) - set(here))
         if lacking:
+            levels = x86_levels_for(here)
+            fits = f", or for '{levels[0]}' to run on this CPU and every CPU with its features" if levels else ""
             raise ArtifactError(f"{library}: built for a CPU with {', '.join(lacking)}, which this CPU lacks; "
-                                "compile it on (or for) this machine with target 'llvm'")
+                                f"compile it for this machine with target 'llvm'{fits}")
     if family == "cuda":
         _check_cuda_device(str(features[0]) if features else "", library)
 

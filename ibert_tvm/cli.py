@@ -59,7 +59,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="classification head integer-only (default) or HF's float head")
     p.add_argument("--force-dequant", default="none", choices=("none", "gelu", "softmax", "layernorm", "nonlinear"),
                    help="Q8BERT mode: keep these nonlinearities in float")
-    p.add_argument("--target", default="llvm", help="t4, cuda, cuda:sm_XX, aarch64, aarch64-neon, llvm (default)")
+    p.add_argument("--target", default="llvm", help="llvm (this CPU, the default), x86-noamx, x86-amx, x86-avx512vnni, x86-avxvnni, x86-avx2, "
+                   "aarch64, aarch64-neon, t4, cuda, cuda:sm_XX")
 
 
 def _quantize(args: argparse.Namespace):

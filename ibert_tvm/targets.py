@@ -1,9 +1,12 @@
-"""The targets users name (`t4`, `cuda`, `aarch64`, `aarch64-neon`, `llvm` / `x86`), resolved to TVM targets.
+"""The targets users name (`t4`, `cuda`, `aarch64`, `aarch64-neon`, `llvm` / `x86`, the x86 levels), resolved
+to TVM targets.
 
 One registry for `compile`, `tune`, the CLI and the artifact metadata. Each entry knows its schedule family
 (the `schedules/` module that schedules and tunes it) and whether exporting it needs a cross compiler.
-Host CPU features are detected through LLVM, never assumed: the same name may mean AVX2 on one machine and
-AVX-512 VNNI on another, and the artifact metadata records which.
+`llvm` is this machine's CPU, its features detected through LLVM and /proc/cpuinfo, never assumed: the same
+name may mean AVX2 on one machine and AMX on another, and the artifact metadata records which. The x86 levels
+(`x86-amx`, `x86-avx512vnni`, `x86-avxvnni`, `x86-avx2`) name a fixed feature set, for a library that must run
+on a fleet of CPUs rather than on the machine that builds it; `x86-noamx` is this CPU without AMX.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 import tvm
 from tvm.target import Target, codegen
 
-__all__ = ["TARGET_NAMES", "TargetSpec", "UnknownTargetError", "amx_usable", "host_cpu_features", "resolve_target"]
+__all__ = ["HOST_TARGETS", "TARGET_NAMES", "TargetSpec", "UnknownTargetError", "X86_LEVELS", "amx_usable",
+           "host_cpu_features", "resolve_target", "x86_levels_for"]
 
 
 class UnknownTargetError(ValueError):
@@ -63,29 +67,56 @@ def host_cpu_features(target: Target | None = None) -> tuple[str, ...]:
 
 
 @functools.cache
+def _cpu_flags() -> frozenset[str]:
+    """This CPU's flags as Linux lists them in /proc/cpuinfo (empty off Linux x86, or where it cannot be read)."""
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return frozenset()
+    try:
+        with open("/proc/cpuinfo") as f:
+            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return frozenset()
+
+
+@functools.cache
 def amx_usable() -> bool:
     """Whether this CPU has AMX int8 tiles and Linux lets this process use them (tile data is granted per
     process on request, `arch_prctl(ARCH_REQ_XCOMP_PERM)`; a kernel without it, or a hypervisor that hides the
     state, refuses). LLVM's host CPU name does not say: a VM may report a CPU model that has no AMX."""
-    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
-        return False
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    if not {"amx_tile", "amx_int8"} <= set(flags):
+    if not {"amx_tile", "amx_int8"} <= _cpu_flags():
         return False
     from .schedules.x86 import AMX_PERMISSION_SYSCALL  # the request the AMX kernels themselves make
 
     return ctypes.CDLL(None).syscall(*AMX_PERMISSION_SYSCALL) == 0
 
 
-def _host() -> Target:
-    """This machine's CPU as an llvm target (its exact CPU, so LLVM uses every vector feature it has), with
-    AMX's features added where the CPU and the OS allow them."""
-    mattr = _AMX_MATTR if amx_usable() else []
-    return Target({"kind": "llvm", "mcpu": codegen.llvm_get_system_cpu(), **({"mattr": mattr} if mattr else {})})
+#: the vector features the schedules use (AVX-512 Foundation, that the others build on, first) -> the
+#: /proc/cpuinfo flag that says the CPU has it
+_CPUINFO_FLAGS = {"avx2": "avx2", "avx512f": "avx512f", "avx512bw": "avx512bw", "avx512vnni": "avx512_vnni",
+                  "avxvnni": "avx_vnni"}
+
+
+def _host(amx: bool = True) -> Target:
+    """This machine's CPU as an llvm target: its CPU model (so LLVM uses every vector feature and cost it
+    knows), with the int8 features corrected by what the CPU itself lists. LLVM names the model from CPUID's
+    family, so a VM may report a model that lacks a feature the CPU has (avx_vnni, AMX) or has one the
+    hypervisor hides. AMX is added where the CPU and the OS allow it, and taken away with amx=False (disabling
+    amx-tile disables every AMX feature that builds on it)."""
+    cpu = codegen.llvm_get_system_cpu()
+    model = Target({"kind": "llvm", "mcpu": cpu})
+    flags = _cpu_flags()
+    mattr = []
+    for feature, flag in _CPUINFO_FLAGS.items() if flags else ():
+        if (flag in flags) != codegen.llvm_cpu_has_features(feature, model):
+            mattr.append(("+" if flag in flags else "-") + feature)
+    mattr += (_AMX_MATTR if amx_usable() else []) if amx else ["-amx-tile"]
+    return Target({"kind": "llvm", "mcpu": cpu, **({"mattr": mattr} if mattr else {})})
+
+
+def _x86(mcpu: str, mattr: list[str] | None = None) -> Target:
+    """A fixed x86-64 feature level: LLVM's generic level CPUs (x86-64-v3: AVX2; x86-64-v4: AVX-512) plus the
+    int8 features named, so the code runs on every CPU that has them, whichever vendor."""
+    return Target({"kind": "llvm", "mcpu": mcpu, **({"mattr": mattr} if mattr else {})})
 
 
 def _cuda(arch: str) -> Target:
@@ -118,9 +149,27 @@ _REGISTRY = {
     "aarch64-neon": ("ARMv8 CPU without dot product (Cortex-A72 class): NEON only",
                      lambda: ("arm", _aarch64("cortex-a72", ["+neon"]), _AARCH64_CC)),
     "llvm": ("this machine's x86 CPU, features detected (AMX / VNNI / AVX-512 / AVX2)", lambda: ("x86", _host(), None)),
+    "x86-noamx": ("this machine's x86 CPU without AMX (for CPUs of its generation that lack AMX)",
+                  lambda: ("x86", _host(amx=False), None)),
+    "x86-amx": ("any x86 CPU with AMX int8 (Sapphire Rapids and later Xeons)",
+                lambda: ("x86", _x86("x86-64-v4", ["+avx512vnni", *_AMX_MATTR]), None)),
+    "x86-avx512vnni": ("any x86 CPU with AVX-512 VNNI (Cascade Lake, Ice Lake, Sapphire Rapids, AMD Zen4)",
+                       lambda: ("x86", _x86("x86-64-v4", ["+avx512vnni"]), None)),
+    "x86-avxvnni": ("any x86 CPU with AVX2 and AVX-VNNI (Alder Lake and later client CPUs)",
+                    lambda: ("x86", _x86("x86-64-v3", ["+avxvnni"]), None)),
+    "x86-avx2": ("any x86 CPU with AVX2 (Haswell and later, AMD Zen)", lambda: ("x86", _x86("x86-64-v3"), None)),
 }
+#: the targets that describe the CPU of the machine that builds them: their tuning logs are per CPU model
+HOST_TARGETS = ("llvm", "x86-noamx")
+X86_LEVELS = ("x86-amx", "x86-avx512vnni", "x86-avxvnni", "x86-avx2")  # widest first
 _ALIASES = {"x86": "llvm", "host": "llvm", "nvidia/nvidia-t4": "t4"}
 TARGET_NAMES = tuple(_REGISTRY) + tuple(_ALIASES)
+
+
+def x86_levels_for(features: tuple[str, ...] | list[str]) -> list[str]:
+    """The fixed x86 levels a CPU with these int8 features runs (widest first): what to compile a library for
+    when it must run on that CPU and others like it."""
+    return [name for name in X86_LEVELS if set(resolve_target(name).features) <= set(features)]
 
 
 def resolve_target(name: str | TargetSpec) -> TargetSpec:

@@ -44,7 +44,7 @@ from tvm.target import Target
 
 from .relay_passes import pipeline
 from .schedules import schedules_for
-from .targets import TargetSpec, resolve_target
+from .targets import HOST_TARGETS, TargetSpec, resolve_target
 from .threads import physical_cores
 
 if TYPE_CHECKING:
@@ -119,9 +119,9 @@ class TuningResult:
 
 def log_name(target: str | TargetSpec) -> str:
     """The folder name of a target's database under `tuning_logs/`: the target's name, with the CPU for the
-    x86 host (hosts differ between machines) and the arch for a CUDA GPU named by arch."""
+    x86 host targets (hosts differ between machines) and the arch for a CUDA GPU named by arch."""
     spec = resolve_target(target)
-    if spec.family == "x86":
+    if spec.name in HOST_TARGETS:
         return f"{spec.name}-{spec.target.attrs.get('mcpu', 'generic')}"
     if spec.name.startswith("cuda"):
         return f"cuda-{spec.target.attrs['arch']}"

@@ -49,6 +49,7 @@ from tvm.script import tirx as T
 from tvm.target import Target, codegen
 
 from . import family_of
+from .postprocs import KeepIntrinsicsUnvectorized
 
 __all__ = ["AMX_PERMISSION_SYSCALL", "AVX2_INTRINSICS", "VNNI_INTRINSICS", "apply_default_schedule", "dot_intrinsics",
            "has_amx", "int8_features", "packed_lanes", "schedule_prim_func", "tuning_space", "vector_bytes",
@@ -608,7 +609,7 @@ def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_t
         tile = _amx_tile(sch, found[0]) if found and found[1] == 4 else None
         return None if tile is None else (_schedule_amx_gemm(sch, found[0], *tile, vbytes) or sch)
 
-    def vnni(func: tirx.PrimFunc) -> s_tir.Schedule | None:
+    def packed_gemm(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
         found = _vnni_gemm(sch, lanes) if lanes else None
         return None if found is None else (
@@ -628,7 +629,8 @@ def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_t
         sch = s_tir.Schedule(func)
         return sch if _schedule_rows(sch, vbytes) else None
 
-    return [("amx_gemm", amx), ("vnni_gemm", vnni), ("gemm", plain), ("rows", rows), ("elementwise", elementwise)]
+    packed = "vnni_gemm" if vnni_lanes(target) else "avx2_gemm"  # one strategy, named by the step it uses
+    return [("amx_gemm", amx), (packed, packed_gemm), ("gemm", plain), ("rows", rows), ("elementwise", elementwise)]
 
 
 def schedule_prim_func(func: tirx.PrimFunc, target: Target) -> tuple[tirx.PrimFunc, str]:
@@ -656,11 +658,11 @@ def apply_default_schedule(mod: tvm.IRModule, target: Target, **options: object)
 
 
 def tuning_space(target: Target) -> dict:
-    """MetaSchedule's space for `target`: on VNNI targets TVM's CPU rules with multi-level tiling tensorized
-    by the VNNI intrinsics (the u8 x s8 and s16 x s16 blocks of the packed GEMMs; the rest tiled plainly),
-    as TVM's VNNI tests set them up; MetaSchedule's default CPU space elsewhere (TVM picks `dot_16x4_vnni`
-    for VNNI targets by itself, which does not build with LLVM 22)."""
-    lanes = vnni_lanes(target)
+    """MetaSchedule's space for `target`: on VNNI and AVX2 targets TVM's CPU rules with multi-level tiling
+    tensorized by the defaults' dot-product intrinsics (the u8 x s8 and s16 x s16 blocks of the packed GEMMs;
+    the rest tiled plainly), as TVM's VNNI tests set them up; MetaSchedule's default CPU space on SSE2 (TVM
+    picks `dot_16x4_vnni` for VNNI targets by itself, which does not build with LLVM 22)."""
+    lanes, intrinsics = packed_lanes(target), dot_intrinsics(target)
     if not lanes:
         return {"space": "post-order-apply"}
     rules = [
@@ -670,7 +672,7 @@ def tuning_space(target: Target) -> dict:
                                     disallow_op=["tirx.exp"]),
         ms.schedule_rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
         *(ms.schedule_rule.MultiLevelTilingWithIntrin(
-            VNNI_INTRINSICS[lanes, group][0], structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
+            intrinsics[lanes, group], structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
             vector_load_lens=None, reuse_read=None,
             reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")) for group in (4, 2)),
         ms.schedule_rule.MultiLevelTiling(
@@ -681,6 +683,7 @@ def tuning_space(target: Target) -> dict:
         ms.schedule_rule.RandomComputeLocation(),
     ]
     postprocs = [
+        KeepIntrinsicsUnvectorized(),
         ms.postproc.DisallowDynamicLoop(),
         ms.postproc.RewriteParallelVectorizeUnroll(),
         ms.postproc.RewriteReductionBlock(),

@@ -67,6 +67,12 @@ def test_tune_writes_a_database_with_its_metadata(tuned, spec, report):
            f"untuned -> {result.latency_after_ms:.3f} ms; not tunable: {len(result.untunable)} of {len(result.tasks)}")
 
 
+def _padded_inputs() -> list[np.ndarray]:
+    """One sequence of SEQ tokens, its last quarter padding."""
+    b = batches(1, 1, 2, SEQ, seed=5)[0]  # row 1 has padding
+    return [b.input_ids[1:].numpy(), b.attention_mask[1:].numpy().astype(np.int32)]
+
+
 def test_records_apply_and_outputs_are_bit_identical(model, spec, tuned):
     """ApplyDatabase schedules the tasks that have valid records (all of them, the slower ones kept: a few
     trials rarely beat the default schedules); the tuned build's int8 outputs equal the untuned build's."""
@@ -81,12 +87,26 @@ def test_records_apply_and_outputs_are_bit_identical(model, spec, tuned):
     scheduled = [g.name_hint for g, f in applied.functions_items()
                  if isinstance(f, tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled", False)]
     assert len(scheduled) == len(valid)  # each task with a valid record, and only those
-    b = batches(1, 1, 2, SEQ, seed=5)[0]  # row 1 has padding
-    inputs = [b.input_ids[1:].numpy(), b.attention_mask[1:].numpy().astype(np.int32)]
+    inputs = _padded_inputs()
     untuned = _run(pipeline.build(mod, spec.target), inputs)
     tuned_out = _run(pipeline.build(mod, spec.target, database=database), inputs)
     assert tuned_out.dtype == np.int8
     np.testing.assert_array_equal(tuned_out, untuned)
+
+
+def test_avx2_level_tunes_with_its_vpmaddwd_step(model, tmp_path):
+    """An AVX2-only target (the `x86-avx2` level, measured on this CPU) tunes its packed GEMMs with the exact
+    vpmaddwd intrinsics of its defaults, and the tuned build computes the unscheduled build's integers."""
+    spec = resolve_target("x86-avx2")
+    if not set(spec.features) <= set(resolve_target("llvm").features):
+        pytest.skip("this CPU has no AVX2 to measure the candidates on")
+    result = tune(model, spec, TRIALS, tmp_path, batch=BATCH, seq=SEQ, num_trials_per_iter=PER_ITER, progress=False)
+    assert result.trials_run == TRIALS and result.failed <= TRIALS // 4
+    assert "ibert_dot_8x4_u8s8_avx2" in (tmp_path / RECORD_FILE).read_text()
+    database = open_database(tmp_path, spec, keep_slower=True)
+    mod, inputs = model.program(BATCH, SEQ), _padded_inputs()
+    np.testing.assert_array_equal(_run(pipeline.build(mod, spec.target, database=database), inputs),
+                                  _run(tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"), inputs))
 
 
 def test_a_second_call_continues(model, spec, tuned, tmp_path):

@@ -265,7 +265,7 @@ def test_avx2_target_uses_exact_vpmaddwd():
     for case in ("linear_no_bias", "pv_int16_odd"):
         make, inputs = CASES[case]
         mod = single_op_module(make, inputs)
-        assert "vnni_gemm" in _strategies_used(mod, HASWELL).values()
+        assert "avx2_gemm" in _strategies_used(mod, HASWELL).values()
         asm = _asm(build(mod, HASWELL))
         assert "vpmaddwd" in asm and "vpmaddubsw" not in asm and "vpdp" not in asm and "zmm" not in asm
 
@@ -283,18 +283,20 @@ def test_avx_vnni_target_uses_ymm_vpdpbusd():
 # ------------------------------------------------------------------------------------------------ tuning
 
 
-@NEEDS_VNNI
-def test_tuning_space_tensorizes_the_u8_gemm_with_vnni():
+@pytest.mark.parametrize("base", [pytest.param(HOST, marks=NEEDS_VNNI, id="host-vnni"),
+                                  pytest.param(HASWELL, id="haswell-avx2")])
+def test_tuning_space_tensorizes_the_u8_gemm_with_the_default_intrinsic(base):
+    """The space's sketches use the dot-product step of the defaults: VNNI's vpdpbusd, or AVX2's vpmaddwd form."""
     make, inputs = CASES["linear_no_bias"]
-    with HOST:
-        fused = tunable_module(single_op_module(make, inputs), HOST)
+    with base:
+        fused = tunable_module(single_op_module(make, inputs), base)
     gemm = next(f for g, f in fused.functions_items() if isinstance(f, tirx.PrimFunc) and "linear" in g.name_hint)
-    target = Target({**dict(HOST.export()), "num-cores": 2})  # MetaSchedule needs the core count
+    target = Target({**dict(base.export()), "num-cores": 2})  # MetaSchedule needs the core count
     with tuning._family_intrinsics_only(resolve_target("llvm")):  # TVM's other targets' intrinsics take minutes
         context = ms.TuneContext(tvm.IRModule({"main": gemm}), target=target,
                                  space_generator=x86.tuning_space(target)["space"])
     sketches = context.generate_design_space()
-    intrin = x86.VNNI_INTRINSICS[16, 4][0]
+    intrin = x86.dot_intrinsics(target)[x86.packed_lanes(target), 4]
     assert any(intrin in str(s.trace) for s in sketches), [str(s.trace) for s in sketches]
 
 
