@@ -1,7 +1,7 @@
 """The integer-only compilation pipeline in numbered phases, with optional IR dumps between them.
 
-Phase 0 legalizes the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds
-constants, phase 1 rewrites the GEMMs into x86 VNNI's operand forms on CPU targets that have it
+Phase 0 fuses the linear layers that share an input (Q, K, V) into one GEMM (`FuseSiblingLinears`), legalizes
+the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds constants, phase 1 rewrites the GEMMs into x86 VNNI's operand forms on CPU targets that have it
 (`ShiftActivationsU8`, `PackProbabilitiesI16`; no-ops elsewhere) and fuses requantize epilogues into their
 GEMMs (`FuseRequantize`; on CUDA with requantize chains split, see there), phase 2 verifies that no float survived (`VerifyIntegerOnly`), phase 3 applies
 a tuning database where given, then the target family's default schedule (`schedules/<family>.py`), and
@@ -21,6 +21,7 @@ from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.target import Target
 
 from .fuse_requantize import FuseRequantize
+from .fuse_sibling_linears import FuseSiblingLinears
 from .pack_probabilities_i16 import PackProbabilitiesI16
 from .shift_activations_u8 import ShiftActivationsU8
 from .verify_integer_only import VerifyIntegerOnly
@@ -63,7 +64,8 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
         raise ValueError(f"integer_pipeline supports CUDA and CPU (llvm) targets, got {target}")
     backend = cuda_pipeline if gpu else cpu_pipeline
     return [
-        [*backend.library_dispatch_passes(target), relax.transform.LegalizeOps(), relax.transform.FoldConstant()],
+        [FuseSiblingLinears(), *backend.library_dispatch_passes(target), relax.transform.LegalizeOps(),
+         relax.transform.FoldConstant()],
         [*([] if gpu else [ShiftActivationsU8(target), PackProbabilitiesI16(target)]),
          FuseRequantize(split_requantize_chains=gpu)],
         [VerifyIntegerOnly()],
