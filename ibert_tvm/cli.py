@@ -1,4 +1,4 @@
-"""The `ibert-tvm` command line: demo, compile, tune, run, bench, eval, inspect.
+"""The `ibert-tvm` command line: demo, compile, tune, run, bench, eval, inspect, targets.
 
 Every command's failures that a user can act on (bad input, unknown target, a model we do not support, a
 corrupt tuning log or artifact) end in one line `ibert-tvm: error: ...` and exit status 2.
@@ -215,6 +215,30 @@ def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _targets(_args: argparse.Namespace) -> int:
+    """Each target name, whether an artifact built for it runs on this machine (the check `load` makes), its
+    int8 features and what it means."""
+    from .artifact import ArtifactError, check_runnable_here
+    from .targets import UnknownTargetError, resolve_target, target_descriptions
+
+    rows = []
+    for name, description in target_descriptions().items():
+        try:
+            spec = resolve_target(name)
+            check_runnable_here({"target": {"family": spec.family, "name": name, "features": list(spec.features)}},
+                                name)
+            features, here = ", ".join(spec.features) or "generic", "yes"
+        except (ArtifactError, UnknownTargetError) as err:
+            features = "" if isinstance(err, UnknownTargetError) else ", ".join(spec.features)
+            here = "no: " + str(err).split(";")[0].removeprefix(f"{name}: ")
+        rows.append((name, here, features, description))
+    width = max(len(r[0]) for r in rows)
+    for name, here, features, description in rows:
+        print(f"{name:{width}s}  {description}\n{'':{width}s}  features: {features or '-'}; runs here: {here}")
+    print("aliases: x86, host = llvm; nvidia/nvidia-t4 = t4; cuda:sm_XX names a CUDA arch")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ibert-tvm", description="Integer-only BERT-family models through TVM.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +316,12 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("artifact")
     insp.add_argument("--json", action="store_true", help="print the metadata JSON (without the tokenizer files)")
     insp.set_defaults(func=_inspect)
+
+    targets = sub.add_parser("targets", help="the target names, their int8 features, and which run here",
+                             description="List every --target name with what it means, the int8 features a "
+                                         "library built for it uses, and whether this machine runs such a library "
+                                         "(the same check `run` and ibert_tvm.load make).")
+    targets.set_defaults(func=_targets)
     return parser
 
 

@@ -21,7 +21,7 @@ import tvm
 from tvm.target import Target, codegen
 
 __all__ = ["HOST_TARGETS", "TARGET_NAMES", "TargetSpec", "UnknownTargetError", "X86_LEVELS", "amx_usable",
-           "host_cpu_features", "resolve_target", "x86_levels_for"]
+           "host_cpu_features", "resolve_target", "target_descriptions", "x86_levels_for"]
 
 
 class UnknownTargetError(ValueError):
@@ -164,6 +164,11 @@ HOST_TARGETS = ("llvm", "x86-noamx")
 X86_LEVELS = ("x86-amx", "x86-avx512vnni", "x86-avxvnni", "x86-avx2")  # widest first
 _ALIASES = {"x86": "llvm", "host": "llvm", "nvidia/nvidia-t4": "t4"}
 TARGET_NAMES = tuple(_REGISTRY) + tuple(_ALIASES)
+
+
+def target_descriptions() -> dict[str, str]:
+    """Every registered target name -> what it means (the aliases and cuda:sm_XX aside)."""
+    return {name: description for name, (description, _) in _REGISTRY.items()}
 
 
 def x86_levels_for(features: tuple[str, ...] | list[str]) -> list[str]:

@@ -14,7 +14,7 @@ import pytest
 from tiny_models import LABELS, calibration_texts, held_out_texts, save_tiny_classifier
 
 SCRIPT = Path(sys.executable).parent / "ibert-tvm"
-COMMANDS = ("demo", "compile", "tune", "run", "bench", "eval", "inspect")
+COMMANDS = ("demo", "compile", "tune", "run", "bench", "eval", "inspect", "targets")
 
 
 def cli(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -61,6 +61,23 @@ def test_inspect_describes_the_artifact(artifact):
         assert fragment in proc.stdout
     meta = json.loads(cli("inspect", str(artifact), "--json", timeout=120).stdout)
     assert meta["buckets"]["seq_lengths"] == [16] and "tokenizer" not in meta
+
+
+def test_targets_lists_every_name_and_what_runs_here():
+    """Two lines per target (name + meaning; features + whether its library runs here); on this x86 host the
+    host target runs and the aarch64 ones are refused by the same check `load` makes."""
+    from ibert_tvm.targets import host_cpu_features, resolve_target, target_descriptions
+
+    proc = cli("targets", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    blocks = {lines[i].split()[0]: lines[i + 1] for i in range(0, 2 * len(target_descriptions()), 2)}
+    assert list(blocks) == list(target_descriptions())
+    assert blocks["llvm"].strip() == f"features: {', '.join(host_cpu_features())}; runs here: yes"
+    assert "runs here: no: built for target 'aarch64' (aarch64), this machine is x86_64" in blocks["aarch64"]
+    lacking = set(resolve_target("x86-amx").features) - set(host_cpu_features())
+    assert blocks["x86-amx"].endswith(f"built for a CPU with {', '.join(sorted(lacking))}, which this CPU lacks"
+                                      if lacking else "runs here: yes")
 
 
 def test_run_classifies_texts_and_ids(artifact):
