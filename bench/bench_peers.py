@@ -60,19 +60,19 @@ def inputs(model: torch.nn.Module, batch: int, seq: int) -> tuple[np.ndarray, np
     return ids, np.ones((batch, seq), np.int64)
 
 
-def ibert_compiled(model, batch: int, seq: int, tuning_logs: str | bool) -> ibert_tvm.CompiledModel:
+def ibert_compiled(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm") -> ibert_tvm.CompiledModel:
     """The integer-only program for one shape, calibrated on random batches of that model's vocabulary."""
     calibration = [ibert_tvm.Batch(*map(torch.from_numpy, inputs(model, 2, seq))) for _ in range(2)]
     qm = ibert_tvm.from_pretrained(model, calibration=calibration)
-    return ibert_tvm.compile(qm, "llvm", tuning_logs=tuning_logs, batch_sizes=(batch,), seq_lengths=(seq,))
+    return ibert_tvm.compile(qm, target, tuning_logs=tuning_logs, batch_sizes=(batch,), seq_lengths=(seq,))
 
 
-def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool):
-    m = ibert_compiled(model, batch, seq, tuning_logs).runner()
+def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm"):
+    m = ibert_compiled(model, batch, seq, tuning_logs, target).runner()
     return lambda ids, mask: m(ids, mask.astype(np.int32), integer=True)
 
 
-def profile(name: str, batch: int, seq: int, out: Path, repeats: int = 5) -> Path:
+def profile(name: str, batch: int, seq: int, out: Path, target: str = "llvm", repeats: int = 5) -> Path:
     """Per-kernel times of the untuned integer program, written to profile_*.txt: the Relax VM's instrument
     hook times every call (this TVM's VM has no built-in profiler), summed by kernel over `repeats` runs."""
     import time
@@ -85,7 +85,7 @@ def profile(name: str, batch: int, seq: int, out: Path, repeats: int = 5) -> Pat
     from ibert_tvm.model import function_name
 
     model = load_model(name)
-    vm = relax.VirtualMachine(ibert_compiled(model, batch, seq, False).executable, tvm.cpu())
+    vm = relax.VirtualMachine(ibert_compiled(model, batch, seq, False, target).executable, tvm.cpu())
     ids, mask = inputs(model, batch, seq)
     args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(mask.astype(np.int32))]
     main = vm[function_name(batch, seq)]
@@ -173,14 +173,14 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
         if seq > model.config.max_position_embeddings:
             continue
         ids, mask = inputs(model, batch, seq)
-        runners = {"ibert-tvm int (untuned)": lambda: ibert_runner(model, batch, seq, False),
+        runners = {"ibert-tvm int (untuned)": lambda: ibert_runner(model, batch, seq, False, args.target),
                    "TVM float32 (untuned)": lambda: tvm_float_runner(model, batch, seq),
                    "PyTorch FP32": lambda: torch_runner(model, False),
                    "PyTorch dynamic int8": lambda: torch_runner(model, True),
                    "ONNX Runtime FP32": lambda: ort_runner(name, model, batch, seq, False, workdir),
                    "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
         if args.tuning_logs:
-            runners["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs)
+            runners["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, args.target)
         for runner, make in runners.items():
             if args.only and runner not in args.only:
                 continue
@@ -249,6 +249,8 @@ def main() -> int:
                         help="comma-separated BATCHxSEQ (default: 1x128,8x128,1x32,1x256)")
     parser.add_argument("--only", help="comma-separated runner names to run (default: all)")
     parser.add_argument("--tuning-logs", help="a tuning database folder for the tuned integer build")
+    parser.add_argument("--target", default="llvm", help="the integer build's target (default llvm: this CPU; e.g. "
+                        "x86-avx2 to measure the AVX2 kernels on a wider CPU)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="bench/results")
@@ -257,7 +259,7 @@ def main() -> int:
     args = parser.parse_args()
     if args.profile:
         name, shape = args.profile.split(":")
-        profile(name, *map(int, shape.split("x")), Path(args.out))
+        profile(name, *map(int, shape.split("x")), Path(args.out), args.target)
         return 0
     args.only = set(args.only.split(",")) if args.only else None
     if any(r.startswith("ONNX Runtime") for r in (args.only or {"ONNX Runtime"})):
@@ -268,7 +270,7 @@ def main() -> int:
                              "(pip install -e '.[bench]'), or leave its runners out with --only")
     args.shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)
-    context = {**cpu_summary(), "date": date.today().isoformat(), "python": platform.python_version(),
+    context = {**cpu_summary(), "target": args.target, "date": date.today().isoformat(), "python": platform.python_version(),
                "command": " ".join(sys.argv)}
     print(context)
     with tempfile.TemporaryDirectory() as tmp:

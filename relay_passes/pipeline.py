@@ -1,11 +1,13 @@
 """The integer-only compilation pipeline in numbered phases, with optional IR dumps between them.
 
 Phase 0 fuses the linear layers that share an input (Q, K, V) into one GEMM (`FuseSiblingLinears`), legalizes
-the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds constants, phase 1 rewrites the GEMMs into x86 VNNI's operand forms on CPU targets that have it
-(`ShiftActivationsU8`, `PackProbabilitiesI16`; no-ops elsewhere) and fuses requantize epilogues into their
-GEMMs (`FuseRequantize`; on CUDA with requantize chains split, see there), phase 2 verifies that no float survived (`VerifyIntegerOnly`), phase 3 applies
-a tuning database where given, then the target family's default schedule (`schedules/<family>.py`), and
-lowers to VM form. Layout after MLC-LLM's `compiler_pass/pipeline.py`.
+the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds constants. Phase 1
+rewrites the GEMMs into the operand forms of the target's x86 dot products (VNNI: `ShiftActivationsU8`; AVX2
+without VNNI: `WidenActivationsI16`; both: `PackProbabilitiesI16`; no-ops elsewhere) and fuses requantize
+epilogues into their GEMMs (`FuseRequantize`; on CUDA with requantize chains split, see there). Phase 2
+verifies that no float survived (`VerifyIntegerOnly`), phase 3 applies a tuning database where given, then
+the target family's default schedule (`schedules/<family>.py`), and lowers to VM form.
+Layout after MLC-LLM's `compiler_pass/pipeline.py`.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from .fuse_sibling_linears import FuseSiblingLinears
 from .pack_probabilities_i16 import PackProbabilitiesI16
 from .shift_activations_u8 import ShiftActivationsU8
 from .verify_integer_only import VerifyIntegerOnly
+from .widen_activations_i16 import WidenActivationsI16
 
 __all__ = ["PHASES", "build", "integer_pipeline", "tunable_module"]
 
@@ -66,7 +69,7 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
     return [
         [FuseSiblingLinears(), *backend.library_dispatch_passes(target), relax.transform.LegalizeOps(),
          relax.transform.FoldConstant()],
-        [*([] if gpu else [ShiftActivationsU8(target), PackProbabilitiesI16(target)]),
+        [*([] if gpu else [ShiftActivationsU8(target), WidenActivationsI16(target), PackProbabilitiesI16(target)]),
          FuseRequantize(split_requantize_chains=gpu)],
         [VerifyIntegerOnly()],
         [*_schedule(target, database, options or {}), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],

@@ -20,7 +20,8 @@ the u8 accumulator stays below K_pad * 255 * 128, which fits int32 for K <= 6579
 is); the compensated result equals the original accumulator, whose range the ops already check.
 
 Left as they were: linear layers whose weight or bias is a run-time value, and int16 x int8 matmuls (P V,
-see pack_probabilities_i16.py). The pass is a no-op for targets without VNNI.
+see pack_probabilities_i16.py). The pass is a no-op for targets without VNNI (AVX2 ones take
+widen_activations_i16.py).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from tvm.target import Target
 
 from .te_packing import SHIFT, U8_GROUP, ceil_to, int64_shape, linear_u8, matmul_u8
 
-__all__ = ["LINEAR", "MATMUL", "ShiftActivationsU8", "calls_of", "compensated_bias", "matmul_layout", "pack_weight",
-           "replace_prim_funcs"]
+__all__ = ["LINEAR", "MATMUL", "ShiftActivationsU8", "calls_of", "compensated_bias", "constant_of", "linear_constants",
+           "matmul_layout", "pack_weight", "replace_prim_funcs", "rewrite_linears", "without_symbol"]
 
 LINEAR = "ibert_linear"  # LegalizeOps' names for the ops' PrimFuncs (ops/registry.py)
 MATMUL = "ibert_matmul"
@@ -44,12 +45,13 @@ _ACC_MAX = (1 << 31) - 1
 _CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
-def pack_weight(weight: np.ndarray, lanes: int) -> np.ndarray:
-    """int8 [N, K] -> [ceil(N/lanes), ceil(K/4), lanes, 4], zero padded: the vpdpbusd operand layout."""
+def pack_weight(weight: np.ndarray, lanes: int, group: int = U8_GROUP) -> np.ndarray:
+    """int8 [N, K] -> [ceil(N/lanes), ceil(K/group), lanes, group], zero padded: the vpdpbusd operand layout
+    (group 4), or AVX2's `vpmaddwd` pairs (group 2)."""
     n, k = weight.shape
-    padded = np.pad(weight, ((0, ceil_to(n, lanes) - n), (0, ceil_to(k, U8_GROUP) - k)))
-    blocks, groups = padded.shape[0] // lanes, padded.shape[1] // U8_GROUP
-    return np.ascontiguousarray(padded.reshape(blocks, lanes, groups, U8_GROUP).transpose(0, 2, 1, 3))
+    padded = np.pad(weight, ((0, ceil_to(n, lanes) - n), (0, ceil_to(k, group) - k)))
+    blocks, groups = padded.shape[0] // lanes, padded.shape[1] // group
+    return np.ascontiguousarray(padded.reshape(blocks, lanes, groups, group).transpose(0, 2, 1, 3))
 
 
 def _fits_u8_accumulator(k: int) -> bool:
@@ -80,7 +82,7 @@ def matmul_layout(func: tirx.PrimFunc) -> bool | None:
     return value.b.b.value.indices[-1].same_as(reducing[0].iter_vars[-1].var)
 
 
-def _constant(expr: relax.Expr, dtype: str, ndim: int) -> np.ndarray | None:
+def constant_of(expr: relax.Expr, dtype: str, ndim: int) -> np.ndarray | None:
     """The value of a constant (`tvm.ir.Constant`) of `dtype` and rank `ndim`, else None."""
     if not isinstance(expr, tvm.ir.Constant):
         return None
@@ -88,29 +90,56 @@ def _constant(expr: relax.Expr, dtype: str, ndim: int) -> np.ndarray | None:
     return value if value.dtype == np.dtype(dtype) and value.ndim == ndim else None
 
 
-def _private(func: tirx.PrimFunc) -> tirx.PrimFunc:
+def without_symbol(func: tirx.PrimFunc) -> tirx.PrimFunc:
     """No global symbol, as LegalizeOps makes its PrimFuncs (an exported one would be kept unused)."""
     return func.with_attr("tirx.noalias", True).without_attr("global_symbol")
 
 
-def _linear_plan(call: relax.Call, lanes: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(packed weight, folded bias) for a call of a linear PrimFunc that can take the u8 form, else None."""
+def linear_constants(call: relax.Call) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """(int8 weight, int32 bias or None) of a call of a linear PrimFunc on an int8 input of static shape,
+    where both are constants; None otherwise (a run-time weight or bias stays as it is)."""
     x, weight, *rest = call.args[1].fields
-    w = _constant(weight, "int8", 2)
-    bias = _constant(rest[0], "int32", 1) if rest else None
+    w = constant_of(weight, "int8", 2)
+    bias = constant_of(rest[0], "int32", 1) if rest else None
     if w is None or (rest and bias is None) or getattr(x.ty, "dtype", None) != "int8" or x.ty.shape is None:
         return None
+    return w, bias
+
+
+def _linear_plan(call: relax.Call, lanes: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(packed weight, folded bias) for a call of a linear PrimFunc that can take the u8 form, else None."""
+    constants = linear_constants(call)
+    if constants is None:
+        return None
+    w, bias = constants
     folded = compensated_bias(w, bias)
     return None if folded is None else (pack_weight(w, lanes), folded)
 
 
-def _linear_u8_func(call: relax.Call, packed: np.ndarray, folded: np.ndarray) -> tirx.PrimFunc:
-    """The u8 form of the linear PrimFunc `call` calls: (x, packed weight, folded bias) -> int32."""
+def _linear_func(call: relax.Call, packed: np.ndarray, bias: np.ndarray, compute: Callable) -> tirx.PrimFunc:
+    """The packed form of the linear PrimFunc `call` calls: (x, packed int8 weight, bias) -> int32 through
+    `compute` (te_packing.linear_u8 or linear_i16)."""
     x, weight = call.args[1].fields[:2]
     x_te = te.placeholder(int64_shape(x.ty.shape), "int8", name="x")
     w_te = te.placeholder(int64_shape(packed.shape), "int8", name="weight")
-    b_te = te.placeholder(int64_shape(folded.shape), "int32", name="bias")
-    return _private(te.create_prim_func([x_te, w_te, b_te, linear_u8(x_te, w_te, b_te, int(weight.ty.shape[0]))]))
+    b_te = te.placeholder(int64_shape(bias.shape), "int32", name="bias")
+    return without_symbol(te.create_prim_func([x_te, w_te, b_te, compute(x_te, w_te, b_te, int(weight.ty.shape[0]))]))
+
+
+def rewrite_linears(mod: tvm.IRModule, plan: Callable[[relax.Call], tuple[np.ndarray, np.ndarray] | None],
+                    compute: Callable) -> tvm.IRModule:
+    """Replace each linear PrimFunc all of whose calls have a `plan` (packed weight, bias) by its packed
+    form through `compute`, and its calls by calls with the planned constants."""
+    calls = calls_of(mod, LINEAR)
+    plans = {name: [plan(c) for c in cs] for name, cs in calls.items()}
+    funcs = {name: _linear_func(calls[name][0], *p[0], compute) for name, p in plans.items()
+             if all(q is not None for q in p)}
+
+    def new_args(call: relax.Call) -> list[relax.Expr]:
+        packed, bias = plan(call)
+        return [call.args[1].fields[0], relax.const(packed, "int8"), relax.const(bias, "int32")]
+
+    return replace_prim_funcs(mod, funcs, new_args)
 
 
 def _matmul_u8_func(call: relax.Call, transpose_b: bool, lanes: int) -> tirx.PrimFunc | None:
@@ -122,7 +151,7 @@ def _matmul_u8_func(call: relax.Call, transpose_b: bool, lanes: int) -> tirx.Pri
         return None
     a_te = te.placeholder(int64_shape(a.ty.shape), "int8", name="a")
     b_te = te.placeholder(int64_shape(b.ty.shape), "int8", name="b")
-    return _private(te.create_prim_func([a_te, b_te, matmul_u8(a_te, b_te, transpose_b, lanes)]))
+    return without_symbol(te.create_prim_func([a_te, b_te, matmul_u8(a_te, b_te, transpose_b, lanes)]))
 
 
 def calls_of(mod: tvm.IRModule, prefix: str) -> dict[str, list[relax.Call]]:
@@ -179,9 +208,9 @@ class ShiftActivationsU8:
 
     def __init__(self, target: Target) -> None:
         """`target`: the compilation target; the rewrite happens only where it has a VNNI instruction."""
-        from ibert_tvm.schedules.x86 import packed_lanes  # lazily: relay_passes must not need schedules at import
+        from ibert_tvm.schedules.x86 import vnni_lanes  # lazily: relay_passes must not need schedules at import
 
-        self.lanes = packed_lanes(target)
+        self.lanes = vnni_lanes(target)
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Rewrite linear PrimFuncs all of whose calls qualify (and those calls), then int8 matmuls."""
@@ -190,16 +219,7 @@ class ShiftActivationsU8:
         return self._matmuls(self._linears(mod))
 
     def _linears(self, mod: tvm.IRModule) -> tvm.IRModule:
-        calls = calls_of(mod, LINEAR)
-        plans = {name: [_linear_plan(c, self.lanes) for c in cs] for name, cs in calls.items()}
-        funcs = {name: _linear_u8_func(calls[name][0], *plan[0]) for name, plan in plans.items()
-                 if all(p is not None for p in plan)}
-
-        def new_args(call: relax.Call) -> list[relax.Expr]:
-            packed, folded = _linear_plan(call, self.lanes)
-            return [call.args[1].fields[0], relax.const(packed, "int8"), relax.const(folded, "int32")]
-
-        return replace_prim_funcs(mod, funcs, new_args)
+        return rewrite_linears(mod, lambda call: _linear_plan(call, self.lanes), linear_u8)
 
     def _matmuls(self, mod: tvm.IRModule) -> tvm.IRModule:
         funcs = {}

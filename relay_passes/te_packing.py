@@ -8,7 +8,8 @@ splits into a tensorized `lanes x group` step. Padding (N to a multiple of `lane
 in both operands, so padded products add nothing; padded output columns are dropped.
 
 Shapes are int64 throughout, as Relax types carry them (FuseTIR compares buffer types exactly).
-Used by `shift_activations_u8.py` (u8 x s8) and `pack_probabilities_i16.py` (s16 x s16).
+Used by `shift_activations_u8.py` (u8 x s8), `pack_probabilities_i16.py` (s16 x s16) and, on AVX2 without
+VNNI, `widen_activations_i16.py` (s16 x s8: `vpmaddwd` on int16 pairs, the int8 operand packed in pairs).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from collections.abc import Callable
 
 from tvm import te, tirx
 
-__all__ = ["SHIFT", "U8_GROUP", "I16_GROUP", "ceil_to", "int64_shape", "linear_u8", "matmul_i16", "matmul_u8"]
+__all__ = ["SHIFT", "U8_GROUP", "I16_GROUP", "ceil_to", "int64_shape", "linear_i16", "linear_u8", "matmul_i16",
+           "matmul_u8"]
 
 U8_GROUP = 4  # u8 x s8 products per int32 lane of vpdpbusd
 I16_GROUP = 2  # s16 x s16 products per int32 lane of vpdpwssd
@@ -129,19 +131,36 @@ def matmul_u8(a: te.Tensor, b: te.Tensor, transpose_b: bool, lanes: int) -> te.T
                       name="matmul")
 
 
-def matmul_i16(a: te.Tensor, b: te.Tensor, transpose_b: bool, lanes: int) -> te.Tensor:
-    """int16 a [..., M, K] x int8 b -> int32 [..., M, N] through vpdpwssd (b widened to int16 pairs), exactly.
+def _as_i16(a: te.Tensor, k_pad: int, name: str) -> te.Tensor:
+    """a as int16 over its last axis zero-padded to `k_pad`; `a` itself where it already is both."""
+    k = int(a.shape[-1])
+    if a.dtype == "int16" and k_pad == k:
+        return a
 
-    Stages: `a_padded` (only when K is odd), `b_packed`, `acc`, and `matmul` where N needs padding.
+    def widened(*i):
+        value = a[i].astype("int16")
+        return value if k_pad == k else tirx.if_then_else(i[-1] < k, value, tirx.const(0, "int16"))
+
+    return te.compute(list(a.shape[:-1]) + int64_shape([k_pad]), widened, name=name, attrs=_KEEP)
+
+
+def linear_i16(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor, n_out: int) -> te.Tensor:
+    """int8 x [..., K] x an int8 weight packed in pairs [N/lanes, K/2, lanes, 2] -> int32 [..., N] + bias:
+    AVX2's `vpmaddwd` form (x widened to int16, the weight sign-extended in the step), exact without any
+    compensation. Stages: `x_i16`, `acc`, `acc_bias` (+ bias, padded columns dropped)."""
+    groups, group = int(w_packed.shape[1]), int(w_packed.shape[3])
+    acc = _packed_gemm(_as_i16(x, groups * group, "x_i16"), w_packed, "acc")
+    return _columns(acc, n_out, lambda *i: acc[i] + bias[i[-1]], "acc_bias")
+
+
+def matmul_i16(a: te.Tensor, b: te.Tensor, transpose_b: bool, lanes: int, b_dtype: str = "int16") -> te.Tensor:
+    """int16 (or int8, widened) a [..., M, K] x int8 b -> int32 [..., M, N], exactly, b packed in pairs as
+    `b_dtype`: int16 for vpdpwssd (P V on VNNI), int8 for AVX2's `vpmaddwd` step (sign-extended there).
+
+    Stages: `a_i16` (when a is int8 or K is odd), `b_packed`, `acc`, and `matmul` where N needs padding.
     """
     b_at, n, k = _operand_b(b, transpose_b)
     batch = list(a.shape[:-2])
-    packed = _packed(b_at, batch, n, k, lanes, I16_GROUP, "int16")
-    k_pad = ceil_to(k, I16_GROUP)
-    if k_pad != k:
-        src = a
-        a = te.compute(list(a.shape[:-1]) + int64_shape([k_pad]),
-                       lambda *i: tirx.if_then_else(i[-1] < k, src[i], tirx.const(0, "int16")), name="a_padded",
-                       attrs=_KEEP)
-    acc = _packed_gemm(a, packed, "acc" if ceil_to(n, lanes) != n else "matmul")
+    packed = _packed(b_at, batch, n, k, lanes, I16_GROUP, b_dtype)
+    acc = _packed_gemm(_as_i16(a, ceil_to(k, I16_GROUP), "a_i16"), packed, "acc" if ceil_to(n, lanes) != n else "matmul")
     return acc if ceil_to(n, lanes) == n else _columns(acc, n, lambda *i: acc[i], "matmul")

@@ -15,9 +15,11 @@ avxvnni; TVM's own `dot_16x4_vnni` passes <16 x i32> operands that LLVM 22's vpd
 the module fails verification). Parallel tasks: (column tile, row tile) for linear layers, column tiles
 outermost so a weight panel stays in cache; (batch, column tile) for activation x activation products,
 whose run-time packing then happens once per task. The epilogue (bias, requantize, GELU, residual, the
-context's transpose) runs on each task's tile right after it is accumulated. On AVX2 without VNNI the same
-packing and tiling take an exact `vpmaddwd` form of both products (`_avx2_intrinsic`); with SSE2 only, the
-GEMMs stay unpacked and the same tiling accumulates int32 vectors over the columns.
+context's transpose) runs on each task's tile right after it is accumulated. On AVX2 without VNNI
+(relay_passes/widen_activations_i16.py) the int8 activations are widened to int16 instead and the int8
+operands packed in pairs `[N/8, K/2, 8, 2]`, and the same tiling takes `vpmaddwd`, which adds two s16 x s16
+products per int32 lane exactly (`_avx2_intrinsic`: the int8 operand sign-extended in the step); with SSE2
+only, the GEMMs stay unpacked and the same tiling accumulates int32 vectors over the columns.
 
 AMX (targets with amx-int8, e.g. Sapphire Rapids; `ibert_tvm.targets` adds it to the host target where Linux
 grants the tile state): a linear layer whose rows come in 16s and whose K comes in 64s runs as tasks of
@@ -51,8 +53,8 @@ from tvm.target import Target, codegen
 from . import family_of
 from .postprocs import KeepIntrinsicsUnvectorized
 
-__all__ = ["AMX_PERMISSION_SYSCALL", "AVX2_INTRINSICS", "VNNI_INTRINSICS", "apply_default_schedule", "dot_intrinsics",
-           "has_amx", "int8_features", "packed_lanes", "schedule_prim_func", "tuning_space", "vector_bytes",
+__all__ = ["AMX_PERMISSION_SYSCALL", "AVX2_INTRINSICS", "DotKey", "VNNI_INTRINSICS", "apply_default_schedule",
+           "dot_intrinsics", "has_amx", "int8_features", "packed_lanes", "schedule_prim_func", "tuning_space", "vector_bytes",
            "vnni_lanes"]
 
 #: x86 features that decide the int8 GEMM instruction, widest first (LLVM's names).
@@ -65,8 +67,8 @@ VNNI_INTRINSICS = {
     (16, 2): ("ibert_dot_16x2_s16s16_avx512vnni", "llvm.x86.avx512.vpdpwssd.512", "int16", "int16"),
     (8, 2): ("ibert_dot_8x2_s16s16_avxvnni", "llvm.x86.avx512.vpdpwssd.256", "int16", "int16"),
 }
-#: The same two products on AVX2 without VNNI, exactly: `vpmaddwd` on 16-bit halves (`_avx2_intrinsic`).
-AVX2_INTRINSICS = {(8, 4): "ibert_dot_8x4_u8s8_avx2", (8, 2): "ibert_dot_8x2_s16s16_avx2"}
+#: AVX2 without VNNI, exactly: `vpmaddwd` on s16 activations x s8 (sign-extended) or s16 operands, 8 lanes x 2.
+AVX2_INTRINSICS = {"int8": "ibert_dot_8x2_s16s8_avx2", "int16": "ibert_dot_8x2_s16s16_avx2"}
 MAX_ROWS = 8  # register tile: at most this many rows ...
 MAX_COLUMN_BLOCKS = 8  # ... and this many vector-wide column blocks
 VECTOR_REGISTERS = {64: 32, 32: 16, 16: 16}  # vector bytes -> architectural vector registers (zmm / ymm / xmm)
@@ -86,17 +88,21 @@ def vnni_lanes(target: Target) -> int:
 
 
 def packed_lanes(target: Target) -> int:
-    """int32 lanes of the packed GEMMs' dot-product step: VNNI's (16 or 8), 8 on AVX2 (emulated exactly
-    with `vpmaddwd`), 0 where the GEMMs stay plain (SSE2 only)."""
+    """int32 lanes of the packed GEMMs' dot-product step: VNNI's (16 or 8), 8 on AVX2 (`vpmaddwd`), 0 where
+    the GEMMs stay plain (SSE2 only)."""
     return vnni_lanes(target) or (8 if "avx2" in int8_features(target) else 0)
 
 
-def dot_intrinsics(target: Target) -> dict[tuple[int, int], str]:
-    """(lanes, products per lane) -> the tensor intrinsic the target's packed GEMMs are tensorized with."""
+#: (lanes, products per lane, A dtype, B dtype) of a packed GEMM's dot-product step
+DotKey = tuple[int, int, str, str]
+
+
+def dot_intrinsics(target: Target) -> dict[DotKey, str]:
+    """The target's packed GEMM steps -> the tensor intrinsic each is tensorized with."""
     lanes = vnni_lanes(target)
     if lanes:
-        return {key: entry[0] for key, entry in VNNI_INTRINSICS.items() if key[0] == lanes}
-    return dict(AVX2_INTRINSICS) if packed_lanes(target) else {}
+        return {(w, g, a, b): name for (w, g), (name, _, a, b) in VNNI_INTRINSICS.items() if w == lanes}
+    return {(8, 2, "int16", b): name for b, name in AVX2_INTRINSICS.items()} if packed_lanes(target) else {}
 
 
 def has_amx(target: Target) -> bool:
@@ -149,40 +155,33 @@ def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b
     return _dot_desc(lanes, group, a_dtype, b_dtype), impl
 
 
-def _avx2_intrinsic(group: int, a_dtype: str, b_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
-    """(description, implementation) of the 8-lane dot-product step on AVX2, exactly: `vpmaddwd` multiplies
-    16-bit pairs into int32 sums. s16 x s16 (group 2) is one `vpmaddwd`. u8 x s8 (group 4) splits each 16-bit
-    word of A into its zero-extended even and odd bytes and each of B into its sign-extended ones, and adds two
-    `vpmaddwd` (each pair sum at most 2 * 255 * 128). `vpmaddubsw` is not used: its 16-bit sums saturate."""
+def _avx2_intrinsic(b_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
+    """(description, implementation) of the 8-lane dot-product step on AVX2: one `vpmaddwd`, two s16 x s16
+    products per int32 lane, exact (|sum| <= 2^31 for s16 x s8, 2 * 2^30 for s16 x s16 of [0, 256]
+    probabilities: no 32-bit wrap). A's pair is broadcast as one 32-bit word; B's 16 values are loaded as one
+    vector, int8 sign-extended to int16 (`vpmovsxbw`), so a weight stays int8 in memory. `vpmaddubsw` (u8 x s8)
+    is not used: its 16-bit pair sums saturate."""
     pmadd = "llvm.x86.avx2.pmadd.wd"
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((8, group), b_dtype, offset_factor=1),
+    def impl(a: T.Buffer((2,), "int16", offset_factor=1), b: T.Buffer((8, 2), b_dtype, offset_factor=1),
              c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(c[0:8], a[0:group], b[0:8, 0:group])
+            T.reads(c[0:8], a[0:2], b[0:8, 0:2])
             T.writes(c[0:8])
-            a_word = T.reinterpret(a.vload([0], f"{a_dtype}x{group}"), dtype="int32")
-            aw = T.reinterpret(T.broadcast(a_word, 8), dtype="int16x16")
-            bw = T.reinterpret(b.vload([0, 0], dtype=f"{b_dtype}x{8 * group}"), dtype="int16x16")
-            low, eight = T.broadcast(T.int16(255), 16), T.broadcast(T.int16(8), 16)
-            if group == 2:
-                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(pmadd), aw, bw, dtype="int32x8")
-            else:
-                c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(pmadd), aw & low, T.shift_right(T.shift_left(bw, eight), eight),
-                    dtype="int32x8") + T.call_llvm_pure_intrin(
-                    T.llvm_lookup_intrinsic_id(pmadd), T.shift_right(aw, eight) & low, T.shift_right(bw, eight),
-                    dtype="int32x8")
+            aw = T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "int16x2"), dtype="int32"), 8),
+                               dtype="int16x16")
+            bw = T.Cast("int16x16", b.vload([0, 0], dtype=f"{b_dtype}x16"))
+            c[T.ramp(T.int32(0), 1, 8)] = c.vload([0], dtype="int32x8") + T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(pmadd), aw, bw, dtype="int32x8")
 
-    return _dot_desc(8, group, a_dtype, b_dtype), impl
+    return _dot_desc(8, 2, "int16", b_dtype), impl
 
 
 for (_lanes, _group), (_name, _llvm, _a, _b) in VNNI_INTRINSICS.items():
     TensorIntrin.register(_name, *_vnni_intrinsic(_lanes, _group, _llvm, _a, _b), override=True)
-    if (_lanes, _group) in AVX2_INTRINSICS:
-        TensorIntrin.register(AVX2_INTRINSICS[_lanes, _group], *_avx2_intrinsic(_group, _a, _b), override=True)
+for _b, _name in AVX2_INTRINSICS.items():
+    TensorIntrin.register(_name, *_avx2_intrinsic(_b), override=True)
 
 
 AMX_ROWS, AMX_BYTES = 16, 64  # one tile: 16 rows of 64 bytes (C: 16 x 16 int32; A: 16 x 64 u8; B: 16 x 64 s8)
@@ -306,19 +305,21 @@ def _kinds(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> str:
     return "".join("R" if iv.iter_type == tirx.IterVar.CommReduce else "S" for iv in sch.get(block).iter_vars)
 
 
-def _vnni_gemm(sch: s_tir.Schedule, lanes: int) -> tuple[s_tir.SBlockRV, int] | None:
-    """(block, products per lane) of the packed accumulation that relay_passes' x86 rewrites emit: a
-    last-axis reduction reading a [..., lanes, group] packed operand and an activation of the matching dtype."""
+def _vnni_gemm(sch: s_tir.Schedule, steps: dict[DotKey, str]) -> tuple[s_tir.SBlockRV, DotKey] | None:
+    """(block, step) of the packed accumulation that relay_passes' x86 rewrites emit: a last-axis reduction
+    reading a [..., lanes, group] packed operand and an activation of the dtypes of one of `steps`."""
     for block in _root_blocks(sch):
         kinds = _kinds(sch, block)
         if not (kinds.endswith("SR") and kinds.count("R") == 1):
             continue
         reads = [r.source for r in sch.get(block).reads]
-        for (width, group), (_, _, a_dtype, b_dtype) in VNNI_INTRINSICS.items():
-            packed = any(b.dtype == b_dtype and len(b.shape) >= 4 and [int(d) for d in b.shape[-2:]] == [lanes, group]
-                         for b in reads)
-            if width == lanes and packed and any(b.dtype == a_dtype and len(b.shape) >= 2 for b in reads):
-                return block, group
+        for key in steps:
+            lanes, group, a_dtype, b_dtype = key
+            packed = [b for b in reads if b.dtype == b_dtype and len(b.shape) >= 4
+                      and [int(d) for d in b.shape[-2:]] == [lanes, group]]
+            if packed and any(b.dtype == a_dtype and len(b.shape) >= 2 and not any(b.same_as(p) for p in packed)
+                              for b in reads):
+                return block, key
     return None
 
 
@@ -605,15 +606,15 @@ def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_t
 
     def amx(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
-        found = _vnni_gemm(sch, 16) if has_amx(target) else None
-        tile = _amx_tile(sch, found[0]) if found and found[1] == 4 else None
+        found = _vnni_gemm(sch, intrinsics) if has_amx(target) else None
+        tile = _amx_tile(sch, found[0]) if found and found[1][1] == 4 else None
         return None if tile is None else (_schedule_amx_gemm(sch, found[0], *tile, vbytes) or sch)
 
     def packed_gemm(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
-        found = _vnni_gemm(sch, lanes) if lanes else None
+        found = _vnni_gemm(sch, intrinsics) if intrinsics else None
         return None if found is None else (
-            _schedule_vnni_gemm(sch, found[0], lanes, found[1], vbytes, intrinsics[lanes, found[1]]) or sch)
+            _schedule_vnni_gemm(sch, found[0], lanes, found[1][1], vbytes, intrinsics[found[1]]) or sch)
 
     def plain(func: tirx.PrimFunc) -> s_tir.Schedule | None:
         sch = s_tir.Schedule(func)
@@ -662,8 +663,8 @@ def tuning_space(target: Target) -> dict:
     tensorized by the defaults' dot-product intrinsics (the u8 x s8 and s16 x s16 blocks of the packed GEMMs;
     the rest tiled plainly), as TVM's VNNI tests set them up; MetaSchedule's default CPU space on SSE2 (TVM
     picks `dot_16x4_vnni` for VNNI targets by itself, which does not build with LLVM 22)."""
-    lanes, intrinsics = packed_lanes(target), dot_intrinsics(target)
-    if not lanes:
+    intrinsics = dot_intrinsics(target)
+    if not intrinsics:
         return {"space": "post-order-apply"}
     rules = [
         ms.schedule_rule.ApplyCustomRule(),
@@ -672,9 +673,10 @@ def tuning_space(target: Target) -> dict:
                                     disallow_op=["tirx.exp"]),
         ms.schedule_rule.AddRFactor(max_jobs_per_core=16, max_innermost_factor=64),
         *(ms.schedule_rule.MultiLevelTilingWithIntrin(
-            intrinsics[lanes, group], structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
+            intrin, structure="SSRSRS", tile_binds=None, max_innermost_factor=64,
             vector_load_lens=None, reuse_read=None,
-            reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")) for group in (4, 2)),
+            reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global"))
+          for intrin in intrinsics.values()),
         ms.schedule_rule.MultiLevelTiling(
             structure="SSRSRS", tile_binds=None, max_innermost_factor=64, vector_load_lens=None, reuse_read=None,
             reuse_write=ms.schedule_rule.ReuseType(req="may", levels=[1, 2], scope="global")),

@@ -102,7 +102,7 @@ def test_avx2_level_tunes_with_its_vpmaddwd_step(model, tmp_path):
         pytest.skip("this CPU has no AVX2 to measure the candidates on")
     result = tune(model, spec, TRIALS, tmp_path, batch=BATCH, seq=SEQ, num_trials_per_iter=PER_ITER, progress=False)
     assert result.trials_run == TRIALS and result.failed <= TRIALS // 4
-    assert "ibert_dot_8x4_u8s8_avx2" in (tmp_path / RECORD_FILE).read_text()
+    assert "ibert_dot_8x2_s16s8_avx2" in (tmp_path / RECORD_FILE).read_text()
     database = open_database(tmp_path, spec, keep_slower=True)
     mod, inputs = model.program(BATCH, SEQ), _padded_inputs()
     np.testing.assert_array_equal(_run(pipeline.build(mod, spec.target, database=database), inputs),

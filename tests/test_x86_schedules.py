@@ -259,15 +259,17 @@ def test_target_without_vnni_gets_no_vnni_instruction():
 
 
 def test_avx2_target_uses_exact_vpmaddwd():
-    """AVX2 without VNNI (Haswell class): the packed GEMMs' dot products are vpmaddwd on 16-bit halves, never
-    the saturating vpmaddubsw, and no VNNI instruction; compiled here, run by the single-op cases above."""
+    """AVX2 without VNNI (Haswell class): the packed GEMMs' dot products are vpmaddwd on int16 pairs, the int8
+    operands (weights, K) sign-extended in the step, never the saturating vpmaddubsw, and no VNNI instruction;
+    compiled here, run by the single-op cases above."""
     assert x86.packed_lanes(HASWELL) == 8 and x86.vnni_lanes(HASWELL) == 0
-    for case in ("linear_no_bias", "pv_int16_odd"):
+    for case in ("linear_no_bias", "qk_transposed_odd", "pv_int16_odd"):
         make, inputs = CASES[case]
         mod = single_op_module(make, inputs)
-        assert "avx2_gemm" in _strategies_used(mod, HASWELL).values()
+        assert "avx2_gemm" in _strategies_used(mod, HASWELL).values(), case
         asm = _asm(build(mod, HASWELL))
         assert "vpmaddwd" in asm and "vpmaddubsw" not in asm and "vpdp" not in asm and "zmm" not in asm
+        assert ("vpmovsxbw" in asm) == (case != "pv_int16_odd"), case  # P V's V is packed as int16
 
 
 def test_avx_vnni_target_uses_ymm_vpdpbusd():
@@ -296,7 +298,8 @@ def test_tuning_space_tensorizes_the_u8_gemm_with_the_default_intrinsic(base):
         context = ms.TuneContext(tvm.IRModule({"main": gemm}), target=target,
                                  space_generator=x86.tuning_space(target)["space"])
     sketches = context.generate_design_space()
-    intrin = x86.dot_intrinsics(target)[x86.packed_lanes(target), 4]
+    lanes = x86.packed_lanes(target)
+    intrin = x86.dot_intrinsics(target)[(lanes, 4, "uint8", "int8") if x86.vnni_lanes(target) else (lanes, 2, "int16", "int8")]
     assert any(intrin in str(s.trace) for s in sketches), [str(s.trace) for s in sketches]
 
 
