@@ -2,13 +2,13 @@
 
 Softmax probabilities lie in [0, 256] and are kept exactly as int16 (ops/matmul.py), so P V cannot use the
 u8 x s8 `vpdpbusd`. VNNI's `vpdpwssd` adds two s16 x s16 products per int32 lane, exactly (|p| <= 2^15,
-no saturation), at half vpdpbusd's rate: P V is a few percent of BERT's MACs. V is widened to int16 and
-packed `[..., N/lanes, K/2, lanes, 2]` at run time inside the PrimFunc (te_packing.matmul_i16), the
-product accumulates in int32 as before.
+no saturation), at half vpdpbusd's rate: P V is a few percent of BERT's MACs. V is packed
+`[..., N/lanes, K/2, lanes, 2]` at run time inside the PrimFunc (te_packing.matmul_i16), widened to int16
+for vpdpwssd, kept int8 on AVX2 (whose `vpmaddwd` step sign-extends it); the product accumulates in int32.
 
 Runs on a legalized module, before `FuseRequantize`: each `ibert_matmul...` PrimFunc with an int16 `a` is
 replaced (same name and parameters), so the P V -> transpose -> reshape -> requantize
-fusion is unchanged. A no-op for targets without VNNI.
+fusion is unchanged. A no-op for targets without VNNI or AVX2.
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ class PackProbabilitiesI16:
 
     def __init__(self, target: Target) -> None:
         """`target`: the compilation target; the rewrite happens only where it has a VNNI instruction."""
-        from ibert_tvm.schedules.x86 import packed_lanes  # lazily: relay_passes must not need schedules at import
+        from ibert_tvm.schedules.x86 import packed_lanes, vnni_lanes  # lazily: not needed at import
 
         self.lanes = packed_lanes(target)
+        self.v_dtype = "int16" if vnni_lanes(target) else "int8"  # vpdpwssd's operand; AVX2 sign-extends int8
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Replace each int16 x int8 matmul PrimFunc by its packed form."""
@@ -43,6 +44,6 @@ class PackProbabilitiesI16:
                 continue
             a_te = te.placeholder(int64_shape(a.ty.shape), "int16", name="a")
             b_te = te.placeholder(int64_shape(b.ty.shape), "int8", name="b")
-            func = te.create_prim_func([a_te, b_te, matmul_i16(a_te, b_te, transpose_b, self.lanes)])
+            func = te.create_prim_func([a_te, b_te, matmul_i16(a_te, b_te, transpose_b, self.lanes, self.v_dtype)])
             funcs[name] = func.with_attr("tirx.noalias", True).without_attr("global_symbol")
         return replace_prim_funcs(mod, funcs)

@@ -35,7 +35,8 @@ layout): copies inlined into their consumers, innermost axis vectorized, the res
 
 Schedules only reorder, tile, vectorize and tensorize the legalized integer computation, so the results are
 identical to the unscheduled build's (tests/test_x86_schedules.py). `tuning_space` gives MetaSchedule the
-same VNNI intrinsics (`MultiLevelTilingWithIntrin`) for tuning on top of these defaults.
+same dot-product intrinsics, VNNI's or AVX2's (`MultiLevelTilingWithIntrin`), for tuning on top of these
+defaults.
 """
 
 from __future__ import annotations
@@ -54,8 +55,8 @@ from . import family_of
 from .postprocs import KeepIntrinsicsUnvectorized
 
 __all__ = ["AMX_PERMISSION_SYSCALL", "AVX2_INTRINSICS", "DotKey", "VNNI_INTRINSICS", "apply_default_schedule",
-           "dot_intrinsics", "has_amx", "int8_features", "packed_lanes", "schedule_prim_func", "tuning_space", "vector_bytes",
-           "vnni_lanes"]
+           "dot_intrinsics", "has_amx", "int8_features", "packed_lanes", "schedule_prim_func", "tuning_space",
+           "vector_bytes", "vnni_lanes"]
 
 #: x86 features that decide the int8 GEMM instruction, widest first (LLVM's names).
 INT8_FEATURES = ("amx-int8", "avx512vnni", "avxvnni", "avx512bw", "avx2")
