@@ -59,8 +59,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    help="classification head integer-only (default) or HF's float head")
     p.add_argument("--force-dequant", default="none", choices=("none", "gelu", "softmax", "layernorm", "nonlinear"),
                    help="Q8BERT mode: keep these nonlinearities in float")
-    p.add_argument("--target", default="llvm", help="llvm (this CPU, the default), x86-noamx, x86-amx, x86-avx512vnni, x86-avxvnni, x86-avx2, "
-                   "aarch64, aarch64-neon, t4, cuda, cuda:sm_XX")
+    p.add_argument("--target", default="llvm", help="llvm (this CPU, the default), x86-noamx, x86-amx, "
+                   "x86-avx512vnni, x86-avxvnni, x86-avx2, aarch64, aarch64-neon, t4, cuda, cuda:sm_XX "
+                   "(`ibert-tvm targets` says what each means)")
 
 
 def _quantize(args: argparse.Namespace):
@@ -219,7 +220,7 @@ def _targets(_args: argparse.Namespace) -> int:
     """Each target name, whether an artifact built for it runs on this machine (the check `load` makes), its
     int8 features and what it means."""
     from .artifact import ArtifactError, check_runnable_here
-    from .targets import UnknownTargetError, resolve_target, target_descriptions
+    from .targets import ALIASES, UnknownTargetError, resolve_target, target_descriptions
 
     rows = []
     for name, description in target_descriptions().items():
@@ -235,7 +236,8 @@ def _targets(_args: argparse.Namespace) -> int:
     width = max(len(r[0]) for r in rows)
     for name, here, features, description in rows:
         print(f"{name:{width}s}  {description}\n{'':{width}s}  features: {features or '-'}; runs here: {here}")
-    print("aliases: x86, host = llvm; nvidia/nvidia-t4 = t4; cuda:sm_XX names a CUDA arch")
+    print("aliases: " + "; ".join(f"{alias} = {name}" for alias, name in ALIASES.items())
+          + "; cuda:sm_XX names a CUDA arch")
     return 0
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import tvm
 from tvm.target import Target, codegen
 
-__all__ = ["HOST_TARGETS", "TARGET_NAMES", "TargetSpec", "UnknownTargetError", "X86_LEVELS", "amx_usable",
+__all__ = ["ALIASES", "HOST_TARGETS", "TARGET_NAMES", "TargetSpec", "UnknownTargetError", "X86_LEVELS", "amx_usable",
            "host_cpu_features", "resolve_target", "target_descriptions", "x86_levels_for"]
 
 
@@ -162,8 +162,8 @@ _REGISTRY = {
 #: the targets that describe the CPU of the machine that builds them: their tuning logs are per CPU model
 HOST_TARGETS = ("llvm", "x86-noamx")
 X86_LEVELS = ("x86-amx", "x86-avx512vnni", "x86-avxvnni", "x86-avx2")  # widest first
-_ALIASES = {"x86": "llvm", "host": "llvm", "nvidia/nvidia-t4": "t4"}
-TARGET_NAMES = tuple(_REGISTRY) + tuple(_ALIASES)
+ALIASES = {"x86": "llvm", "host": "llvm", "nvidia/nvidia-t4": "t4"}
+TARGET_NAMES = tuple(_REGISTRY) + tuple(ALIASES)
 
 
 def target_descriptions() -> dict[str, str]:
@@ -186,10 +186,10 @@ def resolve_target(name: str | TargetSpec) -> TargetSpec:
     key = name.strip().lower()
     if key.startswith("cuda:"):
         return TargetSpec(name=key, family="cuda", target=_cuda(key.split(":", 1)[1]))
-    key = _ALIASES.get(key, key)
+    key = ALIASES.get(key, key)
     if key not in _REGISTRY:
         known = "; ".join(f"{n}: {d}" for n, (d, _) in _REGISTRY.items())
         raise UnknownTargetError(f"unknown target '{name}'. Known targets: {known} (aliases: "
-                                 f"{', '.join(_ALIASES)}; or cuda:sm_XX)")
+                                 f"{', '.join(ALIASES)}; or cuda:sm_XX)")
     family, target, cc = _REGISTRY[key][1]()
     return TargetSpec(name=key, family=family, target=target, cross_compiler=cc)

@@ -1,7 +1,8 @@
 """Fuse linear layers that read the same input (attention's Q, K and V) into one GEMM over their stacked weights.
 
     ibert.requantize(ibert.linear(x, W_i, b_i), M_i, E_i, bits)    for i = 1..n, same x
-    ->  split(ibert.requantize(ibert.linear(x, [W_1; ..; W_n], [b_1; ..; b_n]), [M_1; ..; M_n], [E_1; ..; E_n], bits))
+    ->  y = ibert.requantize(ibert.linear(x, [W_1; ..; W_n], [b_1; ..; b_n]), [M_1; ..; M_n], [E_1; ..; E_n], bits)
+        and sibling i = y's columns of W_i (a strided slice, fused later into its consumer's copy)
 
 Each output channel is computed by the same products, bias and rounding as before (per-tensor M, E become
 per-channel vectors), so the integers are identical. One GEMM with n times the columns streams the shared
@@ -74,35 +75,34 @@ def _siblings(func: relax.Function) -> list[list[_Sibling]]:
 
 
 def _fused(x: relax.Expr, group: list[_Sibling]) -> relax.Expr:
-    """The one linear + requantize over the stacked constants, split back into the siblings' outputs."""
+    """The one linear + requantize over the stacked constants (the siblings' outputs side by side)."""
     widths = [s.weight.shape[0] for s in group]
     stack = lambda arrays: np.concatenate([np.broadcast_to(a, (w,)) for a, w in zip(arrays, widths)])  # noqa: E731
     bias = None if group[0].bias is None else stack([s.bias for s in group])
-    out = ops.requantize(ops.linear(x, np.concatenate([s.weight for s in group]), bias),
-                         stack([s.multiplier for s in group]), stack([s.shift for s in group]), bits=group[0].bits)
-    return out
+    return ops.requantize(ops.linear(x, np.concatenate([s.weight for s in group]), bias),
+                          stack([s.multiplier for s in group]), stack([s.shift for s in group]), bits=group[0].bits)
 
 
 @relax.expr_functor.mutator
 class _Rewriter(relax.PyExprMutator):
-    """Emit each group's fused GEMM at its first requantize and bind every sibling to its part of the split."""
+    """Emit each group's fused GEMM at its first requantize and bind every sibling to its slice of it."""
 
     def __init__(self, mod: tvm.IRModule, groups: list[list[_Sibling]]) -> None:
         super().__init__(mod)
         self.groups = groups
         self.part = {s.output: (g, i) for g, group in enumerate(groups) for i, s in enumerate(group)}
-        self.split: dict[int, relax.Var] = {}
+        self.fused: dict[int, relax.Var] = {}
 
     def visit_var_binding_(self, binding: relax.VarBinding) -> None:
         if binding.var not in self.part:
             return super().visit_var_binding_(binding)
         g, i = self.part[binding.var]
-        if g not in self.split:
+        if g not in self.fused:
             x = self.visit_expr(binding.value.args[0])  # the linear's var: its input is the group's input
             linear = self.lookup_binding(x)
-            self.split[g] = self.builder_.emit(_fused(linear.args[0], self.groups[g]))
+            self.fused[g] = self.builder_.emit(_fused(linear.args[0], self.groups[g]))
         begin = sum(s.weight.shape[0] for s in self.groups[g][:i])
-        part = relax.op.strided_slice(self.split[g], axes=[len(binding.var.ty.shape) - 1], begin=[begin],
+        part = relax.op.strided_slice(self.fused[g], axes=[len(binding.var.ty.shape) - 1], begin=[begin],
                                       end=[begin + self.groups[g][i].weight.shape[0]])
         self.set_var_remap(binding.var, self.builder_.emit(part))
 

@@ -14,21 +14,20 @@ fusion is unchanged. A no-op for targets without VNNI or AVX2.
 from __future__ import annotations
 
 import tvm
-from tvm import te
 from tvm.target import Target
 
-from .shift_activations_u8 import MATMUL, calls_of, matmul_layout, replace_prim_funcs
-from .te_packing import int64_shape, matmul_i16
+from .shift_activations_u8 import rewrite_matmuls
+from .te_packing import matmul_i16
 
 __all__ = ["PackProbabilitiesI16"]
 
 
 @tvm.transform.module_pass(opt_level=0, name="PackProbabilitiesI16")
 class PackProbabilitiesI16:
-    """Pack int16 x int8 matmuls for vpdpwssd on x86 VNNI targets; no-op on other targets."""
+    """Pack int16 x int8 matmuls for vpdpwssd (x86 VNNI) or vpmaddwd (AVX2); no-op on other targets."""
 
     def __init__(self, target: Target) -> None:
-        """`target`: the compilation target; the rewrite happens only where it has a VNNI instruction."""
+        """`target`: the compilation target; the rewrite happens only where it has VNNI or AVX2."""
         from ibert_tvm.schedules.x86 import packed_lanes, vnni_lanes  # lazily: not needed at import
 
         self.lanes = packed_lanes(target)
@@ -36,14 +35,7 @@ class PackProbabilitiesI16:
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         """Replace each int16 x int8 matmul PrimFunc by its packed form."""
-        funcs = {}
-        for name, calls in calls_of(mod, MATMUL).items() if self.lanes else ():
-            a, b = calls[0].args[1].fields
-            transpose_b = matmul_layout(mod[name])
-            if transpose_b is None or a.ty.shape is None or b.ty.shape is None or (a.ty.dtype, b.ty.dtype) != ("int16", "int8"):
-                continue
-            a_te = te.placeholder(int64_shape(a.ty.shape), "int16", name="a")
-            b_te = te.placeholder(int64_shape(b.ty.shape), "int8", name="b")
-            func = te.create_prim_func([a_te, b_te, matmul_i16(a_te, b_te, transpose_b, self.lanes, self.v_dtype)])
-            funcs[name] = func.with_attr("tirx.noalias", True).without_attr("global_symbol")
-        return replace_prim_funcs(mod, funcs)
+        if not self.lanes:
+            return mod
+        return rewrite_matmuls(mod, ("int16", "int8"),
+                               lambda a, b, transpose_b: matmul_i16(a, b, transpose_b, self.lanes, self.v_dtype))

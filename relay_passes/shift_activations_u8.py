@@ -37,7 +37,7 @@ from tvm.target import Target
 from .te_packing import SHIFT, U8_GROUP, ceil_to, int64_shape, linear_u8, matmul_u8
 
 __all__ = ["LINEAR", "MATMUL", "ShiftActivationsU8", "calls_of", "compensated_bias", "constant_of", "linear_constants",
-           "matmul_layout", "pack_weight", "replace_prim_funcs", "rewrite_linears", "without_symbol"]
+           "matmul_layout", "pack_weight", "replace_prim_funcs", "rewrite_linears", "rewrite_matmuls", "without_symbol"]
 
 LINEAR = "ibert_linear"  # LegalizeOps' names for the ops' PrimFuncs (ops/registry.py)
 MATMUL = "ibert_matmul"
@@ -142,16 +142,23 @@ def rewrite_linears(mod: tvm.IRModule, plan: Callable[[relax.Call], tuple[np.nda
     return replace_prim_funcs(mod, funcs, new_args)
 
 
-def _matmul_u8_func(call: relax.Call, transpose_b: bool, lanes: int) -> tirx.PrimFunc | None:
-    """The u8 form of an int8 x int8 matmul PrimFunc (same parameters), or None if it does not qualify."""
-    a, b = call.args[1].fields
-    if any(getattr(v.ty, "dtype", None) != "int8" or v.ty.shape is None for v in (a, b)):
-        return None
-    if not _fits_u8_accumulator(int(a.ty.shape[-1])):
-        return None
-    a_te = te.placeholder(int64_shape(a.ty.shape), "int8", name="a")
-    b_te = te.placeholder(int64_shape(b.ty.shape), "int8", name="b")
-    return without_symbol(te.create_prim_func([a_te, b_te, matmul_u8(a_te, b_te, transpose_b, lanes)]))
+def rewrite_matmuls(mod: tvm.IRModule, dtypes: tuple[str, str],
+                    compute: Callable[[te.Tensor, te.Tensor, bool], te.Tensor | None]) -> tvm.IRModule:
+    """Replace each matmul PrimFunc whose (a, b) have `dtypes` and static shapes by the packed form that
+    `compute(a, b, transpose_b)` builds (same parameters); None from `compute` leaves it as it is."""
+    funcs = {}
+    for name, calls in calls_of(mod, MATMUL).items():
+        a, b = calls[0].args[1].fields
+        transpose_b = matmul_layout(mod[name])
+        if transpose_b is None or tuple(getattr(v.ty, "dtype", None) for v in (a, b)) != dtypes \
+                or a.ty.shape is None or b.ty.shape is None:
+            continue
+        a_te = te.placeholder(int64_shape(a.ty.shape), dtypes[0], name="a")
+        b_te = te.placeholder(int64_shape(b.ty.shape), dtypes[1], name="b")
+        out = compute(a_te, b_te, transpose_b)
+        if out is not None:
+            funcs[name] = without_symbol(te.create_prim_func([a_te, b_te, out]))
+    return replace_prim_funcs(mod, funcs)
 
 
 def calls_of(mod: tvm.IRModule, prefix: str) -> dict[str, list[relax.Call]]:
@@ -222,10 +229,5 @@ class ShiftActivationsU8:
         return rewrite_linears(mod, lambda call: _linear_plan(call, self.lanes), linear_u8)
 
     def _matmuls(self, mod: tvm.IRModule) -> tvm.IRModule:
-        funcs = {}
-        for name, calls in calls_of(mod, MATMUL).items():
-            transpose_b = matmul_layout(mod[name])
-            func = None if transpose_b is None else _matmul_u8_func(calls[0], transpose_b, self.lanes)
-            if func is not None:
-                funcs[name] = func
-        return replace_prim_funcs(mod, funcs)
+        return rewrite_matmuls(mod, ("int8", "int8"), lambda a, b, transpose_b: matmul_u8(
+            a, b, transpose_b, self.lanes) if _fits_u8_accumulator(int(a.shape[-1])) else None)

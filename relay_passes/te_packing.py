@@ -42,15 +42,27 @@ def _reduce(extent: int, name: str) -> tirx.IterVar:
     return te.reduce_axis((tirx.IntImm("int64", 0), tirx.IntImm("int64", extent)), name=name)
 
 
-def _shifted_u8(x: te.Tensor, k_pad: int) -> te.Tensor:
-    """u8(x + 128) over x's last axis, zero-padded to `k_pad` (the activation operand of vpdpbusd)."""
+def _operand(x: te.Tensor, k_pad: int, value: Callable, dtype: str, name: str) -> te.Tensor:
+    """value(x) in `dtype` over x's last axis, zero-padded to `k_pad`: a packed GEMM's activation operand."""
     k_in = int(x.shape[-1])
 
-    def shifted(*i):
-        value = (x[i].astype("int32") + SHIFT).astype("uint8")
-        return value if k_pad == k_in else tirx.if_then_else(i[-1] < k_in, value, tirx.const(0, "uint8"))
+    def at(*i):
+        v = value(x[i])
+        return v if k_pad == k_in else tirx.if_then_else(i[-1] < k_in, v, tirx.const(0, dtype))
 
-    return te.compute(list(x.shape[:-1]) + int64_shape([k_pad]), shifted, name="x_u8", attrs=_KEEP)
+    return te.compute(list(x.shape[:-1]) + int64_shape([k_pad]), at, name=name, attrs=_KEEP)
+
+
+def _shifted_u8(x: te.Tensor, k_pad: int) -> te.Tensor:
+    """u8(x + 128) over x's last axis, zero-padded to `k_pad` (the activation operand of vpdpbusd)."""
+    return _operand(x, k_pad, lambda v: (v.astype("int32") + SHIFT).astype("uint8"), "uint8", "x_u8")
+
+
+def _as_i16(a: te.Tensor, k_pad: int, name: str) -> te.Tensor:
+    """a as int16 over its last axis zero-padded to `k_pad`; `a` itself where it already is both."""
+    if a.dtype == "int16" and k_pad == int(a.shape[-1]):
+        return a
+    return _operand(a, k_pad, lambda v: v.astype("int16"), "int16", name)
 
 
 def _packed(b_at: Callable, batch: list, n: int, k: int, lanes: int, group: int, dtype: str) -> te.Tensor:
@@ -87,14 +99,19 @@ def _columns(acc: te.Tensor, n: int, value: Callable, name: str) -> te.Tensor:
     return te.compute(list(acc.shape[:-1]) + int64_shape([n]), value, name=name)
 
 
+def _linear(operand: te.Tensor, w_packed: te.Tensor, bias: te.Tensor, n_out: int) -> te.Tensor:
+    """acc = operand x the packed weight, then `acc_bias` = acc + bias over the first `n_out` columns."""
+    acc = _packed_gemm(operand, w_packed, "acc")
+    return _columns(acc, n_out, lambda *i: acc[i] + bias[i[-1]], "acc_bias")
+
+
 def linear_u8(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor, n_out: int) -> te.Tensor:
     """int8 x [..., K] x a weight packed for vpdpbusd -> int32 [..., N] + bias (the compensated bias).
 
     Stages: `x_u8` (the +128 shift), `acc` (u8 x s8), `acc_bias` (+ bias, padded columns dropped).
     """
     groups, group = int(w_packed.shape[1]), int(w_packed.shape[3])
-    acc = _packed_gemm(_shifted_u8(x, groups * group), w_packed, "acc")
-    return _columns(acc, n_out, lambda *i: acc[i] + bias[i[-1]], "acc_bias")
+    return _linear(_shifted_u8(x, groups * group), w_packed, bias, n_out)
 
 
 def _operand_b(b: te.Tensor, transpose_b: bool) -> tuple[Callable, int, int]:
@@ -131,26 +148,12 @@ def matmul_u8(a: te.Tensor, b: te.Tensor, transpose_b: bool, lanes: int) -> te.T
                       name="matmul")
 
 
-def _as_i16(a: te.Tensor, k_pad: int, name: str) -> te.Tensor:
-    """a as int16 over its last axis zero-padded to `k_pad`; `a` itself where it already is both."""
-    k = int(a.shape[-1])
-    if a.dtype == "int16" and k_pad == k:
-        return a
-
-    def widened(*i):
-        value = a[i].astype("int16")
-        return value if k_pad == k else tirx.if_then_else(i[-1] < k, value, tirx.const(0, "int16"))
-
-    return te.compute(list(a.shape[:-1]) + int64_shape([k_pad]), widened, name=name, attrs=_KEEP)
-
-
 def linear_i16(x: te.Tensor, w_packed: te.Tensor, bias: te.Tensor, n_out: int) -> te.Tensor:
     """int8 x [..., K] x an int8 weight packed in pairs [N/lanes, K/2, lanes, 2] -> int32 [..., N] + bias:
     AVX2's `vpmaddwd` form (x widened to int16, the weight sign-extended in the step), exact without any
     compensation. Stages: `x_i16`, `acc`, `acc_bias` (+ bias, padded columns dropped)."""
     groups, group = int(w_packed.shape[1]), int(w_packed.shape[3])
-    acc = _packed_gemm(_as_i16(x, groups * group, "x_i16"), w_packed, "acc")
-    return _columns(acc, n_out, lambda *i: acc[i] + bias[i[-1]], "acc_bias")
+    return _linear(_as_i16(x, groups * group, "x_i16"), w_packed, bias, n_out)
 
 
 def matmul_i16(a: te.Tensor, b: te.Tensor, transpose_b: bool, lanes: int, b_dtype: str = "int16") -> te.Tensor:

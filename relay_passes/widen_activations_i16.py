@@ -19,12 +19,11 @@ from __future__ import annotations
 
 import numpy as np
 import tvm
-from tvm import relax, te, tirx
+from tvm import relax
 from tvm.target import Target
 
-from .shift_activations_u8 import (MATMUL, calls_of, linear_constants, matmul_layout, pack_weight,
-                                   replace_prim_funcs, rewrite_linears, without_symbol)
-from .te_packing import I16_GROUP, int64_shape, linear_i16, matmul_i16
+from .shift_activations_u8 import linear_constants, pack_weight, rewrite_linears, rewrite_matmuls
+from .te_packing import I16_GROUP, linear_i16, matmul_i16
 
 __all__ = ["WidenActivationsI16"]
 
@@ -58,14 +57,5 @@ class WidenActivationsI16:
         return rewrite_linears(mod, lambda call: _linear_plan(call, self.lanes), linear_i16)
 
     def _matmuls(self, mod: tvm.IRModule) -> tvm.IRModule:
-        funcs = {}
-        for name, calls in calls_of(mod, MATMUL).items():
-            a, b = calls[0].args[1].fields
-            transpose_b = matmul_layout(mod[name])
-            if transpose_b is None or any(getattr(v.ty, "dtype", None) != "int8" or v.ty.shape is None for v in (a, b)):
-                continue
-            a_te = te.placeholder(int64_shape(a.ty.shape), "int8", name="a")
-            b_te = te.placeholder(int64_shape(b.ty.shape), "int8", name="b")
-            funcs[name] = without_symbol(te.create_prim_func(
-                [a_te, b_te, matmul_i16(a_te, b_te, transpose_b, self.lanes, b_dtype="int8")]))
-        return replace_prim_funcs(mod, funcs)
+        return rewrite_matmuls(mod, ("int8", "int8"),
+                               lambda a, b, transpose_b: matmul_i16(a, b, transpose_b, self.lanes, b_dtype="int8"))
