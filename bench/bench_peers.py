@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR] [--out bench/results]
     .venv/bin/python bench/bench_peers.py --profile bert-base:1x128     # per-kernel times (VM instrument)
+    .venv/bin/python bench/bench_peers.py --as-cpu avx2                 # every runner as on an AVX2-only CPU
 
 Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs), TVM's own float32 build
 of the same model (untuned), PyTorch FP32 eager, PyTorch dynamic int8 (`quantize_dynamic`, Linear layers),
@@ -9,6 +10,8 @@ ONNX Runtime FP32 and ONNX Runtime dynamic int8 (`onnxruntime.quantization.quant
 at batch 1 and 8, seq 32 and 256 at batch 1. Median of repeated runs after warm-up; ratios against PyTorch
 FP32 and ONNX Runtime int8; the host's CPU flags beside the results. Writes peers.json, peers.md, peers.png.
 BERT-base uses seeded random weights (speed only); MiniLM is the real all-MiniLM-L6-v2.
+`--as-cpu LEVEL` re-runs the script with CPUID masked to that level (`bench/mask_cpuid.c`), so the peers pick
+the kernels of a narrower CPU on this host's cores and memory; ours is then built for `x86-LEVEL`.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import subprocess
 import sys
 import tempfile
 import warnings
@@ -40,6 +44,17 @@ def cpu_summary() -> dict:
     name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
     flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
     return {"cpu": name, "cores": os.cpu_count(), "int8_flags": [f for f in INT8_FLAGS if f in flags]}
+
+
+def masked_cpuid_env(level: str) -> dict[str, str]:
+    """This process's environment plus the CPUID-masking shim (built here from bench/mask_cpuid.c) at `level`."""
+    if "cpuid_fault" not in Path("/proc/cpuinfo").read_text():
+        raise SystemExit("bench_peers: --as-cpu needs CPUID faulting, and /proc/cpuinfo lists no cpuid_fault")
+    source = Path(__file__).with_name("mask_cpuid.c")
+    shim = Path(tempfile.gettempdir()) / f"ibert_mask_cpuid_{os.getuid()}.so"
+    if not shim.exists() or shim.stat().st_mtime < source.stat().st_mtime:
+        subprocess.run(["cc", "-O2", "-shared", "-fPIC", "-o", str(shim), str(source), "-ldl"], check=True)
+    return {**os.environ, "IBERT_MASK_CPUID": level, "LD_PRELOAD": str(shim)}
 
 
 def load_model(name: str) -> torch.nn.Module:
@@ -249,14 +264,19 @@ def main() -> int:
                         help="comma-separated BATCHxSEQ (default: 1x128,8x128,1x32,1x256)")
     parser.add_argument("--only", help="comma-separated runner names to run (default: all)")
     parser.add_argument("--tuning-logs", help="a tuning database folder for the tuned integer build")
-    parser.add_argument("--target", default="llvm", help="the integer build's target (default llvm: this CPU; e.g. "
-                        "x86-avx2 to measure the AVX2 kernels on a wider CPU)")
+    parser.add_argument("--target", help="the integer build's target (default llvm: this CPU, or x86-LEVEL with "
+                        "--as-cpu; e.g. x86-avx2 to measure the AVX2 kernels on a wider CPU)")
+    parser.add_argument("--as-cpu", choices=("avx2", "avxvnni", "avx512vnni"),
+                        help="run every runner as on a CPU of that level: CPUID masked, ours built for x86-LEVEL")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--profile", metavar="MODEL:BATCHxSEQ",
                         help="instead of comparing: per-kernel times of the integer program, e.g. bert-base:1x128")
     args = parser.parse_args()
+    if args.as_cpu and os.environ.get("IBERT_MASK_CPUID") != args.as_cpu:
+        os.execve(sys.executable, [sys.executable, *sys.argv], masked_cpuid_env(args.as_cpu))
+    args.target = args.target or (f"x86-{args.as_cpu}" if args.as_cpu else "llvm")
     if args.profile:
         name, shape = args.profile.split(":")
         profile(name, *map(int, shape.split("x")), Path(args.out), args.target)
@@ -270,7 +290,8 @@ def main() -> int:
                              "(pip install -e '.[bench]'), or leave its runners out with --only")
     args.shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)
-    context = {**cpu_summary(), "target": args.target, "date": date.today().isoformat(), "python": platform.python_version(),
+    context = {**cpu_summary(), "cpuid_masked_to": args.as_cpu or "none (the host's own)",
+               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "target": args.target, "date": date.today().isoformat(), "python": platform.python_version(),
                "command": " ".join(sys.argv)}
     print(context)
     with tempfile.TemporaryDirectory() as tmp:
