@@ -30,13 +30,12 @@ def dtype_of(value: tir.PrimExpr) -> str:
 
 
 def rne_shift(v: tir.PrimExpr, e: tir.PrimExpr | int) -> tir.PrimExpr:
-    """round_half_even(v / 2^e) for int64 `v` and 0 <= e <= 62 (exact)."""
+    """round_half_even(v / 2^e) for int64 |v| <= 2^62 and 0 <= e <= 62 (exact), without compares:
+    floor((v + 2^(e-1) - 1 + odd) / 2^e) with odd the parity of floor(v / 2^e) (0 for e = 0) rounds a
+    remainder below one half down, above it up, and exactly one half to the even neighbour."""
     v, e = i64(v), i64(e)
-    q = v >> e
-    r = v - (q << e)
-    half = (i64(1) << e) >> i64(1)
-    round_up = tir.Or(r > half, tir.And(tir.And(r == half, half > i64(0)), (q & i64(1)) == i64(1)))
-    return q + tir.Select(round_up, i64(1), i64(0))
+    odd = (v >> e) & tir.min(e, i64(1))
+    return (v + (((i64(1) << e) - i64(1)) >> i64(1)) + odd) >> e
 
 
 def rne_shift_capped(v: tir.PrimExpr, e: tir.PrimExpr | int, e_max: int) -> tir.PrimExpr:
