@@ -3,11 +3,15 @@
 Tests that measure something (agreement with HuggingFace's I-BERT modules, approximation errors) call
 `report("...")`; the lines appear under "ibert-tvm measurements" in the terminal summary of a normal
 `pytest -q` run, in the order they were reported, whether the tests passed or failed.
+
+`tiny_bert` is the calibrated tiny BERT program that several files build and check against its unscheduled
+build; the session compiles that reference once (about 13 s per compile).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -23,6 +27,32 @@ def report() -> Callable[[str], None]:
         _MEASUREMENTS.append(str(line))
 
     return _report
+
+
+class TinyProgram(NamedTuple):
+    """A program, its inputs and the outputs of its unscheduled build."""
+
+    mod: Any  # tvm.IRModule
+    inputs: list  # [int64 ids, int32 mask] numpy arrays
+    reference: Any  # numpy int8 outputs of the unscheduled build
+
+
+@pytest.fixture(scope="session")
+def tiny_bert() -> TinyProgram:
+    """test_model.tiny("bert") calibrated ('ibert' semantics) as a batch 3 x length 20 program, its inputs (row 1
+    padded) and the outputs of its unscheduled build (LegalizeOps + tvm.compile for plain llvm, no project pass)."""
+    import numpy as np
+    import tvm
+    from tvm import relax
+
+    from ibert_tvm.model import from_pretrained
+    from test_model import batches, tiny
+
+    qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 4, 16, seed=1))
+    b = batches(0, 1, 3, 20, seed=5)[0]
+    mod, inputs = qm.program(3, 20), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+    vm = relax.VirtualMachine(tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"), tvm.cpu())
+    return TinyProgram(mod, inputs, vm["main"](*map(tvm.runtime.tensor, inputs)).numpy())
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 (pytest hook signature)

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import ibert_tvm
 from ibert_tvm.compiler import CompiledModel
@@ -69,11 +70,16 @@ def build_driver(kind: str, build_dir: Path) -> Path:
     return build_dir / kind / "ibert_run"
 
 
-def test_host_driver_matches_python_vm(tmp_path, report):
+@pytest.fixture(scope="module")
+def host_driver(tmp_path_factory) -> Path:
+    """The host driver, built once for this module's tests."""
+    return build_driver("host", tmp_path_factory.mktemp("build"))
+
+
+def test_host_driver_matches_python_vm(host_driver, tmp_path, report):
     _, ids, mask = tiny_case()
     library = compiled("llvm").export(tmp_path / "tiny_llvm.so")
-    driver = build_driver("host", tmp_path / "build")
-    done = subprocess.run([driver, library, write_inputs(tmp_path / "in.txt", ids, mask), "20"],
+    done = subprocess.run([host_driver, library, write_inputs(tmp_path / "in.txt", ids, mask), "20"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     out, ms = parse_output(done.stdout)
@@ -84,9 +90,8 @@ def test_host_driver_matches_python_vm(tmp_path, report):
            f"on all {out.size} int8 outputs; median {ms:.3f} ms per call")
 
 
-def test_driver_names_a_bad_input_file(tmp_path):
-    driver = build_driver("host", tmp_path / "build")
+def test_driver_names_a_bad_input_file(host_driver, tmp_path):
     (tmp_path / "short.txt").write_text("2 16\n1 2 3\n")
-    done = subprocess.run([driver, tmp_path / "missing.so", tmp_path / "short.txt"], capture_output=True, text=True,
-                          timeout=60, check=False)
+    done = subprocess.run([host_driver, tmp_path / "missing.so", tmp_path / "short.txt"], capture_output=True,
+                          text=True, timeout=60, check=False)
     assert done.returncode == 1 and "expected 64 integers after 'B L'" in done.stderr, done.stderr

@@ -10,10 +10,8 @@ import tvm
 from tvm import relax
 
 from ibert_tvm import ops, quant
-from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes.fuse_sibling_linears import FuseSiblingLinears
 from ibert_tvm.relay_passes.pipeline import build
-from test_model import batches, tiny
 
 RNG = np.random.default_rng(3)
 
@@ -29,17 +27,13 @@ def _run(mod: tvm.IRModule, inputs: list[np.ndarray]) -> list[np.ndarray]:
     return [out.numpy()] if hasattr(out, "numpy") else [t.numpy() for t in out]
 
 
-def test_tiny_bert_qkv_become_one_gemm_with_identical_integers():
+def test_tiny_bert_qkv_become_one_gemm_with_identical_integers(tiny_bert):
     """2 layers x (Q, K, V, attention out, FFN in, FFN out): 12 linears -> 8, the integers unchanged both
     unscheduled and through the whole pipeline (where the fused GEMM is packed for VNNI / AMX)."""
-    qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 2, 16, seed=1))
-    mod = qm.program(2, 16)
+    mod, inputs, ref = tiny_bert  # conftest.py: row 1 has padding; ref is the unfused program's unscheduled build
     fused = FuseSiblingLinears()(mod)
     assert (_count(mod, "ibert.linear"), _count(fused, "ibert.linear")) == (12, 8)
     assert _count(fused, "ibert.requantize") == _count(mod, "ibert.requantize") - 4
-    b = batches(0, 1, 2, 16, seed=5)[0]  # row 1 has padding
-    inputs = [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
-    ref = _run(mod, inputs)[0]
     np.testing.assert_array_equal(_run(fused, inputs)[0], ref)
     built = relax.VirtualMachine(build(mod, "llvm"), tvm.cpu())["main"](*map(tvm.runtime.tensor, inputs)).numpy()
     np.testing.assert_array_equal(built, ref)

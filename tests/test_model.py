@@ -115,12 +115,13 @@ def test_ibert_semantics_close_to_float(kind, report):
 
 
 def test_ibert_checkpoint_ranges_are_used_without_calibration():
+    """The IBertModel's stored ranges give exactly the calibrated model's program (every constant included),
+    so it computes the same integers on any input; no compile is needed to tell."""
     fm = tiny("roberta")
     calibrated = from_pretrained(fm, calibration=batches(1, 2, 2, 16, seed=1), semantics="hf")
     again = from_pretrained(calibrated.ibert, semantics="hf")  # an IBertModel with stored ranges
     assert again.ibert is calibrated.ibert
-    b = batches(1, 1, 2, 12, seed=4)[0]
-    np.testing.assert_array_equal(run(again, b), run(calibrated, b))
+    tvm.ir.assert_structural_equal(again.program(2, 12), calibrated.program(2, 12))
 
 
 def test_float_model_without_calibration_is_refused():

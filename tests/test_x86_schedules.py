@@ -151,21 +151,13 @@ def test_compensation_refuses_a_reduction_that_could_overflow_int32():
 
 
 @pytest.fixture(scope="module")
-def tiny_program():
-    """A calibrated 2-layer BERT program (batch 3, length 20, one padded row) and its inputs."""
-    qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 3, 20, seed=1))
-    b = batches(0, 1, 3, 20, seed=5)[0]
-    return qm.program(3, 20), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+def host_build(tiny_bert):
+    """The session's tiny 2-layer BERT program (conftest.py) built for the host."""
+    return build(tiny_bert.mod, HOST)
 
 
-@pytest.fixture(scope="module")
-def host_build(tiny_program):
-    return build(tiny_program[0], HOST)
-
-
-def test_tiny_model_scheduled_build_is_bit_identical(tiny_program, host_build, report):
-    mod, inputs = tiny_program
-    ref = _unscheduled(mod, inputs)
+def test_tiny_model_scheduled_build_is_bit_identical(tiny_bert, host_build, report):
+    mod, inputs, ref = tiny_bert  # ref: the unscheduled build's outputs
     np.testing.assert_array_equal(_run(host_build, inputs), ref)
     np.testing.assert_array_equal(_run(build(mod, PLAIN), inputs), ref)
     if "avx2" in x86.int8_features(HOST):
@@ -205,9 +197,9 @@ def test_reshape_between_gemm_and_epilogue_is_bit_identical():
     np.testing.assert_array_equal(_run(build(bb.get(), HOST), inputs), ref)
 
 
-def test_every_prim_func_gets_a_schedule(tiny_program):
+def test_every_prim_func_gets_a_schedule(tiny_bert):
     """Every GEMM is tensorized on a VNNI host (vectorized otherwise); nothing is left unscheduled."""
-    used = _strategies_used(tiny_program[0], HOST)
+    used = _strategies_used(tiny_bert.mod, HOST)
     assert "none" not in used.values(), used
     gemms = {n: s for n, s in used.items() if "linear" in n or "matmul" in n}
     assert len(gemms) >= 6, used

@@ -5,6 +5,8 @@ the same integers, and one this CPU cannot run is refused with the level it coul
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -105,29 +107,37 @@ def quantized(tmp_path_factory):
     return ibert_tvm.from_pretrained(str(path), calibration=calibration_texts())
 
 
-def _export(quantized, target: str, folder: Path) -> Path:
-    lib = ibert_tvm.compile(quantized, target, tuning_logs=False, batch_sizes=(2,), seq_lengths=(16,))
-    return lib.export(folder / f"{target}.so")
+@pytest.fixture(scope="module")
+def export(quantized, tmp_path_factory) -> Callable[[str], Path]:
+    """`export(target)`: the tiny classifier compiled for `target` (batch 2 x 16 tokens) and exported, once per
+    target in this module (the library is only read by the tests)."""
+    folder = tmp_path_factory.mktemp("exports")
+
+    @functools.cache
+    def _export(target: str) -> Path:
+        lib = ibert_tvm.compile(quantized, target, tuning_logs=False, batch_sizes=(2,), seq_lengths=(16,))
+        return lib.export(folder / f"{target}.so")
+
+    return _export
 
 
 @pytest.fixture(scope="module")
-def host_logits(quantized, tmp_path_factory):
-    model = ibert_tvm.load(_export(quantized, "llvm", tmp_path_factory.mktemp("llvm")))
+def host_logits(export):
+    model = ibert_tvm.load(export("llvm"))
     return model(*model.encode_texts(held_out_texts()[:2]), integer=True)
 
 
 @pytest.mark.parametrize("level", [pytest.param("x86-avx2", marks=_runs_here("x86-avx2")),
                                    pytest.param("x86-avx512vnni", marks=_runs_here("x86-avx512vnni"))])
-def test_model_built_for_a_level_runs_here_identically(quantized, host_logits, level, tmp_path):
-    path = _export(quantized, level, tmp_path)
-    model = ibert_tvm.load(path)
+def test_model_built_for_a_level_runs_here_identically(export, host_logits, level):
+    model = ibert_tvm.load(export(level))
     assert model.meta["target"]["name"] == level
     np.testing.assert_array_equal(model(*model.encode_texts(held_out_texts()[:2]), integer=True), host_logits)
 
 
-def test_library_this_cpu_cannot_run_names_the_level_it_could(quantized, tmp_path, monkeypatch):
+def test_library_this_cpu_cannot_run_names_the_level_it_could(export, monkeypatch):
     """An x86-avx512vnni library on an AVX2-only CPU: refused, naming what is lacking and `x86-avx2`."""
-    path = _export(quantized, "x86-avx512vnni", tmp_path)
+    path = export("x86-avx512vnni")
     monkeypatch.setattr(artifact, "host_cpu_features", lambda: ("avx2",))
     with pytest.raises(ibert_tvm.ArtifactError, match="built for a CPU with avx512bw, avx512vnni, which this CPU "
                                                       "lacks; .* or for 'x86-avx2' to run on this CPU"):
