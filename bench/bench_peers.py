@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR] [--out bench/results]
     .venv/bin/python bench/bench_peers.py --profile bert-base:1x128     # per-kernel times (VM instrument)
+    .venv/bin/python bench/bench_peers.py --profile-ort bert-base:1x128 # ONNX Runtime int8 per operator type
     .venv/bin/python bench/bench_peers.py --as-cpu avx2                 # every runner as on an AVX2-only CPU
 
 Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs), TVM's own float32 build
@@ -149,7 +150,8 @@ def torch_runner(model, int8: bool):
     return run
 
 
-def ort_runner(name: str, model, batch: int, seq: int, int8: bool, workdir: Path):
+def ort_runner(name: str, model, batch: int, seq: int, int8: bool, workdir: Path, profile_prefix: str = ""):
+    """ONNX Runtime FP32 or dynamic int8 on both cores; with `profile_prefix`, its own profiler records every node."""
     import onnxruntime as ort
 
     path = workdir / f"{name}_{batch}x{seq}.onnx"  # one export per model and shape
@@ -167,8 +169,40 @@ def ort_runner(name: str, model, batch: int, seq: int, int8: bool, workdir: Path
         path = q
     options = ort.SessionOptions()
     options.intra_op_num_threads = os.cpu_count() or 1
+    if profile_prefix:
+        options.enable_profiling, options.profile_file_prefix = True, profile_prefix
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})
+    run = lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})  # noqa: E731
+    run.session = session
+    return run
+
+
+def profile_ort(name: str, batch: int, seq: int, out: Path, repeats: int = 5) -> Path:
+    """ONNX Runtime dynamic int8's time per operator type (its own profiler), summed over `repeats` runs after
+    one warm-up, written to profile_ort_*.txt: where its time goes next to ours (`profile`)."""
+    model = load_model(name)
+    ids, mask = inputs(model, batch, seq)
+    with tempfile.TemporaryDirectory() as tmp:
+        run = ort_runner(name, model, batch, seq, True, Path(tmp), profile_prefix=str(Path(tmp) / "ort"))
+        for _ in range(1 + repeats):
+            run(ids, mask)
+        events = json.loads(Path(run.session.end_profiling()).read_text())
+    nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
+    warm = sorted(e["ts"] for e in events if e.get("name") == "model_run")[1]  # the second run's start
+    by_op: dict[str, float] = {}
+    for e in nodes:
+        if e["ts"] >= warm:
+            by_op[e["args"]["op_name"]] = by_op.get(e["args"]["op_name"], 0.0) + e["dur"]
+    total = sum(by_op.values())
+    lines = [f"{name} batch {batch} seq {seq}: ONNX Runtime dynamic int8, {total / 1e3 / repeats:.2f} ms per run in "
+             f"operators (its profiler)", f"{'operator':40s} {'ms/run':>9s} {'share':>7s}"]
+    lines += [f"{op:40s} {us / 1e3 / repeats:9.3f} {100 * us / total:6.1f}%"
+              for op, us in sorted(by_op.items(), key=lambda kv: -kv[1])]
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"profile_ort_{name}_b{batch}_s{seq}.txt"
+    path.write_text("\n".join(lines) + "\n")
+    print(path.read_text())
+    return path
 
 
 class _Hidden(torch.nn.Module):
@@ -273,13 +307,18 @@ def main() -> int:
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--profile", metavar="MODEL:BATCHxSEQ",
                         help="instead of comparing: per-kernel times of the integer program, e.g. bert-base:1x128")
+    parser.add_argument("--profile-ort", metavar="MODEL:BATCHxSEQ",
+                        help="instead of comparing: ONNX Runtime dynamic int8's time per operator type")
     args = parser.parse_args()
     if args.as_cpu and os.environ.get("IBERT_MASK_CPUID") != args.as_cpu:
         os.execve(sys.executable, [sys.executable, *sys.argv], masked_cpuid_env(args.as_cpu))
     args.target = args.target or (f"x86-{args.as_cpu}" if args.as_cpu else "llvm")
-    if args.profile:
-        name, shape = args.profile.split(":")
-        profile(name, *map(int, shape.split("x")), Path(args.out), args.target)
+    if args.profile or args.profile_ort:
+        name, shape = (args.profile or args.profile_ort).split(":")
+        if args.profile:
+            profile(name, *map(int, shape.split("x")), Path(args.out), args.target)
+        else:
+            profile_ort(name, *map(int, shape.split("x")), Path(args.out))
         return 0
     args.only = set(args.only.split(",")) if args.only else None
     if any(r.startswith("ONNX Runtime") for r in (args.only or {"ONNX Runtime"})):
