@@ -291,6 +291,13 @@ def _plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _model_shape(spec: str) -> tuple[str, int, int]:
+    """MODEL:BATCHxSEQ -> (model, batch, seq)."""
+    name, shape = spec.split(":")
+    batch, seq = map(int, shape.split("x"))
+    return name, batch, seq
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="bert-base,minilm")
@@ -313,12 +320,11 @@ def main() -> int:
     if args.as_cpu and os.environ.get("IBERT_MASK_CPUID") != args.as_cpu:
         os.execve(sys.executable, [sys.executable, *sys.argv], masked_cpuid_env(args.as_cpu))
     args.target = args.target or (f"x86-{args.as_cpu}" if args.as_cpu else "llvm")
-    if args.profile or args.profile_ort:
-        name, shape = (args.profile or args.profile_ort).split(":")
-        if args.profile:
-            profile(name, *map(int, shape.split("x")), Path(args.out), args.target)
-        else:
-            profile_ort(name, *map(int, shape.split("x")), Path(args.out))
+    if args.profile:
+        profile(*_model_shape(args.profile), Path(args.out), args.target)
+        return 0
+    if args.profile_ort:
+        profile_ort(*_model_shape(args.profile_ort), Path(args.out))
         return 0
     args.only = set(args.only.split(",")) if args.only else None
     if any(r.startswith("ONNX Runtime") for r in (args.only or {"ONNX Runtime"})):
@@ -330,8 +336,8 @@ def main() -> int:
     args.shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)
     context = {**cpu_summary(), "cpuid_masked_to": args.as_cpu or "none (the host's own)",
-               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "target": args.target, "date": date.today().isoformat(), "python": platform.python_version(),
-               "command": " ".join(sys.argv)}
+               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "target": args.target,
+               "date": date.today().isoformat(), "python": platform.python_version(), "command": " ".join(sys.argv)}
     print(context)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for name in args.models.split(",") for r in bench_model(name, args, Path(tmp))]

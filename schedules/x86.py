@@ -580,7 +580,7 @@ def _schedule_elementwise(sch: s_tir.Schedule, vbytes: int) -> None:
 def _schedule_rows(sch: s_tir.Schedule, vbytes: int) -> bool:
     """Row reductions (softmax, layernorm): rows parallel, every stage computed per row, elementwise stages
     vectorized at the width of their widest type, reductions over the last axis as one vector of partial
-    results (`_partial_reduction`; 65.6 -> 62.9 ms for BERT-base 1 x 128 on one core). Returns False where the function is not made of stages
+    results (`_partial_reduction`). Returns False where the function is not made of stages
     over the same leading rows with a reduction among them (dlight's CPU `Reduction` rule has the same
     structure but sizes vectors by the output type: 32 lanes of int16 softmax output mean 4 registers
     per int64 intermediate, and spills)."""
