@@ -22,6 +22,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.target import Target
 
+from .drop_identity_requantize import DropIdentityRequantize
 from .fuse_requantize import FuseRequantize
 from .fuse_sibling_linears import FuseSiblingLinears
 from .pack_probabilities_i16 import PackProbabilitiesI16
@@ -67,7 +68,7 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
         raise ValueError(f"integer_pipeline supports CUDA and CPU (llvm) targets, got {target}")
     backend = cuda_pipeline if gpu else cpu_pipeline
     return [
-        [FuseSiblingLinears(), *backend.library_dispatch_passes(target), relax.transform.LegalizeOps(),
+        [DropIdentityRequantize(), FuseSiblingLinears(), *backend.library_dispatch_passes(target), relax.transform.LegalizeOps(),
          relax.transform.FoldConstant()],
         [*([] if gpu else [ShiftActivationsU8(target), WidenActivationsI16(target), PackProbabilitiesI16(target)]),
          FuseRequantize(split_requantize_chains=gpu)],
