@@ -1,6 +1,7 @@
 """A/B of one pipeline pass: the integer program built with and without it, timed alternately in one process.
 
     .venv/bin/python bench/pass_ab.py --pass FuseSiblingLinears --model bert-base --shape 1x32 --rounds 20
+    .venv/bin/python bench/pass_ab.py --pass DropIdentityRequantize --shape 1x128 --target x86-avx512vnni
 
 Run-to-run spread on a shared host is larger than a few-percent change, so both builds run in the same process,
 on the same inputs, alternating: each round times 10 calls of each and keeps their median; the figure is the
@@ -19,8 +20,8 @@ from bench_peers import ibert_compiled, inputs, load_model
 from ibert_tvm.relay_passes import pipeline
 
 
-def _runner(model, batch: int, seq: int):
-    m = ibert_compiled(model, batch, seq, False).runner()
+def _runner(model, batch: int, seq: int, target: str):
+    m = ibert_compiled(model, batch, seq, False, target).runner()
     ids, mask = inputs(model, batch, seq)
     return lambda: m(ids, mask.astype(np.int32), integer=True)
 
@@ -31,16 +32,17 @@ def main() -> int:
     parser.add_argument("--model", default="bert-base")
     parser.add_argument("--shape", default="1x32", help="BATCHxSEQ")
     parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--target", default="llvm", help="a target name of `ibert-tvm targets` (default: this host)")
     args = parser.parse_args()
     if not isinstance(getattr(pipeline, args.name, None), type):
         raise SystemExit(f"relay_passes/pipeline.py names no pass {args.name!r}")
     batch, seq = map(int, args.shape.split("x"))
     model = load_model(args.model)
-    runs = {"with": _runner(model, batch, seq)}
+    runs = {"with": _runner(model, batch, seq, args.target)}
     noop = tvm.transform.module_pass(lambda mod, _ctx: mod, opt_level=0, name=f"No{args.name}")
     original, pipeline.__dict__[args.name] = pipeline.__dict__[args.name], lambda *a, **k: noop
     try:
-        runs["without"] = _runner(model, batch, seq)
+        runs["without"] = _runner(model, batch, seq, args.target)
     finally:
         pipeline.__dict__[args.name] = original
     medians: dict[str, list[float]] = {k: [] for k in runs}

@@ -175,6 +175,23 @@ def test_requantize_residual_two_terms_at_2_62(bits):
                                    f"M1={int(m1[i[1]])}, E1={int(e1[i[1]])}"))
 
 
+def test_requantize_residual_plain_sum_at_its_bound():
+    """With every shift E >= 1 the first term stays within 2^61 and an int32 residual's within 2^62, so the two
+    are added plainly (no saturating add): x = y = +-2^31 with M = M1 = +-2^31 puts the sum at +-(2^62 + 2^61),
+    which the 32-bit clamp saturates, equal to the exact reference. At E = 0 the bound reaches 2^63, and the
+    saturating add (`test_requantize_residual_two_terms_at_2_62`) is kept."""
+    assert REQUANT._term_bound("int32", 1) + REQUANT._term_bound("int32", 0) < 1 << 63
+    assert REQUANT._term_bound("int32", 0) * 2 == 1 << 63
+    cols = [(1 << 31, 1, 1 << 31, 0), (-(1 << 31), 1, -(1 << 31), 0), (-(1 << 31), 1, 1 << 31, 0),
+            ((1 << 31) - 1, 1, 1 << 31, 0), (1 << 31, 2, -(1 << 31), 0), (3, 1, 5, 1)]
+    m, e, m1, e1 = (np.array(v, np.int64) for v in zip(*cols))
+    rows = [I32_MIN, I32_MAX, I32_MIN, -1, 0, 1]
+    x = np.repeat(np.array(rows, np.int64)[:, None], len(cols), axis=1).astype(np.int32)
+    y = np.repeat(np.array(rows[::-1], np.int64)[:, None], len(cols), axis=1).astype(np.int32)
+    out = run_static(lambda xv, yv: ops.requantize(xv, m, e, 32, yv, m1, e1), {"x": x, "y": y})
+    assert_exact(out, REQUANT.reference(x, m, e, 32, y, m1, e1), "int32", "requantize residual, plain sum")
+
+
 WIDE_X = np.array([(1 << 62) - 1, -((1 << 62) - 1), (1 << 62) - (1 << 31), -(1 << 62) + (1 << 31) + 1,
                    (1 << 61) + 1, -(1 << 61) - 1, (1 << 45) + 3, 1 << 32, I32_MAX, -1, 1, 0], np.int64)
 WIDE_M = [1 << 31, -(1 << 31), (1 << 30) + 1, -((1 << 31) - 1)]

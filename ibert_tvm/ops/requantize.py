@@ -93,6 +93,9 @@ def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bit
              shift_max: int = WIDE_MAX_SHIFT, input_clamp: int = 0) -> te.Tensor:
     wide = x.dtype == "int64" and not input_clamp
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    # Where the two rounded terms cannot pass 2^63 together, their plain sum is exact before the clamp.
+    plain_sum = bool(residual) and not wide and \
+        _term_bound(str(x.dtype), shift_min) + _term_bound(str(residual[0].dtype), 0) < 1 << 63
 
     def body(*i):
         mi, ei = per_channel(m, i), per_channel(e, i)
@@ -104,10 +107,17 @@ def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bit
             v = rne_shift(i64(x[i]) * mi, ei)
         if residual:
             y, m1, e1 = residual
-            v = add_for_clamp(v, rne_shift(i64(y[i]) * per_channel(m1, i), per_channel(e1, i)))
+            w = rne_shift(i64(y[i]) * per_channel(m1, i), per_channel(e1, i))
+            v = v + w if plain_sum else add_for_clamp(v, w)
         return clamp(v, lo, hi).astype(OUT_DTYPE[bits])
 
     return te.compute(x.shape, body, name="requantize")
+
+
+def _term_bound(dtype: str, shift_min: int) -> int:
+    """A bound of |rne(x M / 2^E)| for x of a narrow `dtype`, |M| <= 2^31 and E >= shift_min: |x| <= 2^(b-1)
+    makes |x M| / 2^E <= 2^(b+30-E), a power of two that rounding cannot pass (or at most 1)."""
+    return 1 << max(int(dtype[3:]) + 30 - shift_min, 0)
 
 
 register(OP, "Dyadic requantization with round-half-even, optional rescaled residual, clamp.", _infer, _compute)
