@@ -469,40 +469,23 @@ def test_requantize_input_clamp_at_the_saturation_edge():
 
 
 def test_int_gelu_int32_arithmetic_at_its_bounds():
-    """i-GELU's all-int32 path (`narrow` ALL) at the largest b, c it takes: b = -46340 (b^2 just below 2^31),
-    c = -2^31 + 1 and c = -b^2; q at the int32 ends, at +-b and next to them equals the exact reference. One
-    more unit of |b| leaves int32 for t^2 + c: the builder then takes ENDS, and a call that sets ALL is refused."""
-    b, q1 = np.array([-46340, -46340]), np.array([1 << 20, -(1 << 20)])
-    c = np.array([-(1 << 31) + 1, -46340 ** 2])
-    x = np.array([[v, v] for v in (I32_MIN, I32_MIN + 1, I32_MAX, -46341, -46340, -46339, -1, 0, 1, 46339, 46340,
-                                   46341)], np.int32)
-    call = ops.int_gelu(tvar("x", (12, 2), "int32"), b, c, q1)
-    assert int(call.attrs["narrow"]) == GELU.ALL
-    out = compile_vm([tvar("x", (12, 2), "int32")], lambda v: ops.int_gelu(v, b, c, q1))(x)
-    assert_exact(out, GELU.reference(x, b, c, q1), "int64", "int_gelu in int32")
-    assert int(ops.int_gelu(tvar("x", (12, 2), "int32"), b - 1, c, q1).attrs["narrow"]) == GELU.ENDS
-    with pytest.raises(IBertOpError, match="do not keep t\\^2 \\+ c"):
-        make_call("ibert.int_gelu", [tvar("x", (12, 2), "int32"), *(ops.registry.as_expr(v, "t", "k")
-                                                                     for v in (b - 1, c, q1))], narrow=GELU.ALL)
-
-
-def test_int_gelu_int32_ends_at_their_bounds():
-    """i-GELU's ENDS path (t and y + q1 in int32, t^2 + c in int64) where y + q1 just fits: b = -2^22, c = -b^2
-    (so |v| <= 2^44 and |y| <= 2^30) and |q1| = 2^31 - 2 - 2^30; q at the int32 ends, at +-b and next to them
-    equals the exact reference. One more unit of |q1| leaves int32: the builder then keeps int64 (no `narrow`),
-    and a call that sets ENDS is refused."""
+    """i-GELU's int32 path (`narrow`) where y + q1 just fits: b = -2^22 (s = -t reaches 2^22: s_h = 2^9, s_l
+    up to 2^13 - 1), c = -b^2 and c = -2^31 + 1 (so |v| <= 2^44, |y| <= 2^30) and |q1| = 2^31 - 2 - 2^30; q at
+    the int32 ends, at +-b, next to them and where s_l wraps equals the exact reference. One more unit of |q1|
+    leaves int32: the builder then keeps int64 (no `narrow`), and a call that sets `narrow` is refused."""
     b = np.array([-(1 << 22), -(1 << 22)])
-    c = -b * b
+    c = np.array([-(1 << 44), -(1 << 31) + 1])
     q1 = np.array([(1 << 30) - 2, -((1 << 30) - 2)])
-    assert GELU.narrow_level(b, c, q1) == GELU.ENDS
-    x = np.array([[v, v] for v in (I32_MIN, I32_MIN + 1, I32_MAX, -(1 << 22) - 1, -(1 << 22), -(1 << 22) + 1, -1, 0,
-                                   1, (1 << 22) - 1, 1 << 22, (1 << 22) + 1)], np.int32)
-    call = ops.int_gelu(tvar("x", (12, 2), "int32"), b, c, q1)
-    assert int(call.attrs["narrow"]) == GELU.ENDS
-    out = compile_vm([tvar("x", (12, 2), "int32")], lambda v: ops.int_gelu(v, b, c, q1))(x)
-    assert_exact(out, GELU.reference(x, b, c, q1), "int64", "int_gelu with int32 ends")
+    assert GELU.int32_bounded(b, c, q1)
+    qs = [I32_MAX, 0, 1, 8191, 8192, (1 << 22) - 8192, (1 << 22) - 8193] + [(1 << 22) + d for d in (-1, 0, 1)]
+    x = np.array([[v, v] for v in [I32_MIN] + qs + [-v for v in qs]], np.int32)
+    shape = x.shape
+    call = ops.int_gelu(tvar("x", shape, "int32"), b, c, q1)
+    assert int(call.attrs["narrow"]) == 1
+    out = compile_vm([tvar("x", shape, "int32")], lambda v: ops.int_gelu(v, b, c, q1))(x)
+    assert_exact(out, GELU.reference(x, b, c, q1), "int64", "int_gelu in int32")
     wider = q1 + np.sign(q1)
-    assert "narrow" not in ops.int_gelu(tvar("x", (12, 2), "int32"), b, c, wider).attrs
-    with pytest.raises(IBertOpError, match="do not keep t and y \\+ q1"):
-        make_call("ibert.int_gelu", [tvar("x", (12, 2), "int32"), *(ops.registry.as_expr(v, "t", "k")
-                                                                     for v in (b, c, wider))], narrow=GELU.ENDS)
+    assert "narrow" not in ops.int_gelu(tvar("x", shape, "int32"), b, c, wider).attrs
+    with pytest.raises(IBertOpError, match="do not keep y \\+ q1 in int32"):
+        make_call("ibert.int_gelu", [tvar("x", shape, "int32"), *(ops.registry.as_expr(v, "t", "k")
+                                                                  for v in (b, c, wider))], narrow=1)

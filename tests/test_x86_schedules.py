@@ -232,7 +232,9 @@ def test_tiny_model_amx_build_is_bit_identical(report):
     b = batches(0, 1, 2, 32, seed=5)[0]
     mod, inputs = qm.program(2, 32), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
     used = _strategies_used(mod, HOST)
-    assert sum(s == "amx_gemm" for s in used.values()) == 4, used  # QKV (one function), out, FFN in, FFN out
+    linears = {name: strategy for name, strategy in used.items() if "ibert_linear" in name}
+    # QKV (one function), out, FFN in (one per requantize chain left by DropIdentityRequantize), FFN out
+    assert len(linears) >= 4 and set(linears.values()) == {"amx_gemm"}, used
     np.testing.assert_array_equal(_run(build(mod, HOST), inputs), _unscheduled(mod, inputs))
     report("x86 AMX: tiny BERT 2 x 32 with every linear on AMX tiles is bit-identical to the unscheduled build")
 
