@@ -15,11 +15,14 @@ import math
 
 import numpy as np
 import pytest
+import tvm
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+from tvm import relax
 
 from ibert_tvm import ops, quant
+from ibert_tvm.build_util import single_op_module
 from ibert_tvm.ops.registry import make_call
 
 from op_harness import (EMBEDDING, GELU, I32_MAX, I32_MIN, LAYERNORM, LINEAR, LN_MAX, LN_MIN, LOOKUP, MATMUL, REQUANT,
@@ -521,6 +524,24 @@ def test_requantize_round_half_even_ties_wide(case):
     assert_exact(_requant_vm("int64", 32, None)(x, fm, fe), ref, "int32", "requantize wide ties")
     assert_exact(_requant_wide_by_side(x, fm, fe, 32), ref, None, "requantize wide ties, one side of E = 31")
     assert_exact(_requant_wide_by_side(x, fm, fe, 32, above=True), ref, None, "requantize wide ties, E >= 32 apart")
+
+
+def test_requantize_uniform_channels_become_immediates():
+    """Per-channel (M, E) that hold one pair become per-tensor in the builder, and per-tensor constants reach
+    the kernel as immediates (no constant parameters left); the integers equal the exact reference, also
+    for a residual whose (M1, E1) are per-tensor."""
+    m, e = np.full(6, 1234567891, np.int64), np.full(6, 40, np.int64)
+    x = np.array([[I32_MIN, I32_MAX, -1, 0, 1, 890], [3 << 20, -(3 << 20), 1 << 29, 7, -7, 5]], np.int32)
+    y = np.arange(-60, 60, 10, dtype=np.int8).reshape(2, 6)
+    build = lambda xv, yv: ops.requantize(xv, m, e, 8, yv, np.full(6, 1 << 30), np.full(6, 31))  # noqa: E731
+    mod = single_op_module(build, {"x": x, "y": y})
+    call = mod["main"].body.blocks[0].bindings[-1].value
+    assert [a.ty.ndim for a in call.args[1:]] == [0, 0, 2, 0, 0]
+    kernel = [f for _, f in relax.transform.LegalizeOps()(mod).functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert [len(f.params) for f in kernel] == [3]  # x, y and the output
+    out = run_static(build, {"x": x, "y": y})
+    assert_exact(out, REQUANT.reference(x, m, e, 8, y, np.full(6, 1 << 30), np.full(6, 31)), "int8",
+                 "requantize with immediates")
 
 
 def test_requantize_ties_round_to_even_explicit():

@@ -178,5 +178,8 @@ def ref_isqrt_newton(n: int) -> tuple[int, int]:
 
 
 def per_channel(t, index: tuple) -> tir.PrimExpr:
-    """Read a per-tensor (rank 0) or per-channel (rank 1, last axis) TE parameter tensor at `index`."""
+    """Read a per-tensor (rank 0) or per-channel (rank 1, last axis) TE parameter tensor at `index`; a
+    per-tensor constant may also come as a Python int (`registry` passes known scalars so), read as int64."""
+    if isinstance(t, int):
+        return tir.const(t, I64)
     return t[()] if len(t.shape) == 0 else t[index[-1]]

@@ -38,9 +38,20 @@ def register(name: str, doc: str, infer: InferFn, compute: ComputeFn) -> None:
     tvm.ir.register_op_attr(name, "FPurity", True)
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-        return bb.call_te(compute, *call.args, primfunc_name_hint=name.replace(".", "_"), **attrs_of(call))
+        args = [_scalar_value(a) for a in call.args]
+        return bb.call_te(compute, *args, primfunc_name_hint=name.replace(".", "_"), **attrs_of(call))
 
     register_legalize(name, legalize)
+
+
+def _scalar_value(arg: relax.Expr) -> relax.Expr | int:
+    """A rank-0 integer constant as a Python int, which the TE compute receives as an immediate (LLVM then
+    folds shifts and rounding biases and keeps multipliers in registers); any other argument as is."""
+    if isinstance(arg, tvm.ir.GenericConst):
+        value = arg.value.numpy()
+        if value.ndim == 0 and value.dtype.kind in "iu":
+            return int(value)
+    return arg
 
 
 def _op_exists(name: str) -> bool:

@@ -149,6 +149,15 @@ def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, 
     return np.where(beyond, 0, m), np.where(beyond, 0, e)
 
 
+def _per_tensor_if_uniform(m: np.ndarray | relax.Expr, e: np.ndarray | relax.Expr
+                           ) -> tuple[np.ndarray | relax.Expr, np.ndarray | relax.Expr]:
+    """Per-channel (M, E) vectors that hold one pair become that pair: a per-tensor constant, which the
+    kernel takes as an immediate (`registry`), e.g. LayerNorm's output requantization."""
+    if isinstance(m, np.ndarray) and m.ndim == 1 and m.size and np.all(m == m[0]) and np.all(e == e[0]):
+        return m[0], e[0]
+    return m, e
+
+
 def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | int, bits: int = 8,
                residual: relax.Expr | None = None, residual_multiplier: np.ndarray | int | None = None,
                residual_shift: np.ndarray | int | None = None) -> relax.Call:
@@ -157,7 +166,7 @@ def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | 
     `multiplier`/`shift` come from `quant.requant_dyadic` (scalars, or per-channel vectors).
     """
     wide = isinstance(x, relax.Expr) and getattr(getattr(x, "ty", None), "dtype", None) == "int64"
-    m, e = _dyadic(multiplier, shift, wide, "x")
+    m, e = _per_tensor_if_uniform(*_dyadic(multiplier, shift, wide, "x"))
     args = [x, as_expr(m, OP, "multiplier"), as_expr(e, OP, "shift")]
     # Known shifts bound the wide product's cases (`intmath.mul_rne_shift_wide`); run-time ones may be any.
     attrs = {} if isinstance(e, relax.Expr) else {"shift_min": int(e.min()), "shift_max": int(e.max())}
@@ -167,7 +176,7 @@ def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | 
     if residual is not None:
         if residual_multiplier is None or residual_shift is None:
             raise IBertOpError(f"{OP}: a residual needs residual_multiplier and residual_shift")
-        m1, e1 = _dyadic(residual_multiplier, residual_shift, False, "residual")
+        m1, e1 = _per_tensor_if_uniform(*_dyadic(residual_multiplier, residual_shift, False, "residual"))
         args += [residual, as_expr(m1, OP, "residual_multiplier"), as_expr(e1, OP, "residual_shift")]
     return make_call(OP, args, bits=int(bits), **attrs)
 
