@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -120,15 +121,25 @@ def profile(name: str, batch: int, seq: int, out: Path, target: str = "llvm", re
     for _ in range(repeats):
         main(*args)
     total = sum(seconds.values())
+    kinds, kind_calls = Counter(), Counter()  # a kernel's kind: its name without the numbers (one per layer)
+    for k, v in seconds.items():
+        kinds[re.sub(r"\d+", "", k)] += v
+        kind_calls[re.sub(r"\d+", "", k)] += calls[k]
     lines = [f"{name} batch {batch} seq {seq}: {1e3 * total / repeats:.2f} ms per run in kernels (VM instrument)",
-             f"{'kernel':70s} {'calls':>6s} {'ms/run':>9s} {'share':>7s}"]
-    lines += [f"{k[:70]:70s} {calls[k] // repeats:6d} {1e3 * v / repeats:9.3f} {100 * v / total:6.1f}%"
-              for k, v in seconds.most_common()]
+             *_time_table("kind", kinds, kind_calls, repeats, total), "",
+             *_time_table("kernel", seconds, calls, repeats, total)]
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"profile_{name}_b{batch}_s{seq}.txt"
     path.write_text("\n".join(lines) + "\n")
     print(path.read_text())
     return path
+
+
+def _time_table(what: str, seconds, calls, repeats: int, total: float) -> list[str]:
+    """Rows of (name, calls per run, ms per run, share of `total`), longest first."""
+    return [f"{what:70s} {'calls':>6s} {'ms/run':>9s} {'share':>7s}"] + [
+        f"{k[:70]:70s} {calls[k] // repeats:6d} {1e3 * v / repeats:9.3f} {100 * v / total:6.1f}%"
+        for k, v in seconds.most_common()]
 
 
 def tvm_float_runner(model, batch: int, seq: int):

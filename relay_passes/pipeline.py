@@ -1,6 +1,7 @@
 """The integer-only compilation pipeline in numbered phases, with optional IR dumps between them.
 
-Phase 0 fuses the linear layers that share an input (Q, K, V) into one GEMM (`FuseSiblingLinears`), legalizes
+Phase 0 removes requantizations that are the identity on their input dtype (`DropIdentityRequantize`), fuses
+the linear layers that share an input (Q, K, V) into one GEMM (`FuseSiblingLinears`), legalizes
 the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds constants. Phase 1
 rewrites the GEMMs into the operand forms of the target's x86 dot products (VNNI: `ShiftActivationsU8`; AVX2
 without VNNI: `WidenActivationsI16`; both: `PackProbabilitiesI16`; no-ops elsewhere) and fuses requantize
