@@ -64,6 +64,8 @@ def _schedule(target: Target, database: Any | None, options: dict) -> list[tvm.t
 def _phases(target: Target, database: Any | None = None, options: dict | None = None
             ) -> list[list[tvm.transform.Pass]]:
     """The passes of each phase in PHASES order, for `target` (CUDA or a CPU kind)."""
+    from ibert_tvm.schedules import family_of  # lazily, as in `_schedule`
+
     gpu = target.kind.name == "cuda"
     if not gpu and "cpu" not in target.keys:
         raise ValueError(f"integer_pipeline supports CUDA and CPU (llvm) targets, got {target}")
@@ -72,7 +74,7 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
         [DropIdentityRequantize(), FuseSiblingLinears(), *backend.library_dispatch_passes(target), relax.transform.LegalizeOps(),
          relax.transform.FoldConstant()],
         [*([] if gpu else [ShiftActivationsU8(target), WidenActivationsI16(target), PackProbabilitiesI16(target)]),
-         FuseRequantize(split_requantize_chains=gpu)],
+         FuseRequantize(split_requantize_chains=gpu, layout_prologues=family_of(target) == "x86")],
         [VerifyIntegerOnly()],
         [*_schedule(target, database, options or {}), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
     ]

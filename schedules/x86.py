@@ -439,6 +439,11 @@ def _is_copy(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
     return isinstance(value, tvm.ir.expr.TensorLoad)
 
 
+def _kept(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
+    """Whether the block asks not to be inlined (the operand packings of `relay_passes/te_packing.py`)."""
+    return str(sch.get(block).annotations.get("meta_schedule.inline_rule", "")) == "disable"
+
+
 # ---------------------------------------------------------------------------------------------------------
 # GEMM schedules
 
@@ -477,6 +482,9 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     tile = sch.fuse(*outer_batch, no) if batch else sch.fuse(*chunks, no, *rows_outer[len(chunks):])
     for block in _after(sch, gemm)[:-1]:
         if _is_copy(sch, block):
+            sch.compute_inline(block)
+    for block in _before(sch, gemm) if batch else ():  # layout copies fused in front (the heads split)
+        if _is_copy(sch, block) and not _kept(sch, block):
             sch.compute_inline(block)
     prologue = _before(sch, gemm)
     for block in reversed(prologue) if batch else ():

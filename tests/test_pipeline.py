@@ -107,6 +107,22 @@ def test_gpu_fusion_keeps_requantize_chains_apart(tiny_program):
     assert all(all(n.startswith("ibert_int_softmax") for n in c) for c in left.values()), left
 
 
+def test_x86_fuses_the_heads_split_into_the_attention_matmuls(tiny_program):
+    """`layout_prologues` (x86): the reshape -> transpose (after FuseSiblingLinears also a strided slice) that
+    splits Q, K and V into heads leaves no PrimFunc of its own: Q K^T takes both operands' splits, P V the one
+    of V; without it (ARM, CUDA) the splits stay layout PrimFuncs. The x86 build is bit-identical
+    (`test_fused_build_is_bit_identical_to_unfused`)."""
+    legalized = relax.transform.LegalizeOps()(tiny_program[0])
+    layout_only = re.compile(r"(fused_)?(strided_slice\d*_)?reshape\d*_transpose\d*$")
+    plain = [n for _, n, _ in _calls(FuseRequantize()(legalized)) if layout_only.match(n)]
+    fused = [n for _, n, _ in _calls(FuseRequantize(layout_prologues=True)(legalized))]
+    assert len(plain) == 6, plain  # Q, K, V per layer
+    assert not [n for n in fused if layout_only.match(n)], fused
+    matmuls = [n for n in fused if "ibert_matmul" in n]
+    splits = sorted(n.split("ibert_matmul")[0].count("transpose") for n in matmuls)
+    assert splits == [1, 1, 2, 2], matmuls  # per layer: Q K^T both operands, P V its V
+
+
 def _linear_requantize(share: str) -> tvm.IRModule:
     """main(x) = requantize(linear(x)); `share`: the accumulator (or its transposed copy) is also returned."""
     rng = np.random.default_rng(0)
