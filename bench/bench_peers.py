@@ -123,8 +123,9 @@ def profile(name: str, batch: int, seq: int, out: Path, target: str = "llvm", re
     total = sum(seconds.values())
     kinds, kind_calls = Counter(), Counter()  # a kernel's kind: its name without the numbers (one per layer)
     for k, v in seconds.items():
-        kinds[re.sub(r"\d+", "", k)] += v
-        kind_calls[re.sub(r"\d+", "", k)] += calls[k]
+        kind = re.sub(r"\d+", "", k)
+        kinds[kind] += v
+        kind_calls[kind] += calls[k]
     lines = [f"{name} batch {batch} seq {seq}: {1e3 * total / repeats:.2f} ms per run in kernels (VM instrument)",
              *_time_table("kind", kinds, kind_calls, repeats, total), "",
              *_time_table("kernel", seconds, calls, repeats, total)]

@@ -75,23 +75,30 @@ def _reductions(func: tirx.PrimFunc) -> int:
     return sum(any(iv.iter_type == tirx.IterVar.CommReduce for iv in b.iter_vars) for b in blocks)
 
 
+def _kind(mod: tvm.IRModule, call: relax.Call) -> int:
+    """The op pattern AnnotateTIROpPattern gave the callee PrimFunc of a call_tir (opaque otherwise)."""
+    func = mod[call.args[0]]
+    return int(func.attrs.get("op_pattern", OPAQUE)) if isinstance(func, tirx.PrimFunc) else OPAQUE
+
+
+def _is_gemm(mod: tvm.IRModule, call: relax.Call) -> bool:
+    return _kind(mod, call) == OUT_EWISE_FUSABLE and _reductions(mod[call.args[0]]) == 1
+
+
+def _used_once(ctx: relax.transform.PatternCheckContext, calls: list[relax.Call]) -> bool:
+    """Whether each matched call is bound to a dataflow var that has exactly one use."""
+    return all(isinstance(v := ctx.value_to_bound_var[c], relax.DataflowVar) and len(ctx.var_usages[v]) == 1
+               for c in calls)
+
+
 def _layout_epilogue_patterns(mod: tvm.IRModule) -> list[tuple]:
     """FuseOpsByPattern entries for GEMM -> layout op(s) -> elementwise, each intermediate used once."""
-
-    def kind(call: relax.Call) -> int:
-        func = mod[call.args[0]]
-        return int(func.attrs.get("op_pattern", OPAQUE)) if isinstance(func, tirx.PrimFunc) else OPAQUE
-
-    def is_gemm(call: relax.Call) -> bool:
-        return kind(call) == OUT_EWISE_FUSABLE and _reductions(mod[call.args[0]]) == 1
 
     def check(ctx: relax.transform.PatternCheckContext) -> bool:
         found = ctx.annotated_expr
         inner = [found["gemm"]] + [found[k] for k in sorted(found) if k.startswith("layout")]
-        single_use = all(isinstance(v := ctx.value_to_bound_var[c], relax.DataflowVar)
-                         and len(ctx.var_usages[v]) == 1 for c in inner)
-        return (single_use and is_gemm(found["gemm"]) and kind(found["epilogue"]) <= BROADCAST
-                and all(kind(c) <= INJECTIVE for c in inner[1:]))
+        return (_used_once(ctx, inner) and _is_gemm(mod, found["gemm"]) and _kind(mod, found["epilogue"]) <= BROADCAST
+                and all(_kind(mod, c) <= INJECTIVE for c in inner[1:]))
 
     patterns = []
     for n_layout in range(MAX_LAYOUT_OPS, 0, -1):  # longest chain first
@@ -109,18 +116,12 @@ def _layout_prologue_patterns(mod: tvm.IRModule) -> list[tuple]:
     """FuseOpsByPattern entries for layout op(s) -> an operand of a two-operand batch GEMM (the heads split of
     Q, K, V before Q K^T and P V), each layout PrimFunc single-input, injective and used once; both operands'
     chains where both have one."""
-    def kind(call: relax.Call) -> int:
-        func = mod[call.args[0]]
-        return int(func.attrs.get("op_pattern", OPAQUE)) if isinstance(func, tirx.PrimFunc) else OPAQUE
 
     def check(ctx: relax.transform.PatternCheckContext) -> bool:
         found = ctx.annotated_expr
-        gemm = found["gemm"]
         layouts = [found[k] for k in found if k.startswith("layout")]
-        single_use = all(isinstance(v := ctx.value_to_bound_var[c], relax.DataflowVar)
-                         and len(ctx.var_usages[v]) == 1 for c in layouts)
-        return (single_use and kind(gemm) == OUT_EWISE_FUSABLE and _reductions(mod[gemm.args[0]]) == 1
-                and all(kind(c) <= INJECTIVE for c in layouts))
+        return (_used_once(ctx, layouts) and _is_gemm(mod, found["gemm"])
+                and all(_kind(mod, c) <= INJECTIVE for c in layouts))
 
     patterns = []
     for operands in ((0, 1), (0,), (1,)):  # both chains first

@@ -71,8 +71,8 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
         raise ValueError(f"integer_pipeline supports CUDA and CPU (llvm) targets, got {target}")
     backend = cuda_pipeline if gpu else cpu_pipeline
     return [
-        [DropIdentityRequantize(), FuseSiblingLinears(), *backend.library_dispatch_passes(target), relax.transform.LegalizeOps(),
-         relax.transform.FoldConstant()],
+        [DropIdentityRequantize(), FuseSiblingLinears(), *backend.library_dispatch_passes(target),
+         relax.transform.LegalizeOps(), relax.transform.FoldConstant()],
         [*([] if gpu else [ShiftActivationsU8(target), WidenActivationsI16(target), PackProbabilitiesI16(target)]),
          FuseRequantize(split_requantize_chains=gpu, layout_prologues=family_of(target) == "x86")],
         [VerifyIntegerOnly()],
