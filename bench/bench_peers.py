@@ -77,11 +77,16 @@ def inputs(model: torch.nn.Module, batch: int, seq: int) -> tuple[np.ndarray, np
     return ids, np.ones((batch, seq), np.int64)
 
 
-def ibert_compiled(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm") -> ibert_tvm.CompiledModel:
-    """The integer-only program for one shape, calibrated on random batches of that model's vocabulary."""
+def quantized(model, seq: int) -> ibert_tvm.QuantizedModel:
+    """The I-BERT model of `model`, calibrated on random batches of length `seq` from its vocabulary."""
     calibration = [ibert_tvm.Batch(*map(torch.from_numpy, inputs(model, 2, seq))) for _ in range(2)]
-    qm = ibert_tvm.from_pretrained(model, calibration=calibration)
-    return ibert_tvm.compile(qm, target, tuning_logs=tuning_logs, batch_sizes=(batch,), seq_lengths=(seq,))
+    return ibert_tvm.from_pretrained(model, calibration=calibration)
+
+
+def ibert_compiled(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm") -> ibert_tvm.CompiledModel:
+    """The integer-only program for one shape, calibrated as in `quantized`."""
+    return ibert_tvm.compile(quantized(model, seq), target, tuning_logs=tuning_logs, batch_sizes=(batch,),
+                             seq_lengths=(seq,))
 
 
 def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm"):
@@ -121,9 +126,9 @@ def profile(name: str, batch: int, seq: int, out: Path, target: str = "llvm", re
     for _ in range(repeats):
         main(*args)
     total = sum(seconds.values())
-    kinds, kind_calls = Counter(), Counter()  # a kernel's kind: its name without the numbers (one per layer)
+    kinds, kind_calls = Counter(), Counter()
     for k, v in seconds.items():
-        kind = re.sub(r"\d+", "", k)
+        kind = kernel_kind(k)
         kinds[kind] += v
         kind_calls[kind] += calls[k]
     lines = [f"{name} batch {batch} seq {seq}: {1e3 * total / repeats:.2f} ms per run in kernels (VM instrument)",
@@ -134,6 +139,11 @@ def profile(name: str, batch: int, seq: int, out: Path, target: str = "llvm", re
     path.write_text("\n".join(lines) + "\n")
     print(path.read_text())
     return path
+
+
+def kernel_kind(name: str) -> str:
+    """A kernel's kind: its name without the numbers that tell one layer's copy from another's."""
+    return re.sub(r"\d+", "", name)
 
 
 def _time_table(what: str, seconds, calls, repeats: int, total: float) -> list[str]:

@@ -52,6 +52,7 @@ from tvm.script import tirx as T
 from tvm.target import Target, codegen
 
 from . import family_of
+from . import gemm_prefetch
 from .postprocs import KeepIntrinsicsUnvectorized
 
 __all__ = ["AMX_PERMISSION_SYSCALL", "AVX2_INTRINSICS", "DotKey", "VNNI_INTRINSICS", "apply_default_schedule",
@@ -73,6 +74,15 @@ AVX2_INTRINSICS = {"int8": "ibert_dot_8x2_s16s8_avx2", "int16": "ibert_dot_8x2_s
 MAX_ROWS = 8  # register tile: at most this many rows ...
 MAX_COLUMN_BLOCKS = 8  # ... and this many vector-wide column blocks
 VECTOR_REGISTERS = {64: 32, 32: 16, 16: 16}  # vector bytes -> architectural vector registers (zmm / ymm / xmm)
+#: a linear layer's task prefetches the output lines of the task this many ahead (`gemm_prefetch.py`):
+#: 2 and 4 measured alike on BERT-base's linear layers, 1 and 8 slower; 0 turns it off
+OUTPUT_PREFETCH_TASKS = 2
+#: ... and, where a column panel has at most WEIGHT_PREFETCH_ROW_TILES row tiles (32 to 64 tokens; at 128,
+#: 16 row tiles, the few tasks that wait on memory cost less than the k split costs all), the next panel's
+#: weights, in chunks of WEIGHT_PREFETCH_K_STEPS k steps (16 measured best of 16 / 32 / 64: each chunk ends
+#: the accumulators' stay in registers); 0 turns it off
+WEIGHT_PREFETCH_ROW_TILES = 8
+WEIGHT_PREFETCH_K_STEPS = 16
 
 
 def int8_features(target: Target) -> tuple[str, ...]:
@@ -449,7 +459,7 @@ def _kept(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
 
 
 def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: int, vbytes: int, batch: int = 0,
-               tile: tuple[list[int], int] | None = None
+               tile: tuple[list[int], int] | None = None, prefetch_weights: bool = False
                ) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
     """Tile a [batch..., rows..., N, K] GEMM into register tiles of MR rows x NR `width`-wide column
     blocks, each accumulating over the whole k range, and parallel tasks over the tiles.
@@ -465,9 +475,11 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
       and its per-column terms (the prologue, computed per task) serve every row; the epilogue follows
       the task's row loop.
 
-    `tile` (row factors, NR) overrides the vector-register tile.
+    `tile` (row factors, NR) overrides the vector-register tile. A linear layer's tasks prefetch their
+    output lines (`gemm_prefetch.py`); with `prefetch_weights`, where a panel has few row tiles, also the next
+    panel's weights, the k loop split in chunks for them.
     Returns (k outer loop, row loops, column-block loop, `width` loop, k inner loop), the inner ones in
-    that order under the k outer loop.
+    that order under the k outer loop (the k outer loop is the chunk loop where weights are prefetched).
     """
     loops = sch.get_loops(gemm)
     outer_batch, lead, cols, red = loops[:batch], loops[batch:-2], loops[-2], loops[-1]
@@ -478,6 +490,7 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     ko, kg = sch.split(red, [None, k_step]) if k_step > 1 else (red, None)
     rows_outer, rows_inner = [o for o, _ in row_splits], [i for _, i in row_splits]
     chunks = [] if batch else rows_outer[:-1]  # leading row dims (the batch of a linear layer) outermost
+    row_tiles = _product([_extent(sch, l) for l in rows_outer[len(chunks):]])  # tasks per column panel
     sch.reorder(*outer_batch, *chunks, no, *rows_outer[len(chunks):], ko, *rows_inner, ni, nl, *([kg] if kg else []))
     tile = sch.fuse(*outer_batch, no) if batch else sch.fuse(*chunks, no, *rows_outer[len(chunks):])
     for block in _after(sch, gemm)[:-1]:
@@ -494,6 +507,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     for block in epilogue if per_tile else ():
         sch.reverse_compute_at(block, tile)
     sch.parallel(tile)
+    if not batch:
+        ko = _mark_prefetches(sch, tile, ko, row_tiles, per_tile, prefetch_weights)
     for block in epilogue if per_tile else ():
         _vectorize_inner(sch, block, _epilogue_lanes(sch, block, vbytes))
     for block in prologue if batch else ():
@@ -501,6 +516,20 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     for block in [*(() if batch else prologue), *(() if per_tile else epilogue)]:
         _parallel_vectorize(sch, block, vbytes)
     return ko, rows_inner, ni, nl, kg
+
+
+def _mark_prefetches(sch: s_tir.Schedule, tile: s_tir.LoopRV, ko: s_tir.LoopRV, row_tiles: int, outputs: bool,
+                     weights: bool) -> s_tir.LoopRV:
+    """Mark a linear layer's task loop for `gemm_prefetch.add_prefetches`: its output lines (where the
+    epilogue runs per task) and, with few row tiles per panel, the next panel's weights at the top of each
+    chunk of the k loop (split here). Returns the loop that is now the k outer loop."""
+    if outputs and OUTPUT_PREFETCH_TASKS:
+        sch.annotate(tile, gemm_prefetch.OUTPUT, OUTPUT_PREFETCH_TASKS)
+    if weights and 1 < row_tiles <= WEIGHT_PREFETCH_ROW_TILES and WEIGHT_PREFETCH_K_STEPS:
+        sch.annotate(tile, gemm_prefetch.WEIGHTS, row_tiles)
+        ko = sch.split(ko, [None, _divisor_at_most(_extent(sch, ko), WEIGHT_PREFETCH_K_STEPS)])[0]
+        sch.annotate(ko, gemm_prefetch.WEIGHT_STEP, 1)
+    return ko
 
 
 def _follows_tile(sch: s_tir.Schedule, block: s_tir.SBlockRV, gemm: s_tir.SBlockRV, exact: bool) -> bool:
@@ -527,7 +556,8 @@ def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, g
                         intrinsic: str) -> None:
     """Register-tiled, parallel packed GEMM tensorized with the dot-product step `intrinsic` (VNNI, or its
     AVX2 form), with its epilogue computed per task."""
-    ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group))
+    ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group),
+                                     prefetch_weights=True)
     init = sch.decompose_reduction(gemm, ko)
     _vectorize_inner(sch, init, lanes)
     sch.tensorize(nl, intrinsic)
@@ -686,7 +716,7 @@ def schedule_prim_func(func: tirx.PrimFunc, target: Target) -> tuple[tirx.PrimFu
         except (RuntimeError, ValueError):  # ScheduleError, or a failed check inside TVM's analyses
             continue
         if sch is not None:
-            scheduled = sch.mod["main"].with_attr("tirx.is_scheduled", True)
+            scheduled = gemm_prefetch.add_prefetches(sch.mod["main"]).with_attr("tirx.is_scheduled", True)
             return (_request_amx(scheduled) if name == "amx_gemm" else scheduled), name
     return func, "none"
 

@@ -1,0 +1,141 @@
+"""Software prefetches for the x86 linear-layer GEMMs: what a task will need, asked for while it computes.
+
+In a model run a linear layer's weights come from the shared cache (eleven other layers pass between two
+calls of it), and so do the lines of its output buffer (last touched by other kernels, on either core).
+The tasks of one column panel run in a row on one core: the first reads the panel from the shared cache,
+stalling on every k step, the others find it in L2; each task stores its output tile at its end, and each
+store waits for its line. `schedules/x86.py` marks the loops, and `add_prefetches` writes:
+
+- at the top of each task, a write prefetch (`prefetchw`) of every output line of the task a few tasks on
+  (`OUTPUT`: how many), at the addresses the final epilogue stage will store to;
+- at the top of each chunk of the k loop (`WEIGHT_STEP`), prefetches into L2 of the same k steps of the next
+  column panel's weights, so that the next panel streams in while this one is computed from cache. Its column
+  blocks are shared out among this panel's row tiles but the first (`WEIGHTS`: row tiles per panel), whose
+  own weights are still arriving.
+
+Prefetches never change a result. What they bought on BERT-base is in the README (`bench/kernel_ab.py`).
+"""
+
+from __future__ import annotations
+
+import tvm
+import tvm_ffi
+from tvm import s_tir, tirx
+
+__all__ = ["OUTPUT", "WEIGHTS", "WEIGHT_STEP", "add_prefetches"]
+
+OUTPUT = "ibert.prefetch_output_tasks_ahead"  # on the task loop: tasks ahead
+WEIGHTS = "ibert.prefetch_weights_row_tiles"  # on the task loop: consecutive tasks that share a column panel
+WEIGHT_STEP = "ibert.prefetch_weights_here"  # on the outer loop of a k split
+LINE_BYTES = 64
+
+
+def _substitute(node, values: dict):
+    return tvm_ffi.structural_map(node, (tirx.Var, lambda var: values.get(var, var)), order="post")
+
+
+def _loop_nest(stmt: tirx.Stmt) -> tuple[list[tirx.For], tirx.Stmt]:
+    """The perfectly nested loops at `stmt` and what they enclose."""
+    loops = []
+    while isinstance(stmt, tirx.For):
+        loops.append(stmt)
+        stmt = stmt.body
+    return loops, stmt
+
+
+def _first_indices(realize: s_tir.SBlockRealize, region) -> list[tirx.Expr]:
+    """The first index of each dimension of a block's buffer region, in the enclosing loops' variables."""
+    values = {v.var: value for v, value in zip(realize.block.iter_vars, realize.iter_values)}
+    return [_substitute(r.min, values) for r in region.region]
+
+
+def _prefetch(buffer: tirx.Var, indices: list[tirx.Expr], write: bool, locality: int) -> tirx.Stmt:
+    address = tirx.call_intrin("handle", "tirx.address_of", tirx.BufferLoad(buffer, indices))
+    return tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, int(write), locality, 1))
+
+
+def _seq(stmts: list[tirx.Stmt]) -> tirx.Stmt:
+    return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
+
+
+def _is_param(buffer: tirx.Var, params: list[tirx.Var]) -> bool:
+    return any(buffer.same_as(p) for p in params)
+
+
+def _bytes(buffer: tirx.Var, elements: int = 1) -> int:
+    return elements * tvm.DataType(buffer.ty.dtype).bits // 8
+
+
+def _output_prefetches(stage: tirx.Stmt, params: list[tirx.Var], task: dict) -> tirx.Stmt | None:
+    """Write prefetches of the lines that `stage` (loops around one spatial block that writes a function
+    parameter) stores to, in the task that `task` maps the task variable to; None for any other stage. The
+    innermost (vector) loop becomes its first and last element and one element per line between."""
+    loops, realize = _loop_nest(stage)
+    if not loops or not isinstance(realize, s_tir.SBlockRealize) or len(realize.block.writes) != 1:
+        return None
+    written = realize.block.writes[0]
+    if any(int(v.iter_type) != 0 for v in realize.block.iter_vars) or not _is_param(written.source, params):
+        return None  # a reduction (the GEMM's own update), or a store to a buffer of this function
+    indices = [_substitute(i, task) for i in _first_indices(realize, written)]
+    inner, extent = loops[-1], int(loops[-1].extent)
+    per_line = max(1, LINE_BYTES // _bytes(written.source))
+    body = _seq([_prefetch(written.source, [_substitute(i, {inner.loop_var: inner.min + offset}) for i in indices],
+                           True, 3) for offset in sorted({*range(0, extent, per_line), extent - 1})])
+    for loop in reversed(loops[:-1]):
+        body = tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, body)
+    return body
+
+
+def _weight_prefetches(chunk: tirx.For, params: list[tirx.Var], task: tirx.Var, row_tiles: int,
+                       last_task: tirx.Expr) -> tirx.Stmt | None:
+    """L2 prefetches, for the k steps of `chunk` (the outer loop of a k split around [k inner, row loops...,
+    column blocks] and the dot-product step), of the next panel's packed weight [N/lanes, K/group, lanes,
+    group] (a function parameter): column block b by the panel's row tile 1 + b % (row tiles - 1)."""
+    loops, realize = _loop_nest(chunk.body)
+    if len(loops) < 2 or not isinstance(realize, s_tir.SBlockRealize):
+        return None
+    weight = next((r for r in realize.block.reads if _is_param(r.source, params) and len(r.region) == 4), None)
+    if weight is None:
+        return None
+    k_inner, blocks = loops[0], loops[-1]
+    indices = _first_indices(realize, weight)
+    step_bytes = _bytes(weight.source, int(weight.source.ty.shape[-2]) * int(weight.source.ty.shape[-1]))
+    row_tile = tirx.floormod(task, row_tiles)
+    prefetches = []
+    for b in range(int(blocks.extent)):
+        at = {task: tirx.min(task + row_tiles, last_task), blocks.loop_var: blocks.min + b,
+              **{loop.loop_var: loop.min for loop in loops[1:-1]}}
+        lines = [_prefetch(weight.source, [_substitute(i, {**at, k_inner.loop_var: k_inner.min + k}) for i in indices],
+                           False, 2) for k in range(0, int(k_inner.extent), max(1, LINE_BYTES // step_bytes))]
+        prefetches.append(tirx.IfThenElse(row_tile == 1 + b % (row_tiles - 1), _seq(lines), None))
+    return _seq(prefetches)
+
+
+def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
+    """`func` with the prefetches its marked loops ask for (and the marks removed)."""
+    params = list(func.params)
+
+    def rewrite_task(loop: tirx.For) -> tirx.For:
+        if OUTPUT not in loop.annotations and WEIGHTS not in loop.annotations:
+            return loop
+        last = loop.min + loop.extent - 1
+        row_tiles = int(loop.annotations.get(WEIGHTS, 1))
+
+        def rewrite_chunk(chunk: tirx.For) -> tirx.For:
+            if WEIGHT_STEP not in chunk.annotations:
+                return chunk
+            found = _weight_prefetches(chunk, params, loop.loop_var, row_tiles, last) if row_tiles > 1 else None
+            return tirx.For(chunk.loop_var, chunk.min, chunk.extent, chunk.kind,
+                            chunk.body if found is None else tirx.SeqStmt([found, chunk.body]),
+                            chunk.thread_binding, {k: v for k, v in chunk.annotations.items() if k != WEIGHT_STEP})
+
+        body = tvm_ffi.structural_map(loop.body, (tirx.For, rewrite_chunk), order="post")
+        if OUTPUT in loop.annotations:
+            stages = list(body) if isinstance(body, tirx.SeqStmt) else [body]
+            ahead = tirx.min(loop.loop_var + int(loop.annotations[OUTPUT]), last)
+            found = _output_prefetches(stages[-1], params, {loop.loop_var: ahead})
+            body = body if found is None else tirx.SeqStmt([found, *stages])
+        annotations = {k: v for k, v in loop.annotations.items() if k not in (OUTPUT, WEIGHTS)}
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, annotations)
+
+    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, rewrite_task), order="post"))

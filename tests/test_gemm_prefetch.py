@@ -1,0 +1,146 @@
+"""GEMM prefetches (schedules/gemm_prefetch.py, marked by schedules/x86.py): a linear layer's tasks prefetch
+their output lines and, where a column panel has few row tiles, the next panel's weights; every prefetch
+address stays inside its buffer for every task and k step (the last tasks clamp to their own); the results
+are those of the unscheduled build; the assembly holds `prefetchw` (VNNI targets carry +prfchw) and the
+k loop keeps its accumulators in registers."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+from tvm import relax, s_tir, tirx
+from tvm.sym.analyzer import Analyzer
+
+from ibert_tvm import ops, quant
+from ibert_tvm.relay_passes.pipeline import build, tunable_module
+from ibert_tvm.schedules import gemm_prefetch, x86
+from ibert_tvm.targets import host_cpu_features, resolve_target
+
+VNNI = resolve_target("x86-avx512vnni").target
+RUNS_VNNI = pytest.mark.skipif("avx512vnni" not in host_cpu_features(), reason="host CPU has no AVX-512 VNNI")
+RNG = np.random.default_rng(11)
+W = RNG.integers(-127, 128, (96, 128)).astype(np.int8)
+BIAS = RNG.integers(-10**5, 10**5, (96,)).astype(np.int32)
+REQ = quant.requant_dyadic(0.003, 0.05)
+
+
+def _linear_module(rows: int, batch: int = 2) -> tvm.IRModule:
+    """x int8 [batch, rows, 128] -> linear (96 outputs) -> requantize: one kernel with a per-task epilogue."""
+    x = relax.Var("x", relax.TensorType((batch, rows, 128), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            out = bb.emit_output(ops.requantize(ops.linear(x, W, BIAS), REQ.multiplier, REQ.shift))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _linear_kernel(rows: int, batch: int = 2) -> tirx.PrimFunc:
+    """The linear layer's PrimFunc scheduled for x86-avx512vnni (with its prefetches)."""
+    mod = tunable_module(_linear_module(rows, batch), VNNI)
+    [func] = [f for g, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "linear" in g.name_hint]
+    scheduled, strategy = x86.schedule_prim_func(func, VNNI)
+    assert strategy == "vnni_gemm"
+    return scheduled
+
+
+def _prefetches(func: tirx.PrimFunc) -> list[tuple[tirx.Call, Analyzer]]:
+    """Every `llvm.prefetch` call with an analyzer that knows the ranges of the loops around it."""
+    found = []
+
+    def walk(stmt, bounds: list[tirx.For]) -> None:
+        if isinstance(stmt, tirx.For):
+            walk(stmt.body, [*bounds, stmt])
+        elif isinstance(stmt, tirx.SeqStmt):
+            for s in stmt:
+                walk(s, bounds)
+        elif isinstance(stmt, tirx.IfThenElse):
+            walk(stmt.then_case, bounds)
+        elif isinstance(stmt, s_tir.SBlockRealize):
+            walk(stmt.block.body, bounds)
+        elif isinstance(stmt, tirx.Evaluate) and "prefetch" in str(stmt.value):
+            analyzer = Analyzer()
+            for loop in bounds:
+                analyzer.bind(loop.loop_var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
+            found.append((stmt.value, analyzer))
+
+    walk(func.body, [])
+    return found
+
+
+def _kinds(func: tirx.PrimFunc) -> dict[str, int]:
+    """Prefetch calls by kind: 'write' (rw = 1) and 'read'."""
+    kinds = {"write": 0, "read": 0}
+    for call, _ in _prefetches(func):
+        kinds["write" if int(call.args[-3]) == 1 else "read"] += 1
+    return kinds
+
+
+@pytest.fixture(scope="module")
+def few_row_tiles() -> tirx.PrimFunc:
+    return _linear_kernel(32)  # 4 row tiles of 8 per column panel (per sequence)
+
+
+def test_few_row_tiles_prefetch_outputs_and_the_next_panels_weights(few_row_tiles):
+    kinds = _kinds(few_row_tiles)
+    assert kinds["write"] > 0 and kinds["read"] > 0
+    assert gemm_prefetch.WEIGHTS not in few_row_tiles.script()  # the marks are consumed
+
+
+def test_many_row_tiles_prefetch_only_outputs():
+    kinds = _kinds(_linear_kernel(8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1)))
+    assert kinds["write"] > 0 and kinds["read"] == 0
+
+
+@pytest.mark.parametrize("batch", [1, 2])  # one sequence: the last panel's "next" would be past the weights
+def test_every_prefetch_address_is_inside_its_buffer(batch):
+    calls = _prefetches(_linear_kernel(32, batch))
+    assert calls
+    for call, analyzer in calls:
+        load = call.args[-4].args[0]  # address_of(buffer[indices])
+        for index, extent in zip(load.indices, load.source.ty.shape):
+            bound = analyzer.const_int_bound(index)
+            assert 0 <= bound.min_value and bound.max_value < int(extent), (call, bound)
+
+
+def test_unmarked_functions_are_unchanged():
+    func = tunable_module(_linear_module(32), VNNI)
+    for _, f in func.functions_items():
+        if isinstance(f, tirx.PrimFunc):
+            tvm.ir.assert_structural_equal(gemm_prefetch.add_prefetches(f), f)
+
+
+@RUNS_VNNI
+@pytest.mark.parametrize("rows", [32, 8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1)])
+def test_prefetching_build_is_bit_identical(rows):
+    x = RNG.integers(-128, 128, (2, rows, 128)).astype(np.int8)
+    mod = _linear_module(rows)
+    ref = relax.VirtualMachine(tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"), tvm.cpu())["main"]
+    got = relax.VirtualMachine(build(mod, VNNI), tvm.cpu())["main"]
+    np.testing.assert_array_equal(got(tvm.runtime.tensor(x)).numpy(), ref(tvm.runtime.tensor(x)).numpy())
+
+
+def _innermost_loops(asm: str) -> list[str]:
+    """The assembly of each innermost loop: from a label to the branch back to it, with no label between."""
+    loops = []
+    for match in re.finditer(r"^(\.LBB\w+):$", asm, re.M):
+        back = re.search(rf"^\s+j\w+\s+{re.escape(match.group(1))}$", asm[match.end():], re.M)
+        body = asm[match.end():match.end() + back.start()] if back else ""
+        if back and not re.search(r"^\.LBB\w+:$", body, re.M):
+            loops.append(body)
+    return loops
+
+
+def test_assembly_prefetches_for_write_and_keeps_the_accumulators_in_registers(few_row_tiles):
+    asm = tvm.compile(tvm.IRModule({"main": few_row_tiles.with_attr("global_symbol", "main")}),
+                      target=VNNI).mod.inspect_source("asm")
+    assert "prefetchw" in asm and "prefetcht1" in asm
+    k_loops = [body for body in _innermost_loops(asm) if "vpdpbusd" in body]
+    assert k_loops
+    for body in k_loops:  # accumulators leave their registers once per chunk of k steps at most, not every step
+        stores = len(re.findall(r"vmovdqu64\s+%zmm\d+, \S*\(", body))
+        assert stores <= body.count("vpdpbusd") // 8, body
