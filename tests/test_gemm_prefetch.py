@@ -1,5 +1,6 @@
-"""GEMM prefetches (schedules/gemm_prefetch.py, marked by schedules/x86.py): a linear layer's tasks prefetch
-their output lines and, where a column panel has few row tiles, the next panel's weights; every prefetch
+"""GEMM prefetches (schedules/gemm_prefetch.py, marked by schedules/x86.py): a VNNI linear layer's tasks
+prefetch their output lines and, where a column panel has few row tiles, the next panel's weights (AMX tile
+blocks nothing); every prefetch
 address stays inside its buffer for every task and k step (the last tasks clamp to their own); the results
 are those of the unscheduled build; the assembly holds `prefetchw` (VNNI targets carry +prfchw) and the
 k loop keeps its accumulators in registers."""
@@ -39,12 +40,13 @@ def _linear_module(rows: int, batch: int = 2) -> tvm.IRModule:
     return bb.get()
 
 
-def _linear_kernel(rows: int, batch: int = 2) -> tirx.PrimFunc:
-    """The linear layer's PrimFunc scheduled for x86-avx512vnni (with its prefetches)."""
-    mod = tunable_module(_linear_module(rows, batch), VNNI)
+def _linear_kernel(rows: int, batch: int = 2, target: tvm.target.Target = VNNI, strategy: str = "vnni_gemm"
+                   ) -> tirx.PrimFunc:
+    """The linear layer's PrimFunc scheduled for `target` (x86-avx512vnni: with its prefetches)."""
+    mod = tunable_module(_linear_module(rows, batch), target)
     [func] = [f for g, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "linear" in g.name_hint]
-    scheduled, strategy = x86.schedule_prim_func(func, VNNI)
-    assert strategy == "vnni_gemm"
+    scheduled, used = x86.schedule_prim_func(func, target)
+    assert used == strategy
     return scheduled
 
 
@@ -94,6 +96,11 @@ def test_few_row_tiles_prefetch_outputs_and_the_next_panels_weights(few_row_tile
 def test_many_row_tiles_prefetch_only_outputs():
     kinds = _kinds(_linear_kernel(8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1)))
     assert kinds["write"] > 0 and kinds["read"] == 0
+
+
+def test_amx_tile_blocks_prefetch_nothing():  # measured slower with the output prefetches
+    assert _kinds(_linear_kernel(32, target=resolve_target("x86-amx").target, strategy="amx_gemm")) == \
+        {"write": 0, "read": 0}
 
 
 @pytest.mark.parametrize("batch", [1, 2])  # one sequence: the last panel's "next" would be past the weights
