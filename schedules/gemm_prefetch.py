@@ -1,7 +1,7 @@
 """Software prefetches for the x86 linear-layer GEMMs: what a task will need, asked for while it computes.
 
 In a model run a linear layer's weights come from the shared cache (eleven other layers pass between two
-calls of it), and so do the lines of its output buffer (last touched by other kernels, on either core).
+calls of it), and so do the lines of a kernel's output buffer (last touched by other kernels, on either core).
 The tasks of one column panel run in a row on one core: the first reads the panel from the shared cache,
 stalling on every k step, the others find it in L2; each task stores its output tile at its end, and each
 store waits for its line. `schedules/x86.py` marks the loops, and `add_prefetches` writes:
@@ -11,7 +11,10 @@ store waits for its line. `schedules/x86.py` marks the loops, and `add_prefetche
 - at the top of each chunk of the k loop (`WEIGHT_STEP`), prefetches into L2 of the same k steps of the next
   column panel's weights, so that the next panel streams in while this one is computed from cache. Its column
   blocks are shared out among this panel's row tiles but the first (`WEIGHTS`: row tiles per panel), whose
-  own weights are still arriving.
+  own weights are still arriving;
+- in a batched GEMM (Q K^T, P V: one task per head and column tile, its row tiles a loop inside, the epilogue
+  after that loop), at the top of each row tile (`ROWS`: its rows), write prefetches of those rows' output
+  lines, which the epilogue then finds owned: Q K^T's int32 scores are 0.8 MB per layer.
 
 Prefetches never change a result. What they bought on BERT-base is in the README (`bench/kernel_ab.py`).
 """
@@ -22,11 +25,12 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
-__all__ = ["OUTPUT", "WEIGHTS", "WEIGHT_STEP", "add_prefetches"]
+__all__ = ["OUTPUT", "ROWS", "WEIGHTS", "WEIGHT_STEP", "add_prefetches"]
 
 OUTPUT = "ibert.prefetch_output_tasks_ahead"  # on the task loop: tasks ahead
 WEIGHTS = "ibert.prefetch_weights_row_tiles"  # on the task loop: consecutive tasks that share a column panel
 WEIGHT_STEP = "ibert.prefetch_weights_here"  # on the outer loop of a k split
+ROWS = "ibert.prefetch_output_rows"  # on the serial row-tile loop of a batched task: rows per row tile
 LINE_BYTES = 64
 
 
@@ -66,22 +70,29 @@ def _bytes(buffer: tirx.Var, elements: int = 1) -> int:
     return elements * tvm.DataType(buffer.ty.dtype).bits // 8
 
 
-def _output_prefetches(stage: tirx.Stmt, params: list[tirx.Var], task: dict) -> tirx.Stmt | None:
+def _output_prefetches(stage: tirx.Stmt, params: list[tirx.Var], at: dict, rows: int = 0,
+                       first_row: tirx.Expr | None = None) -> tirx.Stmt | None:
     """Write prefetches of the lines that `stage` (loops around one spatial block that writes a function
-    parameter) stores to, in the task that `task` maps the task variable to; None for any other stage. The
-    innermost (vector) loop becomes its first and last element and one element per line between."""
+    parameter) stores to, with the variables that `at` maps replaced; None for any other stage. The innermost
+    (vector) loop becomes its first and last element and one element per line between. With `rows`, the
+    stage's outermost loop (its rows) becomes that many rows from `first_row` on (clamped to its range)."""
     loops, realize = _loop_nest(stage)
-    if not loops or not isinstance(realize, s_tir.SBlockRealize) or len(realize.block.writes) != 1:
+    if len(loops) < 1 + bool(rows) or not isinstance(realize, s_tir.SBlockRealize) or len(realize.block.writes) != 1:
         return None
     written = realize.block.writes[0]
     if any(int(v.iter_type) != 0 for v in realize.block.iter_vars) or not _is_param(written.source, params):
         return None  # a reduction (the GEMM's own update), or a store to a buffer of this function
-    indices = [_substitute(i, task) for i in _first_indices(realize, written)]
+    indices = [_substitute(i, at) for i in _first_indices(realize, written)]
     inner, extent = loops[-1], int(loops[-1].extent)
     per_line = max(1, LINE_BYTES // _bytes(written.source))
-    body = _seq([_prefetch(written.source, [_substitute(i, {inner.loop_var: inner.min + offset}) for i in indices],
-                           True, 3) for offset in sorted({*range(0, extent, per_line), extent - 1})])
-    for loop in reversed(loops[:-1]):
+    offsets = sorted({*range(0, extent, per_line), extent - 1})
+    first = loops[0]
+    row_values = [tirx.min(first_row + r, first.min + first.extent - 1) for r in range(rows)] or [None]
+    body = _seq([_prefetch(written.source, [_substitute(i, {inner.loop_var: inner.min + offset,
+                                                            **({first.loop_var: row} if rows else {})})
+                                            for i in indices], True, 3)
+                 for row in row_values for offset in offsets])
+    for loop in reversed(loops[bool(rows):-1]):
         body = tirx.For(loop.loop_var, loop.min, loop.extent, tirx.ForKind.SERIAL, body)
     return body
 
@@ -138,4 +149,20 @@ def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
         annotations = {k: v for k, v in loop.annotations.items() if k not in (OUTPUT, WEIGHTS)}
         return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, annotations)
 
-    return func.with_body(tvm_ffi.structural_map(func.body, (tirx.For, rewrite_task), order="post"))
+    def rewrite_rows(task: tirx.For) -> tirx.For:
+        stages = list(task.body) if isinstance(task.body, tirx.SeqStmt) else []
+        marked = [i for i, stage in enumerate(stages) if isinstance(stage, tirx.For) and ROWS in stage.annotations]
+        if not marked:
+            return task
+        row_loop = stages[marked[0]]
+        rows = int(row_loop.annotations[ROWS])
+        found = _output_prefetches(stages[-1], params, {}, rows, row_loop.loop_var * rows)
+        stages[marked[0]] = tirx.For(row_loop.loop_var, row_loop.min, row_loop.extent, row_loop.kind,
+                                     row_loop.body if found is None else tirx.SeqStmt([found, row_loop.body]),
+                                     row_loop.thread_binding,
+                                     {k: v for k, v in row_loop.annotations.items() if k != ROWS})
+        return tirx.For(task.loop_var, task.min, task.extent, task.kind, tirx.SeqStmt(stages), task.thread_binding,
+                        task.annotations)
+
+    body = tvm_ffi.structural_map(func.body, (tirx.For, rewrite_task), order="post")
+    return func.with_body(tvm_ffi.structural_map(body, (tirx.For, rewrite_rows), order="post"))

@@ -75,7 +75,8 @@ MAX_ROWS = 8  # register tile: at most this many rows ...
 MAX_COLUMN_BLOCKS = 8  # ... and this many vector-wide column blocks
 VECTOR_REGISTERS = {64: 32, 32: 16, 16: 16}  # vector bytes -> architectural vector registers (zmm / ymm / xmm)
 #: a linear layer's task prefetches the output lines of the task this many ahead (`gemm_prefetch.py`):
-#: 2 and 4 measured alike on BERT-base's linear layers, 1 and 8 slower; 0 turns it off
+#: 2 and 4 measured alike on BERT-base's linear layers, 1 and 8 slower; 0 turns the output prefetches off
+#: (also those of the batched GEMMs, whose row tiles each prefetch their own rows' output lines)
 OUTPUT_PREFETCH_TASKS = 2
 #: ... and, where a column panel has at most WEIGHT_PREFETCH_ROW_TILES row tiles (32 to 64 tokens; at 128,
 #: 16 row tiles, the few tasks that wait on memory cost less than the k split costs all), the next panel's
@@ -510,6 +511,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     sch.parallel(tile)
     if prefetch and not batch:
         ko = _mark_prefetches(sch, tile, ko, row_tiles, per_tile)
+    if prefetch and batch and per_tile and len(lead) == 1 and OUTPUT_PREFETCH_TASKS:  # each row tile: its rows
+        sch.annotate(rows_outer[0], gemm_prefetch.ROWS, factors[0])
     for block in epilogue if per_tile else ():
         _vectorize_inner(sch, block, _epilogue_lanes(sch, block, vbytes))
     for block in prologue if batch else ():

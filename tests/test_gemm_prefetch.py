@@ -1,6 +1,6 @@
 """GEMM prefetches (schedules/gemm_prefetch.py, marked by schedules/x86.py): a VNNI linear layer's tasks
-prefetch their output lines and, where a column panel has few row tiles, the next panel's weights (AMX tile
-blocks nothing); every prefetch
+prefetch their output lines and, where a column panel has few row tiles, the next panel's weights; a batched
+GEMM's row tiles their rows' output lines; AMX tile blocks nothing; every prefetch
 address stays inside its buffer for every task and k step (the last tasks clamp to their own); the results
 are those of the unscheduled build; the assembly holds `prefetchw` (VNNI targets carry +prfchw) and the
 k loop keeps its accumulators in registers."""
@@ -38,6 +38,25 @@ def _linear_module(rows: int, batch: int = 2) -> tvm.IRModule:
             out = bb.emit_output(ops.requantize(ops.linear(x, W, BIAS), REQ.multiplier, REQ.shift))
         bb.emit_func_output(out)
     return bb.get()
+
+
+def _qk_module() -> tvm.IRModule:
+    """Q K^T of 2 heads, 24 queries x 32 keys x 64: a batched GEMM whose tasks run their row tiles in a loop."""
+    a = relax.Var("a", relax.TensorType((1, 2, 24, 64), "int8"))
+    b = relax.Var("b", relax.TensorType((1, 2, 32, 64), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [a, b]):
+        with bb.dataflow():
+            out = bb.emit_output(ops.matmul(a, b, transpose_b=True))
+        bb.emit_func_output(out)
+    return bb.get()
+
+
+def _qk_kernel() -> tirx.PrimFunc:
+    [func] = [f for _, f in tunable_module(_qk_module(), VNNI).functions_items() if isinstance(f, tirx.PrimFunc)]
+    scheduled, used = x86.schedule_prim_func(func, VNNI)
+    assert used == "vnni_gemm"
+    return scheduled
 
 
 def _linear_kernel(rows: int, batch: int = 2, target: tvm.target.Target = VNNI, strategy: str = "vnni_gemm"
@@ -103,9 +122,17 @@ def test_amx_tile_blocks_prefetch_nothing():  # measured slower with the output 
         {"write": 0, "read": 0}
 
 
-@pytest.mark.parametrize("batch", [1, 2])  # one sequence: the last panel's "next" would be past the weights
-def test_every_prefetch_address_is_inside_its_buffer(batch):
-    calls = _prefetches(_linear_kernel(32, batch))
+def test_batched_gemm_row_tiles_prefetch_their_output_rows():
+    kernel = _qk_kernel()
+    kinds = _kinds(kernel)
+    assert kinds["write"] > 0 and kinds["read"] == 0 and gemm_prefetch.ROWS not in kernel.script()
+
+
+# one sequence: the last panel's "next" would lie past the weights; the batched GEMM's last rows past the output
+@pytest.mark.parametrize("kernel", [lambda: _linear_kernel(32, 1), lambda: _linear_kernel(32, 2), _qk_kernel],
+                         ids=["linear-1-sequence", "linear-2-sequences", "batched-qk"])
+def test_every_prefetch_address_is_inside_its_buffer(kernel):
+    calls = _prefetches(kernel())
     assert calls
     for call, analyzer in calls:
         load = call.args[-4].args[0]  # address_of(buffer[indices])
@@ -122,13 +149,14 @@ def test_unmarked_functions_are_unchanged():
 
 
 @RUNS_VNNI
-@pytest.mark.parametrize("rows", [32, 8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1)])
+@pytest.mark.parametrize("rows", [32, 8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1), 0], ids=["32", "72", "batched-qk"])
 def test_prefetching_build_is_bit_identical(rows):
-    x = RNG.integers(-128, 128, (2, rows, 128)).astype(np.int8)
-    mod = _linear_module(rows)
+    mod = _linear_module(rows) if rows else _qk_module()
+    inputs = [RNG.integers(-128, 128, [int(d) for d in p.ty.shape]).astype(np.int8) for p in mod["main"].params]
     ref = relax.VirtualMachine(tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"), tvm.cpu())["main"]
     got = relax.VirtualMachine(build(mod, VNNI), tvm.cpu())["main"]
-    np.testing.assert_array_equal(got(tvm.runtime.tensor(x)).numpy(), ref(tvm.runtime.tensor(x)).numpy())
+    np.testing.assert_array_equal(got(*map(tvm.runtime.tensor, inputs)).numpy(),
+                                  ref(*map(tvm.runtime.tensor, inputs)).numpy())
 
 
 def _innermost_loops(asm: str) -> list[str]:
