@@ -1,16 +1,20 @@
-"""A/B of one pipeline pass: the integer program built with and without it, timed alternately in one process.
+"""A/B of one pipeline pass or schedule constant: the integer program built both ways, timed alternately.
 
     .venv/bin/python bench/pass_ab.py --pass FuseSiblingLinears --model bert-base --shape 1x32 --rounds 20
     .venv/bin/python bench/pass_ab.py --pass DropIdentityRequantize --shape 1x128 --target x86-avx512vnni
+    .venv/bin/python bench/pass_ab.py --constant x86.WEIGHT_PREFETCH_K_STEPS=0 --shape 1x32 --target x86-avx512vnni
 
 Run-to-run spread on a shared host is larger than a few-percent change, so both builds run in the same process,
 on the same inputs, alternating: each round times 10 calls of each and keeps their median; the figure is the
-median over rounds. "Without" replaces the pass named in `relay_passes/pipeline.py` by a no-op.
+median over rounds. With `--pass`, "without" replaces the pass named in `relay_passes/pipeline.py` by a no-op;
+with `--constant MODULE.NAME=VALUE`, "without" is built with that integer constant of `schedules/MODULE.py`.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import re
 import time
 
 import numpy as np
@@ -28,23 +32,39 @@ def _runner(model, batch: int, seq: int, target: str):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pass", dest="name", required=True, help="a pass class named in relay_passes/pipeline.py")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--pass", dest="name", help="a pass class named in relay_passes/pipeline.py")
+    what.add_argument("--constant", help="MODULE.NAME=VALUE: an integer constant of schedules/MODULE.py")
     parser.add_argument("--model", default="bert-base")
     parser.add_argument("--shape", default="1x32", help="BATCHxSEQ")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--target", default="llvm", help="a target name of `ibert-tvm targets` (default: this host)")
     args = parser.parse_args()
-    if not isinstance(getattr(pipeline, args.name, None), type):
-        raise SystemExit(f"relay_passes/pipeline.py names no pass {args.name!r}")
+    if args.name:
+        if not isinstance(getattr(pipeline, args.name, None), type):
+            raise SystemExit(f"relay_passes/pipeline.py names no pass {args.name!r}")
+        noop = tvm.transform.module_pass(lambda mod, _ctx: mod, opt_level=0, name=f"No{args.name}")
+        owner, attribute, changed = pipeline, args.name, lambda *a, **k: noop
+    else:
+        match = re.fullmatch(r"(\w+)\.(\w+)=(-?\d+)", args.constant)
+        try:
+            owner = importlib.import_module(f"ibert_tvm.schedules.{match.group(1)}") if match else None
+        except ModuleNotFoundError:
+            owner = None
+        if owner is None or not isinstance(getattr(owner, match.group(2), None), int):
+            raise SystemExit(f"--constant {args.constant!r}: not MODULE.NAME=INTEGER for an int constant in schedules/")
+        attribute, changed = match.group(2), int(match.group(3))
     batch, seq = map(int, args.shape.split("x"))
     model = load_model(args.model)
-    runs = {"with": _runner(model, batch, seq, args.target)}
-    noop = tvm.transform.module_pass(lambda mod, _ctx: mod, opt_level=0, name=f"No{args.name}")
-    original, pipeline.__dict__[args.name] = pipeline.__dict__[args.name], lambda *a, **k: noop
+    original = getattr(owner, attribute)
+    labels = ((f"with {args.name}", f"without {args.name}") if args.constant is None else
+              (f"{args.constant.split('=')[0]}={original}", args.constant))
+    runs = {labels[0]: _runner(model, batch, seq, args.target)}
+    setattr(owner, attribute, changed)
     try:
-        runs["without"] = _runner(model, batch, seq, args.target)
+        runs[labels[1]] = _runner(model, batch, seq, args.target)
     finally:
-        pipeline.__dict__[args.name] = original
+        setattr(owner, attribute, original)
     medians: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
@@ -56,7 +76,7 @@ def main() -> int:
                 times.append(time.perf_counter() - start)
             medians[name].append(1e3 * float(np.median(times)))
     for name, values in medians.items():
-        print(f"{args.model} {args.shape} {name:7s} {args.name}: median {np.median(values):.2f} ms "
+        print(f"{args.model} {args.shape} {name}: median {np.median(values):.2f} ms "
               f"(rounds {len(values)}, min {min(values):.2f})")
     return 0
 
