@@ -96,10 +96,13 @@ def _timer(kernel: Kernel, cold_bytes: int, cold: bool) -> Callable[[int], float
                 args[i] = tvm.runtime.tensor(arrays[i])
             copies.append(args)
 
+    position = [0]  # the rotation goes on across rounds, so that a round never starts on copies still in cache
+
     def run(calls: int) -> float:
         start = time.perf_counter()
-        for k in range(calls):
-            fn(*copies[k % len(copies)])
+        for _ in range(calls):
+            fn(*copies[position[0]])
+            position[0] = (position[0] + 1) % len(copies)
         return (time.perf_counter() - start) / calls
 
     return run
@@ -111,8 +114,9 @@ def _calls_for(seconds: float) -> int:
 
 
 def _median_times(timers: list[Callable[[int], float]], rounds: int) -> list[float]:
-    """Each timer's median over `rounds`, the timers alternating within each round."""
-    counts = [_calls_for(t(1)) for t in timers]
+    """Each timer's median over `rounds`, the timers alternating within each round, the same number of calls
+    each (the slower one's count)."""
+    counts = [min(_calls_for(t(1)) for t in timers)] * len(timers)
     samples: list[list[float]] = [[] for _ in timers]
     for _ in range(rounds):
         for timer, count, out in zip(timers, counts, samples):
@@ -156,6 +160,8 @@ def main() -> int:
     group.add_argument("--save", type=Path, help="keep each kernel's library and arguments in this directory")
     group.add_argument("--against", type=Path, help="time a --save directory's kernels (A) against these (B)")
     args = parser.parse_args()
+    if args.cold and not args.against:
+        parser.error("--cold goes with --against (without it, both hot and cold are timed)")
 
     configure_threads()  # one TVM thread per core, as a compiled model runs
     spec = resolve_target(args.target)
@@ -195,7 +201,8 @@ def main() -> int:
         print(f"[{n}/{len(selected)}] {name[:60]:60s} {row['a_us']:9.1f} {row['b_us']:9.1f} us", flush=True)
 
     a_name, b_name = ("A (saved)", "B (this)") if args.against else ("hot", "cold")
-    print(f"\n{args.model} {args.shape} on {spec.name}: microseconds per call, median of {args.rounds} rounds")
+    how = f", {'cold' if args.cold else 'hot'}" if args.against else ""
+    print(f"\n{args.model} {args.shape} on {spec.name}: microseconds per call, median of {args.rounds} rounds{how}")
     print(f"{'kernel':60s} {'calls':>5s} {a_name:>10s} {b_name:>10s} {'B/A' if args.against else 'cold/hot':>8s}")
     for row in sorted(rows, key=lambda r: -r["a_us"] * r["calls"]):
         print(f"{row['kernel'][:60]:60s} {row['calls']:5d} {row['a_us']:10.1f} {row['b_us']:10.1f} "

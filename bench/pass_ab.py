@@ -57,6 +57,8 @@ def main() -> int:
     batch, seq = map(int, args.shape.split("x"))
     model = load_model(args.model)
     original = getattr(owner, attribute)
+    if args.constant is not None and changed == original:
+        raise SystemExit(f"--constant {args.constant!r}: that is its value already; name another")
     labels = ((f"with {args.name}", f"without {args.name}") if args.constant is None else
               (f"{args.constant.split('=')[0]}={original}", args.constant))
     runs = {labels[0]: _runner(model, batch, seq, args.target)}

@@ -117,7 +117,7 @@ def _x86(mcpu: str, mattr: list[str] | None = None) -> Target:
     """A fixed x86-64 feature level: LLVM's generic level CPUs (x86-64-v3: AVX2; x86-64-v4: AVX-512) plus the
     int8 features named, so the code runs on every CPU that has them, whichever vendor. Where those include
     VNNI, `prefetchw` too (every CPU with VNNI has it, and the levels leave it out): without it LLVM emits the
-    GEMMs' output prefetches (`schedules/output_prefetch.py`) as read prefetches, which do not take the lines
+    GEMMs' output prefetches (`schedules/gemm_prefetch.py`) as read prefetches, which do not take the lines
     for writing."""
     mattr = [*(mattr or []), *(["+prfchw"] if any("vnni" in m for m in mattr or []) else [])]
     return Target({"kind": "llvm", "mcpu": mcpu, **({"mattr": mattr} if mattr else {})})

@@ -54,6 +54,9 @@ def _first_indices(realize: s_tir.SBlockRealize, region) -> list[tirx.Expr]:
 
 
 def _prefetch(buffer: tirx.Var, indices: list[tirx.Expr], write: bool, locality: int) -> tirx.Stmt:
+    """One prefetch of `buffer[indices]`, each index clamped to its dimension (a vector padded past the
+    buffer's end, under its block's predicate, asks for the last line instead of a line beyond)."""
+    indices = [tirx.min(i, int(extent) - 1) for i, extent in zip(indices, buffer.ty.shape)]
     address = tirx.call_intrin("handle", "tirx.address_of", tirx.BufferLoad(buffer, indices))
     return tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, int(write), locality, 1))
 
@@ -67,7 +70,7 @@ def _is_param(buffer: tirx.Var, params: list[tirx.Var]) -> bool:
 
 
 def _bytes(buffer: tirx.Var, elements: int = 1) -> int:
-    return elements * tvm.DataType(buffer.ty.dtype).bits // 8
+    return max(1, elements * tvm.DataType(buffer.ty.dtype).bits // 8)
 
 
 def _output_prefetches(stage: tirx.Stmt, params: list[tirx.Var], at: dict, rows: int = 0,
@@ -150,13 +153,13 @@ def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, annotations)
 
     def rewrite_rows(task: tirx.For) -> tirx.For:
-        stages = list(task.body) if isinstance(task.body, tirx.SeqStmt) else []
+        stages = list(task.body) if isinstance(task.body, tirx.SeqStmt) else [task.body]
         marked = [i for i, stage in enumerate(stages) if isinstance(stage, tirx.For) and ROWS in stage.annotations]
         if not marked:
             return task
         row_loop = stages[marked[0]]
         rows = int(row_loop.annotations[ROWS])
-        found = _output_prefetches(stages[-1], params, {}, rows, row_loop.loop_var * rows)
+        found = _output_prefetches(stages[-1], params, {}, rows, row_loop.loop_var * rows) if len(stages) > 1 else None
         stages[marked[0]] = tirx.For(row_loop.loop_var, row_loop.min, row_loop.extent, row_loop.kind,
                                      row_loop.body if found is None else tirx.SeqStmt([found, row_loop.body]),
                                      row_loop.thread_binding,

@@ -478,7 +478,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
 
     `tile` (row factors, NR) overrides the vector-register tile. With `prefetch`, a linear layer's tasks
     prefetch their output lines (`gemm_prefetch.py`) and, where a panel has few row tiles, the next panel's
-    weights, the k loop split in chunks for them (the VNNI and AVX2 GEMMs: BERT-base 1.5 to 6 % faster on
+    weights, the k loop split in chunks for them; a batched GEMM's row tiles prefetch their rows' output
+    lines (the VNNI and AVX2 GEMMs: BERT-base 1.5 to 6 % faster on
     both; the AMX tile blocks ran 2 to 4 % slower with the output prefetches, so they go without).
     Returns (k outer loop, row loops, column-block loop, `width` loop, k inner loop), the inner ones in
     that order under the k outer loop (the k outer loop is the chunk loop where weights are prefetched).
@@ -511,7 +512,7 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     sch.parallel(tile)
     if prefetch and not batch:
         ko = _mark_prefetches(sch, tile, ko, row_tiles, per_tile)
-    if prefetch and batch and per_tile and len(lead) == 1 and OUTPUT_PREFETCH_TASKS:  # each row tile: its rows
+    if prefetch and batch and per_tile and len(lead) == 1 and OUTPUT_PREFETCH_TASKS > 0:  # row tiles: their rows
         sch.annotate(rows_outer[0], gemm_prefetch.ROWS, factors[0])
     for block in epilogue if per_tile else ():
         _vectorize_inner(sch, block, _epilogue_lanes(sch, block, vbytes))
@@ -526,12 +527,14 @@ def _mark_prefetches(sch: s_tir.Schedule, tile: s_tir.LoopRV, ko: s_tir.LoopRV, 
                      ) -> s_tir.LoopRV:
     """Mark a linear layer's task loop for `gemm_prefetch.add_prefetches`: its output lines (where the
     epilogue runs per task) and, with few row tiles per panel, the next panel's weights at the top of each
-    chunk of the k loop (split here). Returns the loop that is now the k outer loop."""
-    if outputs and OUTPUT_PREFETCH_TASKS:
+    chunk of the k loop (split here; where K/group has no divisor of at least half the chunk, no split and no
+    weight prefetch: the accumulators would leave their registers too often). Returns the k outer loop."""
+    if outputs and OUTPUT_PREFETCH_TASKS > 0:
         sch.annotate(tile, gemm_prefetch.OUTPUT, OUTPUT_PREFETCH_TASKS)
-    if 1 < row_tiles <= WEIGHT_PREFETCH_ROW_TILES and WEIGHT_PREFETCH_K_STEPS:
+    chunk = _divisor_at_most(_extent(sch, ko), WEIGHT_PREFETCH_K_STEPS) if WEIGHT_PREFETCH_K_STEPS > 0 else 0
+    if 1 < row_tiles <= WEIGHT_PREFETCH_ROW_TILES and chunk and chunk >= WEIGHT_PREFETCH_K_STEPS // 2:
         sch.annotate(tile, gemm_prefetch.WEIGHTS, row_tiles)
-        ko = sch.split(ko, [None, _divisor_at_most(_extent(sch, ko), WEIGHT_PREFETCH_K_STEPS)])[0]
+        ko = sch.split(ko, [None, chunk])[0]
         sch.annotate(ko, gemm_prefetch.WEIGHT_STEP, 1)
     return ko
 

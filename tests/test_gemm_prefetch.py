@@ -24,18 +24,19 @@ from ibert_tvm.targets import host_cpu_features, resolve_target
 VNNI = resolve_target("x86-avx512vnni").target
 RUNS_VNNI = pytest.mark.skipif("avx512vnni" not in host_cpu_features(), reason="host CPU has no AVX-512 VNNI")
 RNG = np.random.default_rng(11)
-W = RNG.integers(-127, 128, (96, 128)).astype(np.int8)
-BIAS = RNG.integers(-10**5, 10**5, (96,)).astype(np.int32)
+WEIGHTS = {n: RNG.integers(-127, 128, (n, 128)).astype(np.int8) for n in (96, 148)}  # 148: padded vectors
+BIASES = {n: RNG.integers(-10**5, 10**5, (n,)).astype(np.int32) for n in (96, 148)}
 REQ = quant.requant_dyadic(0.003, 0.05)
 
 
-def _linear_module(rows: int, batch: int = 2) -> tvm.IRModule:
-    """x int8 [batch, rows, 128] -> linear (96 outputs) -> requantize: one kernel with a per-task epilogue."""
+def _linear_module(rows: int, batch: int = 2, outputs: int = 96) -> tvm.IRModule:
+    """x int8 [batch, rows, 128] -> linear -> requantize: one kernel with a per-task epilogue."""
     x = relax.Var("x", relax.TensorType((batch, rows, 128), "int8"))
     bb = relax.BlockBuilder()
     with bb.function("main", [x]):
         with bb.dataflow():
-            out = bb.emit_output(ops.requantize(ops.linear(x, W, BIAS), REQ.multiplier, REQ.shift))
+            out = bb.emit_output(ops.requantize(ops.linear(x, WEIGHTS[outputs], BIASES[outputs]), REQ.multiplier,
+                                                REQ.shift))
         bb.emit_func_output(out)
     return bb.get()
 
@@ -59,18 +60,18 @@ def _qk_kernel() -> tirx.PrimFunc:
     return scheduled
 
 
-def _linear_kernel(rows: int, batch: int = 2, target: tvm.target.Target = VNNI, strategy: str = "vnni_gemm"
-                   ) -> tirx.PrimFunc:
+def _linear_kernel(rows: int, batch: int = 2, target: tvm.target.Target = VNNI, strategy: str = "vnni_gemm",
+                   outputs: int = 96) -> tirx.PrimFunc:
     """The linear layer's PrimFunc scheduled for `target` (x86-avx512vnni: with its prefetches)."""
-    mod = tunable_module(_linear_module(rows, batch), target)
+    mod = tunable_module(_linear_module(rows, batch, outputs), target)
     [func] = [f for g, f in mod.functions_items() if isinstance(f, tirx.PrimFunc) and "linear" in g.name_hint]
     scheduled, used = x86.schedule_prim_func(func, target)
     assert used == strategy
     return scheduled
 
 
-def _prefetches(func: tirx.PrimFunc) -> list[tuple[tirx.Call, Analyzer]]:
-    """Every `llvm.prefetch` call with an analyzer that knows the ranges of the loops around it."""
+def _prefetches(func: tirx.PrimFunc) -> list[tuple[tirx.Call, Analyzer, list[tirx.For]]]:
+    """Every `llvm.prefetch` call with an analyzer that knows the ranges of the loops around it, and those."""
     found = []
 
     def walk(stmt, bounds: list[tirx.For]) -> None:
@@ -87,7 +88,7 @@ def _prefetches(func: tirx.PrimFunc) -> list[tuple[tirx.Call, Analyzer]]:
             analyzer = Analyzer()
             for loop in bounds:
                 analyzer.bind(loop.loop_var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
-            found.append((stmt.value, analyzer))
+            found.append((stmt.value, analyzer, bounds))
 
     walk(func.body, [])
     return found
@@ -96,7 +97,7 @@ def _prefetches(func: tirx.PrimFunc) -> list[tuple[tirx.Call, Analyzer]]:
 def _kinds(func: tirx.PrimFunc) -> dict[str, int]:
     """Prefetch calls by kind: 'write' (rw = 1) and 'read'."""
     kinds = {"write": 0, "read": 0}
-    for call, _ in _prefetches(func):
+    for call, _, _ in _prefetches(func):
         kinds["write" if int(call.args[-3]) == 1 else "read"] += 1
     return kinds
 
@@ -110,6 +111,31 @@ def test_few_row_tiles_prefetch_outputs_and_the_next_panels_weights(few_row_tile
     kinds = _kinds(few_row_tiles)
     assert kinds["write"] > 0 and kinds["read"] > 0
     assert gemm_prefetch.WEIGHTS not in few_row_tiles.script()  # the marks are consumed
+
+
+def _at_task(call: tirx.Call, loops: list[tirx.For], task: tirx.For, value: int) -> list[int]:
+    """The prefetched element's indices with the task loop at `value` and every other loop at its start."""
+    values = {loop.loop_var: loop.min for loop in loops}
+    values[task.loop_var] = tirx.const(value, "int64")
+    indices = tvm_ffi.structural_map(list(call.args[-4].args[0].indices),
+                                     (tirx.Var, lambda var: values.get(var, var)), order="post")
+    return [int(Analyzer().simplify(i)) for i in indices]
+
+
+def test_prefetches_ask_for_the_task_ahead_and_the_next_panel(few_row_tiles):
+    """The 2 x 32 x 96 layer: tasks are (sequence, column tile of 48, row tile of 8), row tiles inner.
+    Task 0's output prefetches are the rows of task OUTPUT_PREFETCH_TASKS (row tile 2: rows 16-23) in column
+    tile 0; panel 0's weight prefetches are the next panel's column blocks 3-5, not its own 0-2."""
+    calls = _prefetches(few_row_tiles)
+    task = next(loop for loop in calls[0][2] if loop.kind == tirx.ForKind.PARALLEL)
+    blocks = set()
+    for call, _, loops in calls:
+        if int(call.args[-3]) == 1:  # output [sequence, row, column]
+            sequence, row, column = _at_task(call, loops, task, 0)
+            assert (sequence, row // 8, column // 48) == (0, x86.OUTPUT_PREFETCH_TASKS, 0)
+        else:  # weight [column block, k, lane, group]; each block's prefetch runs in one row tile (its guard)
+            blocks.add(_at_task(call, loops, task, 1)[0])
+    assert blocks == {3, 4, 5}
 
 
 def test_many_row_tiles_prefetch_only_outputs():
@@ -129,12 +155,13 @@ def test_batched_gemm_row_tiles_prefetch_their_output_rows():
 
 
 # one sequence: the last panel's "next" would lie past the weights; the batched GEMM's last rows past the output
-@pytest.mark.parametrize("kernel", [lambda: _linear_kernel(32, 1), lambda: _linear_kernel(32, 2), _qk_kernel],
-                         ids=["linear-1-sequence", "linear-2-sequences", "batched-qk"])
+@pytest.mark.parametrize("kernel", [lambda: _linear_kernel(32, 1), lambda: _linear_kernel(32, 2),
+                                    lambda: _linear_kernel(32, 2, outputs=148), _qk_kernel],
+                         ids=["linear-1-sequence", "linear-2-sequences", "linear-padded-columns", "batched-qk"])
 def test_every_prefetch_address_is_inside_its_buffer(kernel):
     calls = _prefetches(kernel())
     assert calls
-    for call, analyzer in calls:
+    for call, analyzer, _ in calls:
         load = call.args[-4].args[0]  # address_of(buffer[indices])
         for index, extent in zip(load.indices, load.source.ty.shape):
             bound = analyzer.const_int_bound(index)
@@ -149,9 +176,10 @@ def test_unmarked_functions_are_unchanged():
 
 
 @RUNS_VNNI
-@pytest.mark.parametrize("rows", [32, 8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1), 0], ids=["32", "72", "batched-qk"])
-def test_prefetching_build_is_bit_identical(rows):
-    mod = _linear_module(rows) if rows else _qk_module()
+@pytest.mark.parametrize("rows, outputs", [(32, 96), (8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1), 96), (32, 148),
+                                           (0, 0)], ids=["32", "72", "padded-columns", "batched-qk"])
+def test_prefetching_build_is_bit_identical(rows, outputs):
+    mod = _linear_module(rows, outputs=outputs) if rows else _qk_module()
     inputs = [RNG.integers(-128, 128, [int(d) for d in p.ty.shape]).astype(np.int8) for p in mod["main"].params]
     ref = relax.VirtualMachine(tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"), tvm.cpu())["main"]
     got = relax.VirtualMachine(build(mod, VNNI), tvm.cpu())["main"]
