@@ -37,7 +37,7 @@ from tvm import relax, tirx
 
 from bench_peers import kernel_kind, load_model, quantized
 from ibert_tvm.relay_passes.pipeline import tunable_module
-from ibert_tvm.schedules import schedules_for
+from ibert_tvm.schedules import gemm_prefetch, schedules_for
 from ibert_tvm.targets import resolve_target
 from ibert_tvm.threads import configure_threads
 
@@ -80,7 +80,8 @@ def _arguments(func: tirx.PrimFunc, constants: list, seed: int) -> tuple[list[np
 def _build(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.runtime.Module:
     """`func` scheduled by the target family's default schedule and compiled for `target`."""
     mod = schedules_for(target).apply_default_schedule(tvm.IRModule({"main": func}), target)
-    return tvm.compile(tvm.IRModule({"main": mod["main"].with_attr("global_symbol", "main")}), target=target)
+    return tvm.compile(tvm.IRModule({"main": mod["main"].with_attr("global_symbol", "main")}), target=target,
+                       tir_pipeline=gemm_prefetch.TIR_PIPELINE)
 
 
 def _timer(kernel: Kernel, cold_bytes: int, cold: bool) -> Callable[[int], float]:

@@ -114,6 +114,9 @@ def tunable_module(mod: tvm.IRModule, target: Target | str = "llvm") -> tvm.IRMo
 def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None,
           database: Any | None = None, **schedule_options: Any) -> tvm.runtime.Executable:
     """Compile `mod` via `integer_pipeline` to a VM executable (already lowered, hence relax_pipeline=None)."""
+    from ibert_tvm.schedules.gemm_prefetch import TIR_PIPELINE  # registers the TIR pipeline it names
+
     target = Target(target) if isinstance(target, str) else target
     with target:
-        return tvm.compile(integer_pipeline(target, dump_dir, database, **schedule_options)(mod), target=target, relax_pipeline=None)
+        return tvm.compile(integer_pipeline(target, dump_dir, database, **schedule_options)(mod), target=target,
+                           relax_pipeline=None, tir_pipeline=TIR_PIPELINE)

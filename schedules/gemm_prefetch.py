@@ -11,7 +11,9 @@ store waits for its line. `schedules/x86.py` marks the loops, and `add_prefetche
 - at the top of each chunk of the k loop (`WEIGHT_STEP`), prefetches into L2 of the same k steps of the next
   column panel's weights, so that the next panel streams in while this one is computed from cache. Its column
   blocks are shared out among this panel's row tiles but the first (`WEIGHTS`: row tiles per panel), whose
-  own weights are still arriving;
+  own weights are still arriving. The task's accumulator (`STACK`) then lives on the stack (the TIR
+  pipeline `TIR_PIPELINE`, which `relay_passes/pipeline.build` uses): from TVM's workspace pool, LLVM
+  cannot tell that the prefetch calls leave it alone and stores the accumulators around every chunk;
 - in a batched GEMM (Q K^T, P V: one task per head and column tile, its row tiles a loop inside, the epilogue
   after that loop), at the top of each row tile (`ROWS`: its rows), write prefetches of those rows' output
   lines, which the epilogue then finds owned: Q K^T's int32 scores are 0.8 MB per layer.
@@ -25,11 +27,13 @@ import tvm
 import tvm_ffi
 from tvm import s_tir, tirx
 
-__all__ = ["OUTPUT", "ROWS", "WEIGHTS", "WEIGHT_STEP", "add_prefetches"]
+__all__ = ["OUTPUT", "ROWS", "STACK", "TIR_PIPELINE", "WEIGHTS", "WEIGHT_STEP", "add_prefetches"]
 
 OUTPUT = "ibert.prefetch_output_tasks_ahead"  # on the task loop: tasks ahead
 WEIGHTS = "ibert.prefetch_weights_row_tiles"  # on the task loop: consecutive tasks that share a column panel
 WEIGHT_STEP = "ibert.prefetch_weights_here"  # on the outer loop of a k split
+STACK = "ibert.stack_buffers"  # on the task loop: the accumulator's name; then on the PrimFunc: all of them
+TIR_PIPELINE = "ibert_s_tir"  # TVM's s_tir pipeline, the accumulators named by STACK kept on the stack
 ROWS = "ibert.prefetch_output_rows"  # on the serial row-tile loop of a batched task: rows per row tile
 LINE_BYTES = 64
 
@@ -167,5 +171,45 @@ def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return tirx.For(task.loop_var, task.min, task.extent, task.kind, tirx.SeqStmt(stages), task.thread_binding,
                         task.annotations)
 
-    body = tvm_ffi.structural_map(func.body, (tirx.For, rewrite_task), order="post")
-    return func.with_body(tvm_ffi.structural_map(body, (tirx.For, rewrite_rows), order="post"))
+    stack: list[str] = []
+
+    def collect(loop: tirx.For) -> tirx.For:
+        if STACK not in loop.annotations:
+            return loop
+        stack.append(str(loop.annotations[STACK]))
+        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, loop.body, loop.thread_binding,
+                        {k: v for k, v in loop.annotations.items() if k != STACK})
+
+    body = tvm_ffi.structural_map(func.body, [(tirx.For, rewrite_task)], order="post")
+    body = tvm_ffi.structural_map(body, (tirx.For, rewrite_rows), order="post")
+    out = func.with_body(tvm_ffi.structural_map(body, (tirx.For, collect), order="post"))
+    return out.with_attr(STACK, sorted(set(stack))) if stack else out
+
+
+@tvm.transform.module_pass(opt_level=0, name="IBertKeepAccumulatorsOnStack")
+def _keep_on_stack(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+    """Allocate the buffers a PrimFunc names in its STACK attribute on the stack (`disable_lower_builtin`),
+    not from TVM's workspace pool: a GEMM task's register-tile accumulator (at most a few KB). A workspace
+    pointer may alias anything as far as LLVM knows, so a prefetch call inside the k loop made it store the
+    accumulators at every chunk; a stack array that never escapes it can prove untouched."""
+    out = tvm.IRModule(attrs=mod.attrs) if mod.attrs is not None else tvm.IRModule()
+    for gvar, func in mod.functions_items():
+        names = {str(n) for n in func.attrs.get(STACK, [])} if isinstance(func, tirx.PrimFunc) and func.attrs else set()
+
+        def mark(alloc: tirx.AllocBuffer, names=names) -> tirx.AllocBuffer:
+            if alloc.buffer.name not in names:
+                return alloc
+            return tirx.AllocBuffer(alloc.buffer, annotations={**alloc.annotations,
+                                                                "disable_lower_builtin": tirx.IntImm("bool", 1)})
+
+        out[gvar] = func.with_body(tvm_ffi.structural_map(func.body, (tirx.AllocBuffer, mark), order="post")) \
+            if names else func
+    return out
+
+
+def _tir_pipeline(**kwargs):
+    pipeline, finalize_host, finalize_device = tvm.tirx.get_tir_pipeline("s_tir", **kwargs)
+    return pipeline, lambda: tvm.transform.Sequential([_keep_on_stack, finalize_host()]), finalize_device
+
+
+tvm.tirx.register_tir_pipeline(TIR_PIPELINE, _tir_pipeline)

@@ -78,11 +78,9 @@ VECTOR_REGISTERS = {64: 32, 32: 16, 16: 16}  # vector bytes -> architectural vec
 #: 2 and 4 measured alike on BERT-base's linear layers, 1 and 8 slower; 0 turns the output prefetches off
 #: (also those of the batched GEMMs, whose row tiles each prefetch their own rows' output lines)
 OUTPUT_PREFETCH_TASKS = 2
-#: ... and, where a column panel has at most WEIGHT_PREFETCH_ROW_TILES row tiles (32 to 64 tokens; at 128,
-#: 16 row tiles, the few tasks that wait on memory cost less than the k split costs all), the next panel's
-#: weights, in chunks of WEIGHT_PREFETCH_K_STEPS k steps (16 measured best of 16 / 32 / 64: each chunk ends
-#: the accumulators' stay in registers); 0 turns it off
-WEIGHT_PREFETCH_ROW_TILES = 8
+#: ... and the next panel's weights, in chunks of WEIGHT_PREFETCH_K_STEPS k steps (16 measured best of 16 /
+#: 32 / 64; each chunk ends the accumulators' stay in registers, kept on the stack so that LLVM sees the
+#: prefetches leave them alone); 0 turns it off
 WEIGHT_PREFETCH_K_STEPS = 16
 
 
@@ -477,10 +475,10 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
       the task's row loop.
 
     `tile` (row factors, NR) overrides the vector-register tile. With `prefetch`, a linear layer's tasks
-    prefetch their output lines (`gemm_prefetch.py`) and, where a panel has few row tiles, the next panel's
-    weights, the k loop split in chunks for them; a batched GEMM's row tiles prefetch their rows' output
-    lines (the VNNI and AVX2 GEMMs: BERT-base 1.5 to 6 % faster on
-    both; the AMX tile blocks ran 2 to 4 % slower with the output prefetches, so they go without).
+    prefetch their output lines (`gemm_prefetch.py`) and, where a panel has more than one row tile, the
+    next panel's weights, the k loop split in chunks for them; a batched GEMM's row tiles prefetch their
+    rows' output lines (the VNNI and AVX2 GEMMs: BERT-base 1.5 to 6 % faster on both; the AMX tile blocks
+    ran 2 to 4 % slower with the output prefetches, so they go without).
     Returns (k outer loop, row loops, column-block loop, `width` loop, k inner loop), the inner ones in
     that order under the k outer loop (the k outer loop is the chunk loop where weights are prefetched).
     """
@@ -511,7 +509,7 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
         sch.reverse_compute_at(block, tile)
     sch.parallel(tile)
     if prefetch and not batch:
-        ko = _mark_prefetches(sch, tile, ko, row_tiles, per_tile)
+        ko = _mark_prefetches(sch, tile, ko, row_tiles, per_tile, sch.get(gemm).writes[0].source.name)
     if prefetch and batch and per_tile and len(lead) == 1 and OUTPUT_PREFETCH_TASKS > 0:  # row tiles: their rows
         sch.annotate(rows_outer[0], gemm_prefetch.ROWS, factors[0])
     for block in epilogue if per_tile else ():
@@ -523,19 +521,21 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     return ko, rows_inner, ni, nl, kg
 
 
-def _mark_prefetches(sch: s_tir.Schedule, tile: s_tir.LoopRV, ko: s_tir.LoopRV, row_tiles: int, outputs: bool
-                     ) -> s_tir.LoopRV:
+def _mark_prefetches(sch: s_tir.Schedule, tile: s_tir.LoopRV, ko: s_tir.LoopRV, row_tiles: int, outputs: bool,
+                     accumulator: str) -> s_tir.LoopRV:
     """Mark a linear layer's task loop for `gemm_prefetch.add_prefetches`: its output lines (where the
-    epilogue runs per task) and, with few row tiles per panel, the next panel's weights at the top of each
+    epilogue runs per task) and, with more than one row tile per panel, the next panel's weights at the top of each
     chunk of the k loop (split here; where K/group has no divisor of at least half the chunk, no split and no
-    weight prefetch: the accumulators would leave their registers too often). Returns the k outer loop."""
+    weight prefetch: the accumulators would leave their registers too often), the task's `accumulator` then
+    kept on the stack (`gemm_prefetch.STACK`). Returns the k outer loop."""
     if outputs and OUTPUT_PREFETCH_TASKS > 0:
         sch.annotate(tile, gemm_prefetch.OUTPUT, OUTPUT_PREFETCH_TASKS)
     chunk = _divisor_at_most(_extent(sch, ko), WEIGHT_PREFETCH_K_STEPS) if WEIGHT_PREFETCH_K_STEPS > 0 else 0
-    if 1 < row_tiles <= WEIGHT_PREFETCH_ROW_TILES and chunk and chunk >= WEIGHT_PREFETCH_K_STEPS // 2:
+    if row_tiles > 1 and chunk and chunk >= WEIGHT_PREFETCH_K_STEPS // 2:
         sch.annotate(tile, gemm_prefetch.WEIGHTS, row_tiles)
         ko = sch.split(ko, [None, chunk])[0]
         sch.annotate(ko, gemm_prefetch.WEIGHT_STEP, 1)
+        sch.annotate(tile, gemm_prefetch.STACK, accumulator)
     return ko
 
 

@@ -1,9 +1,9 @@
 """GEMM prefetches (schedules/gemm_prefetch.py, marked by schedules/x86.py): a VNNI linear layer's tasks
-prefetch their output lines and, where a column panel has few row tiles, the next panel's weights; a batched
-GEMM's row tiles their rows' output lines; AMX tile blocks nothing; every prefetch
-address stays inside its buffer for every task and k step (the last tasks clamp to their own); the results
-are those of the unscheduled build; the assembly holds `prefetchw` (VNNI targets carry +prfchw) and the
-k loop keeps its accumulators in registers."""
+prefetch their output lines and, where a column panel has more than one row tile, the next panel's weights,
+with the accumulator on the stack; a batched GEMM's row tiles their rows' output lines; AMX tile blocks
+nothing; every prefetch address stays inside its buffer for every task and k step (the last tasks clamp to
+their own); the results are those of the unscheduled build; the assembly holds `prefetchw` (VNNI targets
+carry +prfchw) and the k loop keeps its accumulators in registers."""
 
 from __future__ import annotations
 
@@ -138,8 +138,8 @@ def test_prefetches_ask_for_the_task_ahead_and_the_next_panel(few_row_tiles):
     assert blocks == {3, 4, 5}
 
 
-def test_many_row_tiles_prefetch_only_outputs():
-    kinds = _kinds(_linear_kernel(8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1)))
+def test_one_row_tile_per_panel_prefetches_only_outputs():  # no other row tile to share the next panel with
+    kinds = _kinds(_linear_kernel(8))
     assert kinds["write"] > 0 and kinds["read"] == 0
 
 
@@ -176,8 +176,8 @@ def test_unmarked_functions_are_unchanged():
 
 
 @RUNS_VNNI
-@pytest.mark.parametrize("rows, outputs", [(32, 96), (8 * (x86.WEIGHT_PREFETCH_ROW_TILES + 1), 96), (32, 148),
-                                           (0, 0)], ids=["32", "72", "padded-columns", "batched-qk"])
+@pytest.mark.parametrize("rows, outputs", [(32, 96), (8, 96), (32, 148), (0, 0)],
+                         ids=["32", "8", "padded-columns", "batched-qk"])
 def test_prefetching_build_is_bit_identical(rows, outputs):
     mod = _linear_module(rows, outputs=outputs) if rows else _qk_module()
     inputs = [RNG.integers(-128, 128, [int(d) for d in p.ty.shape]).astype(np.int8) for p in mod["main"].params]
@@ -207,3 +207,18 @@ def test_assembly_prefetches_for_write_and_keeps_the_accumulators_in_registers(f
     for body in k_loops:  # accumulators leave their registers once per chunk of k steps at most, not every step
         stores = len(re.findall(r"vmovdqu64\s+%zmm\d+, \S*\(", body))
         assert stores <= body.count("vpdpbusd") // 8, body
+
+
+def _workspace_allocations(func: tirx.PrimFunc, tir_pipeline: str) -> int:
+    ll = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=VNNI,
+                     tir_pipeline=tir_pipeline).mod.inspect_source("ll")
+    return ll.count("load ptr, ptr @__TVMBackendAllocWorkspace")
+
+
+def test_weight_prefetching_tasks_keep_their_accumulator_on_the_stack(few_row_tiles):
+    """The accumulator a task's k chunks prefetch around is named in the PrimFunc's STACK attribute, and the
+    project's TIR pipeline (which `pipeline.build` uses) allocates it on the stack, not from the workspace."""
+    assert [str(n) for n in few_row_tiles.attrs[gemm_prefetch.STACK]] == ["acc"]
+    assert _workspace_allocations(few_row_tiles, gemm_prefetch.TIR_PIPELINE) == \
+        _workspace_allocations(few_row_tiles, "default") - 1
+    assert gemm_prefetch.STACK not in (_qk_kernel().attrs or {})  # batched GEMMs: no weight prefetch
