@@ -222,3 +222,10 @@ def test_weight_prefetching_tasks_keep_their_accumulator_on_the_stack(few_row_ti
     assert _workspace_allocations(few_row_tiles, gemm_prefetch.TIR_PIPELINE) == \
         _workspace_allocations(few_row_tiles, "default") - 1
     assert gemm_prefetch.STACK not in (_qk_kernel().attrs or {})  # batched GEMMs: no weight prefetch
+
+
+def test_avx2_prefetches_weights_only_for_panels_of_few_row_tiles():  # measured slower at 16 row tiles
+    avx2 = resolve_target("x86-avx2").target
+    assert _kinds(_linear_kernel(32, target=avx2, strategy="avx2_gemm"))["read"] > 0
+    rows = 8 * (x86.AVX2_WEIGHT_PREFETCH_ROW_TILES + 1)
+    assert _kinds(_linear_kernel(rows, target=avx2, strategy="avx2_gemm"))["read"] == 0
