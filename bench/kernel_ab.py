@@ -85,7 +85,8 @@ def _build(func: tirx.PrimFunc, target: tvm.target.Target) -> tvm.runtime.Module
 
 
 def _timer(kernel: Kernel, cold_bytes: int, cold: bool) -> Callable[[int], float]:
-    """A function of a call count that returns the mean seconds per call, hot or over rotating constants."""
+    """A function of a call count that returns the mean seconds per call: hot, or `cold` over rotating
+    copies of the constants and outputs."""
     fn, arrays, rotated = kernel
     base = [tvm.runtime.tensor(a) for a in arrays]
     copies = [base]
@@ -117,10 +118,10 @@ def _calls_for(seconds: float) -> int:
 def _median_times(timers: list[Callable[[int], float]], rounds: int) -> list[float]:
     """Each timer's median over `rounds`, the timers alternating within each round, the same number of calls
     each (the slower one's count)."""
-    counts = [min(_calls_for(t(1)) for t in timers)] * len(timers)
+    count = min(_calls_for(t(1)) for t in timers)
     samples: list[list[float]] = [[] for _ in timers]
     for _ in range(rounds):
-        for timer, count, out in zip(timers, counts, samples):
+        for timer, out in zip(timers, samples):
             out.append(timer(count))
     return [float(np.median(s)) for s in samples]
 

@@ -65,6 +65,12 @@ def _prefetch(buffer: tirx.Var, indices: list[tirx.Expr], write: bool, locality:
     return tirx.Evaluate(tirx.call_llvm_intrin("void", "llvm.prefetch.p0", address, int(write), locality, 1))
 
 
+def _rebuilt(loop: tirx.For, body: tirx.Stmt | None = None, drop: tuple[str, ...] = ()) -> tirx.For:
+    """`loop` with `body` (default: its own) and without the annotations named in `drop`."""
+    return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, loop.body if body is None else body,
+                    loop.thread_binding, {k: v for k, v in loop.annotations.items() if k not in drop})
+
+
 def _seq(stmts: list[tirx.Stmt]) -> tirx.Stmt:
     return stmts[0] if len(stmts) == 1 else tirx.SeqStmt(stmts)
 
@@ -130,22 +136,24 @@ def _weight_prefetches(chunk: tirx.For, params: list[tirx.Var], task: tirx.Var, 
 
 
 def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """`func` with the prefetches its marked loops ask for (and the marks removed)."""
+    """`func` with the prefetches its marked loops ask for (and the marks removed); the accumulators of the
+    weight-prefetching tasks named in its STACK attribute."""
     params = list(func.params)
+    stack: list[str] = []
 
     def rewrite_task(loop: tirx.For) -> tirx.For:
         if OUTPUT not in loop.annotations and WEIGHTS not in loop.annotations:
             return loop
         last = loop.min + loop.extent - 1
         row_tiles = int(loop.annotations.get(WEIGHTS, 1))
+        if STACK in loop.annotations:
+            stack.append(str(loop.annotations[STACK]))
 
         def rewrite_chunk(chunk: tirx.For) -> tirx.For:
             if WEIGHT_STEP not in chunk.annotations:
                 return chunk
             found = _weight_prefetches(chunk, params, loop.loop_var, row_tiles, last) if row_tiles > 1 else None
-            return tirx.For(chunk.loop_var, chunk.min, chunk.extent, chunk.kind,
-                            chunk.body if found is None else tirx.SeqStmt([found, chunk.body]),
-                            chunk.thread_binding, {k: v for k, v in chunk.annotations.items() if k != WEIGHT_STEP})
+            return _rebuilt(chunk, None if found is None else tirx.SeqStmt([found, chunk.body]), (WEIGHT_STEP,))
 
         body = tvm_ffi.structural_map(loop.body, (tirx.For, rewrite_chunk), order="post")
         if OUTPUT in loop.annotations:
@@ -153,8 +161,7 @@ def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
             ahead = tirx.min(loop.loop_var + int(loop.annotations[OUTPUT]), last)
             found = _output_prefetches(stages[-1], params, {loop.loop_var: ahead})
             body = body if found is None else tirx.SeqStmt([found, *stages])
-        annotations = {k: v for k, v in loop.annotations.items() if k not in (OUTPUT, WEIGHTS)}
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, body, loop.thread_binding, annotations)
+        return _rebuilt(loop, body, (OUTPUT, WEIGHTS, STACK))
 
     def rewrite_rows(task: tirx.For) -> tirx.For:
         stages = list(task.body) if isinstance(task.body, tirx.SeqStmt) else [task.body]
@@ -164,25 +171,12 @@ def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
         row_loop = stages[marked[0]]
         rows = int(row_loop.annotations[ROWS])
         found = _output_prefetches(stages[-1], params, {}, rows, row_loop.loop_var * rows) if len(stages) > 1 else None
-        stages[marked[0]] = tirx.For(row_loop.loop_var, row_loop.min, row_loop.extent, row_loop.kind,
-                                     row_loop.body if found is None else tirx.SeqStmt([found, row_loop.body]),
-                                     row_loop.thread_binding,
-                                     {k: v for k, v in row_loop.annotations.items() if k != ROWS})
-        return tirx.For(task.loop_var, task.min, task.extent, task.kind, tirx.SeqStmt(stages), task.thread_binding,
-                        task.annotations)
+        stages[marked[0]] = _rebuilt(row_loop, None if found is None else tirx.SeqStmt([found, row_loop.body]),
+                                     (ROWS,))
+        return _rebuilt(task, tirx.SeqStmt(stages))
 
-    stack: list[str] = []
-
-    def collect(loop: tirx.For) -> tirx.For:
-        if STACK not in loop.annotations:
-            return loop
-        stack.append(str(loop.annotations[STACK]))
-        return tirx.For(loop.loop_var, loop.min, loop.extent, loop.kind, loop.body, loop.thread_binding,
-                        {k: v for k, v in loop.annotations.items() if k != STACK})
-
-    body = tvm_ffi.structural_map(func.body, [(tirx.For, rewrite_task)], order="post")
-    body = tvm_ffi.structural_map(body, (tirx.For, rewrite_rows), order="post")
-    out = func.with_body(tvm_ffi.structural_map(body, (tirx.For, collect), order="post"))
+    body = tvm_ffi.structural_map(func.body, (tirx.For, rewrite_task), order="post")
+    out = func.with_body(tvm_ffi.structural_map(body, (tirx.For, rewrite_rows), order="post"))
     return out.with_attr(STACK, sorted(set(stack))) if stack else out
 
 
@@ -192,7 +186,7 @@ def _keep_on_stack(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IR
     not from TVM's workspace pool: a GEMM task's register-tile accumulator (at most a few KB). A workspace
     pointer may alias anything as far as LLVM knows, so a prefetch call inside the k loop made it store the
     accumulators at every chunk; a stack array that never escapes it can prove untouched."""
-    out = tvm.IRModule(attrs=mod.attrs) if mod.attrs is not None else tvm.IRModule()
+    out = mod.clone()
     for gvar, func in mod.functions_items():
         names = {str(n) for n in func.attrs.get(STACK, [])} if isinstance(func, tirx.PrimFunc) and func.attrs else set()
 
@@ -202,8 +196,8 @@ def _keep_on_stack(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IR
             return tirx.AllocBuffer(alloc.buffer, annotations={**alloc.annotations,
                                                                 "disable_lower_builtin": tirx.IntImm("bool", 1)})
 
-        out[gvar] = func.with_body(tvm_ffi.structural_map(func.body, (tirx.AllocBuffer, mark), order="post")) \
-            if names else func
+        if names:
+            out[gvar] = func.with_body(tvm_ffi.structural_map(func.body, (tirx.AllocBuffer, mark), order="post"))
     return out
 
 

@@ -51,8 +51,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.script import tirx as T
 from tvm.target import Target, codegen
 
-from . import family_of
-from . import gemm_prefetch
+from . import family_of, gemm_prefetch
 from .postprocs import KeepIntrinsicsUnvectorized
 
 __all__ = ["AMX_PERMISSION_SYSCALL", "AVX2_INTRINSICS", "DotKey", "VNNI_INTRINSICS", "apply_default_schedule",
@@ -461,7 +460,7 @@ def _kept(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
 
 
 def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: int, vbytes: int, batch: int = 0,
-               tile: tuple[list[int], int] | None = None, prefetch: bool = False, weight_row_tiles: int = 1 << 30
+               tile: tuple[list[int], int] | None = None, prefetch: bool = False, weight_row_tiles: int | None = None
                ) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
     """Tile a [batch..., rows..., N, K] GEMM into register tiles of MR rows x NR `width`-wide column
     blocks, each accumulating over the whole k range, and parallel tasks over the tiles.
@@ -478,11 +477,11 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
       the task's row loop.
 
     `tile` (row factors, NR) overrides the vector-register tile. With `prefetch`, a linear layer's tasks
-    prefetch their output lines (`gemm_prefetch.py`) and, where a panel has more than one row tile, the
-    next panel's weights (up to `weight_row_tiles` row tiles), the k loop split in chunks for them; a
-    batched GEMM's row tiles prefetch their
-    rows' output lines (the VNNI and AVX2 GEMMs: BERT-base 1.5 to 6 % faster on both; the AMX tile blocks
-    ran 2 to 4 % slower with the output prefetches, so they go without).
+    prefetch their output lines (`gemm_prefetch.py`) and, where a panel has more than one row tile (and at
+    most `weight_row_tiles`, if given), the next panel's weights, the k loop split in chunks for them; a
+    batched GEMM's row tiles prefetch their rows' output lines (the VNNI and AVX2 GEMMs: BERT-base 1.5 to
+    6 % faster on both; the AMX tile blocks ran 2 to 4 % slower with the output prefetches, so they go
+    without).
     Returns (k outer loop, row loops, column-block loop, `width` loop, k inner loop), the inner ones in
     that order under the k outer loop (the k outer loop is the chunk loop where weights are prefetched).
     """
@@ -513,8 +512,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
         sch.reverse_compute_at(block, tile)
     sch.parallel(tile)
     if prefetch and not batch:
-        ko = _mark_prefetches(sch, tile, ko, row_tiles if row_tiles <= weight_row_tiles else 1, per_tile,
-                              sch.get(gemm).writes[0].source.name)
+        weights = row_tiles > 1 and (weight_row_tiles is None or row_tiles <= weight_row_tiles)
+        ko = _mark_prefetches(sch, tile, ko, row_tiles, per_tile, weights, sch.get(gemm).writes[0].source.name)
     if prefetch and batch and per_tile and len(lead) == 1 and OUTPUT_PREFETCH_TASKS > 0:  # row tiles: their rows
         sch.annotate(rows_outer[0], gemm_prefetch.ROWS, factors[0])
     for block in epilogue if per_tile else ():
@@ -527,16 +526,16 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
 
 
 def _mark_prefetches(sch: s_tir.Schedule, tile: s_tir.LoopRV, ko: s_tir.LoopRV, row_tiles: int, outputs: bool,
-                     accumulator: str) -> s_tir.LoopRV:
-    """Mark a linear layer's task loop for `gemm_prefetch.add_prefetches`: its output lines (where the
-    epilogue runs per task) and, with more than one row tile per panel, the next panel's weights at the top of each
-    chunk of the k loop (split here; where K/group has no divisor of at least half the chunk, no split and no
-    weight prefetch: the accumulators would leave their registers too often), the task's `accumulator` then
-    kept on the stack (`gemm_prefetch.STACK`). Returns the k outer loop."""
+                     weights: bool, accumulator: str) -> s_tir.LoopRV:
+    """Mark a linear layer's task loop for `gemm_prefetch.add_prefetches`: with `outputs`, its output lines
+    (the epilogue runs per task); with `weights`, the next panel's weights at the top of each chunk of the
+    k loop (split here; where K/group has no divisor of at least half the chunk, no split and no weight
+    prefetch: the accumulators would leave their registers too often), the task's `accumulator` then kept
+    on the stack (`gemm_prefetch.STACK`). Returns the k outer loop."""
     if outputs and OUTPUT_PREFETCH_TASKS > 0:
         sch.annotate(tile, gemm_prefetch.OUTPUT, OUTPUT_PREFETCH_TASKS)
     chunk = _divisor_at_most(_extent(sch, ko), WEIGHT_PREFETCH_K_STEPS) if WEIGHT_PREFETCH_K_STEPS > 0 else 0
-    if row_tiles > 1 and chunk and chunk >= WEIGHT_PREFETCH_K_STEPS // 2:
+    if weights and chunk and chunk >= WEIGHT_PREFETCH_K_STEPS // 2:
         sch.annotate(tile, gemm_prefetch.WEIGHTS, row_tiles)
         ko = sch.split(ko, [None, chunk])[0]
         sch.annotate(ko, gemm_prefetch.WEIGHT_STEP, 1)
@@ -568,7 +567,7 @@ def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, g
                         intrinsic: str) -> None:
     """Register-tiled, parallel packed GEMM tensorized with the dot-product step `intrinsic` (VNNI, or its
     AVX2 form), with its epilogue computed per task."""
-    weight_row_tiles = AVX2_WEIGHT_PREFETCH_ROW_TILES if intrinsic in AVX2_INTRINSICS.values() else 1 << 30
+    weight_row_tiles = AVX2_WEIGHT_PREFETCH_ROW_TILES if intrinsic in AVX2_INTRINSICS.values() else None
     ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group),
                                      prefetch=True, weight_row_tiles=weight_row_tiles)
     init = sch.decompose_reduction(gemm, ko)
