@@ -8,8 +8,10 @@
 Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs), TVM's own float32 build
 of the same model (untuned), PyTorch FP32 eager, PyTorch dynamic int8 (`quantize_dynamic`, Linear layers),
 ONNX Runtime FP32 and ONNX Runtime dynamic int8 (`onnxruntime.quantization.quantize_dynamic`). Shapes: seq 128
-at batch 1 and 8, seq 32 and 256 at batch 1. Median of repeated runs after warm-up; ratios against PyTorch
-FP32 and ONNX Runtime int8; the host's CPU flags beside the results. Writes peers.json, peers.md, peers.png.
+at batch 1 and 8, seq 32 and 256 at batch 1. Each shape's runners are timed in rounds (all built
+first; per round each in turn after its own warm-up, the order rotating), so that a shared host's drift hits
+all alike: median of the rounds' medians; ratios against PyTorch FP32 and ONNX Runtime int8 taken round by
+round, their median and range; the host's CPU flags beside the results. Writes peers.json, peers.md, peers.png.
 BERT-base uses seeded random weights (speed only); MiniLM is the real all-MiniLM-L6-v2.
 `--as-cpu LEVEL` re-runs the script with CPUID masked to that level (`bench/mask_cpuid.c`), so the peers pick
 the kernels of a narrower CPU on this host's cores and memory; ours is then built for `x86-LEVEL`.
@@ -237,42 +239,56 @@ class _Hidden(torch.nn.Module):
 
 
 def bench_model(name: str, args, workdir: Path) -> list[dict]:
-    """Median latency of every runner on every shape of one model."""
+    """Median latency of every runner on every shape of one model, over `args.rounds` rounds per shape.
+
+    All runners of a shape are built first; each round then times every runner in turn (the order rotating
+    round by round), each after its own warm-up (`args.warmup` calls and `args.warmup_seconds`), so that the
+    host's drift over minutes hits every runner alike. A row's `median_ms` is the median of its rounds'
+    medians; its ratios are taken round by round against the peer's time of the same round.
+    """
     model = load_model(name)
     rows = []
     for batch, seq in args.shapes:
         if seq > model.config.max_position_embeddings:
             continue
         ids, mask = inputs(model, batch, seq)
-        runners = {"ibert-tvm int (untuned)": lambda: ibert_runner(model, batch, seq, False, args.target),
-                   "TVM float32 (untuned)": lambda: tvm_float_runner(model, batch, seq),
-                   "PyTorch FP32": lambda: torch_runner(model, False),
-                   "PyTorch dynamic int8": lambda: torch_runner(model, True),
-                   "ONNX Runtime FP32": lambda: ort_runner(name, model, batch, seq, False, workdir),
-                   "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
+        makers = {"ibert-tvm int (untuned)": lambda: ibert_runner(model, batch, seq, False, args.target),
+                  "TVM float32 (untuned)": lambda: tvm_float_runner(model, batch, seq),
+                  "PyTorch FP32": lambda: torch_runner(model, False),
+                  "PyTorch dynamic int8": lambda: torch_runner(model, True),
+                  "ONNX Runtime FP32": lambda: ort_runner(name, model, batch, seq, False, workdir),
+                  "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
         if args.tuning_logs:
-            runners["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, args.target)
-        for runner, make in runners.items():
-            if args.only and runner not in args.only:
-                continue
-            fn = make()
-            ms = float(np.median(time_calls(lambda: fn(ids, mask), args.warmup, args.repeats)))
-            rows.append({"model": name, "batch": batch, "seq": seq, "runner": runner, "median_ms": ms})
-            print(f"{name:9s} b{batch} s{seq:<4d} {runner:28s} {ms:9.2f} ms", flush=True)
+            makers["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, args.target)
+        runners = {runner: make() for runner, make in makers.items() if not args.only or runner in args.only}
+        rounds: dict[str, list[float]] = {runner: [] for runner in runners}
+        names = list(runners)
+        for r in range(args.rounds):
+            for runner in names[r % len(names):] + names[:r % len(names)]:
+                fn = runners[runner]
+                times = time_calls(lambda: fn(ids, mask), args.warmup, args.repeats, args.warmup_seconds)
+                rounds[runner].append(float(np.median(times)))
+                print(f"{name:9s} b{batch} s{seq:<4d} round {r + 1}/{args.rounds} {runner:28s} "
+                      f"{rounds[runner][-1]:9.2f} ms", flush=True)
+        rows += [{"model": name, "batch": batch, "seq": seq, "runner": runner,
+                  "median_ms": float(np.median(times)), "round_ms": times} for runner, times in rounds.items()]
     return rows
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
-    """Each row's speed-up over PyTorch FP32 and over ONNX Runtime int8 on the same model and shape."""
+    """Each row's speed-up over PyTorch FP32 and over ONNX Runtime int8 on the same model and shape: the
+    median of the rounds' ratios, with their lowest and highest (`*_range`)."""
     def ref(row, runner):
-        match = [r["median_ms"] for r in rows if r["runner"] == runner
+        match = [r["round_ms"] for r in rows if r["runner"] == runner
                  and (r["model"], r["batch"], r["seq"]) == (row["model"], row["batch"], row["seq"])]
         return match[0] if match else None
 
     for row in rows:
         for key, runner in (("x_vs_torch_fp32", "PyTorch FP32"), ("x_vs_ort_int8", "ONNX Runtime dynamic int8")):
             base = ref(row, runner)
-            row[key] = round(base / row["median_ms"], 3) if base else None
+            ratios = [b / ours for b, ours in zip(base, row["round_ms"])] if base else []
+            row[key] = round(float(np.median(ratios)), 3) if ratios else None
+            row[f"{key}_range"] = [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None
     return rows
 
 
@@ -283,10 +299,18 @@ def write(rows: list[dict], out: Path, context: dict) -> None:
              "| model | batch | seq | runner | median ms | x vs PyTorch FP32 | x vs ORT int8 |",
              "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
     lines += [f"| {r['model']} | {r['batch']} | {r['seq']} | {r['runner']} | {r['median_ms']:.1f} | "
-              f"{r['x_vs_torch_fp32']} | {r['x_vs_ort_int8']} |" for r in rows]
+              f"{_ratio(r, 'x_vs_torch_fp32')} | {_ratio(r, 'x_vs_ort_int8')} |" for r in rows]
     (out / "peers.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "peers.png")
     print("\n".join(lines))
+
+
+def _ratio(row: dict, key: str) -> str:
+    """A ratio with its rounds' range: '1.52 (1.48-1.55)'; the range left out where it is one value."""
+    if row[key] is None:
+        return "-"
+    low, high = row[f"{key}_range"]
+    return f"{row[key]:.2f}" if low == high else f"{row[key]:.2f} ({low:.2f}-{high:.2f})"
 
 
 def _plot(rows: list[dict], path: Path) -> None:
@@ -331,8 +355,11 @@ def main() -> int:
                         "--as-cpu; e.g. x86-avx2 to measure the AVX2 kernels on a wider CPU)")
     parser.add_argument("--as-cpu", choices=("avx2", "avxvnni", "avx512vnni"),
                         help="run every runner as on a CPU of that level: CPUID masked, ours built for x86-LEVEL")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed calls before each runner's timed ones")
+    parser.add_argument("--warmup-seconds", type=float, default=1.0,
+                        help="... and at least this long (a model runs slower for its first calls after others)")
+    parser.add_argument("--repeats", type=int, default=10, help="timed calls per runner and round")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all runners of a shape (order rotating)")
     parser.add_argument("--out", default="bench/results")
     parser.add_argument("--profile", metavar="MODEL:BATCHxSEQ",
                         help="instead of comparing: per-kernel times of the integer program, e.g. bert-base:1x128")
