@@ -158,10 +158,10 @@ def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
             T.writes(c[0:lanes])
-            a_word = T.reinterpret(a.vload([0], f"{a_dtype}x{group}"), dtype="int32")
             c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(llvm_intrinsic), c.vload([0], dtype=f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(a_word, lanes), dtype=f"{a_dtype}x{width}"),
+                T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], f"{a_dtype}x{group}"), dtype="int32"), lanes),
+                              dtype=f"{a_dtype}x{width}"),
                 b.vload([0, 0], dtype=f"{b_dtype}x{width}"), dtype=f"int32x{lanes}")
 
     return _dot_desc(lanes, group, a_dtype, b_dtype), impl

@@ -209,6 +209,20 @@ def test_assembly_prefetches_for_write_and_keeps_the_accumulators_in_registers(f
         assert stores <= body.count("vpdpbusd") // 8, body
 
 
+def test_k_loop_broadcasts_activations_straight_from_memory(few_row_tiles):
+    """Each row's 4 activation bytes reach `vpdpbusd` by a `vpbroadcastd` from memory (a load-port uop), none
+    through a general register: a broadcast from a register takes port 5, which the second `vpdpbusd` unit
+    needs (the dot-product step once kept the last row's word in a local buffer, so LLVM loaded it into a
+    register to store it after the loop: FFN-in, QKV and attention-out 3 to 6 % slower, `bench/kernel_ab.py`)."""
+    asm = tvm.compile(tvm.IRModule({"main": few_row_tiles.with_attr("global_symbol", "main")}), target=VNNI,
+                      tir_pipeline=gemm_prefetch.TIR_PIPELINE).mod.inspect_source("asm")
+    k_loops = [body for body in _innermost_loops(asm) if "vpdpbusd" in body]
+    assert k_loops
+    for body in k_loops:
+        assert not re.search(r"vpbroadcastd\s+%[re]?[a-z0-9]+d?,", body), body
+        assert len(re.findall(r"vpbroadcastd\s+-?\w*\(", body)) == 8, body  # the tile's 8 rows
+
+
 def _workspace_allocations(func: tirx.PrimFunc, tir_pipeline: str) -> int:
     ll = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=VNNI,
                      tir_pipeline=tir_pipeline).mod.inspect_source("ll")
