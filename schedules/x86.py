@@ -77,12 +77,16 @@ VECTOR_REGISTERS = {64: 32, 32: 16, 16: 16}  # vector bytes -> architectural vec
 #: 2 and 4 measured alike on BERT-base's linear layers, 1 and 8 slower; 0 turns the output prefetches off
 #: (also those of the batched GEMMs, whose row tiles each prefetch their own rows' output lines)
 OUTPUT_PREFETCH_TASKS = 2
-#: ... and the next panel's weights, in chunks of WEIGHT_PREFETCH_K_STEPS k steps (16 measured best of 16 /
-#: 32 / 64; each chunk ends the accumulators' stay in registers, kept on the stack so that LLVM sees the
-#: prefetches leave them alone); 0 turns it off
-WEIGHT_PREFETCH_K_STEPS = 16
-#: on AVX2 (16 ymm registers, the register tile already spills one accumulator) only panels of at most this
-#: many row tiles prefetch weights: at 16 (128 tokens) BERT-base ran 1.7 % slower with them, at 4 3.6 % faster
+#: ... and the next panel's weights, at the top of each chunk of this many k steps (the accumulators stay in
+#: registers, kept on the stack so that LLVM sees the prefetches leave them alone; LLVM unrolls a short chunk):
+#: with 32 vector registers (AVX-512) 4 measured best of 2 / 4 / 8 / 16 (BERT-base on x86-avx512vnni, 1 x 128
+#: 29.68 -> 27.99 ms and 1 x 32 8.00 -> 7.64 ms against 16, `bench/pass_ab.py --constant`); 0 turns it off
+WEIGHT_PREFETCH_K_STEPS = 4
+#: ... with 16 (ymm: AVX-VNNI, AVX2) 16 steps: 4 ran 1 x 32 12.29 -> 13.69 ms on x86-avxvnni, 27.13 -> 30.87 ms
+#: on x86-avx2
+NARROW_WEIGHT_PREFETCH_K_STEPS = 16
+#: on AVX2 (the register tile already spills one accumulator) only panels of at most this many row tiles
+#: prefetch weights: at 16 (128 tokens) BERT-base ran 1.7 % slower with them, at 4 3.6 % faster
 AVX2_WEIGHT_PREFETCH_ROW_TILES = 8
 
 
@@ -460,8 +464,8 @@ def _kept(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
 
 
 def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: int, vbytes: int, batch: int = 0,
-               tile: tuple[list[int], int] | None = None, prefetch: bool = False, weight_row_tiles: int | None = None
-               ) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
+               tile: tuple[list[int], int] | None = None, prefetch: bool = False, weight_steps: int = 0,
+               weight_row_tiles: int | None = None) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
     """Tile a [batch..., rows..., N, K] GEMM into register tiles of MR rows x NR `width`-wide column
     blocks, each accumulating over the whole k range, and parallel tasks over the tiles.
 
@@ -478,7 +482,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
 
     `tile` (row factors, NR) overrides the vector-register tile. With `prefetch`, a linear layer's tasks
     prefetch their output lines (`gemm_prefetch.py`) and, where a panel has more than one row tile (and at
-    most `weight_row_tiles`, if given), the next panel's weights, the k loop split in chunks for them; a
+    most `weight_row_tiles`, if given), the next panel's weights, the k loop split in chunks of `weight_steps`
+    for them (0: none); a
     batched GEMM's row tiles prefetch their rows' output lines (the VNNI and AVX2 GEMMs: BERT-base 1.5 to
     6 % faster on both; the AMX tile blocks ran 2 to 4 % slower with the output prefetches, so they go
     without).
@@ -513,7 +518,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     sch.parallel(tile)
     if prefetch and not batch:
         weights = row_tiles > 1 and (weight_row_tiles is None or row_tiles <= weight_row_tiles)
-        ko = _mark_prefetches(sch, tile, ko, row_tiles, per_tile, weights, sch.get(gemm).writes[0].source.name)
+        ko = _mark_prefetches(sch, tile, ko, row_tiles, per_tile, weight_steps if weights else 0,
+                              sch.get(gemm).writes[0].source.name)
     if prefetch and batch and per_tile and len(lead) == 1 and OUTPUT_PREFETCH_TASKS > 0:  # row tiles: their rows
         sch.annotate(rows_outer[0], gemm_prefetch.ROWS, factors[0])
     for block in epilogue if per_tile else ():
@@ -526,16 +532,16 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
 
 
 def _mark_prefetches(sch: s_tir.Schedule, tile: s_tir.LoopRV, ko: s_tir.LoopRV, row_tiles: int, outputs: bool,
-                     weights: bool, accumulator: str) -> s_tir.LoopRV:
+                     weight_steps: int, accumulator: str) -> s_tir.LoopRV:
     """Mark a linear layer's task loop for `gemm_prefetch.add_prefetches`: with `outputs`, its output lines
-    (the epilogue runs per task); with `weights`, the next panel's weights at the top of each chunk of the
-    k loop (split here; where K/group has no divisor of at least half the chunk, no split and no weight
-    prefetch: the accumulators would leave their registers too often), the task's `accumulator` then kept
-    on the stack (`gemm_prefetch.STACK`). Returns the k outer loop."""
+    (the epilogue runs per task); with `weight_steps` > 0, the next panel's weights at the top of each chunk
+    of that many steps of the k loop (split here; where K/group has no divisor of at least half the chunk,
+    no split and no weight prefetch), the task's `accumulator` then kept on the stack
+    (`gemm_prefetch.STACK`). Returns the k outer loop."""
     if outputs and OUTPUT_PREFETCH_TASKS > 0:
         sch.annotate(tile, gemm_prefetch.OUTPUT, OUTPUT_PREFETCH_TASKS)
-    chunk = _divisor_at_most(_extent(sch, ko), WEIGHT_PREFETCH_K_STEPS) if WEIGHT_PREFETCH_K_STEPS > 0 else 0
-    if weights and chunk and chunk >= WEIGHT_PREFETCH_K_STEPS // 2:
+    chunk = _divisor_at_most(_extent(sch, ko), weight_steps) if weight_steps > 0 else 0
+    if chunk and chunk >= weight_steps // 2:
         sch.annotate(tile, gemm_prefetch.WEIGHTS, row_tiles)
         ko = sch.split(ko, [None, chunk])[0]
         sch.annotate(ko, gemm_prefetch.WEIGHT_STEP, 1)
@@ -567,9 +573,10 @@ def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, g
                         intrinsic: str) -> None:
     """Register-tiled, parallel packed GEMM tensorized with the dot-product step `intrinsic` (VNNI, or its
     AVX2 form), with its epilogue computed per task."""
-    weight_row_tiles = AVX2_WEIGHT_PREFETCH_ROW_TILES if intrinsic in AVX2_INTRINSICS.values() else None
+    steps = WEIGHT_PREFETCH_K_STEPS if VECTOR_REGISTERS[vbytes] >= 32 else NARROW_WEIGHT_PREFETCH_K_STEPS
     ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group),
-                                     prefetch=True, weight_row_tiles=weight_row_tiles)
+                                     prefetch=True, weight_steps=steps, weight_row_tiles=AVX2_WEIGHT_PREFETCH_ROW_TILES
+                                     if intrinsic in AVX2_INTRINSICS.values() else None)
     init = sch.decompose_reduction(gemm, ko)
     _vectorize_inner(sch, init, lanes)
     sch.tensorize(nl, intrinsic)
