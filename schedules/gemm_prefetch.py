@@ -9,9 +9,11 @@ store waits for its line. `schedules/x86.py` marks the loops, and `add_prefetche
 - at the top of each task, a write prefetch (`prefetchw`) of every output line of the task a few tasks on
   (`OUTPUT`: how many), at the addresses the final epilogue stage will store to;
 - at the top of each chunk of the k loop (`WEIGHT_STEP`), prefetches into L2 of the same k steps of the next
-  column panel's weights, so that the next panel streams in while this one is computed from cache. Its column
-  blocks are shared out among this panel's row tiles but the first (`WEIGHTS`: row tiles per panel), whose
-  own weights are still arriving. The task's accumulator (`STACK`) then lives on the stack (the TIR
+  column panel's weights, so that the next panel streams in while this one is computed from cache. Its
+  (chunk, column block) pieces are shared out in turn among this panel's row tiles but the first (`WEIGHTS`:
+  row tiles per panel), whose own weights are still arriving; spread over all of them, the stream asks less
+  of memory at any one time (BERT-base 1 x 128, 16 row tiles: 28.50 -> 27.03 ms against each block's pieces
+  all from one row tile). The task's accumulator (`STACK`) then lives on the stack (the TIR
   pipeline `TIR_PIPELINE`, which `relay_passes/pipeline.build` uses): from TVM's workspace pool, LLVM
   cannot tell that the prefetch calls leave it alone and stores the accumulators around every chunk;
 - in a batched GEMM (Q K^T, P V: one task per head and column tile, its row tiles a loop inside, the epilogue
@@ -124,14 +126,20 @@ def _weight_prefetches(chunk: tirx.For, params: list[tirx.Var], task: tirx.Var, 
     k_inner, blocks = loops[0], loops[-1]
     indices = _first_indices(realize, weight)
     step_bytes = _bytes(weight.source, int(weight.source.ty.shape[-2]) * int(weight.source.ty.shape[-1]))
-    row_tile = tirx.floormod(task, row_tiles)
+    # (chunk c, block b) of the next panel goes to row tile 1 + (c NR + b) % (row tiles - 1), NR blocks: spread
+    # over the panel's row tiles, which are more than the blocks at 128 tokens; where row tiles - 1 divides NR
+    # that is 1 + b % (row tiles - 1) for every chunk, a condition the k loop does not recompute
+    turn = tirx.floormod(task, row_tiles) - 1
+    nr = int(blocks.extent)
+    first_unit = 0 if nr % (row_tiles - 1) == 0 else (chunk.loop_var - chunk.min) * nr
     prefetches = []
     for b in range(int(blocks.extent)):
         at = {task: tirx.min(task + row_tiles, last_task), blocks.loop_var: blocks.min + b,
               **{loop.loop_var: loop.min for loop in loops[1:-1]}}
         lines = [_prefetch(weight.source, [_substitute(i, {**at, k_inner.loop_var: k_inner.min + k}) for i in indices],
                            False, 2) for k in range(0, int(k_inner.extent), max(1, LINE_BYTES // step_bytes))]
-        prefetches.append(tirx.IfThenElse(row_tile == 1 + b % (row_tiles - 1), _seq(lines), None))
+        prefetches.append(tirx.IfThenElse(tirx.floormod(first_unit + b, row_tiles - 1) == turn,
+                                          _seq(lines), None))
     return _seq(prefetches)
 
 

@@ -255,3 +255,44 @@ def test_weight_prefetch_chunks_are_short_with_32_vector_registers():
     assert _kinds(_linear_kernel(32))["read"] == 3 * x86.WEIGHT_PREFETCH_K_STEPS
     avxvnni = _linear_kernel(32, target=resolve_target("x86-avxvnni").target)
     assert _kinds(avxvnni)["read"] == 3 * x86.NARROW_WEIGHT_PREFETCH_K_STEPS // 2
+
+
+def _weight_prefetch_pieces(func: tirx.PrimFunc, task_value: int) -> set[tuple[int, int]]:
+    """(chunk, column block) of every weight piece that task `task_value` prefetches: each guarded prefetch's
+    condition evaluated at that task for every value of its chunk loop."""
+    task = next(loop for _, _, loops in _prefetches(func) for loop in loops if loop.kind == tirx.ForKind.PARALLEL)
+    pieces = set()
+
+    def walk(stmt, loops: list[tirx.For]) -> None:
+        if isinstance(stmt, tirx.For):
+            walk(stmt.body, [*loops, stmt])
+        elif isinstance(stmt, tirx.SeqStmt):
+            for s in stmt:
+                walk(s, loops)
+        elif isinstance(stmt, s_tir.SBlockRealize):
+            walk(stmt.block.body, loops)
+        elif isinstance(stmt, tirx.IfThenElse) and "prefetch" in str(stmt.then_case):
+            call = stmt.then_case[0].value if isinstance(stmt.then_case, tirx.SeqStmt) else stmt.then_case.value
+            chunk = loops[-1]
+            for c in range(int(chunk.extent)):
+                values = {loop.loop_var: loop.min for loop in loops}
+                values.update({task.loop_var: tirx.const(task_value, "int64"), chunk.loop_var: chunk.min + c})
+                cond, block = tvm_ffi.structural_map([stmt.condition, call.args[-4].args[0].indices[0]],
+                                                     (tirx.Var, lambda var: values.get(var, var)), order="post")
+                if int(Analyzer().simplify(cond)):
+                    pieces.add((c, int(Analyzer().simplify(block))))
+
+    walk(func.body, [])
+    return pieces
+
+
+def test_next_panels_pieces_are_spread_over_the_row_tiles():
+    """16 row tiles of 8 (128 tokens) and 3 column blocks: every (chunk, block) piece of panel 1 is prefetched
+    by exactly one of panel 0's row tiles 1-15, each taking a share, not the 3 row tiles of one block each."""
+    kernel = _linear_kernel(128, batch=1)
+    by_task = {t: _weight_prefetch_pieces(kernel, t) for t in range(16)}
+    chunks = 128 // 4 // x86.WEIGHT_PREFETCH_K_STEPS
+    assert not by_task[0]
+    assert sorted(p for pieces in by_task.values() for p in pieces) == \
+        [(c, b) for c in range(chunks) for b in range(3, 6)]
+    assert sum(1 for pieces in by_task.values() if pieces) == min(15, 3 * chunks)
