@@ -465,7 +465,8 @@ def _kept(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
 
 def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: int, vbytes: int, batch: int = 0,
                tile: tuple[list[int], int] | None = None, prefetch: bool = False, weight_steps: int = 0,
-               weight_row_tiles: int | None = None) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
+               weight_row_tiles: int | None = None
+               ) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
     """Tile a [batch..., rows..., N, K] GEMM into register tiles of MR rows x NR `width`-wide column
     blocks, each accumulating over the whole k range, and parallel tasks over the tiles.
 
@@ -483,10 +484,9 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     `tile` (row factors, NR) overrides the vector-register tile. With `prefetch`, a linear layer's tasks
     prefetch their output lines (`gemm_prefetch.py`) and, where a panel has more than one row tile (and at
     most `weight_row_tiles`, if given), the next panel's weights, the k loop split in chunks of `weight_steps`
-    for them (0: none); a
-    batched GEMM's row tiles prefetch their rows' output lines (the VNNI and AVX2 GEMMs: BERT-base 1.5 to
-    6 % faster on both; the AMX tile blocks ran 2 to 4 % slower with the output prefetches, so they go
-    without).
+    for them (0: none); a batched GEMM's row tiles prefetch their rows' output lines (the VNNI and AVX2
+    GEMMs: BERT-base 1.5 to 6 % faster on both; the AMX tile blocks ran 2 to 4 % slower with the output
+    prefetches, so they go without).
     Returns (k outer loop, row loops, column-block loop, `width` loop, k inner loop), the inner ones in
     that order under the k outer loop (the k outer loop is the chunk loop where weights are prefetched).
     """
