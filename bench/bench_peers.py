@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import warnings
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
@@ -239,13 +240,8 @@ class _Hidden(torch.nn.Module):
 
 
 def bench_model(name: str, args, workdir: Path) -> list[dict]:
-    """Median latency of every runner on every shape of one model, over `args.rounds` rounds per shape.
-
-    All runners of a shape are built first; each round then times every runner in turn (the order rotating
-    round by round), each after its own warm-up (`args.warmup` calls and `args.warmup_seconds`), so that the
-    host's drift over minutes hits every runner alike. A row's `median_ms` is the median of its rounds'
-    medians; its ratios are taken round by round against the peer's time of the same round.
-    """
+    """Median latency of every runner on every shape of one model, over `args.rounds` rounds per shape
+    (`_time_in_rounds`). A row's `median_ms` is the median of its rounds' medians, `round_ms` those medians."""
     model = load_model(name)
     rows = []
     for batch, seq in args.shapes:
@@ -260,19 +256,31 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
                   "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
         if args.tuning_logs:
             makers["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, args.target)
+        unknown = sorted((args.only or set()) - set(makers))
+        if unknown:
+            raise SystemExit(f"bench_peers: --only names no runner of this run: {unknown}; the runners: "
+                             f"{list(makers)} (the tuned one needs --tuning-logs)")
         runners = {runner: make() for runner, make in makers.items() if not args.only or runner in args.only}
-        rounds: dict[str, list[float]] = {runner: [] for runner in runners}
-        names = list(runners)
-        for r in range(args.rounds):
-            for runner in names[r % len(names):] + names[:r % len(names)]:
-                fn = runners[runner]
-                times = time_calls(lambda: fn(ids, mask), args.warmup, args.repeats, args.warmup_seconds)
-                rounds[runner].append(float(np.median(times)))
-                print(f"{name:9s} b{batch} s{seq:<4d} round {r + 1}/{args.rounds} {runner:28s} "
-                      f"{rounds[runner][-1]:9.2f} ms", flush=True)
+        rounds = _time_in_rounds(runners, lambda fn: fn(ids, mask), args, f"{name:9s} b{batch} s{seq:<4d}")
         rows += [{"model": name, "batch": batch, "seq": seq, "runner": runner,
-                  "median_ms": float(np.median(times)), "round_ms": times} for runner, times in rounds.items()]
+                  "median_ms": float(np.median(medians)), "round_ms": medians} for runner, medians in rounds.items()]
     return rows
+
+
+def _time_in_rounds(runners: dict[str, Callable], call: Callable[[Callable], object], args, label: str
+                    ) -> dict[str, list[float]]:
+    """Per runner, the median milliseconds of `args.repeats` calls in each of `args.rounds` rounds: every
+    round times every runner in turn (the order rotating round by round), each after its own warm-up
+    (`args.warmup` calls and `args.warmup_seconds`), so that the host's drift over minutes hits all alike."""
+    names = list(runners)
+    medians: dict[str, list[float]] = {runner: [] for runner in names}
+    for r in range(args.rounds if names else 0):
+        for runner in names[r % len(names):] + names[:r % len(names)]:
+            fn = runners[runner]
+            medians[runner].append(float(np.median(time_calls(lambda: call(fn), args.warmup, args.repeats,
+                                                              args.warmup_seconds))))
+            print(f"{label} round {r + 1}/{args.rounds} {runner:28s} {medians[runner][-1]:9.2f} ms", flush=True)
+    return medians
 
 
 def with_ratios(rows: list[dict]) -> list[dict]:
@@ -286,7 +294,7 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     for row in rows:
         for key, runner in (("x_vs_torch_fp32", "PyTorch FP32"), ("x_vs_ort_int8", "ONNX Runtime dynamic int8")):
             base = ref(row, runner)
-            ratios = [b / ours for b, ours in zip(base, row["round_ms"])] if base else []
+            ratios = [b / ours for b, ours in zip(base, row["round_ms"], strict=True)] if base else []
             row[key] = round(float(np.median(ratios)), 3) if ratios else None
             row[f"{key}_range"] = [round(min(ratios), 3), round(max(ratios), 3)] if ratios else None
     return rows

@@ -34,7 +34,7 @@ static void vnni_peak(void) {
       "vpdpbusd %%zmm0, %%zmm1, %%zmm18\n\tvpdpbusd %%zmm0, %%zmm1, %%zmm19\n\t"
       "vpdpbusd %%zmm0, %%zmm1, %%zmm20\n\tvpdpbusd %%zmm0, %%zmm1, %%zmm21\n\t"
       "vpdpbusd %%zmm0, %%zmm1, %%zmm22\n\tvpdpbusd %%zmm0, %%zmm1, %%zmm23\n\t"
-      "dec %0\n\tjnz 1b\n"
+      "dec %0\n\tjnz 1b\n\tvzeroupper\n"
       : "+r"(left)
       :
       : "zmm0", "zmm1", "zmm8", "zmm9", "zmm10", "zmm11", "zmm12", "zmm13", "zmm14", "zmm15", "zmm16", "zmm17",
@@ -44,16 +44,16 @@ static void vnni_peak(void) {
 }
 
 // The k step of the x86 schedules' 8 x 3 register tile (schedules/x86.py) as LLVM emits it: per step, 8 rows'
-// words broadcast from memory, 3 weight vectors loaded, 24 `vpdpbusd`; its operands stay in L1 (16 steps over
+// words broadcast from memory, 3 weight vectors loaded, 24 `vpdpbusd`; its operands stay in L1 (64 steps over
 // 8 rows of 1 KB and 3 blocks 16 KB apart, again and again): the best the GEMMs' k loop can do on this core.
 static uint8_t step_a[8 * 1024] __attribute__((aligned(64)));
 static uint8_t step_b[3 * 16 * 1024] __attribute__((aligned(64)));
 
 static void gemm_step(void) {
-  long reps = 400000;
+  long reps = 100000;
   double t0 = now();
   for (long r = 0; r < reps; r++) {
-    long k = 16;
+    long k = 64;
     uint8_t *a = step_a, *b = step_b;
     __asm__ volatile(
         "1:\n\t"
@@ -66,7 +66,7 @@ static void gemm_step(void) {
         ROW("0xc00", "9", "10", "11") ROW("0x1000", "12", "13", "14") ROW("0x1400", "15", "16", "17")
         ROW("0x1800", "18", "19", "20") ROW("0x1c00", "21", "22", "23")
 #undef ROW
-        "add $4, %1\n\tadd $0x40, %2\n\tdec %0\n\tjnz 1b\n"
+        "add $4, %1\n\tadd $0x40, %2\n\tdec %0\n\tjnz 1b\n\tvzeroupper\n"
         : "+r"(k), "+r"(a), "+r"(b)
         :
         : "zmm0", "zmm1", "zmm2", "zmm3", "zmm4", "zmm5", "zmm6", "zmm7", "zmm8", "zmm9", "zmm10", "zmm11", "zmm12",
@@ -74,7 +74,7 @@ static void gemm_step(void) {
           "zmm25", "zmm26", "zmm27", "cc", "memory");
   }
   double s = now() - t0;
-  printf("GEMM k step (8 x 3 tile, L1): %.1f GMAC/s per core\n", reps * 16.0 * 24 * 64 / s / 1e9);
+  printf("GEMM k step (8 x 3 tile, L1): %.1f GMAC/s per core\n", reps * 64.0 * 24 * 64 / s / 1e9);
 }
 
 typedef struct {

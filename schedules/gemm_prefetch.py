@@ -116,7 +116,8 @@ def _weight_prefetches(chunk: tirx.For, params: list[tirx.Var], task: tirx.Var, 
                        last_task: tirx.Expr) -> tirx.Stmt | None:
     """L2 prefetches, for the k steps of `chunk` (the outer loop of a k split around [k inner, row loops...,
     column blocks] and the dot-product step), of the next panel's packed weight [N/lanes, K/group, lanes,
-    group] (a function parameter): column block b by the panel's row tile 1 + b % (row tiles - 1)."""
+    group] (a function parameter): its piece (chunk c, column block b) by the panel's row tile
+    1 + (c NR + b) % (row tiles - 1), NR column blocks."""
     loops, realize = _loop_nest(chunk.body)
     if len(loops) < 2 or not isinstance(realize, s_tir.SBlockRealize):
         return None

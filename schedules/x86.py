@@ -80,13 +80,15 @@ OUTPUT_PREFETCH_TASKS = 2
 #: ... and the next panel's weights, at the top of each chunk of this many k steps (the accumulators stay in
 #: registers, kept on the stack so that LLVM sees the prefetches leave them alone; LLVM unrolls a short chunk):
 #: with 32 vector registers (AVX-512) 4 measured best of 2 / 4 / 8 / 16 (BERT-base on x86-avx512vnni, 1 x 128
-#: 29.68 -> 27.99 ms and 1 x 32 8.00 -> 7.64 ms against 16, `bench/pass_ab.py --constant`); 0 turns it off
+#: 29.68 -> 27.99 ms and 1 x 32 8.00 -> 7.64 ms against 16, `bench/pass_ab.py --constant`); 0 turns them off
+#: there
 WEIGHT_PREFETCH_K_STEPS = 4
 #: ... with 16 (ymm: AVX-VNNI, AVX2) 16 steps: 4 ran 1 x 32 12.29 -> 13.69 ms on x86-avxvnni, 27.13 -> 30.87 ms
-#: on x86-avx2
+#: on x86-avx2; 0 turns them off there
 NARROW_WEIGHT_PREFETCH_K_STEPS = 16
 #: on AVX2 (the register tile already spills one accumulator) only panels of at most this many row tiles
-#: prefetch weights: at 16 (128 tokens) BERT-base ran 1.7 % slower with them, at 4 3.6 % faster
+#: prefetch weights: at 16 (128 tokens) BERT-base ran 1.7 % slower with them when each column block's pieces
+#: came from one row tile, and 105.81 against 106.09 ms (no gain) with the pieces shared out; at 4 3.6 % faster
 AVX2_WEIGHT_PREFETCH_ROW_TILES = 8
 
 
@@ -176,7 +178,8 @@ def _avx2_intrinsic(b_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     products per int32 lane, exact (|sum| <= 2^31 for s16 x s8, 2 * 2^30 for s16 x s16 of [0, 256]
     probabilities: no 32-bit wrap). A's pair is broadcast as one 32-bit word; B's 16 values are loaded as one
     vector, int8 sign-extended to int16 (`vpmovsxbw`), so a weight stays int8 in memory. `vpmaddubsw` (u8 x s8)
-    is not used: its 16-bit pair sums saturate."""
+    is not used: its 16-bit pair sums saturate. The operands are bound to names (`aw`, `bw`): written inline
+    into the call, as the VNNI step's are, BERT-base 1 x 128 on x86-avx2 ran 106.7 -> 123.4 ms (a probe)."""
     pmadd = "llvm.x86.avx2.pmadd.wd"
 
     @T.prim_func(s_tir=True)
@@ -574,9 +577,9 @@ def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, g
     """Register-tiled, parallel packed GEMM tensorized with the dot-product step `intrinsic` (VNNI, or its
     AVX2 form), with its epilogue computed per task."""
     steps = WEIGHT_PREFETCH_K_STEPS if VECTOR_REGISTERS[vbytes] >= 32 else NARROW_WEIGHT_PREFETCH_K_STEPS
+    row_tile_cap = AVX2_WEIGHT_PREFETCH_ROW_TILES if intrinsic in AVX2_INTRINSICS.values() else None
     ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group),
-                                     prefetch=True, weight_steps=steps, weight_row_tiles=AVX2_WEIGHT_PREFETCH_ROW_TILES
-                                     if intrinsic in AVX2_INTRINSICS.values() else None)
+                                     prefetch=True, weight_steps=steps, weight_row_tiles=row_tile_cap)
     init = sch.decompose_reduction(gemm, ko)
     _vectorize_inner(sch, init, lanes)
     sch.tensorize(nl, intrinsic)

@@ -1,6 +1,6 @@
 """bench/bench_peers.py's figures: ratios are taken round by round (their median and range, not the ratio of
-two medians), the Markdown shows the range, and a runner's timed calls follow at least the asked warm-up
-time."""
+two medians) and the Markdown shows the range; and `latency.time_calls`, which times its runners, starts its
+timed calls only after the asked warm-up time."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from ibert_tvm.latency import time_calls
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-bench_peers = pytest.importorskip("bench_peers")
+import bench_peers  # noqa: E402  (bench/ is not a package)
 
 
 def _rows() -> list[dict]:
@@ -39,15 +39,17 @@ def test_markdown_shows_each_ratio_with_its_range(tmp_path):
     assert "| bert-base | 1 | 32 | ONNX Runtime dynamic int8 | 20.0 | 5.00 (1.11-5.00) | 1.00 |" in table
 
 
-def test_timed_calls_follow_the_warm_up_time():
+def test_timed_calls_follow_the_warm_up_time(monkeypatch):
+    """`latency.time_calls`: with a clock that advances 10 ms per call, 0.15 s of warm-up is 15 calls (more
+    than the 1 asked), and only then come the 3 timed ones."""
+    clock = [0.0]
+    monkeypatch.setattr(time, "perf_counter", lambda: clock[0])
     calls = []
 
     def fn() -> None:
-        calls.append(time.perf_counter())
-        time.sleep(0.01)
+        calls.append(clock[0])
+        clock[0] += 0.01
 
-    start = time.perf_counter()
     times = time_calls(fn, warmup=1, repeats=3, warmup_seconds=0.15)
-    assert len(times) == 3 and all(t >= 10 for t in times)  # milliseconds
-    assert len(calls) - 3 >= 10  # warm-up calls of 10 ms each filling 0.15 s
-    assert calls[-4] - start < 0.15 <= calls[-3] - start  # the last warm-up began before it, the first timed after
+    assert times == pytest.approx([10.0] * 3) and len(calls) == 15 + 3
+    assert calls[-4] < 0.15 <= calls[-3]  # the last warm-up call began before 0.15 s, the first timed one after
