@@ -128,13 +128,13 @@ def _weight_prefetches(chunk: tirx.For, params: list[tirx.Var], task: tirx.Var, 
     indices = _first_indices(realize, weight)
     step_bytes = _bytes(weight.source, int(weight.source.ty.shape[-2]) * int(weight.source.ty.shape[-1]))
     # (chunk c, block b) of the next panel goes to row tile 1 + (c NR + b) % (row tiles - 1), NR blocks: spread
-    # over the panel's row tiles, which are more than the blocks at 128 tokens; where row tiles - 1 divides NR
-    # that is 1 + b % (row tiles - 1) for every chunk, a condition the k loop does not recompute
+    # over the panel's row tiles, which are more than the blocks at 128 tokens (where row tiles - 1 divides NR,
+    # TVM's simplifier folds the condition to 1 + b % (row tiles - 1), free of the chunk)
     turn = tirx.floormod(task, row_tiles) - 1
     nr = int(blocks.extent)
-    first_unit = 0 if nr % (row_tiles - 1) == 0 else (chunk.loop_var - chunk.min) * nr
+    first_unit = (chunk.loop_var - chunk.min) * nr
     prefetches = []
-    for b in range(int(blocks.extent)):
+    for b in range(nr):
         at = {task: tirx.min(task + row_tiles, last_task), blocks.loop_var: blocks.min + b,
               **{loop.loop_var: loop.min for loop in loops[1:-1]}}
         lines = [_prefetch(weight.source, [_substitute(i, {**at, k_inner.loop_var: k_inner.min + k}) for i in indices],
