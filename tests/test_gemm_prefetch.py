@@ -70,27 +70,35 @@ def _linear_kernel(rows: int, batch: int = 2, target: tvm.target.Target = VNNI, 
     return scheduled
 
 
+def _prefetch_sites(func: tirx.PrimFunc) -> list[tuple[tirx.Call, list[tirx.For], list[tirx.Expr]]]:
+    """Every `llvm.prefetch` call, with the loops around it and the conditions of the ifs that guard it."""
+    found = []
+
+    def walk(stmt, loops: list[tirx.For], guards: list[tirx.Expr]) -> None:
+        if isinstance(stmt, tirx.For):
+            walk(stmt.body, [*loops, stmt], guards)
+        elif isinstance(stmt, tirx.SeqStmt):
+            for s in stmt:
+                walk(s, loops, guards)
+        elif isinstance(stmt, tirx.IfThenElse):
+            walk(stmt.then_case, loops, [*guards, stmt.condition])
+        elif isinstance(stmt, s_tir.SBlockRealize):
+            walk(stmt.block.body, loops, guards)
+        elif isinstance(stmt, tirx.Evaluate) and "prefetch" in str(stmt.value):
+            found.append((stmt.value, loops, guards))
+
+    walk(func.body, [], [])
+    return found
+
+
 def _prefetches(func: tirx.PrimFunc) -> list[tuple[tirx.Call, Analyzer, list[tirx.For]]]:
     """Every `llvm.prefetch` call with an analyzer that knows the ranges of the loops around it, and those."""
     found = []
-
-    def walk(stmt, bounds: list[tirx.For]) -> None:
-        if isinstance(stmt, tirx.For):
-            walk(stmt.body, [*bounds, stmt])
-        elif isinstance(stmt, tirx.SeqStmt):
-            for s in stmt:
-                walk(s, bounds)
-        elif isinstance(stmt, tirx.IfThenElse):
-            walk(stmt.then_case, bounds)
-        elif isinstance(stmt, s_tir.SBlockRealize):
-            walk(stmt.block.body, bounds)
-        elif isinstance(stmt, tirx.Evaluate) and "prefetch" in str(stmt.value):
-            analyzer = Analyzer()
-            for loop in bounds:
-                analyzer.bind(loop.loop_var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
-            found.append((stmt.value, analyzer, bounds))
-
-    walk(func.body, [])
+    for call, loops, _ in _prefetch_sites(func):
+        analyzer = Analyzer()
+        for loop in loops:
+            analyzer.bind(loop.loop_var, tvm.ir.Range.from_min_extent(loop.min, loop.extent))
+        found.append((call, analyzer, loops))
     return found
 
 
@@ -259,30 +267,21 @@ def test_weight_prefetch_chunks_are_short_with_32_vector_registers():
 
 def _weight_prefetch_pieces(func: tirx.PrimFunc, task_value: int) -> set[tuple[int, int]]:
     """(chunk, column block) of every weight piece that task `task_value` prefetches: each guarded prefetch's
-    condition evaluated at that task for every value of its chunk loop."""
-    task = next(loop for _, _, loops in _prefetches(func) for loop in loops if loop.kind == tirx.ForKind.PARALLEL)
+    conditions evaluated at that task for every value of its chunk loop (the loop around the prefetches)."""
+    sites = _prefetch_sites(func)
+    task = next(loop for _, loops, _ in sites for loop in loops if loop.kind == tirx.ForKind.PARALLEL)
     pieces = set()
-
-    def walk(stmt, loops: list[tirx.For]) -> None:
-        if isinstance(stmt, tirx.For):
-            walk(stmt.body, [*loops, stmt])
-        elif isinstance(stmt, tirx.SeqStmt):
-            for s in stmt:
-                walk(s, loops)
-        elif isinstance(stmt, s_tir.SBlockRealize):
-            walk(stmt.block.body, loops)
-        elif isinstance(stmt, tirx.IfThenElse) and "prefetch" in str(stmt.then_case):
-            call = stmt.then_case[0].value if isinstance(stmt.then_case, tirx.SeqStmt) else stmt.then_case.value
-            chunk = loops[-1]
-            for c in range(int(chunk.extent)):
-                values = {loop.loop_var: loop.min for loop in loops}
-                values.update({task.loop_var: tirx.const(task_value, "int64"), chunk.loop_var: chunk.min + c})
-                cond, block = tvm_ffi.structural_map([stmt.condition, call.args[-4].args[0].indices[0]],
-                                                     (tirx.Var, lambda var: values.get(var, var)), order="post")
-                if int(Analyzer().simplify(cond)):
-                    pieces.add((c, int(Analyzer().simplify(block))))
-
-    walk(func.body, [])
+    for call, loops, guards in sites:
+        if not guards:
+            continue
+        chunk = loops[-1]
+        for c in range(int(chunk.extent)):
+            values = {loop.loop_var: loop.min for loop in loops}
+            values.update({task.loop_var: tirx.const(task_value, "int64"), chunk.loop_var: chunk.min + c})
+            *conds, block = tvm_ffi.structural_map([*guards, call.args[-4].args[0].indices[0]],
+                                                   (tirx.Var, lambda var: values.get(var, var)), order="post")
+            if all(int(Analyzer().simplify(cond)) for cond in conds):
+                pieces.add((c, int(Analyzer().simplify(block))))
     return pieces
 
 
