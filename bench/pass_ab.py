@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
-import time
 
 import numpy as np
 import tvm
 
 from bench_peers import ibert_compiled, inputs, load_model
+from ibert_tvm.latency import time_calls
 from ibert_tvm.relay_passes import pipeline
 
 
@@ -70,13 +70,7 @@ def main() -> int:
     medians: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(args.rounds):
         for name, run in runs.items():
-            run()
-            times = []
-            for _ in range(10):
-                start = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - start)
-            medians[name].append(1e3 * float(np.median(times)))
+            medians[name].append(float(np.median(time_calls(run, warmup=1, repeats=10))))
     for name, values in medians.items():
         print(f"{args.model} {args.shape} {name}: median {np.median(values):.2f} ms "
               f"(rounds {len(values)}, min {min(values):.2f})")
