@@ -92,6 +92,20 @@ def test_torch_and_int32_inputs_are_accepted(loaded):
     np.testing.assert_array_equal(loaded(ids.astype(np.int32), mask.astype(bool), integer=True), ref)
 
 
+def test_outputs_are_the_callers_own(loaded):
+    """A call reuses its bucket's input tensors and hands back a copy of the VM's output (not a view, which
+    would keep the VM's memory alive for as long as the caller keeps the array): a later call leaves an earlier
+    output as it was, and Fortran-ordered inputs are taken by value."""
+    ids, mask = _inputs(loaded, held_out_texts()[:2])
+    first = loaded(ids, mask, integer=True)
+    assert first.base is None and not np.array_equal(first[0], first[1])
+    kept = first.copy()
+    swapped = loaded(ids[::-1].copy(), mask[::-1].copy(), integer=True)
+    np.testing.assert_array_equal(first, kept)
+    np.testing.assert_array_equal(swapped, first[::-1])
+    np.testing.assert_array_equal(loaded(np.asfortranarray(ids), np.asfortranarray(mask), integer=True), first)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda ids, m: (ids.astype(np.float32), m), "input_ids must be int64 or int32, got float32"),
     (lambda ids, m: (ids[:, :, None], m), "shape [batch, seq]"),
