@@ -192,9 +192,11 @@ def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
 @tvm.transform.module_pass(opt_level=0, name="IBertKeepAccumulatorsOnStack")
 def _keep_on_stack(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
     """Allocate the buffers a PrimFunc names in its STACK attribute on the stack (`disable_lower_builtin`),
-    not from TVM's workspace pool: a GEMM task's register-tile accumulator (at most a few KB). A workspace
-    pointer may alias anything as far as LLVM knows, so a prefetch call inside the k loop made it store the
-    accumulators at every chunk; a stack array that never escapes it can prove untouched."""
+    not from TVM's workspace pool: a GEMM task's register-tile accumulator (at most a few KB) and the AMX
+    step's tile configurations (`x86.AMX_CONFIG_BUFFERS`). A workspace pointer may alias anything as far as
+    LLVM knows, so a prefetch call inside the k loop made it store the accumulators at every chunk; a stack
+    array that never escapes it can prove untouched. The tile configurations cost an allocation and a free
+    per tile block."""
     out = mod.clone()
     for gvar, func in mod.functions_items():
         names = {str(n) for n in func.attrs.get(STACK, [])} if isinstance(func, tirx.PrimFunc) and func.attrs else set()

@@ -249,6 +249,24 @@ def test_weight_prefetching_tasks_keep_their_accumulator_on_the_stack(few_row_ti
     assert gemm_prefetch.STACK not in (_qk_kernel().attrs or {})  # batched GEMMs: no weight prefetch
 
 
+def _workspace_buffers(func: tirx.PrimFunc, target: tvm.target.Target, pipeline: str) -> set[str]:
+    """The buffers of `func` that its library takes from TVM's workspace pool."""
+    ll = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target,
+                     tir_pipeline=pipeline).mod.inspect_source("ll")
+    return set(re.findall(r"%([a-z_]+?)\d* = (?:tail )?call ptr %\S+\(i32 1, i32 %dev_id, i64 \d+,", ll))
+
+
+def test_amx_tile_configurations_live_on_the_stack():
+    """The AMX step's two 64-byte tile configurations are named for the stack, and the project's TIR pipeline
+    allocates them there; TVM's default takes them from the workspace pool (an allocation and a free each per
+    tile block)."""
+    amx = resolve_target("x86-amx").target
+    kernel = _linear_kernel(32, target=amx, strategy="amx_gemm")
+    assert set(x86.AMX_CONFIG_BUFFERS) <= {str(n) for n in kernel.attrs[gemm_prefetch.STACK]}
+    assert set(x86.AMX_CONFIG_BUFFERS) <= _workspace_buffers(kernel, amx, "default")
+    assert not set(x86.AMX_CONFIG_BUFFERS) & _workspace_buffers(kernel, amx, gemm_prefetch.TIR_PIPELINE)
+
+
 def test_avx2_prefetches_weights_only_for_panels_of_few_row_tiles():  # measured slower at 16 row tiles
     avx2 = resolve_target("x86-avx2").target
     assert _kinds(_linear_kernel(32, target=avx2, strategy="avx2_gemm"))["read"] > 0
