@@ -145,18 +145,18 @@ def _weight_prefetches(chunk: tirx.For, params: list[tirx.Var], task: tirx.Var, 
 
 
 def add_prefetches(func: tirx.PrimFunc) -> tirx.PrimFunc:
-    """`func` with the prefetches its marked loops ask for (and the marks removed); the accumulators of the
-    weight-prefetching tasks named in its STACK attribute."""
+    """`func` with the prefetches its marked loops ask for (and the marks removed); the accumulators that
+    task loops name (weight-prefetching tasks, AMX tile blocks) in its STACK attribute."""
     params = list(func.params)
     stack: list[str] = []
 
     def rewrite_task(loop: tirx.For) -> tirx.For:
-        if OUTPUT not in loop.annotations and WEIGHTS not in loop.annotations:
-            return loop
-        last = loop.min + loop.extent - 1
-        row_tiles = int(loop.annotations.get(WEIGHTS, 1))
         if STACK in loop.annotations:
             stack.append(str(loop.annotations[STACK]))
+        if OUTPUT not in loop.annotations and WEIGHTS not in loop.annotations:
+            return _rebuilt(loop, drop=(STACK,)) if STACK in loop.annotations else loop
+        last = loop.min + loop.extent - 1
+        row_tiles = int(loop.annotations.get(WEIGHTS, 1))
 
         def rewrite_chunk(chunk: tirx.For) -> tirx.For:
             if WEIGHT_STEP not in chunk.annotations:

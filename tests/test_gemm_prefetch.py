@@ -256,15 +256,16 @@ def _workspace_buffers(func: tirx.PrimFunc, target: tvm.target.Target, pipeline:
     return set(re.findall(r"%([a-z_]+?)\d* = (?:tail )?call ptr %\S+\(i32 1, i32 %dev_id, i64 \d+,", ll))
 
 
-def test_amx_tile_configurations_live_on_the_stack():
-    """The AMX step's two 64-byte tile configurations are named for the stack, and the project's TIR pipeline
-    allocates them there; TVM's default takes them from the workspace pool (an allocation and a free each per
-    tile block)."""
+def test_amx_tile_blocks_keep_their_accumulator_and_tile_configurations_on_the_stack():
+    """An AMX task's accumulator and the step's two 64-byte tile configurations are named for the stack, and the
+    project's TIR pipeline allocates them there; TVM's default takes them from the workspace pool (an
+    allocation and a free each per tile block)."""
     amx = resolve_target("x86-amx").target
     kernel = _linear_kernel(32, target=amx, strategy="amx_gemm")
-    assert set(x86.AMX_CONFIG_BUFFERS) <= {str(n) for n in kernel.attrs[gemm_prefetch.STACK]}
-    assert set(x86.AMX_CONFIG_BUFFERS) <= _workspace_buffers(kernel, amx, "default")
-    assert not set(x86.AMX_CONFIG_BUFFERS) & _workspace_buffers(kernel, amx, gemm_prefetch.TIR_PIPELINE)
+    named = {"acc", *x86.AMX_CONFIG_BUFFERS}
+    assert {str(n) for n in kernel.attrs[gemm_prefetch.STACK]} == named
+    assert named <= _workspace_buffers(kernel, amx, "default")
+    assert not named & _workspace_buffers(kernel, amx, gemm_prefetch.TIR_PIPELINE)
 
 
 def test_avx2_prefetches_weights_only_for_panels_of_few_row_tiles():  # measured slower at 16 row tiles
