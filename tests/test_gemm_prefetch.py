@@ -207,12 +207,19 @@ def _k_loops(asm: str, instruction: str = "vpdpbusd") -> list[str]:
             if not any(re.search(rf"^{re.escape(label)}:$", body, re.M) for label in loops)]
 
 
+def _source(func: tirx.PrimFunc, kind: str, target: tvm.target.Target = VNNI,
+            pipeline: str = gemm_prefetch.TIR_PIPELINE) -> str:
+    """`func` compiled alone for `target` through the TIR `pipeline` (by default the project's, as
+    `pipeline.build` compiles), as "asm" or "ll"."""
+    return tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target,
+                       tir_pipeline=pipeline).mod.inspect_source(kind)
+
+
 def test_assembly_prefetches_for_write_and_keeps_the_accumulators_in_registers(few_row_tiles):
     """Built as `pipeline.build` builds (the project's TIR pipeline, the accumulator on the stack), the k loop
     with its chunk's prefetches stores no accumulator: with TVM's default pipeline (the accumulator in the
     workspace pool) LLVM stores all 24 around every chunk."""
-    asm = tvm.compile(tvm.IRModule({"main": few_row_tiles.with_attr("global_symbol", "main")}), target=VNNI,
-                      tir_pipeline=gemm_prefetch.TIR_PIPELINE).mod.inspect_source("asm")
+    asm = _source(few_row_tiles, "asm")
     assert "prefetchw" in asm and "prefetcht1" in asm
     k_loops = _k_loops(asm)
     assert k_loops
@@ -225,8 +232,7 @@ def test_k_loop_broadcasts_activations_straight_from_memory(few_row_tiles):
     through a general register: a broadcast from a register takes port 5, which the second `vpdpbusd` unit
     needs (the dot-product step once kept the last row's word in a local buffer, so LLVM loaded it into a
     register to store it after the loop: FFN-in, QKV and attention-out 3 to 6 % slower, `bench/kernel_ab.py`)."""
-    asm = tvm.compile(tvm.IRModule({"main": few_row_tiles.with_attr("global_symbol", "main")}), target=VNNI,
-                      tir_pipeline=gemm_prefetch.TIR_PIPELINE).mod.inspect_source("asm")
+    asm = _source(few_row_tiles, "asm")
     k_loops = _k_loops(asm)
     assert k_loops
     for body in k_loops:  # the 8 x 3 tile: one broadcast per row and k step, for 3 vpdpbusd
@@ -235,8 +241,7 @@ def test_k_loop_broadcasts_activations_straight_from_memory(few_row_tiles):
 
 
 def _workspace_allocations(func: tirx.PrimFunc, tir_pipeline: str) -> int:
-    ll = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=VNNI,
-                     tir_pipeline=tir_pipeline).mod.inspect_source("ll")
+    ll = _source(func, "ll", pipeline=tir_pipeline)
     return ll.count("load ptr, ptr @__TVMBackendAllocWorkspace")
 
 
@@ -251,8 +256,7 @@ def test_weight_prefetching_tasks_keep_their_accumulator_on_the_stack(few_row_ti
 
 def _workspace_buffers(func: tirx.PrimFunc, target: tvm.target.Target, pipeline: str) -> set[str]:
     """The buffers of `func` that its library takes from TVM's workspace pool."""
-    ll = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target,
-                     tir_pipeline=pipeline).mod.inspect_source("ll")
+    ll = _source(func, "ll", target, pipeline)
     return set(re.findall(r"%([a-z_]+?)\d* = (?:tail )?call ptr %\S+\(i32 1, i32 %dev_id, i64 \d+,", ll))
 
 
