@@ -4,6 +4,7 @@
     .venv/bin/python bench/bench_peers.py --profile bert-base:1x128     # per-kernel times (VM instrument)
     .venv/bin/python bench/bench_peers.py --profile-ort bert-base:1x128 # ONNX Runtime int8 per operator type
     .venv/bin/python bench/bench_peers.py --as-cpu avx2                 # every runner as on an AVX2-only CPU
+    python3 bench/bench_peers.py --device cuda --models bert-base,minilm-random  # on a GPU (bench/gpu_kit.py)
 
 Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs), TVM's own float32 build
 of the same model (untuned), PyTorch FP32 eager, PyTorch dynamic int8 (`quantize_dynamic`, Linear layers),
@@ -12,7 +13,10 @@ at batch 1 and 8, seq 32 and 256 at batch 1. Each shape's runners are timed in r
 first; per round each in turn after its own warm-up, the order rotating), so that a shared host's drift hits
 all alike: median of the rounds' medians; ratios against PyTorch FP32 and ONNX Runtime int8 taken round by
 round, their median and range; the host's CPU flags beside the results. Writes peers.json, peers.md, peers.png.
-BERT-base uses seeded random weights (speed only); MiniLM is the real all-MiniLM-L6-v2.
+BERT-base uses seeded random weights (speed only); MiniLM is the real all-MiniLM-L6-v2, `minilm-random` its
+architecture with seeded random weights (where its weights package is not installed).
+`--device cuda` runs on the GPU instead: ibert-tvm's CUDA build for the GPU's arch against PyTorch FP32 and
+FP16 on the same GPU, every runner from host arrays to host arrays.
 `--as-cpu LEVEL` re-runs the script with CPUID masked to that level (`bench/mask_cpuid.c`), so the peers pick
 the kernels of a narrower CPU on this host's cores and memory; ours is then built for `x86-LEVEL`.
 """
@@ -20,6 +24,7 @@ the kernels of a narrower CPU on this host's cores and memory; ours is then buil
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -40,6 +45,11 @@ from ibert_tvm.latency import time_calls
 from ibert_tvm.classifier import default_model_dir
 
 SHAPES = ((1, 128), (8, 128), (1, 32), (1, 256))
+#: all-MiniLM-L6-v2's architecture (its config.json; BERT's vocabulary and 512 positions)
+MINILM_ARCHITECTURE = {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536}
+#: per device, the ratio columns: (row key, the runner each row is compared with)
+REFERENCES = {"cpu": (("x_vs_torch_fp32", "PyTorch FP32"), ("x_vs_ort_int8", "ONNX Runtime dynamic int8")),
+              "cuda": (("x_vs_torch_fp32", "PyTorch FP32 (CUDA)"), ("x_vs_torch_fp16", "PyTorch FP16 (CUDA)"))}
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512bw", "avx2", "amx_int8")
 
 
@@ -49,6 +59,33 @@ def cpu_summary() -> dict:
     name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
     flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
     return {"cpu": name, "cores": os.cpu_count(), "int8_flags": [f for f in INT8_FLAGS if f in flags]}
+
+
+def _check_cuda(args) -> None:
+    """--device cuda needs a GPU that TVM sees, and a CUDA build of PyTorch for its runners; --as-cpu,
+    --target and the profiles are CPU options."""
+    import tvm
+
+    if args.as_cpu or args.target or args.profile or args.profile_ort:
+        raise SystemExit("bench_peers: --as-cpu, --target, --profile and --profile-ort are for the CPU; "
+                         "--device cuda builds for the GPU present")
+    if not tvm.cuda(0).exist:
+        raise SystemExit("bench_peers: --device cuda needs a CUDA GPU, and TVM finds none here (tvm.cuda(0))")
+    if not torch.cuda.is_available() and any(r.startswith("PyTorch") for r in (args.only or {"PyTorch"})):
+        raise SystemExit(f"bench_peers: this PyTorch ({torch.__version__}) has no CUDA device, so its GPU runners "
+                         "cannot run; install a CUDA build of PyTorch, or leave them out with --only")
+
+
+def gpu_summary(gemm: str | None) -> dict:
+    """The GPU's name and arch as TVM sees them, and the integer GEMM variant built for it."""
+    import tvm
+
+    from ibert_tvm.schedules.cuda import default_gemm
+    from ibert_tvm.targets import resolve_target
+
+    dev = tvm.cuda(0)
+    return {"gpu": dev.device_name, "gpu_arch": "sm_" + dev.compute_version.replace(".", ""),
+            "gemm": gemm or default_gemm(resolve_target("cuda").target), "torch": torch.__version__}
 
 
 def masked_cpuid_env(level: str) -> dict[str, str]:
@@ -63,15 +100,16 @@ def masked_cpuid_env(level: str) -> dict[str, str]:
 
 
 def load_model(name: str) -> torch.nn.Module:
-    """The float encoder: seeded random BERT-base, or the real MiniLM."""
+    """The float encoder: seeded random BERT-base, the real MiniLM, or MiniLM's architecture seeded."""
     from transformers import AutoModel, BertConfig, BertModel
 
-    if name == "bert-base":
+    random = {"bert-base": {}, "minilm-random": MINILM_ARCHITECTURE}
+    if name in random:
         torch.manual_seed(0)
-        return BertModel(BertConfig(), add_pooling_layer=False).eval()
+        return BertModel(BertConfig(**random[name]), add_pooling_layer=False).eval()
     if name == "minilm":
         return AutoModel.from_pretrained(default_model_dir(), local_files_only=True).eval()
-    raise SystemExit(f"unknown model {name!r} (bert-base, minilm)")
+    raise SystemExit(f"unknown model {name!r} (bert-base, minilm, minilm-random)")
 
 
 def inputs(model: torch.nn.Module, batch: int, seq: int) -> tuple[np.ndarray, np.ndarray]:
@@ -86,14 +124,15 @@ def quantized(model, seq: int) -> ibert_tvm.QuantizedModel:
     return ibert_tvm.from_pretrained(model, calibration=calibration)
 
 
-def ibert_compiled(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm") -> ibert_tvm.CompiledModel:
+def ibert_compiled(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm",
+                   **schedule_options) -> ibert_tvm.CompiledModel:
     """The integer-only program for one shape, calibrated as in `quantized`."""
     return ibert_tvm.compile(quantized(model, seq), target, tuning_logs=tuning_logs, batch_sizes=(batch,),
-                             seq_lengths=(seq,))
+                             seq_lengths=(seq,), **schedule_options)
 
 
-def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm"):
-    m = ibert_compiled(model, batch, seq, tuning_logs, target).runner()
+def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm", **schedule_options):
+    m = ibert_compiled(model, batch, seq, tuning_logs, target, **schedule_options).runner()
     return lambda ids, mask: m(ids, mask.astype(np.int32), integer=True)
 
 
@@ -164,6 +203,17 @@ def tvm_float_runner(model, batch: int, seq: int):
 
     vm = relax.VirtualMachine(tvm.compile(float_program(model, batch, seq), "llvm"), tvm.cpu())
     return lambda ids, mask: vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask))
+
+
+def torch_cuda_runner(model, half: bool):
+    """PyTorch eager on the GPU, FP32 or FP16 weights and activations; returns host memory, as ours does."""
+    net = copy.deepcopy(model).to("cuda", torch.float16 if half else torch.float32)
+
+    def run(ids, mask):
+        with torch.inference_mode():
+            out = net(input_ids=torch.from_numpy(ids).cuda(), attention_mask=torch.from_numpy(mask).cuda())
+            return out.last_hidden_state.cpu()  # the copy to the host waits for the GPU
+    return run
 
 
 def torch_runner(model, int8: bool):
@@ -248,14 +298,8 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
         if seq > model.config.max_position_embeddings:
             continue
         ids, mask = inputs(model, batch, seq)
-        makers = {"ibert-tvm int (untuned)": lambda: ibert_runner(model, batch, seq, False, args.target),
-                  "TVM float32 (untuned)": lambda: tvm_float_runner(model, batch, seq),
-                  "PyTorch FP32": lambda: torch_runner(model, False),
-                  "PyTorch dynamic int8": lambda: torch_runner(model, True),
-                  "ONNX Runtime FP32": lambda: ort_runner(name, model, batch, seq, False, workdir),
-                  "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
-        if args.tuning_logs:
-            makers["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, args.target)
+        makers = (_cuda_makers(model, batch, seq, args) if args.device == "cuda" else
+                  _cpu_makers(name, model, batch, seq, args, workdir))
         unknown = sorted((args.only or set()) - set(makers))
         if unknown:
             raise SystemExit(f"bench_peers: --only names no runner of this run: {unknown}; the runners: "
@@ -265,6 +309,31 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
         rows += [{"model": name, "batch": batch, "seq": seq, "runner": runner,
                   "median_ms": float(np.median(medians)), "round_ms": medians} for runner, medians in rounds.items()]
     return rows
+
+
+def _cpu_makers(name: str, model, batch: int, seq: int, args, workdir: Path) -> dict[str, Callable]:
+    """The CPU runners of one shape, by name (made only where --only keeps them)."""
+    makers = {"ibert-tvm int (untuned)": lambda: ibert_runner(model, batch, seq, False, args.target),
+              "TVM float32 (untuned)": lambda: tvm_float_runner(model, batch, seq),
+              "PyTorch FP32": lambda: torch_runner(model, False),
+              "PyTorch dynamic int8": lambda: torch_runner(model, True),
+              "ONNX Runtime FP32": lambda: ort_runner(name, model, batch, seq, False, workdir),
+              "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
+    if args.tuning_logs:
+        makers["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, args.target)
+    return makers
+
+
+def _cuda_makers(model, batch: int, seq: int, args) -> dict[str, Callable]:
+    """The GPU runners of one shape, by name: ours built for the GPU's arch (`--gemm`: its GEMM variant)."""
+    options = {"gemm": args.gemm} if args.gemm else {}
+    makers = {"ibert-tvm int CUDA (untuned)": lambda: ibert_runner(model, batch, seq, False, "cuda", **options),
+              "PyTorch FP32 (CUDA)": lambda: torch_cuda_runner(model, False),
+              "PyTorch FP16 (CUDA)": lambda: torch_cuda_runner(model, True)}
+    if args.tuning_logs:
+        makers["ibert-tvm int CUDA (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, "cuda",
+                                                                   **options)
+    return makers
 
 
 def _time_in_rounds(runners: dict[str, Callable], call: Callable[[Callable], object], args, label: str
@@ -283,16 +352,16 @@ def _time_in_rounds(runners: dict[str, Callable], call: Callable[[Callable], obj
     return medians
 
 
-def with_ratios(rows: list[dict]) -> list[dict]:
-    """Each row's speed-up over PyTorch FP32 and over ONNX Runtime int8 on the same model and shape: the
-    median of the rounds' ratios, with their lowest and highest (`*_range`)."""
+def with_ratios(rows: list[dict], references=REFERENCES["cpu"]) -> list[dict]:
+    """Each row's speed-up over each reference runner (CPU: PyTorch FP32 and ONNX Runtime int8) on the same
+    model and shape: the median of the rounds' ratios, with their lowest and highest (`*_range`)."""
     def ref(row, runner):
         match = [r["round_ms"] for r in rows if r["runner"] == runner
                  and (r["model"], r["batch"], r["seq"]) == (row["model"], row["batch"], row["seq"])]
         return match[0] if match else None
 
     for row in rows:
-        for key, runner in (("x_vs_torch_fp32", "PyTorch FP32"), ("x_vs_ort_int8", "ONNX Runtime dynamic int8")):
+        for key, runner in references:
             base = ref(row, runner)
             ratios = [b / ours for b, ours in zip(base, row["round_ms"], strict=True)] if base else []
             row[key] = round(float(np.median(ratios)), 3) if ratios else None
@@ -300,17 +369,22 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def write(rows: list[dict], out: Path, context: dict) -> None:
+def write(rows: list[dict], out: Path, context: dict, references=REFERENCES["cpu"]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "peers.json").write_text(json.dumps({"context": context, "rows": rows}, indent=1))
     lines = [f"# ibert-tvm vs peers ({context['date']})", "", *(f"- {k}: {v}" for k, v in context.items()), "",
-             "| model | batch | seq | runner | median ms | x vs PyTorch FP32 | x vs ORT int8 |",
-             "| --- | ---: | ---: | --- | ---: | ---: | ---: |"]
-    lines += [f"| {r['model']} | {r['batch']} | {r['seq']} | {r['runner']} | {r['median_ms']:.1f} | "
-              f"{_ratio(r, 'x_vs_torch_fp32')} | {_ratio(r, 'x_vs_ort_int8')} |" for r in rows]
+             "| model | batch | seq | runner | median ms | " + " | ".join(f"x vs {r}" for _, r in references) + " |",
+             "| --- | ---: | ---: | --- | ---: |" + " ---: |" * len(references)]
+    lines += [f"| {r['model']} | {r['batch']} | {r['seq']} | {r['runner']} | {_ms(r['median_ms'])} | "
+              + " | ".join(_ratio(r, key) for key, _ in references) + " |" for r in rows]
     (out / "peers.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "peers.png")
     print("\n".join(lines))
+
+
+def _ms(value: float) -> str:
+    """Milliseconds with one decimal, two below 10 ms (GPU times)."""
+    return f"{value:.1f}" if value >= 10 else f"{value:.2f}"
 
 
 def _ratio(row: dict, key: str) -> str:
@@ -363,6 +437,10 @@ def main() -> int:
                         "--as-cpu; e.g. x86-avx2 to measure the AVX2 kernels on a wider CPU)")
     parser.add_argument("--as-cpu", choices=("avx2", "avxvnni", "avx512vnni"),
                         help="run every runner as on a CPU of that level: CPUID masked, ours built for x86-LEVEL")
+    parser.add_argument("--device", choices=tuple(REFERENCES), default="cpu",
+                        help="cuda: ours built for the GPU present against PyTorch FP32 and FP16 on it")
+    parser.add_argument("--gemm", choices=("imma", "dp4a", "simt"),
+                        help="with --device cuda: the integer GEMM variant (default: the arch's best)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed calls before each runner's timed ones")
     parser.add_argument("--warmup-seconds", type=float, default=1.0,
                         help="... and at least this long (a model runs slower for its first calls after others)")
@@ -374,17 +452,21 @@ def main() -> int:
     parser.add_argument("--profile-ort", metavar="MODEL:BATCHxSEQ",
                         help="instead of comparing: ONNX Runtime dynamic int8's time per operator type")
     args = parser.parse_args()
+    args.only = set(args.only.split(",")) if args.only else None
+    if args.device == "cuda":
+        _check_cuda(args)
+    elif args.gemm:
+        raise SystemExit("bench_peers: --gemm picks the CUDA GEMM variant; it needs --device cuda")
     if args.as_cpu and os.environ.get("IBERT_MASK_CPUID") != args.as_cpu:
         os.execve(sys.executable, [sys.executable, *sys.argv], masked_cpuid_env(args.as_cpu))
-    args.target = args.target or (f"x86-{args.as_cpu}" if args.as_cpu else "llvm")
+    args.target = args.target or ("cuda" if args.device == "cuda" else f"x86-{args.as_cpu}" if args.as_cpu else "llvm")
     if args.profile:
         profile(*_model_shape(args.profile), Path(args.out), args.target)
         return 0
     if args.profile_ort:
         profile_ort(*_model_shape(args.profile_ort), Path(args.out))
         return 0
-    args.only = set(args.only.split(",")) if args.only else None
-    if any(r.startswith("ONNX Runtime") for r in (args.only or {"ONNX Runtime"})):
+    if args.device == "cpu" and any(r.startswith("ONNX Runtime") for r in (args.only or {"ONNX Runtime"})):
         try:
             import onnxruntime  # noqa: F401
         except ImportError:
@@ -394,11 +476,13 @@ def main() -> int:
     torch.set_num_threads(os.cpu_count() or 1)
     context = {**cpu_summary(), "cpuid_masked_to": args.as_cpu or "none (the host's own)",
                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "target": args.target,
+               **(gpu_summary(args.gemm) if args.device == "cuda" else {}),
                "date": date.today().isoformat(), "python": platform.python_version(), "command": " ".join(sys.argv)}
     print(context)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [r for name in args.models.split(",") for r in bench_model(name, args, Path(tmp))]
-    write(with_ratios(rows), Path(args.out), context)
+    references = REFERENCES[args.device]
+    write(with_ratios(rows, references), Path(args.out), context, references)
     return 0
 
 

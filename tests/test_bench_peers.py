@@ -53,3 +53,39 @@ def test_timed_calls_follow_the_warm_up_time(monkeypatch):
     times = time_calls(fn, warmup=1, repeats=3, warmup_seconds=0.15)
     assert times == pytest.approx([10.0] * 3) and len(calls) == 15 + 3
     assert calls[-4] < 0.15 <= calls[-3]  # the last warm-up call began before 0.15 s, the first timed one after
+
+
+def test_minilm_random_has_the_real_models_architecture():
+    """`minilm-random` (for a GPU machine without the weights package) is all-MiniLM-L6-v2's shape exactly."""
+    real, seeded = bench_peers.load_model("minilm"), bench_peers.load_model("minilm-random")
+    keys = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size",
+            "max_position_embeddings", "type_vocab_size", "hidden_act", "layer_norm_eps")
+    assert {k: getattr(seeded.config, k) for k in keys} == {k: getattr(real.config, k) for k in keys}
+    def encoder(model):  # the real model keeps a pooler the benchmark does not run (it times last_hidden_state)
+        return {n: p.shape for n, p in model.named_parameters() if not n.startswith("pooler.")}
+    assert encoder(seeded) == encoder(real)
+
+
+def test_gpu_table_compares_with_pytorch_fp32_and_fp16(tmp_path):
+    shape = {"model": "bert-base", "batch": 1, "seq": 128}
+    rounds = {"ibert-tvm int CUDA (untuned)": [0.5, 0.4], "PyTorch FP32 (CUDA)": [2.0, 2.0],
+              "PyTorch FP16 (CUDA)": [1.0, 1.2]}
+    rows = [{**shape, "runner": r, "median_ms": sum(t) / 2, "round_ms": t} for r, t in rounds.items()]
+    references = bench_peers.REFERENCES["cuda"]
+    bench_peers.write(bench_peers.with_ratios(rows, references), tmp_path, {"date": "2026-12-05"}, references)
+    table = (tmp_path / "peers.md").read_text()
+    assert "| median ms | x vs PyTorch FP32 (CUDA) | x vs PyTorch FP16 (CUDA) |" in table
+    ours = "| bert-base | 1 | 128 | ibert-tvm int CUDA (untuned) | 0.45 |"
+    assert f"{ours} 4.50 (4.00-5.00) | 2.50 (2.00-3.00) |" in table
+
+
+@pytest.mark.skipif(__import__("tvm").cuda(0).exist, reason="checks the message given where no GPU is present")
+@pytest.mark.parametrize("argv, message", [
+    (["--device", "cuda"], "needs a CUDA GPU, and TVM finds none here"),
+    (["--device", "cuda", "--as-cpu", "avx2"], "are for the CPU; --device cuda builds for the GPU present"),
+    (["--gemm", "dp4a"], "--gemm picks the CUDA GEMM variant; it needs --device cuda"),
+])
+def test_gpu_options_are_refused_where_they_cannot_run(monkeypatch, argv, message):
+    monkeypatch.setattr(sys, "argv", ["bench_peers.py", *argv])
+    with pytest.raises(SystemExit, match=message):
+        bench_peers.main()

@@ -22,6 +22,7 @@ from tvm import relax, tirx
 from ibert_tvm import cuda_toolchain, ops, quant
 from ibert_tvm.build_util import single_op_module
 from ibert_tvm.schedules import cuda
+from ibert_tvm.targets import resolve_target
 
 try:
     NVCC = cuda_toolchain.find_nvcc()
@@ -155,6 +156,24 @@ def test_op_builds_sm75_cubin(name: str) -> None:
     assert cuda_sm(cubin) == 75
     kernels = function_symbols(cubin)
     assert case.kernel in kernels, f"{case.kernel} not among the cubin's functions {sorted(kernels)}"
+
+
+@pytest.mark.skipif(not tvm.cuda(0).exist, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("name", list(CASES))
+def test_op_on_the_gpu_equals_the_cpu(name: str) -> None:
+    """Each op built by the integer pipeline for the GPU present runs there to the CPU build's integers (the
+    CPU kernels are checked against the exact reference in test_ops_exact.py)."""
+    from ibert_tvm.relay_passes.pipeline import build  # lazily, as cuda_toolchain.build_cubin does
+
+    case = CASES[name]
+    mod = single_op_module(case.build, case.inputs)
+    dev = tvm.cuda(0)
+    with cuda_toolchain.cuda_build_environment(resolve_target("cuda").target) as target:
+        exe = build(mod, target)
+    got = relax.VirtualMachine(exe, dev)["main"](*[tvm.runtime.tensor(a, dev) for a in case.inputs.values()])
+    want = relax.VirtualMachine(build(mod, "llvm"), tvm.cpu())["main"](
+        *[tvm.runtime.tensor(a) for a in case.inputs.values()])
+    np.testing.assert_array_equal(got.numpy(), want.numpy())
 
 
 def test_bert_base_linear_builds() -> None:
