@@ -86,7 +86,16 @@ WEIGHT_PREFETCH_K_STEPS = 4
 #: ... with 16 (ymm: AVX-VNNI, AVX2) 16 steps: 4 ran 1 x 32 12.29 -> 13.69 ms on x86-avxvnni, 27.13 -> 30.87 ms
 #: on x86-avx2; 0 turns them off there
 NARROW_WEIGHT_PREFETCH_K_STEPS = 16
-#: on AVX2 (the register tile already spills one accumulator) only panels of at most this many row tiles
+#: vector registers the AVX2 step needs besides the register tile's: `vpmaddwd`'s product, which `vpaddd` then
+#: adds (VNNI accumulates in place) ...
+AVX2_STEP_TEMPORARIES = 1
+#: ... and its tile's most rows, as each row's broadcast serves only the tile's NR `vpmaddwd`. Counting the
+#: product, 16 ymm hold 4 x 2 accumulator blocks instead of 4 x 3 (of which LLVM spilled one, loaded and
+#: stored every step): BERT-base on x86-avx2 1 x 128 91.45 -> 73.12 ms and 1 x 32 21.79 -> 16.90 ms on the
+#: AMD EPYC (Zen 5) VM of the README, 2026-12-05; 8 x 1, which the product alone would pick, 74.10 / 17.16 ms
+#: there (and slower than 4 x 3 on the Intel VM, 106.3 against 109.7 ms, 2026-12-05)
+AVX2_MAX_ROWS = 4
+#: on AVX2 only panels of at most this many row tiles
 #: prefetch weights: at 16 (128 tokens) BERT-base ran 1.7 % slower with them when each column block's pieces
 #: came from one row tile, and 105.81 against 106.09 ms (no gain) with the pieces shared out; at 4 3.6 % faster
 AVX2_WEIGHT_PREFETCH_ROW_TILES = 8
@@ -390,15 +399,17 @@ def _product(values: list[int]) -> int:
     return out
 
 
-def _register_tile(dims: list[int], blocks: int, registers: int) -> tuple[list[int], int]:
-    """(row factors, NR): MR = prod(row factors) rows x NR column blocks of accumulators, fitting
-    MR*NR accumulators + NR operands + 1 broadcast in `registers`: most MACs per step, then most rows (each
-    B vector loaded then serves more rows; the A broadcasts hit L1, and a narrower B panel stays in cache)."""
+def _register_tile(dims: list[int], blocks: int, registers: int, temporaries: int = 0,
+                   max_rows: int = MAX_ROWS) -> tuple[list[int], int]:
+    """(row factors, NR): MR = prod(row factors) <= `max_rows` rows x NR column blocks of accumulators,
+    fitting MR*NR accumulators + NR operands + 1 broadcast + the step's `temporaries` in `registers`: most
+    MACs per step, then most rows (each B vector loaded then serves more rows; the A broadcasts hit L1, and a
+    narrower B panel stays in cache)."""
     options = []
-    for limit, nr in itertools.product(range(1, MAX_ROWS + 1), range(1, MAX_COLUMN_BLOCKS + 1)):
+    for limit, nr in itertools.product(range(1, max_rows + 1), range(1, MAX_COLUMN_BLOCKS + 1)):
         factors = _row_factors(dims, limit)
         mr = _product(factors)
-        if blocks % nr == 0 and mr * nr + nr + 1 <= registers:
+        if blocks % nr == 0 and mr * nr + nr + 1 + temporaries <= registers:
             options.append((mr * nr, mr, factors, nr))
     best = max(options, key=lambda o: o[:2])
     return best[2], best[3]
@@ -476,7 +487,7 @@ def _kept(sch: s_tir.Schedule, block: s_tir.SBlockRV) -> bool:
 
 def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: int, vbytes: int, batch: int = 0,
                tile: tuple[list[int], int] | None = None, prefetch: bool = False, weight_steps: int = 0,
-               weight_row_tiles: int | None = None
+               weight_row_tiles: int | None = None, step_registers: tuple[int, int] = (0, MAX_ROWS)
                ) -> tuple[s_tir.LoopRV, list[s_tir.LoopRV], s_tir.LoopRV, s_tir.LoopRV, s_tir.LoopRV]:
     """Tile a [batch..., rows..., N, K] GEMM into register tiles of MR rows x NR `width`-wide column
     blocks, each accumulating over the whole k range, and parallel tasks over the tiles.
@@ -492,7 +503,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
       and its per-column terms (the prologue, computed per task) serve every row; the epilogue follows
       the task's row loop.
 
-    `tile` (row factors, NR) overrides the vector-register tile. With `prefetch`, a linear layer's tasks
+    `tile` (row factors, NR) overrides the vector-register tile (`_register_tile` with `step_registers`: the
+    step's temporaries and the tile's most rows). With `prefetch`, a linear layer's tasks
     prefetch their output lines (`gemm_prefetch.py`) and, where a panel has more than one row tile (and at
     most `weight_row_tiles`, if given), the next panel's weights, the k loop split in chunks of `weight_steps`
     for them (0: none); a batched GEMM's row tiles prefetch their rows' output lines (the VNNI and AVX2
@@ -504,7 +516,7 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     loops = sch.get_loops(gemm)
     outer_batch, lead, cols, red = loops[:batch], loops[batch:-2], loops[-2], loops[-1]
     factors, nr = tile or _register_tile([_extent(sch, l) for l in lead], _extent(sch, cols) // width,
-                                         VECTOR_REGISTERS[vbytes])
+                                         VECTOR_REGISTERS[vbytes], *step_registers)
     row_splits = [sch.split(l, [None, f]) for l, f in zip(lead, factors)]
     no, ni, nl = sch.split(cols, [None, nr, width])
     ko, kg = sch.split(red, [None, k_step]) if k_step > 1 else (red, None)
@@ -585,9 +597,11 @@ def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, g
     """Register-tiled, parallel packed GEMM tensorized with the dot-product step `intrinsic` (VNNI, or its
     AVX2 form), with its epilogue computed per task."""
     steps = WEIGHT_PREFETCH_K_STEPS if VECTOR_REGISTERS[vbytes] >= 32 else NARROW_WEIGHT_PREFETCH_K_STEPS
-    row_tile_cap = AVX2_WEIGHT_PREFETCH_ROW_TILES if intrinsic in AVX2_INTRINSICS.values() else None
+    avx2 = intrinsic in AVX2_INTRINSICS.values()
     ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group),
-                                     prefetch=True, weight_steps=steps, weight_row_tiles=row_tile_cap)
+                                     prefetch=True, weight_steps=steps,
+                                     weight_row_tiles=AVX2_WEIGHT_PREFETCH_ROW_TILES if avx2 else None,
+                                     step_registers=(AVX2_STEP_TEMPORARIES, AVX2_MAX_ROWS) if avx2 else (0, MAX_ROWS))
     init = sch.decompose_reduction(gemm, ko)
     _vectorize_inner(sch, init, lanes)
     sch.tensorize(nl, intrinsic)

@@ -5,6 +5,7 @@ target without any int8 dot product still builds and computes the same."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -264,6 +265,28 @@ def test_avx2_target_uses_exact_vpmaddwd():
         asm = _asm(build(mod, HASWELL))
         assert "vpmaddwd" in asm and "vpmaddubsw" not in asm and "vpdp" not in asm and "zmm" not in asm
         assert "vpmovsxbw" in asm, case  # the int8 operand (weight, K, V) sign-extended in the step
+
+
+def _k_loop(asm: str, instruction: str) -> list[str]:
+    """The lines of the loop around the first `instruction`: from the label before it to the jump back."""
+    lines = asm.splitlines()
+    first = next(i for i, line in enumerate(lines) if instruction in line)
+    start = max(i for i in range(first) if re.fullmatch(r"\.LBB\w+:", lines[i].strip()))
+    label = lines[start].strip()[:-1]
+    end = next(i for i in range(first, len(lines)) if re.fullmatch(rf"j\w+\s+{label}", lines[i].strip()))
+    return lines[start:end + 1]
+
+
+def test_avx2_register_tile_keeps_every_accumulator_in_a_register():
+    """The AVX2 step needs a register for `vpmaddwd`'s product: a 128 x 96 x 64 linear layer (12 column blocks,
+    where 4 x 3 accumulator blocks and their step would need 17 ymm) gets 4 x 2, and its k loop moves no ymm
+    to or from the stack (with 4 x 3 LLVM kept one accumulator there, loaded and stored every step)."""
+    weight = _ints("int8", (96, 64))
+    mod = single_op_module(lambda x: ops.linear(x, weight), {"x": _ints("int8", (128, 64))})
+    assert x86._register_tile([128], 12, 16, x86.AVX2_STEP_TEMPORARIES, x86.AVX2_MAX_ROWS) == ([4], 2)
+    loop = _k_loop(_asm(build(mod, HASWELL)), "vpmaddwd")
+    assert sum("vpmaddwd" in line for line in loop) == 8
+    assert not [line for line in loop if "ymm" in line and "(%rsp)" in line]
 
 
 def test_avx_vnni_target_uses_ymm_vpdpbusd():
