@@ -474,15 +474,17 @@ def main() -> int:
                              "(pip install -e '.[bench]'), or leave its runners out with --only")
     args.shapes = [tuple(map(int, s.split("x"))) for s in args.shapes.split(",")]
     torch.set_num_threads(os.cpu_count() or 1)
-    context = {**cpu_summary(), "cpuid_masked_to": args.as_cpu or "none (the host's own)",
-               "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "target": args.target,
-               **(gpu_summary(args.gemm) if args.device == "cuda" else {}),
+    cpu_only = {"cpuid_masked_to": args.as_cpu or "none (the host's own)",
+                "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
+    context = {**cpu_summary(), **(gpu_summary(args.gemm) if args.device == "cuda" else cpu_only),
+               "target": args.target,
                "date": date.today().isoformat(), "python": platform.python_version(), "command": " ".join(sys.argv)}
     print(context)
+    references, rows = REFERENCES[args.device], []
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [r for name in args.models.split(",") for r in bench_model(name, args, Path(tmp))]
-    references = REFERENCES[args.device]
-    write(with_ratios(rows, references), Path(args.out), context, references)
+        for name in args.models.split(","):  # written after each model: a run cut short keeps what it measured
+            rows += bench_model(name, args, Path(tmp))
+            write(with_ratios(rows, references), Path(args.out), context, references)
     return 0
 
 

@@ -5,13 +5,15 @@
     PYTHONPATH=/tmp/site python3 bench/gpu_kit.py run --out "$OUT" --budget-s 480   # there: tests, then bench
 
 That machine has CUDA, PyTorch, transformers and pytest for its own Python (3.12), not TVM, and takes at most
-64 MiB of files per call. `pack` downloads the TVM wheels this checkout pins, for that Python, and writes their
-contents as one xz archive without what no build or run there reads (TVM's C++ sources, third-party headers
-and web runtime); it refuses a kit that would not fit beside the checkout. `install` unpacks it and installs
-this checkout beside it (no dependencies: the machine has them). `run` does the GPU checks in order, each
-within what is left of `--budget-s`, and writes each one's log under `--out` as it finishes: the GPU tests
-(whole models and every operator on the GPU against their CPU builds, bit for bit), then
-`bench_peers.py --device cuda` (BERT-base and MiniLM's architecture against PyTorch FP32 and FP16).
+64 MiB of files per call; `.gpu/` is git-ignored, so the call must take it along with the checkout. `pack`
+downloads the TVM wheels this checkout pins, for that Python, and writes their contents as one xz archive
+without what no build or run there reads (TVM's C++ sources, third-party headers and web runtime); it refuses
+a kit that would not fit beside the checkout. `install` unpacks it and installs this checkout beside it (no
+dependencies: the machine has them). `run` does the GPU checks in order and writes each one's log under
+`--out` as it finishes: the GPU tests (whole models and every operator on the GPU against their CPU builds,
+bit for bit; at most `TESTS_SHARE` of `--budget-s`, and a skip counts as a failure there), then
+`bench_peers.py --device cuda` (BERT-base and MiniLM's architecture against PyTorch FP32 and FP16, its tables
+written after each model) in what is left.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import json
 import lzma
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -44,6 +47,8 @@ LEFT_OUT = ("tvm/3rdparty/", "tvm/src/", "tvm/web/", "tvm_ffi/3rdparty/")
 WHEELS = ("apache-tvm", "apache-tvm-ffi")
 PLATFORMS = ("manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_24_x86_64", "manylinux_2_17_x86_64",
              "manylinux2014_x86_64")
+#: the share of `run`'s budget the GPU tests may take, so that the benchmark keeps the rest
+TESTS_SHARE = 0.45
 #: the GPU tests (they skip where no GPU is present)
 GPU_TESTS = ("tests/test_gpu_model.py", "tests/test_cuda_build.py::test_op_on_the_gpu_equals_the_cpu",
              "tests/test_cuda_sass.py::test_gemm_kernels_match_the_cpu_on_the_gpu")
@@ -101,10 +106,14 @@ def pack(python: str, kit: Path = KIT) -> Path:
         kit.mkdir(exist_ok=True)
         print(f"compressing {', '.join(w.name for w in wheels)} (xz -9, a few minutes)", flush=True)
         size = pack_wheels(wheels, kit / ARCHIVE)
+    rest = checkout_bytes()
+    try:
+        check_fits(size, rest)
+    except KitError:
+        (kit / ARCHIVE).unlink()
+        raise
     manifest = {"python": python, "versions": versions, "archive": ARCHIVE, "bytes": size}
     (kit / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-    rest = checkout_bytes()
-    check_fits(size, rest)
     print(f"wrote {kit / ARCHIVE}: {size / 2**20:.1f} MiB; with the checkout {(size + rest) / 2**20:.1f} of "
           f"{CARRY_LIMIT / 2**20:.0f} MiB a call carries")
     return kit / ARCHIVE
@@ -120,29 +129,35 @@ def install(site: Path, kit: Path = KIT) -> None:
     site.mkdir(parents=True, exist_ok=True)
     with tarfile.open(kit / manifest["archive"], "r:xz") as tar:
         tar.extractall(site, filter="data")
-    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--ignore-requires-python", "--no-compile", "--target", str(site), str(ROOT)], check=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index",
+                    "--disable-pip-version-check", "--upgrade", "--ignore-requires-python", "--no-compile",
+                    "--target", str(site), str(ROOT)], check=True)
     print(f"installed TVM {manifest['versions']['apache-tvm']} and ibert-tvm into {site}")
 
 
-def cuda_environment(environ: dict[str, str]) -> dict[str, str]:
+def cuda_environment(environ: dict[str, str], links: Path) -> dict[str, str]:
     """`environ` with the CUDA toolkit's nvcc on PATH and a libcudart.so.13 on the loader's path, where either is
-    found but not there: without libcudart, `import tvm` skips its CUDA runtime silently and sees no GPU."""
+    found but not there: without libcudart, `import tvm` skips its CUDA runtime silently and sees no GPU.
+    libcudart goes on the path alone, as a link in `links` (a toolkit's lib folder would also put its cuBLAS
+    before the one PyTorch was built with): PyTorch's own copy (the `nvidia` wheels) first, else the toolkit's."""
     env = dict(environ)
     homes = [Path(h) for h in (env.get("CUDA_HOME"), env.get("CUDA_PATH")) if h]
     homes += sorted(Path("/usr/local").glob("cuda*"))
-    nvcc = shutil.which("nvcc", path=env.get("PATH")) or next(
-        (str(h / "bin/nvcc") for h in homes if (h / "bin/nvcc").is_file()), None)
-    if nvcc and not shutil.which("nvcc", path=env.get("PATH")):
+    on_path = shutil.which("nvcc", path=env.get("PATH"))
+    nvcc = on_path or next((str(h / "bin/nvcc") for h in homes if (h / "bin/nvcc").is_file()), None)
+    if nvcc and not on_path:
         env["PATH"] = f"{Path(nvcc).parent}{os.pathsep}{env.get('PATH', '')}"
     spec = importlib.util.find_spec("nvidia")
     wheels = [Path(d) for d in spec.submodule_search_locations] if spec and spec.submodule_search_locations else []
-    dirs = [*(Path(nvcc).resolve().parents[1] / sub for sub in ("lib64", "lib") if nvcc),
-            *(h / sub for h in homes for sub in ("lib64", "lib")),
-            *(d for w in wheels for d in sorted(w.glob("*/lib")))]
-    found = next((d for d in dirs if (d / "libcudart.so.13").exists()), None)
+    dirs = [*(d for w in wheels for d in sorted(w.glob("*/lib"))),
+            *(Path(nvcc).resolve().parents[1] / sub for sub in ("lib64", "lib") if nvcc),
+            *(h / sub for h in homes for sub in ("lib64", "lib"))]
+    found = next((d / "libcudart.so.13" for d in dirs if (d / "libcudart.so.13").exists()), None)
     if found:
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(found), env.get("LD_LIBRARY_PATH")]))
+        links.mkdir(parents=True, exist_ok=True)
+        (links / found.name).unlink(missing_ok=True)
+        (links / found.name).symlink_to(found.resolve())
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(links), env.get("LD_LIBRARY_PATH")]))
     return env
 
 
@@ -153,11 +168,13 @@ dev = tvm.cuda(0)
 print("tvm", tvm.__version__, "from", tvm.__file__, "sees a GPU:", dev.exist,
       dev.exist and (dev.device_name, dev.compute_version))
 assert dev.exist, "TVM sees no CUDA GPU (is libcudart.so.13 on LD_LIBRARY_PATH? see above)"
+assert shutil.which("nvcc"), "no nvcc on PATH: the CUDA build tests would skip, and nothing could be compiled"
 """
 
 
 def _step(name: str, cmd: list[str], out: Path, deadline: float, env: dict[str, str]) -> int:
-    """Run one check with what is left of the budget; its output goes to out/NAME.log as it comes."""
+    """Run one check until `deadline`; its output goes to out/NAME.log as it comes. At the deadline its whole
+    process group is stopped (pytest's xdist workers too)."""
     left = deadline - time.monotonic()
     log = out / f"{name}.log"
     if left < 30:
@@ -167,14 +184,18 @@ def _step(name: str, cmd: list[str], out: Path, deadline: float, env: dict[str, 
     started = time.monotonic()
     with log.open("w") as f:
         try:
-            rc = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=left,
-                                env={**env, "PYTHONUNBUFFERED": "1"}).returncode
+            proc = subprocess.Popen(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                    env={**env, "PYTHONUNBUFFERED": "1"})
+        except FileNotFoundError as err:
+            f.write(f"{err}\n")
+            proc = None
+        try:
+            rc = proc.wait(timeout=left) if proc else 127
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             rc = 124
             f.write(f"\nstopped at the budget ({left:.0f} s)\n")
-        except FileNotFoundError as err:
-            rc = 127
-            f.write(f"{err}\n")
     print(f"   rc {rc} in {time.monotonic() - started:.0f} s; last lines:", flush=True)
     print("".join(log.read_text().splitlines(keepends=True)[-8:]), flush=True)
     return rc
@@ -182,16 +203,21 @@ def _step(name: str, cmd: list[str], out: Path, deadline: float, env: dict[str, 
 
 def run(out: Path, budget_s: float, models: str, workers: int) -> int:
     """The GPU checks in order, within `budget_s`: the GPU tests, then the peers benchmark on the GPU."""
-    deadline = time.monotonic() + budget_s
+    start = time.monotonic()
+    deadline = start + budget_s
     out.mkdir(parents=True, exist_ok=True)
     # -P: the checkout's own ibert_tvm/ (without relay_passes/ and schedules/ inside) must not shadow the install
-    py, env = [sys.executable, "-P"], cuda_environment(dict(os.environ))
+    py = [sys.executable, "-P"]
+    env = cuda_environment(dict(os.environ), Path(tempfile.gettempdir()) / "ibert_gpu_kit_libs")
     print("PATH", env.get("PATH"), "\nLD_LIBRARY_PATH", env.get("LD_LIBRARY_PATH"), flush=True)
     _step("nvidia-smi", ["nvidia-smi"], out, deadline, env)
     if _step("environment", [*py, "-c", _PROBE], out, deadline, env):
         return 1
     tests = _step("gpu-tests", [*py, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-n", str(workers),
-                                *GPU_TESTS], out, deadline, env)
+                                "--dist", "loadfile", *GPU_TESTS], out, start + TESTS_SHARE * budget_s, env)
+    if not tests and "SKIPPED" in (out / "gpu-tests.log").read_text():
+        print("   a GPU test skipped on the GPU machine: counted as a failure", flush=True)
+        tests = 1
     bench = _step("gpu-bench", [*py, "bench/bench_peers.py", "--device", "cuda", "--models", models,
                                 "--rounds", "3", "--repeats", "20", "--out", str(out)], out, deadline, env)
     return tests or bench
@@ -205,14 +231,15 @@ def main() -> int:
     i = sub.add_parser("install", help="there: unpack the kit and install this checkout")
     for command in (p, i):
         command.add_argument("--kit", type=Path, default=KIT,
-                             help="the kit's folder (default: .gpu/, which the device calls carry)")
+                             help="the kit's folder (default: .gpu/; git ignores it, so a copy of the "
+                                  "checkout for the GPU machine must take it along)")
     i.add_argument("--site", type=Path, default=Path("/tmp/site"))
     r = sub.add_parser("run", help="there: the GPU tests, then the benchmark")
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--budget-s", type=float, default=480,
                    help="seconds for all the checks (the device call's limit is 600 s; install comes before)")
     r.add_argument("--models", default="bert-base,minilm-random")
-    r.add_argument("--workers", type=int, default=8, help="pytest-xdist workers for the tests")
+    r.add_argument("--workers", type=int, default=4, help="pytest-xdist workers for the tests (one per file)")
     args = parser.parse_args()
     try:
         if args.command == "pack":

@@ -89,12 +89,13 @@ NARROW_WEIGHT_PREFETCH_K_STEPS = 16
 #: vector registers the AVX2 step needs besides the register tile's: `vpmaddwd`'s product, which `vpaddd` then
 #: adds (VNNI accumulates in place) ...
 AVX2_STEP_TEMPORARIES = 1
-#: ... and its tile's most rows, as each row's broadcast serves only the tile's NR `vpmaddwd`. Counting the
-#: product, 16 ymm hold 4 x 2 accumulator blocks instead of 4 x 3 (of which LLVM spilled one, loaded and
-#: stored every step): BERT-base on x86-avx2 1 x 128 91.45 -> 73.12 ms and 1 x 32 21.79 -> 16.90 ms on the
-#: AMD EPYC (Zen 5) VM of the README, 2026-12-05; 8 x 1, which the product alone would pick, 74.10 / 17.16 ms
-#: there (and slower than 4 x 3 on the Intel VM, 106.3 against 109.7 ms, 2026-12-05)
-AVX2_MAX_ROWS = 4
+#: ... and its tile's preferred most rows where more rows bring no more MACs, as each row's broadcast serves
+#: only the tile's NR `vpmaddwd`. Counting the product, 16 ymm hold 4 x 2 accumulator blocks instead of 4 x 3
+#: (of which LLVM kept one on the stack, loaded and stored every step): BERT-base on x86-avx2 1 x 128 91.45 ->
+#: 73.12 ms and 1 x 32 21.79 -> 16.90 ms on the AMD EPYC (Zen 5) VM of the README, 2026-12-05; 8 x 1, which
+#: the product alone would pick, 74.10 / 17.16 ms there. On the Intel VM of the README both had measured
+#: slower than the spilling 4 x 3 (8 x 1 109.7 ms against 106.3, 2026-12-05), not re-measured since.
+AVX2_PREFERRED_ROWS = 4
 #: on AVX2 only panels of at most this many row tiles
 #: prefetch weights: at 16 (128 tokens) BERT-base ran 1.7 % slower with them when each column block's pieces
 #: came from one row tile, and 105.81 against 106.09 ms (no gain) with the pieces shared out; at 4 3.6 % faster
@@ -400,19 +401,19 @@ def _product(values: list[int]) -> int:
 
 
 def _register_tile(dims: list[int], blocks: int, registers: int, temporaries: int = 0,
-                   max_rows: int = MAX_ROWS) -> tuple[list[int], int]:
-    """(row factors, NR): MR = prod(row factors) <= `max_rows` rows x NR column blocks of accumulators,
-    fitting MR*NR accumulators + NR operands + 1 broadcast + the step's `temporaries` in `registers`: most
-    MACs per step, then most rows (each B vector loaded then serves more rows; the A broadcasts hit L1, and a
-    narrower B panel stays in cache)."""
+                   preferred_rows: int = MAX_ROWS) -> tuple[list[int], int]:
+    """(row factors, NR): MR = prod(row factors) rows x NR column blocks of accumulators, fitting
+    MR*NR accumulators + NR operands + 1 broadcast + the step's `temporaries` in `registers`: most MACs per
+    step, then at most `preferred_rows` rows, then most rows (each B vector loaded then serves more rows; the
+    A broadcasts hit L1, and a narrower B panel stays in cache)."""
     options = []
-    for limit, nr in itertools.product(range(1, max_rows + 1), range(1, MAX_COLUMN_BLOCKS + 1)):
+    for limit, nr in itertools.product(range(1, MAX_ROWS + 1), range(1, MAX_COLUMN_BLOCKS + 1)):
         factors = _row_factors(dims, limit)
         mr = _product(factors)
         if blocks % nr == 0 and mr * nr + nr + 1 + temporaries <= registers:
-            options.append((mr * nr, mr, factors, nr))
-    best = max(options, key=lambda o: o[:2])
-    return best[2], best[3]
+            options.append((mr * nr, mr <= preferred_rows, mr, factors, nr))
+    best = max(options, key=lambda o: o[:3])
+    return best[3], best[4]
 
 
 def _vectorize_inner(sch: s_tir.Schedule, block: s_tir.SBlockRV, lanes: int) -> None:
@@ -504,7 +505,7 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
       the task's row loop.
 
     `tile` (row factors, NR) overrides the vector-register tile (`_register_tile` with `step_registers`: the
-    step's temporaries and the tile's most rows). With `prefetch`, a linear layer's tasks
+    step's temporaries and the tile's preferred most rows). With `prefetch`, a linear layer's tasks
     prefetch their output lines (`gemm_prefetch.py`) and, where a panel has more than one row tile (and at
     most `weight_row_tiles`, if given), the next panel's weights, the k loop split in chunks of `weight_steps`
     for them (0: none); a batched GEMM's row tiles prefetch their rows' output lines (the VNNI and AVX2
@@ -601,7 +602,8 @@ def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, g
     ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group),
                                      prefetch=True, weight_steps=steps,
                                      weight_row_tiles=AVX2_WEIGHT_PREFETCH_ROW_TILES if avx2 else None,
-                                     step_registers=(AVX2_STEP_TEMPORARIES, AVX2_MAX_ROWS) if avx2 else (0, MAX_ROWS))
+                                     step_registers=(AVX2_STEP_TEMPORARIES, AVX2_PREFERRED_ROWS) if avx2
+                                     else (0, MAX_ROWS))
     init = sch.decompose_reduction(gemm, ko)
     _vectorize_inner(sch, init, lanes)
     sch.tensorize(nl, intrinsic)

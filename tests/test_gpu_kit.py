@@ -65,17 +65,24 @@ def test_run_keeps_to_its_budget(tmp_path):
     assert all((tmp_path / name).read_text().startswith("not run: ") for name in logs)
 
 
-def test_cuda_environment_finds_a_toolkit_off_the_paths(tmp_path):
+def test_cuda_environment_finds_a_toolkit_off_the_paths(tmp_path, monkeypatch):
     """nvcc and libcudart.so.13 of a toolkit named by CUDA_HOME join PATH and LD_LIBRARY_PATH (TVM needs the
     latter to see a GPU at all); what the environment already has stays, after them."""
+    monkeypatch.setattr(gpu_kit.importlib.util, "find_spec", lambda name: None)  # no `nvidia` wheels here
     (tmp_path / "bin").mkdir()
     (tmp_path / "lib64").mkdir()
     (tmp_path / "bin/nvcc").write_text("#!/bin/sh\n")
     (tmp_path / "bin/nvcc").chmod(0o755)
     (tmp_path / "lib64/libcudart.so.13").write_bytes(b"")
-    env = gpu_kit.cuda_environment({"PATH": "/nonexistent", "CUDA_HOME": str(tmp_path), "LD_LIBRARY_PATH": "/x"})
+    (tmp_path / "lib64/libcublas.so.13").write_bytes(b"")
+    links = tmp_path / "links"
+    env = gpu_kit.cuda_environment({"PATH": "/nonexistent", "CUDA_HOME": str(tmp_path), "LD_LIBRARY_PATH": "/x"},
+                                   links)
     assert env["PATH"] == f"{tmp_path}/bin:/nonexistent"
-    assert env["LD_LIBRARY_PATH"] == f"{tmp_path}/lib64:/x"
+    assert env["LD_LIBRARY_PATH"] == f"{links}:/x"
+    # libcudart alone: the toolkit's cuBLAS stays off the path (PyTorch loads the one it was built with)
+    assert [p.name for p in links.iterdir()] == ["libcudart.so.13"]
+    assert (links / "libcudart.so.13").resolve() == (tmp_path / "lib64/libcudart.so.13").resolve()
 
 
 def test_gpu_tests_name_existing_tests():

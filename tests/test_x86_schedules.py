@@ -283,7 +283,10 @@ def test_avx2_register_tile_keeps_every_accumulator_in_a_register():
     to or from the stack (with 4 x 3 LLVM kept one accumulator there, loaded and stored every step)."""
     weight = _ints("int8", (96, 64))
     mod = single_op_module(lambda x: ops.linear(x, weight), {"x": _ints("int8", (128, 64))})
-    assert x86._register_tile([128], 12, 16, x86.AVX2_STEP_TEMPORARIES, x86.AVX2_MAX_ROWS) == ([4], 2)
+    avx2 = x86.AVX2_STEP_TEMPORARIES, x86.AVX2_PREFERRED_ROWS
+    assert x86._register_tile([128], 12, 16, *avx2) == ([4], 2)
+    # where only one column block fits the most MACs, more rows win: 8 x 1 for 5 or 3 blocks, not 1 x 5 / 2 x 3
+    assert x86._register_tile([128], 5, 16, *avx2) == x86._register_tile([128], 3, 16, *avx2) == ([8], 1)
     loop = _k_loop(_asm(build(mod, HASWELL)), "vpmaddwd")
     assert sum("vpmaddwd" in line for line in loop) == 8
     assert not [line for line in loop if "ymm" in line and "(%rsp)" in line]
