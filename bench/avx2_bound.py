@@ -8,8 +8,9 @@ many weight pairs an exact form of that step would have to fix up.
 sign-extended s8 weights, `vpmaddwd` + `vpaddd` per 16 multiply-adds), and with the VNNI packing (u8
 activations, s8 weights in groups of 4) driven by ONNX Runtime's AVX2 step (`vpmaddubsw` + `vpmaddwd` with
 ones + `vpaddd` per 32), whose u8 x s8 pair sums saturate at 2^15: its integers are NOT the model's (the script
-prints how far they are off). Its register tile leaves 2 of the 16 ymm registers for the step's product and
-ones. It bounds what the exact form forgoes; it is not a build anyone should ship.
+prints how far they are off). Its register tile follows the exact build's rules with 2 registers left for the
+step's product and ones (4 x 2 for BERT's shapes, as the exact build's). It bounds what the exact form
+forgoes; it is not a build anyone should ship.
 
 `pairs` counts, over the linear layers' int8 weights (BERT-base as `bench_peers.py` seeds it, and the real
 MiniLM), the pairs the saturating step cannot take exactly: for u8 activations in [0, 255] the pair sum
@@ -35,7 +36,7 @@ from ibert_tvm.schedules import x86
 from ibert_tvm.threads import configure_threads
 
 PAIRINGS = (((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2)))
-SATURATING_REGISTERS = 14  # 16 ymm less the step's product and its vector of ones
+SATURATING_TEMPORARIES = 2  # registers of the step besides the tile's: its product and its vector of ones
 
 
 def _saturating_u8s8_step():
@@ -68,7 +69,9 @@ def time_saturating(shape: str, rounds: int) -> None:
     exact = ibert_compiled(model, batch, seq, False, "x86-avx2").runner()
     # The AVX-VNNI ymm path (u8 packing, 8 lanes) with its two VNNI steps replaced, built for AVX2 only.
     x86.vnni_lanes = lambda target, lanes=x86.vnni_lanes: 8 if "avx2" in x86.int8_features(target) else lanes(target)
-    x86.VECTOR_REGISTERS[32] = SATURATING_REGISTERS
+    tile = x86._register_tile  # the exact build's tile rules, with the saturating step's two temporaries
+    x86._register_tile = lambda dims, blocks, registers, *_: tile(dims, blocks, registers, SATURATING_TEMPORARIES,
+                                                                  x86.AVX2_PREFERRED_ROWS)
     (u8s8, _, _, _), (s16, _, _, _) = x86.VNNI_INTRINSICS[(8, 4)], x86.VNNI_INTRINSICS[(8, 2)]
     TensorIntrin.register(u8s8, *_saturating_u8s8_step(), override=True)
     TensorIntrin.register(s16, *x86._avx2_intrinsic("int16"), override=True)  # the exact s16 x s16 step
