@@ -81,13 +81,19 @@ static void gemm_step(void) {
 // The AVX2 steps (ymm, registers only), per 192 multiply-adds: the exact one of the x86 schedules without VNNI,
 // 12 `vpmaddwd` of int16 pairs + 12 `vpaddd` + 3 `vpmovsxbw` of the int8 operand; and ONNX Runtime's
 // saturating one, 6 x (`vpmaddubsw` u8 x s8 pairs into int16, `vpmaddwd` by ones, `vpaddd`).
+// Both AVX2 loops: ymm0-3 zeroed as operands, then the loop; every ymm may be written.
+#define AVX2_LOOP_HEAD                                                                      \
+  "vpxor %%ymm0, %%ymm0, %%ymm0\n\tvpxor %%ymm1, %%ymm1, %%ymm1\n\t"                   \
+  "vpxor %%ymm2, %%ymm2, %%ymm2\n\tvpxor %%ymm3, %%ymm3, %%ymm3\n"                       \
+  "1:\n\t"
+#define AVX2_CLOBBERS                                                                        \
+  "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", \
+      "xmm13", "xmm14", "xmm15", "cc"
 static void avx2_steps(void) {
   long left = 20000000, n = left;
   double t0 = now();
   __asm__ volatile(
-      "vpxor %%ymm0, %%ymm0, %%ymm0\n\tvpxor %%ymm1, %%ymm1, %%ymm1\n\t"
-      "vpxor %%ymm2, %%ymm2, %%ymm2\n\tvpxor %%ymm3, %%ymm3, %%ymm3\n"
-      "1:\n\t"
+      AVX2_LOOP_HEAD
       "vpmovsxbw %%xmm0, %%ymm13\n\tvpmovsxbw %%xmm1, %%ymm14\n\tvpmovsxbw %%xmm2, %%ymm15\n\t"
 #define ROW(bcast, t, a0, a1, a2)                                                                      \
   "vpmaddwd %%ymm13, %%ymm" bcast ", %%ymm" t "\n\tvpaddd %%ymm" t ", %%ymm" a0 ", %%ymm" a0 "\n\t" \
@@ -99,15 +105,12 @@ static void avx2_steps(void) {
       "dec %0\n\tjnz 1b\n\tvzeroupper\n"
       : "+r"(left)
       :
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
-        "xmm12", "xmm13", "xmm14", "xmm15", "cc");
+      : AVX2_CLOBBERS);
   printf("AVX2 exact step (vpmaddwd): %.1f GMAC/s per core\n", n * 192.0 / (now() - t0) / 1e9);
   left = n;
   t0 = now();
   __asm__ volatile(
-      "vpxor %%ymm0, %%ymm0, %%ymm0\n\tvpxor %%ymm1, %%ymm1, %%ymm1\n\t"
-      "vpxor %%ymm2, %%ymm2, %%ymm2\n\tvpxor %%ymm3, %%ymm3, %%ymm3\n"
-      "1:\n\t"
+      AVX2_LOOP_HEAD
 #define STEP(a, b, t, acc)                                                                            \
   "vpmaddubsw %%ymm" a ", %%ymm" b ", %%ymm" t "\n\tvpmaddwd %%ymm" t ", %%ymm3, %%ymm" t "\n\t" \
   "vpaddd %%ymm" t ", %%ymm" acc ", %%ymm" acc "\n\t"
@@ -117,11 +120,12 @@ static void avx2_steps(void) {
       "dec %0\n\tjnz 1b\n\tvzeroupper\n"
       : "+r"(left)
       :
-      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
-        "xmm12", "xmm13", "xmm14", "xmm15", "cc");
+      : AVX2_CLOBBERS);
   printf("AVX2 saturating step (vpmaddubsw, ONNX Runtime's): %.1f GMAC/s per core\n",
          n * 192.0 / (now() - t0) / 1e9);
 }
+#undef AVX2_LOOP_HEAD
+#undef AVX2_CLOBBERS
 
 typedef struct {
   uint8_t palette, start_row, reserved[14];

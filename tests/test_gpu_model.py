@@ -52,7 +52,7 @@ def _variants() -> list[str]:
     if not tvm.cuda(0).exist:
         return ["simt"]
     arch = int(tvm.cuda(0).compute_version.replace(".", ""))
-    return [v for v, least in (("imma", 72), ("dp4a", 61), ("simt", 0)) if arch >= least]
+    return [v for v, least in cuda.GEMM_VARIANTS.items() if arch >= least]
 
 
 @pytest.mark.parametrize("gemm", _variants())
