@@ -544,6 +544,23 @@ def test_requantize_uniform_channels_become_immediates():
                  "requantize with immediates")
 
 
+@pytest.mark.parametrize("m, kernel_dtype", [
+    ([I32_MIN, I32_MAX, -1, 1 << 30, -(1 << 30) - 7, 3], "int32"),
+    ([I32_MIN, 1 << 31, -1, 1 << 30, -(1 << 30) - 7, 3], "int64"),  # one value past int32 keeps int64
+])
+def test_per_channel_constants_reach_the_kernel_as_int32_where_they_fit(m, kernel_dtype):
+    """A per-channel int64 constant whose values all fit int32 is handed to the kernel as int32 (half the
+    bytes, widening int32 products); the integers equal the exact reference at the int32 ends either way."""
+    m, e = np.array(m, np.int64), np.array([0, 31, 62, 40, 45, 1], np.int64)
+    x = np.array([[I32_MIN, I32_MAX, -1, 0, 1, 890], [3 << 20, -(3 << 20), 1 << 29, 7, -7, I32_MIN]], np.int32)
+    build = lambda xv: ops.requantize(xv, m, e, 32)  # noqa: E731
+    kernel, = [f for _, f in relax.transform.LegalizeOps()(single_op_module(build, {"x": x})).functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc)]
+    params = [str(p.dtype) for p in kernel.params]
+    assert params == ["int32", kernel_dtype, "int32", "int32"]  # x, M, E (0..62), out
+    assert_exact(run_static(build, {"x": x}), REQUANT.reference(x, m, e, 32), "int32", "requantize, int32 ends")
+
+
 def test_requantize_ties_round_to_even_explicit():
     """0.5 -> 0, 1.5 -> 2, 2.5 -> 2, -0.5 -> 0, -1.5 -> -2, -2.5 -> -2 (HF torch.round), M = 1, E = 1."""
     x = np.array([[1, 3, 5, -1, -3, -5, 7, -7]], np.int32)

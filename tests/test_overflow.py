@@ -194,14 +194,16 @@ def test_requantize_residual_plain_sum_at_its_bound():
 
 WIDE_X = np.array([(1 << 62) - 1, -((1 << 62) - 1), (1 << 62) - (1 << 31), -(1 << 62) + (1 << 31) + 1,
                    (1 << 61) + 1, -(1 << 61) - 1, (1 << 45) + 3, 1 << 32, I32_MAX, -1, 1, 0], np.int64)
-WIDE_M = [1 << 31, -(1 << 31), (1 << 30) + 1, -((1 << 31) - 1)]
+# 2^31 keeps the multipliers int64 in the kernel; without it they reach it as int32 (`registry`).
+WIDE_M = {"int64": [1 << 31, -(1 << 31), (1 << 30) + 1, -((1 << 31) - 1)],
+          "int32": [-(1 << 31), (1 << 31) - 1, (1 << 30) + 1, -((1 << 31) - 1)]}
 WIDE_E = list(range(0, 94)) + [94, 95, 100, 127, 200]
 
 
 @functools.lru_cache(maxsize=None)
-def _wide_requant(bits: int):
+def _wide_requant(bits: int, m_kind: str):
     """One per-channel run over every (M, E) column; returns x, M, E, out, reference."""
-    cols = [(mi, ei) for mi in WIDE_M for ei in WIDE_E]
+    cols = [(mi, ei) for mi in WIDE_M[m_kind] for ei in WIDE_E]
     m = np.array([c[0] for c in cols], np.int64)
     e = np.array([c[1] for c in cols], np.int64)
     x = np.repeat(WIDE_X[:, None], len(cols), axis=1)
@@ -212,11 +214,12 @@ def _wide_requant(bits: int):
     return x, m, e, out, ref, fits
 
 
+@pytest.mark.parametrize("m_kind", list(WIDE_M))
 @pytest.mark.parametrize("bits", [8, 32])
-def test_requantize_wide_near_2_62_result_within_int64(bits):
+def test_requantize_wide_near_2_62_result_within_int64(bits, m_kind):
     """int64 x up to 2^62 - 1, E over [0, 93] and beyond (folded): every element whose exact x M / 2^E
-    fits int64 (the split product's own precondition)."""
-    x, m, e, out, ref, fits = _wide_requant(bits)
+    fits int64 (the split product's own precondition), with M read as int64 or as int32."""
+    x, m, e, out, ref, fits = _wide_requant(bits, m_kind)
     assert out.dtype == np.dtype(OUT_DTYPE[bits])
     assert fits.sum() > 0.8 * fits.size
     masked_out = np.where(fits, out.astype(np.int64), 0)
@@ -225,11 +228,12 @@ def test_requantize_wide_near_2_62_result_within_int64(bits):
     assert not msg, f"requantize wide bits={bits}: {msg}"
 
 
+@pytest.mark.parametrize("m_kind", list(WIDE_M))
 @pytest.mark.parametrize("bits", [8, 32])
-def test_requantize_wide_result_past_int64_saturates(bits):
+def test_requantize_wide_result_past_int64_saturates(bits, m_kind):
     """The same run, elements with |x M / 2^E| >= 2^63 (E < 31, large x): the result must saturate like the
     reference's clamp. `requantize` accepts these (M, E) for int64 inputs and checks no output bound."""
-    x, m, e, out, ref, fits = _wide_requant(bits)
+    x, m, e, out, ref, fits = _wide_requant(bits, m_kind)
     over = ~fits
     assert over.sum() > 0
     assert set(np.unique(ref[over]).tolist()) <= {-(1 << (bits - 1)), (1 << (bits - 1)) - 1}

@@ -59,7 +59,9 @@ def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr |
     x, m, e = i64(x), i64(m), i64(e)
     low31, k31 = i64(LOW31), i64(31)
     b = (x & low31) * m
-    c = (x >> k31) * m + (b >> k31)
+    # x >> 31 fits int32 (|x| < 2^62): said so, both products are int32 x int32, one widening multiply each
+    # where m is an int32 constant (`registry`), not a 64-bit multiply that AVX2 and NEON emulate.
+    c = i64((x >> k31).astype("int32")) * m + (b >> k31)
     bl = b & low31
     if e_min >= 31:
         return _wide_round_hi(c, bl, e - k31, e_min - 31)
@@ -178,8 +180,8 @@ def ref_isqrt_newton(n: int) -> tuple[int, int]:
 
 
 def per_channel(t, index: tuple) -> tir.PrimExpr:
-    """Read a per-tensor (rank 0) or per-channel (rank 1, last axis) TE parameter tensor at `index`; a
-    per-tensor constant may also come as a Python int (`registry` passes known scalars so), read as int64."""
+    """Read a per-tensor (rank 0) or per-channel (rank 1, last axis) TE parameter tensor at `index` as int64;
+    `registry` passes a known scalar as a Python int and a per-channel constant that fits int32 as int32."""
     if isinstance(t, int):
         return tir.const(t, I64)
-    return t[()] if len(t.shape) == 0 else t[index[-1]]
+    return i64(t[()] if len(t.shape) == 0 else t[index[-1]])

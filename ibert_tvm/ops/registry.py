@@ -18,6 +18,7 @@ from tvm.relax.transform.legalize_ops.common import register_legalize
 InferFn = Callable[[relax.Call], relax.TensorType]
 ComputeFn = Callable[..., Any]
 _TYPE_RULES: dict[str, InferFn] = {}
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 class IBertOpError(TypeError):
@@ -38,19 +39,26 @@ def register(name: str, doc: str, infer: InferFn, compute: ComputeFn) -> None:
     tvm.ir.register_op_attr(name, "FPurity", True)
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-        args = [_scalar_value(a) for a in call.args]
+        args = [_lowering_value(a) for a in call.args]
         return bb.call_te(compute, *args, primfunc_name_hint=name.replace(".", "_"), **attrs_of(call))
 
     register_legalize(name, legalize)
 
 
-def _scalar_value(arg: relax.Expr) -> relax.Expr | int:
-    """A rank-0 integer constant as a Python int, which the TE compute receives as an immediate (LLVM then
-    folds shifts and rounding biases and keeps multipliers in registers); any other argument as is."""
-    if isinstance(arg, tvm.ir.GenericConst):
-        value = arg.value.numpy()
-        if value.ndim == 0 and value.dtype.kind in "iu":
-            return int(value)
+def _lowering_value(arg: relax.Expr) -> relax.Expr | int:
+    """What the TE compute receives for a call argument. A rank-0 integer constant becomes a Python int, an
+    immediate (LLVM then folds shifts and rounding biases and keeps multipliers in registers). A per-channel
+    int64 constant whose values all fit int32 becomes an int32 constant, which `intmath.per_channel` reads
+    back as int64: the same values, half the bytes, and products of two sign-extended int32 values that a
+    CPU without 64-bit vector multiplies (AVX2, NEON) does in one widening instruction. Anything else as is."""
+    if not isinstance(arg, tvm.ir.GenericConst):
+        return arg
+    value = arg.value.numpy()
+    if value.ndim == 0 and value.dtype.kind in "iu":
+        return int(value)
+    if value.ndim == 1 and value.dtype == np.int64 and value.size and \
+            INT32_MIN <= int(value.min()) and int(value.max()) <= INT32_MAX:
+        return relax.const(value.astype(np.int32), "int32")
     return arg
 
 
