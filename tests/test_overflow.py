@@ -403,7 +403,7 @@ def _ln_rows(c: int, rng) -> np.ndarray:
     return np.stack([alt, half, one_hi, one_lo, rand, ramp, const]).astype(np.int32)
 
 
-@pytest.mark.parametrize("shift", [0, 5, 12])
+@pytest.mark.parametrize("shift", [0, 5, 12, 21, 31, 32])
 def test_int_layernorm_c4096_at_22bit_ends(shift):
     c = 4096
     rng = np.random.default_rng(shift)
@@ -415,6 +415,18 @@ def test_int_layernorm_c4096_at_22bit_ends(shift):
     assert np.array_equal(out[-1], bias)  # the constant row
     y = x[0].astype(object) - int(np.round(x[0].astype(np.float64).mean()))
     assert sum(int(v) ** 2 for v in y) >= 1 << 53  # var ~ 2^54 for the isqrt and the y F product
+
+
+def test_int_layernorm_factor_at_2_31():
+    """Rows whose shifted variance has isqrt 1 get F = 2^31, the factor's largest (F >> 1 = 2^30 still int32);
+    the output y F / 2 = y 2^30 then reaches +-2^30 and beyond for the larger y of the last row."""
+    c = 768
+    x = np.zeros((4, c), np.int32)
+    x[0, 5], x[1, 7], x[2, :2], x[3, 0], x[3, 1] = 1, -1, 1, 1, -1
+    out = _layernorm_vm(0)(x, np.zeros(c, np.int64))
+    ref = LAYERNORM.reference(x, np.zeros(c, np.int64), 0)
+    assert_exact(out, ref, "int64", "int_layernorm F = 2^31")
+    assert out[0, 5] == 1 << 30 and out[1, 7] == -(1 << 30)
 
 
 def test_int_layernorm_largest_c_at_22bit_ends():

@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx as tir
 
-from .intmath import as_pyint, i64, per_channel
+from .intmath import as_pyint, i64, per_channel, widened
 from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, tensor_type
 
 OP = "ibert.int_gelu"
@@ -56,10 +56,7 @@ def _compute(x: te.Tensor, b: te.Tensor, c: te.Tensor, q1: te.Tensor, narrow: in
     def body(*i):
         q, bi, ci = x[i], per_channel(b, i), per_channel(c, i)
         if narrow:
-            # g is bound by a Let: TE would distribute the cast over the int32 sum, and an int64 sum of two
-            # sign-extended values hides from LLVM that the product is int32 x int32 (one vpmuldq on AVX2).
-            g = tir.Var("gelu_g", "int32")
-            return i64(q) * tir.Let(g, _erf_shifted_int32(q, bi, ci) + per_channel(q1, i).astype("int32"), i64(g))
+            return i64(q) * widened(_erf_shifted_int32(q, bi, ci) + per_channel(q1, i).astype("int32"), "gelu_g")
         q = i64(q)
         t = tir.abs(tir.min(tir.max(q, bi), -bi)) + bi  # min(|q|, -b) + b
         zero = i64(0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te, tirx as tir
 
-from .intmath import as_pyint, i64, isqrt, per_channel, ref_isqrt_newton
+from .intmath import as_pyint, i64, isqrt, per_channel, ref_isqrt_newton, widened
 from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, tensor_type
 
 OP = "ibert.int_layernorm"
@@ -47,15 +47,26 @@ def _compute(x: te.Tensor, bias: te.Tensor, shift: int) -> te.Tensor:
     mean = te.compute(rows, mean_of, name="row_mean")
     k2 = te.reduce_axis((0, channels), name="k2")
 
-    def shifted(*i):
-        return (i64(x[i]) - mean[i[:-1]]) >> i64(shift)
+    # y = x - mu and its shifted square in int32 (|y| < 2^22 by the input contract): the products are
+    # int32 x int32, one widening multiply each where the CPU has no 64-bit vector multiply (AVX2, NEON).
+    def centered(*i):
+        return x[i].astype("int32") - mean[i[:-1]].astype("int32")
+
+    def shifted(*i):  # a shift of 31 gives what 32 gives for |y| < 2^31 (0 or -1); int32 >> 32 is undefined
+        return widened(centered(*i) >> tir.const(min(shift, 31), "int32"), "ln_d")
 
     var = te.compute(rows, lambda *r: te.sum(shifted(*r, k2) * shifted(*r, k2), axis=k2), name="row_var")
     factor = te.compute(rows, lambda *r: tir.floordiv(i64(1 << FACTOR_BITS),
                                                       tir.max(isqrt(var[r]), i64(1)) << i64(shift)),
                         name="row_factor")
-    return te.compute(x.shape, lambda *i: (((i64(x[i]) - mean[i[:-1]]) * factor[i[:-1]]) >> i64(1))
-                      + per_channel(bias, i), name="int_layernorm")
+
+    def normalized(*i):
+        # floor(y F / 2) = y (F >> 1) + (F odd ? y >> 1 : 0), with F >> 1 <= 2^30 an int32 (F <= 2^31)
+        y, f = centered(*i), factor[i[:-1]]
+        half = widened(y, "ln_y") * widened((f >> i64(1)).astype("int32"), "ln_f")
+        return half + i64(tir.Select((f & i64(1)) == i64(1), y >> tir.const(1, "int32"), tir.const(0, "int32")))
+
+    return te.compute(x.shape, lambda *i: normalized(*i) + per_channel(bias, i), name="int_layernorm")
 
 
 register(OP, "Integer-only LayerNorm (I-BERT, integer Newton sqrt).", _infer, _compute)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te, tirx as tir
 
-from .intmath import I64, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped
+from .intmath import (I64, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped,
+                      widened)
 from .registry import IBertOpError, dims, like, make_call, register, same_dim, tensor_type
 
 OP = "ibert.int_softmax"
@@ -61,10 +62,10 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
     dt, one_product = arithmetic(x0_int, b_int, c_int, exp_multiplier)
     floor_q = EXP_CONST * x0_int
 
-    # q: the difference in int64 (scores span int32), clamped at 30 x0; then z and the polynomial p in `dt`.
-    # Each a stage of its own, so that TVM's simplifier cannot widen them back to int64 through the casts.
-    q = te.compute(x.shape, lambda *i: tir.max(tir.Select(keep(i), i64(x[i]) - i64(row_max[i[:-1]]), i64(floor_q)),
-                                               i64(floor_q)).astype(dt), name="exp_q")
+    # q: the difference clamped at 30 x0; then z and the polynomial p in `dt`. Each a stage of its own, so that
+    # TVM's simplifier cannot widen them back to int64 through the casts.
+    q = te.compute(x.shape, lambda *i: tir.Select(keep(i), _clamped_difference(x[i], row_max[i[:-1]], floor_q, dt),
+                                                  tir.const(floor_q, dt)), name="exp_q")
     x0 = tir.const(x0_int, dt)
     z = te.compute(x.shape, lambda *i: tir.truncdiv(q[i], x0), name="exp_z")  # q <= 0, x0 < 0: the floor
 
@@ -94,9 +95,27 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
         s = total[i[:-1]]
         ok = s > i64(0) if alive is None else tir.And(s > i64(0), alive[i[:-1]] > i64(0))
         factor = tir.floordiv(i64(1 << SUM_BITS), tir.max(s, i64(1)))
-        return tir.Select(ok, (i64(e16[i]) * factor) >> i64(SUM_BITS - OUT_BITS), i64(0)).astype("int16")
+        return tir.Select(ok, _scaled_exp(e16[i], factor), i64(0)).astype("int16")
 
     return te.compute(x.shape, prob, name="int_softmax")
+
+
+def _clamped_difference(x: tir.PrimExpr, row_max: tir.PrimExpr, floor_q: int, dt: str) -> tir.PrimExpr:
+    """max(x - row_max, floor_q) in `dt`. The difference of two int32 scores spans 33 bits; in int32 it is
+    taken as the unsigned distance row_max - x (exact modulo 2^32 and below 2^32), capped at -floor_q."""
+    if dt == I64:
+        return tir.max(i64(x) - i64(row_max), i64(floor_q))
+    distance = row_max.astype("uint32") - x.astype("uint32")
+    return -tir.min(distance, tir.const(-floor_q, "uint32")).astype("int32")
+
+
+def _scaled_exp(e16: tir.PrimExpr, factor: tir.PrimExpr) -> tir.PrimExpr:
+    """floor(e16 F / 2^24) for 0 <= e16 < 2^15 and F <= 2^32, as (4 e16 (F >> 2) + e16 (F & 3)) >> 24: both
+    products are int32 x int32 (one widening multiply each where the CPU has no 64-bit vector multiply)."""
+    e = e16.astype("int32")
+    high = widened(e, "exp_e") * widened((factor >> i64(2)).astype("int32"), "exp_f")
+    low = widened(e * (factor & i64(3)).astype("int32"), "exp_el")
+    return ((high << i64(2)) + low) >> i64(SUM_BITS - OUT_BITS)
 
 
 def _poly_range(x0_int: int, b_int: int, c_int: int) -> tuple[int, int]:

@@ -24,6 +24,14 @@ def i64(value: int | tir.PrimExpr) -> tir.PrimExpr:
     return value if dtype_of(value) == I64 else value.astype(I64)
 
 
+def widened(value: tir.PrimExpr, name: str) -> tir.PrimExpr:
+    """int64 of an int32 `value` bound by a Let. Without it TE's simplifier distributes the cast over the
+    value's sums, and LLVM no longer sees a sign-extended int32: a product of two such values is then a
+    64-bit multiply, which AVX2 and NEON emulate, instead of one widening multiply."""
+    var = tir.Var(name, "int32")
+    return tir.Let(var, value, i64(var))
+
+
 def dtype_of(value: tir.PrimExpr) -> str:
     """The dtype of a PrimExpr or TE tensor element, as a string."""
     return str(value.dtype if hasattr(value, "dtype") else value.ty)

@@ -19,7 +19,8 @@ from tvm import relax, te
 
 from .intmath import (add_for_clamp, as_pyint, clamp, i64, mul_rne_shift_wide, per_channel, ref_rne_div_pow2,
                       rne_shift, rne_shift_capped)
-from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, same_dim, tensor_type
+from .registry import (INT32_MAX, IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register,
+                       same_dim, tensor_type)
 
 OP = "ibert.requantize"
 OUT_DTYPE = {8: "int8", 16: "int16", 22: "int32", 32: "int32"}
@@ -102,7 +103,10 @@ def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bit
         if wide:
             v = mul_rne_shift_wide(x[i], mi, ei, shift_min, shift_max)
         elif input_clamp:  # shifts were folded for the wide product (up to 93)
-            v = rne_shift_capped(clamp(x[i], -input_clamp, input_clamp) * mi, ei, shift_max)
+            clamped = clamp(x[i], -input_clamp, input_clamp)
+            if input_clamp <= INT32_MAX:  # an int32 x int32 product (see `registry`)
+                clamped = i64(clamped.astype("int32"))
+            v = rne_shift_capped(clamped * mi, ei, shift_max)
         else:
             v = rne_shift(i64(x[i]) * mi, ei)
         if residual:
