@@ -365,6 +365,16 @@ def test_int_softmax_extreme_scales(case):
         assert out.min() >= 0 and out.max() <= 256
 
 
+@pytest.mark.parametrize("multiplier", [0, -(1 << 30), (1 << 31) + 1])
+def test_int_softmax_refuses_a_multiplier_outside_its_mantissa_range(multiplier):
+    """exp_multiplier is the mantissa of 1 / S16: the kernel rounds p M >= 0 in uint64 and the wide product
+    takes |M| <= 2^31, so M outside [1, 2^31] is refused by name (2^31 itself is accepted)."""
+    kw = dict(x0_int=-700, b_int=1000, c_int=400000, exp_shift=40)
+    assert ops.int_softmax(tvar("x", (2, 8), "int32"), exp_multiplier=1 << 31, **kw).op.name == "ibert.int_softmax"
+    with pytest.raises(IBertOpError, match="'exp_multiplier' must lie in"):
+        ops.int_softmax(tvar("x", (2, 8), "int32"), exp_multiplier=multiplier, **kw)
+
+
 @pytest.mark.parametrize("case", ["max_scale", "min_scale"])
 def test_int_softmax_all_but_max_clamped(case):
     """Every entry but the max is below the clamp (30 x0): with HF's calibration the max gets 255, the rest 0."""

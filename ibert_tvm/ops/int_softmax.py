@@ -37,6 +37,9 @@ def _infer(call: relax.Call) -> relax.TensorType:
     attrs = {k: int(call.attrs[k]) for k in ("x0_int", "b_int", "c_int", "exp_multiplier", "exp_shift")}
     if attrs["x0_int"] >= 0:
         raise IBertOpError(f"{OP}: attribute 'x0_int' must be negative (floor(-ln2 / S)), got {attrs['x0_int']}")
+    if not 0 < attrs["exp_multiplier"] <= 1 << 31:
+        raise IBertOpError(f"{OP}: attribute 'exp_multiplier' must lie in [1, 2^31] (the mantissa of 1 / S16), "
+                           f"got {attrs['exp_multiplier']}")
     if not EXP_CONST <= attrs["exp_shift"] <= 93:
         raise IBertOpError(f"{OP}: attribute 'exp_shift' must lie in [30, 93], got {attrs['exp_shift']}")
     return like(x, "int16")
@@ -77,7 +80,8 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
 
     def exp16(*i):
         shift = i64(exp_shift - EXP_CONST) + i64(z[i])
-        e = (rne_shift_capped(i64(p[i]) * i64(exp_multiplier), shift, exp_shift) if one_product
+        # p >= 0 and M > 0: the one product rounds in uint64, with logical shifts
+        e = (i64(rne_shift_capped(i64(p[i]) * i64(exp_multiplier), shift, exp_shift, "uint64")) if one_product
              else mul_rne_shift_wide(i64(p[i]), exp_multiplier, shift))
         return clamp(e, E16_MIN, E16_MAX).astype("int32")
 

@@ -19,9 +19,7 @@ ISQRT_STEPS = 7
 
 def i64(value: int | tir.PrimExpr) -> tir.PrimExpr:
     """An int64 PrimExpr from a Python int or any integer PrimExpr."""
-    if isinstance(value, int):
-        return tir.const(value, I64)
-    return value if dtype_of(value) == I64 else value.astype(I64)
+    return _as(value, I64)
 
 
 def widened(value: tir.PrimExpr, name: str) -> tir.PrimExpr:
@@ -37,22 +35,32 @@ def dtype_of(value: tir.PrimExpr) -> str:
     return str(value.dtype if hasattr(value, "dtype") else value.ty)
 
 
-def rne_shift(v: tir.PrimExpr, e: tir.PrimExpr | int) -> tir.PrimExpr:
+def rne_shift(v: tir.PrimExpr, e: tir.PrimExpr | int, dtype: str = I64) -> tir.PrimExpr:
     """round_half_even(v / 2^e) for int64 |v| <= 2^62 and 0 <= e <= 62 (exact), without compares:
     floor((v + 2^(e-1) - 1 + odd) / 2^e) with odd the parity of floor(v / 2^e) (0 for e = 0) rounds a
-    remainder below one half down, above it up, and exactly one half to the even neighbour."""
-    v, e = i64(v), i64(e)
-    odd = (v >> e) & tir.min(e, i64(1))
-    return (v + (((i64(1) << e) - i64(1)) >> i64(1)) + odd) >> e
+    remainder below one half down, above it up, and exactly one half to the even neighbour.
+    For v >= 0, `dtype` "uint64" makes every shift logical (one instruction where the CPU has no 64-bit
+    arithmetic vector shift, as AVX2); the result is then uint64."""
+    v, e, one = _as(v, dtype), _as(e, dtype), tir.const(1, dtype)
+    odd = (v >> e) & tir.min(e, one)
+    return (v + (((one << e) - one) >> one) + odd) >> e
 
 
-def rne_shift_capped(v: tir.PrimExpr, e: tir.PrimExpr | int, e_max: int) -> tir.PrimExpr:
+def rne_shift_capped(v: tir.PrimExpr, e: tir.PrimExpr | int, e_max: int, dtype: str = I64) -> tir.PrimExpr:
     """round_half_even(v / 2^e) for int64 |v| < 2^62 and 0 <= e <= e_max (exact): a shift past 62 gives 0,
-    since |v| / 2^63 < 1/2 (`rne_shift` alone takes e <= 62)."""
-    v, e = i64(v), i64(e)
+    since |v| / 2^63 < 1/2 (`rne_shift` alone takes e <= 62). `dtype` as for `rne_shift`."""
+    v, e = _as(v, dtype), _as(e, dtype)
     if e_max <= 62:
-        return rne_shift(v, e)
-    return tir.Select(e > i64(62), i64(0), rne_shift(v, tir.min(e, i64(62))))
+        return rne_shift(v, e, dtype)
+    limit = tir.const(62, dtype)
+    return tir.Select(e > limit, tir.const(0, dtype), rne_shift(v, tir.min(e, limit), dtype))
+
+
+def _as(value: int | tir.PrimExpr, dtype: str) -> tir.PrimExpr:
+    """`value` as a PrimExpr of `dtype` (a no-op where it already is one)."""
+    if isinstance(value, int):
+        return tir.const(value, dtype)
+    return value if dtype_of(value) == dtype else value.astype(dtype)
 
 
 def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr | int, e_min: int = 0,
