@@ -1,8 +1,8 @@
 // Per-core int8 multiply-accumulate peaks of this x86 CPU, the yardsticks the README's GEMM shares use:
-// one zmm `vpdpbusd` (AVX-512 VNNI) and AMX `tdpbusd`, each in a loop of 16 (4) independent accumulators held
-// in registers (no memory traffic); the GEMMs' k step with its operands in L1; and the AVX2 steps, exact
-// and saturating, in registers. Run one copy per core
-// to check that the cores do not share the units.
+// one zmm `vpdpbusd` (AVX-512 VNNI, 16 accumulators), one ymm `vpdpbusd` (AVX-VNNI, 12) and AMX `tdpbusd`
+// (4 tiles), each in a loop of independent accumulators held in registers (no memory traffic); the GEMMs'
+// k step with its operands in L1; and the AVX2 steps, exact and saturating, in registers. Run one copy per
+// core to check that the cores do not share the units.
 //   gcc -O2 -mavx512f -mavx512vnni -mamx-tile -mamx-int8 bench/int8_peak.c -o /tmp/int8_peak && /tmp/int8_peak
 #include <immintrin.h>
 #include <stdint.h>
@@ -124,6 +124,23 @@ static void avx2_steps(void) {
   printf("AVX2 saturating step (vpmaddubsw, ONNX Runtime's): %.1f GMAC/s per core\n",
          n * 192.0 / (now() - t0) / 1e9);
 }
+
+// One ymm `vpdpbusd` (AVX-VNNI, VEX-encoded) in a loop of 12 independent accumulators: the peak of an
+// AVX-VNNI-only CPU's kernels, and on an AVX-512 core the half-width form's share of the zmm peak.
+static void avxvnni_peak(void) {
+  long left = 20000000, n = left;
+  double t0 = now();
+  __asm__ volatile(
+      AVX2_LOOP_HEAD
+#define DP(acc) "%{vex%} vpdpbusd %%ymm0, %%ymm1, %%ymm" acc "\n\t"
+      DP("4") DP("5") DP("6") DP("7") DP("8") DP("9") DP("10") DP("11") DP("12") DP("13") DP("14") DP("15")
+#undef DP
+      "dec %0\n\tjnz 1b\n\tvzeroupper\n"
+      : "+r"(left)
+      :
+      : AVX2_CLOBBERS);
+  printf("vpdpbusd ymm (AVX-VNNI): %.1f GMAC/s per core\n", n * 12.0 * 32 / (now() - t0) / 1e9);
+}
 #undef AVX2_LOOP_HEAD
 #undef AVX2_CLOBBERS
 
@@ -173,5 +190,6 @@ int main(void) {
   }
   if (__builtin_cpu_supports("amx-int8")) amx_peak();
   if (__builtin_cpu_supports("avx2")) avx2_steps();
+  if (__builtin_cpu_supports("avxvnni")) avxvnni_peak();
   return 0;
 }
