@@ -12,6 +12,7 @@ import functools
 
 import numpy as np
 import pytest
+from tvm import relax
 
 from ibert_tvm import ops, quant
 from ibert_tvm.ops import IBertOpError
@@ -192,8 +193,8 @@ def test_requantize_residual_plain_sum_at_its_bound():
     assert_exact(out, REQUANT.reference(x, m, e, 32, y, m1, e1), "int32", "requantize residual, plain sum")
 
 
-WIDE_X = np.array([(1 << 62) - 1, -((1 << 62) - 1), (1 << 62) - (1 << 31), -(1 << 62) + (1 << 31) + 1,
-                   (1 << 61) + 1, -(1 << 61) - 1, (1 << 45) + 3, 1 << 32, I32_MAX, -1, 1, 0], np.int64)
+WIDE_X = np.array([1 << 62, -(1 << 62), (1 << 62) - 1, -((1 << 62) - 1), (1 << 62) - (1 << 31),
+                   -(1 << 62) + (1 << 31) + 1, (1 << 61) + 1, -(1 << 61) - 1, (1 << 45) + 3, 1 << 32, I32_MAX, -1, 1, 0], np.int64)
 # 2^31 keeps the multipliers int64 in the kernel; without it they reach it as int32 (`registry`).
 WIDE_M = {"int64": [1 << 31, -(1 << 31), (1 << 30) + 1, -((1 << 31) - 1)],
           "int32": [-(1 << 31), (1 << 31) - 1, (1 << 30) + 1, -((1 << 31) - 1)]}
@@ -365,14 +366,27 @@ def test_int_softmax_extreme_scales(case):
         assert out.min() >= 0 and out.max() <= 256
 
 
-@pytest.mark.parametrize("multiplier", [0, -(1 << 30), (1 << 31) + 1])
-def test_int_softmax_refuses_a_multiplier_outside_its_mantissa_range(multiplier):
-    """exp_multiplier is the mantissa of 1 / S16: the kernel rounds p M >= 0 in uint64 and the wide product
-    takes |M| <= 2^31, so M outside [1, 2^31] is refused by name (2^31 itself is accepted)."""
-    kw = dict(x0_int=-700, b_int=1000, c_int=400000, exp_shift=40)
-    assert ops.int_softmax(tvar("x", (2, 8), "int32"), exp_multiplier=1 << 31, **kw).op.name == "ibert.int_softmax"
-    with pytest.raises(IBertOpError, match="'exp_multiplier' must lie in"):
-        ops.int_softmax(tvar("x", (2, 8), "int32"), exp_multiplier=multiplier, **kw)
+@pytest.mark.parametrize("multiplier, shift", [(1 << 30, 47), (1 << 31, 62), (0, 40), (-(1 << 30), 40),
+                                              ((1 << 31) + 1, 62), (1 << 40, 80)])
+def test_int_softmax_exp_multiplier_inside_and_outside_its_mantissa_range(multiplier, shift):
+    """The exp rescale rounds in uint64 for M > 0 (p M >= 0); M = 0, a negative M and M past 2^31 (never made
+    by `quant`, still accepted) take the signed paths: every one equals the exact reference."""
+    kw = dict(x0_int=-700, b_int=1000, c_int=400000, exp_multiplier=multiplier, exp_shift=shift)
+    x = np.array([[0, -1, -700, -701, -20000, I32_MIN, 5, 3], [7] * 8, [I32_MAX, I32_MIN, 0, -1, 1, 2, 3, 4]], np.int32)
+    out = run_static(lambda xv: ops.int_softmax(xv, **kw), {"x": x})
+    assert_exact(out, SOFTMAX.reference(x, **kw), "int16", f"int_softmax M={multiplier} E={shift}")
+
+
+def test_requantize_int64_constant_input_is_not_narrowed():
+    """Only the per-channel parameters reach the kernel as int32: an int64 constant *input* whose values fit
+    int32 keeps its dtype, so shifts past 62 and clamps past int32 still apply to it."""
+    x = relax.const(np.array([I32_MAX, 123456789, -5, 1 << 20], np.int64), "int64")
+    m, e = np.array([1 << 31, (1 << 31) - 1, -(1 << 30), 7]), np.array([70, 64, 63, 93])
+    for bits in (8, 32):
+        out = run_static(lambda: ops.requantize(x, m, e, bits), {})
+        assert_exact(out, REQUANT.reference(x.value.numpy(), m, e, bits), OUT_DTYPE[bits], "requantize const x")
+    out = run_static(lambda: ops.requantize(x, 1, 40, 8), {})  # its input clamp exceeds int32
+    assert_exact(out, REQUANT.reference(x.value.numpy(), 1, 40, 8), "int8", "requantize const x, clamp")
 
 
 @pytest.mark.parametrize("case", ["max_scale", "min_scale"])
@@ -429,7 +443,7 @@ def test_int_layernorm_c4096_at_22bit_ends(shift):
 
 def test_int_layernorm_factor_at_2_31():
     """Rows whose shifted variance has isqrt 1 get F = 2^31, the factor's largest (F >> 1 = 2^30 still int32);
-    the output y F / 2 = y 2^30 then reaches +-2^30 and beyond for the larger y of the last row."""
+    the output y F / 2 = y 2^30 then reaches +-2^30."""
     c = 768
     x = np.zeros((4, c), np.int32)
     x[0, 5], x[1, 7], x[2, :2], x[3, 0], x[3, 1] = 1, -1, 1, 1, -1

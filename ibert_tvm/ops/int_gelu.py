@@ -78,7 +78,7 @@ def _erf_shifted_int32(q: tir.PrimExpr, b: tir.PrimExpr, c: tir.PrimExpr) -> tir
     return (((s_h * s_h) << i32(2 * SPLIT - ERF_SHIFT)) + s_h * s_l + low + c_h) ^ n
 
 
-register(OP, "Integer-only GELU (I-BERT i-GELU).", _infer, _compute)
+register(OP, "Integer-only GELU (I-BERT i-GELU).", _infer, _compute, channel_args=(1, 2, 3))
 
 
 def int_gelu(x: relax.Expr, b_int: np.ndarray | int, c_int: np.ndarray | int, q1: np.ndarray | int) -> relax.Call:

@@ -47,10 +47,11 @@ def _compute(x: te.Tensor, bias: te.Tensor, shift: int) -> te.Tensor:
     mean = te.compute(rows, mean_of, name="row_mean")
     k2 = te.reduce_axis((0, channels), name="k2")
 
-    # y = x - mu and its shifted square in int32 (|y| < 2^22 by the input contract): the products are
-    # int32 x int32, one widening multiply each where the CPU has no 64-bit vector multiply (AVX2, NEON).
+    # y = x - mu and y >> shift in int32 (|y| < 2^22 by the input contract), so that the square and y F are
+    # int32 x int32 products: one widening multiply each where the CPU has no 64-bit vector multiply (AVX2,
+    # NEON). The difference is taken in uint32: outside the contract it wraps, with no undefined overflow.
     def centered(*i):
-        return x[i].astype("int32") - mean[i[:-1]].astype("int32")
+        return (x[i].astype("uint32") - mean[i[:-1]].astype("uint32")).astype("int32")
 
     def shifted(*i):  # a shift of 31 gives what 32 gives for |y| < 2^31 (0 or -1); int32 >> 32 is undefined
         return widened(centered(*i) >> tir.const(min(shift, 31), "int32"), "ln_d")
@@ -69,7 +70,7 @@ def _compute(x: te.Tensor, bias: te.Tensor, shift: int) -> te.Tensor:
     return te.compute(x.shape, lambda *i: normalized(*i) + per_channel(bias, i), name="int_layernorm")
 
 
-register(OP, "Integer-only LayerNorm (I-BERT, integer Newton sqrt).", _infer, _compute)
+register(OP, "Integer-only LayerNorm (I-BERT, integer Newton sqrt).", _infer, _compute, channel_args=(1,))
 
 
 def int_layernorm(x: relax.Expr, bias_int: np.ndarray | int, shift: int = 0) -> relax.Call:

@@ -37,9 +37,6 @@ def _infer(call: relax.Call) -> relax.TensorType:
     attrs = {k: int(call.attrs[k]) for k in ("x0_int", "b_int", "c_int", "exp_multiplier", "exp_shift")}
     if attrs["x0_int"] >= 0:
         raise IBertOpError(f"{OP}: attribute 'x0_int' must be negative (floor(-ln2 / S)), got {attrs['x0_int']}")
-    if not 0 < attrs["exp_multiplier"] <= 1 << 31:
-        raise IBertOpError(f"{OP}: attribute 'exp_multiplier' must lie in [1, 2^31] (the mantissa of 1 / S16), "
-                           f"got {attrs['exp_multiplier']}")
     if not EXP_CONST <= attrs["exp_shift"] <= 93:
         raise IBertOpError(f"{OP}: attribute 'exp_shift' must lie in [30, 93], got {attrs['exp_shift']}")
     return like(x, "int16")
@@ -80,8 +77,9 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
 
     def exp16(*i):
         shift = i64(exp_shift - EXP_CONST) + i64(z[i])
-        # p >= 0 and M > 0: the one product rounds in uint64, with logical shifts
-        e = (i64(rne_shift_capped(i64(p[i]) * i64(exp_multiplier), shift, exp_shift, "uint64")) if one_product
+        # p >= 0: with M > 0 (1 / S16's mantissa) the one product rounds in uint64, with logical shifts
+        rounding = "uint64" if exp_multiplier > 0 else I64
+        e = (i64(rne_shift_capped(i64(p[i]) * i64(exp_multiplier), shift, exp_shift, rounding)) if one_product
              else mul_rne_shift_wide(i64(p[i]), exp_multiplier, shift))
         return clamp(e, E16_MIN, E16_MAX).astype("int32")
 
@@ -105,8 +103,9 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
 
 
 def _clamped_difference(x: tir.PrimExpr, row_max: tir.PrimExpr, floor_q: int, dt: str) -> tir.PrimExpr:
-    """max(x - row_max, floor_q) in `dt`. The difference of two int32 scores spans 33 bits; in int32 it is
-    taken as the unsigned distance row_max - x (exact modulo 2^32 and below 2^32), capped at -floor_q."""
+    """max(x - row_max, floor_q) in `dt`, for x <= row_max (a masked entry may exceed it; its value is not
+    used). The difference of two int32 scores spans 33 bits; in int32 it is taken as the unsigned distance
+    row_max - x (exact modulo 2^32 and below 2^32), capped at -floor_q."""
     if dt == I64:
         return tir.max(i64(x) - i64(row_max), i64(floor_q))
     distance = row_max.astype("uint32") - x.astype("uint32")

@@ -75,9 +75,7 @@ def mul_rne_shift_wide(x: tir.PrimExpr, m: tir.PrimExpr | int, e: tir.PrimExpr |
     x, m, e = i64(x), i64(m), i64(e)
     low31, k31 = i64(LOW31), i64(31)
     b = (x & low31) * m
-    # x >> 31 fits int32 (|x| < 2^62): said so, both products are int32 x int32, one widening multiply each
-    # where m is an int32 constant (`registry`), not a 64-bit multiply that AVX2 and NEON emulate.
-    c = i64((x >> k31).astype("int32")) * m + (b >> k31)
+    c = (x >> k31) * m + (b >> k31)
     bl = b & low31
     if e_min >= 31:
         return _wide_round_hi(c, bl, e - k31, e_min - 31)

@@ -25,11 +25,12 @@ class IBertOpError(TypeError):
     """A malformed `ibert.*` call: wrong dtype, rank, shape or attribute. The message names op and argument."""
 
 
-def register(name: str, doc: str, infer: InferFn, compute: ComputeFn) -> None:
+def register(name: str, doc: str, infer: InferFn, compute: ComputeFn, channel_args: Sequence[int] = ()) -> None:
     """Register `name` as a pure Relax op whose type rule is `infer` and whose lowering is the TE `compute`.
 
     `compute(*te_tensors, **attrs)` receives one TE tensor per call argument and the call's attributes
-    as Python values; it returns the TE output tensor.
+    as Python values; it returns the TE output tensor. `channel_args` are the positions of the per-tensor or
+    per-channel int64 parameters (`check_channel_vector`), which `compute` reads with `intmath.per_channel`.
     """
     _TYPE_RULES[name] = infer
     if _op_exists(name):
@@ -39,24 +40,25 @@ def register(name: str, doc: str, infer: InferFn, compute: ComputeFn) -> None:
     tvm.ir.register_op_attr(name, "FPurity", True)
 
     def legalize(bb: relax.BlockBuilder, call: relax.Call) -> relax.Expr:
-        args = [_lowering_value(a) for a in call.args]
+        args = [_lowering_value(a, i in channel_args) for i, a in enumerate(call.args)]
         return bb.call_te(compute, *args, primfunc_name_hint=name.replace(".", "_"), **attrs_of(call))
 
     register_legalize(name, legalize)
 
 
-def _lowering_value(arg: relax.Expr) -> relax.Expr | int:
+def _lowering_value(arg: relax.Expr, channel_param: bool) -> relax.Expr | int:
     """What the TE compute receives for a call argument. A rank-0 integer constant becomes a Python int, an
     immediate (LLVM then folds shifts and rounding biases and keeps multipliers in registers). A per-channel
-    int64 constant whose values all fit int32 becomes an int32 constant, which `intmath.per_channel` reads
-    back as int64: the same values, half the bytes, and products of two sign-extended int32 values that a
-    CPU without 64-bit vector multiplies (AVX2, NEON) does in one widening instruction. Anything else as is."""
+    parameter (`channel_param`) held as an int64 constant whose values all fit int32 becomes an int32
+    constant, which `intmath.per_channel` reads back as int64: the same values, half the bytes, and products
+    of two sign-extended int32 values, which a CPU without 64-bit vector multiplies (AVX2, NEON) does in one
+    widening instruction. Anything else, data inputs included, as is."""
     if not isinstance(arg, tvm.ir.GenericConst):
         return arg
     value = arg.value.numpy()
     if value.ndim == 0 and value.dtype.kind in "iu":
         return int(value)
-    if value.ndim == 1 and value.dtype == np.int64 and value.size and \
+    if channel_param and value.ndim == 1 and value.dtype == np.int64 and value.size and \
             INT32_MIN <= int(value.min()) and int(value.max()) <= INT32_MAX:
         return relax.const(value.astype(np.int32), "int32")
     return arg

@@ -104,7 +104,7 @@ def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bit
             v = mul_rne_shift_wide(x[i], mi, ei, shift_min, shift_max)
         elif input_clamp:  # shifts were folded for the wide product (up to 93)
             clamped = clamp(x[i], -input_clamp, input_clamp)
-            if input_clamp <= INT32_MAX:  # an int32 x int32 product (see `registry`)
+            if input_clamp <= INT32_MAX:  # int32 x int32 where M fits int32 too (see `registry`)
                 clamped = i64(clamped.astype("int32"))
             v = rne_shift_capped(clamped * mi, ei, shift_max)
         else:
@@ -124,7 +124,8 @@ def _term_bound(dtype: str, shift_min: int) -> int:
     return 1 << max(int(dtype[3:]) + 30 - shift_min, 0)
 
 
-register(OP, "Dyadic requantization with round-half-even, optional rescaled residual, clamp.", _infer, _compute)
+register(OP, "Dyadic requantization with round-half-even, optional rescaled residual, clamp.", _infer, _compute,
+         channel_args=(1, 2, 4, 5))
 
 
 def requantize_dtype(bits: int) -> str:
