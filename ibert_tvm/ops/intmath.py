@@ -148,7 +148,7 @@ def isqrt(n: tir.PrimExpr) -> tir.PrimExpr:
     with a Let so the expression grows linearly with the number of steps.
     """
     n = i64(n)
-    bits = i64(64) - tir.clz(n).astype(I64)
+    bits = i64(64) - tir.clz(n | i64(1)).astype(I64)  # | 1: LLVM's ctlz of 0 is poison; same bits for n >= 1
     xs = [tir.Var(f"isqrt_x{i}", I64) for i in range(ISQRT_STEPS + 1)]
     values = [i64(1) << ((bits + i64(1)) >> i64(1))]
     for x in xs[:-1]:
