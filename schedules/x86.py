@@ -598,12 +598,11 @@ def _schedule_vnni_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, lanes: int, g
     """Register-tiled, parallel packed GEMM tensorized with the dot-product step `intrinsic` (VNNI, or its
     AVX2 form), with its epilogue computed per task."""
     steps = WEIGHT_PREFETCH_K_STEPS if VECTOR_REGISTERS[vbytes] >= 32 else NARROW_WEIGHT_PREFETCH_K_STEPS
-    avx2 = intrinsic in AVX2_INTRINSICS.values()
+    avx2_options = ({"weight_row_tiles": AVX2_WEIGHT_PREFETCH_ROW_TILES,
+                     "step_registers": (AVX2_STEP_TEMPORARIES, AVX2_PREFERRED_ROWS)}
+                    if intrinsic in AVX2_INTRINSICS.values() else {})
     ko, rows, ni, nl, _ = _tile_gemm(sch, gemm, lanes, group, vbytes, _batch_dims(sch, gemm, lanes, group),
-                                     prefetch=True, weight_steps=steps,
-                                     weight_row_tiles=AVX2_WEIGHT_PREFETCH_ROW_TILES if avx2 else None,
-                                     step_registers=(AVX2_STEP_TEMPORARIES, AVX2_PREFERRED_ROWS) if avx2
-                                     else (0, MAX_ROWS))
+                                     prefetch=True, weight_steps=steps, **avx2_options)
     init = sch.decompose_reduction(gemm, ko)
     _vectorize_inner(sch, init, lanes)
     sch.tensorize(nl, intrinsic)

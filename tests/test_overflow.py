@@ -194,7 +194,8 @@ def test_requantize_residual_plain_sum_at_its_bound():
 
 
 WIDE_X = np.array([1 << 62, -(1 << 62), (1 << 62) - 1, -((1 << 62) - 1), (1 << 62) - (1 << 31),
-                   -(1 << 62) + (1 << 31) + 1, (1 << 61) + 1, -(1 << 61) - 1, (1 << 45) + 3, 1 << 32, I32_MAX, -1, 1, 0], np.int64)
+                   -(1 << 62) + (1 << 31) + 1, (1 << 61) + 1, -(1 << 61) - 1, (1 << 45) + 3, 1 << 32, I32_MAX,
+                   -1, 1, 0], np.int64)
 # 2^31 keeps the multipliers int64 in the kernel; without it they reach it as int32 (`registry`).
 WIDE_M = {"int64": [1 << 31, -(1 << 31), (1 << 30) + 1, -((1 << 31) - 1)],
           "int32": [-(1 << 31), (1 << 31) - 1, (1 << 30) + 1, -((1 << 31) - 1)]}

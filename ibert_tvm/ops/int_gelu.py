@@ -24,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx as tir
 
-from .intmath import as_pyint, i64, per_channel, widened
+from .intmath import INT32_MAX, as_pyint, i64, per_channel, widened
 from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, tensor_type
 
 OP = "ibert.int_gelu"
@@ -37,7 +37,7 @@ def int32_bounded(b_int: np.ndarray | int, c_int: np.ndarray | int, q1: np.ndarr
     is undefined in the generated code, so no intermediate may wrap; the split's terms are bounded by |y|)."""
     b, c, k = (as_pyint(np.atleast_1d(v)) for v in (b_int, c_int, q1))
     v_max = max(max(int(bi) ** 2, int(bi) ** 2 + int(ci), -int(ci)) for bi, ci in np.broadcast(b, c))
-    return max(abs(int(v)) for v in k.ravel()) + (v_max >> ERF_SHIFT) + 1 <= (1 << 31) - 1
+    return max(abs(int(v)) for v in k.ravel()) + (v_max >> ERF_SHIFT) + 1 <= INT32_MAX
 
 
 def _infer(call: relax.Call) -> relax.TensorType:

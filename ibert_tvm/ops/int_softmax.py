@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te, tirx as tir
 
-from .intmath import (I64, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped,
+from .intmath import (I64, INT32_MAX, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped,
                       widened)
 from .registry import IBertOpError, dims, like, make_call, register, same_dim, tensor_type
 
@@ -137,7 +137,7 @@ def arithmetic(x0_int: int, b_int: int, c_int: int, exp_multiplier: int) -> tupl
     """
     lo, hi = _poly_range(x0_int, b_int, c_int)
     fits = max(abs(EXP_CONST * x0_int), abs(b_int) + abs(x0_int), abs(c_int), abs(lo), abs(hi),
-               abs(lo - c_int), abs(hi - c_int)) <= (1 << 31) - 1
+               abs(lo - c_int), abs(hi - c_int)) <= INT32_MAX
     return ("int32" if fits else I64), hi * abs(exp_multiplier) < 1 << 62
 
 

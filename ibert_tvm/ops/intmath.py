@@ -11,6 +11,7 @@ import numpy as np
 from tvm import tirx as tir
 
 I64 = "int64"
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 LOW31 = (1 << 31) - 1
 # Newton steps that reach floor(sqrt(n)) for every 0 <= n < 2^63 from x0 = 2^ceil(bits(n)/2)
 # (x0 / sqrt(n) <= 2, so six quadratic steps pass 2^-32 relative error; one spare, see tests).

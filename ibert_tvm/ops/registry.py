@@ -15,10 +15,11 @@ import tvm
 from tvm import relax
 from tvm.relax.transform.legalize_ops.common import register_legalize
 
+from .intmath import INT32_MAX, INT32_MIN
+
 InferFn = Callable[[relax.Call], relax.TensorType]
 ComputeFn = Callable[..., Any]
 _TYPE_RULES: dict[str, InferFn] = {}
-INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
 
 
 class IBertOpError(TypeError):

@@ -17,10 +17,9 @@ import numpy as np
 import tvm
 from tvm import relax, te
 
-from .intmath import (add_for_clamp, as_pyint, clamp, i64, mul_rne_shift_wide, per_channel, ref_rne_div_pow2,
-                      rne_shift, rne_shift_capped)
-from .registry import (INT32_MAX, IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register,
-                       same_dim, tensor_type)
+from .intmath import (INT32_MAX, add_for_clamp, as_pyint, clamp, i64, mul_rne_shift_wide, per_channel,
+                      ref_rne_div_pow2, rne_shift, rne_shift_capped)
+from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, same_dim, tensor_type
 
 OP = "ibert.requantize"
 OUT_DTYPE = {8: "int8", 16: "int16", 22: "int32", 32: "int32"}
