@@ -390,6 +390,21 @@ def test_requantize_int64_constant_input_is_not_narrowed():
     assert_exact(out, REQUANT.reference(x.value.numpy(), 1, 40, 8), "int8", "requantize const x, clamp")
 
 
+@pytest.mark.parametrize("sign", [1, -1])
+@pytest.mark.parametrize("length", [SOFTMAX.SUM32_MAX_LENGTH, 131077])
+def test_int_softmax_row_sum_at_its_int32_limit(length, sign):
+    """A static row of SUM32_MAX_LENGTH = 65535 entries sums its e16 in int32: every e16 at +-2^15 (S16 = 1
+    clamps them) still fits. A longer row sums in int64: at 131077 x 32767 = 2^32 + 32763 an int32 sum would
+    wrap to 32763 and give 256s where the exact answer is 0s."""
+    kw = softmax_consts(*SOFTMAX_EXTREMES["exp_shift_30"])
+    kw["exp_multiplier"] *= sign
+    x = np.zeros((1, length), np.int32)
+    out = run_static(lambda xv: ops.int_softmax(xv, **kw), {"x": x})
+    assert_exact(out, SOFTMAX.reference(x, **kw), "int16", f"int_softmax, {length} equal scores, M sign {sign}")
+    if sign > 0 and length > SOFTMAX.SUM32_MAX_LENGTH:
+        assert not out.any()  # the exact sum is past 2^32: the factor floor(2^32 / sum) is 0
+
+
 @pytest.mark.parametrize("case", ["max_scale", "min_scale"])
 def test_int_softmax_all_but_max_clamped(case):
     """Every entry but the max is below the clamp (30 x0): with HF's calibration the max gets 255, the rest 0."""

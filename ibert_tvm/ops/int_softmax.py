@@ -15,8 +15,7 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te, tirx as tir
 
-from .intmath import (I64, INT32_MAX, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped,
-                      widened)
+from .intmath import I64, INT32_MAX, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped
 from .registry import IBertOpError, dims, like, make_call, register, same_dim, tensor_type
 
 OP = "ibert.int_softmax"
@@ -25,6 +24,8 @@ OUT_BITS = 8
 SUM_BITS = 32
 MASK_DTYPES = ["bool", "int8", "uint8", "int32", "int64"]
 E16_MIN, E16_MAX = -(1 << 15), (1 << 15) - 1
+# Rows up to this (static) length sum their e16 in int32 (|e16| <= 2^15), twice the lanes of int64.
+SUM32_MAX_LENGTH = INT32_MAX >> 15
 
 
 def _infer(call: relax.Call) -> relax.TensorType:
@@ -85,19 +86,21 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
 
     e16 = te.compute(x.shape, exp16, name="exp16")
     k2 = te.reduce_axis((0, length), name="k2")
-    total = te.compute(rows, lambda *r: te.sum(i64(e16[(*r, k2)]), axis=k2), name="exp_sum")
+    sum_dtype = "int32" if isinstance(length, tir.IntImm) and int(length) <= SUM32_MAX_LENGTH else I64
+    total = te.compute(rows, lambda *r: te.sum(e16[(*r, k2)].astype(sum_dtype), axis=k2), name="exp_sum")
     if mask:
         k3 = te.reduce_axis((0, length), name="k3")
-        alive = te.compute(rows, lambda *r: te.max(tir.Select(keep(r + (k3,)), i64(1), i64(0)), axis=k3),
+        one, zero = tir.const(1, "int32"), tir.const(0, "int32")
+        alive = te.compute(rows, lambda *r: te.max(tir.Select(keep(r + (k3,)), one, zero), axis=k3),
                            name="row_alive")
     else:
         alive = None
 
     def prob(*i):
-        s = total[i[:-1]]
-        ok = s > i64(0) if alive is None else tir.And(s > i64(0), alive[i[:-1]] > i64(0))
+        s = i64(total[i[:-1]])
+        ok = s > i64(0) if alive is None else tir.And(s > i64(0), alive[i[:-1]] > tir.const(0, "int32"))
         factor = tir.floordiv(i64(1 << SUM_BITS), tir.max(s, i64(1)))
-        return tir.Select(ok, _scaled_exp(e16[i], factor), i64(0)).astype("int16")
+        return tir.Select(ok, _scaled_exp(e16[i], factor), tir.const(0, "int32")).astype("int16")
 
     return te.compute(x.shape, prob, name="int_softmax")
 
@@ -113,12 +116,17 @@ def _clamped_difference(x: tir.PrimExpr, row_max: tir.PrimExpr, floor_q: int, dt
 
 
 def _scaled_exp(e16: tir.PrimExpr, factor: tir.PrimExpr) -> tir.PrimExpr:
-    """floor(e16 F / 2^24) for 0 <= e16 < 2^15 and F <= 2^32, as (4 e16 (F >> 2) + e16 (F & 3)) >> 24: both
-    products are int32 x int32 (one widening multiply each where the CPU has no 64-bit vector multiply)."""
-    e = e16.astype("int32")
-    high = widened(e, "exp_e") * widened((factor >> i64(2)).astype("int32"), "exp_f")
-    low = widened(e * (factor & i64(3)).astype("int32"), "exp_el")
-    return ((high << i64(2)) + low) >> i64(SUM_BITS - OUT_BITS)
+    """floor(e16 F / 2^24) for 0 <= e16 < 2^15 and 1 <= F <= 2^32, in 32-bit lanes: with F = 2^16 F_h + F_l,
+    it is (e16 F_h + floor(e16 F_l / 2^16)) / 2^8 floored, and e16 F_h <= (2^15 - 1) 2^16, e16 F_l and their
+    sum stay below 2^31. F is the row's: a 64-bit value made outside the loop over the row would reach the
+    loop's multiply with no known high bits (LLVM selects instructions per basic block), so it is split there,
+    and each product is one 32-bit multiply. uint32: an e16 outside the contract (a row whose sum is not
+    positive, whose output is 0 anyway) wraps instead of overflowing."""
+    u32 = "uint32"
+    e = e16.astype(u32)
+    high = e * (factor >> i64(16)).astype(u32)
+    low = e * (factor & i64(0xFFFF)).astype(u32)
+    return ((high + (low >> tir.const(16, u32))) >> tir.const(SUM_BITS - OUT_BITS - 16, u32)).astype("int32")
 
 
 def _poly_range(x0_int: int, b_int: int, c_int: int) -> tuple[int, int]:
