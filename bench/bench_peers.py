@@ -291,7 +291,7 @@ class _Hidden(torch.nn.Module):
 
 def bench_model(name: str, args, workdir: Path) -> list[dict]:
     """Median latency of every runner on every shape of one model, over `args.rounds` rounds per shape
-    (`_time_in_rounds`). A row's `median_ms` is the median of its rounds' medians, `round_ms` those medians."""
+    (`time_in_rounds`). A row's `median_ms` is the median of its rounds' medians, `round_ms` those medians."""
     model = load_model(name)
     rows = []
     for batch, seq in args.shapes:
@@ -305,7 +305,7 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
             raise SystemExit(f"bench_peers: --only names no runner of this run: {unknown}; the runners: "
                              f"{list(makers)} (the tuned one needs --tuning-logs)")
         runners = {runner: make() for runner, make in makers.items() if not args.only or runner in args.only}
-        rounds = _time_in_rounds(runners, lambda fn: fn(ids, mask), args, f"{name:9s} b{batch} s{seq:<4d}")
+        rounds = time_in_rounds(runners, lambda fn: fn(ids, mask), args, f"{name:9s} b{batch} s{seq:<4d}")
         rows += [{"model": name, "batch": batch, "seq": seq, "runner": runner,
                   "median_ms": float(np.median(medians)), "round_ms": medians} for runner, medians in rounds.items()]
     return rows
@@ -336,7 +336,7 @@ def _cuda_makers(model, batch: int, seq: int, args) -> dict[str, Callable]:
     return makers
 
 
-def _time_in_rounds(runners: dict[str, Callable], call: Callable[[Callable], object], args, label: str
+def time_in_rounds(runners: dict[str, Callable], call: Callable[[Callable], object], args, label: str
                     ) -> dict[str, list[float]]:
     """Per runner, the median milliseconds of `args.repeats` calls in each of `args.rounds` rounds: every
     round times every runner in turn (the order rotating round by round), each after its own warm-up

@@ -4,9 +4,10 @@
 
 Each side is compiled and exported in a subprocess of its own source tree (A from `git archive REV`, B from this
 tree), on the same model, calibration and target, exactly as `bench_peers.py` builds ours. The two libraries are
-then loaded into one process and timed alternately on the same inputs, round by round, so that a host's drift
-hits both alike (`pass_ab.py` does the same for one pass or schedule constant of this tree). It also says
-whether the two builds' integer outputs are identical, which a change that claims the same integers must show.
+then loaded into one process and timed alternately on the same inputs, in `bench_peers`'s rounds (the order
+rotating), so that a host's drift hits both alike (`pass_ab.py` does the same for one pass or schedule constant
+of this tree). It also says whether the two builds' integer outputs are identical, which a change that claims
+the same integers must show.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def main() -> int:
     parser.add_argument("--target", default="llvm", help="a target name of `ibert-tvm targets` (default: this host)")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--repeats", type=int, default=7, help="calls per side per round (their median is kept)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before each side's timed ones")
+    parser.add_argument("--warmup-seconds", type=float, default=0.0, help="... and at least this long")
     parser.add_argument("--export", type=Path, help=argparse.SUPPRESS)  # the subprocess's task
     parser.add_argument("--expect-tree", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -86,8 +89,7 @@ def main() -> int:
     if not args.against:
         parser.error("--against REV is required")
     import ibert_tvm
-    from bench_peers import inputs, load_model
-    from ibert_tvm.latency import time_calls
+    from bench_peers import inputs, load_model, time_in_rounds
     from ibert_tvm.threads import configure_threads
 
     batch, seq = map(int, args.shape.split("x"))
@@ -102,15 +104,10 @@ def main() -> int:
         export_in(ROOT, libs["B (this tree)"], args)
         configure_threads()
         ids, mask = inputs(load_model(args.model), batch, seq)
-        runs, outputs = {}, {}
-        for label, lib in libs.items():
-            model = ibert_tvm.load(lib)
-            runs[label] = (lambda m: lambda: m(ids, mask.astype(np.int32), integer=True))(model)
-            outputs[label] = runs[label]()
-        medians: dict[str, list[float]] = {label: [] for label in runs}
-        for r in range(args.rounds):
-            for label, run in (runs.items() if r % 2 == 0 else reversed(runs.items())):
-                medians[label].append(float(np.median(time_calls(run, warmup=1, repeats=args.repeats))))
+        models = {label: ibert_tvm.load(lib) for label, lib in libs.items()}
+        run = lambda model: model(ids, mask.astype(np.int32), integer=True)  # noqa: E731
+        outputs = {label: run(model) for label, model in models.items()}
+        medians = time_in_rounds(models, run, args, f"{args.model} {args.shape}")
     a, b = (np.median(v) for v in medians.values())
     for label, values in medians.items():
         print(f"{args.model} {args.shape} {args.target} {label}: median {np.median(values):.2f} ms "
