@@ -3,6 +3,7 @@
     qm  = ibert_tvm.from_pretrained(model_or_dir, calibration=texts_or_batches)   # or from_onnx(path, ...)
     lib = ibert_tvm.compile(qm, target="llvm")    # "t4", "aarch64", ...; shipped tuning logs applied
     lib.export("model.so")                        # + model.json beside it
+    ibert_tvm.tune(qm, "llvm", trials=512, work_dir="logs/")  # then compile(..., tuning_logs="logs/")
     m   = ibert_tvm.load("model.so")              # TVM runtime only
     out = m(input_ids, attention_mask)            # logits or hidden states; m.classify(["a sentence"])
 """
@@ -19,7 +20,8 @@ configure_threads()  # before any kernel runs: TVM's default uses half the cores
 _EXPORTS = {"ArtifactError": "artifact", "Batch": "calibration", "CompiledModel": "compiler", "compile": "compiler",
             "load": "compiler", "QuantizedModel": "model", "UnsupportedModelError": "model", "from_onnx": "model",
             "from_pretrained": "model", "InputError": "runtime", "IntegerModel": "runtime",
-            "UnknownTargetError": "targets", "resolve_target": "targets", "ops": "ops"}
+            "UnknownTargetError": "targets", "resolve_target": "targets", "ops": "ops", "tune": "tuning",
+            "TuningLogError": "tuning"}
 
 __all__ = sorted(_EXPORTS)
 

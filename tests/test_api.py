@@ -3,7 +3,9 @@ process and across shape buckets, `classify`, and a clear error for each kind of
 
 from __future__ import annotations
 
+import importlib
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -185,3 +187,35 @@ def test_artifact_for_another_target_is_refused(tmp_path):
     assert path.read_bytes()[18] == 183  # ELF e_machine EM_AARCH64
     with pytest.raises(ibert_tvm.ArtifactError, match="built for target 'aarch64' \\(aarch64\\), this machine is x86_64"):
         ibert_tvm.load(path)
+
+
+def _resolve(dotted: str) -> object:
+    """`ibert_tvm.a.b` as Python would reach it: the longest importable module, then attributes."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            value = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            value = getattr(value, name)
+        return value
+    raise ModuleNotFoundError(dotted)
+
+
+def test_every_api_name_the_docs_use_exists():
+    """Each `ibert_tvm.X` that the READMEs and the package docstring show a user resolves, `ibert_tvm.tune`
+    included (the tuning API the README names beside `ibert-tvm tune`)."""
+    root = Path(__file__).resolve().parents[1]
+    text = "\n".join((root / doc).read_text() for doc in ("README.md", "tuning_logs/README.md"))
+    text += ibert_tvm.__doc__
+    names = set(re.findall(r"\bibert_tvm\.[A-Za-z_][A-Za-z_0-9]*(?:\.[A-Za-z_][A-Za-z_0-9]*)*", text))
+    assert {"ibert_tvm.tune", "ibert_tvm.compile", "ibert_tvm.load"} <= names
+    missing = []
+    for name in sorted(names):
+        try:
+            _resolve(name)
+        except (ImportError, AttributeError):
+            missing.append(name)
+    assert not missing, f"documented but not importable: {missing}"
+    assert ibert_tvm.tune is _resolve("ibert_tvm.tuning.tune")
