@@ -310,14 +310,20 @@ def _tuning_target(target: Target) -> Target:
 
 
 def _f_build() -> Callable[[tvm.IRModule, Target, Any], tvm.runtime.Module]:
-    """MetaSchedule's default build without its `import tvm.s_tir.tensor_intrin` (about a minute per build
-    worker, and the pool is new for every batch). Nested, so cloudpickle ships it by value and the worker
-    imports only tvm: the candidates arrive already tensorized, so no intrinsic needs registering there."""
+    """MetaSchedule's default build, through the TIR pipeline `compile` uses (`gemm_prefetch.TIR_PIPELINE`:
+    the accumulators it names on the stack), so that candidates and default schedules are measured as the
+    model will run them; TVM's default pipeline takes those accumulators from the workspace pool, which made
+    every default GEMM look slower than in the model and its tuned records look like wins. It skips
+    MetaSchedule's `import tvm.s_tir.tensor_intrin` (about a minute per build worker, and the pool is new for
+    every batch): nested, so cloudpickle ships it by value, and the candidates arrive already tensorized."""
 
     def build(mod: tvm.IRModule, target: Target, _params: Any) -> tvm.runtime.Module:
         from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
 
-        return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+        from ibert_tvm.schedules.gemm_prefetch import TIR_PIPELINE  # registers it in this worker
+
+        return tvm.tirx.build(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target,
+                              pipeline=TIR_PIPELINE)
 
     return build
 

@@ -318,3 +318,16 @@ def test_next_panels_pieces_are_spread_over_the_row_tiles():
     assert sorted(p for pieces in by_task.values() for p in pieces) == \
         [(c, b) for c in range(chunks) for b in range(3, 6)]
     assert sum(1 for pieces in by_task.values() if pieces) == min(15, 3 * chunks)
+
+
+def test_tuning_builds_candidates_through_the_compile_pipeline(few_row_tiles):
+    """`tune` measures candidates and each kernel's default schedule built as `compile` builds them: the
+    accumulator on the stack, not from the workspace pool (with TVM's default pipeline the default GEMMs
+    measured slower than they run in the model, so tuned records that lose in the model were applied)."""
+    from ibert_tvm import tuning
+
+    mod = tvm.IRModule({"main": few_row_tiles.with_attr("global_symbol", "main")})
+    ll = tuning._f_build()(mod, VNNI, None).inspect_source("ll")
+    assert ll.count("load ptr, ptr @__TVMBackendAllocWorkspace") == \
+        _workspace_allocations(few_row_tiles, gemm_prefetch.TIR_PIPELINE) == \
+        _workspace_allocations(few_row_tiles, "default") - 1
