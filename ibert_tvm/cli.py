@@ -115,8 +115,9 @@ def _compile(args: argparse.Namespace) -> int:
     lib = compile_model(qm, args.target, tuning_logs=logs, batch_sizes=args.batch_sizes,
                         seq_lengths=args.seq_lengths, **options)
     path = lib.export(args.output)
-    print(f"wrote {path} and {path.with_suffix('.json').name} (target {lib.spec.describe()}; buckets batch "
-          f"{lib.meta['buckets']['batch_sizes']} x seq {lib.meta['buckets']['seq_lengths']})")
+    print(f"wrote {path} and {path.with_suffix('.json').name} (target {lib.spec.describe()}, "
+          f"{_tuned(lib.meta['target'])}; buckets batch {lib.meta['buckets']['batch_sizes']} x seq "
+          f"{lib.meta['buckets']['seq_lengths']})")
     return 0
 
 
@@ -188,6 +189,14 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tuned(target: dict) -> str:
+    """'untuned', or 'tuned' with how many kernels took a record (artifacts since the count was recorded)."""
+    if not target["tuned"]:
+        return "untuned"
+    count = target.get("tuned_kernels")
+    return f"tuned ({count[0]} of {count[1]} kernels from the database)" if count else "tuned"
+
+
 def _inspect(args: argparse.Namespace) -> int:
     from .artifact import read_metadata
 
@@ -199,7 +208,7 @@ def _inspect(args: argparse.Namespace) -> int:
     lines = [
         f"artifact   {args.artifact} (SHA-256 {meta['library']['sha256'][:16]}..., matches)",
         f"target     {target['name']} [{', '.join(target['features'])}] "
-        f"{'tuned' if target['tuned'] else 'untuned'} {target['schedule_options'] or ''}".rstrip(),
+        f"{_tuned(target)} {target['schedule_options'] or ''}".rstrip(),
         f"built with TVM {meta['versions']['tvm']}, tvm-ffi {meta['versions']['tvm_ffi']}, "
         f"ibert-tvm {meta['versions']['ibert_tvm']}",
         f"model      {model['model_type']}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import tempfile
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,17 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
     batch_sizes, seq_lengths = _buckets(model, batch_sizes, seq_lengths)
     shapes = [(b, s) for b in batch_sizes for s in seq_lengths]
     database = _database(tuning_logs, spec)
+    tally: dict[str, int] = {}
     with _build_environment(spec):
-        exe = build(model.programs(shapes), spec.target, dump_dir=dump_dir, database=database, **schedule_options)
+        exe = build(model.programs(shapes), spec.target, dump_dir=dump_dir, database=database,
+                    tally=None if database is None else tally, **schedule_options)
+    if database is not None and not tally["tuned"]:
+        warnings.warn(f"the tuning database for {spec.name} has no record for any of this program's "
+                      f"{tally['kernels']} kernels (tuned for another model, calibration or shape, or its records "
+                      f"lost to the default schedules): compiled with the default schedules", UserWarning, stacklevel=2)
     meta = _metadata(model, spec, batch_sizes, seq_lengths, schedule_options, tuning_logs=database is not None)
+    if tally:
+        meta["target"]["tuned_kernels"] = [tally["tuned"], tally["kernels"]]
     return CompiledModel(exe, spec, meta)
 
 

@@ -50,7 +50,21 @@ class _DumpIR:
         return mod
 
 
-def _schedule(target: Target, database: Any | None, options: dict) -> list[tvm.transform.Pass]:
+def _count_tuned(tally: dict[str, int]) -> tvm.transform.Pass:
+    """Fill `tally` with the kernels (PrimFuncs) of the module and those a tuning database scheduled
+    (`MetaScheduleApplyDatabase` marks them `tirx.is_scheduled`), so that `compile` can say how many took one."""
+
+    def count(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+        tally["kernels"] = len(funcs)
+        tally["tuned"] = sum(bool(f.attrs and f.attrs.get("tirx.is_scheduled", False)) for f in funcs)
+        return mod
+
+    return tvm.transform.module_pass(count, opt_level=0, name="IBertCountTuned")
+
+
+def _schedule(target: Target, database: Any | None, options: dict, tally: dict[str, int] | None = None
+              ) -> list[tvm.transform.Pass]:
     """Apply a tuning database's records (where given), then the target family's default schedule to the rest."""
     from ibert_tvm.schedules import schedules_for  # lazily: the CUDA schedules import dlight (~4 s)
 
@@ -58,11 +72,12 @@ def _schedule(target: Target, database: Any | None, options: dict) -> list[tvm.t
     default = tvm.transform.module_pass(lambda mod, _ctx: family.apply_default_schedule(mod, target, **options), opt_level=0,
                                         name="IBertDefaultSchedule")
     tuned = [] if database is None else [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
-    return [*tuned, default]
+    counted = [] if tally is None else [_count_tuned(tally)]
+    return [*tuned, *counted, default]
 
 
-def _phases(target: Target, database: Any | None = None, options: dict | None = None
-            ) -> list[list[tvm.transform.Pass]]:
+def _phases(target: Target, database: Any | None = None, options: dict | None = None,
+            tally: dict[str, int] | None = None) -> list[list[tvm.transform.Pass]]:
     """The passes of each phase in PHASES order, for `target` (CUDA or a CPU kind)."""
     from ibert_tvm.schedules import family_of  # lazily, as in `_schedule`
 
@@ -76,21 +91,21 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
         [*([] if gpu else [ShiftActivationsU8(target), WidenActivationsI16(target), PackProbabilitiesI16(target)]),
          FuseRequantize(split_requantize_chains=gpu, layout_prologues=family_of(target) == "x86")],
         [VerifyIntegerOnly()],
-        [*_schedule(target, database, options or {}), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
+        [*_schedule(target, database, options or {}, tally), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
     ]
 
 
-def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
-                     database: Any | None = None, **schedule_options: Any) -> tvm.transform.Pass:
+def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None, database: Any | None = None,
+                     tally: dict[str, int] | None = None, **schedule_options: Any) -> tvm.transform.Pass:
     """Legalize, fuse, verify and lower an ibert program for `target`; per-phase dumps make each step inspectable.
 
     `database` (a MetaSchedule Database tuned for this target) schedules the PrimFuncs it has records for;
     the target family's default schedule (`schedules/`) takes the rest, with `schedule_options` (e.g. the
-    CUDA GEMM variant).
+    CUDA GEMM variant). A `tally` dict receives the number of kernels and of those the database scheduled.
     """
     target = Target(target) if isinstance(target, str) else target
     passes: list[tvm.transform.Pass] = []
-    for index, (name, phase) in enumerate(zip(PHASES, _phases(target, database, schedule_options))):
+    for index, (name, phase) in enumerate(zip(PHASES, _phases(target, database, schedule_options, tally))):
         passes += phase + ([_DumpIR(Path(dump_dir) / f"{index:02d}_{name}.py")] if dump_dir else [])
 
     @tvm.transform.module_pass(opt_level=0, name="IBertIntegerPipeline")
@@ -112,11 +127,12 @@ def tunable_module(mod: tvm.IRModule, target: Target | str = "llvm") -> tvm.IRMo
 
 
 def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None,
-          database: Any | None = None, **schedule_options: Any) -> tvm.runtime.Executable:
+          database: Any | None = None, tally: dict[str, int] | None = None,
+          **schedule_options: Any) -> tvm.runtime.Executable:
     """Compile `mod` via `integer_pipeline` to a VM executable (already lowered, hence relax_pipeline=None)."""
     from ibert_tvm.schedules.gemm_prefetch import TIR_PIPELINE  # registers the TIR pipeline it names
 
     target = Target(target) if isinstance(target, str) else target
     with target:
-        return tvm.compile(integer_pipeline(target, dump_dir, database, **schedule_options)(mod), target=target,
+        return tvm.compile(integer_pipeline(target, dump_dir, database, tally, **schedule_options)(mod), target=target,
                            relax_pipeline=None, tir_pipeline=TIR_PIPELINE)

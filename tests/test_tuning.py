@@ -15,7 +15,8 @@ import tvm
 from transformers import RobertaConfig, RobertaModel
 from tvm import relax, tirx
 
-from ibert_tvm import tuning
+import ibert_tvm
+from ibert_tvm import cli, tuning
 from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes import pipeline
 from ibert_tvm.targets import resolve_target
@@ -92,6 +93,32 @@ def test_records_apply_and_outputs_are_bit_identical(model, spec, tuned):
     tuned_out = _run(pipeline.build(mod, spec.target, database=database), inputs)
     assert tuned_out.dtype == np.int8
     np.testing.assert_array_equal(tuned_out, untuned)
+
+
+def test_compile_counts_the_kernels_a_database_scheduled(model, spec, tuned, tmp_path):
+    """`compile` records how many kernels took a record (`tuned_kernels`, shown by `ibert-tvm inspect` and
+    `compile`): every task with a valid record, once the records that lost to the defaults are kept too."""
+    work, _ = tuned
+    db = shutil.copytree(work, tmp_path / "db")
+    meta = json.loads((db / META_FILE).read_text())
+    (db / META_FILE).write_text(json.dumps({**meta, "default_wins": {}}))
+    valid = {r.workload.mod.script() for r in open_database(db, spec).get_all_tuning_records()
+             if r.run_secs and float(r.run_secs[0]) < 1e9}
+    lib = ibert_tvm.compile(model, spec, tuning_logs=db, batch_sizes=(BATCH,), seq_lengths=(SEQ,))
+    count, kernels = lib.meta["target"]["tuned_kernels"]
+    assert 0 < count == len(valid) < kernels
+    assert cli._tuned(lib.meta["target"]) == f"tuned ({count} of {kernels} kernels from the database)"
+    assert "tuned_kernels" not in ibert_tvm.compile(model, spec, tuning_logs=False, batch_sizes=(BATCH,),
+                                                    seq_lengths=(SEQ,)).meta["target"]
+
+
+def test_a_database_that_matches_no_kernel_is_named(model, spec, tuned):
+    """A database tuned for another shape (or model, or calibration) schedules nothing: `compile` says so in
+    a warning instead of labelling the build tuned in silence."""
+    work, _ = tuned
+    with pytest.warns(UserWarning, match=r"no record for any of this program's \d+ kernels"):
+        lib = ibert_tvm.compile(model, spec, tuning_logs=work, batch_sizes=(BATCH,), seq_lengths=(2 * SEQ,))
+    assert lib.meta["target"]["tuned_kernels"][0] == 0
 
 
 def test_avx2_level_tunes_with_its_vpmaddwd_step(model, tmp_path):
