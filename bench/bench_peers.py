@@ -1,12 +1,13 @@
 """Integer-only ibert-tvm against the peers a user would pick, in one process, on the same inputs.
 
-    .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR] [--out bench/results]
+    .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR | --tune TRIALS] [--out bench/results]
     .venv/bin/python bench/bench_peers.py --profile bert-base:1x128     # per-kernel times (VM instrument)
     .venv/bin/python bench/bench_peers.py --profile-ort bert-base:1x128 # ONNX Runtime int8 per operator type
     .venv/bin/python bench/bench_peers.py --as-cpu avx2                 # every runner as on an AVX2-only CPU
     python3 bench/bench_peers.py --device cuda --models bert-base,minilm-random  # on a GPU (bench/gpu_kit.py)
 
-Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs), TVM's own float32 build
+Runs, per model and shape: ibert-tvm integer-only (untuned; tuned with --tuning-logs, or with --tune TRIALS,
+which first tunes the program that runner compiles), TVM's own float32 build
 of the same model (untuned), PyTorch FP32 eager, PyTorch dynamic int8 (`quantize_dynamic`, Linear layers),
 ONNX Runtime FP32 and ONNX Runtime dynamic int8 (`onnxruntime.quantization.quantize_dynamic`). Shapes: seq 128
 at batch 1 and 8, seq 32 and 256 at batch 1. Each shape's runners are timed in rounds (all built
@@ -298,17 +299,30 @@ def bench_model(name: str, args, workdir: Path) -> list[dict]:
         if seq > model.config.max_position_embeddings:
             continue
         ids, mask = inputs(model, batch, seq)
-        makers = (_cuda_makers(model, batch, seq, args) if args.device == "cuda" else
+        makers = (_cuda_makers(name, model, batch, seq, args) if args.device == "cuda" else
                   _cpu_makers(name, model, batch, seq, args, workdir))
         unknown = sorted((args.only or set()) - set(makers))
         if unknown:
             raise SystemExit(f"bench_peers: --only names no runner of this run: {unknown}; the runners: "
-                             f"{list(makers)} (the tuned one needs --tuning-logs)")
+                             f"{list(makers)} (the tuned one needs --tuning-logs or --tune)")
         runners = {runner: make() for runner, make in makers.items() if not args.only or runner in args.only}
         rounds = time_in_rounds(runners, lambda fn: fn(ids, mask), args, f"{name:9s} b{batch} s{seq:<4d}")
         rows += [{"model": name, "batch": batch, "seq": seq, "runner": runner,
                   "median_ms": float(np.median(medians)), "round_ms": medians} for runner, medians in rounds.items()]
     return rows
+
+
+def tuned_logs(name: str, model, batch: int, seq: int, args) -> str:
+    """The database the tuned runner applies: --tuning-logs as given, or (--tune N) N trials of tuning of
+    the very program that runner compiles (same calibration, shape and target), kept in
+    <out>/tuning/<model>_<target>_<batch>x<seq>, which a later run resumes."""
+    if args.tuning_logs:
+        return args.tuning_logs
+    from ibert_tvm.tuning import tune
+
+    folder = Path(args.out) / "tuning" / f"{name}_{args.target}_{batch}x{seq}"
+    print(tune(quantized(model, seq), args.target, args.tune, folder, batch=batch, seq=seq), flush=True)
+    return str(folder)
 
 
 def _cpu_makers(name: str, model, batch: int, seq: int, args, workdir: Path) -> dict[str, Callable]:
@@ -319,20 +333,21 @@ def _cpu_makers(name: str, model, batch: int, seq: int, args, workdir: Path) -> 
               "PyTorch dynamic int8": lambda: torch_runner(model, True),
               "ONNX Runtime FP32": lambda: ort_runner(name, model, batch, seq, False, workdir),
               "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
-    if args.tuning_logs:
-        makers["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, args.target)
+    if args.tuning_logs or args.tune:
+        makers["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq,
+                                                               tuned_logs(name, model, batch, seq, args), args.target)
     return makers
 
 
-def _cuda_makers(model, batch: int, seq: int, args) -> dict[str, Callable]:
+def _cuda_makers(name: str, model, batch: int, seq: int, args) -> dict[str, Callable]:
     """The GPU runners of one shape, by name: ours built for the GPU's arch (`--gemm`: its GEMM variant)."""
     options = {"gemm": args.gemm} if args.gemm else {}
     makers = {"ibert-tvm int CUDA (untuned)": lambda: ibert_runner(model, batch, seq, False, "cuda", **options),
               "PyTorch FP32 (CUDA)": lambda: torch_cuda_runner(model, False),
               "PyTorch FP16 (CUDA)": lambda: torch_cuda_runner(model, True)}
-    if args.tuning_logs:
-        makers["ibert-tvm int CUDA (tuned)"] = lambda: ibert_runner(model, batch, seq, args.tuning_logs, "cuda",
-                                                                   **options)
+    if args.tuning_logs or args.tune:
+        makers["ibert-tvm int CUDA (tuned)"] = lambda: ibert_runner(
+            model, batch, seq, tuned_logs(name, model, batch, seq, args), "cuda", **options)
     return makers
 
 
@@ -432,7 +447,10 @@ def main() -> int:
     parser.add_argument("--shapes", default=",".join(f"{b}x{s}" for b, s in SHAPES),
                         help="comma-separated BATCHxSEQ (default: 1x128,8x128,1x32,1x256)")
     parser.add_argument("--only", help="comma-separated runner names to run (default: all)")
-    parser.add_argument("--tuning-logs", help="a tuning database folder for the tuned integer build")
+    tuned = parser.add_mutually_exclusive_group()
+    tuned.add_argument("--tuning-logs", help="a tuning database folder for the tuned integer build")
+    tuned.add_argument("--tune", type=int, metavar="TRIALS", help="tune each shape's integer program for "
+                       "TRIALS trials first (into <out>/tuning/, resumed by a later run) for the tuned build")
     parser.add_argument("--target", help="the integer build's target (default llvm: this CPU, or x86-LEVEL with "
                         "--as-cpu; e.g. x86-avx2 to measure the AVX2 kernels on a wider CPU)")
     parser.add_argument("--as-cpu", choices=("avx2", "avxvnni", "avx512vnni"),

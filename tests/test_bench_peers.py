@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import tvm_ffi
 
 from ibert_tvm.latency import time_calls
 
@@ -88,4 +89,38 @@ def test_gpu_table_compares_with_pytorch_fp32_and_fp16(tmp_path):
 def test_gpu_options_are_refused_where_they_cannot_run(monkeypatch, argv, message):
     monkeypatch.setattr(sys, "argv", ["bench_peers.py", *argv])
     with pytest.raises(SystemExit, match=message):
+        bench_peers.main()
+
+
+def test_tune_tunes_the_program_the_tuned_runner_times(monkeypatch, tmp_path):
+    """`--tune N` tunes, before the tuned runner compiles, the very program it compiles (same calibration,
+    constants and shape: a database's records are per kernel, constants included) into <out>/tuning/, and
+    hands that folder to the runner. `--tuning-logs` with it is refused."""
+    from ibert_tvm import tuning
+
+    calls = {}
+
+    def fake_tune(model, target, trials, folder, *, batch, seq):
+        calls["tune"] = (model, target, trials, folder, batch, seq)
+        return "tuned"
+
+    def fake_runner(model, batch, seq, tuning_logs, target="llvm", **options):
+        calls.setdefault("runners", []).append((tuning_logs, target))
+        return lambda ids, mask: None
+
+    monkeypatch.setattr(tuning, "tune", fake_tune)
+    monkeypatch.setattr(bench_peers, "ibert_runner", fake_runner)
+    monkeypatch.setattr(sys, "argv", ["bench_peers.py", "--models", "minilm-random", "--shapes", "1x8", "--only",
+                                      "ibert-tvm int (untuned),ibert-tvm int (tuned)", "--tune", "4", "--rounds",
+                                      "1", "--repeats", "1", "--warmup", "0", "--warmup-seconds", "0", "--out",
+                                      str(tmp_path)])
+    assert bench_peers.main() == 0
+    model, target, trials, folder, batch, seq = calls["tune"]
+    assert (target, trials, batch, seq) == ("llvm", 4, 1, 8)
+    assert folder == tmp_path / "tuning" / "minilm-random_llvm_1x8"
+    assert sorted(calls["runners"], key=str) == sorted([(False, "llvm"), (str(folder), "llvm")], key=str)
+    timed = bench_peers.quantized(bench_peers.load_model("minilm-random"), 8)
+    assert tvm_ffi.structural_equal(model.program(1, 8), timed.program(1, 8), map_free_vars=True)
+    monkeypatch.setattr(sys, "argv", ["bench_peers.py", "--tune", "4", "--tuning-logs", str(folder)])
+    with pytest.raises(SystemExit):
         bench_peers.main()
