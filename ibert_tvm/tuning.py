@@ -63,6 +63,7 @@ COST_MODEL_FILE = "cost_model.tar"
 _FAILED_SECS = 1e10
 _BUILD_TIMEOUT_S = 120.0
 _RUN_TIMEOUT_S = 60.0
+_WARMUP_MS = 100  # untimed calls before each candidate is timed (`_f_run_evaluator`)
 _REPO_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"  # a source checkout / editable install
 _PACKAGE_LOGS = Path(__file__).resolve().parent / "tuning_logs"  # a wheel carrying the logs as package data
 
@@ -84,6 +85,7 @@ class TuningResult:
     run_errors: int
     errors: dict[str, int] = field(default_factory=dict)  # one-line message -> candidates (this call)
     untunable: dict[str, str] = field(default_factory=dict)  # task -> why MetaSchedule cannot tune it
+    untried: tuple[str, ...] = ()  # tunable tasks with no record yet: the budget ran out before their turn
     latency_before_ms: float | None = None  # sum over tasks of weight x default-schedule latency
     latency_after_ms: float | None = None  # the same with what compile applies: a task's best record, if faster
     slower_than_default: tuple[str, ...] = ()  # tasks whose best record loses to their default schedule
@@ -106,6 +108,9 @@ class TuningResult:
                  f"{self.run_errors} run errors)"]
         lines += [f"  {n} x {message}" for message, n in sorted(self.errors.items(), key=lambda kv: -kv[1])]
         lines += [f"not tunable (default schedule): {name}: {why}" for name, why in self.untunable.items()]
+        if self.untried:
+            lines.append(f"no trial yet for {len(self.untried)} of {len(self.tasks) - len(self.untunable)} tunable "
+                         f"tasks (the heaviest go first, a batch of trials each): more trials reach them")
         if self.latency_before_ms is not None and self.latency_after_ms is not None:
             lines.append(f"estimated latency (sum of task latencies): {self.latency_before_ms:.3f} ms untuned, "
                          f"{self.latency_after_ms:.3f} ms tuned")
@@ -351,15 +356,43 @@ def _builder(spec: TargetSpec) -> ms.builder.LocalBuilder:
     return ms.builder.LocalBuilder(f_build=f_build, f_export=export, timeout_sec=_BUILD_TIMEOUT_S)
 
 
-def _runner(rpc: tuple[str, int, str] | None) -> ms.runner.Runner:
-    """Measure on this machine, or on the devices registered with a TVM RPC tracker under a key."""
+def _evaluator(spec: TargetSpec) -> ms.runner.EvaluatorConfig:
+    """How a candidate is timed. On a CPU each of 10 runs starts with every argument but the first (the
+    activations, which the previous kernel leaves in cache) flushed from the caches, as in the model, where
+    a kernel's weights arrive cold (BERT-base's 85 MB pass the cache between two calls of a kernel);
+    MetaSchedule's default times back-to-back runs with the weights hot. GPUs: the default."""
+    if spec.is_gpu:
+        return ms.runner.EvaluatorConfig()
+    return ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
+
+
+def _f_run_evaluator(warmup_ms: int = _WARMUP_MS) -> Callable[..., list[float]]:
+    """MetaSchedule's evaluator after `warmup_ms` of untimed calls. A fresh measuring process runs its first
+    kernels slowly for about 100 ms (a BERT-base QKV kernel: 477 us a call over its first 30 calls, 230-260
+    after), and the one warm-up call of MetaSchedule's own evaluator did not cover it: each kernel's default
+    schedule, measured first, came out slower than it runs, so records that lose in the model were applied.
+    Nested, so that cloudpickle ships it by value to the measuring process."""
+
+    def run_evaluator(rt_mod: Any, device: Any, evaluator_config: Any, repeated_args: list) -> list[float]:
+        from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
+
+        rt_mod.time_evaluator(rt_mod.entry_name, dev=device, number=1, repeat=1,
+                              min_repeat_ms=warmup_ms)(*repeated_args[0])
+        return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)
+
+    return run_evaluator
+
+
+def _runner(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> ms.runner.Runner:
+    """Measure on this machine (after a warm-up), or on the devices registered with a TVM RPC tracker."""
     if rpc is None:
-        return ms.runner.LocalRunner(timeout_sec=_RUN_TIMEOUT_S)
+        return ms.runner.LocalRunner(timeout_sec=_RUN_TIMEOUT_S, evaluator_config=_evaluator(spec),
+                                     f_run_evaluator=_f_run_evaluator())
     host, port, key = rpc
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key,
                                  session_timeout_sec=int(_RUN_TIMEOUT_S))
     servers = config.count_num_servers(allow_missing=False)  # raises naming tracker and key when none
-    return ms.runner.RPCRunner(rpc_config=config, max_workers=servers)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=_evaluator(spec), max_workers=servers)
 
 
 def _space(spec: TargetSpec) -> dict[str, Any]:
@@ -648,7 +681,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))  # a valid folder if stopped
     todo = [t for t in tasks if max_trials_per_task is None or done[t.task_name] < max_trials_per_task]
     remaining = trials - sum(done.values())
-    run = _Run(spec, folder, database, _builder(spec), _runner(rpc)) if estimate or (remaining > 0 and todo) else None
+    needed = estimate or (remaining > 0 and todo)
+    run = _Run(spec, folder, database, _builder(spec), _runner(spec, rpc)) if needed else None
     default = _default_latencies(run, tasks) if estimate else {}
     weights = {t.task_name: int(t.weight) for t in tasks}
     tally = _Tally(best={name: min(r) for name, r in records.items() if r and min(r) < _FAILED_SECS})
@@ -659,7 +693,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
             callback = _Progress(tally, bar, functools.partial(_estimate_ms, weights, default, tally.best))
             untunable = _search(run, todo, done, remaining, max_trials_per_task,
                                 min(num_trials_per_iter, remaining), callback)
-    total = sum(len(r) for r in _records_per_task(database, tasks).values())
+    per_task = _records_per_task(database, tasks)
+    total = sum(len(r) for r in per_task.values())
     slower = [t for t in tasks if tally.best.get(t.task_name, 0.0) > default.get(t.task_name, math.inf)]
     _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc),
                 {_workload_key(t.dispatched[0]): t.task_name for t in slower} if estimate else None)
@@ -670,7 +705,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
         target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
         latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, best),
-        slower_than_default=tuple(t.task_name for t in slower), seconds=time.monotonic() - started)
+        slower_than_default=tuple(t.task_name for t in slower), seconds=time.monotonic() - started,
+        untried=tuple(name for name, r in per_task.items() if not r and name not in untunable))
 
 
 def _search(run: _Run, tasks: list[ms.ExtractedTask], done: dict[str, int], budget: int, cap: int | None,

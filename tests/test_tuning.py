@@ -13,7 +13,7 @@ import pytest
 import torch
 import tvm
 from transformers import RobertaConfig, RobertaModel
-from tvm import relax, tirx
+from tvm import relax, te, tirx
 
 import ibert_tvm
 from ibert_tvm import cli, tuning
@@ -63,6 +63,9 @@ def test_tune_writes_a_database_with_its_metadata(tuned, spec, report):
     assert meta["tvm"] == tvm.__version__ and meta["shapes"] == [[BATCH, SEQ]] and meta["trials"] == TRIALS
     assert meta["apache_tvm_ffi"] and meta["hardware"] and meta["date"]
     assert result.latency_before_ms > 0 and result.latency_after_ms > 0
+    # one task per round of PER_ITER trials, the heaviest first: the others are named as not reached yet
+    assert len(result.untried) == len(result.tasks) - len(result.untunable) - TRIALS // PER_ITER > 0
+    assert not set(result.untried) & set(result.untunable) and "no trial yet for" in str(result)
     report(f"tuning (llvm, tiny RoBERTa 1x{SEQ}): {result.trials_run} trials in {result.seconds:.0f} s, "
            f"{result.failed} failed ({result.failed_share:.0%}); estimated {result.latency_before_ms:.3f} ms "
            f"untuned -> {result.latency_after_ms:.3f} ms; not tunable: {len(result.untunable)} of {len(result.tasks)}")
@@ -260,3 +263,30 @@ def test_shipped_database_is_found_by_target(tuned, spec, tmp_path, monkeypatch)
     shutil.copytree(tuned[0], tmp_path / tuning.log_name(spec))
     assert tuning.shipped_database("llvm") == tmp_path / tuning.log_name(spec)
     assert tuning.shipped_database("aarch64") is None
+
+
+def test_cpu_candidates_are_timed_with_cold_weights(spec):
+    """On a CPU each timed run starts with the weights (every argument but the first, the activations)
+    flushed from the caches, one run per measurement, as a kernel meets them in the model; a GPU keeps
+    MetaSchedule's default timing."""
+    config = tuning._runner(spec, None).evaluator_config
+    assert config == tuning._evaluator(spec)
+    assert config.enable_cpu_cache_flush and config.number == 1 and config.min_repeat_ms == 0 and config.repeat >= 3
+    assert not tuning._evaluator(resolve_target("t4")).enable_cpu_cache_flush
+
+
+def test_candidates_are_timed_after_a_warm_up(spec):
+    """The local runner's evaluator calls the kernel untimed for its warm-up time first (a fresh measuring
+    process runs its first kernels slowly), then returns the configured number of timed runs."""
+    import time
+
+    assert tuning._runner(spec, None).f_run_evaluator is not None
+    x = te.placeholder((64, 64), "int32", name="x")
+    mod = tvm.IRModule({"main": te.create_prim_func([x, te.compute((64, 64), lambda i, j: x[i, j] + 1)])})
+    rt_mod = tvm.tirx.build(mod, target="llvm")
+    args = [tvm.runtime.tensor(np.zeros((64, 64), "int32")) for _ in range(2)]
+    config = tuning._evaluator(spec)
+    started = time.perf_counter()
+    costs = tuning._f_run_evaluator(warmup_ms=300)(rt_mod, tvm.cpu(), config, [args])
+    assert time.perf_counter() - started >= 0.3
+    assert len(costs) == config.repeat and all(c > 0 for c in costs)
