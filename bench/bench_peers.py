@@ -333,7 +333,7 @@ def _cpu_makers(name: str, model, batch: int, seq: int, args, workdir: Path) -> 
               "PyTorch dynamic int8": lambda: torch_runner(model, True),
               "ONNX Runtime FP32": lambda: ort_runner(name, model, batch, seq, False, workdir),
               "ONNX Runtime dynamic int8": lambda: ort_runner(name, model, batch, seq, True, workdir)}
-    if args.tuning_logs or args.tune:
+    if args.tuning_logs or args.tune is not None:
         makers["ibert-tvm int (tuned)"] = lambda: ibert_runner(model, batch, seq,
                                                                tuned_logs(name, model, batch, seq, args), args.target)
     return makers
@@ -345,7 +345,7 @@ def _cuda_makers(name: str, model, batch: int, seq: int, args) -> dict[str, Call
     makers = {"ibert-tvm int CUDA (untuned)": lambda: ibert_runner(model, batch, seq, False, "cuda", **options),
               "PyTorch FP32 (CUDA)": lambda: torch_cuda_runner(model, False),
               "PyTorch FP16 (CUDA)": lambda: torch_cuda_runner(model, True)}
-    if args.tuning_logs or args.tune:
+    if args.tuning_logs or args.tune is not None:
         makers["ibert-tvm int CUDA (tuned)"] = lambda: ibert_runner(
             model, batch, seq, tuned_logs(name, model, batch, seq, args), "cuda", **options)
     return makers
@@ -471,6 +471,8 @@ def main() -> int:
                         help="instead of comparing: ONNX Runtime dynamic int8's time per operator type")
     args = parser.parse_args()
     args.only = set(args.only.split(",")) if args.only else None
+    if args.tune is not None and args.tune < 1:
+        raise SystemExit(f"bench_peers: --tune takes a number of trials of at least 1, got {args.tune}")
     if args.device == "cuda":
         _check_cuda(args)
     elif args.gemm:

@@ -191,9 +191,9 @@ def _eval(args: argparse.Namespace) -> int:
 
 def _tuned(target: dict) -> str:
     """'untuned', or 'tuned' with how many kernels took a record (artifacts since the count was recorded)."""
-    if not target["tuned"]:
-        return "untuned"
     count = target.get("tuned_kernels")
+    if not target["tuned"]:
+        return "untuned (a tuning database gave no kernel a record)" if count else "untuned"
     return f"tuned ({count[0]} of {count[1]} kernels from the database)" if count else "tuned"
 
 

@@ -78,11 +78,11 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
     with _build_environment(spec):
         exe = build(model.programs(shapes), spec.target, dump_dir=dump_dir, database=database,
                     tally=None if database is None else tally, **schedule_options)
-    if database is not None and not tally["tuned"]:
-        warnings.warn(f"the tuning database for {spec.name} has no record for any of this program's "
-                      f"{tally['kernels']} kernels (tuned for another model, calibration or shape, or its records "
-                      f"lost to the default schedules): compiled with the default schedules", UserWarning, stacklevel=2)
-    meta = _metadata(model, spec, batch_sizes, seq_lengths, schedule_options, tuning_logs=database is not None)
+    if tuning_logs not in (None, True, False) and not tally["tuned"]:  # a database the caller named
+        warnings.warn(f"the tuning database {tuning_logs} gives none of this program's {tally['kernels']} kernels "
+                      f"a record (its records lost to the default schedules, or are for another model, "
+                      f"calibration or shape): compiled with the default schedules", UserWarning, stacklevel=2)
+    meta = _metadata(model, spec, batch_sizes, seq_lengths, schedule_options, tuning_logs=bool(tally.get("tuned")))
     if tally:
         meta["target"]["tuned_kernels"] = [tally["tuned"], tally["kernels"]]
     return CompiledModel(exe, spec, meta)

@@ -63,6 +63,7 @@ COST_MODEL_FILE = "cost_model.tar"
 _FAILED_SECS = 1e10
 _BUILD_TIMEOUT_S = 120.0
 _RUN_TIMEOUT_S = 60.0
+_LISTED = 5  # untried tasks a TuningResult names
 _WARMUP_MS = 100  # untimed calls before each candidate is timed (`_f_run_evaluator`)
 _REPO_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"  # a source checkout / editable install
 _PACKAGE_LOGS = Path(__file__).resolve().parent / "tuning_logs"  # a wheel carrying the logs as package data
@@ -111,6 +112,8 @@ class TuningResult:
         if self.untried:
             lines.append(f"no trial yet for {len(self.untried)} of {len(self.tasks) - len(self.untunable)} tunable "
                          f"tasks (the heaviest go first, a batch of trials each): more trials reach them")
+            lines += [f"  {name}" for name in self.untried[:_LISTED]]
+            lines += [f"  ... and {len(self.untried) - _LISTED} more"] if len(self.untried) > _LISTED else []
         if self.latency_before_ms is not None and self.latency_after_ms is not None:
             lines.append(f"estimated latency (sum of task latencies): {self.latency_before_ms:.3f} ms untuned, "
                          f"{self.latency_after_ms:.3f} ms tuned")
@@ -366,12 +369,13 @@ def _evaluator(spec: TargetSpec) -> ms.runner.EvaluatorConfig:
     return ms.runner.EvaluatorConfig(number=1, repeat=10, min_repeat_ms=0, enable_cpu_cache_flush=True)
 
 
-def _f_run_evaluator(warmup_ms: int = _WARMUP_MS) -> Callable[..., list[float]]:
-    """MetaSchedule's evaluator after `warmup_ms` of untimed calls. A fresh measuring process runs its first
-    kernels slowly for about 100 ms (a BERT-base QKV kernel: 477 us a call over its first 30 calls, 230-260
-    after), and the one warm-up call of MetaSchedule's own evaluator did not cover it: each kernel's default
-    schedule, measured first, came out slower than it runs, so records that lose in the model were applied.
-    Nested, so that cloudpickle ships it by value to the measuring process."""
+def _f_run_evaluator(warmup_ms: int = _WARMUP_MS, rpc: bool = False) -> Callable[..., list[float]]:
+    """MetaSchedule's evaluator after `warmup_ms` of untimed calls (for an RPC runner, with its session as
+    the first argument). A fresh measuring process runs its first kernels slowly for about 100 ms (a
+    BERT-base QKV kernel: 477 us a call over its first 30 calls, 230-260 after), and the one warm-up call of
+    MetaSchedule's own evaluator did not cover it: each kernel's default schedule, measured first, came out
+    slower than it runs, so records that lose in the model were applied. Nested, so that cloudpickle ships it
+    by value to the measuring process."""
 
     def run_evaluator(rt_mod: Any, device: Any, evaluator_config: Any, repeated_args: list) -> list[float]:
         from tvm.s_tir.meta_schedule.runner.utils import run_evaluator_common
@@ -380,7 +384,10 @@ def _f_run_evaluator(warmup_ms: int = _WARMUP_MS) -> Callable[..., list[float]]:
                               min_repeat_ms=warmup_ms)(*repeated_args[0])
         return run_evaluator_common(rt_mod, device, evaluator_config, repeated_args)
 
-    return run_evaluator
+    def run_evaluator_rpc(_session: Any, *args: Any) -> list[float]:
+        return run_evaluator(*args)
+
+    return run_evaluator_rpc if rpc else run_evaluator
 
 
 def _runner(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> ms.runner.Runner:
@@ -392,7 +399,8 @@ def _runner(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> ms.runner.Run
     config = ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=key,
                                  session_timeout_sec=int(_RUN_TIMEOUT_S))
     servers = config.count_num_servers(allow_missing=False)  # raises naming tracker and key when none
-    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=_evaluator(spec), max_workers=servers)
+    return ms.runner.RPCRunner(rpc_config=config, evaluator_config=_evaluator(spec),
+                               f_run_evaluator=_f_run_evaluator(rpc=True), max_workers=servers)
 
 
 def _space(spec: TargetSpec) -> dict[str, Any]:
@@ -687,7 +695,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     weights = {t.task_name: int(t.weight) for t in tasks}
     tally = _Tally(best={name: min(r) for name, r in records.items() if r and min(r) < _FAILED_SECS})
     untunable: dict[str, str] = {}
-    if remaining > 0 and todo:
+    searched = bool(remaining > 0 and todo)  # only a search tells the untunable tasks from the untried ones
+    if searched:
         with _scheduler_log(folder), tqdm(total=trials, initial=trials - remaining, unit="trial",
                                             desc=f"tuning {spec.name}", disable=not progress) as bar:
             callback = _Progress(tally, bar, functools.partial(_estimate_ms, weights, default, tally.best))
@@ -706,7 +715,7 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
         latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, best),
         slower_than_default=tuple(t.task_name for t in slower), seconds=time.monotonic() - started,
-        untried=tuple(name for name, r in per_task.items() if not r and name not in untunable))
+        untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
 
 
 def _search(run: _Run, tasks: list[ms.ExtractedTask], done: dict[str, int], budget: int, cap: int | None,

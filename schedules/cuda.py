@@ -160,9 +160,10 @@ def build_candidate(mod: tvm.IRModule, target: Target, _params: Any = None) -> t
     """MetaSchedule build function for CUDA (`LocalBuilder(f_build=build_candidate)`): the candidate compiled
     to a cubin with nvcc inside `cuda_build_environment`, so that what fails here would fail in `compile`."""
     from ibert_tvm.cuda_toolchain import cuda_build_environment
+    from ibert_tvm.schedules.gemm_prefetch import TIR_PIPELINE  # compile's TIR pipeline, as for CPU candidates
 
     with cuda_build_environment(target):
-        return tvm.tirx.build(mod, target=target)
+        return tvm.tirx.build(mod, target=target, pipeline=TIR_PIPELINE)
 
 
 def _cuda_target(target: Target | str) -> Target:

@@ -124,3 +124,6 @@ def test_tune_tunes_the_program_the_tuned_runner_times(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["bench_peers.py", "--tune", "4", "--tuning-logs", str(folder)])
     with pytest.raises(SystemExit):
         bench_peers.main()
+    monkeypatch.setattr(sys, "argv", ["bench_peers.py", "--tune", "0"])
+    with pytest.raises(SystemExit, match="--tune takes a number of trials of at least 1, got 0"):
+        bench_peers.main()

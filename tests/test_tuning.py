@@ -14,6 +14,7 @@ import torch
 import tvm
 from transformers import RobertaConfig, RobertaModel
 from tvm import relax, te, tirx
+from tvm.s_tir import meta_schedule as ms
 
 import ibert_tvm
 from ibert_tvm import cli, tuning
@@ -53,7 +54,7 @@ def _run(executable: tvm.runtime.Executable, inputs: list[np.ndarray]) -> np.nda
     return relax.VirtualMachine(executable, tvm.cpu())["main"](*[tvm.runtime.tensor(a) for a in inputs]).numpy()
 
 
-def test_tune_writes_a_database_with_its_metadata(tuned, spec, report):
+def test_tune_writes_a_database_with_its_metadata(model, tuned, spec, report):
     work, result = tuned
     assert result.trials_run == TRIALS and result.trials_total == TRIALS
     assert result.failed == result.build_errors + result.run_errors and 0 <= result.failed_share <= 1
@@ -63,9 +64,14 @@ def test_tune_writes_a_database_with_its_metadata(tuned, spec, report):
     assert meta["tvm"] == tvm.__version__ and meta["shapes"] == [[BATCH, SEQ]] and meta["trials"] == TRIALS
     assert meta["apache_tvm_ffi"] and meta["hardware"] and meta["date"]
     assert result.latency_before_ms > 0 and result.latency_after_ms > 0
-    # one task per round of PER_ITER trials, the heaviest first: the others are named as not reached yet
-    assert len(result.untried) == len(result.tasks) - len(result.untunable) - TRIALS // PER_ITER > 0
-    assert not set(result.untried) & set(result.untunable) and "no trial yet for" in str(result)
+    # a round gives one task up to PER_ITER trials, the heaviest first: the others are named as not reached
+    records = tuning._records_per_task(open_database(work, spec, keep_slower=True),
+                                       ms.relax_integration.extract_tasks(
+                                           pipeline.tunable_module(model.program(BATCH, SEQ), spec.target),
+                                           tuning._tuning_target(spec.target)))
+    assert 0 < len(result.untried) < len(result.tasks) - len(result.untunable)
+    assert all(not records[name] for name in result.untried) and not set(result.untried) & set(result.untunable)
+    assert "no trial yet for" in str(result) and result.untried[0] in str(result)
     report(f"tuning (llvm, tiny RoBERTa 1x{SEQ}): {result.trials_run} trials in {result.seconds:.0f} s, "
            f"{result.failed} failed ({result.failed_share:.0%}); estimated {result.latency_before_ms:.3f} ms "
            f"untuned -> {result.latency_after_ms:.3f} ms; not tunable: {len(result.untunable)} of {len(result.tasks)}")
@@ -119,9 +125,10 @@ def test_a_database_that_matches_no_kernel_is_named(model, spec, tuned):
     """A database tuned for another shape (or model, or calibration) schedules nothing: `compile` says so in
     a warning instead of labelling the build tuned in silence."""
     work, _ = tuned
-    with pytest.warns(UserWarning, match=r"no record for any of this program's \d+ kernels"):
+    with pytest.warns(UserWarning, match=r"gives none of this program's \d+ kernels a record"):
         lib = ibert_tvm.compile(model, spec, tuning_logs=work, batch_sizes=(BATCH,), seq_lengths=(2 * SEQ,))
-    assert lib.meta["target"]["tuned_kernels"][0] == 0
+    assert lib.meta["target"]["tuned_kernels"][0] == 0 and not lib.meta["target"]["tuned"]
+    assert cli._tuned(lib.meta["target"]) == "untuned (a tuning database gave no kernel a record)"
 
 
 def test_avx2_level_tunes_with_its_vpmaddwd_step(model, tmp_path):
