@@ -242,8 +242,8 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     target or TVM version, misses a file, or has a corrupt line.
 
     Records of the kernels whose best candidate measured slower than their default schedule (listed by
-    `tune` in the metadata) are left out, so that the database applies only records that beat the default as `tune` measured them;
-    `keep_slower=True` (tuning itself) returns the database as it is on disk."""
+    `tune` in the metadata) are left out, so that the database applies only records that beat the default
+    as `tune` measured them; `keep_slower=True` (tuning itself) returns the database as it is on disk."""
     spec, folder = resolve_target(target), Path(path)
     if not folder.is_dir():
         raise TuningLogError(f"no tuning database at {folder} (folder not found)")

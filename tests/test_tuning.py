@@ -206,7 +206,8 @@ def copy(tuned, tmp_path):
 
 def test_records_slower_than_the_default_schedule_are_not_applied(tuned, copy, spec):
     """`tune` lists the kernels whose best record lost to their default schedule; `open_database` leaves
-    exactly their records out (so a database applies only records that beat the default as `tune` measured them), unless asked to keep them."""
+    exactly their records out (so a database applies only records that beat the default as `tune` measured
+    them), unless asked to keep them."""
     _, result = tuned
     meta = json.loads((copy / META_FILE).read_text())
     assert sorted(meta["default_wins"].values()) == sorted(result.slower_than_default)
