@@ -592,22 +592,53 @@ class _Run:
     runner: ms.runner.Runner
 
 
+def _measure(run: _Run, kernels: list[tuple[ms.ExtractedTask, tvm.IRModule]]) -> list[float | None]:
+    """The run time (s) of each scheduled kernel, built and timed in one batch as the candidates are; None
+    where it did not build or run."""
+    built = run.builder.build([ms.builder.BuilderInput(m, t.target) for t, m in kernels])
+    device = "cuda" if run.spec.is_gpu else "cpu"
+    ok = [i for i, b in enumerate(built) if not b.error_msg]
+    futures = run.runner.run([ms.runner.RunnerInput(built[i].artifact_path, device,
+                                                    ms.arg_info.ArgInfo.from_prim_func(kernels[i][1]["main"]))
+                              for i in ok])
+    out: list[float | None] = [None] * len(kernels)
+    for i, future in zip(ok, futures):
+        result = future.result()
+        if not result.error_msg:
+            out[i] = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+    return out
+
+
 def _default_latencies(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, float]:
     """Each task's run time (s) under the family's default schedule, measured as the candidates are (one
     build and one run per task: what `compile` gives a task that has no record)."""
     family = schedules_for(run.spec.target)
-    mods = [family.apply_default_schedule(t.dispatched[0], run.spec.target) for t in tasks]
-    built = run.builder.build([ms.builder.BuilderInput(m, t.target) for t, m in zip(tasks, mods)])
-    ok = [(t, m, b) for t, m, b in zip(tasks, mods, built) if not b.error_msg]
-    device = "cuda" if run.spec.is_gpu else "cpu"
-    futures = run.runner.run([ms.runner.RunnerInput(b.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(m["main"]))
-                              for _, m, b in ok])
-    out = {}
-    for (task, _, _), future in zip(ok, futures):
-        result = future.result()
-        if not result.error_msg:
-            out[task.task_name] = sum(float(s) for s in result.run_secs) / len(result.run_secs)
-    return out
+    secs = _measure(run, [(t, family.apply_default_schedule(t.dispatched[0], run.spec.target)) for t in tasks])
+    return {t.task_name: s for t, s in zip(tasks, secs) if s is not None}
+
+
+def _head_to_head(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, tuple[float, float]]:
+    """(default, best record) run times (s) of each task that has a record, both measured again in one batch.
+    A record is the best of many noisy candidates while the default was measured once, before the search:
+    compared only here, a record wins a task only by beating the default measured beside it. A record
+    that no longer applies or does not build counts as losing (infinite time)."""
+    family = schedules_for(run.spec.target)
+    kernels, names = [], []
+    for task in tasks:
+        mod = task.dispatched[0]
+        top = run.database.get_top_k(run.database.commit_workload(mod), 1) if run.database.has_workload(mod) else []
+        if not top or not top[0].run_secs or float(top[0].run_secs[0]) >= _FAILED_SECS:
+            continue
+        sch = tvm.s_tir.Schedule(mod)
+        try:
+            top[0].trace.apply_to_schedule(sch, remove_postproc=False)
+        except (RuntimeError, ValueError):  # tvm's ScheduleError / InternalError
+            continue
+        kernels += [(task, family.apply_default_schedule(mod, run.spec.target)), (task, sch.mod)]
+        names.append(task.task_name)
+    secs = _measure(run, kernels)
+    return {name: (d, math.inf if r is None else r) for name, d, r in zip(names, secs[0::2], secs[1::2])
+            if d is not None}
 
 
 def _estimate_ms(weights: dict[str, int], default: dict[str, float], best: dict[str, float]) -> float | None:
@@ -704,11 +735,13 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
                                 min(num_trials_per_iter, remaining), callback)
     per_task = _records_per_task(database, tasks)
     total = sum(len(r) for r in per_task.values())
-    slower = [t for t in tasks if tally.best.get(t.task_name, 0.0) > default.get(t.task_name, math.inf)]
+    duel = _head_to_head(run, tasks) if estimate else {}
+    default.update({name: d for name, (d, _) in duel.items()})
+    slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
     _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc),
                 {_workload_key(t.dispatched[0]): t.task_name for t in slower} if estimate else None)
     slower_names = {t.task_name for t in slower}
-    best = {n: secs for n, secs in tally.best.items() if n not in slower_names}
+    best = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
     return TuningResult(
         target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,

@@ -17,7 +17,7 @@ from tvm import relax, te, tirx
 from tvm.s_tir import meta_schedule as ms
 
 import ibert_tvm
-from ibert_tvm import cli, tuning
+from ibert_tvm import cli, ops, tuning
 from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes import pipeline
 from ibert_tvm.targets import resolve_target
@@ -298,3 +298,32 @@ def test_candidates_are_timed_after_a_warm_up(spec):
     costs = tuning._f_run_evaluator(warmup_ms=300)(rt_mod, tvm.cpu(), config, [args])
     assert time.perf_counter() - started >= 0.3
     assert len(costs) == config.repeat and all(c > 0 for c in costs)
+
+
+def test_a_record_that_loses_beside_the_default_is_not_applied(spec, tmp_path):
+    """`tune` times each task's best record again beside its default schedule before it lists the losers:
+    a record whose stored time claims 1 ns but whose trace leaves a 64 x 256 x 256 GEMM unscheduled (plain
+    loops) loses there and is listed, though its stored time beats every measurement of the default."""
+    rng = np.random.default_rng(3)
+    x = relax.Var("x", relax.TensorType((1, 64, 256), "int8"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            y = ops.linear(x, rng.integers(-127, 128, (256, 256)).astype(np.int8),
+                           rng.integers(-1000, 1000, (256,)).astype(np.int32))
+            out = bb.emit_output(ops.requantize(y, 1 << 30, 40))
+        bb.emit_func_output(out)
+    mod, work = bb.get(), tmp_path / "db"
+    tune(mod, spec, 0, work, progress=False)  # the folder and its metadata; no trial
+    [task] = [t for t in ms.relax_integration.extract_tasks(pipeline.tunable_module(mod, spec.target),
+                                                            tuning._tuning_target(spec.target))
+              if "linear" in t.task_name]
+    unscheduled = tvm.s_tir.Schedule(task.dispatched[0])
+    unscheduled.get_sblock("acc")  # a trace of one instruction that changes nothing (an empty one is invalid)
+    database = open_database(work, spec, keep_slower=True)
+    database.commit_tuning_record(ms.database.TuningRecord(
+        unscheduled.trace, database.commit_workload(task.dispatched[0]), [1e-9],
+        tuning._tuning_target(spec.target), ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])))
+    result = tune(mod, spec, 1, work, progress=False)  # the record is the one trial asked for: no search
+    assert result.trials_run == 0 and result.slower_than_default == (task.task_name,)
+    assert tuning._workload_key(task.dispatched[0]) in json.loads((work / META_FILE).read_text())["default_wins"]
