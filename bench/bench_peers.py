@@ -1,6 +1,7 @@
 """Integer-only ibert-tvm against the peers a user would pick, in one process, on the same inputs.
 
-    .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR | --tune TRIALS] [--out bench/results]
+    .venv/bin/python bench/bench_peers.py [--models bert-base,minilm] [--tuning-logs DIR | --tune TRIALS]
+                                          [--out bench/results]
     .venv/bin/python bench/bench_peers.py --profile bert-base:1x128     # per-kernel times (VM instrument)
     .venv/bin/python bench/bench_peers.py --profile-ort bert-base:1x128 # ONNX Runtime int8 per operator type
     .venv/bin/python bench/bench_peers.py --as-cpu avx2                 # every runner as on an AVX2-only CPU

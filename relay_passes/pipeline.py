@@ -91,7 +91,8 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
         [*([] if gpu else [ShiftActivationsU8(target), WidenActivationsI16(target), PackProbabilitiesI16(target)]),
          FuseRequantize(split_requantize_chains=gpu, layout_prologues=family_of(target) == "x86")],
         [VerifyIntegerOnly()],
-        [*_schedule(target, database, options or {}, tally), *backend.dataflow_lower_passes(target), *backend.finalize_passes(target)],
+        [*_schedule(target, database, options or {}, tally), *backend.dataflow_lower_passes(target),
+         *backend.finalize_passes(target)],
     ]
 
 
