@@ -720,13 +720,12 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))  # a valid folder if stopped
     todo = [t for t in tasks if max_trials_per_task is None or done[t.task_name] < max_trials_per_task]
     remaining = trials - sum(done.values())
-    needed = estimate or (remaining > 0 and todo)
-    run = _Run(spec, folder, database, _builder(spec), _runner(spec, rpc)) if needed else None
+    searched = bool(remaining > 0 and todo)  # only a search tells the untunable tasks from the untried ones
+    run = _Run(spec, folder, database, _builder(spec), _runner(spec, rpc)) if estimate or searched else None
     default = _default_latencies(run, tasks) if estimate else {}
     weights = {t.task_name: int(t.weight) for t in tasks}
     tally = _Tally(best={name: min(r) for name, r in records.items() if r and min(r) < _FAILED_SECS})
     untunable: dict[str, str] = {}
-    searched = bool(remaining > 0 and todo)  # only a search tells the untunable tasks from the untried ones
     if searched:
         with _scheduler_log(folder), tqdm(total=trials, initial=trials - remaining, unit="trial",
                                             desc=f"tuning {spec.name}", disable=not progress) as bar:

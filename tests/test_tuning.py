@@ -18,6 +18,7 @@ from tvm.s_tir import meta_schedule as ms
 
 import ibert_tvm
 from ibert_tvm import cli, ops, tuning
+from ibert_tvm.build_util import single_op_module
 from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes import pipeline
 from ibert_tvm.targets import resolve_target
@@ -305,15 +306,10 @@ def test_a_record_that_loses_beside_the_default_is_not_applied(spec, tmp_path):
     a record whose stored time claims 1 ns but whose trace leaves a 64 x 256 x 256 GEMM unscheduled (plain
     loops) loses there and is listed, though its stored time beats every measurement of the default."""
     rng = np.random.default_rng(3)
-    x = relax.Var("x", relax.TensorType((1, 64, 256), "int8"))
-    bb = relax.BlockBuilder()
-    with bb.function("main", [x]):
-        with bb.dataflow():
-            y = ops.linear(x, rng.integers(-127, 128, (256, 256)).astype(np.int8),
-                           rng.integers(-1000, 1000, (256,)).astype(np.int32))
-            out = bb.emit_output(ops.requantize(y, 1 << 30, 40))
-        bb.emit_func_output(out)
-    mod, work = bb.get(), tmp_path / "db"
+    weight, bias = rng.integers(-127, 128, (256, 256)).astype(np.int8), rng.integers(-1000, 1000, (256,))
+    mod = single_op_module(lambda x: ops.requantize(ops.linear(x, weight, bias.astype(np.int32)), 1 << 30, 40),
+                           {"x": np.zeros((1, 64, 256), np.int8)})
+    work = tmp_path / "db"
     tune(mod, spec, 0, work, progress=False)  # the folder and its metadata; no trial
     [task] = [t for t in ms.relax_integration.extract_tasks(pipeline.tunable_module(mod, spec.target),
                                                             tuning._tuning_target(spec.target))
