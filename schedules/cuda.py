@@ -33,6 +33,7 @@ import tvm
 from tvm import s_tir, tirx
 from tvm.s_tir import dlight as dl
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.target import Target
 
 from . import cuda_intrin
@@ -53,6 +54,22 @@ class SimtMatmul(dl.gpu.Matmul):
         if target.kind.name == "cuda":
             target = Target({**dict(target.export()), "arch": "sm_50"})
         return super().apply(func, target, tunable)
+
+
+def _check_no_kept_stages(mod: tvm.IRModule) -> None:
+    """Refuse PrimFuncs with stages that a CPU legalization keeps apart (`intmath.KEEP_STAGE`): dlight would
+    inline them into one another."""
+    from ibert_tvm.ops.intmath import KEEP_STAGE
+
+    for gvar, func in mod.functions_items():
+        if (not isinstance(func, tirx.PrimFunc) or func.attrs.get("tirx.is_scheduled", False)
+                or not isinstance(func.body, s_tir.SBlockRealize)):  # not schedulable (e.g. a library's scan)
+            continue
+        sch = s_tir.Schedule(func)
+        if any(all(sch.get(b).annotations.get(k) == v for k, v in KEEP_STAGE.items())
+               for b in sch.get_child_blocks(get_root_block(sch))):
+            raise ValueError(f"{gvar.name_hint} was legalized for a CPU (its stages are kept apart for the CPU "
+                             "schedules); legalize under the CUDA target: `with target: LegalizeOps()(mod)`")
 
 
 def default_gemm(target: Target) -> str:
@@ -81,13 +98,17 @@ def default_rules(target: Target, gemm: str | None = None) -> list[dl.ScheduleRu
 
 
 def apply_default_schedule(mod: tvm.IRModule, target: Target | str = T4, gemm: str | None = None) -> tvm.IRModule:
-    """Schedule every unscheduled PrimFunc of a legalized module (after `relax.transform.LegalizeOps()`).
+    """Schedule every unscheduled PrimFunc of a module legalized under a CUDA target (`with target:
+    relax.transform.LegalizeOps()(mod)`, as `relay_passes/pipeline.py` does).
 
     `gemm` picks the int8 GEMM variant: "imma", "dp4a" or "simt" (default: `default_gemm(target)`).
-    Raises ValueError for a non-CUDA target or a variant its arch lacks, and RuntimeError naming any
-    PrimFunc no rule could schedule (an unscheduled kernel would otherwise fail later with unbound threads).
+    Raises ValueError for a non-CUDA target, a variant its arch lacks, or a module legalized for a CPU (its
+    kept stages, `intmath.KEEP_STAGE`, would be inlined into expressions of 3^7 terms), and RuntimeError
+    naming any PrimFunc no rule could schedule (an unscheduled kernel would otherwise fail later with unbound
+    threads).
     """
     target = _cuda_target(target)
+    _check_no_kept_stages(mod)
     rules = default_rules(target, gemm)
     with target:  # the pass edits the module it is given in place: give it a copy
         mod = dl.ApplyDefaultSchedule(*rules)(mod.clone())

@@ -188,10 +188,21 @@ def test_bert_base_linear_builds() -> None:
 
 def test_schedule_covers_every_primfunc_and_leaves_input_alone() -> None:
     case = CASES["int_layernorm"]
-    legalized = relax.transform.LegalizeOps()(single_op_module(case.build, case.inputs))
-    scheduled = cuda.apply_default_schedule(legalized, tvm.target.Target({"kind": "cuda", "arch": "sm_75"}))
+    target = tvm.target.Target({"kind": "cuda", "arch": "sm_75"})
+    with target:
+        legalized = relax.transform.LegalizeOps()(single_op_module(case.build, case.inputs))
+    scheduled = cuda.apply_default_schedule(legalized, target)
     prim = {g.name_hint: f for g, f in scheduled.functions_items() if isinstance(f, tirx.PrimFunc)}
     assert prim and all(f.attrs.get("tirx.is_scheduled", False) for f in prim.values())
     assert not legalized["ibert_int_layernorm"].attrs.get("tirx.is_scheduled", False)
     with pytest.raises(ValueError, match="CUDA target"):
         cuda.apply_default_schedule(legalized, "llvm")
+
+
+def test_schedule_refuses_a_module_legalized_for_a_cpu() -> None:
+    """A LayerNorm legalized without a CUDA target keeps its square root's stages apart, which dlight would
+    inline into one another (3^7 terms, a build that does not end): refused, saying how to legalize."""
+    case = CASES["int_layernorm"]
+    legalized = relax.transform.LegalizeOps()(single_op_module(case.build, case.inputs))
+    with pytest.raises(ValueError, match="ibert_int_layernorm was legalized for a CPU.*legalize under the CUDA"):
+        cuda.apply_default_schedule(legalized, tvm.target.Target({"kind": "cuda", "arch": "sm_75"}))

@@ -10,6 +10,7 @@ Every comparison is on 100% of the elements.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 
@@ -885,8 +886,10 @@ def _row_with_variance(target: int, c: int) -> np.ndarray:
     return np.array(vals + [0] * (c - len(vals)), np.int64)
 
 
-def test_int_layernorm_isqrt_at_perfect_squares():
-    """var = k^2 - 1, k^2, k^2 + 1 with k small enough that floor(2^31 / isqrt) changes with an off-by-one."""
+@pytest.mark.parametrize("target", [None, "cuda"])
+def test_int_layernorm_isqrt_at_perfect_squares(target):
+    """var = k^2 - 1, k^2, k^2 + 1 with k small enough that floor(2^31 / isqrt) changes with an off-by-one;
+    in both forms of `intmath.isqrt` (built for llvm): stages, and Lets (legalized for CUDA)."""
     c = 96
     rows, targets = [], []
     for k in (1, 2, 3, 7, 255, 4097, 40000, 46339, 46340):
@@ -897,8 +900,22 @@ def test_int_layernorm_isqrt_at_perfect_squares():
             targets.append(t)
     x = np.array(rows, np.int32)
     bias = np.zeros(c, np.int64)
-    out = _layernorm_vm(0)(x, bias)
+    with tvm.target.Target(target) if target else contextlib.nullcontext():
+        out = _layernorm_vm(0)(x, bias)
     assert_exact(out, LAYERNORM.reference(x, bias, 0), "int64", "isqrt edges")
+
+
+@pytest.mark.parametrize("target", [None, "llvm", "cuda"])
+def test_int_layernorm_isqrt_form_follows_the_target(target):
+    """Stages, each marked for tuning to leave alone, unless legalized for CUDA; a Let chain there (dlight
+    inlines every per-row stage, which would make 3^7 terms of the stages: `intmath.isqrt`)."""
+    mod = single_op_module(lambda v: ops.int_layernorm(v, np.zeros(8, np.int64), 0),
+                           {"x": np.zeros((2, 8), np.int32)})
+    with tvm.target.Target(target) if target else contextlib.nullcontext():
+        script = relax.transform.LegalizeOps()(mod)["ibert_int_layernorm"].script()
+    staged = target != "cuda"
+    assert ('sblock("row_isqrt_x7")' in script) == staged and ("T.Let(" in script) != staged
+    assert script.count('"schedule_rule": "None"') == (8 if staged else 0)
 
 
 def test_int_layernorm_mean_rounds_half_to_even_explicit():

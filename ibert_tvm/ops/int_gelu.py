@@ -56,7 +56,7 @@ def _compute(x: te.Tensor, b: te.Tensor, c: te.Tensor, q1: te.Tensor, narrow: in
     def body(*i):
         q, bi, ci = x[i], per_channel(b, i), per_channel(c, i)
         if narrow:
-            return i64(q) * widened(_erf_shifted_int32(q, bi, ci) + per_channel(q1, i).astype("int32"), "gelu_g")
+            return i64(q) * widened(_erf_shifted_int32(q, bi, ci) + per_channel(q1, i).astype("int32"))
         q = i64(q)
         t = tir.abs(tir.min(tir.max(q, bi), -bi)) + bi  # min(|q|, -b) + b
         zero = i64(0)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 from tvm import relax, te, tirx as tir
+from tvm.target import Target
 
 from .intmath import as_pyint, i64, isqrt, per_channel, ref_isqrt_newton, widened
 from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, tensor_type
@@ -54,20 +55,27 @@ def _compute(x: te.Tensor, bias: te.Tensor, shift: int) -> te.Tensor:
         return (x[i].astype("uint32") - mean[i[:-1]].astype("uint32")).astype("int32")
 
     def shifted(*i):  # a shift of 31 gives what 32 gives for |y| < 2^31 (0 or -1); int32 >> 32 is undefined
-        return widened(centered(*i) >> tir.const(min(shift, 31), "int32"), "ln_d")
+        return widened(centered(*i) >> tir.const(min(shift, 31), "int32"))
 
     var = te.compute(rows, lambda *r: te.sum(shifted(*r, k2) * shifted(*r, k2), axis=k2), name="row_var")
-    factor = te.compute(rows, lambda *r: tir.floordiv(i64(1 << FACTOR_BITS),
-                                                      tir.max(isqrt(var[r]), i64(1)) << i64(shift)),
+    root = isqrt(var, "row_isqrt", staged=not _legalizing_for_cuda())
+    factor = te.compute(rows, lambda *r: tir.floordiv(i64(1 << FACTOR_BITS), tir.max(root[r], i64(1)) << i64(shift)),
                         name="row_factor")
 
     def normalized(*i):
         # floor(y F / 2) = y (F >> 1) + (F odd ? y >> 1 : 0), with F >> 1 <= 2^30 an int32 (F <= 2^31)
         y, f = centered(*i), factor[i[:-1]]
-        half = widened(y, "ln_y") * widened((f >> i64(1)).astype("int32"), "ln_f")
+        half = widened(y) * widened((f >> i64(1)).astype("int32"))
         return half + i64(tir.Select((f & i64(1)) == i64(1), y >> tir.const(1, "int32"), tir.const(0, "int32")))
 
     return te.compute(x.shape, lambda *i: normalized(*i) + per_channel(bias, i), name="int_layernorm")
+
+
+def _legalizing_for_cuda() -> bool:
+    """Whether a CUDA target is in scope: its schedule (dlight's GeneralReduction) inlines every per-row stage
+    into the per-element one, so `isqrt` takes its Let form there (`schedules/cuda.py` refuses the stages)."""
+    target = Target.current(allow_none=True)
+    return target is not None and target.kind.name == "cuda"
 
 
 register(OP, "Integer-only LayerNorm (I-BERT, integer Newton sqrt).", _infer, _compute, channel_args=(1,))

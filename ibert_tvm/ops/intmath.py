@@ -8,7 +8,7 @@ independent derivations. Every helper states the operand bounds under which it i
 from __future__ import annotations
 
 import numpy as np
-from tvm import tirx as tir
+from tvm import te, tirx as tir
 
 I64 = "int64"
 INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
@@ -16,6 +16,9 @@ LOW31 = (1 << 31) - 1
 # Newton steps that reach floor(sqrt(n)) for every 0 <= n < 2^63 from x0 = 2^ceil(bits(n)/2)
 # (x0 / sqrt(n) <= 2, so six quadratic steps pass 2^-32 relative error; one spare, see tests).
 ISQRT_STEPS = 7
+# A block annotation that every MetaSchedule rule but ApplyCustomRule skips (a "None" custom rule does
+# nothing): tuning neither inlines such a stage (AutoInline, RandomComputeLocation) nor moves it.
+KEEP_STAGE = {"schedule_rule": "None"}
 
 
 def i64(value: int | tir.PrimExpr) -> tir.PrimExpr:
@@ -23,12 +26,15 @@ def i64(value: int | tir.PrimExpr) -> tir.PrimExpr:
     return _as(value, I64)
 
 
-def widened(value: tir.PrimExpr, name: str) -> tir.PrimExpr:
-    """int64 of an int32 `value` bound by a Let. Without it TE's simplifier distributes the cast over the
-    value's sums, and LLVM no longer sees a sign-extended int32: a product of two such values is then a
-    64-bit multiply, which AVX2 and NEON emulate, instead of one widening multiply."""
-    var = tir.Var(name, "int32")
-    return tir.Let(var, value, i64(var))
+def widened(value: tir.PrimExpr) -> tir.PrimExpr:
+    """int64 of an int32 `value` through an identity reinterpret, which TE's simplifier does not look into.
+    Without it the simplifier distributes the cast over the value's sums, and LLVM no longer sees a
+    sign-extended int32: a product of two such values is then a 64-bit multiply, which AVX2 and NEON emulate,
+    instead of one widening multiply. (A Let did the same, but MetaSchedule's FLOP estimate has no rule for
+    Let, so the kernels holding one could not be tuned.)"""
+    if dtype_of(value) != "int32":
+        raise TypeError(f"widened takes an int32 value, got {dtype_of(value)}")
+    return i64(tir.call_intrin("int32", "tirx.reinterpret", value))
 
 
 def dtype_of(value: tir.PrimExpr) -> str:
@@ -141,19 +147,45 @@ def clamp(v: tir.PrimExpr, lo: int, hi: int) -> tir.PrimExpr:
     return tir.min(tir.max(v, tir.const(lo, dtype_of(v))), tir.const(hi, dtype_of(v)))
 
 
-def isqrt(n: tir.PrimExpr) -> tir.PrimExpr:
-    """floor(sqrt(n)) for 0 <= n < 2^63 by the paper's Newton iteration (P-Alg.4), run to convergence.
+def isqrt(n: te.Tensor, name: str, staged: bool = True) -> te.Tensor:
+    """floor(sqrt(n)) elementwise for int64 0 <= n < 2^63 by the paper's Newton iteration (P-Alg.4), run to
+    convergence.
 
     The loop `x <- floor((x + floor(n/x)) / 2) while it decreases` is unrolled ISQRT_STEPS times as
-    `x <- min(x, step(x))`: once the step stops decreasing, min keeps the fixed point. Each iterate is bound
-    with a Let so the expression grows linearly with the number of steps.
+    `x <- min(x, step(x))`: once the step stops decreasing, min keeps the fixed point. Each step uses its
+    predecessor three times, so the iterates must stay shared; inlined into one another they become an
+    expression of 3^steps terms:
+    - `staged`: each iterate is a stage of its own (`name`_x0, ...), which tuning leaves alone (`KEEP_STAGE`;
+      MetaSchedule's AutoInline and RandomComputeLocation inlined them). As Lets in one expression they cost 3^steps
+      build work, because TVM's analyzers (buffer compaction, LLVM codegen) substitute each Let's value into the
+      next: 0.33 s of a BERT-base LayerNorm kernel's 0.36 s.
+    - otherwise one stage binding the iterates with Lets, for schedules that inline every elementwise stage
+      into its consumer regardless (dlight's on CUDA).
+    Operands are non-negative, so truncating division is floor division without the sign fix-up.
     """
-    n = i64(n)
-    bits = i64(64) - tir.clz(n | i64(1)).astype(I64)  # | 1: LLVM's ctlz of 0 is poison; same bits for n >= 1
+    if not staged:
+        return te.compute(n.shape, lambda *i: _isqrt_lets(n[i]), name=name)
+    x = te.compute(n.shape, lambda *i: _isqrt_start(n[i]), name=f"{name}_x0", attrs=KEEP_STAGE)
+    for step in range(1, ISQRT_STEPS + 1):  # te.compute calls its lambda at once, so it reads this step's x
+        x = te.compute(n.shape, lambda *i: _newton_step(n[i], x[i]), name=f"{name}_x{step}",  # noqa: B023
+                       attrs=KEEP_STAGE)
+    return te.compute(n.shape, lambda *i: tir.Select(n[i] > i64(0), x[i], i64(0)), name=name)
+
+
+def _isqrt_start(n: tir.PrimExpr) -> tir.PrimExpr:
+    """x0 = 2^ceil(bits(n) / 2) >= sqrt(n); n | 1 because ctlz of 0 is poison (the same bits for n >= 1)."""
+    return i64(1) << ((i64(65) - tir.clz(n | i64(1)).astype(I64)) >> i64(1))
+
+
+def _newton_step(n: tir.PrimExpr, x: tir.PrimExpr) -> tir.PrimExpr:
+    """One `isqrt` iterate: min(x, (x + n / max(x, 1)) >> 1)."""
+    return tir.min(x, (x + tir.truncdiv(n, tir.max(x, i64(1)))) >> i64(1))
+
+
+def _isqrt_lets(n: tir.PrimExpr) -> tir.PrimExpr:
+    """`isqrt` of one value as one expression, each iterate bound by a Let."""
     xs = [tir.Var(f"isqrt_x{i}", I64) for i in range(ISQRT_STEPS + 1)]
-    values = [i64(1) << ((bits + i64(1)) >> i64(1))]
-    for x in xs[:-1]:
-        values.append(tir.min(x, (x + tir.floordiv(n, tir.max(x, i64(1)))) >> i64(1)))
+    values = [_isqrt_start(n)] + [_newton_step(n, x) for x in xs[:-1]]
     expr = tir.Select(n > i64(0), xs[-1], i64(0))
     for var, value in reversed(list(zip(xs, values))):
         expr = tir.Let(var, value, expr)
