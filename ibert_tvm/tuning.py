@@ -28,7 +28,7 @@ import time
 import types
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -37,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 import tvm
 import tvm_ffi
 from tqdm.auto import tqdm
-from tvm import relax
+from tvm import relax, s_tir
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.target import Target
 
 from .relay_passes import pipeline
@@ -63,7 +64,7 @@ COST_MODEL_FILE = "cost_model.tar"
 _FAILED_SECS = 1e10
 _BUILD_TIMEOUT_S = 120.0
 _RUN_TIMEOUT_S = 60.0
-_LISTED = 5  # untried tasks a TuningResult names
+_LISTED = 5  # tasks a TuningResult names per list (untried; untunable for one reason)
 _WARMUP_MS = 100  # untimed calls before each candidate is timed (`_f_run_evaluator`)
 _REPO_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"  # a source checkout / editable install
 _PACKAGE_LOGS = Path(__file__).resolve().parent / "tuning_logs"  # a wheel carrying the logs as package data
@@ -108,12 +109,16 @@ class TuningResult:
                  f"failed candidates: {self.failed} ({self.failed_share:.0%}; {self.build_errors} build, "
                  f"{self.run_errors} run errors)"]
         lines += [f"  {n} x {message}" for message, n in sorted(self.errors.items(), key=lambda kv: -kv[1])]
-        lines += [f"not tunable (default schedule): {name}: {why}" for name, why in self.untunable.items()]
+        reasons: dict[str, list[str]] = {}  # one line per reason: BERT-base's 12 Softmax tasks share theirs
+        for name, why in self.untunable.items():
+            reasons.setdefault(why, []).append(name)
+        for why, names in reasons.items():
+            lines += [f"not tunable (default schedule): {len(names)} task{'s' * (len(names) > 1)}: {why}",
+                      *_listed(names)]
         if self.untried:
             lines.append(f"no trial yet for {len(self.untried)} of {len(self.tasks) - len(self.untunable)} tunable "
                          f"tasks (the heaviest go first, a batch of trials each): more trials reach them")
-            lines += [f"  {name}" for name in self.untried[:_LISTED]]
-            lines += [f"  ... and {len(self.untried) - _LISTED} more"] if len(self.untried) > _LISTED else []
+            lines += _listed(self.untried)
         if self.latency_before_ms is not None and self.latency_after_ms is not None:
             lines.append(f"estimated latency (sum of task latencies): {self.latency_before_ms:.3f} ms untuned, "
                          f"{self.latency_after_ms:.3f} ms tuned")
@@ -121,6 +126,12 @@ class TuningResult:
             lines.append(f"best record slower than the default schedule (compile keeps the default): "
                          f"{', '.join(self.slower_than_default)}")
         return "\n".join(lines)
+
+
+def _listed(names: Sequence[str]) -> list[str]:
+    """The first `_LISTED` names, one indented line each, and how many more there are."""
+    more = [f"  ... and {len(names) - _LISTED} more"] if len(names) > _LISTED else []
+    return [f"  {name}" for name in names[:_LISTED]] + more
 
 
 # ---- where databases live and what their metadata says
@@ -486,10 +497,27 @@ def _family_intrinsics_only(spec: TargetSpec) -> Iterator[None]:
             del sys.modules[name]
 
 
+_PROLOGUE_REASON = ("a GEMM with its operands' head split fused in (reshape / transpose): MetaSchedule produced "
+                    "wrong integers for one (a tiny BERT's attention GEMM, 2026-12-06)")
+
+
+def _has_layout_prologue(mod: tvm.IRModule) -> bool:
+    """Whether the task is a GEMM (a block with a reduction) with layout blocks fused before it
+    (`FuseRequantize(layout_prologues=True)` on x86). A record of MetaSchedule for such a task gave wrong
+    integers, with its compute_at of the prologues: such tasks keep their default schedule."""
+    if not isinstance(mod["main"].body, s_tir.SBlockRealize):  # not made of blocks (e.g. a library's scan)
+        return False
+    sch = s_tir.Schedule(mod)
+    blocks = [sch.get(b) for b in sch.get_child_blocks(get_root_block(sch))]
+    layout = any(b.name_hint.startswith(("T_reshape", "T_transpose", "T_strided_slice")) for b in blocks)
+    return layout and any(int(v.iter_type) == tvm.tirx.IterVar.CommReduce for b in blocks for v in b.iter_vars)
+
+
 def _weighted_flops(task: ms.ExtractedTask, context: ms.TuneContext) -> float:
     """The task's FLOPs x weight (the heaviest are tuned first); raises RuntimeError where MetaSchedule's task
-    scheduler would die on the task and stop the whole run: a FLOP estimate that fails (on a `Let`, as in
-    int_layernorm's Newton square root), or a space that cannot be generated (a rule failing on the blocks)."""
+    scheduler would die on the task and stop the whole run: a FLOP estimate that fails (it has no rule for
+    `Let`, which no CPU kernel holds any more), or a space that cannot be generated (a rule failing on the
+    blocks, as on int_softmax)."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
     flops = estimate_tir_flops(task.dispatched[0])
@@ -517,6 +545,9 @@ def _contexts(tasks: list[ms.ExtractedTask], work_dir: Path, spec: TargetSpec, d
     tunable, untunable = [], {}
     with _family_intrinsics_only(spec):
         for task, logger, seed in zip(tasks, loggers, fork_seed(None, n=len(tasks))):
+            if _has_layout_prologue(task.dispatched[0]):
+                untunable[task.task_name] = _PROLOGUE_REASON
+                continue
             strategy = space.get("strategy") or _evolutionary(per_iter)
             if isinstance(strategy, str):
                 strategy = ms.search_strategy.SearchStrategy.create(strategy)
