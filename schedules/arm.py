@@ -133,9 +133,9 @@ def _sdot_impl() -> tirx.PrimFunc:
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1, strides=[1])
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1, strides=[4, 1])
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local", strides=[1])
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4], B[0:4, 0:4])
             T.writes(C[0:4])
@@ -152,9 +152,9 @@ def _neon_impl() -> tirx.PrimFunc:
 
     @T.prim_func(s_tir=True)
     def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "int8", offset_factor=1)
-        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local")
+        A = T.match_buffer(a, (4,), "int8", offset_factor=1, strides=[1])
+        B = T.match_buffer(b, (4, 4), "int8", offset_factor=1, strides=[4, 1])
+        C = T.match_buffer(c, (4,), "int32", offset_factor=1, scope="local", strides=[1])
         with T.sblock("root"):
             T.reads(C[0:4], A[0:4], B[0:4, 0:4])
             T.writes(C[0:4])

@@ -180,8 +180,8 @@ def _dp4a() -> tuple:
                     C[0] = C[0] + T.Cast("int32", A[vi]) * T.Cast("int32", B[vi])
 
     @T.prim_func(s_tir=True)
-    def impl(A: T.Buffer((4,), "int8", offset_factor=1, align=4, scope="shared"),
-             B: T.Buffer((4,), "int8", offset_factor=1, align=4, scope="shared"),
+    def impl(A: T.Buffer((4,), "int8", offset_factor=1, align=4, scope="shared", strides=(1,)),
+             B: T.Buffer((4,), "int8", offset_factor=1, align=4, scope="shared", strides=(1,)),
              C: T.Buffer((1,), "int32", offset_factor=1, align=4, scope="local")) -> None:
         with T.sblock("root"):
             T.reads(C[0], A[0:4], B[0:4])

@@ -169,8 +169,9 @@ def _vnni_intrinsic(lanes: int, group: int, llvm_intrinsic: str, a_dtype: str, b
     width = lanes * group
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((group,), a_dtype, offset_factor=1), b: T.Buffer((lanes, group), b_dtype, offset_factor=1),
-             c: T.Buffer((lanes,), "int32", offset_factor=1)) -> None:
+    def impl(a: T.Buffer((group,), a_dtype, offset_factor=1, strides=(1,)),
+             b: T.Buffer((lanes, group), b_dtype, offset_factor=1, strides=(group, 1)),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, strides=(1,))) -> None:
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:group], b[0:lanes, 0:group])
             T.writes(c[0:lanes])
@@ -193,8 +194,9 @@ def _avx2_intrinsic(b_dtype: str) -> tuple[tirx.PrimFunc, tirx.PrimFunc]:
     pmadd = "llvm.x86.avx2.pmadd.wd"
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((2,), "int16", offset_factor=1), b: T.Buffer((8, 2), b_dtype, offset_factor=1),
-             c: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    def impl(a: T.Buffer((2,), "int16", offset_factor=1, strides=(1,)),
+             b: T.Buffer((8, 2), b_dtype, offset_factor=1, strides=(2, 1)),
+             c: T.Buffer((8,), "int32", offset_factor=1, strides=(1,))) -> None:
         with T.sblock("root"):
             T.reads(c[0:8], a[0:2], b[0:8, 0:2])
             T.writes(c[0:8])
