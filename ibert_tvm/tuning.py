@@ -5,7 +5,10 @@ state of `pipeline.tunable_module`, which `pipeline.build(..., database=...)` ma
 searches the target family's space (`schedules/<family>.tuning_space`), measures on this machine or on the
 devices of a TVM RPC tracker, and leaves a MetaSchedule JSON database in `work_dir` with `ibert_tuning.json`
 beside it (target, versions, shapes, trials). A second call on the same folder continues: the records
-already there count against `trials`, seed the search, and the xgb model is reloaded.
+already there count against `trials`, seed the search, and the xgb model is reloaded. After the search each
+task's best record is run on the arguments that the untuned program passes its kernel (`record_check`) and
+timed beside its default schedule: the metadata lists those that write other integers or lose, and
+`open_database` leaves them out.
 
 MetaSchedule databases are not keyed by target, so `open_database(path, target)` refuses a folder made for
 another target or TVM version, one missing its files, and a corrupt log, each with a `TuningLogError`
@@ -34,15 +37,16 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import tvm
 import tvm_ffi
 from tqdm.auto import tqdm
-from tvm import relax, s_tir
+from tvm import relax
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
-from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.target import Target
 
+from . import record_check
 from .relay_passes import pipeline
 from .schedules import schedules_for
 from .targets import HOST_TARGETS, TargetSpec, resolve_target
@@ -58,6 +62,8 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 #: ibert-tvm's metadata beside MetaSchedule's two files: what the records were tuned for and how.
 META_FILE = "ibert_tuning.json"
+#: the metadata's lists of kernels whose records `open_database` leaves out (workload key -> task name)
+_LEFT_OUT = ("default_wins", "wrong_integers")
 #: The xgb model and its training data, kept so that a resumed call does not start the model from scratch.
 COST_MODEL_FILE = "cost_model.tar"
 #: MetaSchedule records a failed candidate (build or run error) with this run time.
@@ -91,6 +97,9 @@ class TuningResult:
     latency_before_ms: float | None = None  # sum over tasks of weight x default-schedule latency
     latency_after_ms: float | None = None  # the same with what compile applies: a task's best record, if faster
     slower_than_default: tuple[str, ...] = ()  # tasks whose best record loses to their default schedule
+    wrong_integers: tuple[str, ...] = ()  # tasks whose best record writes other integers than the untuned program
+    records_checked: int = 0  # best records run on the untuned program's kernel arguments (`record_check`)
+    unchecked: str = ""  # why the best records were not checked ("" where they were, or `check=False`)
     seconds: float = 0.0
 
     @property
@@ -125,6 +134,14 @@ class TuningResult:
         if self.slower_than_default:
             lines.append(f"best record slower than the default schedule (compile keeps the default): "
                          f"{', '.join(self.slower_than_default)}")
+        if self.records_checked:
+            lines.append(f"best records checked against the untuned program's integers: {self.records_checked}, "
+                         f"{len(self.wrong_integers)} differ")
+        if self.wrong_integers:
+            lines += ["best record writes other integers than the untuned program (compile never applies it):",
+                      *_listed(self.wrong_integers)]
+        if self.unchecked:
+            lines.append(f"best records not checked against the untuned program's integers: {self.unchecked}")
         return "\n".join(lines)
 
 
@@ -182,7 +199,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise TuningLogError(f"{path} is corrupt: {err}") from err
     if not (isinstance(meta, dict) and isinstance(meta.get("target"), dict) and "target" in meta["target"]
-            and "tvm" in meta and isinstance(meta.get("default_wins", {}), dict)):
+            and "tvm" in meta and all(isinstance(meta.get(key, {}), dict) for key in _LEFT_OUT)):
         raise TuningLogError(f"{path} is corrupt: it lacks the target or the TVM version")
     return meta
 
@@ -252,9 +269,10 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     """The database in folder `path` for `target`; a TuningLogError (one line) if it was made for another
     target or TVM version, misses a file, or has a corrupt line.
 
-    Records of the kernels whose best candidate measured slower than their default schedule (listed by
-    `tune` in the metadata) are left out, so that the database applies only records that beat the default
-    as `tune` measured them; `keep_slower=True` (tuning itself) returns the database as it is on disk."""
+    Records of the kernels whose best candidate measured slower than their default schedule or wrote other
+    integers than the untuned program (listed by `tune` in the metadata) are left out, so that the database
+    applies only records that beat the default as `tune` measured them and passed its check;
+    `keep_slower=True` (tuning itself) returns the database as it is on disk."""
     spec, folder = resolve_target(target), Path(path)
     if not folder.is_dir():
         raise TuningLogError(f"no tuning database at {folder} (folder not found)")
@@ -265,8 +283,8 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
         database = ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False)
     except (RuntimeError, ValueError) as err:  # what TVM raises for a record it cannot parse
         raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
-    slower = set(meta.get("default_wins", {}))
-    return database if keep_slower or not slower else _without_workloads(database, slower)
+    left_out = {key for name in _LEFT_OUT for key in meta.get(name, {})}
+    return database if keep_slower or not left_out else _without_workloads(database, left_out)
 
 
 def _workload_key(mod: tvm.IRModule) -> str:
@@ -286,16 +304,16 @@ def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.dat
 
 
 def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str,
-                default_wins: dict[str, str] | None = None) -> None:
-    """Write (or update after a resumed call) the metadata file beside the two JSON files. `default_wins`
-    (workload key -> task name: kernels whose best record loses to the default schedule) replaces the old
-    list when given."""
+                **left_out: dict[str, str] | None) -> None:
+    """Write (or update after a resumed call) the metadata file beside the two JSON files. Each list of
+    `_LEFT_OUT` given (workload key -> task name: kernels whose best record loses to the default schedule,
+    or writes wrong integers) replaces the old one."""
     old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
     meta = {"target": _target_record(spec), "tvm": tvm.__version__,
             "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
             "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "default_wins": old.get("default_wins", {}) if default_wins is None else default_wins}
+            **{name: old.get(name, {}) if left_out.get(name) is None else left_out[name] for name in _LEFT_OUT}}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
@@ -497,22 +515,6 @@ def _family_intrinsics_only(spec: TargetSpec) -> Iterator[None]:
             del sys.modules[name]
 
 
-_PROLOGUE_REASON = ("a GEMM with its operands' head split fused in (reshape / transpose): MetaSchedule produced "
-                    "wrong integers for one (a tiny BERT's attention GEMM, 2026-12-06)")
-
-
-def _has_layout_prologue(mod: tvm.IRModule) -> bool:
-    """Whether the task is a GEMM (a block with a reduction) with layout blocks fused before it
-    (`FuseRequantize(layout_prologues=True)` on x86). A record of MetaSchedule for such a task gave wrong
-    integers, with its compute_at of the prologues: such tasks keep their default schedule."""
-    if not isinstance(mod["main"].body, s_tir.SBlockRealize):  # not made of blocks (e.g. a library's scan)
-        return False
-    sch = s_tir.Schedule(mod)
-    blocks = [sch.get(b) for b in sch.get_child_blocks(get_root_block(sch))]
-    layout = any(b.name_hint.startswith(("T_reshape", "T_transpose", "T_strided_slice")) for b in blocks)
-    return layout and any(int(v.iter_type) == tvm.tirx.IterVar.CommReduce for b in blocks for v in b.iter_vars)
-
-
 def _weighted_flops(task: ms.ExtractedTask, context: ms.TuneContext) -> float:
     """The task's FLOPs x weight (the heaviest are tuned first); raises RuntimeError where MetaSchedule's task
     scheduler would die on the task and stop the whole run: a FLOP estimate that fails (it has no rule for
@@ -545,9 +547,6 @@ def _contexts(tasks: list[ms.ExtractedTask], work_dir: Path, spec: TargetSpec, d
     tunable, untunable = [], {}
     with _family_intrinsics_only(spec):
         for task, logger, seed in zip(tasks, loggers, fork_seed(None, n=len(tasks))):
-            if _has_layout_prologue(task.dispatched[0]):
-                untunable[task.task_name] = _PROLOGUE_REASON
-                continue
             strategy = space.get("strategy") or _evolutionary(per_iter)
             if isinstance(strategy, str):
                 strategy = ms.search_strategy.SearchStrategy.create(strategy)
@@ -648,28 +647,75 @@ def _default_latencies(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, fl
     return {t.task_name: s for t, s in zip(tasks, secs) if s is not None}
 
 
+def _best_scheduled(database: ms.database.Database, task: ms.ExtractedTask) -> tvm.IRModule | None:
+    """The task's kernel scheduled by its best measured record; None without one or where its trace no longer
+    applies."""
+    mod = task.dispatched[0]
+    top = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
+    if not top or not top[0].run_secs or float(top[0].run_secs[0]) >= _FAILED_SECS:
+        return None
+    sch = tvm.s_tir.Schedule(mod)
+    try:
+        top[0].trace.apply_to_schedule(sch, remove_postproc=False)
+    except (RuntimeError, ValueError):  # tvm's ScheduleError / InternalError
+        return None
+    return sch.mod
+
+
 def _head_to_head(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, tuple[float, float]]:
     """(default, best record) run times (s) of each task that has a record, both measured again in one batch.
     A record is the best of many noisy candidates while the default was measured once, before the search:
     compared only here, a record wins a task only by beating the default measured beside it. A record
-    that no longer applies or does not build counts as losing (infinite time)."""
+    that does not build or run counts as losing (infinite time)."""
     family = schedules_for(run.spec.target)
     kernels, names = [], []
     for task in tasks:
-        mod = task.dispatched[0]
-        top = run.database.get_top_k(run.database.commit_workload(mod), 1) if run.database.has_workload(mod) else []
-        if not top or not top[0].run_secs or float(top[0].run_secs[0]) >= _FAILED_SECS:
-            continue
-        sch = tvm.s_tir.Schedule(mod)
-        try:
-            top[0].trace.apply_to_schedule(sch, remove_postproc=False)
-        except (RuntimeError, ValueError):  # tvm's ScheduleError / InternalError
-            continue
-        kernels += [(task, family.apply_default_schedule(mod, run.spec.target)), (task, sch.mod)]
-        names.append(task.task_name)
+        scheduled = _best_scheduled(run.database, task)
+        if scheduled is not None:
+            kernels += [(task, family.apply_default_schedule(task.dispatched[0], run.spec.target)), (task, scheduled)]
+            names.append(task.task_name)
     secs = _measure(run, kernels)
     return {name: (d, math.inf if r is None else r) for name, d, r in zip(names, secs[0::2], secs[1::2])
             if d is not None}
+
+
+def _unchecked_because(spec: TargetSpec, rpc: tuple[str, int, str] | None,
+                       inputs: Sequence[np.ndarray] | None) -> str:
+    """Why `tune` cannot check the best records against the untuned program here ("" where it can)."""
+    if rpc is not None or spec.cross_compiler is not None:
+        return "the target runs elsewhere (RPC or cross-compiled), and the untuned program runs here only"
+    if inputs is None:
+        return "no inputs for the program (an IRModule with inputs other than int8 / uint8 / int16): pass check_inputs"
+    return ""
+
+
+def _check_records(spec: TargetSpec, database: ms.database.Database, mod: tvm.IRModule, tunable: tvm.IRModule,
+                   tasks: list[ms.ExtractedTask], inputs: Sequence[np.ndarray]) -> tuple[list[str], int]:
+    """(tasks whose best record writes other integers than the untuned program's kernel did on `inputs`,
+    records compared): `record_check`. A record that does not build is left to `_head_to_head`, where it loses."""
+    best = {t.task_name: (t, m) for t in tasks if (m := _best_scheduled(database, t)) is not None}
+    if not best:
+        return [], 0
+    by_key = {_workload_key(t.dispatched[0]): name for name, (t, _) in best.items()}
+    symbols = {gv.name_hint: by_key.get(_workload_key(tvm.IRModule({"main": f.with_attr("global_symbol", "main")})))
+               for gv, f in tunable.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    symbols = {symbol: name for symbol, name in symbols.items() if name is not None}
+    device = tvm.cuda(0) if spec.is_gpu else tvm.cpu(0)
+    calls = record_check.kernel_calls(mod, spec.target, device, inputs, set(symbols))
+    build, wrong, checked = _f_build(), [], set()
+    for symbol, call in calls.items():
+        name = symbols[symbol]
+        if name in checked:
+            continue
+        task, scheduled = best[name]
+        try:
+            kernel = build(scheduled, task.target, None)
+        except (RuntimeError, ValueError):  # TVM's errors; such a record loses in _head_to_head
+            continue
+        checked.add(name)
+        if not record_check.writes_the_same(kernel, call, device):
+            wrong.append(name)
+    return wrong, len(checked)
 
 
 def _estimate_ms(weights: dict[str, int], default: dict[str, float], best: dict[str, float]) -> float | None:
@@ -731,8 +777,8 @@ def _scheduler_log(folder: Path) -> Iterator[None]:
 
 def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials: int, work_dir: str | Path, *,
          batch: int = 1, seq: int = 128, rpc: tuple[str, int, str] | None = None, progress: bool = True,
-         max_trials_per_task: int | None = None, num_trials_per_iter: int = 64, estimate: bool = True
-         ) -> TuningResult:
+         max_trials_per_task: int | None = None, num_trials_per_iter: int = 64, estimate: bool = True,
+         check: bool = True, check_inputs: Sequence[np.ndarray] | None = None) -> TuningResult:
     """Tune the integer program of `model` (at `batch` x `seq`, or an IRModule as given) for `target` until
     `work_dir`'s database holds `trials` trials of its tasks, earlier calls included.
 
@@ -740,12 +786,16 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     measured here or, with `rpc=(tracker host, port, device key)`, on the devices of a TVM RPC tracker.
     `max_trials_per_task` caps each task's records (earlier calls included). `estimate` measures each task's
     default schedule once to estimate the program's latency before and after (sum of task latencies).
+    `check` runs each task's best record on the arguments that the untuned program passes its kernel for
+    `check_inputs` (default: `record_check.sample_inputs`) where the target runs here, and leaves out those
+    that write other integers (`record_check`).
     """
     started = time.monotonic()
     spec, folder = resolve_target(target), Path(work_dir)
     database = _database_for_tuning(folder, spec)
     mod = _program(model, batch, seq)
-    tasks = ms.relax_integration.extract_tasks(pipeline.tunable_module(mod, spec.target), _tuning_target(spec.target))
+    tunable = pipeline.tunable_module(mod, spec.target)
+    tasks = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
     records = _records_per_task(database, tasks)
     done = {name: len(r) for name, r in records.items()}
     _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))  # a valid folder if stopped
@@ -765,11 +815,16 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
                                 min(num_trials_per_iter, remaining), callback)
     per_task = _records_per_task(database, tasks)
     total = sum(len(r) for r in per_task.values())
-    duel = _head_to_head(run, tasks) if estimate else {}
+    inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
+    unchecked = _unchecked_because(spec, rpc, inputs) if check else ""
+    wrong, checked = _check_records(spec, database, mod, tunable, tasks, inputs) if check and not unchecked else ([], 0)
+    duel = _head_to_head(run, [t for t in tasks if t.task_name not in wrong]) if estimate else {}
     default.update({name: d for name, (d, _) in duel.items()})
     slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
+    listed = {_workload_key(t.dispatched[0]): t.task_name for t in tasks if t.task_name in wrong}
     _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc),
-                {_workload_key(t.dispatched[0]): t.task_name for t in slower} if estimate else None)
+                default_wins={_workload_key(t.dispatched[0]): t.task_name for t in slower} if estimate else None,
+                wrong_integers=listed if check and not unchecked else None)
     slower_names = {t.task_name for t in slower}
     best = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
@@ -777,7 +832,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
         target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
         latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, best),
-        slower_than_default=tuple(t.task_name for t in slower), seconds=time.monotonic() - started,
+        slower_than_default=tuple(t.task_name for t in slower), wrong_integers=tuple(wrong), records_checked=checked,
+        unchecked=unchecked, seconds=time.monotonic() - started,
         untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
 
 
