@@ -64,6 +64,8 @@ RECORD_FILE = "database_tuning_record.json"
 META_FILE = "ibert_tuning.json"
 #: the metadata's lists of kernels whose records `open_database` leaves out (workload key -> task name)
 _LEFT_OUT = ("default_wins", "wrong_integers")
+#: the metadata's format: 2 since the dot-product steps declare their strides and `tune` checks its records
+_FORMAT = 2
 #: The xgb model and its training data, kept so that a resumed call does not start the model from scratch.
 COST_MODEL_FILE = "cost_model.tar"
 #: MetaSchedule records a failed candidate (build or run error) with this run time.
@@ -97,9 +99,10 @@ class TuningResult:
     latency_before_ms: float | None = None  # sum over tasks of weight x default-schedule latency
     latency_after_ms: float | None = None  # the same with what compile applies: a task's best record, if faster
     slower_than_default: tuple[str, ...] = ()  # tasks whose best record loses to their default schedule
-    wrong_integers: tuple[str, ...] = ()  # tasks whose best record writes other integers than the untuned program
+    wrong_integers: tuple[str, ...] = ()  # tasks whose best record does not write the untuned program's integers
     records_checked: int = 0  # best records run on the untuned program's kernel arguments (`record_check`)
-    unchecked: str = ""  # why the best records were not checked ("" where they were, or `check=False`)
+    not_checked: tuple[str, ...] = ()  # tasks with a best record whose kernel the untuned program does not call
+    unchecked: str = ""  # why no best record was checked ("" where they were, or with `check=False`)
     seconds: float = 0.0
 
     @property
@@ -136,10 +139,12 @@ class TuningResult:
                          f"{', '.join(self.slower_than_default)}")
         if self.records_checked:
             lines.append(f"best records checked against the untuned program's integers: {self.records_checked}, "
-                         f"{len(self.wrong_integers)} differ")
+                         f"{len(self.wrong_integers)} differ"
+                         + (f"; {len(self.not_checked)} not checked (their kernels are not called: views)"
+                            if self.not_checked else ""))
         if self.wrong_integers:
-            lines += ["best record writes other integers than the untuned program (compile never applies it):",
-                      *_listed(self.wrong_integers)]
+            lines += ["best record does not write the untuned program's integers (other integers, or it fails to "
+                      "build or run there; compile never applies it):", *_listed(self.wrong_integers)]
         if self.unchecked:
             lines.append(f"best records not checked against the untuned program's integers: {self.unchecked}")
         return "\n".join(lines)
@@ -199,8 +204,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise TuningLogError(f"{path} is corrupt: {err}") from err
     if not (isinstance(meta, dict) and isinstance(meta.get("target"), dict) and "target" in meta["target"]
-            and "tvm" in meta and all(isinstance(meta.get(key, {}), dict) for key in _LEFT_OUT)):
+            and "tvm" in meta):
         raise TuningLogError(f"{path} is corrupt: it lacks the target or the TVM version")
+    if not all(isinstance(meta.get(key, {}), dict) for key in _LEFT_OUT):
+        raise TuningLogError(f"{path} is corrupt: its {' / '.join(_LEFT_OUT)} lists are not mappings")
     return meta
 
 
@@ -210,6 +217,9 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
     if made_for["target"] != str(spec.target):
         raise TuningLogError(f"tuning database {folder} was made for target '{made_for.get('name')}' "
                              f"({made_for['target']}), not for '{spec.name}' ({spec.target})")
+    if meta.get("format", 1) != _FORMAT:
+        raise TuningLogError(f"tuning database {folder} was made by an older ibert-tvm, whose dot-product steps read "
+                             "non-compact tiles (its records may write wrong integers): re-tune into a new folder")
     if meta["tvm"] != tvm.__version__:
         raise TuningLogError(f"tuning database {folder} was made with TVM {meta['tvm']}, this is TVM "
                              f"{tvm.__version__}: re-tune")
@@ -304,16 +314,20 @@ def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.dat
 
 
 def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str,
-                **left_out: dict[str, str] | None) -> None:
-    """Write (or update after a resumed call) the metadata file beside the two JSON files. Each list of
-    `_LEFT_OUT` given (workload key -> task name: kernels whose best record loses to the default schedule,
-    or writes wrong integers) replaces the old one."""
+                decided: set[str] = frozenset(), left_out: dict[str, dict[str, str]] | None = None) -> None:
+    """Write (or update after a resumed call) the metadata file beside the two JSON files. `left_out` names,
+    for lists of `_LEFT_OUT`, the kernels (workload key -> task name) whose best record loses to the default
+    schedule or does not write the untuned integers, among the kernels `decided` (this call's): their
+    entries replace the old list's entries for those kernels, and those of other kernels (another shape or
+    model tuned into the same folder) stay."""
     old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
     meta = {"target": _target_record(spec), "tvm": tvm.__version__,
             "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
             "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            **{name: old.get(name, {}) if left_out.get(name) is None else left_out[name] for name in _LEFT_OUT}}
+            "format": _FORMAT,
+            **{name: {**{k: v for k, v in old.get(name, {}).items() if name not in (left_out or {}) or k not in decided},
+                      **(left_out or {}).get(name, {})} for name in _LEFT_OUT}}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
@@ -679,43 +693,70 @@ def _head_to_head(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, tuple[f
             if d is not None}
 
 
-def _unchecked_because(spec: TargetSpec, rpc: tuple[str, int, str] | None,
-                       inputs: Sequence[np.ndarray] | None) -> str:
-    """Why `tune` cannot check the best records against the untuned program here ("" where it can)."""
+def _check_plan(spec: TargetSpec, rpc: tuple[str, int, str] | None, mod: tvm.IRModule,
+                inputs: Sequence[np.ndarray] | None) -> str:
+    """Why `tune` cannot check the best records against the untuned program here ("" where it can); a
+    ValueError for `check_inputs` that do not fit the program's `main`."""
     if rpc is not None or spec.cross_compiler is not None:
         return "the target runs elsewhere (RPC or cross-compiled), and the untuned program runs here only"
+    if "main" not in mod:
+        return "the program has no `main` function to run"
+    params = [p.ty for p in mod["main"].params]
     if inputs is None:
         return "no inputs for the program (an IRModule with inputs other than int8 / uint8 / int16): pass check_inputs"
+    if len(inputs) != len(params):
+        raise ValueError(f"check_inputs holds {len(inputs)} arrays, the program's main takes {len(params)}")
+    for i, (array, ty) in enumerate(zip(inputs, params)):
+        want = ([int(d) for d in ty.shape.values], str(ty.dtype))
+        if (list(np.shape(array)), str(np.asarray(array).dtype)) != tuple(want):
+            raise ValueError(f"check_inputs[{i}] is {np.asarray(array).dtype} {list(np.shape(array))}, the program's "
+                             f"main takes {want[1]} {want[0]}")
     return ""
 
 
+@dataclass(frozen=True)
+class _Checked:
+    """What `_check_records` found: tasks whose best record does not write the untuned integers, the records
+    compared, tasks with a record whose kernel the run does not call (a reshape runs as a view), and why
+    nothing could be checked ("" where the untuned program ran)."""
+
+    wrong: tuple[str, ...] = ()
+    compared: int = 0
+    not_called: tuple[str, ...] = ()
+    failed: str = ""
+
+
 def _check_records(spec: TargetSpec, database: ms.database.Database, mod: tvm.IRModule, tunable: tvm.IRModule,
-                   tasks: list[ms.ExtractedTask], inputs: Sequence[np.ndarray]) -> tuple[list[str], int]:
-    """(tasks whose best record writes other integers than the untuned program's kernel did on `inputs`,
-    records compared): `record_check`. A record that does not build is left to `_head_to_head`, where it loses."""
+                   tasks: list[ms.ExtractedTask], inputs: Sequence[np.ndarray]) -> _Checked:
+    """Run each task's best record on the arguments that the untuned program passed its kernel for `inputs`
+    (`record_check`): it must write the same integers. A record that fails to build or run there counts as
+    wrong too (`compile` would fail on it)."""
     best = {t.task_name: (t, m) for t in tasks if (m := _best_scheduled(database, t)) is not None}
     if not best:
-        return [], 0
+        return _Checked()
     by_key = {_workload_key(t.dispatched[0]): name for name, (t, _) in best.items()}
     symbols = {gv.name_hint: by_key.get(_workload_key(tvm.IRModule({"main": f.with_attr("global_symbol", "main")})))
                for gv, f in tunable.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     symbols = {symbol: name for symbol, name in symbols.items() if name is not None}
     device = tvm.cuda(0) if spec.is_gpu else tvm.cpu(0)
-    calls = record_check.kernel_calls(mod, spec.target, device, inputs, set(symbols))
-    build, wrong, checked = _f_build(), [], set()
+    try:
+        calls = record_check.kernel_calls(mod, spec.target, device, inputs, set(symbols))
+    except (RuntimeError, ValueError) as err:  # TVM's errors
+        return _Checked(failed=f"the untuned program did not run on the inputs: {_one_line(str(err))}")
+    build, wrong, compared = _f_build(), [], set()
     for symbol, call in calls.items():
         name = symbols[symbol]
-        if name in checked:
+        if name in compared:
             continue
         task, scheduled = best[name]
+        compared.add(name)
         try:
-            kernel = build(scheduled, task.target, None)
-        except (RuntimeError, ValueError):  # TVM's errors; such a record loses in _head_to_head
-            continue
-        checked.add(name)
-        if not record_check.writes_the_same(kernel, call, device):
+            same = record_check.writes_the_same(build(scheduled, task.target, None), call, device)
+        except (RuntimeError, ValueError):  # TVM's errors: the record does not build or run
+            same = False
+        if not same:
             wrong.append(name)
-    return wrong, len(checked)
+    return _Checked(tuple(wrong), len(compared), tuple(sorted(set(best) - compared)))
 
 
 def _estimate_ms(weights: dict[str, int], default: dict[str, float], best: dict[str, float]) -> float | None:
@@ -792,8 +833,10 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     """
     started = time.monotonic()
     spec, folder = resolve_target(target), Path(work_dir)
-    database = _database_for_tuning(folder, spec)
     mod = _program(model, batch, seq)
+    inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
+    unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
+    database = _database_for_tuning(folder, spec)
     tunable = pipeline.tunable_module(mod, spec.target)
     tasks = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
     records = _records_per_task(database, tasks)
@@ -815,16 +858,16 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
                                 min(num_trials_per_iter, remaining), callback)
     per_task = _records_per_task(database, tasks)
     total = sum(len(r) for r in per_task.values())
-    inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
-    unchecked = _unchecked_because(spec, rpc, inputs) if check else ""
-    wrong, checked = _check_records(spec, database, mod, tunable, tasks, inputs) if check and not unchecked else ([], 0)
-    duel = _head_to_head(run, [t for t in tasks if t.task_name not in wrong]) if estimate else {}
+    checked = (_check_records(spec, database, mod, tunable, tasks, inputs) if check and not unchecked
+               else _Checked(failed=unchecked))
+    duel = _head_to_head(run, [t for t in tasks if t.task_name not in checked.wrong]) if estimate else {}
     default.update({name: d for name, (d, _) in duel.items()})
     slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
-    listed = {_workload_key(t.dispatched[0]): t.task_name for t in tasks if t.task_name in wrong}
-    _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc),
-                default_wins={_workload_key(t.dispatched[0]): t.task_name for t in slower} if estimate else None,
-                wrong_integers=listed if check and not unchecked else None)
+    keys = {t.task_name: _workload_key(t.dispatched[0]) for t in tasks}
+    left_out = {"default_wins": {keys[t.task_name]: t.task_name for t in slower}} if estimate else {}
+    if check and not checked.failed:
+        left_out["wrong_integers"] = {keys[name]: name for name in checked.wrong}
+    _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out)
     slower_names = {t.task_name for t in slower}
     best = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
@@ -832,8 +875,9 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
         target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
         latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, best),
-        slower_than_default=tuple(t.task_name for t in slower), wrong_integers=tuple(wrong), records_checked=checked,
-        unchecked=unchecked, seconds=time.monotonic() - started,
+        slower_than_default=tuple(t.task_name for t in slower), wrong_integers=checked.wrong,
+        records_checked=checked.compared, not_checked=checked.not_called, unchecked=checked.failed,
+        seconds=time.monotonic() - started,
         untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
 
 

@@ -79,7 +79,9 @@ def test_tune_writes_a_database_with_its_metadata(model, tuned, spec, report):
     # the best records were run on the untuned program's own kernel arguments (those of kernels it calls: a
     # reshape task runs as a view), and wrote its integers
     with_record = [name for name, r in records.items() if r and min(r) < tuning._FAILED_SECS]
-    assert 0 < result.records_checked <= len(with_record) and not result.wrong_integers and not result.unchecked
+    assert result.records_checked + len(result.not_checked) == len(with_record) and result.records_checked > 0
+    assert all("reshape" in name for name in result.not_checked) and not result.wrong_integers
+    assert not result.unchecked
     report(f"tuning (llvm, tiny RoBERTa 1x{SEQ}): {result.trials_run} trials in {result.seconds:.0f} s, "
            f"{result.failed} failed ({result.failed_share:.0%}); estimated {result.latency_before_ms:.3f} ms "
            f"untuned -> {result.latency_after_ms:.3f} ms; not tunable: {len(result.untunable)} of {len(result.tasks)}")
@@ -418,3 +420,56 @@ def _commit_record(work, spec, task: ms.ExtractedTask, sch: tvm.s_tir.Schedule, 
     database.commit_tuning_record(ms.database.TuningRecord(
         sch.trace, database.commit_workload(task.dispatched[0]), [secs], tuning._tuning_target(spec.target),
         ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])))
+
+
+def test_a_record_that_does_not_build_is_left_out_without_the_timing(spec, tmp_path, monkeypatch):
+    """With `estimate=False` no record is timed beside its default (where one that fails to build loses): the
+    check lists a record whose kernel does not build, since `compile` would fail on it."""
+    mod, task = _linear_module(5)
+    work = tmp_path / "db"
+    tune(mod, spec, 0, work, progress=False)
+    unchanged = tvm.s_tir.Schedule(task.dispatched[0])
+    unchanged.get_sblock("acc")
+    _commit_record(work, spec, task, unchanged)
+
+    def failing_build():
+        def build(*_args):
+            raise tvm.error.InternalError("The buffer match constraint for b.strides_0 unmet: 4==16")
+        return build
+
+    monkeypatch.setattr(tuning, "_f_build", failing_build)
+    result = tune(mod, spec, 1, work, progress=False, estimate=False)
+    assert result.wrong_integers == (task.task_name,) and "fails to build or run" in str(result)
+
+
+def test_metadata_keeps_what_other_tunings_of_the_folder_left_out(spec, tmp_path):
+    """A folder tuned for two shapes: the second call decides only its own kernels, so the first call's
+    wrong records stay left out (replacing the whole list would apply them again)."""
+    tmp_path.mkdir(exist_ok=True)
+    tuning._write_meta(tmp_path, spec, [[1, 8]], 4, "here", {"a", "b"},
+                       {"wrong_integers": {"a": "task_a", "b": "task_b"}, "default_wins": {"c": "task_c"}})
+    tuning._write_meta(tmp_path, spec, [[1, 16]], 8, "here", {"b", "d"}, {"wrong_integers": {"d": "task_d"}})
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    assert meta["wrong_integers"] == {"a": "task_a", "d": "task_d"} and meta["default_wins"] == {"c": "task_c"}
+    assert meta["shapes"] == [[1, 8], [1, 16]] and meta["format"] == tuning._FORMAT
+
+
+def test_a_database_of_the_older_format_is_refused(tuned, spec, tmp_path):
+    """Records tuned before the dot-product steps declared their strides may read non-compact tiles."""
+    copy = tmp_path / "old"
+    shutil.copytree(tuned[0], copy)
+    meta = json.loads((copy / META_FILE).read_text())
+    del meta["format"]
+    (copy / META_FILE).write_text(json.dumps(meta))
+    with pytest.raises(TuningLogError, match="older ibert-tvm.*re-tune into a new folder"):
+        open_database(copy, spec)
+
+
+def test_check_inputs_that_do_not_fit_the_program_are_refused_before_the_search(spec, tmp_path):
+    mod, _ = _linear_module(6)
+    with pytest.raises(ValueError, match=r"check_inputs\[0\] is int32 \[1, 64, 256\], the program's main takes "
+                                         r"int8 \[1, 64, 256\]"):
+        tune(mod, spec, 4, tmp_path / "db", progress=False, check_inputs=[np.zeros((1, 64, 256), np.int32)])
+    with pytest.raises(ValueError, match="check_inputs holds 2 arrays, the program's main takes 1"):
+        tune(mod, spec, 4, tmp_path / "db", progress=False, check_inputs=[np.zeros(1), np.zeros(1)])
+    assert not (tmp_path / "db").exists()  # refused before the folder was made
