@@ -321,13 +321,16 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
     entries replace the old list's entries for those kernels, and those of other kernels (another shape or
     model tuned into the same folder) stay."""
     old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
+    lists = {}
+    for name in _LEFT_OUT:
+        lists[name] = old.get(name, {})
+        if left_out and name in left_out:
+            lists[name] = {k: v for k, v in lists[name].items() if k not in decided} | left_out[name]
     meta = {"target": _target_record(spec), "tvm": tvm.__version__,
             "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
             "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "format": _FORMAT,
-            **{name: {**{k: v for k, v in old.get(name, {}).items() if name not in (left_out or {}) or k not in decided},
-                      **(left_out or {}).get(name, {})} for name in _LEFT_OUT}}
+            "format": _FORMAT, **lists}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
@@ -676,20 +679,18 @@ def _best_scheduled(database: ms.database.Database, task: ms.ExtractedTask) -> t
     return sch.mod
 
 
-def _head_to_head(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, tuple[float, float]]:
-    """(default, best record) run times (s) of each task that has a record, both measured again in one batch.
-    A record is the best of many noisy candidates while the default was measured once, before the search:
-    compared only here, a record wins a task only by beating the default measured beside it. A record
-    that does not build or run counts as losing (infinite time)."""
+def _head_to_head(run: _Run, best: dict[str, tuple[ms.ExtractedTask, tvm.IRModule]]
+                  ) -> dict[str, tuple[float, float]]:
+    """(default, best record) run times (s) of each task in `best` (name -> task, its kernel scheduled by its
+    best record), both measured again in one batch. A record is the best of many noisy candidates while the
+    default was measured once, before the search: compared only here, a record wins a task only by beating
+    the default measured beside it. A record that does not build or run counts as losing (infinite time)."""
     family = schedules_for(run.spec.target)
-    kernels, names = [], []
-    for task in tasks:
-        scheduled = _best_scheduled(run.database, task)
-        if scheduled is not None:
-            kernels += [(task, family.apply_default_schedule(task.dispatched[0], run.spec.target)), (task, scheduled)]
-            names.append(task.task_name)
+    kernels = [kernel for task, scheduled in best.values()
+               for kernel in ((task, family.apply_default_schedule(task.dispatched[0], run.spec.target)),
+                              (task, scheduled))]
     secs = _measure(run, kernels)
-    return {name: (d, math.inf if r is None else r) for name, d, r in zip(names, secs[0::2], secs[1::2])
+    return {name: (d, math.inf if r is None else r) for name, d, r in zip(best, secs[0::2], secs[1::2])
             if d is not None}
 
 
@@ -726,12 +727,11 @@ class _Checked:
     failed: str = ""
 
 
-def _check_records(spec: TargetSpec, database: ms.database.Database, mod: tvm.IRModule, tunable: tvm.IRModule,
-                   tasks: list[ms.ExtractedTask], inputs: Sequence[np.ndarray]) -> _Checked:
-    """Run each task's best record on the arguments that the untuned program passed its kernel for `inputs`
-    (`record_check`): it must write the same integers. A record that fails to build or run there counts as
-    wrong too (`compile` would fail on it)."""
-    best = {t.task_name: (t, m) for t in tasks if (m := _best_scheduled(database, t)) is not None}
+def _check_records(spec: TargetSpec, best: dict[str, tuple[ms.ExtractedTask, tvm.IRModule]], mod: tvm.IRModule,
+                   tunable: tvm.IRModule, inputs: Sequence[np.ndarray]) -> _Checked:
+    """Run each task's best record (`best`: name -> task, its kernel scheduled by the record) on the
+    arguments that the untuned program passed its kernel for `inputs` (`record_check`): it must write the
+    same integers. A record that fails to build or run there counts as wrong too (`compile` would fail on it)."""
     if not best:
         return _Checked()
     by_key = {_workload_key(t.dispatched[0]): name for name, (t, _) in best.items()}
@@ -834,7 +834,9 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     started = time.monotonic()
     spec, folder = resolve_target(target), Path(work_dir)
     mod = _program(model, batch, seq)
-    inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
+    inputs = None
+    if check:
+        inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
     unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
     database = _database_for_tuning(folder, spec)
     tunable = pipeline.tunable_module(mod, spec.target)
@@ -858,9 +860,10 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
                                 min(num_trials_per_iter, remaining), callback)
     per_task = _records_per_task(database, tasks)
     total = sum(len(r) for r in per_task.values())
-    checked = (_check_records(spec, database, mod, tunable, tasks, inputs) if check and not unchecked
+    best = {t.task_name: (t, m) for t in tasks if (m := _best_scheduled(database, t)) is not None}
+    checked = (_check_records(spec, best, mod, tunable, inputs) if check and not unchecked
                else _Checked(failed=unchecked))
-    duel = _head_to_head(run, [t for t in tasks if t.task_name not in checked.wrong]) if estimate else {}
+    duel = _head_to_head(run, {n: b for n, b in best.items() if n not in checked.wrong}) if estimate else {}
     default.update({name: d for name, (d, _) in duel.items()})
     slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
     keys = {t.task_name: _workload_key(t.dispatched[0]) for t in tasks}
@@ -869,12 +872,12 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
         left_out["wrong_integers"] = {keys[name]: name for name in checked.wrong}
     _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out)
     slower_names = {t.task_name for t in slower}
-    best = {n: r for n, (_, r) in duel.items() if n not in slower_names}
+    applied = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
     return TuningResult(
         target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
-        latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, best),
+        latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, applied),
         slower_than_default=tuple(t.task_name for t in slower), wrong_integers=checked.wrong,
         records_checked=checked.compared, not_checked=checked.not_called, unchecked=checked.failed,
         seconds=time.monotonic() - started,

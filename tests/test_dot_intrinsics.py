@@ -12,6 +12,7 @@ import pytest
 import tvm
 from tvm.script import tirx as T
 
+from ibert_tvm import record_check
 from ibert_tvm.schedules import arm, x86
 from ibert_tvm.targets import host_cpu_features, resolve_target
 
@@ -69,9 +70,8 @@ def test_dot_step_takes_only_a_compact_tile(step):
     kernel = tvm.tirx.build(_tensorized(step, step.group), target=target)
     if step.feature in host_cpu_features():
         rng = np.random.default_rng(0)
-        a_info, b_info = np.iinfo(step.a_dtype), np.iinfo(step.b_dtype)
-        a = rng.integers(a_info.min, a_info.max + 1, step.group).astype(step.a_dtype)
-        b = rng.integers(b_info.min, b_info.max + 1, (step.lanes, step.group)).astype(step.b_dtype)
+        a = record_check._full_range(rng, step.a_dtype, [step.group])
+        b = record_check._full_range(rng, step.b_dtype, [step.lanes, step.group])
         out = tvm.runtime.tensor(np.zeros(step.lanes, np.int32))
         kernel(tvm.runtime.tensor(a), tvm.runtime.tensor(b), out)
         np.testing.assert_array_equal(out.numpy(), b.astype(np.int64) @ a.astype(np.int64))
