@@ -233,7 +233,8 @@ def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
     AMX `tdpbusd` on (rows / 16) x (cols / 16) accumulator tiles that stay in tile registers for the whole
     k loop (zeroed before: the description includes the GEMM's init; stored after). B is the vpdpbusd packing `[cols / 16, k / 4, 16, 4]`, which is
     exactly AMX's B tile: 16 rows of k / 4 groups, each 16 columns x 4 bytes. Tile registers: C in 0..3,
-    A in 4..5, B in 6..7 (immediates, so the loops over them are unrolled)."""
+    A in 4..5, B in 6..7 (immediates, so the loops over them are unrolled). The rows of A and C, and each
+    16 x 64-byte block of B, must be compact: a tile load reads them as 64-byte rows."""
     name = f"ibert_amx_u8s8_{rows}x{cols}x{k}"
     if TensorIntrin.get(name, allow_missing=True) is not None:
         return name
@@ -259,10 +260,9 @@ def _amx_intrinsic(rows: int, cols: int, k: int) -> str:
                         b[vj // i64(16), vk // i64(4), vj % i64(16), vk % i64(4)], "int32")
 
     @T.prim_func(s_tir=True)
-    def impl(a: T.Buffer((rows, k), "uint8", offset_factor=1, strides=[T.int64(), T.int64()]),
-             b: T.Buffer((nt, k // 4, 16, 4), "int8", offset_factor=1,
-                           strides=[T.int64(), T.int64(), T.int64(), T.int64()]),
-             c: T.Buffer((rows, cols), "int32", offset_factor=1, strides=[T.int64(), T.int64()])) -> None:
+    def impl(a: T.Buffer((rows, k), "uint8", offset_factor=1, strides=[T.int64(), 1]),
+             b: T.Buffer((nt, k // 4, 16, 4), "int8", offset_factor=1, strides=[T.int64(), AMX_BYTES, 4, 1]),
+             c: T.Buffer((rows, cols), "int32", offset_factor=1, strides=[T.int64(), 1])) -> None:
         with T.sblock("root"):
             T.reads(a[0:rows, 0:k], b[0:nt, 0:k // 4, 0:16, 0:4])
             T.writes(c[0:rows, 0:cols])

@@ -77,3 +77,31 @@ def test_dot_step_takes_only_a_compact_tile(step):
         np.testing.assert_array_equal(out.numpy(), b.astype(np.int64) @ a.astype(np.int64))
     with pytest.raises(tvm.error.InternalError, match=r"(?i)buffer match constraint for b\.strides_0 unmet"):
         tvm.tirx.build(_tensorized(step, 2 * step.group), target=target)
+
+
+def _amx_tensorized(group_bytes: int) -> tvm.IRModule:
+    """C[16, 16] = A[16, 64] . B over one AMX tile block, B's 4-byte groups `group_bytes` apart, tensorized."""
+
+    @T.prim_func(s_tir=True)
+    def main(a: T.Buffer((16, 64), "uint8"), b: T.Buffer((1, 16, 16, group_bytes), "int8"),
+             c: T.Buffer((16, 16), "int32")) -> None:
+        for i, j, k in T.grid(T.int64(16), T.int64(16), T.int64(64)):
+            with T.sblock("update"):
+                vi, vj, vk = T.axis.remap("SSR", [i, j, k])
+                with T.init():
+                    c[vi, vj] = 0
+                c[vi, vj] = c[vi, vj] + T.Cast("int32", a[vi, vk]) * T.Cast(
+                    "int32", b[vj // T.int64(16), vk // T.int64(4), vj % T.int64(16), vk % T.int64(4)])
+
+    sch = tvm.s_tir.Schedule(main)
+    sch.tensorize(sch.get_loops(sch.get_sblock("update"))[0], x86._amx_intrinsic(16, 16, 64))
+    return sch.mod
+
+
+def test_amx_tile_block_takes_only_a_compact_b_block():
+    """The AMX step loads B's 16 x 64-byte block as tile rows 64 bytes apart: a block whose 4-byte groups lie
+    apart is refused (built only: this host has no AMX; the tile block's integers are tested where it has)."""
+    target = resolve_target("x86-amx").target
+    tvm.tirx.build(_amx_tensorized(4), target=target)
+    with pytest.raises(tvm.error.InternalError, match=r"(?i)buffer match constraint for b\.strides_2 unmet"):
+        tvm.tirx.build(_amx_tensorized(8), target=target)
