@@ -9,7 +9,7 @@ undefined behaviour that two schedules may resolve differently. The program's ow
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -57,26 +57,28 @@ def _full_range(rng: np.random.Generator, dtype: str, shape: list[int]) -> np.nd
     return rng.integers(info.min, info.max + 1, shape, dtype=dtype)
 
 
-def kernel_calls(mod: tvm.IRModule, target: tvm.target.Target, device: tvm.runtime.Device,
-                 inputs: Sequence[np.ndarray], symbols: set[str]) -> dict[str, KernelCall]:
-    """Build `mod` untuned for `target`, run its `main` on `inputs`, and keep the first call of each kernel
-    named in `symbols` (a kernel the run does not call is absent)."""
+def visit_kernel_calls(mod: tvm.IRModule, target: tvm.target.Target, device: tvm.runtime.Device,
+                       inputs: Sequence[np.ndarray], symbols: set[str],
+                       visit: Callable[[str, KernelCall], None]) -> None:
+    """Build `mod` untuned for `target`, run its `main` on `inputs`, and hand the first call of each kernel
+    named in `symbols` to `visit` as soon as it returns (a kernel the run does not call is not visited). One
+    call's copies are held at a time: a whole program's, at a large batch x sequence, would be gigabytes."""
     vm = relax.VirtualMachine(pipeline.build(mod, target), device)
-    calls: dict[str, KernelCall] = {}
+    visited: set[str] = set()
     pending: dict[str, list[Any]] = {}
 
     def instrument(_func: Any, symbol: str, before_run: bool, _ret: Any, *args: Any) -> int:
-        if symbol in symbols and symbol not in calls:
+        if symbol in symbols and symbol not in visited:
             snapshot = [_host_copy(a) for a in args]  # now: the planner reuses this memory for later calls
             if before_run:
                 pending[symbol] = snapshot
             else:
-                calls[symbol] = KernelCall(pending.pop(symbol), snapshot)
+                visited.add(symbol)
+                visit(symbol, KernelCall(pending.pop(symbol), snapshot))
         return 0  # VMInstrumentReturnKind.NO_OP
 
     vm.set_instrument(instrument)
     vm["main"](*[tvm.runtime.tensor(a, device) for a in inputs])
-    return calls
 
 
 def writes_the_same(kernel: tvm.runtime.Module, call: KernelCall, device: tvm.runtime.Device) -> bool:

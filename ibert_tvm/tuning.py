@@ -739,15 +739,12 @@ def _check_records(spec: TargetSpec, best: dict[str, tuple[ms.ExtractedTask, tvm
                for gv, f in tunable.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     symbols = {symbol: name for symbol, name in symbols.items() if name is not None}
     device = tvm.cuda(0) if spec.is_gpu else tvm.cpu(0)
-    try:
-        calls = record_check.kernel_calls(mod, spec.target, device, inputs, set(symbols))
-    except (RuntimeError, ValueError) as err:  # TVM's errors
-        return _Checked(failed=f"the untuned program did not run on the inputs: {_one_line(str(err))}")
     build, wrong, compared = _f_build(), [], set()
-    for symbol, call in calls.items():
+
+    def check(symbol: str, call: record_check.KernelCall) -> None:
         name = symbols[symbol]
         if name in compared:
-            continue
+            return
         task, scheduled = best[name]
         compared.add(name)
         try:
@@ -756,6 +753,11 @@ def _check_records(spec: TargetSpec, best: dict[str, tuple[ms.ExtractedTask, tvm
             same = False
         if not same:
             wrong.append(name)
+
+    try:
+        record_check.visit_kernel_calls(mod, spec.target, device, inputs, set(symbols), check)
+    except (RuntimeError, ValueError) as err:  # TVM's errors
+        return _Checked(failed=f"the untuned program did not run on the inputs: {_one_line(str(err))}")
     return _Checked(tuple(wrong), len(compared), tuple(sorted(set(best) - compared)))
 
 

@@ -4,8 +4,10 @@ through a real TVM RPC tracker and server on loopback, and `open_database` refus
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
+import weakref
 from collections import Counter
 
 import numpy as np
@@ -473,3 +475,25 @@ def test_check_inputs_that_do_not_fit_the_program_are_refused_before_the_search(
     with pytest.raises(ValueError, match="check_inputs holds 2 arrays, the program's main takes 1"):
         tune(mod, spec, 4, tmp_path / "db", progress=False, check_inputs=[np.zeros(1), np.zeros(1)])
     assert not (tmp_path / "db").exists()  # refused before the folder was made
+
+
+def test_kernel_calls_are_visited_as_they_happen_and_not_kept(model, spec):
+    """The check gets each kernel's first call as soon as it returns, and no call's copies outlive its visit
+    (a whole program's, at a large batch x sequence, would not fit in memory); each call's copies are taken
+    before and after it (its outputs differ)."""
+    mod = model.program(BATCH, SEQ)
+    symbols = {gv.name_hint for gv, f in pipeline.tunable_module(mod, spec.target).functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc)}
+    seen: list[str] = []
+    gone: list[weakref.ref] = []
+
+    def visit(symbol: str, call: tuning.record_check.KernelCall) -> None:
+        gc.collect()
+        assert all(ref() is None for ref in gone), "an earlier call is still held"
+        assert any(not np.array_equal(a, b) for a, b in zip(call.before, call.after) if isinstance(b, np.ndarray))
+        seen.append(symbol)
+        gone.append(weakref.ref(call))
+
+    tuning.record_check.visit_kernel_calls(mod, spec.target, tvm.cpu(), tuning.record_check.sample_inputs(
+        model, BATCH, SEQ), symbols, visit)
+    assert len(seen) == len(set(seen)) and len(seen) >= 8
