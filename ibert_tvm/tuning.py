@@ -1,12 +1,14 @@
 """Auto-tuning of the integer program with MetaSchedule (xgb cost model): one resumable database per target.
 
-`tune(model, target, trials, work_dir)` extracts the kernels of the integer program as tasks (the module
-state of `pipeline.tunable_module`, which `pipeline.build(..., database=...)` matches records against),
+`tune(model, target, trials, work_dir)` extracts the kernels of the integer program as tasks, one per kernel
+shape (`shared_workloads`: every layer's kernels that differ only in their constants share a task and its
+records; the module state of `pipeline.tunable_module`, which `pipeline.build(..., database=...)` matches
+records against),
 searches the target family's space (`schedules/<family>.tuning_space`), measures on this machine or on the
 devices of a TVM RPC tracker, and leaves a MetaSchedule JSON database in `work_dir` with `ibert_tuning.json`
 beside it (target, versions, shapes, trials). A second call on the same folder continues: the records
 already there count against `trials`, seed the search, and the xgb model is reloaded. After the search each
-task's best record is run on the arguments that the untuned program passes its kernel (`record_check`) and
+task's best record is run on the arguments that the untuned program passes its kernels (`record_check`) and
 timed beside its default schedule: the metadata lists those that write other integers or lose, and
 `open_database` leaves them out.
 
@@ -39,7 +41,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tvm
-import tvm_ffi
 from tqdm.auto import tqdm
 from tvm import relax
 from tvm.ir.utils import derived_object
@@ -49,6 +50,7 @@ from tvm.target import Target
 from . import record_check
 from .relay_passes import pipeline
 from .schedules import schedules_for
+from .shared_workloads import FAILED_SECS, SharedDatabase, kernel_module, mean_secs, workload_key
 from .targets import HOST_TARGETS, TargetSpec, resolve_target
 from .threads import physical_cores
 
@@ -64,12 +66,14 @@ RECORD_FILE = "database_tuning_record.json"
 META_FILE = "ibert_tuning.json"
 #: the metadata's lists of kernels whose records `open_database` leaves out (workload key -> task name)
 _LEFT_OUT = ("default_wins", "wrong_integers")
-#: the metadata's format: 2 since the dot-product steps declare their strides and `tune` checks its records
-_FORMAT = 2
+#: the metadata's format, and why each older one is refused
+_FORMAT = 3
+_OLDER_FORMATS = {
+    1: "its dot-product steps read non-compact tiles (its records may write wrong integers)",
+    2: "its records are filed per kernel, not per kernel shape shared by the layers",
+}
 #: The xgb model and its training data, kept so that a resumed call does not start the model from scratch.
 COST_MODEL_FILE = "cost_model.tar"
-#: MetaSchedule records a failed candidate (build or run error) with this run time.
-_FAILED_SECS = 1e10
 _BUILD_TIMEOUT_S = 120.0
 _RUN_TIMEOUT_S = 60.0
 _LISTED = 5  # tasks a TuningResult names per list (untried; untunable for one reason)
@@ -88,7 +92,8 @@ class TuningResult:
 
     target: str
     work_dir: Path
-    tasks: dict[str, int]  # task name -> weight (call sites in the program)
+    tasks: dict[str, int]  # task name -> weight (call sites in the program of the kernels it stands for)
+    kernels: int  # the program's distinct kernels: a task stands for those that differ only in their constants
     trials_run: int  # measured in this call
     trials_total: int  # records of these tasks in the database, earlier calls included
     build_errors: int
@@ -102,6 +107,8 @@ class TuningResult:
     wrong_integers: tuple[str, ...] = ()  # tasks whose best record does not write the untuned program's integers
     records_checked: int = 0  # best records run on the untuned program's kernel arguments (`record_check`)
     not_checked: tuple[str, ...] = ()  # tasks with a best record whose kernel the untuned program does not call
+    check_seconds: float = 0.0  # of `seconds`: the check's untuned build and run, and the records' builds
+    kernels_checked: int = 0  # kernels run with their task's best record (each task's, every layer's)
     unchecked: str = ""  # why no best record was checked ("" where they were, or with `check=False`)
     seconds: float = 0.0
 
@@ -116,7 +123,8 @@ class TuningResult:
         return self.failed / self.trials_run if self.trials_run else 0.0
 
     def __str__(self) -> str:
-        lines = [f"tuned {len(self.tasks)} tasks for {self.target}: {self.trials_run} trials in this call, "
+        lines = [f"tuned {len(self.tasks)} tasks ({self.kernels} kernels; a task stands for those that differ only in "
+                 f"their constants) for {self.target}: {self.trials_run} trials in this call, "
                  f"{self.trials_total} in {self.work_dir} ({self.seconds:.0f} s)",
                  f"failed candidates: {self.failed} ({self.failed_share:.0%}; {self.build_errors} build, "
                  f"{self.run_errors} run errors)"]
@@ -138,8 +146,9 @@ class TuningResult:
             lines.append(f"best record slower than the default schedule (compile keeps the default): "
                          f"{', '.join(self.slower_than_default)}")
         if self.records_checked:
-            lines.append(f"best records checked against the untuned program's integers: {self.records_checked}, "
-                         f"{len(self.wrong_integers)} differ"
+            lines.append(f"best records checked against the untuned program's integers: {self.records_checked} "
+                         f"(on {self.kernels_checked} kernels), {len(self.wrong_integers)} differ "
+                         f"({self.check_seconds:.0f} s)"
                          + (f"; {len(self.not_checked)} not checked (their kernels are not called: views)"
                             if self.not_checked else ""))
         if self.wrong_integers:
@@ -217,9 +226,11 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
     if made_for["target"] != str(spec.target):
         raise TuningLogError(f"tuning database {folder} was made for target '{made_for.get('name')}' "
                              f"({made_for['target']}), not for '{spec.name}' ({spec.target})")
-    if meta.get("format", 1) != _FORMAT:
-        raise TuningLogError(f"tuning database {folder} was made by an older ibert-tvm, whose dot-product steps read "
-                             "non-compact tiles (its records may write wrong integers): re-tune into a new folder")
+    made = meta.get("format", 1)
+    if made != _FORMAT:
+        why = _OLDER_FORMATS.get(made, f"format {made}, which this ibert-tvm does not know")
+        raise TuningLogError(f"tuning database {folder} was made by another ibert-tvm ({why}): re-tune into a new "
+                             "folder")
     if meta["tvm"] != tvm.__version__:
         raise TuningLogError(f"tuning database {folder} was made with TVM {meta['tvm']}, this is TVM "
                              f"{tvm.__version__}: re-tune")
@@ -275,7 +286,7 @@ def _register_intrinsics(folder: Path, spec: TargetSpec, names: set[str]) -> Non
                              f"neither schedules/{spec.family}.py nor TVM registers")
 
 
-def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bool = False) -> ms.database.Database:
+def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bool = False) -> SharedDatabase:
     """The database in folder `path` for `target`; a TuningLogError (one line) if it was made for another
     target or TVM version, misses a file, or has a corrupt line.
 
@@ -294,19 +305,14 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     except (RuntimeError, ValueError) as err:  # what TVM raises for a record it cannot parse
         raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
     left_out = {key for name in _LEFT_OUT for key in meta.get(name, {})}
-    return database if keep_slower or not left_out else _without_workloads(database, left_out)
-
-
-def _workload_key(mod: tvm.IRModule) -> str:
-    """A kernel's key in the metadata: the structural hash MetaSchedule itself files its workload under."""
-    return str(tvm_ffi.structural_hash(mod))
+    return SharedDatabase(database if keep_slower or not left_out else _without_workloads(database, left_out))
 
 
 def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.database.MemoryDatabase:
     """An in-memory copy of `database` without the records of the workloads whose key is in `keys`."""
     kept = ms.database.MemoryDatabase()
     for record in database.get_all_tuning_records():
-        if _workload_key(record.workload.mod) not in keys:
+        if workload_key(record.workload.mod) not in keys:
             workload = kept.commit_workload(record.workload.mod)
             kept.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, record.run_secs,
                                                                record.target, record.args_info))
@@ -334,12 +340,12 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-def _database_for_tuning(folder: Path, spec: TargetSpec) -> ms.database.JSONDatabase:
+def _database_for_tuning(folder: Path, spec: TargetSpec) -> SharedDatabase:
     """The work_dir's database: the existing one, checked as `open_database` does, or a new empty one."""
     if (folder / WORKLOAD_FILE).exists() or (folder / RECORD_FILE).exists() or (folder / META_FILE).exists():
         return open_database(folder, spec, keep_slower=True)
     folder.mkdir(parents=True, exist_ok=True)
-    return ms.database.JSONDatabase(work_dir=str(folder), allow_missing=True)
+    return SharedDatabase(ms.database.JSONDatabase(work_dir=str(folder), allow_missing=True))
 
 
 # ---- what is measured and how
@@ -468,17 +474,9 @@ def _space(spec: TargetSpec) -> dict[str, Any]:
 
 # ---- trial accounting over calls
 
-def _records_per_task(database: ms.database.Database, tasks: list[ms.ExtractedTask]) -> dict[str, list[float]]:
-    """Task name -> the mean run time (s) of each of its records in `database` (failures at 1e10)."""
-    out: dict[str, list[float]] = {t.task_name: [] for t in tasks}
-    workloads = {t.task_name: database.commit_workload(t.dispatched[0]) for t in tasks
-                 if database.has_workload(t.dispatched[0])}
-    for record in database.get_all_tuning_records():
-        for name, workload in workloads.items():
-            if record.workload.same_as(workload):
-                secs = [float(s) for s in record.run_secs] if record.run_secs else [_FAILED_SECS]
-                out[name].append(sum(secs) / len(secs))
-    return out
+def _records_per_task(database: SharedDatabase, tasks: list[ms.ExtractedTask]) -> dict[str, list[float]]:
+    """Task name -> the mean run time (s) of each of its records in `database` (failures at FAILED_SECS)."""
+    return {t.task_name: [mean_secs(r) for r in database.records_of(t.dispatched[0])] for t in tasks}
 
 
 @derived_object
@@ -664,19 +662,10 @@ def _default_latencies(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, fl
     return {t.task_name: s for t, s in zip(tasks, secs) if s is not None}
 
 
-def _best_scheduled(database: ms.database.Database, task: ms.ExtractedTask) -> tvm.IRModule | None:
-    """The task's kernel scheduled by its best measured record; None without one or where its trace no longer
-    applies."""
-    mod = task.dispatched[0]
-    top = database.get_top_k(database.commit_workload(mod), 1) if database.has_workload(mod) else []
-    if not top or not top[0].run_secs or float(top[0].run_secs[0]) >= _FAILED_SECS:
-        return None
-    sch = tvm.s_tir.Schedule(mod)
-    try:
-        top[0].trace.apply_to_schedule(sch, remove_postproc=False)
-    except (RuntimeError, ValueError):  # tvm's ScheduleError / InternalError
-        return None
-    return sch.mod
+def _best_scheduled(database: SharedDatabase, mod: tvm.IRModule, target: Target) -> tvm.IRModule | None:
+    """Kernel `mod` scheduled by the best measured record of its key, as `compile` schedules it; None without
+    one or where its trace does not apply."""
+    return database.query_ir_module(mod, target, "main")
 
 
 def _head_to_head(run: _Run, best: dict[str, tuple[ms.ExtractedTask, tvm.IRModule]]
@@ -725,40 +714,43 @@ class _Checked:
     compared: int = 0
     not_called: tuple[str, ...] = ()
     failed: str = ""
+    seconds: float = 0.0  # the untuned build, its run and the records' builds
+    kernels: int = 0  # kernels run with a record (a task's record schedules every kernel of its key)
 
 
-def _check_records(spec: TargetSpec, best: dict[str, tuple[ms.ExtractedTask, tvm.IRModule]], mod: tvm.IRModule,
-                   tunable: tvm.IRModule, inputs: Sequence[np.ndarray]) -> _Checked:
-    """Run each task's best record (`best`: name -> task, its kernel scheduled by the record) on the
-    arguments that the untuned program passed its kernel for `inputs` (`record_check`): it must write the
-    same integers. A record that fails to build or run there counts as wrong too (`compile` would fail on it)."""
+def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database: SharedDatabase,
+                   mod: tvm.IRModule, tunable: tvm.IRModule, inputs: Sequence[np.ndarray]) -> _Checked:
+    """Run the best record of each task in `best` (name -> task) on the arguments that the untuned program
+    passed each of the task's kernels for `inputs` (`record_check`; every layer's, as the record schedules
+    them all): it must write the same integers. A record that fails to build or run there counts as wrong too
+    (`compile` would fail on it)."""
     if not best:
         return _Checked()
-    by_key = {_workload_key(t.dispatched[0]): name for name, (t, _) in best.items()}
-    symbols = {gv.name_hint: by_key.get(_workload_key(tvm.IRModule({"main": f.with_attr("global_symbol", "main")})))
-               for gv, f in tunable.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
-    symbols = {symbol: name for symbol, name in symbols.items() if name is not None}
+    started = time.monotonic()
+    by_key = {workload_key(t.dispatched[0]): name for name, t in best.items()}
+    kernels = {gv.name_hint: kernel_module(f) for gv, f in tunable.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    symbols = {symbol: name for symbol, kernel in kernels.items() if (name := by_key.get(workload_key(kernel)))}
     device = tvm.cuda(0) if spec.is_gpu else tvm.cpu(0)
-    build, wrong, compared = _f_build(), [], set()
+    build, wrong, compared = _f_build(), [], Counter()
 
     def check(symbol: str, call: record_check.KernelCall) -> None:
         name = symbols[symbol]
-        if name in compared:
-            return
-        task, scheduled = best[name]
-        compared.add(name)
+        compared[name] += 1
         try:
-            same = record_check.writes_the_same(build(scheduled, task.target, None), call, device)
+            scheduled = _best_scheduled(database, kernels[symbol], best[name].target)
+            same = scheduled is not None and record_check.writes_the_same(
+                build(scheduled, best[name].target, None), call, device)
         except (RuntimeError, ValueError):  # TVM's errors: the record does not build or run
             same = False
-        if not same:
+        if not same and name not in wrong:
             wrong.append(name)
 
     try:
         record_check.visit_kernel_calls(mod, spec.target, device, inputs, set(symbols), check)
     except (RuntimeError, ValueError) as err:  # TVM's errors
         return _Checked(failed=f"the untuned program did not run on the inputs: {_one_line(str(err))}")
-    return _Checked(tuple(wrong), len(compared), tuple(sorted(set(best) - compared)))
+    return _Checked(tuple(wrong), len(compared), tuple(sorted(set(best) - set(compared))),
+                    seconds=time.monotonic() - started, kernels=sum(compared.values()))
 
 
 def _estimate_ms(weights: dict[str, int], default: dict[str, float], best: dict[str, float]) -> float | None:
@@ -842,7 +834,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
     database = _database_for_tuning(folder, spec)
     tunable = pipeline.tunable_module(mod, spec.target)
-    tasks = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
+    kernels = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
+    tasks = _shared_tasks(kernels)
     records = _records_per_task(database, tasks)
     done = {name: len(r) for name, r in records.items()}
     _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))  # a valid folder if stopped
@@ -852,7 +845,7 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     run = _Run(spec, folder, database, _builder(spec), _runner(spec, rpc)) if estimate or searched else None
     default = _default_latencies(run, tasks) if estimate else {}
     weights = {t.task_name: int(t.weight) for t in tasks}
-    tally = _Tally(best={name: min(r) for name, r in records.items() if r and min(r) < _FAILED_SECS})
+    tally = _Tally(best={name: min(r) for name, r in records.items() if r and min(r) < FAILED_SECS})
     untunable: dict[str, str] = {}
     if searched:
         with _scheduler_log(folder), tqdm(total=trials, initial=trials - remaining, unit="trial",
@@ -862,13 +855,13 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
                                 min(num_trials_per_iter, remaining), callback)
     per_task = _records_per_task(database, tasks)
     total = sum(len(r) for r in per_task.values())
-    best = {t.task_name: (t, m) for t in tasks if (m := _best_scheduled(database, t)) is not None}
-    checked = (_check_records(spec, best, mod, tunable, inputs) if check and not unchecked
-               else _Checked(failed=unchecked))
+    best = {t.task_name: (t, m) for t in tasks if (m := _best_scheduled(database, t.dispatched[0], t.target)) is not None}
+    checked = (_check_records(spec, {n: t for n, (t, _) in best.items()}, database, mod, tunable, inputs)
+               if check and not unchecked else _Checked(failed=unchecked))
     duel = _head_to_head(run, {n: b for n, b in best.items() if n not in checked.wrong}) if estimate else {}
     default.update({name: d for name, (d, _) in duel.items()})
     slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
-    keys = {t.task_name: _workload_key(t.dispatched[0]) for t in tasks}
+    keys = {t.task_name: workload_key(t.dispatched[0]) for t in tasks}
     left_out = {"default_wins": {keys[t.task_name]: t.task_name for t in slower}} if estimate else {}
     if check and not checked.failed:
         left_out["wrong_integers"] = {keys[name]: name for name in checked.wrong}
@@ -877,13 +870,24 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     applied = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
     return TuningResult(
-        target=spec.name, work_dir=folder, tasks=weights, trials_run=tally.trials, trials_total=total,
+        target=spec.name, work_dir=folder, tasks=weights, kernels=len(kernels), trials_run=tally.trials, trials_total=total,
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
         latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, applied),
         slower_than_default=tuple(t.task_name for t in slower), wrong_integers=checked.wrong,
         records_checked=checked.compared, not_checked=checked.not_called, unchecked=checked.failed,
+        check_seconds=checked.seconds, kernels_checked=checked.kernels,
         seconds=time.monotonic() - started,
         untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
+
+
+def _shared_tasks(kernels: list[ms.ExtractedTask]) -> list[ms.ExtractedTask]:
+    """One task per `workload_key` (the kernels that differ only in their constants, as every layer's QKV
+    kernel): its first kernel stands for all, weighted by all their call sites, as one record schedules all."""
+    groups: dict[str, list[ms.ExtractedTask]] = {}
+    for kernel in kernels:
+        groups.setdefault(workload_key(kernel.dispatched[0]), []).append(kernel)
+    return [ms.ExtractedTask(same[0].task_name, same[0].mod, same[0].target, same[0].dispatched,
+                             sum(int(k.weight) for k in same)) for same in groups.values()]
 
 
 def _search(run: _Run, tasks: list[ms.ExtractedTask], done: dict[str, int], budget: int, cap: int | None,

@@ -13,7 +13,6 @@ Layout after MLC-LLM's `compiler_pass/pipeline.py`.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.target import Target
 
+from .apply_tuning_records import ApplyTuningRecords
 from .drop_identity_requantize import DropIdentityRequantize
 from .fuse_requantize import FuseRequantize
 from .fuse_sibling_linears import FuseSiblingLinears
@@ -52,7 +52,7 @@ class _DumpIR:
 
 def _count_tuned(tally: dict[str, int]) -> tvm.transform.Pass:
     """Fill `tally` with the kernels (PrimFuncs) of the module and those a tuning database scheduled
-    (`MetaScheduleApplyDatabase` marks them `tirx.is_scheduled`), so that `compile` can say how many took one."""
+    (`ApplyTuningRecords` marks them `tirx.is_scheduled`), so that `compile` can say how many took one."""
 
     def count(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
@@ -71,7 +71,7 @@ def _schedule(target: Target, database: Any | None, options: dict, tally: dict[s
     family = schedules_for(target)
     default = tvm.transform.module_pass(lambda mod, _ctx: family.apply_default_schedule(mod, target, **options), opt_level=0,
                                         name="IBertDefaultSchedule")
-    tuned = [] if database is None else [relax.transform.MetaScheduleApplyDatabase(enable_warning=False)]
+    tuned = [] if database is None else [ApplyTuningRecords(database, target)]
     counted = [] if tally is None else [_count_tuned(tally)]
     return [*tuned, *counted, default]
 
@@ -111,9 +111,7 @@ def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
 
     @tvm.transform.module_pass(opt_level=0, name="IBertIntegerPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        with target, contextlib.ExitStack() as stack:
-            if database is not None:
-                stack.enter_context(database)
+        with target:
             return tvm.transform.Sequential(passes)(mod)
 
     return _pipeline
@@ -121,7 +119,7 @@ def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
 
 def tunable_module(mod: tvm.IRModule, target: Target | str = "llvm") -> tvm.IRModule:
     """`mod` after phases legalize, fuse and verify: the PrimFuncs that tuning extracts as tasks and that
-    `MetaScheduleApplyDatabase` in phase 3 matches records against (same module state, same hashes)."""
+    `ApplyTuningRecords` in phase 3 matches records against (same module state, same hashes)."""
     target = Target(target) if isinstance(target, str) else target
     with target:
         return tvm.transform.Sequential([p for phase in _phases(target)[:3] for p in phase])(mod)

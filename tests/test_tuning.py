@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 from transformers import RobertaConfig, RobertaModel
 from tvm import relax, te, tirx
 from tvm.s_tir import meta_schedule as ms
@@ -23,6 +24,7 @@ from ibert_tvm import cli, ops, tuning
 from ibert_tvm.build_util import single_op_module
 from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes import pipeline
+from ibert_tvm.relay_passes.apply_tuning_records import ApplyTuningRecords
 from ibert_tvm.targets import resolve_target
 from ibert_tvm.tuning import META_FILE, RECORD_FILE, WORKLOAD_FILE, TuningLogError, open_database, tune
 from test_model import batches
@@ -80,7 +82,7 @@ def test_tune_writes_a_database_with_its_metadata(model, tuned, spec, report):
     assert result.untunable and all("int_softmax" in name for name in result.untunable), result.untunable
     # the best records were run on the untuned program's own kernel arguments (those of kernels it calls: a
     # reshape task runs as a view), and wrote its integers
-    with_record = [name for name, r in records.items() if r and min(r) < tuning._FAILED_SECS]
+    with_record = [name for name, r in records.items() if r and min(r) < tuning.FAILED_SECS]
     assert result.records_checked + len(result.not_checked) == len(with_record) and result.records_checked > 0
     assert all("reshape" in name for name in result.not_checked) and not result.wrong_integers
     assert not result.unchecked
@@ -96,19 +98,21 @@ def _padded_inputs() -> list[np.ndarray]:
 
 
 def test_records_apply_and_outputs_are_bit_identical(model, spec, tuned):
-    """ApplyDatabase schedules the tasks that have valid records (all of them, the slower ones kept: a few
-    trials rarely beat the default schedules); the tuned build's int8 outputs equal the untuned build's."""
+    """ApplyTuningRecords schedules every kernel whose key has a valid record (the slower ones kept: a few
+    trials rarely beat the default schedules), and only those; the tuned build's int8 outputs equal the
+    untuned build's."""
     work, _ = tuned
     mod = model.program(BATCH, SEQ)
     database = open_database(work, spec, keep_slower=True)
-    valid = {r.workload.mod.script() for r in database.get_all_tuning_records()
+    valid = {tuning.workload_key(r.workload.mod) for r in database.get_all_tuning_records()
              if r.run_secs and float(r.run_secs[0]) < 1e9}
     assert valid, "no candidate of the tuned tasks ran"
-    with spec.target, database:
-        applied = relax.transform.MetaScheduleApplyDatabase(enable_warning=False)(pipeline.tunable_module(mod, spec.target))
-    scheduled = [g.name_hint for g, f in applied.functions_items()
-                 if isinstance(f, tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled", False)]
-    assert len(scheduled) == len(valid)  # each task with a valid record, and only those
+    tunable = pipeline.tunable_module(mod, spec.target)
+    applied = ApplyTuningRecords(database, spec.target)(tunable)
+    scheduled = {g.name_hint for g, f in applied.functions_items()
+                 if isinstance(f, tirx.PrimFunc) and f.attrs.get("tirx.is_scheduled", False)}
+    assert scheduled == {g.name_hint for g, f in tunable.functions_items()
+                         if isinstance(f, tirx.PrimFunc) and tuning.workload_key(tuning.kernel_module(f)) in valid}
     inputs = _padded_inputs()
     untuned = _run(pipeline.build(mod, spec.target), inputs)
     tuned_out = _run(pipeline.build(mod, spec.target, database=database), inputs)
@@ -225,12 +229,12 @@ def test_records_slower_than_the_default_schedule_are_not_applied(tuned, copy, s
     meta = json.loads((copy / META_FILE).read_text())
     assert sorted(meta["default_wins"].values()) == sorted(result.slower_than_default)
     everything = open_database(copy, spec, keep_slower=True).get_all_tuning_records()
-    assert set(meta["default_wins"]) <= {tuning._workload_key(r.workload.mod) for r in everything}
-    key = tuning._workload_key(everything[0].workload.mod)
+    assert set(meta["default_wins"]) <= {tuning.workload_key(r.workload.mod) for r in everything}
+    key = tuning.workload_key(everything[0].workload.mod)
     (copy / META_FILE).write_text(json.dumps({**meta, "default_wins": {key: "first task"}}))
     kept = open_database(copy, spec).get_all_tuning_records()
-    assert len(kept) == sum(tuning._workload_key(r.workload.mod) != key for r in everything) < len(everything)
-    assert all(tuning._workload_key(r.workload.mod) != key for r in kept)
+    assert len(kept) == sum(tuning.workload_key(r.workload.mod) != key for r in everything) < len(everything)
+    assert all(tuning.workload_key(r.workload.mod) != key for r in kept)
     assert len(open_database(copy, spec, keep_slower=True).get_all_tuning_records()) == len(everything)
 
 
@@ -326,7 +330,7 @@ def test_a_record_that_loses_beside_the_default_is_not_applied(spec, tmp_path):
     result = tune(mod, spec, 1, work, progress=False)  # the record is the one trial asked for: no search
     assert result.trials_run == 0 and result.slower_than_default == (task.task_name,)
     assert result.records_checked == 1 and not result.wrong_integers  # its integers are right, only slow
-    assert tuning._workload_key(task.dispatched[0]) in json.loads((work / META_FILE).read_text())["default_wins"]
+    assert tuning.workload_key(task.dispatched[0]) in json.loads((work / META_FILE).read_text())["default_wins"]
 
 
 def test_a_record_that_writes_other_integers_is_never_applied(spec, tmp_path):
@@ -341,10 +345,11 @@ def test_a_record_that_writes_other_integers_is_never_applied(spec, tmp_path):
     _commit_record(work, spec, task, narrowed)
     result = tune(mod, spec, 1, work, progress=False, estimate=False)
     assert result.wrong_integers == (task.task_name,) and result.records_checked == 1 and not result.unchecked
-    assert "checked against the untuned program's integers: 1, 1 differ" in str(result)
+    assert 0 < result.check_seconds < result.seconds
+    assert "checked against the untuned program's integers: 1 (on 1 kernels), 1 differ" in str(result)
     assert f"  {task.task_name}" in str(result).splitlines()
     meta = json.loads((work / META_FILE).read_text())
-    assert meta["wrong_integers"] == {tuning._workload_key(task.dispatched[0]): task.task_name}
+    assert meta["wrong_integers"] == {tuning.workload_key(task.dispatched[0]): task.task_name}
     x = np.random.default_rng(1).integers(-128, 128, (1, 64, 256)).astype(np.int8)
     untuned = _run(pipeline.build(mod, spec.target), [x])
     tally: dict[str, int] = {}
@@ -378,7 +383,7 @@ def test_summary_gives_each_reason_a_task_cannot_be_tuned_once(tmp_path):
     which names the first few of them; another reason gets a line of its own."""
     softmax = {f"ibert_int_softmax{i}": "Error message: producers not under the target loop" for i in range(7)}
     result = tuning.TuningResult(target="llvm", work_dir=tmp_path, tasks=dict.fromkeys([*softmax, "other", "gemm"], 1),
-                                 trials_run=0, trials_total=0, build_errors=0, run_errors=0,
+                                 kernels=9, trials_run=0, trials_total=0, build_errors=0, run_errors=0,
                                  untunable={**softmax, "other": "Error message: no space"})
     lines = str(result).splitlines()
     assert sum("not tunable" in line for line in lines) == 2
@@ -456,14 +461,17 @@ def test_metadata_keeps_what_other_tunings_of_the_folder_left_out(spec, tmp_path
     assert meta["shapes"] == [[1, 8], [1, 16]] and meta["format"] == tuning._FORMAT
 
 
-def test_a_database_of_the_older_format_is_refused(tuned, spec, tmp_path):
-    """Records tuned before the dot-product steps declared their strides may read non-compact tiles."""
+@pytest.mark.parametrize("made, why", [
+    (None, "dot-product steps read non-compact tiles"),  # before the steps declared their strides
+    (2, "filed per kernel, not per kernel shape shared by the layers"),
+    (9, "format 9, which this ibert-tvm does not know")])
+def test_a_database_of_another_format_is_refused(tuned, spec, tmp_path, made, why):
     copy = tmp_path / "old"
     shutil.copytree(tuned[0], copy)
     meta = json.loads((copy / META_FILE).read_text())
-    del meta["format"]
-    (copy / META_FILE).write_text(json.dumps(meta))
-    with pytest.raises(TuningLogError, match="older ibert-tvm.*re-tune into a new folder"):
+    assert meta.pop("format") == tuning._FORMAT
+    (copy / META_FILE).write_text(json.dumps(meta if made is None else {**meta, "format": made}))
+    with pytest.raises(TuningLogError, match=f"made by another ibert-tvm \\(.*{why}.*\\): re-tune into a new folder"):
         open_database(copy, spec)
 
 
@@ -497,3 +505,59 @@ def test_kernel_calls_are_visited_as_they_happen_and_not_kept(model, spec):
     tuning.record_check.visit_kernel_calls(mod, spec.target, tvm.cpu(), tuning.record_check.sample_inputs(
         model, BATCH, SEQ), symbols, visit)
     assert len(seen) == len(set(seen)) and len(seen) >= 8
+
+
+def _two_layers() -> tvm.IRModule:
+    """main(x int8 [1, 64, 256]) = two requantize(linear) layers of the same shape with their own weights and
+    their own requantize constants (immediates in their kernels, as each encoder layer's)."""
+    rng = np.random.default_rng(7)
+    weights = [rng.integers(-127, 128, (256, 256)).astype(np.int8) for _ in range(2)]
+    bias = rng.integers(-1000, 1000, (256,)).astype(np.int32)
+
+    def layers(x: relax.Expr) -> relax.Expr:
+        h = ops.requantize(ops.linear(x, weights[0], bias), 1 << 30, 40)
+        return ops.requantize(ops.linear(h, weights[1], bias), 1533331, 31)
+
+    return single_op_module(layers, {"x": np.zeros((1, 64, 256), np.int8)})
+
+
+def test_workload_key_ignores_only_the_constants_of_stored_values(spec):
+    """Kernels that differ in their requantize constants share a key; a kernel of another shape does not."""
+    kernels = ms.relax_integration.extract_tasks(pipeline.tunable_module(_two_layers(), spec.target),
+                                                 tuning._tuning_target(spec.target))
+    linears = [k.dispatched[0] for k in kernels if "linear" in k.task_name]
+    assert len(linears) == 2 and not tvm_ffi.structural_equal(linears[0], linears[1])
+    assert tuning.workload_key(linears[0]) == tuning.workload_key(linears[1])
+    _, other = _linear_module(1)  # K = N = 256 as well, rows 64: the same shape, other constants (1 << 30, 40)
+    assert tuning.workload_key(other.dispatched[0]) == tuning.workload_key(linears[0])
+    narrower = single_op_module(lambda x: ops.requantize(ops.linear(x, np.ones((128, 256), np.int8)), 1 << 30, 40),
+                                {"x": np.zeros((1, 64, 256), np.int8)})
+    [kernel] = [k for k in ms.relax_integration.extract_tasks(pipeline.tunable_module(narrower, spec.target),
+                                                              tuning._tuning_target(spec.target))
+                if "linear" in k.task_name]
+    assert tuning.workload_key(kernel.dispatched[0]) != tuning.workload_key(linears[0])
+
+
+def test_one_record_schedules_every_layer_with_its_own_constants(spec, tmp_path):
+    """Two layers' kernels that differ only in their requantize constants are one task of weight 2; a record
+    tuned on the first schedules both in `compile`, each keeping its own constants (MetaSchedule's own query
+    would replay the trace on the first kernel, the second layer then computing with the first's constants),
+    and `tune` checks the record on both kernels."""
+    mod = _two_layers()
+    work = tmp_path / "db"
+    result = tune(mod, spec, 0, work, progress=False, estimate=False)
+    [(name, weight)] = [(n, w) for n, w in result.tasks.items() if "linear" in n]
+    assert weight == 2 and result.kernels == len(result.tasks) + 1
+    [task] = [t for t in tuning._shared_tasks(ms.relax_integration.extract_tasks(
+        pipeline.tunable_module(mod, spec.target), tuning._tuning_target(spec.target))) if t.task_name == name]
+    sch = tvm.s_tir.Schedule(task.dispatched[0])
+    sch.split(sch.get_loops(sch.get_sblock("acc"))[-1], [None, 16])
+    _commit_record(work, spec, task, sch)
+    assert len(json.loads((work / WORKLOAD_FILE).read_text().splitlines()[-1])) == 2  # one workload written
+    checked = tune(mod, spec, 1, work, progress=False, estimate=False)
+    assert checked.records_checked == 1 and checked.kernels_checked == 2 and not checked.wrong_integers
+    x = np.random.default_rng(2).integers(-128, 128, (1, 64, 256)).astype(np.int8)
+    tally: dict[str, int] = {}
+    tuned = pipeline.build(mod, spec.target, database=open_database(work, spec), tally=tally)
+    assert tally["tuned"] == 2
+    np.testing.assert_array_equal(_run(tuned, [x]), _run(pipeline.build(mod, spec.target), [x]))

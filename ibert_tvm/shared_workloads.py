@@ -1,0 +1,147 @@
+"""Tuning records shared by kernels that differ only in their constants, such as the same layer type in
+every encoder layer.
+
+A layer's requantize multipliers and shifts are immediates inside its kernels, so MetaSchedule, which files
+a record under the kernel's structural hash, saw each layer's QKV, output, FFN and LayerNorm kernels as
+distinct workloads: 79 tasks at BERT-base 1 x 128, and a database that only applied to the calibration it
+was tuned with. A trace names blocks and loops, not constants, so a record tuned on one layer's kernel
+schedules the others too. `workload_key` hashes a kernel with the integer immediates of its stored values
+masked (indices, loop bounds, shapes and types are kept): BERT-base's 79 kernels become 12 keys.
+`SharedDatabase` files and finds records under that key, and replays a record on the kernel asked for.
+MetaSchedule's own query replays it on the kernel it was tuned on, which holds another layer's constants.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import tvm
+import tvm_ffi
+from tvm.ir.utils import derived_object
+from tvm.s_tir import meta_schedule as ms
+from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+from tvm.target import Target
+
+__all__ = ["FAILED_SECS", "SharedDatabase", "kernel_module", "mean_secs", "workload_key"]
+
+#: MetaSchedule records a failed candidate (build or run error) with this run time.
+FAILED_SECS = 1e10
+#: Fields below which every immediate is structure (an index, a bound, a shape or a type), even inside a value.
+_STRUCTURE_FIELDS = frozenset({"indices", "source", "buffer", "region", "ty", "min", "extent", "dom"})
+_LEAVES = frozenset({"int", "float", "bool", "None", "ffi.String"})
+
+
+def kernel_module(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
+    """A kernel as MetaSchedule's task extraction files it: alone in a module, as `main`."""
+    return _normalize_mod(func)
+
+
+def workload_key(mod: tvm.IRModule) -> str:
+    """The structural hash of `mod` with every integer immediate that only occurs in a stored value (a
+    requantize multiplier, a shift, a clamp bound) set to 0. Kernels with the same key differ in those
+    constants at most, so one trace schedules them all. Memoized by `mod`'s structural hash: MetaSchedule
+    asks for each measured candidate's workload, and masking a BERT-base kernel takes about 10 ms."""
+    shash = tvm_ffi.structural_hash(mod)
+    if shash not in _KEYS:
+        _KEYS[shash] = _masked_hash(mod)
+    return _KEYS[shash]
+
+
+_KEYS: dict[int, str] = {}
+
+
+def _masked_hash(mod: tvm.IRModule) -> str:
+    """`workload_key` computed: the module's JSON graph with those immediates set to 0, loaded and hashed."""
+    graph = json.loads(tvm.ir.save_json(mod))
+    nodes = graph["nodes"]
+    in_value, in_structure = set(), set()
+    stack, seen = [(graph["root_index"], False)], set()
+    while stack:
+        index, value = stack.pop()
+        if (index, value) in seen:
+            continue
+        seen.add((index, value))
+        node = nodes[index]
+        kind, data = node["type"], node.get("data")
+        if kind == "ir.IntImm":
+            (in_value if value else in_structure).add(index)
+        if kind in _LEAVES:
+            continue
+        fields = data.items() if isinstance(data, dict) else ((None, c) for c in data) if isinstance(data, list) else ()
+        for name, child in fields:
+            if isinstance(child, int) and name != "span":
+                stack.append((child, (value or (kind == "tirx.BufferStore" and name == "value"))
+                              and name not in _STRUCTURE_FIELDS))
+    nodes.append({"type": "int", "data": 0})
+    for index in in_value - in_structure:
+        nodes[index]["data"]["value"] = len(nodes) - 1
+    return str(tvm_ffi.structural_hash(tvm.ir.load_json(json.dumps(graph))))
+
+
+def mean_secs(record: ms.database.TuningRecord) -> float:
+    """A record's mean run time (s); failed candidates at FAILED_SECS."""
+    secs = [float(s) for s in record.run_secs] if record.run_secs else [FAILED_SECS]
+    return sum(secs) / len(secs)
+
+
+@derived_object
+class SharedDatabase(ms.database.PyDatabase):
+    """`inner` (a MetaSchedule database) with its workloads filed under `workload_key`: a kernel has a
+    workload if any kernel of its key has one, a record of one serves all, and a queried schedule is the
+    record's trace replayed on the kernel that was asked for."""
+
+    def __init__(self, inner: ms.database.Database) -> None:
+        super().__init__()
+        self.inner = inner
+        self.workloads: dict[str, ms.database.Workload] = {}  # key -> the workload its records are filed under
+        self.records: dict[str, list[ms.database.TuningRecord]] = {}  # key -> every record, failed ones too
+        for record in inner.get_all_tuning_records():
+            key = workload_key(record.workload.mod)
+            self.workloads.setdefault(key, record.workload)
+            self.records.setdefault(key, []).append(record)
+
+    def has_workload(self, mod: tvm.IRModule) -> bool:
+        return workload_key(mod) in self.workloads or self.inner.has_workload(mod)
+
+    def commit_workload(self, mod: tvm.IRModule) -> ms.database.Workload:
+        key = workload_key(mod)
+        if key not in self.workloads:
+            self.workloads[key] = self.inner.commit_workload(mod)
+        return self.workloads[key]
+
+    def commit_tuning_record(self, record: ms.database.TuningRecord) -> None:
+        self.inner.commit_tuning_record(record)
+        self.records.setdefault(workload_key(record.workload.mod), []).append(record)
+
+    def get_top_k(self, workload: ms.database.Workload, top_k: int) -> list[ms.database.TuningRecord]:
+        measured = [r for r in self.records.get(workload_key(workload.mod), []) if mean_secs(r) < FAILED_SECS]
+        return sorted(measured, key=mean_secs)[:top_k]
+
+    def get_all_tuning_records(self) -> list[ms.database.TuningRecord]:
+        return self.inner.get_all_tuning_records()
+
+    def records_of(self, mod: tvm.IRModule) -> list[ms.database.TuningRecord]:
+        """Every record filed under `mod`'s key, failed ones included."""
+        return list(self.records.get(workload_key(mod), []))
+
+    def query_schedule(self, mod: tvm.IRModule, target: Target, workload_name: str | None = None
+                       ) -> tvm.s_tir.Schedule | None:
+        record = self.query_tuning_record(mod, target, workload_name)
+        if record is None:
+            return None
+        sch = tvm.s_tir.Schedule(mod)
+        try:
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+        except (RuntimeError, ValueError):  # TVM's ScheduleError: the kernel keeps its default schedule
+            return None
+        return sch
+
+    def query_ir_module(self, mod: tvm.IRModule, target: Target, workload_name: str | None = None
+                        ) -> tvm.IRModule | None:
+        sch = self.query_schedule(mod, target, workload_name)
+        return None if sch is None else sch.mod
+
+    def __len__(self) -> int:
+        return len(self.inner)
+

@@ -1,0 +1,42 @@
+"""Schedule each kernel by the tuning record its database holds for it, replayed on that kernel itself.
+
+A database of `ibert_tvm.shared_workloads` files a record under a key that every layer's kernel of one
+shape shares, each kernel with its own requantize constants. Relax's `MetaScheduleApplyDatabase` cannot
+apply such a record: it replays the trace on the kernel the record was tuned on (another layer's
+constants), or, where that kernel is not structurally equal to the one asked for, through MetaSchedule's
+anchor-trace heuristics, which stop on our kernels. Here the database's own `query_ir_module` schedules the
+kernel that was asked for (`SharedDatabase` replays the trace on it), and the kernel keeps its attributes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import tvm
+from tvm import tirx
+from tvm.target import Target
+
+from ibert_tvm.shared_workloads import kernel_module
+
+__all__ = ["ApplyTuningRecords"]
+
+
+@tvm.transform.module_pass(opt_level=0, name="IBertApplyTuningRecords")
+class ApplyTuningRecords:
+    """Replace each unscheduled PrimFunc that `database` has a record for by its scheduled form, marked
+    `tirx.is_scheduled` (so that the default schedule leaves it alone)."""
+
+    def __init__(self, database: Any, target: Target) -> None:
+        self.database, self.target = database, target
+
+    def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        out = tvm.IRModule(attrs=mod.attrs)
+        for gv, func in mod.functions_items():
+            if isinstance(func, tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
+                scheduled = self.database.query_ir_module(kernel_module(func), self.target, gv.name_hint)
+                if scheduled is not None:
+                    tuned = scheduled["main"]
+                    func = tirx.PrimFunc(tuned.params, tuned.body, tuned.ret_type, attrs=func.attrs).with_attr(
+                        "tirx.is_scheduled", True)
+            out[gv] = func
+        return out
