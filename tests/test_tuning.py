@@ -138,13 +138,29 @@ def test_compile_counts_the_kernels_a_database_scheduled(model, spec, tuned, tmp
 
 
 def test_a_database_that_matches_no_kernel_is_named(model, spec, tuned):
-    """A database tuned for another shape (or model, or calibration) schedules nothing: `compile` says so in
-    a warning instead of labelling the build tuned in silence."""
+    """A database tuned for another shape (or architecture) schedules nothing: `compile` says so in a warning
+    instead of labelling the build tuned in silence."""
     work, _ = tuned
     with pytest.warns(UserWarning, match=r"gives none of this program's \d+ kernels a record"):
         lib = ibert_tvm.compile(model, spec, tuning_logs=work, batch_sizes=(BATCH,), seq_lengths=(2 * SEQ,))
     assert lib.meta["target"]["tuned_kernels"][0] == 0 and not lib.meta["target"]["tuned"]
     assert cli._tuned(lib.meta["target"]) == "untuned (a tuning database gave no kernel a record)"
+
+
+def test_a_database_serves_another_calibration_of_the_model(model, spec, tuned):
+    """Records are filed by kernel shape, not by requantize constants: the same RoBERTa calibrated on other
+    batches (other constants in every kernel) takes the database's records and keeps its own integers."""
+    work, _ = tuned
+    torch.manual_seed(0)
+    other = from_pretrained(RobertaModel(RobertaConfig(**CONFIG), add_pooling_layer=False).eval(),
+                            calibration=batches(1, 2, 2, SEQ, seed=9))
+    mod = other.program(BATCH, SEQ)
+    assert not tvm_ffi.structural_equal(model.program(BATCH, SEQ), mod)  # other constants
+    tally: dict[str, int] = {}
+    tuned_out = _run(pipeline.build(mod, spec.target, database=open_database(work, spec, keep_slower=True),
+                                    tally=tally), _padded_inputs())
+    assert tally["tuned"] > 0
+    np.testing.assert_array_equal(tuned_out, _run(pipeline.build(mod, spec.target), _padded_inputs()))
 
 
 def test_avx2_level_tunes_with_its_vpmaddwd_step(model, tmp_path):
