@@ -285,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(tune)
     tune.add_argument("--trials", type=int, default=64, help="total measured trials (default 64). Tasks are "
                       "tuned heaviest first, up to 64 trials each per round: BERT-base at one shape has 11 "
-                      "tunable tasks (each shared by the 12 layers), so one round over all of them takes 704; the "
+                      "tunable tasks (most shared by the 12 layers), so one round over all of them takes 704; the "
                       "summary counts those not reached")
     tune.add_argument("--work-dir", required=True, help="the database folder (one per target)")
     tune.add_argument("--batch", type=int, default=1, help="batch size of the tuned shape")

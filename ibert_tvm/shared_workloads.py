@@ -6,7 +6,7 @@ a record under the kernel's structural hash, saw each layer's QKV, output, FFN a
 distinct workloads: 79 tasks at BERT-base 1 x 128, and a database that only applied to the calibration it
 was tuned with. A trace names blocks and loops, not constants, so a record tuned on one layer's kernel
 schedules the others too. `workload_key` hashes a kernel with the integer immediates of its stored values
-masked (indices, loop bounds, shapes and types are kept): BERT-base's 79 kernels become 12 keys.
+masked (indices, loop bounds, shapes, types and reduction inits are kept): BERT-base's 79 kernels become 12 keys.
 `SharedDatabase` files and finds records under that key, and replays a record on the kernel asked for.
 MetaSchedule's own query replays it on the kernel it was tuned on, which holds another layer's constants.
 """
@@ -14,8 +14,6 @@ MetaSchedule's own query replays it on the kernel it was tuned on, which holds a
 from __future__ import annotations
 
 import json
-from typing import Any
-
 import tvm
 import tvm_ffi
 from tvm.ir.utils import derived_object
@@ -27,7 +25,8 @@ __all__ = ["FAILED_SECS", "SharedDatabase", "kernel_module", "mean_secs", "workl
 
 #: MetaSchedule records a failed candidate (build or run error) with this run time.
 FAILED_SECS = 1e10
-#: Fields below which every immediate is structure (an index, a bound, a shape or a type), even inside a value.
+#: Fields below which every immediate is structure (an index, a bound, a shape or a type), even inside a
+#: value. Changing what is masked changes every key, and so the metadata's lists: bump `tuning._FORMAT` with it.
 _STRUCTURE_FIELDS = frozenset({"indices", "source", "buffer", "region", "ty", "min", "extent", "dom"})
 _LEAVES = frozenset({"int", "float", "bool", "None", "ffi.String"})
 
@@ -38,9 +37,9 @@ def kernel_module(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
 
 
 def workload_key(mod: tvm.IRModule) -> str:
-    """The structural hash of `mod` with every integer immediate that only occurs in a stored value (a
-    requantize multiplier, a shift, a clamp bound) set to 0. Kernels with the same key differ in those
-    constants at most, so one trace schedules them all. Memoized by `mod`'s structural hash: MetaSchedule
+    """The structural hash of `mod` with the integer immediates of its stored values (a requantize
+    multiplier, a shift, a clamp bound) set to 0; those of indices, bounds, shapes, types and a reduction's
+    init are kept. Kernels with the same key differ in those constants at most, so one trace schedules them all. Memoized by `mod`'s structural hash: MetaSchedule
     asks for each measured candidate's workload, and masking a BERT-base kernel takes about 10 ms."""
     shash = tvm_ffi.structural_hash(mod)
     if shash not in _KEYS:
@@ -52,30 +51,45 @@ _KEYS: dict[int, str] = {}
 
 
 def _masked_hash(mod: tvm.IRModule) -> str:
-    """`workload_key` computed: the module's JSON graph with those immediates set to 0, loaded and hashed."""
+    """`workload_key` computed on the module's JSON graph: each stored value (not a block's `init`, the
+    reducer's identity, which schedule rules match on) is replaced by a copy whose integer immediates are 0,
+    copied per occurrence, as the graph shares nodes (an immediate may also sit in an index); then loaded and
+    hashed."""
     graph = json.loads(tvm.ir.save_json(mod))
     nodes = graph["nodes"]
-    in_value, in_structure = set(), set()
-    stack, seen = [(graph["root_index"], False)], set()
-    while stack:
-        index, value = stack.pop()
-        if (index, value) in seen:
-            continue
-        seen.add((index, value))
-        node = nodes[index]
-        kind, data = node["type"], node.get("data")
-        if kind == "ir.IntImm":
-            (in_value if value else in_structure).add(index)
-        if kind in _LEAVES:
-            continue
-        fields = data.items() if isinstance(data, dict) else ((None, c) for c in data) if isinstance(data, list) else ()
-        for name, child in fields:
-            if isinstance(child, int) and name != "span":
-                stack.append((child, (value or (kind == "tirx.BufferStore" and name == "value"))
-                              and name not in _STRUCTURE_FIELDS))
     nodes.append({"type": "int", "data": 0})
-    for index in in_value - in_structure:
-        nodes[index]["data"]["value"] = len(nodes) - 1
+    zero, copies = len(nodes) - 1, {}
+
+    def masked(index: int) -> int:
+        """A copy of the value expression at `index` with its immediates 0 (structure fields and variables shared)."""
+        node = nodes[index]
+        if node["type"] in _LEAVES or node["type"] == "ir.Var" or not isinstance(node.get("data"), (dict, list)):
+            return index
+        if index not in copies:
+            data = node["data"]
+            if node["type"] == "ir.IntImm":
+                data = {**data, "value": zero}
+            elif isinstance(data, dict):
+                data = {k: c if k == "span" or k in _STRUCTURE_FIELDS or not isinstance(c, int) else masked(c)
+                        for k, c in data.items()}
+            else:
+                data = [masked(c) if isinstance(c, int) else c for c in data]
+            nodes.append({**node, "data": data})
+            copies[index] = len(nodes) - 1
+        return copies[index]
+
+    stack, seen = [graph["root_index"]], set()
+    while stack:
+        index = stack.pop()
+        node = nodes[index]
+        if index in seen or node["type"] in _LEAVES:
+            continue
+        seen.add(index)
+        data = node.get("data")
+        if node["type"] == "tirx.BufferStore":
+            data["value"] = masked(data["value"])
+        children = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else ()
+        stack += [c for k, c in children if isinstance(c, int) and k not in ("span", "init")]
     return str(tvm_ffi.structural_hash(tvm.ir.load_json(json.dumps(graph))))
 
 

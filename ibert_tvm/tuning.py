@@ -322,16 +322,18 @@ def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.dat
 def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str,
                 decided: set[str] = frozenset(), left_out: dict[str, dict[str, str]] | None = None) -> None:
     """Write (or update after a resumed call) the metadata file beside the two JSON files. `left_out` names,
-    for lists of `_LEFT_OUT`, the kernels (workload key -> task name) whose best record loses to the default
-    schedule or does not write the untuned integers, among the kernels `decided` (this call's): their
-    entries replace the old list's entries for those kernels, and those of other kernels (another shape or
-    model tuned into the same folder) stay."""
+    for lists of `_LEFT_OUT`, the kernel shapes (workload key -> task name) whose best record loses to the
+    default schedule or does not write the untuned integers, among the shapes `decided` (this call's). Their
+    `default_wins` entries replace the old ones for those shapes; those of other shapes stay. `wrong_integers`
+    only grows: a record that wrote other integers for one model's kernels stays out even when another model
+    or calibration tuned into the folder finds it right for its own (its check never ran the first's)."""
     old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
     lists = {}
     for name in _LEFT_OUT:
         lists[name] = old.get(name, {})
         if left_out and name in left_out:
-            lists[name] = {k: v for k, v in lists[name].items() if k not in decided} | left_out[name]
+            kept = lists[name] if name == "wrong_integers" else {k: v for k, v in lists[name].items() if k not in decided}
+            lists[name] = kept | left_out[name]
     meta = {"target": _target_record(spec), "tvm": tvm.__version__,
             "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
@@ -731,7 +733,7 @@ def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database
     kernels = {gv.name_hint: kernel_module(f) for gv, f in tunable.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
     symbols = {symbol: name for symbol, kernel in kernels.items() if (name := by_key.get(workload_key(kernel)))}
     device = tvm.cuda(0) if spec.is_gpu else tvm.cpu(0)
-    build, wrong, compared = _f_build(), [], Counter()
+    build, wrong, compared, faults = _f_build(), [], Counter(), []
 
     def check(symbol: str, call: record_check.KernelCall) -> None:
         name = symbols[symbol]
@@ -742,6 +744,11 @@ def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database
                 build(scheduled, best[name].target, None), call, device)
         except (RuntimeError, ValueError):  # TVM's errors: the record does not build or run
             same = False
+        # A fault of ours is raised after the run: from inside the VM's callback it would come back as a
+        # RuntimeError, read as the untuned program failing (and the records left unchecked).
+        except Exception as err:  # noqa: BLE001
+            faults.append(err)
+            return
         if not same and name not in wrong:
             wrong.append(name)
 
@@ -749,6 +756,8 @@ def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database
         record_check.visit_kernel_calls(mod, spec.target, device, inputs, set(symbols), check)
     except (RuntimeError, ValueError) as err:  # TVM's errors
         return _Checked(failed=f"the untuned program did not run on the inputs: {_one_line(str(err))}")
+    if faults:
+        raise faults[0]
     return _Checked(tuple(wrong), len(compared), tuple(sorted(set(best) - set(compared))),
                     seconds=time.monotonic() - started, kernels=sum(compared.values()))
 
@@ -821,7 +830,7 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     measured here or, with `rpc=(tracker host, port, device key)`, on the devices of a TVM RPC tracker.
     `max_trials_per_task` caps each task's records (earlier calls included). `estimate` measures each task's
     default schedule once to estimate the program's latency before and after (sum of task latencies).
-    `check` runs each task's best record on the arguments that the untuned program passes its kernel for
+    `check` runs each task's best record on the arguments that the untuned program passes its kernels for
     `check_inputs` (default: `record_check.sample_inputs`) where the target runs here, and leaves out those
     that write other integers (`record_check`).
     """

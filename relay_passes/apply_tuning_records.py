@@ -30,13 +30,15 @@ class ApplyTuningRecords:
         self.database, self.target = database, target
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        out = tvm.IRModule(attrs=mod.attrs)
+        scheduled = {}
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
-                scheduled = self.database.query_ir_module(kernel_module(func), self.target, gv.name_hint)
-                if scheduled is not None:
-                    tuned = scheduled["main"]
-                    func = tirx.PrimFunc(tuned.params, tuned.body, tuned.ret_type, attrs=func.attrs).with_attr(
-                        "tirx.is_scheduled", True)
+                tuned = self.database.query_ir_module(kernel_module(func), self.target, gv.name_hint)
+                if tuned is not None:  # the kernel's own attributes over those of the scheduled one
+                    scheduled[gv] = tuned["main"].with_attrs(dict(func.attrs or {})).with_attr("tirx.is_scheduled", True)
+        if not scheduled:
+            return mod
+        out = tvm.IRModule(dict(mod.functions_items()), mod.attrs, mod.global_infos)
+        for gv, func in scheduled.items():
             out[gv] = func
         return out

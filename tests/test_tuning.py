@@ -466,14 +466,17 @@ def test_a_record_that_does_not_build_is_left_out_without_the_timing(spec, tmp_p
 
 
 def test_metadata_keeps_what_other_tunings_of_the_folder_left_out(spec, tmp_path):
-    """A folder tuned for two shapes: the second call decides only its own kernels, so the first call's
-    wrong records stay left out (replacing the whole list would apply them again)."""
+    """A folder tuned twice: a later call's timing verdicts replace only those of the kernel shapes it
+    decided; a record once found to write other integers stays left out even where a later call (another
+    shape, model or calibration, which never ran it on the first's kernels) finds it right."""
     tmp_path.mkdir(exist_ok=True)
     tuning._write_meta(tmp_path, spec, [[1, 8]], 4, "here", {"a", "b"},
                        {"wrong_integers": {"a": "task_a", "b": "task_b"}, "default_wins": {"c": "task_c"}})
-    tuning._write_meta(tmp_path, spec, [[1, 16]], 8, "here", {"b", "d"}, {"wrong_integers": {"d": "task_d"}})
+    tuning._write_meta(tmp_path, spec, [[1, 16]], 8, "here", {"b", "c", "d"},
+                       {"wrong_integers": {"d": "task_d"}, "default_wins": {"e": "task_e"}})
     meta = json.loads((tmp_path / META_FILE).read_text())
-    assert meta["wrong_integers"] == {"a": "task_a", "d": "task_d"} and meta["default_wins"] == {"c": "task_c"}
+    assert meta["wrong_integers"] == {"a": "task_a", "b": "task_b", "d": "task_d"}
+    assert meta["default_wins"] == {"e": "task_e"}  # c was decided again: its record now wins
     assert meta["shapes"] == [[1, 8], [1, 16]] and meta["format"] == tuning._FORMAT
 
 
@@ -569,7 +572,7 @@ def test_one_record_schedules_every_layer_with_its_own_constants(spec, tmp_path)
     sch = tvm.s_tir.Schedule(task.dispatched[0])
     sch.split(sch.get_loops(sch.get_sblock("acc"))[-1], [None, 16])
     _commit_record(work, spec, task, sch)
-    assert len(json.loads((work / WORKLOAD_FILE).read_text().splitlines()[-1])) == 2  # one workload written
+    assert len((work / WORKLOAD_FILE).read_text().splitlines()) == 1  # one workload, for both kernels
     checked = tune(mod, spec, 1, work, progress=False, estimate=False)
     assert checked.records_checked == 1 and checked.kernels_checked == 2 and not checked.wrong_integers
     x = np.random.default_rng(2).integers(-128, 128, (1, 64, 256)).astype(np.int8)
@@ -577,3 +580,22 @@ def test_one_record_schedules_every_layer_with_its_own_constants(spec, tmp_path)
     tuned = pipeline.build(mod, spec.target, database=open_database(work, spec), tally=tally)
     assert tally["tuned"] == 2
     np.testing.assert_array_equal(_run(tuned, [x]), _run(pipeline.build(mod, spec.target), [x]))
+
+
+def test_a_fault_in_the_check_is_raised_not_read_as_the_program_failing(spec, tmp_path, monkeypatch):
+    """The check runs inside the VM's instrument callback, from which a Python exception comes back as a
+    RuntimeError; it is raised as itself after the run instead of being reported as the untuned program
+    failing, with the records left unchecked."""
+    mod, task = _linear_module(8)
+    work = tmp_path / "db"
+    tune(mod, spec, 0, work, progress=False)
+    unchanged = tvm.s_tir.Schedule(task.dispatched[0])
+    unchanged.get_sblock("acc")
+    _commit_record(work, spec, task, unchanged)
+
+    def broken(*_args):
+        raise ZeroDivisionError("a fault in the check")
+
+    monkeypatch.setattr(tuning.record_check, "writes_the_same", broken)
+    with pytest.raises(ZeroDivisionError, match="a fault in the check"):
+        tune(mod, spec, 1, work, progress=False, estimate=False)
