@@ -9,6 +9,7 @@ import json
 import shutil
 import weakref
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -337,12 +338,7 @@ def test_a_record_that_loses_beside_the_default_is_not_applied(spec, tmp_path):
     """`tune` times each task's best record again beside its default schedule before it lists the losers:
     a record whose stored time claims 1 ns but whose trace leaves a 64 x 256 x 256 GEMM unscheduled (plain
     loops) loses there and is listed, though its stored time beats every measurement of the default."""
-    mod, task = _linear_module(3)
-    work = tmp_path / "db"
-    tune(mod, spec, 0, work, progress=False)  # the folder and its metadata; no trial
-    unscheduled = tvm.s_tir.Schedule(task.dispatched[0])
-    unscheduled.get_sblock("acc")  # a trace of one instruction that changes nothing (an empty one is invalid)
-    _commit_record(work, spec, task, unscheduled)
+    mod, task, work = _folder_with_an_unchanged_record(spec, 3, tmp_path)
     result = tune(mod, spec, 1, work, progress=False)  # the record is the one trial asked for: no search
     assert result.trials_run == 0 and result.slower_than_default == (task.task_name,)
     assert result.records_checked == 1 and not result.wrong_integers  # its integers are right, only slow
@@ -445,15 +441,23 @@ def _commit_record(work, spec, task: ms.ExtractedTask, sch: tvm.s_tir.Schedule, 
         ms.arg_info.ArgInfo.from_prim_func(task.dispatched[0]["main"])))
 
 
-def test_a_record_that_does_not_build_is_left_out_without_the_timing(spec, tmp_path, monkeypatch):
-    """With `estimate=False` no record is timed beside its default (where one that fails to build loses): the
-    check lists a record whose kernel does not build, since `compile` would fail on it."""
-    mod, task = _linear_module(5)
+def _folder_with_an_unchanged_record(spec, seed: int, tmp_path: Path) -> tuple[tvm.IRModule, ms.ExtractedTask, Path]:
+    """`_linear_module(seed)`, its task, and a fresh database folder holding one record for the task whose
+    trace leaves the kernel unscheduled (a trace of one instruction that changes nothing: an empty one is
+    invalid), timed at 1 ns."""
+    mod, task = _linear_module(seed)
     work = tmp_path / "db"
-    tune(mod, spec, 0, work, progress=False)
+    tune(mod, spec, 0, work, progress=False)  # the folder and its metadata
     unchanged = tvm.s_tir.Schedule(task.dispatched[0])
     unchanged.get_sblock("acc")
     _commit_record(work, spec, task, unchanged)
+    return mod, task, work
+
+
+def test_a_record_that_does_not_build_is_left_out_without_the_timing(spec, tmp_path, monkeypatch):
+    """With `estimate=False` no record is timed beside its default (where one that fails to build loses): the
+    check lists a record whose kernel does not build, since `compile` would fail on it."""
+    mod, task, work = _folder_with_an_unchanged_record(spec, 5, tmp_path)
 
     def failing_build():
         def build(*_args):
@@ -586,12 +590,7 @@ def test_a_fault_in_the_check_is_raised_not_read_as_the_program_failing(spec, tm
     """The check runs inside the VM's instrument callback, from which a Python exception comes back as a
     RuntimeError; it is raised as itself after the run instead of being reported as the untuned program
     failing, with the records left unchecked."""
-    mod, task = _linear_module(8)
-    work = tmp_path / "db"
-    tune(mod, spec, 0, work, progress=False)
-    unchanged = tvm.s_tir.Schedule(task.dispatched[0])
-    unchanged.get_sblock("acc")
-    _commit_record(work, spec, task, unchanged)
+    mod, _, work = _folder_with_an_unchanged_record(spec, 8, tmp_path)
 
     def broken(*_args):
         raise ZeroDivisionError("a fault in the check")
