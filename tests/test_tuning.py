@@ -584,6 +584,10 @@ def test_one_record_schedules_every_layer_with_its_own_constants(spec, tmp_path)
     tuned = pipeline.build(mod, spec.target, database=open_database(work, spec), tally=tally)
     assert tally["tuned"] == 2
     np.testing.assert_array_equal(_run(tuned, [x]), _run(pipeline.build(mod, spec.target), [x]))
+    meta = json.loads((work / META_FILE).read_text())  # the shared record left out: neither layer takes it
+    (work / META_FILE).write_text(json.dumps({**meta, "default_wins": {tuning.workload_key(task.dispatched[0]): name}}))
+    pipeline.build(mod, spec.target, database=open_database(work, spec), tally=tally)
+    assert tally["tuned"] == 0
 
 
 def test_a_fault_in_the_check_is_raised_not_read_as_the_program_failing(spec, tmp_path, monkeypatch):
