@@ -14,6 +14,7 @@ MetaSchedule's own query replays it on the kernel it was tuned on, which holds a
 from __future__ import annotations
 
 import json
+
 import tvm
 import tvm_ffi
 from tvm.ir.utils import derived_object
@@ -39,8 +40,9 @@ def kernel_module(func: tvm.tirx.PrimFunc) -> tvm.IRModule:
 def workload_key(mod: tvm.IRModule) -> str:
     """The structural hash of `mod` with the integer immediates of its stored values (a requantize
     multiplier, a shift, a clamp bound) set to 0; those of indices, bounds, shapes, types and a reduction's
-    init are kept. Kernels with the same key differ in those constants at most, so one trace schedules them all. Memoized by `mod`'s structural hash: MetaSchedule
-    asks for each measured candidate's workload, and masking a BERT-base kernel takes about 10 ms."""
+    init are kept. Kernels with the same key differ in those constants at most, so one trace schedules them
+    all. Memoized by `mod`'s structural hash: MetaSchedule asks for each measured candidate's workload, and
+    masking a BERT-base kernel takes about 10 ms."""
     shash = tvm_ffi.structural_hash(mod)
     if shash not in _KEYS:
         _KEYS[shash] = _masked_hash(mod)

@@ -332,7 +332,8 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
     for name in _LEFT_OUT:
         lists[name] = old.get(name, {})
         if left_out and name in left_out:
-            kept = lists[name] if name == "wrong_integers" else {k: v for k, v in lists[name].items() if k not in decided}
+            kept = (lists[name] if name == "wrong_integers"
+                    else {k: v for k, v in lists[name].items() if k not in decided})
             lists[name] = kept | left_out[name]
     meta = {"target": _target_record(spec), "tvm": tvm.__version__,
             "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
@@ -730,7 +731,8 @@ def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database
         return _Checked()
     started = time.monotonic()
     by_key = {workload_key(t.dispatched[0]): name for name, t in best.items()}
-    kernels = {gv.name_hint: kernel_module(f) for gv, f in tunable.functions_items() if isinstance(f, tvm.tirx.PrimFunc)}
+    kernels = {gv.name_hint: kernel_module(f) for gv, f in tunable.functions_items()
+               if isinstance(f, tvm.tirx.PrimFunc)}
     symbols = {symbol: name for symbol, kernel in kernels.items() if (name := by_key.get(workload_key(kernel)))}
     device = tvm.cuda(0) if spec.is_gpu else tvm.cpu(0)
     build, wrong, compared, faults = _f_build(), [], Counter(), []
@@ -864,7 +866,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
                                 min(num_trials_per_iter, remaining), callback)
     per_task = _records_per_task(database, tasks)
     total = sum(len(r) for r in per_task.values())
-    best = {t.task_name: (t, m) for t in tasks if (m := _best_scheduled(database, t.dispatched[0], t.target)) is not None}
+    best = {t.task_name: (t, m) for t in tasks
+            if (m := _best_scheduled(database, t.dispatched[0], t.target)) is not None}
     checked = (_check_records(spec, {n: t for n, (t, _) in best.items()}, database, mod, tunable, inputs)
                if check and not unchecked else _Checked(failed=unchecked))
     duel = _head_to_head(run, {n: b for n, b in best.items() if n not in checked.wrong}) if estimate else {}
@@ -879,7 +882,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     applied = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
     return TuningResult(
-        target=spec.name, work_dir=folder, tasks=weights, kernels=len(kernels), trials_run=tally.trials, trials_total=total,
+        target=spec.name, work_dir=folder, tasks=weights, kernels=len(kernels), trials_run=tally.trials,
+        trials_total=total,
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
         latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, applied),
         slower_than_default=tuple(t.task_name for t in slower), wrong_integers=checked.wrong,

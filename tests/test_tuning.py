@@ -72,9 +72,7 @@ def test_tune_writes_a_database_with_its_metadata(model, tuned, spec, report):
     assert result.latency_before_ms > 0 and result.latency_after_ms > 0
     # a round gives one task up to PER_ITER trials, the heaviest first: the others are named as not reached
     records = tuning._records_per_task(open_database(work, spec, keep_slower=True),
-                                       ms.relax_integration.extract_tasks(
-                                           pipeline.tunable_module(model.program(BATCH, SEQ), spec.target),
-                                           tuning._tuning_target(spec.target)))
+                                       _kernels(model.program(BATCH, SEQ), spec.target))
     assert 0 < len(result.untried) < len(result.tasks) - len(result.untunable)
     assert all(not records[name] for name in result.untried) and not set(result.untried) & set(result.untunable)
     assert "no trial yet for" in str(result) and result.untried[0] in str(result)
@@ -427,11 +425,13 @@ def _linear_module(seed: int) -> tuple[tvm.IRModule, ms.ExtractedTask]:
     weight, bias = rng.integers(-127, 128, (256, 256)).astype(np.int8), rng.integers(-1000, 1000, (256,))
     mod = single_op_module(lambda x: ops.requantize(ops.linear(x, weight, bias.astype(np.int32)), 1 << 30, 40),
                            {"x": np.zeros((1, 64, 256), np.int8)})
-    target = resolve_target("llvm").target
-    [task] = [t for t in ms.relax_integration.extract_tasks(pipeline.tunable_module(mod, target),
-                                                            tuning._tuning_target(target))
-              if "linear" in t.task_name]
+    [task] = [t for t in _kernels(mod, resolve_target("llvm").target) if "linear" in t.task_name]
     return mod, task
+
+
+def _kernels(mod: tvm.IRModule, target: tvm.target.Target) -> list[ms.ExtractedTask]:
+    """The program's kernels as `tune` extracts them, one task each (before `_shared_tasks` groups them)."""
+    return ms.relax_integration.extract_tasks(pipeline.tunable_module(mod, target), tuning._tuning_target(target))
 
 
 def _commit_record(work, spec, task: ms.ExtractedTask, sch: tvm.s_tir.Schedule, secs: float = 1e-9) -> None:
@@ -546,18 +546,14 @@ def _two_layers() -> tvm.IRModule:
 
 def test_workload_key_ignores_only_the_constants_of_stored_values(spec):
     """Kernels that differ in their requantize constants share a key; a kernel of another shape does not."""
-    kernels = ms.relax_integration.extract_tasks(pipeline.tunable_module(_two_layers(), spec.target),
-                                                 tuning._tuning_target(spec.target))
-    linears = [k.dispatched[0] for k in kernels if "linear" in k.task_name]
+    linears = [k.dispatched[0] for k in _kernels(_two_layers(), spec.target) if "linear" in k.task_name]
     assert len(linears) == 2 and not tvm_ffi.structural_equal(linears[0], linears[1])
     assert tuning.workload_key(linears[0]) == tuning.workload_key(linears[1])
     _, other = _linear_module(1)  # K = N = 256 as well, rows 64: the same shape, other constants (1 << 30, 40)
     assert tuning.workload_key(other.dispatched[0]) == tuning.workload_key(linears[0])
     narrower = single_op_module(lambda x: ops.requantize(ops.linear(x, np.ones((128, 256), np.int8)), 1 << 30, 40),
                                 {"x": np.zeros((1, 64, 256), np.int8)})
-    [kernel] = [k for k in ms.relax_integration.extract_tasks(pipeline.tunable_module(narrower, spec.target),
-                                                              tuning._tuning_target(spec.target))
-                if "linear" in k.task_name]
+    [kernel] = [k for k in _kernels(narrower, spec.target) if "linear" in k.task_name]
     assert tuning.workload_key(kernel.dispatched[0]) != tuning.workload_key(linears[0])
 
 
@@ -571,8 +567,7 @@ def test_one_record_schedules_every_layer_with_its_own_constants(spec, tmp_path)
     result = tune(mod, spec, 0, work, progress=False, estimate=False)
     [(name, weight)] = [(n, w) for n, w in result.tasks.items() if "linear" in n]
     assert weight == 2 and result.kernels == len(result.tasks) + 1
-    [task] = [t for t in tuning._shared_tasks(ms.relax_integration.extract_tasks(
-        pipeline.tunable_module(mod, spec.target), tuning._tuning_target(spec.target))) if t.task_name == name]
+    [task] = [t for t in tuning._shared_tasks(_kernels(mod, spec.target)) if t.task_name == name]
     sch = tvm.s_tir.Schedule(task.dispatched[0])
     sch.split(sch.get_loops(sch.get_sblock("acc"))[-1], [None, 16])
     _commit_record(work, spec, task, sch)
