@@ -129,7 +129,7 @@ def _tune(args: argparse.Namespace) -> int:
         host, port, key = args.rpc.rsplit(":", 2)
         rpc = (host, int(port), key)
     result = tune(_quantize(args), args.target, trials=args.trials, work_dir=args.work_dir, batch=args.batch,
-                  seq=args.seq, rpc=rpc)
+                  seq=args.seq, rpc=rpc, check_only=args.check_only)
     print(result)
     return 0
 
@@ -291,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--batch", type=int, default=1, help="batch size of the tuned shape")
     tune.add_argument("--seq", type=int, default=128, help="sequence length of the tuned shape")
     tune.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on devices of a TVM RPC tracker")
+    tune.add_argument("--check-only", action="store_true", help="no search: run the --work-dir database's records "
+                      "on this model's kernels (another model or calibration of the tuned shapes) and leave out, "
+                      "for every later compile, those that write other integers than the untuned program")
     tune.set_defaults(func=_tune)
 
     run = sub.add_parser("run", help="run an artifact on sentences or token ids",

@@ -111,6 +111,9 @@ class TuningResult:
     kernels_checked: int = 0  # kernels run with their task's best record (each task's, every layer's)
     unchecked: str = ""  # why no best record was checked ("" where they were, or with `check=False`)
     seconds: float = 0.0
+    check_only: bool = False  # no search and no timing: the folder's records checked on this program's kernels
+    recorded: tuple[str, ...] = ()  # tasks with a best record in the folder
+    applied: tuple[str, ...] = ()  # ... of which `compile` applies (not left out by this or an earlier call)
 
     @property
     def failed(self) -> int:
@@ -123,11 +126,17 @@ class TuningResult:
         return self.failed / self.trials_run if self.trials_run else 0.0
 
     def __str__(self) -> str:
-        lines = [f"tuned {len(self.tasks)} tasks ({self.kernels} kernels; a task stands for those that differ only in "
-                 f"their constants) for {self.target}: {self.trials_run} trials in this call, "
-                 f"{self.trials_total} in {self.work_dir} ({self.seconds:.0f} s)",
-                 f"failed candidates: {self.failed} ({self.failed_share:.0%}; {self.build_errors} build, "
-                 f"{self.run_errors} run errors)"]
+        tasks = (f"{len(self.tasks)} tasks ({self.kernels} kernels; a task stands for those that differ only in "
+                 f"their constants) for {self.target}")
+        if self.check_only:
+            lines = [f"checked the records of {self.work_dir} on {tasks} ({self.seconds:.0f} s): "
+                     f"{len(self.recorded)} have a best record ({self.trials_total} trials), of which compile "
+                     f"applies {len(self.applied)}; the rest keep their default schedule"]
+        else:
+            lines = [f"tuned {tasks}: {self.trials_run} trials in this call, {self.trials_total} in {self.work_dir} "
+                     f"({self.seconds:.0f} s)",
+                     f"failed candidates: {self.failed} ({self.failed_share:.0%}; {self.build_errors} build, "
+                     f"{self.run_errors} run errors)"]
         lines += [f"  {n} x {message}" for message, n in sorted(self.errors.items(), key=lambda kv: -kv[1])]
         reasons: dict[str, list[str]] = {}  # one line per reason: BERT-base's 12 Softmax tasks share theirs
         for name, why in self.untunable.items():
@@ -824,7 +833,8 @@ def _scheduler_log(folder: Path) -> Iterator[None]:
 def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials: int, work_dir: str | Path, *,
          batch: int = 1, seq: int = 128, rpc: tuple[str, int, str] | None = None, progress: bool = True,
          max_trials_per_task: int | None = None, num_trials_per_iter: int = 64, estimate: bool = True,
-         check: bool = True, check_inputs: Sequence[np.ndarray] | None = None) -> TuningResult:
+         check: bool = True, check_inputs: Sequence[np.ndarray] | None = None, check_only: bool = False
+         ) -> TuningResult:
     """Tune the integer program of `model` (at `batch` x `seq`, or an IRModule as given) for `target` until
     `work_dir`'s database holds `trials` trials of its tasks, earlier calls included.
 
@@ -835,15 +845,22 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     `check` runs each task's best record on the arguments that the untuned program passes its kernels for
     `check_inputs` (default: `record_check.sample_inputs`) where the target runs here, and leaves out those
     that write other integers (`record_check`).
+    `check_only` runs no search and times nothing (`trials` and `estimate` are ignored): it checks an existing
+    folder's records on this program's kernels, as before compiling another model or calibration of the same
+    shapes with it; a TuningLogError without a database there, a ValueError where the check cannot run.
     """
     started = time.monotonic()
     spec, folder = resolve_target(target), Path(work_dir)
     mod = _program(model, batch, seq)
+    if check_only:
+        trials, estimate, check = 0, False, True
     inputs = None
     if check:
         inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
     unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
-    database = _database_for_tuning(folder, spec)
+    if check_only and unchecked:
+        raise ValueError(f"cannot check the records of {folder}: {unchecked}")
+    database = open_database(folder, spec, keep_slower=True) if check_only else _database_for_tuning(folder, spec)
     tunable = pipeline.tunable_module(mod, spec.target)
     kernels = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
     tasks = _shared_tasks(kernels)
@@ -878,6 +895,7 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     if check and not checked.failed:
         left_out["wrong_integers"] = {keys[name]: name for name in checked.wrong}
     _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out)
+    left_out_keys = {key for name in _LEFT_OUT for key in _read_meta(folder).get(name, {})}
     slower_names = {t.task_name for t in slower}
     applied = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
@@ -889,7 +907,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
         slower_than_default=tuple(t.task_name for t in slower), wrong_integers=checked.wrong,
         records_checked=checked.compared, not_checked=checked.not_called, unchecked=checked.failed,
         check_seconds=checked.seconds, kernels_checked=checked.kernels,
-        seconds=time.monotonic() - started,
+        seconds=time.monotonic() - started, check_only=check_only, recorded=tuple(best),
+        applied=tuple(name for name in best if keys[name] not in left_out_keys),
         untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
 
 

@@ -34,9 +34,9 @@ class ApplyTuningRecords:
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
                 tuned = self.database.query_ir_module(kernel_module(func), self.target, gv.name_hint)
-                if tuned is not None:  # the kernel's own attributes over those of the scheduled one
-                    scheduled[gv] = tuned["main"].with_attrs(dict(func.attrs or {})).with_attr(
-                        "tirx.is_scheduled", True)
+                if tuned is not None:  # the kernel's own attributes, not the `main` symbol of the record's module
+                    scheduled[gv] = tuned["main"].without_attr("global_symbol").with_attrs(
+                        dict(func.attrs or {})).with_attr("tirx.is_scheduled", True)
         if not scheduled:
             return mod
         out = tvm.IRModule(dict(mod.functions_items()), mod.attrs, mod.global_infos)

@@ -164,3 +164,16 @@ def test_eval_scores_a_labelled_csv(tmp_path):
     assert "prediction agreement" in proc.stdout
     (tmp_path / "bad.csv").write_text("text,label\nfine,happy\n", encoding="utf-8")
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "'happy' is not one of")
+
+
+def test_tune_check_only_checks_an_existing_database(model_dir, tmp_path):
+    """`tune --check-only` runs no search on a folder `tune` made and says what `compile` would apply; on a
+    folder that holds no database it is a one-line error."""
+    model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"), "--seq", "16")
+    assert_one_line_error(cli("tune", *model, "--check-only", "--work-dir", str(tmp_path / "none")),
+                          "no tuning database at")
+    assert cli("tune", *model, "--trials", "0", "--work-dir", str(tmp_path / "db")).returncode == 0
+    proc = cli("tune", *model, "--check-only", "--work-dir", str(tmp_path / "db"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"checked the records of {tmp_path / 'db'} on " in proc.stdout and "compile applies 0" in proc.stdout
+    assert "trials in this call" not in proc.stdout

@@ -343,6 +343,13 @@ def test_a_record_that_loses_beside_the_default_is_not_applied(spec, tmp_path):
     assert tuning.workload_key(task.dispatched[0]) in json.loads((work / META_FILE).read_text())["default_wins"]
 
 
+def _narrowed(task: ms.ExtractedTask) -> tvm.s_tir.Schedule:
+    """The GEMM's int32 accumulator narrowed to int16: wrong wherever a 256-term dot product leaves int16."""
+    sch = tvm.s_tir.Schedule(task.dispatched[0])
+    sch.unsafe_set_dtype("acc", 0, "int16")
+    return sch
+
+
 def test_a_record_that_writes_other_integers_is_never_applied(spec, tmp_path):
     """A record whose trace narrows the GEMM's int32 accumulator to int16 (256-term int8 dot products overflow
     it) is caught by running it on the arguments the untuned program passed its kernel: listed in the summary
@@ -350,9 +357,7 @@ def test_a_record_that_writes_other_integers_is_never_applied(spec, tmp_path):
     mod, task = _linear_module(4)
     work = tmp_path / "db"
     tune(mod, spec, 0, work, progress=False)
-    narrowed = tvm.s_tir.Schedule(task.dispatched[0])
-    narrowed.unsafe_set_dtype("acc", 0, "int16")
-    _commit_record(work, spec, task, narrowed)
+    _commit_record(work, spec, task, _narrowed(task))
     result = tune(mod, spec, 1, work, progress=False, estimate=False)
     assert result.wrong_integers == (task.task_name,) and result.records_checked == 1 and not result.unchecked
     assert 0 < result.check_seconds < result.seconds
@@ -369,6 +374,38 @@ def test_a_record_that_writes_other_integers_is_never_applied(spec, tmp_path):
     # what the check caught is real: the record as it is on disk does change the integers
     applied = pipeline.build(mod, spec.target, database=open_database(work, spec, keep_slower=True))
     assert not np.array_equal(_run(applied, [x]), untuned)
+
+
+def test_check_only_leaves_out_a_record_that_is_wrong_for_another_model(spec, tmp_path):
+    """A record that writes the right integers for the model it was tuned on (weights in [-1, 1]: its int16
+    accumulator never overflows there) is checked with `check_only` on another model of the same shapes
+    (full-range weights, where it does): no search and no timing, the record listed and left out of every
+    later compile, so the second model keeps its untuned integers."""
+    small, task = _linear_module(9, high=2)
+    work = tmp_path / "db"
+    tune(small, spec, 0, work, progress=False)
+    _commit_record(work, spec, task, _narrowed(task))
+    first = tune(small, spec, 1, work, progress=False, estimate=False)
+    assert first.records_checked == 1 and not first.wrong_integers and first.applied == (task.task_name,)
+    full, other = _linear_module(9)
+    assert tuning.workload_key(other.dispatched[0]) == tuning.workload_key(task.dispatched[0])
+    checked = tune(full, spec, 500, work, progress=False, check_only=True)
+    assert checked.trials_run == 0 and checked.latency_before_ms is None  # no search, nothing timed
+    assert checked.wrong_integers == (task.task_name,) and checked.recorded == (task.task_name,)
+    assert checked.applied == () and "have a best record (1 trials), of which compile applies 0" in str(checked)
+    x = np.random.default_rng(3).integers(-128, 128, (1, 64, 256)).astype(np.int8)
+    tally: dict[str, int] = {}
+    tuned = pipeline.build(full, spec.target, database=open_database(work, spec), tally=tally)
+    assert tally["tuned"] == 0
+    np.testing.assert_array_equal(_run(tuned, [x]), _run(pipeline.build(full, spec.target), [x]))
+
+
+def test_check_only_needs_a_database_and_inputs(model, spec, tmp_path):
+    with pytest.raises(TuningLogError, match="no tuning database at .*missing"):
+        tune(model, spec, 0, tmp_path / "missing", batch=BATCH, seq=SEQ, progress=False, check_only=True)
+    with pytest.raises(ValueError, match="cannot check the records of .*: no inputs for the program"):
+        tune(model.program(BATCH, SEQ), spec, 0, tmp_path, progress=False, check_only=True)
+    assert not (tmp_path / "missing").exists()
 
 
 def test_records_are_not_checked_without_inputs_for_the_program(model, spec, tmp_path):
@@ -419,10 +456,11 @@ def test_tuning_space_keeps_the_square_root_stages(spec):
     assert designs and all(all(stage in d.mod.script() for stage in stages) for d in designs)
 
 
-def _linear_module(seed: int) -> tuple[tvm.IRModule, ms.ExtractedTask]:
-    """main(x int8 [1, 64, 256]) = requantize(linear(x)) with seeded weights, and its GEMM task for the host."""
+def _linear_module(seed: int, high: int = 128) -> tuple[tvm.IRModule, ms.ExtractedTask]:
+    """main(x int8 [1, 64, 256]) = requantize(linear(x)) with seeded weights in (-high, high), and its GEMM
+    task for the host."""
     rng = np.random.default_rng(seed)
-    weight, bias = rng.integers(-127, 128, (256, 256)).astype(np.int8), rng.integers(-1000, 1000, (256,))
+    weight, bias = rng.integers(1 - high, high, (256, 256)).astype(np.int8), rng.integers(-1000, 1000, (256,))
     mod = single_op_module(lambda x: ops.requantize(ops.linear(x, weight, bias.astype(np.int32)), 1 << 30, 40),
                            {"x": np.zeros((1, 64, 256), np.int8)})
     [task] = [t for t in _kernels(mod, resolve_target("llvm").target) if "linear" in t.task_name]
@@ -583,6 +621,20 @@ def test_one_record_schedules_every_layer_with_its_own_constants(spec, tmp_path)
     (work / META_FILE).write_text(json.dumps({**meta, "default_wins": {tuning.workload_key(task.dispatched[0]): name}}))
     pipeline.build(mod, spec.target, database=open_database(work, spec), tally=tally)
     assert tally["tuned"] == 0
+
+
+def test_applying_records_keeps_the_module_s_global_infos_and_kernel_attributes(spec, tmp_path):
+    """`ApplyTuningRecords` swaps in the scheduled kernel and leaves the rest of the module as it was: its
+    global infos (a VDevice, as a Relax program that places tensors carries) and the kernel's attributes, with
+    none of the record's one-kernel module (its `main` symbol) added but `tirx.is_scheduled`."""
+    mod, task, work = _folder_with_an_unchanged_record(spec, 10, tmp_path)
+    tunable = pipeline.tunable_module(mod, spec.target)
+    tunable.update_global_info("vdevice", [relax.VDevice(spec.target, 0, "global")])
+    [gv] = [gv for gv, f in tunable.functions_items() if "linear" in gv.name_hint]
+    out = ApplyTuningRecords(open_database(work, spec, keep_slower=True), spec.target)(tunable)
+    assert out[gv].attrs["tirx.is_scheduled"] and not tunable[gv].attrs.get("tirx.is_scheduled", False)
+    assert {k: v for k, v in out[gv].attrs.items() if k != "tirx.is_scheduled"} == dict(tunable[gv].attrs)
+    assert tvm_ffi.structural_equal(out.global_infos, tunable.global_infos) and "vdevice" in out.global_infos
 
 
 def test_a_fault_in_the_check_is_raised_not_read_as_the_program_failing(spec, tmp_path, monkeypatch):
