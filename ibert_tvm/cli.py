@@ -122,8 +122,10 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .tuning import tune
+    from .tuning import open_database, tune
 
+    if args.check_only:  # a folder without a usable database is refused before calibrating
+        open_database(args.work_dir, args.target, keep_slower=True)
     rpc = None
     if args.rpc:
         host, port, key = args.rpc.rsplit(":", 2)
