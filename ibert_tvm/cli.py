@@ -122,14 +122,14 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .tuning import open_database, tune
+    from .tuning import database_to_check, tune
 
-    if args.check_only:  # a folder without a usable database is refused before calibrating
-        open_database(args.work_dir, args.target, keep_slower=True)
     rpc = None
     if args.rpc:
         host, port, key = args.rpc.rsplit(":", 2)
         rpc = (host, int(port), key)
+    if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
+        database_to_check(args.work_dir, args.target, rpc)
     result = tune(_quantize(args), args.target, trials=args.trials, work_dir=args.work_dir, batch=args.batch,
                   seq=args.seq, rpc=rpc, check_only=args.check_only)
     print(result)

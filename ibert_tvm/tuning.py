@@ -113,7 +113,14 @@ class TuningResult:
     seconds: float = 0.0
     check_only: bool = False  # no search and no timing: the folder's records checked on this program's kernels
     recorded: tuple[str, ...] = ()  # tasks with a best record in the folder
-    applied: tuple[str, ...] = ()  # ... of which `compile` applies (not left out by this or an earlier call)
+    left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per `_LEFT_OUT` list, the recorded tasks
+    # it names, earlier calls' entries included: `compile` applies none of their records
+
+    @property
+    def applied(self) -> tuple[str, ...]:
+        """The recorded tasks whose best record `compile` applies."""
+        out = {name for names in self.left_out.values() for name in names}
+        return tuple(name for name in self.recorded if name not in out)
 
     @property
     def failed(self) -> int:
@@ -129,9 +136,14 @@ class TuningResult:
         tasks = (f"{len(self.tasks)} tasks ({self.kernels} kernels; a task stands for those that differ only in "
                  f"their constants) for {self.target}")
         if self.check_only:
+            why = {"default_wins": "slower than the default schedule", "wrong_integers": "write other integers"}
+            out = ", ".join(f"{len(names)} {why[name]}" for name, names in self.left_out.items() if names)
             lines = [f"checked the records of {self.work_dir} on {tasks} ({self.seconds:.0f} s): "
                      f"{len(self.recorded)} have a best record ({self.trials_total} trials), of which compile "
-                     f"applies {len(self.applied)}; the rest keep their default schedule"]
+                     f"applies {len(self.applied)}{f' (left out: {out})' if out else ''}; the rest keep their "
+                     "default schedule"
+                     + ("" if self.recorded else ". None of this program's kernel shapes has a record there "
+                        "(another batch x seq or architecture?)")]
         else:
             lines = [f"tuned {tasks}: {self.trials_run} trials in this call, {self.trials_total} in {self.work_dir} "
                      f"({self.seconds:.0f} s)",
@@ -349,6 +361,17 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
             "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "format": _FORMAT, **lists}
+    _save_meta(folder, meta)
+
+
+def _add_wrong_integers(folder: Path, wrong: dict[str, str]) -> None:
+    """Add kernel shapes (workload key -> task name) to the folder's `wrong_integers`, changing nothing else:
+    a check-only call tuned nothing, so the trials, shapes, hardware and date stay those of the tuning."""
+    meta = _read_meta(folder)
+    _save_meta(folder, {**meta, "wrong_integers": meta.get("wrong_integers", {}) | wrong})
+
+
+def _save_meta(folder: Path, meta: dict[str, Any]) -> None:
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
@@ -695,12 +718,30 @@ def _head_to_head(run: _Run, best: dict[str, tuple[ms.ExtractedTask, tvm.IRModul
             if d is not None}
 
 
+def _runs_elsewhere(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
+    """Why the target's kernels do not run on this machine ("" where they do): RPC, or cross-compiled."""
+    if rpc is not None or spec.cross_compiler is not None:
+        return "the target runs elsewhere (RPC or cross-compiled), and the untuned program runs here only"
+    return ""
+
+
+def database_to_check(work_dir: str | Path, target: str | TargetSpec, rpc: tuple[str, int, str] | None = None
+                      ) -> SharedDatabase:
+    """The database that `tune(..., check_only=True)` checks: a TuningLogError where `work_dir` holds none
+    usable for `target`, a ValueError where the records cannot run here. Cheap: the CLI asks before
+    calibrating."""
+    spec, folder = resolve_target(target), Path(work_dir)
+    if why := _runs_elsewhere(spec, rpc):
+        raise ValueError(f"cannot check the records of {folder}: {why}")
+    return open_database(folder, spec, keep_slower=True)
+
+
 def _check_plan(spec: TargetSpec, rpc: tuple[str, int, str] | None, mod: tvm.IRModule,
                 inputs: Sequence[np.ndarray] | None) -> str:
     """Why `tune` cannot check the best records against the untuned program here ("" where it can); a
     ValueError for `check_inputs` that do not fit the program's `main`."""
-    if rpc is not None or spec.cross_compiler is not None:
-        return "the target runs elsewhere (RPC or cross-compiled), and the untuned program runs here only"
+    if why := _runs_elsewhere(spec, rpc):
+        return why
     if "main" not in mod:
         return "the program has no `main` function to run"
     params = [p.ty for p in mod["main"].params]
@@ -845,12 +886,15 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     `check` runs each task's best record on the arguments that the untuned program passes its kernels for
     `check_inputs` (default: `record_check.sample_inputs`) where the target runs here, and leaves out those
     that write other integers (`record_check`).
-    `check_only` runs no search and times nothing (`trials` and `estimate` are ignored): it checks an existing
-    folder's records on this program's kernels, as before compiling another model or calibration of the same
-    shapes with it; a TuningLogError without a database there, a ValueError where the check cannot run.
+    `check_only` runs no search and times nothing: it checks an existing folder's records on this program's
+    kernels, as before compiling another model or calibration of the same shapes with it, and adds those that
+    write other integers to the folder's `wrong_integers` (nothing else in its metadata changes). `trials`,
+    `estimate`, `check`, `max_trials_per_task` and `num_trials_per_iter` are then ignored. A TuningLogError
+    without a usable database there, a ValueError where the check cannot run (`database_to_check`) or did not.
     """
     started = time.monotonic()
     spec, folder = resolve_target(target), Path(work_dir)
+    database = database_to_check(folder, spec, rpc) if check_only else None
     mod = _program(model, batch, seq)
     if check_only:
         trials, estimate, check = 0, False, True
@@ -860,13 +904,15 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
     if check_only and unchecked:
         raise ValueError(f"cannot check the records of {folder}: {unchecked}")
-    database = open_database(folder, spec, keep_slower=True) if check_only else _database_for_tuning(folder, spec)
+    if database is None:
+        database = _database_for_tuning(folder, spec)
     tunable = pipeline.tunable_module(mod, spec.target)
     kernels = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
     tasks = _shared_tasks(kernels)
     records = _records_per_task(database, tasks)
     done = {name: len(r) for name, r in records.items()}
-    _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))  # a valid folder if stopped
+    if not check_only:  # a valid folder if stopped
+        _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))
     todo = [t for t in tasks if max_trials_per_task is None or done[t.task_name] < max_trials_per_task]
     remaining = trials - sum(done.values())
     searched = bool(remaining > 0 and todo)  # only a search tells the untunable tasks from the untried ones
@@ -887,6 +933,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
             if (m := _best_scheduled(database, t.dispatched[0], t.target)) is not None}
     checked = (_check_records(spec, {n: t for n, (t, _) in best.items()}, database, mod, tunable, inputs)
                if check and not unchecked else _Checked(failed=unchecked))
+    if check_only and checked.failed:
+        raise ValueError(f"cannot check the records of {folder}: {checked.failed}")
     duel = _head_to_head(run, {n: b for n, b in best.items() if n not in checked.wrong}) if estimate else {}
     default.update({name: d for name, (d, _) in duel.items()})
     slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
@@ -894,21 +942,24 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     left_out = {"default_wins": {keys[t.task_name]: t.task_name for t in slower}} if estimate else {}
     if check and not checked.failed:
         left_out["wrong_integers"] = {keys[name]: name for name in checked.wrong}
-    _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out)
-    left_out_keys = {key for name in _LEFT_OUT for key in _read_meta(folder).get(name, {})}
+    if check_only:
+        _add_wrong_integers(folder, left_out["wrong_integers"])
+    else:
+        _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out)
+    meta = _read_meta(folder)
     slower_names = {t.task_name for t in slower}
-    applied = {n: r for n, (_, r) in duel.items() if n not in slower_names}
+    won = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
     return TuningResult(
         target=spec.name, work_dir=folder, tasks=weights, kernels=len(kernels), trials_run=tally.trials,
         trials_total=total,
         build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
-        latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, applied),
+        latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, won),
         slower_than_default=tuple(t.task_name for t in slower), wrong_integers=checked.wrong,
         records_checked=checked.compared, not_checked=checked.not_called, unchecked=checked.failed,
         check_seconds=checked.seconds, kernels_checked=checked.kernels,
         seconds=time.monotonic() - started, check_only=check_only, recorded=tuple(best),
-        applied=tuple(name for name in best if keys[name] not in left_out_keys),
+        left_out={name: tuple(n for n in best if keys[n] in meta.get(name, {})) for name in _LEFT_OUT},
         untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
 
 

@@ -378,21 +378,29 @@ def test_a_record_that_writes_other_integers_is_never_applied(spec, tmp_path):
 
 def test_check_only_leaves_out_a_record_that_is_wrong_for_another_model(spec, tmp_path):
     """A record that writes the right integers for the model it was tuned on (weights in [-1, 1]: its int16
-    accumulator never overflows there) is checked with `check_only` on another model of the same shapes
-    (full-range weights, where it does): no search and no timing, the record listed and left out of every
-    later compile, so the second model keeps its untuned integers."""
+    accumulator does not overflow on the sampled inputs) is checked with `check_only` on another model of the
+    same shapes (full-range weights, where it does): no search and no timing, the record listed and left out
+    of every later compile, so the second model keeps its untuned integers; of the folder's metadata only
+    `wrong_integers` changes."""
     small, task = _linear_module(9, high=2)
     work = tmp_path / "db"
     tune(small, spec, 0, work, progress=False)
     _commit_record(work, spec, task, _narrowed(task))
     first = tune(small, spec, 1, work, progress=False, estimate=False)
     assert first.records_checked == 1 and not first.wrong_integers and first.applied == (task.task_name,)
+    again = tune(small, spec, 0, work, progress=False, check_only=True)
+    assert again.check_only and again.applied == (task.task_name,) and "compile applies 1;" in str(again)
     full, other = _linear_module(9)
     assert tuning.workload_key(other.dispatched[0]) == tuning.workload_key(task.dispatched[0])
+    meta = json.loads((work / META_FILE).read_text())
     checked = tune(full, spec, 500, work, progress=False, check_only=True)
     assert checked.trials_run == 0 and checked.latency_before_ms is None  # no search, nothing timed
     assert checked.wrong_integers == (task.task_name,) and checked.recorded == (task.task_name,)
-    assert checked.applied == () and "have a best record (1 trials), of which compile applies 0" in str(checked)
+    assert checked.applied == () and ("have a best record (1 trials), of which compile applies 0 (left out: 1 "
+                                      "write other integers)") in str(checked)
+    after = json.loads((work / META_FILE).read_text())
+    assert after.pop("wrong_integers") == {tuning.workload_key(task.dispatched[0]): task.task_name}
+    assert after == {k: v for k, v in meta.items() if k != "wrong_integers"}
     x = np.random.default_rng(3).integers(-128, 128, (1, 64, 256)).astype(np.int8)
     tally: dict[str, int] = {}
     tuned = pipeline.build(full, spec.target, database=open_database(work, spec), tally=tally)
@@ -401,11 +409,31 @@ def test_check_only_leaves_out_a_record_that_is_wrong_for_another_model(spec, tm
 
 
 def test_check_only_needs_a_database_and_inputs(model, spec, tmp_path):
+    """Refused by name: no database in the folder, records that would run elsewhere (before the folder is
+    read), a program without inputs to run it on."""
     with pytest.raises(TuningLogError, match="no tuning database at .*missing"):
         tune(model, spec, 0, tmp_path / "missing", batch=BATCH, seq=SEQ, progress=False, check_only=True)
+    with pytest.raises(ValueError, match="cannot check the records of .*: the target runs elsewhere"):
+        tune(model, spec, 0, tmp_path / "missing", rpc=("127.0.0.1", 9190, "board"), check_only=True)
+    program = model.program(BATCH, SEQ)
+    tune(program, spec, 0, tmp_path / "db", progress=False, estimate=False, check=False)
     with pytest.raises(ValueError, match="cannot check the records of .*: no inputs for the program"):
-        tune(model.program(BATCH, SEQ), spec, 0, tmp_path, progress=False, check_only=True)
+        tune(program, spec, 0, tmp_path / "db", progress=False, check_only=True)
     assert not (tmp_path / "missing").exists()
+
+
+def test_a_check_only_call_that_could_not_run_the_program_is_an_error(spec, tmp_path, monkeypatch):
+    """Checking was the call's only job: where the untuned program fails on the inputs, it raises instead of
+    summing up a check that did not happen."""
+    mod, _, work = _folder_with_an_unchanged_record(spec, 11, tmp_path)
+
+    def failing(*_args):
+        raise RuntimeError("the VM stopped")
+
+    monkeypatch.setattr(tuning.record_check, "visit_kernel_calls", failing)
+    with pytest.raises(ValueError, match="cannot check the records of .*: the untuned program did not run on the "
+                                         "inputs: the VM stopped"):
+        tune(mod, spec, 0, work, progress=False, check_only=True)
 
 
 def test_records_are_not_checked_without_inputs_for_the_program(model, spec, tmp_path):
