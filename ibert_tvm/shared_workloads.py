@@ -17,17 +17,18 @@ import json
 
 import tvm
 import tvm_ffi
+from tvm import te
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
 
-__all__ = ["FAILED_SECS", "SharedDatabase", "kernel_module", "mean_secs", "workload_key"]
+__all__ = ["FAILED_SECS", "SharedDatabase", "kernel_module", "key_scheme", "mean_secs", "workload_key"]
 
 #: MetaSchedule records a failed candidate (build or run error) with this run time.
 FAILED_SECS = 1e10
 #: Fields below which every immediate is structure (an index, a bound, a shape or a type), even inside a
-#: value. Changing what is masked changes every key, and so the metadata's lists: bump `tuning._FORMAT` with it.
+#: value. Changing what is masked changes every key, and so `key_scheme`, which databases record.
 _STRUCTURE_FIELDS = frozenset({"indices", "source", "buffer", "region", "ty", "min", "extent", "dom"})
 _LEAVES = frozenset({"int", "float", "bool", "None", "ffi.String"})
 
@@ -50,6 +51,17 @@ def workload_key(mod: tvm.IRModule) -> str:
 
 
 _KEYS: dict[int, str] = {}
+
+
+def key_scheme() -> str:
+    """A fingerprint of `workload_key` itself: the key of a fixed kernel with immediates in its stored values
+    (masked), its indices and bounds (kept) and a reduction's init (kept). A tuning database records it; one
+    filed under another scheme (what a key masks changed since) would serve records to the wrong kernels."""
+    a = te.placeholder((8, 6), "int32", name="a")
+    k = te.reduce_axis((0, 4), name="k")
+    acc = te.compute((8,), lambda i: te.sum(a[i, k + 2] * 3, axis=k), name="acc")
+    out = te.compute((8,), lambda i: (acc[i] + 7) >> 2, name="out")
+    return workload_key(kernel_module(te.create_prim_func([a, out])))
 
 
 def _masked_hash(mod: tvm.IRModule) -> str:

@@ -50,7 +50,7 @@ from tvm.target import Target
 from . import record_check
 from .relay_passes import pipeline
 from .schedules import schedules_for
-from .shared_workloads import FAILED_SECS, SharedDatabase, kernel_module, mean_secs, workload_key
+from .shared_workloads import FAILED_SECS, SharedDatabase, kernel_module, key_scheme, mean_secs, workload_key
 from .targets import HOST_TARGETS, TargetSpec, resolve_target
 from .threads import physical_cores
 
@@ -248,8 +248,11 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
         raise TuningLogError(f"tuning database {folder} was made for target '{made_for.get('name')}' "
                              f"({made_for['target']}), not for '{spec.name}' ({spec.target})")
     made = meta.get("format", 1)
-    if made != _FORMAT:
-        why = _OLDER_FORMATS.get(made, f"format {made}, which this ibert-tvm does not know")
+    why = _OLDER_FORMATS.get(made, f"format {made}, which this ibert-tvm does not know") if made != _FORMAT else ""
+    if not why and meta.get("key_scheme") != key_scheme():
+        why = ("its records are filed under workload keys that this ibert-tvm computes otherwise (what a key "
+               "masks changed)" if "key_scheme" in meta else "its workload keys' scheme is not recorded")
+    if why:
         raise TuningLogError(f"tuning database {folder} was made by another ibert-tvm ({why}): re-tune into a new "
                              "folder")
     if meta["tvm"] != tvm.__version__:
@@ -360,7 +363,7 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
             "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
             "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "format": _FORMAT, **lists}
+            "format": _FORMAT, "key_scheme": key_scheme(), **lists}
     _save_meta(folder, meta)
 
 

@@ -1,15 +1,18 @@
 """`shared_workloads.workload_key`: kernels that differ only in the integer constants of their stored values
-share a key (and so a tuning record); a difference in an index, a bound, a shape or a dtype does not."""
+share a key (and so a tuning record); a difference in an index, a bound, a shape or a dtype does not; and
+`key_scheme`, the fingerprint of the key itself that databases record."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 import tvm
 import tvm_ffi
 from tvm.script import tirx as T
 
-from ibert_tvm.shared_workloads import _masked_hash, kernel_module, workload_key
+from ibert_tvm import shared_workloads
+from ibert_tvm.shared_workloads import _masked_hash, kernel_module, key_scheme, workload_key
 
 
 def _scaled(multiplier: int, shift: int, offset: int = 0, rows: int = 16) -> tvm.IRModule:
@@ -83,3 +86,17 @@ def test_the_key_is_the_same_however_the_graph_shares_its_immediates():
     shared = tvm.ir.load_json(json.dumps(graph))
     assert tvm_ffi.structural_equal(mod, shared)
     assert _masked_hash(shared) == _masked_hash(mod) == _masked_hash(_scaled(7, 2, offset=3))
+
+
+@pytest.mark.parametrize("change", ["immediates kept", "indices masked"])
+def test_key_scheme_follows_what_a_key_masks(monkeypatch, change):
+    """A database records `key_scheme` and is refused under another: it changes when the masking masks less
+    (integer immediates of values kept) or more (index offsets masked too), and not from run to run."""
+    before = key_scheme()
+    assert key_scheme() == before
+    monkeypatch.setattr(shared_workloads, "_KEYS", {})  # workload_key's memo holds the keys of the old masking
+    if change == "immediates kept":
+        monkeypatch.setattr(shared_workloads, "_LEAVES", shared_workloads._LEAVES | {"ir.IntImm"})
+    else:
+        monkeypatch.setattr(shared_workloads, "_STRUCTURE_FIELDS", shared_workloads._STRUCTURE_FIELDS - {"indices"})
+    assert key_scheme() != before

@@ -564,6 +564,20 @@ def test_a_database_of_another_format_is_refused(tuned, spec, tmp_path, made, wh
         open_database(copy, spec)
 
 
+@pytest.mark.parametrize("scheme, why", [
+    (None, "its workload keys' scheme is not recorded"),
+    ("0", "its records are filed under workload keys that this ibert-tvm computes otherwise")])
+def test_a_database_of_another_key_scheme_is_refused(tuned, spec, tmp_path, scheme, why):
+    """Records filed under keys masked otherwise would be served to other kernels: such a folder is refused."""
+    copy = tmp_path / "old"
+    shutil.copytree(tuned[0], copy)
+    meta = json.loads((copy / META_FILE).read_text())
+    assert meta.pop("key_scheme") == tuning.key_scheme()
+    (copy / META_FILE).write_text(json.dumps(meta if scheme is None else {**meta, "key_scheme": scheme}))
+    with pytest.raises(TuningLogError, match=f"made by another ibert-tvm \\({why}.*\\): re-tune into a new folder"):
+        open_database(copy, spec)
+
+
 def test_check_inputs_that_do_not_fit_the_program_are_refused_before_the_search(spec, tmp_path):
     mod, _ = _linear_module(6)
     with pytest.raises(ValueError, match=r"check_inputs\[0\] is int32 \[1, 64, 256\], the program's main takes "
