@@ -344,8 +344,9 @@ def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.dat
 
 
 def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str,
-                decided: set[str] = frozenset(), left_out: dict[str, dict[str, str]] | None = None) -> None:
-    """Write (or update after a resumed call) the metadata file beside the two JSON files. `left_out` names,
+                decided: set[str] = frozenset(), left_out: dict[str, dict[str, str]] | None = None
+                ) -> dict[str, Any]:
+    """Write (or update after a resumed call) the metadata file beside the two JSON files, and return it. `left_out` names,
     for lists of `_LEFT_OUT`, the kernel shapes (workload key -> task name) whose best record loses to the
     default schedule or does not write the untuned integers, among the shapes `decided` (this call's). Their
     `default_wins` entries replace the old ones for those shapes; those of other shapes stay. `wrong_integers`
@@ -364,18 +365,20 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
             "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "format": _FORMAT, "key_scheme": key_scheme(), **lists}
-    _save_meta(folder, meta)
+    return _save_meta(folder, meta)
 
 
-def _add_wrong_integers(folder: Path, wrong: dict[str, str]) -> None:
-    """Add kernel shapes (workload key -> task name) to the folder's `wrong_integers`, changing nothing else:
-    a check-only call tuned nothing, so the trials, shapes, hardware and date stay those of the tuning."""
+def _add_wrong_integers(folder: Path, wrong: dict[str, str]) -> dict[str, Any]:
+    """Add kernel shapes (workload key -> task name) to the folder's `wrong_integers`, changing nothing else
+    (a check-only call tuned nothing, so the trials, shapes, hardware and date stay those of the tuning), and
+    return the metadata."""
     meta = _read_meta(folder)
-    _save_meta(folder, {**meta, "wrong_integers": meta.get("wrong_integers", {}) | wrong})
+    return _save_meta(folder, {**meta, "wrong_integers": meta.get("wrong_integers", {}) | wrong})
 
 
-def _save_meta(folder: Path, meta: dict[str, Any]) -> None:
+def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+    return meta
 
 
 def _database_for_tuning(folder: Path, spec: TargetSpec) -> SharedDatabase:
@@ -945,11 +948,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     left_out = {"default_wins": {keys[t.task_name]: t.task_name for t in slower}} if estimate else {}
     if check and not checked.failed:
         left_out["wrong_integers"] = {keys[name]: name for name in checked.wrong}
-    if check_only:
-        _add_wrong_integers(folder, left_out["wrong_integers"])
-    else:
-        _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out)
-    meta = _read_meta(folder)
+    meta = (_add_wrong_integers(folder, left_out["wrong_integers"]) if check_only else
+            _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out))
     slower_names = {t.task_name for t in slower}
     won = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})
