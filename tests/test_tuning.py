@@ -550,30 +550,20 @@ def test_metadata_keeps_what_other_tunings_of_the_folder_left_out(spec, tmp_path
     assert meta["shapes"] == [[1, 8], [1, 16]] and meta["format"] == tuning._FORMAT
 
 
-@pytest.mark.parametrize("made, why", [
-    (None, "dot-product steps read non-compact tiles"),  # before the steps declared their strides
-    (2, "filed per kernel, not per kernel shape shared by the layers"),
-    (9, "format 9, which this ibert-tvm does not know")])
-def test_a_database_of_another_format_is_refused(tuned, spec, tmp_path, made, why):
+@pytest.mark.parametrize("field, value, why", [
+    ("format", None, "its dot-product steps read non-compact tiles"),  # before the steps declared their strides
+    ("format", 2, "its records are filed per kernel, not per kernel shape shared by the layers"),
+    ("format", 9, "format 9, which this ibert-tvm does not know"),
+    # records filed under keys masked otherwise would be served to other kernels
+    ("key_scheme", None, "its workload keys' scheme is not recorded"),
+    ("key_scheme", "0", "its records are filed under workload keys that this ibert-tvm computes otherwise")])
+def test_a_database_of_another_format_or_key_scheme_is_refused(tuned, spec, tmp_path, field, value, why):
+    """A folder whose metadata has another format or workload-key scheme (None: the field absent) is refused."""
     copy = tmp_path / "old"
     shutil.copytree(tuned[0], copy)
     meta = json.loads((copy / META_FILE).read_text())
-    assert meta.pop("format") == tuning._FORMAT
-    (copy / META_FILE).write_text(json.dumps(meta if made is None else {**meta, "format": made}))
-    with pytest.raises(TuningLogError, match=f"made by another ibert-tvm \\(.*{why}.*\\): re-tune into a new folder"):
-        open_database(copy, spec)
-
-
-@pytest.mark.parametrize("scheme, why", [
-    (None, "its workload keys' scheme is not recorded"),
-    ("0", "its records are filed under workload keys that this ibert-tvm computes otherwise")])
-def test_a_database_of_another_key_scheme_is_refused(tuned, spec, tmp_path, scheme, why):
-    """Records filed under keys masked otherwise would be served to other kernels: such a folder is refused."""
-    copy = tmp_path / "old"
-    shutil.copytree(tuned[0], copy)
-    meta = json.loads((copy / META_FILE).read_text())
-    assert meta.pop("key_scheme") == tuning.key_scheme()
-    (copy / META_FILE).write_text(json.dumps(meta if scheme is None else {**meta, "key_scheme": scheme}))
+    assert meta.pop(field) == {"format": tuning._FORMAT, "key_scheme": tuning.key_scheme()}[field]
+    (copy / META_FILE).write_text(json.dumps(meta if value is None else {**meta, field: value}))
     with pytest.raises(TuningLogError, match=f"made by another ibert-tvm \\({why}.*\\): re-tune into a new folder"):
         open_database(copy, spec)
 
