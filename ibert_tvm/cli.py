@@ -192,11 +192,13 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _tuned(target: dict) -> str:
-    """'untuned', or 'tuned' with how many kernels took a record (artifacts since the count was recorded)."""
-    count = target.get("tuned_kernels")
+    """'untuned', or 'tuned' with how many kernels took a record and how many of the records applied were never
+    checked on the program (artifacts since each count was recorded)."""
+    count, unchecked = target.get("tuned_kernels"), target.get("unchecked_records")
     if not target["tuned"]:
         return "untuned (a tuning database gave no kernel a record)" if count else "untuned"
-    return f"tuned ({count[0]} of {count[1]} kernels from the database)" if count else "tuned"
+    never = f"; {unchecked} of its records never checked on this model" if unchecked else ""
+    return f"tuned ({count[0]} of {count[1]} kernels from the database{never})" if count else "tuned"
 
 
 def _inspect(args: argparse.Namespace) -> int:

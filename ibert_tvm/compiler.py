@@ -65,6 +65,8 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
 
     `tuning_logs`: None uses the database shipped for the target if there is one, a path uses that database
     (refused when made for another target or TVM), False compiles with the untuned default schedules only.
+    A warning names the applied records that were never checked against this program's own integers
+    (`ibert-tvm tune --check-only` checks them).
     `schedule_options` go to the target family's default schedule (e.g. `gemm="dp4a"` on CUDA).
     """
     if not isinstance(model, QuantizedModel):
@@ -73,10 +75,11 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
     spec = resolve_target(target)
     batch_sizes, seq_lengths = _buckets(model, batch_sizes, seq_lengths)
     shapes = [(b, s) for b in batch_sizes for s in seq_lengths]
-    database = _database(tuning_logs, spec)
-    tally: dict[str, int] = {}
+    folder, database = _database(tuning_logs, spec)
+    program = model.programs(shapes)
+    tally: dict[str, Any] = {}
     with _build_environment(spec):
-        exe = build(model.programs(shapes), spec.target, dump_dir=dump_dir, database=database,
+        exe = build(program, spec.target, dump_dir=dump_dir, database=database,
                     tally=None if database is None else tally, **schedule_options)
     if tuning_logs not in (None, True, False) and not tally["tuned"]:  # a database the caller named
         warnings.warn(f"the tuning database {tuning_logs} gives none of this program's {tally['kernels']} kernels "
@@ -85,6 +88,8 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
     meta = _metadata(model, spec, batch_sizes, seq_lengths, schedule_options, tuning_logs=bool(tally.get("tuned")))
     if tally:
         meta["target"]["tuned_kernels"] = [tally["tuned"], tally["kernels"]]
+    if tally.get("records"):
+        meta["target"]["unchecked_records"] = _warn_unchecked(folder, tally["records"], program)
     return CompiledModel(exe, spec, meta)
 
 
@@ -120,16 +125,32 @@ def max_seq_length(model: QuantizedModel) -> int:
     return int(config.max_position_embeddings - offset)
 
 
-def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> Any | None:
-    """The MetaSchedule database to apply: the shipped one, a given folder, or none."""
+def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> tuple[Path | None, Any | None]:
+    """The folder and MetaSchedule database to apply: the shipped one, a given folder, or none."""
     if tuning_logs is False:
-        return None
+        return None, None
     from . import tuning
 
-    if tuning_logs is None or tuning_logs is True:
-        shipped = tuning.shipped_database(spec)
-        return None if shipped is None else tuning.open_database(shipped, spec)
-    return tuning.open_database(tuning_logs, spec)
+    folder = tuning.shipped_database(spec) if tuning_logs is None or tuning_logs is True else Path(tuning_logs)
+    return folder, None if folder is None else tuning.open_database(folder, spec)
+
+
+def _warn_unchecked(folder: Path, applied: dict[str, str], program: tvm.IRModule) -> int:
+    """Warn where records applied to `program` (workload key -> record digest) were never checked against
+    its own integers (`tuning.unchecked_records`), and return how many."""
+    from . import record_check, tuning
+
+    fingerprints = {record_check.function_fingerprint(program, gv.name_hint)
+                    for gv, func in program.functions_items() if isinstance(func, tvm.relax.Function)}
+    unchecked = tuning.unchecked_records(folder, applied, fingerprints)
+    if unchecked:
+        warnings.warn(f"{len(unchecked)} of the {len(applied)} tuning records that {folder} applied were never "
+                      "checked against this program's own integers (tuned or checked on another model, "
+                      "calibration or shape only, or tuned again since); a record may write other integers "
+                      "for other constants: check them with `ibert-tvm tune <model arguments> --batch B --seq S "
+                      f"--check-only --work-dir {folder}` where the target runs, then compile again (compile "
+                      "leaves out those that write other integers)", UserWarning, stacklevel=3)
+    return len(unchecked)
 
 
 def _build_environment(spec: TargetSpec) -> contextlib.AbstractContextManager:

@@ -9,12 +9,14 @@ undefined behaviour that two schedules may resolve differently. The program's ow
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import tvm
+import tvm_ffi
 from tvm import relax
 
 from .relay_passes import pipeline
@@ -92,3 +94,18 @@ def writes_the_same(kernel: tvm.runtime.Module, call: KernelCall, device: tvm.ru
 def _host_copy(value: Any) -> Any:
     """A tensor as a numpy copy on the host; anything else as it is."""
     return value.numpy() if isinstance(value, tvm.runtime.Tensor) else value
+
+
+def function_fingerprint(mod: tvm.IRModule, name: str) -> str:
+    """A fingerprint of Relax function `name` of `mod` as a program to check records on: its body with every
+    constant's value, and the functions it calls, but not its name. `tune` files the records it checked under
+    the fingerprint of the program's `main`; `compile` finds the same one for that shape's function of its
+    multi-shape module, and another wherever a weight, a calibrated scale or the shape differs."""
+    func = mod[name]
+    called = sorted(_content_hash(mod[gv]) for gv in relax.analysis.all_global_vars(func) if gv.name_hint != name)
+    return hashlib.sha256(" ".join([_content_hash(func), *called]).encode()).hexdigest()[:20]
+
+
+def _content_hash(func: tvm.ir.BaseFunc) -> str:
+    """The structural hash of a function without its symbol (constants hashed by value)."""
+    return str(tvm_ffi.structural_hash(func.without_attr("global_symbol")))

@@ -13,6 +13,7 @@ MetaSchedule's own query replays it on the kernel it was tuned on, which holds a
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import tvm
@@ -23,7 +24,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
 
-__all__ = ["FAILED_SECS", "SharedDatabase", "kernel_module", "key_scheme", "mean_secs", "workload_key"]
+__all__ = ["FAILED_SECS", "SharedDatabase", "kernel_module", "key_scheme", "mean_secs", "record_digest", "workload_key"]
 
 #: MetaSchedule records a failed candidate (build or run error) with this run time.
 FAILED_SECS = 1e10
@@ -111,6 +112,13 @@ def mean_secs(record: ms.database.TuningRecord) -> float:
     """A record's mean run time (s); failed candidates at FAILED_SECS."""
     secs = [float(s) for s in record.run_secs] if record.run_secs else [FAILED_SECS]
     return sum(secs) / len(secs)
+
+
+def record_digest(record: ms.database.TuningRecord) -> str:
+    """A fingerprint of what a record schedules: its trace (not its times), the same from process to process.
+    The trace's text, not its structural hash: a trace read back from the JSON file holds other integer
+    types than the one tuning committed, so the two hash differently."""
+    return hashlib.sha256(str(record.trace.as_json()).encode()).hexdigest()[:20]
 
 
 @derived_object

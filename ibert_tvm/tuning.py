@@ -50,7 +50,8 @@ from tvm.target import Target
 from . import record_check
 from .relay_passes import pipeline
 from .schedules import schedules_for
-from .shared_workloads import FAILED_SECS, SharedDatabase, kernel_module, key_scheme, mean_secs, workload_key
+from .shared_workloads import (FAILED_SECS, SharedDatabase, kernel_module, key_scheme, mean_secs, record_digest,
+                               workload_key)
 from .targets import HOST_TARGETS, TargetSpec, resolve_target
 from .threads import physical_cores
 
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
     from .model import QuantizedModel
 
 __all__ = ["META_FILE", "RECORD_FILE", "WORKLOAD_FILE", "TuningLogError", "TuningResult", "log_name",
-           "open_database", "shipped_database", "tune"]
+           "open_database", "shipped_database", "tune", "unchecked_records"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -238,6 +239,12 @@ def _read_meta(folder: Path) -> dict[str, Any]:
         raise TuningLogError(f"{path} is corrupt: it lacks the target or the TVM version")
     if not all(isinstance(meta.get(key, {}), dict) for key in _LEFT_OUT):
         raise TuningLogError(f"{path} is corrupt: its {' / '.join(_LEFT_OUT)} lists are not mappings")
+    checked = meta.get("checked", {})
+    if not (isinstance(checked, dict) and all(
+            isinstance(e, dict) and isinstance(e.get("record"), str) and isinstance(e.get("programs"), list)
+            for e in checked.values())):
+        raise TuningLogError(f"{path} is corrupt: its checked list does not map workload keys to a record and "
+                             "its programs")
     return meta
 
 
@@ -344,14 +351,15 @@ def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.dat
 
 
 def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str,
-                decided: set[str] = frozenset(), left_out: dict[str, dict[str, str]] | None = None
-                ) -> dict[str, Any]:
+                decided: set[str] = frozenset(), left_out: dict[str, dict[str, str]] | None = None,
+                passed: _Passed | None = None) -> dict[str, Any]:
     """Write (or update after a resumed call) the metadata file beside the two JSON files, and return it. `left_out` names,
     for lists of `_LEFT_OUT`, the kernel shapes (workload key -> task name) whose best record loses to the
     default schedule or does not write the untuned integers, among the shapes `decided` (this call's). Their
     `default_wins` entries replace the old ones for those shapes; those of other shapes stay. `wrong_integers`
     only grows: a record that wrote other integers for one model's kernels stays out even when another model
-    or calibration tuned into the folder finds it right for its own (its check never ran the first's)."""
+    or calibration tuned into the folder finds it right for its own (its check never ran the first's).
+    `passed` adds the records that this call's check found right to `checked` (`_with_passed`)."""
     old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
     lists = {}
     for name in _LEFT_OUT:
@@ -364,16 +372,48 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
             "apache_tvm_ffi": importlib.metadata.version("apache-tvm-ffi"),
             "shapes": sorted({tuple(s) for s in old.get("shapes", []) + shapes}),
             "trials": trials, "hardware": hardware, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "format": _FORMAT, "key_scheme": key_scheme(), **lists}
+            "format": _FORMAT, "key_scheme": key_scheme(), **lists,
+            "checked": _with_passed(old.get("checked", {}), passed)}
     return _save_meta(folder, meta)
 
 
-def _add_wrong_integers(folder: Path, wrong: dict[str, str]) -> dict[str, Any]:
-    """Add kernel shapes (workload key -> task name) to the folder's `wrong_integers`, changing nothing else
-    (a check-only call tuned nothing, so the trials, shapes, hardware and date stay those of the tuning), and
-    return the metadata."""
+def _add_check(folder: Path, wrong: dict[str, str], passed: _Passed) -> dict[str, Any]:
+    """Add a check's findings to the folder's metadata, changing nothing else (a check-only call tuned
+    nothing, so the trials, shapes, hardware and date stay those of the tuning): kernel shapes (workload key
+    -> task name) to `wrong_integers`, the records found right to `checked`; return the metadata."""
     meta = _read_meta(folder)
-    return _save_meta(folder, {**meta, "wrong_integers": meta.get("wrong_integers", {}) | wrong})
+    return _save_meta(folder, {**meta, "wrong_integers": meta.get("wrong_integers", {}) | wrong,
+                               "checked": _with_passed(meta.get("checked", {}), passed)})
+
+
+@dataclass(frozen=True)
+class _Passed:
+    """Best records that a check found right (workload key -> `record_digest`) on one program (its
+    `record_check.function_fingerprint`)."""
+
+    records: dict[str, str]
+    program: str
+
+
+def _with_passed(checked: dict[str, Any], passed: _Passed | None) -> dict[str, Any]:
+    """`checked` (workload key -> {"record": digest, "programs": [fingerprint, ...]}) with `passed` added: a
+    key's programs grow while its best record stays the one they were checked with, and restart with the
+    program that checked a new one."""
+    out = dict(checked)
+    for key, digest in (passed.records.items() if passed else ()):
+        old = out.get(key, {})
+        programs = set(old.get("programs", [])) if old.get("record") == digest else set()
+        out[key] = {"record": digest, "programs": sorted(programs | {passed.program})}
+    return out
+
+
+def unchecked_records(folder: str | Path, applied: dict[str, str], programs: set[str]) -> set[str]:
+    """The workload keys among `applied` (key -> digest of the record a build applied) whose record the
+    folder's metadata does not list as checked on any of `programs` (`record_check.function_fingerprint`s):
+    tuned or checked on another model, calibration or shape only, or tuned again since."""
+    checked = _read_meta(Path(folder)).get("checked", {})
+    return {key for key, digest in applied.items()
+            if checked.get(key, {}).get("record") != digest or not programs & set(checked[key]["programs"])}
 
 
 def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -946,10 +986,15 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
     keys = {t.task_name: workload_key(t.dispatched[0]) for t in tasks}
     left_out = {"default_wins": {keys[t.task_name]: t.task_name for t in slower}} if estimate else {}
+    passed = None
     if check and not checked.failed:
         left_out["wrong_integers"] = {keys[name]: name for name in checked.wrong}
-    meta = (_add_wrong_integers(folder, left_out["wrong_integers"]) if check_only else
-            _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out))
+        passed = _Passed({keys[name]: record_digest(database.query_tuning_record(t.dispatched[0], t.target, "main"))
+                          for name, (t, _) in best.items() if name not in checked.wrong},
+                         record_check.function_fingerprint(mod, "main"))
+    meta = (_add_check(folder, left_out["wrong_integers"], passed) if check_only else
+            _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out,
+                        passed))
     slower_names = {t.task_name for t in slower}
     won = {n: r for n, (_, r) in duel.items() if n not in slower_names}
     before = _estimate_ms(weights, default, {})

@@ -16,7 +16,7 @@ import tvm
 from tvm import tirx
 from tvm.target import Target
 
-from ibert_tvm.shared_workloads import kernel_module
+from ibert_tvm.shared_workloads import kernel_module, record_digest, workload_key
 
 __all__ = ["ApplyTuningRecords"]
 
@@ -24,19 +24,24 @@ __all__ = ["ApplyTuningRecords"]
 @tvm.transform.module_pass(opt_level=0, name="IBertApplyTuningRecords")
 class ApplyTuningRecords:
     """Replace each unscheduled PrimFunc that `database` has a record for by its scheduled form, marked
-    `tirx.is_scheduled` (so that the default schedule leaves it alone)."""
+    `tirx.is_scheduled` (so that the default schedule leaves it alone). `applied`, where given, receives the
+    workload key of each kernel scheduled and the `record_digest` of the record that scheduled it."""
 
-    def __init__(self, database: Any, target: Target) -> None:
-        self.database, self.target = database, target
+    def __init__(self, database: Any, target: Target, applied: dict[str, str] | None = None) -> None:
+        self.database, self.target, self.applied = database, target, applied
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         scheduled = {}
         for gv, func in mod.functions_items():
             if isinstance(func, tirx.PrimFunc) and not (func.attrs and func.attrs.get("tirx.is_scheduled", False)):
-                tuned = self.database.query_ir_module(kernel_module(func), self.target, gv.name_hint)
+                kernel = kernel_module(func)
+                tuned = self.database.query_ir_module(kernel, self.target, gv.name_hint)
                 if tuned is not None:  # the kernel's own attributes, not the `main` symbol of the record's module
                     scheduled[gv] = tuned["main"].without_attr("global_symbol").with_attrs(
                         dict(func.attrs or {})).with_attr("tirx.is_scheduled", True)
+                    if self.applied is not None:
+                        record = self.database.query_tuning_record(kernel, self.target, gv.name_hint)
+                        self.applied[workload_key(kernel)] = record_digest(record)
         if not scheduled:
             return mod
         out = tvm.IRModule(dict(mod.functions_items()), mod.attrs, mod.global_infos)

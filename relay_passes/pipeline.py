@@ -50,9 +50,10 @@ class _DumpIR:
         return mod
 
 
-def _count_tuned(tally: dict[str, int]) -> tvm.transform.Pass:
+def _count_tuned(tally: dict[str, Any]) -> tvm.transform.Pass:
     """Fill `tally` with the kernels (PrimFuncs) of the module and those a tuning database scheduled
-    (`ApplyTuningRecords` marks them `tirx.is_scheduled`), so that `compile` can say how many took one."""
+    (`ApplyTuningRecords` marks them `tirx.is_scheduled`, and files their records under "records"), so that
+    `compile` can say how many took one and whether those records were checked on this program."""
 
     def count(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         funcs = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
@@ -63,7 +64,7 @@ def _count_tuned(tally: dict[str, int]) -> tvm.transform.Pass:
     return tvm.transform.module_pass(count, opt_level=0, name="IBertCountTuned")
 
 
-def _schedule(target: Target, database: Any | None, options: dict, tally: dict[str, int] | None = None
+def _schedule(target: Target, database: Any | None, options: dict, tally: dict[str, Any] | None = None
               ) -> list[tvm.transform.Pass]:
     """Apply a tuning database's records (where given), then the target family's default schedule to the rest."""
     from ibert_tvm.schedules import schedules_for  # lazily: the CUDA schedules import dlight (~4 s)
@@ -71,13 +72,14 @@ def _schedule(target: Target, database: Any | None, options: dict, tally: dict[s
     family = schedules_for(target)
     default = tvm.transform.module_pass(lambda mod, _ctx: family.apply_default_schedule(mod, target, **options), opt_level=0,
                                         name="IBertDefaultSchedule")
-    tuned = [] if database is None else [ApplyTuningRecords(database, target)]
+    applied = None if tally is None else tally.setdefault("records", {})
+    tuned = [] if database is None else [ApplyTuningRecords(database, target, applied)]
     counted = [] if tally is None else [_count_tuned(tally)]
     return [*tuned, *counted, default]
 
 
 def _phases(target: Target, database: Any | None = None, options: dict | None = None,
-            tally: dict[str, int] | None = None) -> list[list[tvm.transform.Pass]]:
+            tally: dict[str, Any] | None = None) -> list[list[tvm.transform.Pass]]:
     """The passes of each phase in PHASES order, for `target` (CUDA or a CPU kind)."""
     from ibert_tvm.schedules import family_of  # lazily, as in `_schedule`
 
@@ -97,12 +99,13 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
 
 
 def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None, database: Any | None = None,
-                     tally: dict[str, int] | None = None, **schedule_options: Any) -> tvm.transform.Pass:
+                     tally: dict[str, Any] | None = None, **schedule_options: Any) -> tvm.transform.Pass:
     """Legalize, fuse, verify and lower an ibert program for `target`; per-phase dumps make each step inspectable.
 
     `database` (a MetaSchedule Database tuned for this target) schedules the PrimFuncs it has records for;
     the target family's default schedule (`schedules/`) takes the rest, with `schedule_options` (e.g. the
-    CUDA GEMM variant). A `tally` dict receives the number of kernels and of those the database scheduled.
+    CUDA GEMM variant). A `tally` dict receives the number of kernels, of those the database scheduled, and
+    ("records") the workload key and record digest of each record it applied.
     """
     target = Target(target) if isinstance(target, str) else target
     passes: list[tvm.transform.Pass] = []
@@ -126,7 +129,7 @@ def tunable_module(mod: tvm.IRModule, target: Target | str = "llvm") -> tvm.IRMo
 
 
 def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None,
-          database: Any | None = None, tally: dict[str, int] | None = None,
+          database: Any | None = None, tally: dict[str, Any] | None = None,
           **schedule_options: Any) -> tvm.runtime.Executable:
     """Compile `mod` via `integer_pipeline` to a VM executable (already lowered, hence relax_pipeline=None)."""
     from ibert_tvm.schedules.gemm_prefetch import TIR_PIPELINE  # registers the TIR pipeline it names

@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+import warnings
 import weakref
 from collections import Counter
 from pathlib import Path
@@ -42,6 +43,13 @@ def model():
     torch.manual_seed(0)
     return from_pretrained(RobertaModel(RobertaConfig(**CONFIG), add_pooling_layer=False).eval(),
                            calibration=batches(1, 2, 2, SEQ, seed=1))
+
+
+def _recalibrated():
+    """The `model` fixture's RoBERTa calibrated on other batches: the same kernel shapes, other constants."""
+    torch.manual_seed(0)
+    return from_pretrained(RobertaModel(RobertaConfig(**CONFIG), add_pooling_layer=False).eval(),
+                           calibration=batches(1, 2, 2, SEQ, seed=9))
 
 
 @pytest.fixture(scope="module")
@@ -150,9 +158,7 @@ def test_a_database_serves_another_calibration_of_the_model(model, spec, tuned):
     """Records are filed by kernel shape, not by requantize constants: the same RoBERTa calibrated on other
     batches (other constants in every kernel) takes the database's records and keeps its own integers."""
     work, _ = tuned
-    torch.manual_seed(0)
-    other = from_pretrained(RobertaModel(RobertaConfig(**CONFIG), add_pooling_layer=False).eval(),
-                            calibration=batches(1, 2, 2, SEQ, seed=9))
+    other = _recalibrated()
     mod = other.program(BATCH, SEQ)
     assert not tvm_ffi.structural_equal(model.program(BATCH, SEQ), mod)  # other constants
     tally: dict[str, int] = {}
@@ -160,6 +166,58 @@ def test_a_database_serves_another_calibration_of_the_model(model, spec, tuned):
                                     tally=tally), _padded_inputs())
     assert tally["tuned"] > 0
     np.testing.assert_array_equal(tuned_out, _run(pipeline.build(mod, spec.target), _padded_inputs()))
+
+
+def test_compile_warns_of_records_never_checked_on_its_model(model, spec, tuned, tmp_path):
+    """`tune` files the records it checked under the program it ran them on: `compile` applies them to that
+    model in silence (its shape's function of a multi-shape build is the program checked), and to another
+    calibration of it (the same kernel shapes, other constants) with a warning that names `--check-only` and
+    a count in the artifact's metadata, until a check-only call has run them on that calibration too."""
+    db = shutil.copytree(tuned[0], tmp_path / "db")
+    meta = json.loads((db / META_FILE).read_text())
+    (db / META_FILE).write_text(json.dumps({**meta, "default_wins": {}}))  # every valid record applies
+    assert meta["checked"] and all(len(e["programs"]) == 1 for e in meta["checked"].values())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lib = ibert_tvm.compile(model, spec, tuning_logs=db, batch_sizes=(BATCH,), seq_lengths=(SEQ, 2 * SEQ))
+    assert lib.meta["target"]["tuned_kernels"][0] > 0 and lib.meta["target"]["unchecked_records"] == 0
+    other = _recalibrated()
+    with pytest.warns(UserWarning, match=r"(\d+) of the \1 tuning records that .*db applied were never checked "
+                                         r"against this program's own integers .*--check-only --work-dir .*db") as w:
+        unchecked = ibert_tvm.compile(other, spec, tuning_logs=db, batch_sizes=(BATCH,), seq_lengths=(SEQ,))
+    count = unchecked.meta["target"]["unchecked_records"]
+    assert count > 0 and str(w[0].message).startswith(f"{count} of the {count} ")
+    assert f"{count} of its records never checked on this model" in cli._tuned(unchecked.meta["target"])
+    tune(other, spec, 0, db, batch=BATCH, seq=SEQ, progress=False, check_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for checked in (other, model):  # the first calibration's checks stay valid
+            lib = ibert_tvm.compile(checked, spec, tuning_logs=db, batch_sizes=(BATCH,), seq_lengths=(SEQ,))
+            assert lib.meta["target"]["unchecked_records"] == 0
+
+
+def test_a_check_counts_for_the_record_and_the_program_it_ran(spec, tmp_path):
+    """A key's checks hold for its best record as it was checked: another program adds itself, a new best
+    record (tuned again since) starts the list again; a build's record is unchecked unless both match."""
+    tuning._write_meta(tmp_path, spec, [[1, 8]], 4, "here", passed=tuning._Passed({"k": "r1", "j": "r1"}, "p1"))
+    tuning._add_check(tmp_path, {}, tuning._Passed({"k": "r1"}, "p2"))
+    assert json.loads((tmp_path / META_FILE).read_text())["checked"]["k"] == {"record": "r1", "programs": ["p1", "p2"]}
+    assert tuning.unchecked_records(tmp_path, {"k": "r1", "j": "r1"}, {"p2"}) == {"j"}
+    assert tuning.unchecked_records(tmp_path, {"k": "r2"}, {"p1"}) == {"k"}  # another record than the one checked
+    assert tuning.unchecked_records(tmp_path, {"x": "r1"}, {"p1"}) == {"x"}  # a key never checked
+    tuning._add_check(tmp_path, {}, tuning._Passed({"k": "r2"}, "p3"))
+    assert json.loads((tmp_path / META_FILE).read_text())["checked"]["k"] == {"record": "r2", "programs": ["p3"]}
+    assert tuning.unchecked_records(tmp_path, {"k": "r2"}, {"p1", "p2", "p3"}) == set()
+
+
+def test_function_fingerprints_follow_constants_and_shape_not_names(model):
+    """The fingerprint of a shape's function is the same in a one-shape program (`main`) and a multi-shape
+    one, and differs for another shape or another calibration's constants."""
+    one, both = model.program(BATCH, SEQ), model.programs([(BATCH, SEQ), (BATCH, 2 * SEQ)])
+    fingerprint = tuning.record_check.function_fingerprint
+    assert fingerprint(one, "main") == fingerprint(both, "main_b1_s8") != fingerprint(both, "main_b1_s16")
+    other = _recalibrated()
+    assert fingerprint(other.program(BATCH, SEQ), "main") != fingerprint(one, "main")
 
 
 def test_avx2_level_tunes_with_its_vpmaddwd_step(model, tmp_path):
@@ -286,8 +344,11 @@ def _tensorize_with_unknown_intrinsic(folder) -> None:
     (lambda d: (d / META_FILE).unlink(), f"has no {META_FILE}"),
     (lambda d: shutil.rmtree(d), "folder not found"),
     (_tensorize_with_unknown_intrinsic, "tensorizes with no_such_intrinsic, which neither"),
+    (lambda d: (d / META_FILE).write_text(json.dumps({**json.loads((d / META_FILE).read_text()),
+                                                      "checked": {"k": []}})),
+     "corrupt: its checked list does not map workload keys to a record and its programs"),
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
-        "missing-metadata", "missing-folder", "unknown-intrinsic"])
+        "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
