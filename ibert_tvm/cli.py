@@ -1,7 +1,9 @@
 """The `ibert-tvm` command line: demo, compile, tune, run, bench, eval, inspect, targets.
 
 Every command's failures that a user can act on (bad input, unknown target, a model we do not support, a
-corrupt tuning log or artifact) end in one line `ibert-tvm: error: ...` and exit status 2.
+corrupt tuning log or artifact) end in one line `ibert-tvm: error: ...` and exit status 2; ibert-tvm's own
+warnings (a tuning database that schedules nothing, records never checked on the model) are one line
+`ibert-tvm: warning: ...`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -346,10 +351,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
+    """`warnings.showwarning` that prints ibert-tvm's own UserWarnings (raised from its package) as one line,
+    as the errors are, and hands every other warning to `show`."""
+
+    def shown(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+              line: str | None = None) -> None:
+        if issubclass(category, UserWarning) and Path(filename).resolve().is_relative_to(_PACKAGE):
+            print(f"ibert-tvm: warning: {message}", file=sys.stderr if file is None else file)
+        else:
+            show(message, category, filename, lineno, file, line)
+
+    return shown
+
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warnings(warnings.showwarning)
+            return args.func(args)
     except _user_errors() as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"ibert-tvm: error: {message}", file=sys.stderr)

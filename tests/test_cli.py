@@ -168,7 +168,7 @@ def test_eval_scores_a_labelled_csv(tmp_path):
 
 def test_tune_check_only_checks_an_existing_database(model_dir, tmp_path):
     """`tune --check-only` runs no search on a folder `tune` made and says what `compile` would apply; on a
-    folder that holds no database it is a one-line error."""
+    folder that holds no database it is a one-line error. `compile` with that folder warns in one line."""
     model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"), "--seq", "16")
     assert_one_line_error(cli("tune", *model, "--check-only", "--work-dir", str(tmp_path / "none")),
                           "no tuning database at")
@@ -177,3 +177,10 @@ def test_tune_check_only_checks_an_existing_database(model_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"checked the records of {tmp_path / 'db'} on " in proc.stdout and "compile applies 0" in proc.stdout
     assert "trials in this call" not in proc.stdout
+    # compile with that folder: nothing to apply, said in one line as the errors are, not Python's warning form
+    proc = cli("compile", *model[:4], "--batch-sizes", "1", "--seq-lengths", "16", "--tuning-logs",
+               str(tmp_path / "db"), "-o", str(tmp_path / "art" / "tiny.so"))
+    assert proc.returncode == 0, proc.stderr
+    warned = [line for line in proc.stderr.splitlines() if "arning" in line]
+    assert len(warned) == 1 and warned[0].startswith(f"ibert-tvm: warning: the tuning database {tmp_path / 'db'} "
+                                                     "gives none of this program's "), proc.stderr
