@@ -65,7 +65,7 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
 
     `tuning_logs`: None uses the database shipped for the target if there is one, a path uses that database
     (refused when made for another target or TVM), False compiles with the untuned default schedules only.
-    A warning names the applied records that were never checked against this program's own integers
+    A warning counts the applied records that were never checked against this program's own integers
     (`ibert-tvm tune --check-only` checks them).
     `schedule_options` go to the target family's default schedule (e.g. `gemm="dp4a"` on CUDA).
     """
@@ -89,7 +89,7 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
     if tally:
         meta["target"]["tuned_kernels"] = [tally["tuned"], tally["kernels"]]
     if tally.get("records"):
-        meta["target"]["unchecked_records"] = _warn_unchecked(folder, tally["records"], program)
+        meta["target"]["unchecked_records"] = _warn_unchecked(folder, tally["records"], program, shapes)
     return CompiledModel(exe, spec, meta)
 
 
@@ -135,21 +135,26 @@ def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> tuple[
     return folder, None if folder is None else tuning.open_database(folder, spec)
 
 
-def _warn_unchecked(folder: Path, applied: dict[str, str], program: tvm.IRModule) -> int:
+def _warn_unchecked(folder: Path, applied: dict[str, str], program: tvm.IRModule, shapes: list[tuple[int, int]]
+                    ) -> int:
     """Warn where records applied to `program` (workload key -> record digest) were never checked against
-    its own integers (`tuning.unchecked_records`), and return how many."""
+    its own integers (`tuning.unchecked_records`), naming the check for the build's shapes that the folder was
+    tuned at, and return how many."""
     from . import record_check, tuning
 
     fingerprints = {record_check.function_fingerprint(program, gv.name_hint)
                     for gv, func in program.functions_items() if isinstance(func, tvm.relax.Function)}
     unchecked = tuning.unchecked_records(folder, applied, fingerprints)
     if unchecked:
+        done = tuning.tuned_shapes(folder)
+        tuned = [f"--batch {b} --seq {s}" for b, s in shapes if (b, s) in done]
         warnings.warn(f"{len(unchecked)} of the {len(applied)} tuning records that {folder} applied were never "
                       "checked against this program's own integers (tuned or checked on another model, "
-                      "calibration or shape only, or tuned again since); a record may write other integers "
-                      "for other constants: check them with `ibert-tvm tune <model arguments> --batch B --seq S "
-                      f"--check-only --work-dir {folder}` where the target runs, then compile again (compile "
-                      "leaves out those that write other integers)", UserWarning, stacklevel=3)
+                      "calibration or shape only, tuned again since, or filed before ibert-tvm recorded its "
+                      "checks); a record may write other integers for other constants: check them with "
+                      f"`ibert-tvm tune <model arguments> {' / '.join(tuned) or '--batch B --seq S'} --check-only "
+                      f"--work-dir {folder}` where the target runs, then compile again (compile leaves out those "
+                      "that write other integers)", UserWarning, stacklevel=3)
     return len(unchecked)
 
 

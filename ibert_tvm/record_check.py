@@ -98,14 +98,16 @@ def _host_copy(value: Any) -> Any:
 
 def function_fingerprint(mod: tvm.IRModule, name: str) -> str:
     """A fingerprint of Relax function `name` of `mod` as a program to check records on: its body with every
-    constant's value, and the functions it calls, but not its name. `tune` files the records it checked under
-    the fingerprint of the program's `main`; `compile` finds the same one for that shape's function of its
-    multi-shape module, and another wherever a weight, a calibrated scale or the shape differs."""
+    constant's value, and the functions it calls in the order it calls them, but no function's name. `tune`
+    files the records it checked under the fingerprint of the program's `main`; `compile` finds the same one
+    for that shape's function of its multi-shape module, and another wherever a weight, a calibrated scale or
+    the shape differs."""
     func = mod[name]
-    called = sorted(_content_hash(mod[gv]) for gv in relax.analysis.all_global_vars(func) if gv.name_hint != name)
+    called = [_content_hash(mod[gv]) for gv in relax.analysis.all_global_vars(func) if gv.name_hint != name]
     return hashlib.sha256(" ".join([_content_hash(func), *called]).encode()).hexdigest()[:20]
 
 
 def _content_hash(func: tvm.ir.BaseFunc) -> str:
-    """The structural hash of a function without its symbol (constants hashed by value)."""
-    return str(tvm_ffi.structural_hash(func.without_attr("global_symbol")))
+    """The structural hash of a function without its symbol, constants hashed by value and the functions it
+    names (GlobalVars, otherwise hashed by address) by where they occur."""
+    return str(tvm_ffi.structural_hash(func.without_attr("global_symbol"), map_free_vars=True))

@@ -164,20 +164,30 @@ class SharedDatabase(ms.database.PyDatabase):
     def query_schedule(self, mod: tvm.IRModule, target: Target, workload_name: str | None = None
                        ) -> tvm.s_tir.Schedule | None:
         record = self.query_tuning_record(mod, target, workload_name)
-        if record is None:
-            return None
-        sch = tvm.s_tir.Schedule(mod)
-        try:
-            record.trace.apply_to_schedule(sch, remove_postproc=False)
-        except (RuntimeError, ValueError):  # TVM's ScheduleError: the kernel keeps its default schedule
-            return None
-        return sch
+        return None if record is None else _replayed(record, mod)
 
     def query_ir_module(self, mod: tvm.IRModule, target: Target, workload_name: str | None = None
                         ) -> tvm.IRModule | None:
         sch = self.query_schedule(mod, target, workload_name)
         return None if sch is None else sch.mod
 
+    def query_scheduled(self, mod: tvm.IRModule, target: Target, workload_name: str | None = None
+                        ) -> tuple[ms.database.TuningRecord, tvm.IRModule] | None:
+        """The best record of `mod`'s key and `mod` scheduled by it (None without one, or where its trace does
+        not apply), for a caller that files which record it applied."""
+        record = self.query_tuning_record(mod, target, workload_name)
+        sch = None if record is None else _replayed(record, mod)
+        return None if sch is None else (record, sch.mod)
+
     def __len__(self) -> int:
         return len(self.inner)
 
+
+def _replayed(record: ms.database.TuningRecord, mod: tvm.IRModule) -> tvm.s_tir.Schedule | None:
+    """`record`'s trace replayed on `mod`; None where it does not apply (the kernel keeps its default schedule)."""
+    sch = tvm.s_tir.Schedule(mod)
+    try:
+        record.trace.apply_to_schedule(sch, remove_postproc=False)
+    except (RuntimeError, ValueError):  # TVM's ScheduleError
+        return None
+    return sch

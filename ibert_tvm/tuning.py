@@ -59,14 +59,15 @@ if TYPE_CHECKING:
     from .model import QuantizedModel
 
 __all__ = ["META_FILE", "RECORD_FILE", "WORKLOAD_FILE", "TuningLogError", "TuningResult", "log_name",
-           "open_database", "shipped_database", "tune", "unchecked_records"]
+           "open_database", "shipped_database", "tune", "tuned_shapes", "unchecked_records"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 #: ibert-tvm's metadata beside MetaSchedule's two files: what the records were tuned for and how.
 META_FILE = "ibert_tuning.json"
-#: the metadata's lists of kernels whose records `open_database` leaves out (workload key -> task name)
-_LEFT_OUT = ("default_wins", "wrong_integers")
+#: the metadata's lists of kernels whose records `open_database` leaves out (workload key -> task name), and why
+_LEFT_OUT = {"default_wins": "slower than the default schedule", "wrong_integers": "write other integers",
+             "not_called": "not called: the program runs the kernel as a view"}
 #: the metadata's format, and why each older one is refused
 _FORMAT = 3
 _OLDER_FORMATS = {
@@ -137,8 +138,7 @@ class TuningResult:
         tasks = (f"{len(self.tasks)} tasks ({self.kernels} kernels; a task stands for those that differ only in "
                  f"their constants) for {self.target}")
         if self.check_only:
-            why = {"default_wins": "slower than the default schedule", "wrong_integers": "write other integers"}
-            out = ", ".join(f"{len(names)} {why[name]}" for name, names in self.left_out.items() if names)
+            out = ", ".join(f"{len(names)} {_LEFT_OUT[name]}" for name, names in self.left_out.items() if names)
             lines = [f"checked the records of {self.work_dir} on {tasks} ({self.seconds:.0f} s): "
                      f"{len(self.recorded)} have a best record ({self.trials_total} trials), of which compile "
                      f"applies {len(self.applied)}{f' (left out: {out})' if out else ''}; the rest keep their "
@@ -171,8 +171,8 @@ class TuningResult:
             lines.append(f"best records checked against the untuned program's integers: {self.records_checked} "
                          f"(on {self.kernels_checked} kernels), {len(self.wrong_integers)} differ "
                          f"({self.check_seconds:.0f} s)"
-                         + (f"; {len(self.not_checked)} not checked (their kernels are not called: views)"
-                            if self.not_checked else ""))
+                         + (f"; {len(self.not_checked)} not checked (their kernels are not called: views; "
+                            "compile leaves their records out)" if self.not_checked else ""))
         if self.wrong_integers:
             lines += ["best record does not write the untuned program's integers (other integers, or it fails to "
                       "build or run there; compile never applies it):", *_listed(self.wrong_integers)]
@@ -242,7 +242,7 @@ def _read_meta(folder: Path) -> dict[str, Any]:
     checked = meta.get("checked", {})
     if not (isinstance(checked, dict) and all(
             isinstance(e, dict) and isinstance(e.get("record"), str) and isinstance(e.get("programs"), list)
-            for e in checked.values())):
+            and all(isinstance(p, str) for p in e["programs"]) for e in checked.values())):
         raise TuningLogError(f"{path} is corrupt: its checked list does not map workload keys to a record and "
                              "its programs")
     return meta
@@ -321,8 +321,9 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     """The database in folder `path` for `target`; a TuningLogError (one line) if it was made for another
     target or TVM version, misses a file, or has a corrupt line.
 
-    Records of the kernels whose best candidate measured slower than their default schedule or wrote other
-    integers than the untuned program (listed by `tune` in the metadata) are left out, so that the database
+    Records of the kernels whose best candidate measured slower than their default schedule, wrote other
+    integers than the untuned program, or whose kernel the program runs as a view (listed by `tune` in the
+    metadata) are left out, so that the database
     applies only records that beat the default as `tune` measured them and passed its check;
     `keep_slower=True` (tuning itself) returns the database as it is on disk."""
     spec, folder = resolve_target(target), Path(path)
@@ -355,17 +356,18 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
                 passed: _Passed | None = None) -> dict[str, Any]:
     """Write (or update after a resumed call) the metadata file beside the two JSON files, and return it. `left_out` names,
     for lists of `_LEFT_OUT`, the kernel shapes (workload key -> task name) whose best record loses to the
-    default schedule or does not write the untuned integers, among the shapes `decided` (this call's). Their
-    `default_wins` entries replace the old ones for those shapes; those of other shapes stay. `wrong_integers`
-    only grows: a record that wrote other integers for one model's kernels stays out even when another model
-    or calibration tuned into the folder finds it right for its own (its check never ran the first's).
+    default schedule, does not write the untuned integers or is never called, among the shapes `decided`
+    (this call's). Their `default_wins` entries replace the old ones for those shapes; those of other shapes
+    stay. The other lists only grow: a record that wrote other integers for one model's kernels stays out even
+    when another model or calibration tuned into the folder finds it right for its own (its check never ran
+    the first's).
     `passed` adds the records that this call's check found right to `checked` (`_with_passed`)."""
     old = json.loads((folder / META_FILE).read_text()) if (folder / META_FILE).is_file() else {}
     lists = {}
     for name in _LEFT_OUT:
         lists[name] = old.get(name, {})
         if left_out and name in left_out:
-            kept = (lists[name] if name == "wrong_integers"
+            kept = (lists[name] if name != "default_wins"
                     else {k: v for k, v in lists[name].items() if k not in decided})
             lists[name] = kept | left_out[name]
     meta = {"target": _target_record(spec), "tvm": tvm.__version__,
@@ -377,13 +379,23 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
     return _save_meta(folder, meta)
 
 
-def _add_check(folder: Path, wrong: dict[str, str], passed: _Passed) -> dict[str, Any]:
+def _add_check(folder: Path, found: dict[str, dict[str, str]], passed: _Passed) -> dict[str, Any]:
     """Add a check's findings to the folder's metadata, changing nothing else (a check-only call tuned
     nothing, so the trials, shapes, hardware and date stay those of the tuning): kernel shapes (workload key
-    -> task name) to `wrong_integers`, the records found right to `checked`; return the metadata."""
+    -> task name) to the lists of `found` (`wrong_integers`, `not_called`), the records found right to
+    `checked`; return the metadata."""
     meta = _read_meta(folder)
-    return _save_meta(folder, {**meta, "wrong_integers": meta.get("wrong_integers", {}) | wrong,
-                               "checked": _with_passed(meta.get("checked", {}), passed)})
+    lists = {name: meta.get(name, {}) | keys for name, keys in found.items()}
+    return _save_meta(folder, {**meta, **lists, "checked": _with_passed(meta.get("checked", {}), passed)})
+
+
+def _passed(found: dict[str, tuple[ms.ExtractedTask, tuple[ms.database.TuningRecord, tvm.IRModule]]],
+            checked: _Checked, keys: dict[str, str], mod: tvm.IRModule) -> _Passed:
+    """The best records (`found`: task name -> task, (record, scheduled kernel)) that the check ran and found
+    right, on program `mod`'s `main`."""
+    return _Passed({keys[name]: record_digest(record) for name, (_, (record, _)) in found.items()
+                    if name not in checked.wrong and name not in checked.not_called},
+                   record_check.function_fingerprint(mod, "main"))
 
 
 @dataclass(frozen=True)
@@ -414,6 +426,11 @@ def unchecked_records(folder: str | Path, applied: dict[str, str], programs: set
     checked = _read_meta(Path(folder)).get("checked", {})
     return {key for key, digest in applied.items()
             if checked.get(key, {}).get("record") != digest or not programs & set(checked[key]["programs"])}
+
+
+def tuned_shapes(folder: str | Path) -> set[tuple[int, int]]:
+    """The (batch, seq) shapes tuned into the folder (its metadata's `shapes`)."""
+    return {(int(b), int(s)) for b, s in _read_meta(Path(folder)).get("shapes", [])}
 
 
 def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -743,10 +760,11 @@ def _default_latencies(run: _Run, tasks: list[ms.ExtractedTask]) -> dict[str, fl
     return {t.task_name: s for t, s in zip(tasks, secs) if s is not None}
 
 
-def _best_scheduled(database: SharedDatabase, mod: tvm.IRModule, target: Target) -> tvm.IRModule | None:
-    """Kernel `mod` scheduled by the best measured record of its key, as `compile` schedules it; None without
-    one or where its trace does not apply."""
-    return database.query_ir_module(mod, target, "main")
+def _best(database: SharedDatabase, mod: tvm.IRModule, target: Target
+          ) -> tuple[ms.database.TuningRecord, tvm.IRModule] | None:
+    """The best measured record of kernel `mod`'s key and `mod` scheduled by it, as `compile` schedules it;
+    None without one or where its trace does not apply."""
+    return database.query_scheduled(mod, target, "main")
 
 
 def _head_to_head(run: _Run, best: dict[str, tuple[ms.ExtractedTask, tvm.IRModule]]
@@ -837,9 +855,9 @@ def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database
         name = symbols[symbol]
         compared[name] += 1
         try:
-            scheduled = _best_scheduled(database, kernels[symbol], best[name].target)
-            same = scheduled is not None and record_check.writes_the_same(
-                build(scheduled, best[name].target, None), call, device)
+            found = _best(database, kernels[symbol], best[name].target)
+            same = found is not None and record_check.writes_the_same(
+                build(found[1], best[name].target, None), call, device)
         except (RuntimeError, ValueError):  # TVM's errors: the record does not build or run
             same = False
         # A fault of ours is raised after the run: from inside the VM's callback it would come back as a
@@ -975,8 +993,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
                                 min(num_trials_per_iter, remaining), callback)
     per_task = _records_per_task(database, tasks)
     total = sum(len(r) for r in per_task.values())
-    best = {t.task_name: (t, m) for t in tasks
-            if (m := _best_scheduled(database, t.dispatched[0], t.target)) is not None}
+    found = {t.task_name: (t, f) for t in tasks if (f := _best(database, t.dispatched[0], t.target)) is not None}
+    best = {name: (t, scheduled) for name, (t, (_, scheduled)) in found.items()}
     checked = (_check_records(spec, {n: t for n, (t, _) in best.items()}, database, mod, tunable, inputs)
                if check and not unchecked else _Checked(failed=unchecked))
     if check_only and checked.failed:
@@ -988,11 +1006,10 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     left_out = {"default_wins": {keys[t.task_name]: t.task_name for t in slower}} if estimate else {}
     passed = None
     if check and not checked.failed:
-        left_out["wrong_integers"] = {keys[name]: name for name in checked.wrong}
-        passed = _Passed({keys[name]: record_digest(database.query_tuning_record(t.dispatched[0], t.target, "main"))
-                          for name, (t, _) in best.items() if name not in checked.wrong},
-                         record_check.function_fingerprint(mod, "main"))
-    meta = (_add_check(folder, left_out["wrong_integers"], passed) if check_only else
+        left_out |= {"wrong_integers": {keys[name]: name for name in checked.wrong},
+                     "not_called": {keys[name]: name for name in checked.not_called}}
+        passed = _passed(found, checked, keys, mod)
+    meta = (_add_check(folder, left_out, passed) if check_only else
             _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out,
                         passed))
     slower_names = {t.task_name for t in slower}

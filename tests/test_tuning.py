@@ -92,6 +92,11 @@ def test_tune_writes_a_database_with_its_metadata(model, tuned, spec, report):
     with_record = [name for name, r in records.items() if r and min(r) < tuning.FAILED_SECS]
     assert result.records_checked + len(result.not_checked) == len(with_record) and result.records_checked > 0
     assert all("reshape" in name for name in result.not_checked) and not result.wrong_integers
+    # a record the check could not run (its kernel runs as a view) is left out of compile, not filed as checked
+    assert set(meta["not_called"].values()) == set(result.left_out["not_called"]) == set(result.not_checked)
+    keys = {t.task_name: tuning.workload_key(t.dispatched[0]) for t in _kernels(model.program(BATCH, SEQ),
+                                                                                  spec.target)}
+    assert set(meta["checked"]) == {keys[name] for name in result.recorded if name not in result.not_checked}
     assert not result.unchecked
     report(f"tuning (llvm, tiny RoBERTa 1x{SEQ}): {result.trials_run} trials in {result.seconds:.0f} s, "
            f"{result.failed} failed ({result.failed_share:.0%}); estimated {result.latency_before_ms:.3f} ms "
@@ -184,9 +189,11 @@ def test_compile_warns_of_records_never_checked_on_its_model(model, spec, tuned,
     other = _recalibrated()
     with pytest.warns(UserWarning, match=r"(\d+) of the \1 tuning records that .*db applied were never checked "
                                          r"against this program's own integers .*--check-only --work-dir .*db") as w:
-        unchecked = ibert_tvm.compile(other, spec, tuning_logs=db, batch_sizes=(BATCH,), seq_lengths=(SEQ,))
+        unchecked = ibert_tvm.compile(other, spec, tuning_logs=db, batch_sizes=(BATCH,), seq_lengths=(SEQ, 2 * SEQ))
     count = unchecked.meta["target"]["unchecked_records"]
-    assert count > 0 and str(w[0].message).startswith(f"{count} of the {count} ")
+    message = next(str(m.message) for m in w if "never checked" in str(m.message))
+    assert count > 0 and message.startswith(f"{count} of the {count} ")
+    assert f"<model arguments> --batch {BATCH} --seq {SEQ} --check-only" in message  # the shape tuned, not 2 x SEQ
     assert f"{count} of its records never checked on this model" in cli._tuned(unchecked.meta["target"])
     tune(other, spec, 0, db, batch=BATCH, seq=SEQ, progress=False, check_only=True)
     with warnings.catch_warnings():
@@ -208,6 +215,11 @@ def test_a_check_counts_for_the_record_and_the_program_it_ran(spec, tmp_path):
     tuning._add_check(tmp_path, {}, tuning._Passed({"k": "r2"}, "p3"))
     assert json.loads((tmp_path / META_FILE).read_text())["checked"]["k"] == {"record": "r2", "programs": ["p3"]}
     assert tuning.unchecked_records(tmp_path, {"k": "r2"}, {"p1", "p2", "p3"}) == set()
+    # a folder written before checks were filed opens, and none of its records counts as checked
+    meta = json.loads((tmp_path / META_FILE).read_text())
+    del meta["checked"]
+    (tmp_path / META_FILE).write_text(json.dumps(meta))
+    assert tuning._read_meta(tmp_path) == meta and tuning.unchecked_records(tmp_path, {"k": "r2"}, {"p3"}) == {"k"}
 
 
 def test_function_fingerprints_follow_constants_and_shape_not_names(model):
@@ -218,6 +230,18 @@ def test_function_fingerprints_follow_constants_and_shape_not_names(model):
     assert fingerprint(one, "main") == fingerprint(both, "main_b1_s8") != fingerprint(both, "main_b1_s16")
     other = _recalibrated()
     assert fingerprint(other.program(BATCH, SEQ), "main") != fingerprint(one, "main")
+    # a program that calls kernels: built twice, the same (a GlobalVar by where it occurs, not by its address);
+    # another immediate inside a kernel (the requantize shift), another fingerprint
+    def lowered(shift: int) -> tvm.IRModule:
+        weight = np.ones((16, 16), np.int8)
+        mod = single_op_module(lambda x: ops.requantize(ops.linear(x, weight), 1 << 30, shift),
+                               {"x": np.zeros((1, 4, 16), np.int8)})
+        return pipeline.tunable_module(mod, "llvm")
+
+    twice, other_shift = [lowered(40), lowered(40)], lowered(41)
+    assert all(relax.analysis.all_global_vars(m["main"]) for m in twice)
+    assert tvm_ffi.structural_hash(twice[0]["main"]) != tvm_ffi.structural_hash(twice[1]["main"])  # by address
+    assert fingerprint(twice[0], "main") == fingerprint(twice[1], "main") != fingerprint(other_shift, "main")
 
 
 def test_avx2_level_tunes_with_its_vpmaddwd_step(model, tmp_path):
