@@ -20,8 +20,8 @@ import tvm
 
 from .targets import host_cpu_features, x86_levels_for
 
-__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "check_runnable_here", "library_sha256", "metadata_path",
-           "read_metadata", "runtime_versions", "write_metadata"]
+__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "check_library_path", "check_runnable_here", "library_sha256",
+           "metadata_path", "read_metadata", "runtime_versions", "write_metadata"]
 
 ARTIFACT_FORMAT = "ibert-tvm-artifact/1"
 _REQUIRED = ("format", "versions", "target", "model", "inputs", "output", "buckets", "library")
@@ -34,6 +34,21 @@ class ArtifactError(RuntimeError):
 def metadata_path(library: str | Path) -> Path:
     """The metadata JSON that belongs to a library: `model.so` -> `model.json`."""
     return Path(library).with_suffix(".json")
+
+
+def check_library_path(path: str | Path) -> Path:
+    """Where a library can be exported (checked before compiling, as the CLI does): a file path not ending in
+    .json (its metadata goes beside it as .json), not a folder, under folders rather than a file."""
+    out = Path(path)
+    if out.suffix == ".json":
+        raise ValueError(f"{path}: the library must not end in .json (its metadata is written beside it as "
+                         f"{out.name})")
+    if out.is_dir():
+        raise ValueError(f"{path} is a folder; give the library's file path (e.g. {out / 'model.so'})")
+    parent = next((p for p in out.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ValueError(f"{path}: {parent} is a file, not a folder")
+    return out
 
 
 def library_sha256(library: str | Path) -> str:
@@ -63,7 +78,12 @@ def write_metadata(library: str | Path, meta: dict[str, Any]) -> Path:
 
 def read_metadata(library: str | Path) -> dict[str, Any]:
     """The metadata of an artifact, checked against its library (presence, format, hash, TVM version)."""
+    if not isinstance(library, (str, Path)):
+        raise TypeError(f"an artifact is a library path, got {type(library).__name__}")
     library = Path(library)
+    if library.suffix == ".json":
+        raise ArtifactError(f"{library} is an artifact's metadata: pass its library (the file beside it that its "
+                            "'library' entry names)")
     if not library.is_file():
         raise ArtifactError(f"{library}: no such library file")
     path = metadata_path(library)

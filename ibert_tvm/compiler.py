@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import numbers
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,9 @@ import numpy as np
 import tvm
 
 from . import cross
-from .artifact import ArtifactError, check_runnable_here, read_metadata, runtime_versions, write_metadata
-from .model import QuantizedModel, function_name
+from .artifact import (ArtifactError, check_library_path, check_runnable_here, read_metadata, runtime_versions,
+                       write_metadata)
+from .model import QuantizedModel, function_name, position_limit
 from .relay_passes.pipeline import build
 from .runtime import IntegerModel
 from .targets import TargetSpec, resolve_target
@@ -30,6 +32,8 @@ __all__ = ["CompiledModel", "DEFAULT_BATCH_SIZES", "DEFAULT_SEQ_LENGTHS", "compi
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEQ_LENGTHS = (32, 128)
+#: The shortest sequence bucket: a real input holds [CLS] and [SEP] at least (length 1 does not build).
+MIN_SEQ_LENGTH = 2
 
 
 class CompiledModel:
@@ -42,7 +46,7 @@ class CompiledModel:
 
     def export(self, path: str | Path) -> Path:
         """Write the library (cross-compiled where the target needs it) and its metadata JSON beside it."""
-        path = Path(path)
+        path = check_library_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with _build_environment(self.spec):
             cross.export(self.executable, path, self.spec)
@@ -73,7 +77,7 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
         raise TypeError(f"compile takes a QuantizedModel (from ibert_tvm.from_pretrained / from_onnx), got "
                         f"{type(model).__name__}")
     spec = resolve_target(target)
-    batch_sizes, seq_lengths = _buckets(model, batch_sizes, seq_lengths)
+    batch_sizes, seq_lengths = shape_buckets(model, batch_sizes, seq_lengths)
     shapes = [(b, s) for b in batch_sizes for s in seq_lengths]
     folder, database = _database(tuning_logs, spec)
     program = model.programs(shapes)
@@ -104,13 +108,11 @@ def load(path: str | Path) -> IntegerModel:
     return IntegerModel(lib, meta)
 
 
-def _buckets(model: QuantizedModel, batch_sizes: Sequence[int], seq_lengths: Sequence[int]
-             ) -> tuple[list[int], list[int]]:
-    """Sorted, de-duplicated buckets, checked against the model's position-embedding range."""
-    batch_sizes, seq_lengths = sorted(set(map(int, batch_sizes))), sorted(set(map(int, seq_lengths)))
-    if not batch_sizes or not seq_lengths or batch_sizes[0] < 1 or seq_lengths[0] < 1:
-        raise ValueError(f"batch_sizes and seq_lengths must be non-empty positive integers, got {batch_sizes}, "
-                         f"{seq_lengths}")
+def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths: Iterable[int]
+                  ) -> tuple[list[int], list[int]]:
+    """Sorted, de-duplicated buckets, checked: integers, batch sizes >= 1, sequence lengths from MIN_SEQ_LENGTH
+    up to what the model's position embeddings cover (`compile` and `tune` take the same shapes)."""
+    batch_sizes, seq_lengths = _sizes(batch_sizes, "batch_sizes", 1), _sizes(seq_lengths, "seq_lengths", MIN_SEQ_LENGTH)
     limit = max_seq_length(model)
     if seq_lengths[-1] > limit:
         raise ValueError(f"sequence length {seq_lengths[-1]} exceeds what the model's position embeddings "
@@ -118,11 +120,22 @@ def _buckets(model: QuantizedModel, batch_sizes: Sequence[int], seq_lengths: Seq
     return batch_sizes, seq_lengths
 
 
+def _sizes(values: Iterable[int], name: str, minimum: int) -> list[int]:
+    """`values` as a sorted list of distinct ints, each at least `minimum`, or a TypeError / ValueError naming
+    `name`."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of integers, got {type(values).__name__} {values!r}")
+    values = list(values)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{name} must hold integers, got {values}")
+    if not values or min(values) < minimum:
+        raise ValueError(f"{name} must be a non-empty sequence of integers of at least {minimum}, got {values}")
+    return sorted(set(map(int, values)))
+
+
 def max_seq_length(model: QuantizedModel) -> int:
-    """The longest sequence the position embeddings cover (RoBERTa's start after the padding index)."""
-    config = model.ibert.config
-    offset = config.pad_token_id + 1 if model.model_type == "roberta" else 0
-    return int(config.max_position_embeddings - offset)
+    """The longest sequence the model's position embeddings cover."""
+    return position_limit(model.ibert.config, model.model_type)
 
 
 def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> tuple[Path | None, Any | None]:
@@ -131,6 +144,8 @@ def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> tuple[
         return None, None
     from . import tuning
 
+    if not isinstance(tuning_logs, (str, Path, bool, type(None))):
+        raise TypeError(f"tuning_logs must be a folder path, None or False, got {type(tuning_logs).__name__}")
     folder = tuning.shipped_database(spec) if tuning_logs is None or tuning_logs is True else Path(tuning_logs)
     return folder, None if folder is None else tuning.open_database(folder, spec)
 

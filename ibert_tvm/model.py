@@ -49,14 +49,36 @@ def _check_supported(config) -> None:
         raise UnsupportedModelError("decoder / cross-attention models are not supported (encoders only)")
 
 
+#: Heads whose output is not the encoder's or one label per sequence: compiling their encoder alone would drop
+#: what the checkpoint was trained to output. (...ForMaskedLM / ...ForPreTraining checkpoints are the usual
+#: source of an encoder, so their heads are dropped without a word.)
+_TASK_HEADS = ("ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice", "ForNextSentencePrediction",
+               "ForCausalLM")
+#: Files one of which a tokenizer directory holds (fast, WordPiece, BPE, SentencePiece).
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
+
+
+def _check_head(architecture: str) -> None:
+    """Refuse an architecture whose task head the integer program would drop."""
+    if architecture.endswith(_TASK_HEADS):
+        raise UnsupportedModelError(f"architecture {architecture} is not supported: its head would be dropped "
+                                    "(ibert-tvm compiles an encoder, or a ...ForSequenceClassification model)")
+
+
 def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
     if isinstance(model_or_dir, PreTrainedModel):
+        _check_head(type(model_or_dir).__name__)
         return model_or_dir
+    if not isinstance(model_or_dir, (str, Path)):
+        raise TypeError(f"from_pretrained takes a model directory or a transformers PreTrainedModel, got "
+                        f"{type(model_or_dir).__name__}")
     path = Path(model_or_dir)
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     _check_supported(config)
+    for architecture in config.architectures or []:
+        _check_head(architecture)
     if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
         return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     return AutoModel.from_pretrained(path, local_files_only=True)
@@ -228,15 +250,11 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     model_type = _encoder_of(model).config.model_type
     if model_type == "ibert":
         model_type = "roberta"
-    if tokenizer is None and not isinstance(model_or_dir, PreTrainedModel):
+    if tokenizer is None and not isinstance(model_or_dir, PreTrainedModel) \
+            and any((Path(model_or_dir) / name).is_file() for name in TOKENIZER_FILES):
         tokenizer = AutoTokenizer.from_pretrained(Path(model_or_dir), local_files_only=True)
     if calibration is not None:
-        calibration = list(calibration)
-        if calibration and all(isinstance(t, str) for t in calibration):
-            if tokenizer is None:
-                raise ValueError("calibration texts need a tokenizer (pass tokenizer=, or a model directory "
-                                 "that holds one)")
-            calibration = batches_from_texts(calibration, tokenizer)
+        calibration = _calibration_batches(calibration, tokenizer, position_limit(qmodel.config, model_type))
         calibrate(qmodel, model_type, calibration, method=method, percentile=percentile)
     elif qmodel is not _encoder_of(model):
         raise ValueError("a float model needs calibration batches (or pass an IBert model with trained ranges)")
@@ -249,6 +267,33 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
         raise UnsupportedModelError("importer='graph' needs a float BERT / RoBERTa: an IBert checkpoint's graph is "
                                     "HF's float simulation of the integers (use importer='modules')")
     return QuantizedModel(qmodel, model_type, semantics, tokenizer, classifier, head, importer, model)
+
+
+def position_limit(config, model_type: str) -> int:
+    """The longest sequence the position embeddings cover (RoBERTa's start after the padding index)."""
+    offset = config.pad_token_id + 1 if model_type == "roberta" else 0
+    return int(config.max_position_embeddings - offset)
+
+
+def _calibration_batches(calibration: Iterable[Batch] | Sequence[str], tokenizer, limit: int) -> list[Batch]:
+    """Calibration sentences (tokenized, truncated to the `limit` positions) or batches, checked: a TypeError
+    for one string or other items, a ValueError for a batch longer than the model's positions."""
+    if isinstance(calibration, (str, bytes)):
+        raise TypeError("calibration must be a list of sentences or Batches, got one string (wrap it in a list)")
+    items = list(calibration)
+    if items and all(isinstance(t, str) for t in items):
+        if tokenizer is None:
+            raise ValueError("calibration texts need a tokenizer (pass tokenizer=, or a model directory that holds "
+                             f"one of {', '.join(TOKENIZER_FILES)})")
+        return batches_from_texts(items, tokenizer, max_length=min(128, limit))
+    wrong = next((t for t in items if not isinstance(t, Batch)), None)
+    if wrong is not None:
+        raise TypeError(f"calibration must be a list of sentences or Batches, got a {type(wrong).__name__}")
+    longest = max((int(b.input_ids.shape[-1]) for b in items), default=0)
+    if longest > limit:
+        raise ValueError(f"a calibration batch has {longest} tokens per row, more than the model's {limit} "
+                         "positions")
+    return items
 
 
 def from_onnx(path: str | Path, calibration: Iterable[Batch] | Sequence[str] | None = None, **options

@@ -49,8 +49,24 @@ class IntegerModel:
         self._tokenizer = None
         buckets = meta["buckets"]
         self._batch_sizes, self._seq_lengths = sorted(buckets["batch_sizes"]), sorted(buckets["seq_lengths"])
+        self._check_buckets(buckets["functions"])
         self._functions = {}  # "BxL" -> the VM function and its input tensors (`_function`)
         self._on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
+
+    def _check_buckets(self, functions: dict[str, str]) -> None:
+        """Every batch x seq bucket of the metadata must name a function that the library holds."""
+        from .artifact import ArtifactError
+
+        for b in self._batch_sizes:
+            for s in self._seq_lengths:
+                name = functions.get(f"{b}x{s}")
+                try:
+                    found = name is not None and self._vm[name] is not None
+                except AttributeError:  # the VM's answer for a function it does not hold
+                    found = False
+                if not found:
+                    raise ArtifactError(f"the metadata's bucket {b}x{s} names no function of the library "
+                                        f"({name!r}); re-export the artifact")
 
     # ---- what the artifact is
     @property
@@ -168,6 +184,8 @@ class IntegerModel:
         """Token ids and mask for `texts`, truncated to the longest compiled length."""
         if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
             raise InputError("texts must be a list of strings")
+        if not texts:
+            raise InputError("texts is empty: give at least one text")
         enc = self.tokenizer()(list(texts), padding=True, truncation=True, max_length=self.seq_lengths[-1],
                                return_tensors="np")
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32)
@@ -177,6 +195,8 @@ class IntegerModel:
         if self.meta["output"]["kind"] != "logits":
             raise InputError("classify needs a model with a classification head; this artifact outputs hidden "
                              "states (call it on token ids instead)")
+        if not isinstance(texts, str) and len(texts) == 0:
+            return []
         logits = self(*self.encode_texts(texts))
         labels = self.labels or [str(i) for i in range(logits.shape[1])]
         return [Prediction(labels[int(i)], int(i), row) for row, i in zip(logits, logits.argmax(1))]
@@ -186,7 +206,12 @@ def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray
     """numpy / torch / nested lists -> an integer numpy array, or InputError naming the dtype."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
-    arr = np.asarray(value)
+    try:
+        arr = np.asarray(value)
+    except (ValueError, OverflowError) as err:  # rows of unequal lengths; a Python int past int64
+        raise InputError(f"{name} must be an array of integers with rows of equal length ({err})") from err
+    if arr.dtype == object and all(isinstance(v, int) for v in arr.ravel()):
+        raise InputError(f"{name} holds integers outside int64")
     if arr.dtype == np.bool_ and allow_bool:
         return arr.astype(np.int32)
     if arr.dtype not in (np.int64, np.int32):

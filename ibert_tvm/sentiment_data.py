@@ -64,7 +64,9 @@ def _decode(raw: bytes) -> str:
 def _rows(path: Path, columns: tuple[str, str]) -> list[tuple[str, str]]:
     """(text, label) pairs from the two named columns of a CSV file."""
     reader = csv.DictReader(io.StringIO(_decode(Path(path).read_bytes()), newline=""))
-    missing = [c for c in columns if c not in (reader.fieldnames or [])]
+    if not reader.fieldnames:
+        raise ValueError(f"{path} is empty: expected a header row with the columns {list(columns)}")
+    missing = [c for c in columns if c not in reader.fieldnames]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
     return [(row[columns[0]] or "", row[columns[1]] or "") for row in reader]

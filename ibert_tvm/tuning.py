@@ -328,7 +328,8 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     `keep_slower=True` (tuning itself) returns the database as it is on disk."""
     spec, folder = resolve_target(target), Path(path)
     if not folder.is_dir():
-        raise TuningLogError(f"no tuning database at {folder} (folder not found)")
+        raise TuningLogError(f"{folder} is a file, not a tuning database folder" if folder.is_file()
+                             else f"no tuning database at {folder} (folder not found)")
     meta = _read_meta(folder)
     _check_meta(folder, meta, spec)
     _register_intrinsics(folder, spec, _check_lines(folder))
@@ -958,6 +959,12 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     """
     started = time.monotonic()
     spec, folder = resolve_target(target), Path(work_dir)
+    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
+        raise ValueError(f"trials must be an integer of at least 0, got {trials!r}")
+    if not isinstance(model, tvm.IRModule):
+        from .compiler import shape_buckets
+
+        shape_buckets(model, [batch], [seq])
     database = database_to_check(folder, spec, rpc) if check_only else None
     mod = _program(model, batch, seq)
     if check_only:

@@ -77,6 +77,12 @@ def test_another_process_gives_identical_outputs(exported, loaded, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), loaded(ids, mask, integer=True))
 
 
+def test_no_texts_classify_to_no_predictions(loaded):
+    assert loaded.classify([]) == []
+    with pytest.raises(ibert_tvm.InputError, match="texts is empty"):
+        loaded.encode_texts([])
+
+
 def test_classify_uses_the_bundled_tokenizer_and_labels(loaded):
     texts = held_out_texts()[:3]
     predictions = loaded.classify(texts)
@@ -118,6 +124,8 @@ def test_outputs_are_the_callers_own(loaded):
     (lambda ids, m: (ids, m[:, :-1]), "differs from input_ids shape"),
     (lambda ids, m: (ids, np.zeros_like(m)), "row 0 has no 1"),
     (lambda ids, m: (ids, m.astype(np.float64)), "attention_mask must be int64 or int32"),
+    (lambda ids, m: ([[101, 2023], [101, 2023, 102]], None), "rows of equal length"),
+    (lambda ids, m: ([[1 << 70, 1]], None), "outside int64"),
 ])
 def test_bad_inputs_are_named(loaded, make, message):
     ids, mask = _inputs(loaded, held_out_texts()[:2])
@@ -150,6 +158,8 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m["target"].update(features=["avx512vnni", "amx-fp8"]), "amx-fp8, which this CPU lacks"),
     (lambda m: m.update(format="something-else"), "not an ibert-tvm artifact"),
     (lambda m: m.pop("buckets"), "metadata lacks buckets"),
+    (lambda m: m["buckets"].update(seq_lengths=[8, 16, 32]), "bucket 1x32 names no function of the library (None)"),
+    (lambda m: m["buckets"]["functions"].update({"1x8": "absent"}), "bucket 1x8 names no function of the library"),
 ])
 def test_mismatched_metadata_is_refused(exported, tmp_path, edit, message):
     copy = tmp_path / "model.so"
@@ -170,9 +180,26 @@ def test_missing_files_are_named(exported, tmp_path):
         ibert_tvm.load(lone)
 
 
-def test_compile_refuses_bad_arguments(quantized):
+def test_compile_refuses_bad_arguments(quantized, exported, tmp_path):
     with pytest.raises(ibert_tvm.UnknownTargetError, match="unknown target 'tpu'"):
         ibert_tvm.compile(quantized, "tpu")
+    for seq_lengths, error, message in ((8, TypeError, "seq_lengths must be a sequence of integers, got int 8"),
+                                        ("8,16", TypeError, "seq_lengths must be a sequence of integers, got str"),
+                                        ((8.5,), TypeError, "seq_lengths must hold integers, got \\[8.5\\]"),
+                                        ((1, 8), ValueError, "integers of at least 2, got \\[1, 8\\]")):
+        with pytest.raises(error, match=message):
+            ibert_tvm.compile(quantized, "llvm", tuning_logs=False, seq_lengths=seq_lengths)
+    with pytest.raises(TypeError, match="tuning_logs must be a folder path, None or False, got int"):
+        ibert_tvm.compile(quantized, "llvm", tuning_logs=123, seq_lengths=SEQS)
+    with pytest.raises(ValueError, match="trials must be an integer of at least 0, got -1"):
+        ibert_tvm.tune(quantized, "llvm", -1, tmp_path / "db")
+    with pytest.raises(ValueError, match="sequence length 100 exceeds what the model's position embeddings"):
+        ibert_tvm.tune(quantized, "llvm", 0, tmp_path / "db", seq=100)
+    assert not (tmp_path / "db").exists()
+    with pytest.raises(TypeError, match="an artifact is a library path, got NoneType"):
+        ibert_tvm.load(None)
+    with pytest.raises(ibert_tvm.ArtifactError, match="is an artifact's metadata: pass its library"):
+        ibert_tvm.load(exported.with_suffix(".json"))
     with pytest.raises(ValueError, match="exceeds what the model's position embeddings cover \\(64\\)"):
         ibert_tvm.compile(quantized, "llvm", tuning_logs=False, seq_lengths=(128,))
     with pytest.raises(TypeError, match="takes a QuantizedModel"):

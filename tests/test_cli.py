@@ -151,6 +151,41 @@ def test_user_errors_are_one_line(artifact, model_dir, tmp_path):
     assert_one_line_error(cli("compile", "--model", str(tmp_path / "absent")), "not a local model")
 
 
+def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, tmp_path):
+    """Paths and values a command cannot use are refused, in one line, before it calibrates, compiles or
+    times anything: a library path ending in .json (its metadata would overwrite it), a folder, or under a
+    file; a work dir that is a file; a calibration file that is not UTF-8, or a folder; the metadata passed
+    as the artifact; --ids rows of unequal lengths or past int64. Values argparse checks (counts, ids, RPC)
+    exit 2 with their reason."""
+    model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"))
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x\n", encoding="utf-8")
+    for output, reason in ((tmp_path / "m.json", "must not end in .json"), (tmp_path, "is a folder"),
+                           (a_file / "m.so", "is a file, not a folder")):
+        assert_one_line_error(cli("compile", *model, "-o", str(output)), reason)
+    assert_one_line_error(cli("tune", *model, "--work-dir", str(a_file)), "is a file, not a tuning database folder")
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
+    assert_one_line_error(cli("compile", "--model", str(model_dir), "--calibration", str(latin1), "-o",
+                              str(tmp_path / "x.so")), f"{latin1} is not UTF-8 text (byte 0xe9 at offset 3)")
+    assert_one_line_error(cli("compile", "--model", str(model_dir), "--calibration", str(tmp_path), "-o",
+                              str(tmp_path / "x.so")), "Is a directory")
+    assert_one_line_error(cli("inspect", str(artifact.with_suffix(".json"))), "is an artifact's metadata: pass its")
+    assert_one_line_error(cli("run", str(artifact), "--ids", "1,2", "--ids", "1,2,3"), "rows of equal length")
+    assert_one_line_error(cli("run", str(artifact), "--ids", "99999999999999999999999,1"), "outside int64")
+    for args, reason in ((("eval", "--batch-size", "0"), "expected an integer of at least 1, got 0"),
+                         (("tune", *model, "--work-dir", str(tmp_path / "db"), "--trials", "-5"),
+                          "expected an integer of at least 0, got -5"),
+                         (("tune", *model, "--work-dir", str(tmp_path / "db"), "--batch", "0"), "at least 1, got 0"),
+                         (("tune", *model, "--work-dir", str(tmp_path / "db"), "--rpc", "host:port"),
+                          "expected HOST:PORT:KEY"),
+                         (("bench", str(artifact), "--repeats", "0"), "at least 1, got 0"),
+                         (("run", str(artifact), "--ids", "101,abc"), "'101,abc' is not comma-separated integer")):
+        proc = cli(*args)
+        assert proc.returncode == 2 and reason in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "db").exists() and not list(tmp_path.glob("*.so"))
+
+
 def test_eval_scores_a_labelled_csv(tmp_path):
     """`eval` on four bundled test tweets: the real MiniLM classifier in FP32 and integer-only, one table."""
     from ibert_tvm.sentiment_data import bundled_test_slice, write_labelled_csv

@@ -162,6 +162,55 @@ def test_text_calibration_needs_a_tokenizer():
         from_pretrained(tiny("bert"), calibration=["a sentence", "another one"])
 
 
+@pytest.mark.parametrize("calibration, message", [
+    ("one sentence", "got one string \\(wrap it in a list\\)"),
+    ([1, 2, 3], "list of sentences or Batches, got a int")])
+def test_calibration_that_is_not_sentences_or_batches_is_refused(calibration, message):
+    with pytest.raises(TypeError, match=message):
+        from_pretrained(tiny("bert"), calibration=calibration)
+
+
+def test_calibration_longer_than_the_positions_is_refused_or_truncated(tmp_path):
+    """Batches past the model's positions are refused by name (the embedding lookup would fail deep in
+    torch); sentences are truncated to the positions, where they were cut at 128 tokens before."""
+    from transformers import AutoTokenizer
+
+    from ibert_tvm.classifier import default_model_dir
+
+    with pytest.raises(ValueError, match="a calibration batch has 96 tokens per row, more than the model's 80"):
+        from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 96, seed=1))
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
+    long = " ".join(["word"] * 150)
+    assert len(tokenizer(long)["input_ids"]) > COMMON["max_position_embeddings"]
+    cfg = BertConfig(pad_token_id=0, **{**COMMON, "vocab_size": tokenizer.vocab_size})
+    torch.manual_seed(0)
+    qm = from_pretrained(BertModel(cfg, add_pooling_layer=False).eval(), calibration=[long, "short"],
+                         tokenizer=tokenizer)
+    assert qm.ibert.config.max_position_embeddings == COMMON["max_position_embeddings"]
+
+
+def test_a_task_head_the_program_would_drop_is_refused(tmp_path):
+    """A token-classification (or QA, multiple-choice) checkpoint is refused, as a model object or a
+    directory: its encoder alone would compile, without the head it was trained for."""
+    from transformers import BertForTokenClassification
+
+    model = BertForTokenClassification(BertConfig(pad_token_id=0, **COMMON)).eval()
+    with pytest.raises(UnsupportedModelError, match="architecture BertForTokenClassification is not supported"):
+        from_pretrained(model, calibration=[])
+    model.save_pretrained(tmp_path / "tokens")
+    with pytest.raises(UnsupportedModelError, match="BertForTokenClassification"):
+        from_pretrained(str(tmp_path / "tokens"), calibration=[])
+
+
+def test_a_directory_without_tokenizer_files_gives_no_tokenizer(tmp_path):
+    """transformers builds an empty five-token tokenizer for such a directory; calibrating sentences with it
+    would give a model calibrated on [UNK]s. Named instead, and batches still calibrate."""
+    tiny("bert").save_pretrained(tmp_path / "bare")
+    with pytest.raises(ValueError, match="calibration texts need a tokenizer .*vocab.txt"):
+        from_pretrained(str(tmp_path / "bare"), calibration=["a sentence"])
+    assert from_pretrained(str(tmp_path / "bare"), calibration=batches(0, 1, 2, 8, seed=1)).tokenizer is None
+
+
 def test_unknown_calibration_method_is_named():
     with pytest.raises(ValueError, match="median"):
         from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 8, seed=1), method="median")
