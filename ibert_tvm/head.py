@@ -64,8 +64,9 @@ def calibrate_head(head: ClassifierHead, qmodel, model_type: str, batches: Itera
 
 
 def first_token(bb: relax.BlockBuilder, h: layers.QTensor) -> layers.QTensor:
-    """[B, L, H] -> [B, H] at position 0 (the CLS / <s> token)."""
-    return layers.QTensor(bb.emit(relax.op.take(h.value, relax.const(0, "int64"), axis=1)), h.scale)
+    """[B, L, H] -> [B, H] at position 0 (the CLS / <s> token). Mode "clip": the same element for this index,
+    without TVM's "fast mode segfaults" warning at every build."""
+    return layers.QTensor(bb.emit(relax.op.take(h.value, relax.const(0, "int64"), axis=1, mode="clip")), h.scale)
 
 
 def integer_head(bb: relax.BlockBuilder, h: layers.QTensor, head: ClassifierHead) -> layers.QTensor:

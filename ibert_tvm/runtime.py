@@ -49,13 +49,19 @@ class IntegerModel:
         self._tokenizer = None
         buckets = meta["buckets"]
         self._batch_sizes, self._seq_lengths = sorted(buckets["batch_sizes"]), sorted(buckets["seq_lengths"])
-        self._check_buckets(buckets["functions"])
+        self._check_metadata(buckets["functions"])
         self._functions = {}  # "BxL" -> the VM function and its input tensors (`_function`)
         self._on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
 
-    def _check_buckets(self, functions: dict[str, str]) -> None:
-        """Every batch x seq bucket of the metadata must name a function that the library holds."""
+    def _check_metadata(self, functions: dict[str, str]) -> None:
+        """Every batch x seq bucket of the metadata must name a function that the library holds, and the labels
+        must be as many as the logits' scales."""
         from .artifact import ArtifactError
+
+        labels, scale = self.meta["model"].get("labels"), self.meta["output"].get("scale")
+        if labels and isinstance(scale, list) and len(labels) != len(scale):
+            raise ArtifactError(f"the metadata names {len(labels)} labels for {len(scale)} logits; re-export the "
+                                "artifact")
 
         for b in self._batch_sizes:
             for s in self._seq_lengths:

@@ -160,6 +160,7 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m.pop("buckets"), "metadata lacks buckets"),
     (lambda m: m["buckets"].update(seq_lengths=[8, 16, 32]), "bucket 1x32 names no function of the library (None)"),
     (lambda m: m["buckets"]["functions"].update({"1x8": "absent"}), "bucket 1x8 names no function of the library"),
+    (lambda m: m["model"].update(labels=["neg", "pos"]), "names 2 labels for 3 logits"),
 ])
 def test_mismatched_metadata_is_refused(exported, tmp_path, edit, message):
     copy = tmp_path / "model.so"

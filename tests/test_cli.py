@@ -63,6 +63,7 @@ def artifact(model_dir) -> Path:
                    "--importer", "graph", "-o", str(out))  # the torch.export graph, rewritten
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and out.is_file() and out.with_suffix(".json").is_file()
+    assert "Fast mode segfaults" not in proc.stderr  # TVM's warning for a take that could read out of bounds
     return out
 
 
