@@ -691,10 +691,15 @@ class _Tally:
 
 
 def _one_line(message: str) -> str:
-    """The line of a MetaSchedule error message (often a whole traceback) that says what went wrong."""
+    """The line of a MetaSchedule error message (often a whole traceback) that says what went wrong, cut after
+    its last whole sentence within 200 characters (a ScheduleError goes on to list IR objects)."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     said = [ln for ln in lines if "Error" in ln.split(":", 1)[0] or "Check failed" in ln]
-    return (said or lines or ["(no message)"])[-1][:200]
+    line = (said or lines or ["(no message)"])[-1]
+    if len(line) <= 200:
+        return line
+    end = line.rfind(". ", 0, 200)
+    return line[:end + 1] if end > 0 else line[:199] + "…"
 
 
 @derived_object

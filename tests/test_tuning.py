@@ -552,6 +552,19 @@ def test_summary_gives_each_reason_a_task_cannot_be_tuned_once(tmp_path):
     assert "  ibert_int_softmax4" in lines and "  ibert_int_softmax5" not in lines and "  ... and 2 more" in lines
 
 
+def test_an_error_s_line_is_cut_after_a_whole_sentence():
+    """A ScheduleError's line (a sentence, then its list of IR objects) is cut after its last whole sentence
+    within 200 characters, not in the middle of a word; a short line stays whole."""
+    message = ("Traceback (most recent call last):\n  File x\nScheduleError: An error occurred in the schedule.\n"
+               "Error message: The primitive requires all the producer(s) of the given block to be present under "
+               "the target loop. However, there are 1 producer(s) not satisfying the condition. List of the "
+               "producer(s) not satisfying the condition: " + "T.sblock('exp_shifted') " * 20)
+    line = tuning._one_line(message)
+    assert line == ("Error message: The primitive requires all the producer(s) of the given block to be present "
+                    "under the target loop. However, there are 1 producer(s) not satisfying the condition.")
+    assert tuning._one_line("RuntimeError: short") == "RuntimeError: short"
+
+
 def test_tuning_space_keeps_the_square_root_stages(spec):
     """MetaSchedule leaves LayerNorm's Newton iterates as stages (`intmath.KEEP_STAGE`): AutoInline and
     RandomComputeLocation inlined them into one another, up to ~1,100 divisions, 300-600 KB of TIR a design."""
