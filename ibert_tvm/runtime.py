@@ -10,6 +10,7 @@ the integer Softmax treats them as -inf) and split over the compiled batch sizes
 from __future__ import annotations
 
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +193,14 @@ class IntegerModel:
             raise InputError("texts must be a list of strings")
         if not texts:
             raise InputError("texts is empty: give at least one text")
-        enc = self.tokenizer()(list(texts), padding=True, truncation=True, max_length=self.seq_lengths[-1],
+        longest = self.seq_lengths[-1]
+        enc = self.tokenizer()(list(texts), padding=True, truncation=True, max_length=longest + 1,
                                return_tensors="np")
+        if enc["input_ids"].shape[1] > longest:  # some text needs more tokens than the longest bucket holds
+            warnings.warn(f"texts longer than the longest compiled length ({longest} tokens) were truncated to it",
+                          UserWarning, stacklevel=2)
+            enc = self.tokenizer()(list(texts), padding=True, truncation=True, max_length=longest,
+                                   return_tensors="np")
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32)
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:

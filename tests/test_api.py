@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -75,6 +76,19 @@ def test_another_process_gives_identical_outputs(exported, loaded, tmp_path):
     subprocess.run([sys.executable, "-c", script, str(exported), str(tmp_path / "ids.npy"),
                     str(tmp_path / "mask.npy"), str(tmp_path / "out.npy")], check=True, timeout=300)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), loaded(ids, mask, integer=True))
+
+
+def test_texts_past_the_longest_bucket_are_truncated_with_a_warning(loaded):
+    """A text longer than the longest compiled length is cut to it (ending in [SEP], as the tokenizer
+    truncates), and a warning says so; texts that fit are tokenized as they are, without one."""
+    long = " ".join(["word"] * 40)
+    with pytest.warns(UserWarning, match="longer than the longest compiled length \\(16 tokens\\) were truncated"):
+        ids, mask = loaded.encode_texts([long, "short"])
+    assert ids.shape == (2, 16) and ids[0, -1] == loaded.tokenizer().sep_token_id and mask[0].all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ids, _ = loaded.encode_texts(["short", "a little longer text"])
+    assert ids.shape[1] < 16
 
 
 def test_no_texts_classify_to_no_predictions(loaded):
