@@ -348,9 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Load an artifact with the TVM runtime and print, as JSON, the labels and "
                                      "logits (classifiers) or mean-pooled hidden states (encoders).")
     run.add_argument("artifact", help="the exported .so (its .json beside it)")
-    run.add_argument("--text", action="append", help="a sentence (repeatable; uses the bundled tokenizer)")
-    run.add_argument("--ids", action="append", type=_token_ids, help="comma-separated token ids of one sequence (repeatable, equal "
-                     "lengths)")
+    given = run.add_mutually_exclusive_group()
+    given.add_argument("--text", action="append", help="a sentence (repeatable; uses the bundled tokenizer)")
+    given.add_argument("--ids", action="append", type=_token_ids,
+                       help="comma-separated token ids of one sequence (repeatable, equal lengths)")
     run.set_defaults(func=_run)
 
     bench = sub.add_parser("bench", help="latency percentiles of an artifact (JSON, Markdown, PNG)",

@@ -228,7 +228,8 @@ def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray
     if arr.dtype == np.bool_ and allow_bool:
         return arr.astype(np.int32)
     if arr.dtype not in (np.int64, np.int32):
-        raise InputError(f"{name} must be int64 or int32, got {arr.dtype}")
+        text = " (texts: classify() or encode_texts() tokenizes them)" if arr.dtype.kind in "US" else ""
+        raise InputError(f"{name} must be int64 or int32, got {arr.dtype}{text}")
     return arr
 
 

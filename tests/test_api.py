@@ -140,6 +140,7 @@ def test_outputs_are_the_callers_own(loaded):
     (lambda ids, m: (ids, m.astype(np.float64)), "attention_mask must be int64 or int32"),
     (lambda ids, m: ([[101, 2023], [101, 2023, 102]], None), "rows of equal length"),
     (lambda ids, m: ([[1 << 70, 1]], None), "outside int64"),
+    (lambda ids, m: (["a sentence"], None), "got <U10 (texts: classify() or encode_texts() tokenizes them)"),
 ])
 def test_bad_inputs_are_named(loaded, make, message):
     ids, mask = _inputs(loaded, held_out_texts()[:2])

@@ -181,7 +181,8 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
                          (("tune", *model, "--work-dir", str(tmp_path / "db"), "--rpc", "host:port"),
                           "expected HOST:PORT:KEY"),
                          (("bench", str(artifact), "--repeats", "0"), "at least 1, got 0"),
-                         (("run", str(artifact), "--ids", "101,abc"), "'101,abc' is not comma-separated integer")):
+                         (("run", str(artifact), "--ids", "101,abc"), "'101,abc' is not comma-separated integer"),
+                         (("run", str(artifact), "--ids", "1,2", "--text", "hi"), "not allowed with argument")):
         proc = cli(*args)
         assert proc.returncode == 2 and reason in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "db").exists() and not list(tmp_path.glob("*.so"))
