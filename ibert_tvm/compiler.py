@@ -93,7 +93,8 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
     if tally:
         meta["target"]["tuned_kernels"] = [tally["tuned"], tally["kernels"]]
     if tally.get("records"):
-        meta["target"]["unchecked_records"] = _warn_unchecked(folder, tally["records"], program, shapes)
+        meta["target"]["unchecked_records"] = _warn_unchecked(folder, tally["records"], program, shapes,
+                                                              shipped=tuning_logs in (None, True))
     return CompiledModel(exe, spec, meta)
 
 
@@ -112,7 +113,8 @@ def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths
                   ) -> tuple[list[int], list[int]]:
     """Sorted, de-duplicated buckets, checked: integers, batch sizes >= 1, sequence lengths from MIN_SEQ_LENGTH
     up to what the model's position embeddings cover (`compile` and `tune` take the same shapes)."""
-    batch_sizes, seq_lengths = _sizes(batch_sizes, "batch_sizes", 1), _sizes(seq_lengths, "seq_lengths", MIN_SEQ_LENGTH)
+    batch_sizes = _sizes(batch_sizes, "batch_sizes", 1)
+    seq_lengths = _sizes(seq_lengths, "seq_lengths", MIN_SEQ_LENGTH)
     limit = max_seq_length(model)
     if seq_lengths[-1] > limit:
         raise ValueError(f"sequence length {seq_lengths[-1]} exceeds what the model's position embeddings "
@@ -150,11 +152,11 @@ def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> tuple[
     return folder, None if folder is None else tuning.open_database(folder, spec)
 
 
-def _warn_unchecked(folder: Path, applied: dict[str, str], program: tvm.IRModule, shapes: list[tuple[int, int]]
-                    ) -> int:
+def _warn_unchecked(folder: Path, applied: dict[str, str], program: tvm.IRModule, shapes: list[tuple[int, int]],
+                    shipped: bool) -> int:
     """Warn where records applied to `program` (workload key -> record digest) were never checked against
     its own integers (`tuning.unchecked_records`), naming the check for the build's shapes that the folder was
-    tuned at, and return how many."""
+    tuned at (on a copy, for the database shipped with ibert-tvm), and return how many."""
     from . import record_check, tuning
 
     fingerprints = {record_check.function_fingerprint(program, gv.name_hint)
@@ -163,13 +165,16 @@ def _warn_unchecked(folder: Path, applied: dict[str, str], program: tvm.IRModule
     if unchecked:
         done = tuning.tuned_shapes(folder)
         tuned = [f"--batch {b} --seq {s}" for b, s in shapes if (b, s) in done]
+        work_dir = "COPY" if shipped else str(folder)
+        check = (f"`ibert-tvm tune <model arguments> {' / '.join(tuned) or '--batch B --seq S'} --check-only "
+                 f"--work-dir {work_dir}` where the target runs")
+        how = (f"copy it to a folder COPY of yours, check them there with {check}, and compile with tuning_logs=COPY"
+               if shipped else f"check them with {check}, then compile again")
         warnings.warn(f"{len(unchecked)} of the {len(applied)} tuning records that {folder} applied were never "
                       "checked against this program's own integers (tuned or checked on another model, "
                       "calibration or shape only, tuned again since, or filed before ibert-tvm recorded its "
-                      "checks); a record may write other integers for other constants: check them with "
-                      f"`ibert-tvm tune <model arguments> {' / '.join(tuned) or '--batch B --seq S'} --check-only "
-                      f"--work-dir {folder}` where the target runs, then compile again (compile leaves out those "
-                      "that write other integers)", UserWarning, stacklevel=3)
+                      f"checks); a record may write other integers for other constants: {how} (compile leaves "
+                      "out those that write other integers)", UserWarning, stacklevel=3)
     return len(unchecked)
 
 

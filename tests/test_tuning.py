@@ -173,7 +173,7 @@ def test_a_database_serves_another_calibration_of_the_model(model, spec, tuned):
     np.testing.assert_array_equal(tuned_out, _run(pipeline.build(mod, spec.target), _padded_inputs()))
 
 
-def test_compile_warns_of_records_never_checked_on_its_model(model, spec, tuned, tmp_path):
+def test_compile_warns_of_records_never_checked_on_its_model(model, spec, tuned, tmp_path, monkeypatch):
     """`tune` files the records it checked under the program it ran them on: `compile` applies them to that
     model in silence (its shape's function of a multi-shape build is the program checked), and to another
     calibration of it (the same kernel shapes, other constants) with a warning that names `--check-only` and
@@ -195,6 +195,11 @@ def test_compile_warns_of_records_never_checked_on_its_model(model, spec, tuned,
     assert count > 0 and message.startswith(f"{count} of the {count} ")
     assert f"<model arguments> --batch {BATCH} --seq {SEQ} --check-only" in message  # the shape tuned, not 2 x SEQ
     assert f"{count} of its records never checked on this model" in cli._tuned(unchecked.meta["target"])
+    with monkeypatch.context() as patch:  # the same folder as the database shipped for the target: checked on a copy
+        patch.setattr(tuning, "shipped_database", lambda _target: db)
+        with pytest.warns(UserWarning, match="copy it to a folder COPY of yours, check them there with .*--check-only "
+                                             "--work-dir COPY` where the target runs, and compile with tuning_logs=COPY"):
+            ibert_tvm.compile(other, spec, batch_sizes=(BATCH,), seq_lengths=(SEQ,))
     tune(other, spec, 0, db, batch=BATCH, seq=SEQ, progress=False, check_only=True)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
