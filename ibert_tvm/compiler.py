@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-import numbers
 import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import tvm
 from . import cross
 from .artifact import (ArtifactError, check_library_path, check_runnable_here, read_metadata, runtime_versions,
                        write_metadata)
-from .model import QuantizedModel, function_name, position_limit
+from .model import QuantizedModel, function_name, position_limit, shape_buckets
 from .relay_passes.pipeline import build
 from .runtime import IntegerModel
 from .targets import TargetSpec, resolve_target
@@ -32,8 +31,6 @@ __all__ = ["CompiledModel", "DEFAULT_BATCH_SIZES", "DEFAULT_SEQ_LENGTHS", "compi
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEQ_LENGTHS = (32, 128)
-#: The shortest sequence bucket: a real input holds [CLS] and [SEP] at least (length 1 does not build).
-MIN_SEQ_LENGTH = 2
 
 
 class CompiledModel:
@@ -94,7 +91,7 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
         meta["target"]["tuned_kernels"] = [tally["tuned"], tally["kernels"]]
     if tally.get("records"):
         meta["target"]["unchecked_records"] = _warn_unchecked(folder, tally["records"], program, shapes,
-                                                              shipped=tuning_logs in (None, True))
+                                                              shipped=_is_shipped(folder, spec))
     return CompiledModel(exe, spec, meta)
 
 
@@ -107,32 +104,6 @@ def load(path: str | Path) -> IntegerModel:
     except Exception as err:  # a library that passed the hash check but that the loader refuses
         raise ArtifactError(f"{path}: the TVM runtime cannot load it ({str(err).splitlines()[0]})") from err
     return IntegerModel(lib, meta)
-
-
-def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths: Iterable[int]
-                  ) -> tuple[list[int], list[int]]:
-    """Sorted, de-duplicated buckets, checked: integers, batch sizes >= 1, sequence lengths from MIN_SEQ_LENGTH
-    up to what the model's position embeddings cover (`compile` and `tune` take the same shapes)."""
-    batch_sizes = _sizes(batch_sizes, "batch_sizes", 1)
-    seq_lengths = _sizes(seq_lengths, "seq_lengths", MIN_SEQ_LENGTH)
-    limit = max_seq_length(model)
-    if seq_lengths[-1] > limit:
-        raise ValueError(f"sequence length {seq_lengths[-1]} exceeds what the model's position embeddings "
-                         f"cover ({limit})")
-    return batch_sizes, seq_lengths
-
-
-def _sizes(values: Iterable[int], name: str, minimum: int) -> list[int]:
-    """`values` as a sorted list of distinct ints, each at least `minimum`, or a TypeError / ValueError naming
-    `name`."""
-    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
-        raise TypeError(f"{name} must be a sequence of integers, got {type(values).__name__} {values!r}")
-    values = list(values)
-    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
-        raise TypeError(f"{name} must hold integers, got {values}")
-    if not values or min(values) < minimum:
-        raise ValueError(f"{name} must be a non-empty sequence of integers of at least {minimum}, got {values}")
-    return sorted(set(map(int, values)))
 
 
 def max_seq_length(model: QuantizedModel) -> int:
@@ -150,6 +121,14 @@ def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> tuple[
         raise TypeError(f"tuning_logs must be a folder path, None or False, got {type(tuning_logs).__name__}")
     folder = tuning.shipped_database(spec) if tuning_logs is None or tuning_logs is True else Path(tuning_logs)
     return folder, None if folder is None else tuning.open_database(folder, spec)
+
+
+def _is_shipped(folder: Path, spec: TargetSpec) -> bool:
+    """Whether `folder` is the tuning database shipped with ibert-tvm for the target."""
+    from . import tuning
+
+    shipped = tuning.shipped_database(spec)
+    return shipped is not None and shipped.resolve() == folder.resolve()
 
 
 def _warn_unchecked(folder: Path, applied: dict[str, str], program: tvm.IRModule, shapes: list[tuple[int, int]],

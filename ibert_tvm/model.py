@@ -9,11 +9,14 @@ semantics), which equals HF's computation for the first layer (HF reuses the emb
 
 from __future__ import annotations
 
+import numbers
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 import tvm
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, IBertConfig, IBertModel, PreTrainedModel
 from tvm import relax
@@ -23,8 +26,8 @@ from .head import HEAD_MODES, ClassifierHead, calibrate_head, float_head, head_o
 from .calibration import Batch, batches_from_texts, calibrate, position_ids
 
 
-__all__ = ["Batch", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained", "function_name",
-           "position_ids", "to_ibert"]
+__all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained",
+           "function_name", "position_ids", "position_limit", "shape_buckets", "to_ibert", "tokenizer_in"]
 
 
 class UnsupportedModelError(ValueError):
@@ -52,24 +55,27 @@ def _check_supported(config) -> None:
 #: Heads whose output is not the encoder's or one label per sequence: compiling their encoder alone would drop
 #: what the checkpoint was trained to output. (...ForMaskedLM / ...ForPreTraining checkpoints are the usual
 #: source of an encoder, so their heads are dropped without a word.)
-_TASK_HEADS = ("ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice", "ForNextSentencePrediction",
-               "ForCausalLM")
+_DROPPED_HEADS = ("ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice", "ForNextSentencePrediction",
+                  "ForCausalLM", "LMHeadModel")
+#: The shortest sequence bucket: a real input holds [CLS] and [SEP] at least (length 1 does not build).
+MIN_SEQ_LENGTH = 2
 #: Files one of which a tokenizer directory holds (fast, WordPiece, BPE, SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
 
 
 def _check_head(architecture: str) -> None:
     """Refuse an architecture whose task head the integer program would drop."""
-    if architecture.endswith(_TASK_HEADS):
+    if architecture.endswith(_DROPPED_HEADS):
         raise UnsupportedModelError(f"architecture {architecture} is not supported: its head would be dropped "
-                                    "(ibert-tvm compiles an encoder, or a ...ForSequenceClassification model)")
+                                    "(ibert-tvm compiles an encoder, or a ...ForSequenceClassification model; for "
+                                    "this checkpoint's encoder alone, pass transformers' AutoModel of it)")
 
 
 def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
     if isinstance(model_or_dir, PreTrainedModel):
         _check_head(type(model_or_dir).__name__)
         return model_or_dir
-    if not isinstance(model_or_dir, (str, Path)):
+    if not isinstance(model_or_dir, (str, os.PathLike)):
         raise TypeError(f"from_pretrained takes a model directory or a transformers PreTrainedModel, got "
                         f"{type(model_or_dir).__name__}")
     path = Path(model_or_dir)
@@ -250,9 +256,8 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     model_type = _encoder_of(model).config.model_type
     if model_type == "ibert":
         model_type = "roberta"
-    if tokenizer is None and not isinstance(model_or_dir, PreTrainedModel) \
-            and any((Path(model_or_dir) / name).is_file() for name in TOKENIZER_FILES):
-        tokenizer = AutoTokenizer.from_pretrained(Path(model_or_dir), local_files_only=True)
+    if tokenizer is None and not isinstance(model_or_dir, PreTrainedModel):
+        tokenizer = tokenizer_in(model_or_dir)
     if calibration is not None:
         calibration = _calibration_batches(calibration, tokenizer, position_limit(qmodel.config, model_type))
         calibrate(qmodel, model_type, calibration, method=method, percentile=percentile)
@@ -267,6 +272,40 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
         raise UnsupportedModelError("importer='graph' needs a float BERT / RoBERTa: an IBert checkpoint's graph is "
                                     "HF's float simulation of the integers (use importer='modules')")
     return QuantizedModel(qmodel, model_type, semantics, tokenizer, classifier, head, importer, model)
+
+
+def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths: Iterable[int]
+                  ) -> tuple[list[int], list[int]]:
+    """Sorted, de-duplicated buckets, checked: integers, batch sizes >= 1, sequence lengths from MIN_SEQ_LENGTH
+    up to what the model's position embeddings cover (`compile` and `tune` take the same shapes)."""
+    batch_sizes = _sizes(batch_sizes, "batch_sizes", 1)
+    seq_lengths = _sizes(seq_lengths, "seq_lengths", MIN_SEQ_LENGTH)
+    limit = position_limit(model.ibert.config, model.model_type)
+    if seq_lengths[-1] > limit:
+        raise ValueError(f"sequence length {seq_lengths[-1]} exceeds what the model's position embeddings "
+                         f"cover ({limit})")
+    return batch_sizes, seq_lengths
+
+
+def _sizes(values: Iterable[int], name: str, minimum: int) -> list[int]:
+    """`values` as a sorted list of distinct ints, each at least `minimum`, or a TypeError / ValueError naming
+    `name`."""
+    if isinstance(values, (str, bytes)) or not isinstance(values, Iterable):
+        raise TypeError(f"{name} must be a sequence of integers, got {type(values).__name__} {values!r}")
+    values = list(values)
+    if not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in values):
+        raise TypeError(f"{name} must hold integers, got {values}")
+    if not values or min(values) < minimum:
+        raise ValueError(f"{name} must be a non-empty sequence of integers of at least {minimum}, got {values}")
+    return sorted(set(map(int, values)))
+
+
+def tokenizer_in(directory: str | os.PathLike):
+    """The tokenizer saved in `directory`, or None where it holds none of TOKENIZER_FILES (transformers would
+    build an empty five-token tokenizer there, and sentences would become [UNK]s)."""
+    if not any((Path(directory) / name).is_file() for name in TOKENIZER_FILES):
+        return None
+    return AutoTokenizer.from_pretrained(Path(directory), local_files_only=True)
 
 
 def position_limit(config, model_type: str) -> int:
@@ -286,14 +325,24 @@ def _calibration_batches(calibration: Iterable[Batch] | Sequence[str], tokenizer
             raise ValueError("calibration texts need a tokenizer (pass tokenizer=, or a model directory that holds "
                              f"one of {', '.join(TOKENIZER_FILES)})")
         return batches_from_texts(items, tokenizer, max_length=min(128, limit))
-    wrong = next((t for t in items if not isinstance(t, Batch)), None)
-    if wrong is not None:
-        raise TypeError(f"calibration must be a list of sentences or Batches, got a {type(wrong).__name__}")
-    longest = max((int(b.input_ids.shape[-1]) for b in items), default=0)
+    batches = [_as_batch(t) for t in items]
+    longest = max((int(b.input_ids.shape[-1]) for b in batches), default=0)
     if longest > limit:
         raise ValueError(f"a calibration batch has {longest} tokens per row, more than the model's {limit} "
                          "positions")
-    return items
+    return batches
+
+
+def _as_batch(item: object) -> Batch:
+    """A Batch, or anything with input_ids and attention_mask (a tokenizer's BatchEncoding) as one; a TypeError
+    for other items."""
+    if isinstance(item, Batch):
+        return item
+    try:
+        return Batch(torch.as_tensor(item["input_ids"]), torch.as_tensor(item["attention_mask"]))
+    except (TypeError, KeyError, IndexError):
+        raise TypeError(f"calibration must be a list of sentences or Batches (or tokenizer outputs), got a "
+                        f"{type(item).__name__}") from None
 
 
 def from_onnx(path: str | Path, calibration: Iterable[Batch] | Sequence[str] | None = None, **options

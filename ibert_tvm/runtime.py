@@ -50,7 +50,7 @@ class IntegerModel:
         self._tokenizer = None
         buckets = meta["buckets"]
         self._batch_sizes, self._seq_lengths = sorted(buckets["batch_sizes"]), sorted(buckets["seq_lengths"])
-        self._check_metadata(buckets["functions"])
+        self._check_metadata(buckets.get("functions", {}))
         self._functions = {}  # "BxL" -> the VM function and its input tensors (`_function`)
         self._on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
 
@@ -68,7 +68,7 @@ class IntegerModel:
             for s in self._seq_lengths:
                 name = functions.get(f"{b}x{s}")
                 try:
-                    found = name is not None and self._vm[name] is not None
+                    found = isinstance(name, str) and self._vm[name] is not None
                 except AttributeError:  # the VM's answer for a function it does not hold
                     found = False
                 if not found:
@@ -188,19 +188,19 @@ class IntegerModel:
         return self._tokenizer
 
     def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and mask for `texts`, truncated to the longest compiled length."""
-        if isinstance(texts, str) or not all(isinstance(t, str) for t in texts):
-            raise InputError("texts must be a list of strings")
+        """Token ids and mask for `texts`, truncated to the longest compiled length (with a warning)."""
+        return self._encode(_texts(texts))
+
+    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """`encode_texts` of checked texts; its truncation warning names the caller of the public method."""
         if not texts:
             raise InputError("texts is empty: give at least one text")
         longest = self.seq_lengths[-1]
-        enc = self.tokenizer()(list(texts), padding=True, truncation=True, max_length=longest + 1,
-                               return_tensors="np")
+        enc = self.tokenizer()(texts, padding=True, truncation=True, max_length=longest + 1, return_tensors="np")
         if enc["input_ids"].shape[1] > longest:  # some text needs more tokens than the longest bucket holds
             warnings.warn(f"texts longer than the longest compiled length ({longest} tokens) were truncated to it",
-                          UserWarning, stacklevel=2)
-            enc = self.tokenizer()(list(texts), padding=True, truncation=True, max_length=longest,
-                                   return_tensors="np")
+                          UserWarning, stacklevel=3)
+            enc = self.tokenizer()(texts, padding=True, truncation=True, max_length=longest, return_tensors="np")
         return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32)
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
@@ -208,11 +208,25 @@ class IntegerModel:
         if self.meta["output"]["kind"] != "logits":
             raise InputError("classify needs a model with a classification head; this artifact outputs hidden "
                              "states (call it on token ids instead)")
-        if not isinstance(texts, str) and len(texts) == 0:
+        texts = _texts(texts)
+        if not texts:
             return []
-        logits = self(*self.encode_texts(texts))
+        logits = self(*self._encode(texts))
         labels = self.labels or [str(i) for i in range(logits.shape[1])]
         return [Prediction(labels[int(i)], int(i), row) for row, i in zip(logits, logits.argmax(1))]
+
+
+def _texts(texts: Sequence[str]) -> list[str]:
+    """`texts` (a list, tuple, numpy array or other iterable of strings) as a list, or InputError."""
+    if isinstance(texts, str):
+        raise InputError("texts must be a list of strings, got one string (wrap it in a list)")
+    try:
+        out = [str(t) if isinstance(t, np.str_) else t for t in texts]
+    except TypeError as err:
+        raise InputError(f"texts must be a list of strings, got {type(texts).__name__}") from err
+    if not all(isinstance(t, str) for t in out):
+        raise InputError("texts must be a list of strings")
+    return out
 
 
 def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray:
@@ -221,7 +235,7 @@ def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray
         value = value.detach().cpu().numpy()
     try:
         arr = np.asarray(value)
-    except (ValueError, OverflowError) as err:  # rows of unequal lengths; a Python int past int64
+    except ValueError as err:  # rows of unequal lengths
         raise InputError(f"{name} must be an array of integers with rows of equal length ({err})") from err
     if arr.dtype == object and all(isinstance(v, int) for v in arr.ravel()):
         raise InputError(f"{name} holds integers outside int64")

@@ -28,6 +28,7 @@ import importlib.util
 import json
 import logging
 import math
+import numbers
 import sys
 import time
 import types
@@ -59,7 +60,7 @@ if TYPE_CHECKING:
     from .model import QuantizedModel
 
 __all__ = ["META_FILE", "RECORD_FILE", "WORKLOAD_FILE", "TuningLogError", "TuningResult", "log_name",
-           "open_database", "shipped_database", "tune", "tuned_shapes", "unchecked_records"]
+           "check_work_dir", "open_database", "shipped_database", "tune", "tuned_shapes", "unchecked_records"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -328,8 +329,8 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     `keep_slower=True` (tuning itself) returns the database as it is on disk."""
     spec, folder = resolve_target(target), Path(path)
     if not folder.is_dir():
-        raise TuningLogError(f"{folder} is a file, not a tuning database folder" if folder.is_file()
-                             else f"no tuning database at {folder} (folder not found)")
+        check_work_dir(folder)
+        raise TuningLogError(f"no tuning database at {folder} (folder not found)")
     meta = _read_meta(folder)
     _check_meta(folder, meta, spec)
     _register_intrinsics(folder, spec, _check_lines(folder))
@@ -437,6 +438,12 @@ def tuned_shapes(folder: str | Path) -> set[tuple[int, int]]:
 def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
+
+
+def check_work_dir(folder: str | Path) -> None:
+    """A TuningLogError where the tuning database's folder is a file."""
+    if Path(folder).is_file():
+        raise TuningLogError(f"{folder} is a file, not a tuning database folder")
 
 
 def _database_for_tuning(folder: Path, spec: TargetSpec) -> SharedDatabase:
@@ -692,14 +699,15 @@ class _Tally:
 
 def _one_line(message: str) -> str:
     """The line of a MetaSchedule error message (often a whole traceback) that says what went wrong, cut after
-    its last whole sentence within 200 characters (a ScheduleError goes on to list IR objects)."""
+    its last whole sentence within 200 characters where that keeps at least half of them (a ScheduleError goes
+    on to list IR objects), else at 199 characters and an ellipsis."""
     lines = [ln.strip() for ln in message.strip().splitlines() if ln.strip()]
     said = [ln for ln in lines if "Error" in ln.split(":", 1)[0] or "Check failed" in ln]
     line = (said or lines or ["(no message)"])[-1]
     if len(line) <= 200:
         return line
-    end = line.rfind(". ", 0, 200)
-    return line[:end + 1] if end > 0 else line[:199] + "…"
+    end = line.rfind(". ", 0, 201)
+    return line[:end + 1] if end >= 100 else line[:199] + "…"
 
 
 @derived_object
@@ -964,10 +972,13 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     """
     started = time.monotonic()
     spec, folder = resolve_target(target), Path(work_dir)
-    if isinstance(trials, bool) or not isinstance(trials, int) or trials < 0:
-        raise ValueError(f"trials must be an integer of at least 0, got {trials!r}")
+    if isinstance(trials, bool) or not isinstance(trials, numbers.Integral):
+        raise TypeError(f"trials must be an integer, got {type(trials).__name__}")
+    if trials < 0:
+        raise ValueError(f"trials must be an integer of at least 0, got {trials}")
+    check_work_dir(folder)
     if not isinstance(model, tvm.IRModule):
-        from .compiler import shape_buckets
+        from .model import shape_buckets  # transformers, which the model module imports, only for a model
 
         shape_buckets(model, [batch], [seq])
     database = database_to_check(folder, spec, rpc) if check_only else None

@@ -92,7 +92,7 @@ def test_texts_past_the_longest_bucket_are_truncated_with_a_warning(loaded):
 
 
 def test_no_texts_classify_to_no_predictions(loaded):
-    assert loaded.classify([]) == []
+    assert loaded.classify([]) == [] and loaded.classify(np.array([], dtype=str)) == []
     with pytest.raises(ibert_tvm.InputError, match="texts is empty"):
         loaded.encode_texts([])
 
@@ -103,6 +103,10 @@ def test_classify_uses_the_bundled_tokenizer_and_labels(loaded):
     logits = loaded(*_inputs(loaded, texts))
     assert [p.label for p in predictions] == [LABELS[int(i)] for i in logits.argmax(1)]
     np.testing.assert_allclose(np.stack([p.logits for p in predictions]), logits)
+    # texts as a numpy array or a tuple: the same predictions
+    for given in (np.array(texts), tuple(texts)):
+        assert [p.label for p in loaded.classify(given)] == [p.label for p in predictions]
+        np.testing.assert_array_equal(loaded.encode_texts(given)[0], _inputs(loaded, texts)[0])
 
 
 def test_torch_and_int32_inputs_are_accepted(loaded):
@@ -209,6 +213,9 @@ def test_compile_refuses_bad_arguments(quantized, exported, tmp_path):
         ibert_tvm.compile(quantized, "llvm", tuning_logs=123, seq_lengths=SEQS)
     with pytest.raises(ValueError, match="trials must be an integer of at least 0, got -1"):
         ibert_tvm.tune(quantized, "llvm", -1, tmp_path / "db")
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ibert_tvm.TuningLogError, match="a_file is a file, not a tuning database folder"):
+        ibert_tvm.tune(quantized, "llvm", 0, tmp_path / "a_file", seq=8)
     with pytest.raises(ValueError, match="sequence length 100 exceeds what the model's position embeddings"):
         ibert_tvm.tune(quantized, "llvm", 0, tmp_path / "db", seq=100)
     assert not (tmp_path / "db").exists()

@@ -161,9 +161,13 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
     model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"))
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("x\n", encoding="utf-8")
-    for output, reason in ((tmp_path / "m.json", "must not end in .json"), (tmp_path, "is a folder"),
-                           (a_file / "m.so", "is a file, not a folder")):
-        assert_one_line_error(cli("compile", *model, "-o", str(output)), reason)
+    for output, reason in ((tmp_path / "m.json", "must not end in .json"), (tmp_path / "m.JSON", "end in .json"),
+                           (tmp_path, "is a folder"), (a_file / "m.so", "is a file, not a folder")):
+        proc = cli("compile", *model, "-o", str(output))
+        assert_one_line_error(proc, reason)
+        assert "calibrating" not in proc.stderr  # refused before the work
+    assert_one_line_error(cli("compile", *model, "--tokenizer", str(tmp_path), "-o", str(tmp_path / "x.so")),
+                          f"--tokenizer {tmp_path} holds no tokenizer (none of tokenizer.json")
     assert_one_line_error(cli("tune", *model, "--work-dir", str(a_file)), "is a file, not a tuning database folder")
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
@@ -182,10 +186,23 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
                           "expected HOST:PORT:KEY"),
                          (("bench", str(artifact), "--repeats", "0"), "at least 1, got 0"),
                          (("run", str(artifact), "--ids", "101,abc"), "'101,abc' is not comma-separated integer"),
-                         (("run", str(artifact), "--ids", "1,2", "--text", "hi"), "not allowed with argument")):
+                         (("run", str(artifact), "--ids", "1,2", "--text", "hi"), "not allowed with argument"),
+                         (("compile", *model, "--seq-lengths", "1,8"), "at least 2, got 1"),
+                         (("tune", *model, "--work-dir", str(tmp_path / "db"), "--seq", "1"), "at least 2, got 1")):
         proc = cli(*args)
         assert proc.returncode == 2 and reason in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not (tmp_path / "db").exists() and not list(tmp_path.glob("*.so"))
+
+
+def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact, monkeypatch):
+    """The CLI's MIN_SEQ_LENGTH (kept there so that parsing imports no transformers) is the model's; with
+    IBERT_TVM_TRACEBACK set, a user error is raised whole instead of printed as one line."""
+    from ibert_tvm import cli as cli_module, model
+
+    assert cli_module.MIN_SEQ_LENGTH == model.MIN_SEQ_LENGTH
+    monkeypatch.setenv("IBERT_TVM_TRACEBACK", "1")
+    with pytest.raises(ValueError, match="rows of equal length"):
+        main(["run", str(artifact), "--ids", "1,2", "--ids", "1,2,3"])
 
 
 def test_eval_scores_a_labelled_csv(tmp_path):

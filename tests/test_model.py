@@ -8,6 +8,7 @@ from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
 from tvm import relax
 
 from ibert_tvm import layers
+from ibert_tvm import model as model_module
 from ibert_tvm.model import Batch, UnsupportedModelError, from_pretrained, position_ids
 
 COMMON = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -164,7 +165,7 @@ def test_text_calibration_needs_a_tokenizer():
 
 @pytest.mark.parametrize("calibration, message", [
     ("one sentence", "got one string \\(wrap it in a list\\)"),
-    ([1, 2, 3], "list of sentences or Batches, got a int")])
+    ([1, 2, 3], "list of sentences or Batches \\(or tokenizer outputs\\), got a int")])
 def test_calibration_that_is_not_sentences_or_batches_is_refused(calibration, message):
     with pytest.raises(TypeError, match=message):
         from_pretrained(tiny("bert"), calibration=calibration)
@@ -182,11 +183,33 @@ def test_calibration_longer_than_the_positions_is_refused_or_truncated(tmp_path)
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
     long = " ".join(["word"] * 150)
     assert len(tokenizer(long)["input_ids"]) > COMMON["max_position_embeddings"]
+    [batch] = model_module._calibration_batches([long, "short"], tokenizer, COMMON["max_position_embeddings"])
+    assert batch.input_ids.shape == (2, COMMON["max_position_embeddings"])
     cfg = BertConfig(pad_token_id=0, **{**COMMON, "vocab_size": tokenizer.vocab_size})
     torch.manual_seed(0)
-    qm = from_pretrained(BertModel(cfg, add_pooling_layer=False).eval(), calibration=[long, "short"],
-                         tokenizer=tokenizer)
-    assert qm.ibert.config.max_position_embeddings == COMMON["max_position_embeddings"]
+    from_pretrained(BertModel(cfg, add_pooling_layer=False).eval(), calibration=[long, "short"], tokenizer=tokenizer)
+
+
+def test_calibration_takes_batches_in_any_iterable_and_tokenizer_outputs():
+    """A tuple or a generator of Batches, or a tokenizer's own outputs, calibrate as the list of Batches does."""
+    from transformers import AutoTokenizer
+
+    from ibert_tvm.classifier import default_model_dir
+
+    data = batches(0, 2, 2, 8, seed=1)
+    scale = lambda qm: float(layers.act_scale(qm.ibert.encoder.layer[0].output.output_activation))  # noqa: E731
+    expected = scale(from_pretrained(tiny("bert"), calibration=data))
+    assert scale(from_pretrained(tiny("bert"), calibration=tuple(data))) == expected
+    assert scale(from_pretrained(tiny("bert"), calibration=(b for b in data))) == expected
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
+    texts = ["a sentence", "another one"]
+    encoded = tokenizer(texts, padding=True, return_tensors="pt")
+    cfg = BertConfig(pad_token_id=0, **{**COMMON, "vocab_size": tokenizer.vocab_size})
+    torch.manual_seed(0)
+    by_texts = from_pretrained(BertModel(cfg, add_pooling_layer=False).eval(), calibration=texts, tokenizer=tokenizer)
+    torch.manual_seed(0)
+    by_encoding = from_pretrained(BertModel(cfg, add_pooling_layer=False).eval(), calibration=[encoded])
+    assert scale(by_encoding) == scale(by_texts)
 
 
 def test_a_task_head_the_program_would_drop_is_refused(tmp_path):

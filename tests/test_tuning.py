@@ -504,7 +504,8 @@ def test_check_only_needs_a_database_and_inputs(model, spec, tmp_path):
     with pytest.raises(TuningLogError, match="no tuning database at .*missing"):
         tune(model, spec, 0, tmp_path / "missing", batch=BATCH, seq=SEQ, progress=False, check_only=True)
     with pytest.raises(ValueError, match="cannot check the records of .*: the target runs elsewhere"):
-        tune(model, spec, 0, tmp_path / "missing", rpc=("127.0.0.1", 9190, "board"), check_only=True)
+        tune(model, spec, 0, tmp_path / "missing", batch=BATCH, seq=SEQ, rpc=("127.0.0.1", 9190, "board"),
+             check_only=True)
     program = model.program(BATCH, SEQ)
     tune(program, spec, 0, tmp_path / "db", progress=False, estimate=False, check=False)
     with pytest.raises(ValueError, match="cannot check the records of .*: no inputs for the program"):
@@ -568,6 +569,9 @@ def test_an_error_s_line_is_cut_after_a_whole_sentence():
     assert line == ("Error message: The primitive requires all the producer(s) of the given block to be present "
                     "under the target loop. However, there are 1 producer(s) not satisfying the condition.")
     assert tuning._one_line("RuntimeError: short") == "RuntimeError: short"
+    # a full stop too early in the line (an abbreviation) is no place to cut
+    assert tuning._one_line("ValueError: see e.g. the docs " + "z" * 300) == ("ValueError: see e.g. the docs "
+                                                                             + "z" * 169 + "…")
 
 
 def test_tuning_space_keeps_the_square_root_stages(spec):
