@@ -192,8 +192,7 @@ def resolve_target(name: str | TargetSpec) -> TargetSpec:
         return TargetSpec(name=key, family="cuda", target=_cuda(key.split(":", 1)[1]))
     key = ALIASES.get(key, key)
     if key not in _REGISTRY:
-        known = "; ".join(f"{n}: {d}" for n, (d, _) in _REGISTRY.items())
-        raise UnknownTargetError(f"unknown target '{name}'. Known targets: {known} (aliases: "
-                                 f"{', '.join(ALIASES)}; or cuda:sm_XX)")
+        raise UnknownTargetError(f"unknown target '{name}'; known: {', '.join(_REGISTRY)}, cuda:sm_XX (aliases: "
+                                 f"{', '.join(ALIASES)}); `ibert-tvm targets` says what each means")
     family, target, cc = _REGISTRY[key][1]()
     return TargetSpec(name=key, family=family, target=target, cross_compiler=cc)

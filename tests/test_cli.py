@@ -148,7 +148,7 @@ def test_user_errors_are_one_line(artifact, model_dir, tmp_path):
     truncated.with_suffix(".json").write_text(artifact.with_suffix(".json").read_text())
     assert_one_line_error(cli("run", str(truncated), "--ids", "1,2"), "truncated or replaced")
     assert_one_line_error(cli("compile", "--model", str(model_dir), "--target", "tpu", "-o",
-                              str(tmp_path / "x.so")), "unknown target 'tpu'")
+                              str(tmp_path / "x.so")), "unknown target 'tpu'; known: t4, cuda, aarch64")
     assert_one_line_error(cli("compile", "--model", str(tmp_path / "absent")), "not a local model")
 
 
