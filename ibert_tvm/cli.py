@@ -15,7 +15,7 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -306,8 +306,15 @@ def _targets(_args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser whose usage errors are one line, as the commands' errors are, with where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ibert-tvm: error: {message} (`{self.prog} --help` lists the arguments)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ibert-tvm", description="Integer-only BERT-family models through TVM.")
+    parser = _Parser(prog="ibert-tvm", description="Integer-only BERT-family models through TVM.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="the built-in default model, integer-only, on the host CPU",
