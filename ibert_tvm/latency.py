@@ -36,14 +36,17 @@ class LatencyRow:
 
 def measure_latency(model: IntegerModel, batch_sizes: list[int], seq_lengths: list[int], warmup: int = 3,
                     repeats: int = 20, seed: int = 0, progress: bool = True) -> list[LatencyRow]:
-    """Time `model` on random ids for every (batch, seq); a progress bar over the shapes."""
+    """Time `model` on random ids for every (batch, seq); a progress bar over the shapes. Every shape's inputs
+    are made and checked (`IntegerModel.validate`) before the first is timed, so that a shape the model
+    cannot run is an error before the bar starts."""
     rng = np.random.default_rng(seed)
     vocab = model.meta["model"]["vocab_size"]
-    rows = []
     shapes = [(b, s) for b in batch_sizes for s in seq_lengths]
-    for batch, seq in tqdm(shapes, desc="bench", unit="shape", disable=not progress):
-        ids = rng.integers(0, vocab, (batch, seq), dtype=np.int64)
-        mask = np.ones((batch, seq), np.int32)
+    inputs = [model.validate(rng.integers(0, vocab, (b, s), dtype=np.int64), np.ones((b, s), np.int32))
+              for b, s in shapes]
+    rows = []
+    for (batch, seq), (ids, mask) in tqdm(list(zip(shapes, inputs)), desc="bench", unit="shape",
+                                          disable=not progress):
         rows.append(latency_row(batch, seq, time_calls(lambda: model(ids, mask, integer=True), warmup, repeats)))
     return rows
 

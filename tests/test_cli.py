@@ -185,6 +185,7 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
                          (("tune", *model, "--work-dir", str(tmp_path / "db"), "--rpc", "host:port"),
                           "expected HOST:PORT:KEY"),
                          (("bench", str(artifact), "--repeats", "0"), "at least 1, got 0"),
+                         (("bench", str(artifact), "--seq-lengths", "32"), "exceeds the longest compiled length 16"),
                          (("run", str(artifact), "--ids", "101,abc"), "'101,abc' is not comma-separated integer"),
                          (("run", str(artifact), "--ids", "1,2", "--text", "hi"), "not allowed with argument"),
                          (("compile", *model, "--seq-lengths", "1,8"), "at least 2, got 1"),
