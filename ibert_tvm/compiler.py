@@ -22,7 +22,7 @@ import tvm
 from . import cross
 from .artifact import (ArtifactError, check_library_path, check_runnable_here, read_metadata, runtime_versions,
                        write_metadata)
-from .model import QuantizedModel, function_name, position_limit, shape_buckets
+from .model import QuantizedModel, function_name, shape_buckets
 from .relay_passes.pipeline import build
 from .runtime import IntegerModel
 from .targets import TargetSpec, resolve_target
@@ -106,11 +106,6 @@ def load(path: str | Path) -> IntegerModel:
     return IntegerModel(lib, meta)
 
 
-def max_seq_length(model: QuantizedModel) -> int:
-    """The longest sequence the model's position embeddings cover."""
-    return position_limit(model.ibert.config, model.model_type)
-
-
 def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> tuple[Path | None, Any | None]:
     """The folder and MetaSchedule database to apply: the shipped one, a given folder, or none."""
     if tuning_logs is False:
@@ -184,7 +179,7 @@ def _metadata(model: QuantizedModel, spec: TargetSpec, batch_sizes: list[int], s
         "model": {"model_type": model.model_type, "semantics": model.semantics, "importer": model.importer,
                   "vocab_size": int(config.vocab_size), "hidden_size": int(config.hidden_size),
                   "num_hidden_layers": int(config.num_hidden_layers),
-                  "pad_token_id": int(config.pad_token_id), "max_seq_length": max_seq_length(model),
+                  "pad_token_id": int(config.pad_token_id), "max_seq_length": model.max_seq_length,
                   "force_dequant": getattr(config, "force_dequant", "none"), "head": model.head_mode if head else None,
                   "labels": labels, "config": json.loads(config.to_json_string())},
         "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},

@@ -147,6 +147,11 @@ class QuantizedModel:
     source: PreTrainedModel | None = None  # the float model, which importer="graph" exports
 
     @property
+    def max_seq_length(self) -> int:
+        """The longest sequence the model's position embeddings cover."""
+        return position_limit(self.ibert.config, self.model_type)
+
+    @property
     def hidden_scale(self) -> float:
         """The real scale of the int8 hidden states the encoder outputs."""
         return float(layers.act_scale(self.ibert.encoder.layer[-1].output.output_activation))
@@ -280,7 +285,7 @@ def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths
     up to what the model's position embeddings cover (`compile` and `tune` take the same shapes)."""
     batch_sizes = _sizes(batch_sizes, "batch_sizes", 1)
     seq_lengths = _sizes(seq_lengths, "seq_lengths", MIN_SEQ_LENGTH)
-    limit = position_limit(model.ibert.config, model.model_type)
+    limit = model.max_seq_length
     if seq_lengths[-1] > limit:
         raise ValueError(f"sequence length {seq_lengths[-1]} exceeds what the model's position embeddings "
                          f"cover ({limit})")
