@@ -356,8 +356,8 @@ def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.dat
 def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials: int, hardware: str,
                 decided: set[str] = frozenset(), left_out: dict[str, dict[str, str]] | None = None,
                 passed: _Passed | None = None) -> dict[str, Any]:
-    """Write (or update after a resumed call) the metadata file beside the two JSON files, and return it. `left_out` names,
-    for lists of `_LEFT_OUT`, the kernel shapes (workload key -> task name) whose best record loses to the
+    """Write (or update after a resumed call) the metadata file beside the two JSON files, and return it.
+    `left_out` names, for lists of `_LEFT_OUT`, the kernel shapes (workload key -> task name) whose best record loses to the
     default schedule, does not write the untuned integers or is never called, among the shapes `decided`
     (this call's). Their `default_wins` entries replace the old ones for those shapes; those of other shapes
     stay. The other lists only grow: a record that wrote other integers for one model's kernels stays out even
@@ -391,15 +391,6 @@ def _add_check(folder: Path, found: dict[str, dict[str, str]], passed: _Passed) 
     return _save_meta(folder, {**meta, **lists, "checked": _with_passed(meta.get("checked", {}), passed)})
 
 
-def _passed(found: dict[str, tuple[ms.ExtractedTask, tuple[ms.database.TuningRecord, tvm.IRModule]]],
-            checked: _Checked, keys: dict[str, str], mod: tvm.IRModule) -> _Passed:
-    """The best records (`found`: task name -> task, (record, scheduled kernel)) that the check ran and found
-    right, on program `mod`'s `main`."""
-    return _Passed({keys[name]: record_digest(record) for name, (_, (record, _)) in found.items()
-                    if name not in checked.wrong and name not in checked.not_called},
-                   record_check.function_fingerprint(mod, "main"))
-
-
 @dataclass(frozen=True)
 class _Passed:
     """Best records that a check found right (workload key -> `record_digest`) on one program (its
@@ -407,6 +398,15 @@ class _Passed:
 
     records: dict[str, str]
     program: str
+
+
+def _passed(found: dict[str, tuple[ms.ExtractedTask, tuple[ms.database.TuningRecord, tvm.IRModule]]],
+            checked: _Checked, keys: dict[str, str], mod: tvm.IRModule) -> _Passed:
+    """The best records (`found`: task name -> task, (record, scheduled kernel)) that the check ran and found
+    right, on program `mod`'s `main`."""
+    return _Passed({keys[name]: record_digest(record) for name, (_, (record, _)) in found.items()
+                    if name not in checked.wrong and name not in checked.not_called},
+                   record_check.function_fingerprint(mod, "main"))
 
 
 def _with_passed(checked: dict[str, Any], passed: _Passed | None) -> dict[str, Any]:

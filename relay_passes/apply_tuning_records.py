@@ -10,7 +10,6 @@ kernel that was asked for (`SharedDatabase` replays the trace on it), and the ke
 
 from __future__ import annotations
 
-
 import tvm
 from tvm import tirx
 from tvm.target import Target

@@ -198,7 +198,8 @@ def test_compile_warns_of_records_never_checked_on_its_model(model, spec, tuned,
     with monkeypatch.context() as patch:  # the same folder as the database shipped for the target: checked on a copy
         patch.setattr(tuning, "shipped_database", lambda _target: db)
         with pytest.warns(UserWarning, match="copy it to a folder COPY of yours, check them there with .*--check-only "
-                                             "--work-dir COPY` where the target runs, and compile with tuning_logs=COPY"):
+                                             "--work-dir COPY` where the target runs, and compile with "
+                                             "tuning_logs=COPY"):
             ibert_tvm.compile(other, spec, batch_sizes=(BATCH,), seq_lengths=(SEQ,))
     tune(other, spec, 0, db, batch=BATCH, seq=SEQ, progress=False, check_only=True)
     with warnings.catch_warnings():
