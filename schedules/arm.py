@@ -35,7 +35,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.script import tirx as T
 from tvm.target import Target, codegen
 
-from .postprocs import KeepIntrinsicsUnvectorized
+from .postprocs import KeepIntrinsicsUnvectorized, TensorizeOrReject
 
 __all__ = ["INTRINSICS", "apply_default_schedule", "dot_instruction", "tuning_space"]
 
@@ -100,7 +100,7 @@ def tuning_space(target: Target) -> dict:
     """
     postprocs = [KeepIntrinsicsUnvectorized(), ms.postproc.DisallowDynamicLoop(),
                  ms.postproc.RewriteParallelVectorizeUnroll(), ms.postproc.RewriteReductionBlock(),
-                 ms.postproc.RewriteTensorize(vectorize_init_loop=True), ms.postproc.RewriteLayout()]
+                 TensorizeOrReject(), ms.postproc.RewriteLayout()]
     return {"space": ms.space_generator.PostOrderApply(sch_rules="from-target", postprocs=postprocs,
                                                        mutator_probs="from-target")}
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from tvm import s_tir
 from tvm.ir.utils import derived_object
 from tvm.s_tir import meta_schedule as ms
 
-__all__ = ["KeepIntrinsicsUnvectorized"]
+__all__ = ["KeepIntrinsicsUnvectorized", "TensorizeOrReject"]
 
 
 @derived_object
@@ -39,4 +39,51 @@ class KeepIntrinsicsUnvectorized(ms.postproc.PyPostproc):
 
 def _any_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, predicate: Callable) -> bool:
     """Whether `predicate` holds for a block nested (at any depth) under `block`."""
-    return any(predicate(child) or _any_block(sch, child, predicate) for child in sch.get_child_blocks(block))
+    return any(predicate(child) for child in _blocks(sch, block))
+
+
+_AUTO_TENSORIZE = "meta_schedule.auto_tensorize"
+
+
+@derived_object
+class TensorizeOrReject(ms.postproc.PyPostproc):
+    """TVM's `RewriteTensorize(vectorize_init_loop=True)`, except that a candidate whose marked block does not
+    tensorize is rejected, not kept as a scalar GEMM after a C++ warning on stderr (about 100 per short tune).
+
+    Such candidates come from sketches where `AutoInline` put the u8 shift (or int16 widening) of the
+    activations into the GEMM block after `MultiLevelTilingWithIntrin` marked it: the block then reads
+    `int8 + 128`, not the intrinsic's u8 operand.
+    """
+
+    def _initialize_with_tune_context(self, context: ms.TuneContext) -> None:
+        """Nothing to initialize."""
+
+    def apply(self, sch: s_tir.Schedule) -> bool:
+        """Tensorize every block marked with an intrinsic and vectorize the init loop of every block marked
+        with none (`RewriteReductionBlock`'s init blocks); False if one of them does not go through."""
+        root = sch.get_sblock(sch.mod["main"].body.block.name_hint)
+        marked = [(sch.get(b).name_hint, str(sch.get(b).annotations[_AUTO_TENSORIZE]))
+                  for b in _blocks(sch, root) if _AUTO_TENSORIZE in sch.get(b).annotations]
+        for name, intrinsic in marked:
+            block = sch.get_sblock(name)
+            sch.unannotate(block, _AUTO_TENSORIZE)
+            try:
+                if intrinsic:
+                    sch.tensorize(block, intrinsic)
+                else:
+                    (init,) = sch.get_child_blocks(block)
+                    (loop,) = sch.get_loops(init)
+                    sch.vectorize(loop)
+            except (RuntimeError, ValueError):  # ScheduleError; not one init block with one loop
+                return False
+        return True
+
+    def clone(self) -> TensorizeOrReject:
+        return TensorizeOrReject()
+
+
+def _blocks(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV) -> Iterator[s_tir.schedule.SBlockRV]:
+    """Every block nested (at any depth) under `block`, parents before their children."""
+    for child in sch.get_child_blocks(block):
+        yield child
+        yield from _blocks(sch, child)

@@ -52,7 +52,7 @@ from tvm.script import tirx as T
 from tvm.target import Target, codegen
 
 from . import family_of, gemm_prefetch
-from .postprocs import KeepIntrinsicsUnvectorized
+from .postprocs import KeepIntrinsicsUnvectorized, TensorizeOrReject
 
 __all__ = ["AMX_PERMISSION_SYSCALL", "AVX2_INTRINSICS", "DotKey", "VNNI_INTRINSICS", "apply_default_schedule",
            "dot_intrinsics", "has_amx", "int8_features", "packed_lanes", "schedule_prim_func", "tuning_space",
@@ -815,6 +815,6 @@ def tuning_space(target: Target) -> dict:
         ms.postproc.DisallowDynamicLoop(),
         ms.postproc.RewriteParallelVectorizeUnroll(),
         ms.postproc.RewriteReductionBlock(),
-        ms.postproc.RewriteTensorize(vectorize_init_loop=True),
+        TensorizeOrReject(),
     ]
     return {"space": ms.space_generator.PostOrderApply(sch_rules=rules, postprocs=postprocs, mutator_probs="llvm")}

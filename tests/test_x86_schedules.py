@@ -305,10 +305,8 @@ def test_avx_vnni_target_uses_ymm_vpdpbusd():
 # ------------------------------------------------------------------------------------------------ tuning
 
 
-@pytest.mark.parametrize("base", [pytest.param(HOST, marks=NEEDS_VNNI, id="host-vnni"),
-                                  pytest.param(HASWELL, id="haswell-avx2")])
-def test_tuning_space_tensorizes_the_u8_gemm_with_the_default_intrinsic(base):
-    """The space's sketches use the dot-product step of the defaults: VNNI's vpdpbusd, or AVX2's vpmaddwd form."""
+def _gemm_sketches(base: Target) -> tuple[Target, list[tvm.s_tir.Schedule], list[ms.postproc.Postproc]]:
+    """(the tuning target, the tuning space's sketches of a linear layer's GEMM kernel, its post-processors)."""
     make, inputs = CASES["linear_no_bias"]
     with base:
         fused = tunable_module(single_op_module(make, inputs), base)
@@ -317,10 +315,37 @@ def test_tuning_space_tensorizes_the_u8_gemm_with_the_default_intrinsic(base):
     with tuning._family_intrinsics_only(resolve_target("llvm")):  # TVM's other targets' intrinsics take minutes
         context = ms.TuneContext(tvm.IRModule({"main": gemm}), target=target,
                                  space_generator=x86.tuning_space(target)["space"])
-    sketches = context.generate_design_space()
+    return target, context.generate_design_space(), list(context.space_generator.postprocs)
+
+
+@pytest.mark.parametrize("base", [pytest.param(HOST, marks=NEEDS_VNNI, id="host-vnni"),
+                                  pytest.param(HASWELL, id="haswell-avx2")])
+def test_tuning_space_tensorizes_the_u8_gemm_with_the_default_intrinsic(base):
+    """The space's sketches use the dot-product step of the defaults: VNNI's vpdpbusd, or AVX2's vpmaddwd form."""
+    target, sketches, _ = _gemm_sketches(base)
     lanes = x86.packed_lanes(target)
     intrin = x86.dot_intrinsics(target)[(lanes, 4, "uint8", "int8") if x86.vnni_lanes(target) else (lanes, 2, "int16", "int8")]
     assert any(intrin in str(s.trace) for s in sketches), [str(s.trace) for s in sketches]
+
+
+def test_a_sketch_whose_gemm_no_longer_matches_its_intrinsic_is_rejected_quietly(capfd):
+    """AutoInline can put the int16 widening into the GEMM block after it was marked for the vpmaddwd step:
+    `TensorizeOrReject` rejects that sketch (TVM's `RewriteTensorize` kept it as a scalar GEMM and printed a
+    C++ warning), and leaves every other sketch exactly as `RewriteTensorize` would."""
+    _, sketches, postprocs = _gemm_sketches(HASWELL)
+    *before, last = postprocs  # the last is `TensorizeOrReject`
+    inlined, accepted = [], []
+    for sketch in sketches:
+        inlined.append(any(r.source.name == "x" for r in sketch.get(sketch.get_sblock("acc")).reads))
+        assert all(p.apply(sketch) for p in before)
+        ours, tvms = sketch.copy(), sketch.copy()
+        accepted.append(last.apply(ours))
+        if accepted[-1]:
+            assert ms.postproc.RewriteTensorize(vectorize_init_loop=True).apply(tvms)
+            tvm.ir.assert_structural_equal(ours.mod, tvms.mod)
+            assert "meta_schedule.auto_tensorize" not in ours.mod.script()
+    assert any(inlined) and not all(inlined) and accepted == [not i for i in inlined]
+    assert "Tensorize failed" not in capfd.readouterr().err
 
 
 def test_tuning_space_without_vnni_is_the_default():
