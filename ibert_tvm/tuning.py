@@ -680,7 +680,8 @@ def _contexts(tasks: list[ms.ExtractedTask], work_dir: Path, spec: TargetSpec, d
             try:
                 tunable.append((_weighted_flops(task, context), task, context))
             except RuntimeError as err:  # tvm.error.InternalError, ScheduleError
-                untunable[task.task_name] = _one_line(str(err))
+                why = _one_line(str(err)).removeprefix("Error message: ")  # a ScheduleError's own heading
+                untunable[task.task_name] = f"MetaSchedule cannot set it up: {why}"
     return [(task, context) for _, task, context in sorted(tunable, key=lambda item: -item[0])], untunable
 
 
