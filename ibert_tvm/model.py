@@ -27,7 +27,8 @@ from .calibration import Batch, batches_from_texts, calibrate, position_ids
 
 
 __all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained",
-           "function_name", "position_ids", "position_limit", "shape_buckets", "to_ibert", "tokenizer_in"]
+           "check_seq_lengths", "function_name", "max_seq_length", "position_ids", "position_limit", "shape_buckets",
+           "to_ibert", "tokenizer_in"]
 
 
 class UnsupportedModelError(ValueError):
@@ -79,15 +80,28 @@ def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
         raise TypeError(f"from_pretrained takes a model directory or a transformers PreTrainedModel, got "
                         f"{type(model_or_dir).__name__}")
     path = Path(model_or_dir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    _check_supported(config)
+    config = _config(path)
     for architecture in config.architectures or []:
         _check_head(architecture)
     if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
         return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
     return AutoModel.from_pretrained(path, local_files_only=True)
+
+
+def _config(path: Path):
+    """A local model directory's config (no weights read), checked as a supported model."""
+    if not path.is_dir():
+        raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    _check_supported(config)
+    return config
+
+
+def max_seq_length(model_dir: str | os.PathLike) -> int:
+    """The longest sequence a local model directory's position embeddings cover, from its config alone (the
+    `QuantizedModel.max_seq_length` it would have, known before loading weights or calibrating)."""
+    config = _config(Path(model_dir))
+    return position_limit(config, config.model_type)
 
 
 def _encoder_of(model: PreTrainedModel) -> PreTrainedModel:
@@ -285,11 +299,15 @@ def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths
     up to what the model's position embeddings cover (`compile` and `tune` take the same shapes)."""
     batch_sizes = _sizes(batch_sizes, "batch_sizes", 1)
     seq_lengths = _sizes(seq_lengths, "seq_lengths", MIN_SEQ_LENGTH)
-    limit = model.max_seq_length
-    if seq_lengths[-1] > limit:
-        raise ValueError(f"sequence length {seq_lengths[-1]} exceeds what the model's position embeddings "
-                         f"cover ({limit})")
+    check_seq_lengths(seq_lengths, model.max_seq_length)
     return batch_sizes, seq_lengths
+
+
+def check_seq_lengths(seq_lengths: Iterable[int], limit: int) -> None:
+    """A ValueError where a sequence length exceeds `limit`, what the model's position embeddings cover."""
+    longest = max(seq_lengths)
+    if longest > limit:
+        raise ValueError(f"sequence length {longest} exceeds what the model's position embeddings cover ({limit})")
 
 
 def _sizes(values: Iterable[int], name: str, minimum: int) -> list[int]:
@@ -314,8 +332,9 @@ def tokenizer_in(directory: str | os.PathLike):
 
 
 def position_limit(config, model_type: str) -> int:
-    """The longest sequence the position embeddings cover (RoBERTa's start after the padding index)."""
-    offset = config.pad_token_id + 1 if model_type == "roberta" else 0
+    """The longest sequence the position embeddings cover (RoBERTa's and IBert's start after the padding index,
+    0 where the config names none, as `to_ibert` takes it)."""
+    offset = (config.pad_token_id or 0) + 1 if model_type in ("roberta", "ibert") else 0
     return int(config.max_position_embeddings - offset)
 
 

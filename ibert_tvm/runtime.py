@@ -205,15 +205,22 @@ class IntegerModel:
 
     def classify(self, texts: Sequence[str]) -> list[Prediction]:
         """Label each text with the compiled classification head (needs a model compiled with one)."""
+        self._check_classifier()
+        texts = _texts(texts)
+        return self.classify_ids(*self._encode(texts)) if texts else []
+
+    def classify_ids(self, input_ids: Any, attention_mask: Any = None) -> list[Prediction]:
+        """`classify` of token ids [B, L] (and their mask, as `__call__` takes them)."""
+        self._check_classifier()
+        logits = self(input_ids, attention_mask)
+        labels = self.labels or [str(i) for i in range(logits.shape[1])]
+        return [Prediction(labels[int(i)], int(i), row) for row, i in zip(logits, logits.argmax(1))]
+
+    def _check_classifier(self) -> None:
+        """An InputError where the artifact has no classification head."""
         if self.meta["output"]["kind"] != "logits":
             raise InputError("classify needs a model with a classification head; this artifact outputs hidden "
                              "states (call it on token ids instead)")
-        texts = _texts(texts)
-        if not texts:
-            return []
-        logits = self(*self._encode(texts))
-        labels = self.labels or [str(i) for i in range(logits.shape[1])]
-        return [Prediction(labels[int(i)], int(i), row) for row, i in zip(logits, logits.argmax(1))]
 
 
 def _texts(texts: Sequence[str]) -> list[str]:

@@ -56,7 +56,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def artifact(model_dir) -> Path:
+def compiled(model_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    """The tiny classifier compiled through the console script: the library and the compile command's output."""
     out = model_dir.parent / "art" / "tiny.so"
     proc = console("compile", "--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"),
                    "--target", "llvm", "--batch-sizes", "1", "--seq-lengths", "16", "--tuning-logs", "none",
@@ -64,7 +65,32 @@ def artifact(model_dir) -> Path:
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout and out.is_file() and out.with_suffix(".json").is_file()
     assert "Fast mode segfaults" not in proc.stderr  # TVM's warning for a take that could read out of bounds
+    return out, proc
+
+
+@pytest.fixture(scope="module")
+def artifact(compiled) -> Path:
+    return compiled[0]
+
+
+@pytest.fixture(scope="module")
+def encoder_artifact(model_dir) -> Path:
+    """The tiny classifier's encoder alone (a BertModel, with the tokenizer), compiled in this process."""
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    encoder = model_dir.parent / "encoder"
+    BertForSequenceClassification.from_pretrained(model_dir).bert.save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(encoder)
+    out = model_dir.parent / "art" / "encoder.so"
+    proc = cli("compile", "--model", str(encoder), "--calibration", str(model_dir.parent / "calibration.txt"),
+               "--batch-sizes", "1", "--seq-lengths", "16", "--tuning-logs", "none", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
     return out
+
+
+def test_compile_names_both_files_in_full(compiled):
+    out, proc = compiled
+    assert f"wrote {out.resolve()} and {out.resolve().with_suffix('.json')} (target " in proc.stdout
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -101,15 +127,31 @@ def test_targets_lists_every_name_and_what_runs_here():
                                       if lacking else "runs here: yes")
 
 
-def test_run_classifies_texts_and_ids(artifact):
+def test_run_classifies_texts(artifact):
     texts = held_out_texts()[:2]
     proc = cli("run", str(artifact), "--text", texts[0], "--text", texts[1])
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
     assert [r["text"] for r in rows] == texts and all(r["label"] in LABELS.values() for r in rows)
     assert all(len(r["logits"]) == 3 for r in rows)
-    proc = cli("run", str(artifact), "--ids", "101,2023,2003,102")
-    assert proc.returncode == 0 and len(json.loads(proc.stdout)[0]["output"]) == 3
+
+
+def test_run_prints_for_ids_what_it_prints_for_texts(artifact, encoder_artifact, model_dir):
+    """--ids of a text's tokens print what --text prints for it: a classifier's label and logits, an encoder's
+    token count and mean-pooled hidden states (over every given id, not the first token's vector); the help
+    says that vectors are cut to their first values."""
+    from transformers import AutoTokenizer
+
+    text = held_out_texts()[1]  # 13 tokens: the artifacts take 16
+    ids = ",".join(map(str, AutoTokenizer.from_pretrained(model_dir)(text)["input_ids"]))
+    for library, keys in ((artifact, ["label", "logits"]), (encoder_artifact, ["tokens", "mean_pooled"])):
+        by_text, by_ids = cli("run", str(library), "--text", text), cli("run", str(library), "--ids", ids)
+        assert by_text.returncode == 0 and by_ids.returncode == 0, by_text.stderr + by_ids.stderr
+        (row_text,), (row_ids,) = json.loads(by_text.stdout), json.loads(by_ids.stdout)
+        assert list(row_text) == ["text", *keys] and list(row_ids) == ["ids", *keys]
+        assert {k: row_ids[k] for k in keys} == {k: row_text[k] for k in keys}
+    assert row_ids["tokens"] == len(ids.split(",")) and len(row_ids["mean_pooled"]) == 8
+    assert "vectors are shown as their first 8 values" in " ".join(cli("run", "--help").stdout.split())
 
 
 def test_graph_importer_artifact_equals_the_module_emitted_program(artifact, model_dir):
@@ -174,9 +216,11 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
     assert_one_line_error(cli("compile", "--model", str(model_dir), "--calibration", str(latin1), "-o",
                               str(tmp_path / "x.so")), f"{latin1} is not UTF-8 text (byte 0xe9 at offset 3)")
     assert_one_line_error(cli("compile", "--model", str(model_dir), "--calibration", str(tmp_path), "-o",
-                              str(tmp_path / "x.so")), "Is a directory")
+                              str(tmp_path / "x.so")), f"--calibration: {tmp_path} is a folder, not a file")
     assert_one_line_error(cli("inspect", str(artifact.with_suffix(".json"))), "is an artifact's metadata: pass its")
-    assert_one_line_error(cli("run", str(artifact), "--ids", "1,2", "--ids", "1,2,3"), "rows of equal length")
+    proc = cli("run", str(artifact), "--ids", "1,2,3", "--ids", "1,2,3", "--ids", "1,2,3,4,5")
+    assert_one_line_error(proc, "ibert-tvm: error: --ids: every row must have the same number of ids (got 3 and 5)")
+    assert "inhomogeneous" not in proc.stderr
     assert_one_line_error(cli("run", str(artifact), "--ids", "99999999999999999999999,1"), "outside int64")
     for args, reason in ((("eval", "--batch-size", "0"), "expected an integer of at least 1, got 0"),
                          (("tune", *model, "--work-dir", str(tmp_path / "db"), "--trials", "-5"),
@@ -194,6 +238,42 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
     assert not (tmp_path / "db").exists() and not list(tmp_path.glob("*.so"))
 
 
+def test_what_compile_cannot_use_is_refused_before_calibrating(model_dir, tmp_path):
+    """Sequence lengths past the model's positions (read from its config: the tiny model's 64, the built-in
+    MiniLM's 512) and a tuning database made for another target are refused with the messages of the checks
+    made after calibrating, but before it."""
+    model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"))
+    db = tmp_path / "db"
+    db.mkdir()
+    (db / "ibert_tuning.json").write_text(json.dumps({"target": {"name": "aarch64", "target": "llvm -mtriple="
+                                                                 "aarch64-linux-gnu"}, "tvm": "0"}))
+    for args, reason in (((*model, "--seq-lengths", "16,100"),
+                          "sequence length 100 exceeds what the model's position embeddings cover (64)"),
+                         (("--seq-lengths", "1000"),
+                          "sequence length 1000 exceeds what the model's position embeddings cover (512)"),
+                         ((*model, "--tuning-logs", str(db)), f"tuning database {db} was made for target 'aarch64'")):
+        proc = cli("compile", *args, "-o", str(tmp_path / "x.so"))
+        assert_one_line_error(proc, reason)
+        assert "calibrating" not in proc.stderr
+    proc = cli("tune", *model, "--seq", "100", "--work-dir", str(tmp_path / "tuned"))
+    assert_one_line_error(proc, "sequence length 100 exceeds")
+    assert "calibrating" not in proc.stderr and not (tmp_path / "tuned").exists()
+
+
+def test_missing_files_and_block_only_options_are_named(tmp_path):
+    """A missing input file names the option that reads it; demo's --batch/--seq/--seed without --block are
+    refused (they would be ignored)."""
+    missing = tmp_path / "nothing.txt"
+    for args, option in ((("compile", "--calibration", str(missing)), "--calibration"),
+                         (("tune", "--onnx", str(missing), "--work-dir", str(tmp_path)), "--onnx"),
+                         (("eval", "--csv", str(missing)), "--csv")):
+        proc = cli(*args)
+        assert_one_line_error(proc, f"{option}: no such file: {missing}")
+        assert "Errno" not in proc.stderr
+    assert_one_line_error(cli("demo", "--seq", "16"), "--seq applies to --block only")
+    assert_one_line_error(cli("demo", "--batch", "2", "--seed", "1"), "--batch, --seed apply to --block only")
+
+
 def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact, monkeypatch):
     """The CLI's MIN_SEQ_LENGTH (kept there so that parsing imports no transformers) is the model's; with
     IBERT_TVM_TRACEBACK set, a user error is raised whole instead of printed as one line."""
@@ -201,7 +281,7 @@ def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact
 
     assert cli_module.MIN_SEQ_LENGTH == model.MIN_SEQ_LENGTH
     monkeypatch.setenv("IBERT_TVM_TRACEBACK", "1")
-    with pytest.raises(ValueError, match="rows of equal length"):
+    with pytest.raises(ValueError, match="every row must have the same number of ids"):
         main(["run", str(artifact), "--ids", "1,2", "--ids", "1,2,3"])
 
 
