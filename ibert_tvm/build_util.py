@@ -34,6 +34,17 @@ def compile_vm(mod: tvm.IRModule, target: str = "llvm") -> tuple[relax.VirtualMa
     return relax.VirtualMachine(exe, tvm.cpu()), time.perf_counter() - t0
 
 
+def host_vm(mod: tvm.IRModule, integer_only: bool = True) -> tuple[relax.VirtualMachine, float]:
+    """`mod` through the project pipeline and default schedules for this CPU (its int8 features detected),
+    loaded into a Relax VM; returns (vm, compile seconds). `integer_only=False` lets float through (Q8BERT)."""
+    from .relay_passes.pipeline import build  # lazily: the pipeline imports the schedules
+    from .targets import resolve_target
+
+    t0 = time.perf_counter()
+    exe = build(mod, resolve_target("llvm").target, integer_only=integer_only)
+    return relax.VirtualMachine(exe, tvm.cpu()), time.perf_counter() - t0
+
+
 def run_timed(fn: Callable, args: list, repeats: int) -> tuple[object, float]:
     """Call `fn(*args)` once for its result, then `repeats` more times; returns (result, median ms)."""
     result = fn(*args)

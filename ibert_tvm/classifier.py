@@ -28,12 +28,10 @@ from transformers import AutoModel, AutoTokenizer
 from tvm import relax
 
 from . import layers, ops, quant
-from .build_util import compile_vm
+from .build_util import host_vm
 from .model import QuantizedModel, from_pretrained
 from .ops.requantize import reference as requantize_reference
-from .relay_passes.pipeline import build
 from .sentiment_data import read_labelled_csv
-from .targets import resolve_target
 
 MAX_LENGTH = 64  # tweets: 99 % are <= 61 tokens
 SEQ_BUCKETS = (32, 64)
@@ -222,12 +220,10 @@ def integer_only(qm: QuantizedModel) -> bool:
 
 
 def compile_program(mod: tvm.IRModule, qm: QuantizedModel) -> relax.VirtualMachine:
-    """Integer-only models through the project pipeline for this CPU, its int8 features detected (the pipeline
-    verifies that no float survives); Q8BERT-mode models, whose float nonlinearities that check would reject,
-    through TVM's default CPU build."""
-    if integer_only(qm):
-        return relax.VirtualMachine(build(mod, resolve_target("llvm").target), tvm.cpu())
-    return compile_vm(mod)[0]
+    """The program through the project pipeline for this CPU, its int8 features detected: integer-only models
+    verified so (no float survives); Q8BERT-mode models, whose float nonlinearities that check would reject,
+    with the same GEMMs and schedules but without the check."""
+    return host_vm(mod, integer_only(qm))[0]
 
 
 class IntegerClassifier:

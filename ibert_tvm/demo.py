@@ -19,7 +19,7 @@ from transformers.models.ibert.quant_modules import QuantAct
 from tvm import relax
 
 from . import layers
-from .build_util import compile_vm, run_timed
+from .build_util import host_vm, run_timed
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def run_demo(shape: DemoShape = DemoShape(), seed: int = 0, calib_batches: int =
 
     mod = build_program(q_layer, np.asarray(in_scale), shape)
     n_ops = sum(1 for _ in _ibert_calls(mod))
-    vm, compile_s = compile_vm(mod)
+    vm, compile_s = host_vm(mod)
     out, latency_ms = run_timed(vm["main"], [tvm.runtime.tensor(x_int8), tvm.runtime.tensor(mask)], repeats)
     out = out.numpy()
 
@@ -110,7 +110,7 @@ def run_demo(shape: DemoShape = DemoShape(), seed: int = 0, calib_batches: int =
               "identical_to_hf": float(np.mean(diff == 0)), "max_lsb_diff_vs_hf": int(diff.max()),
               "min_token_cosine_vs_float": float(cos.min()), "mean_token_cosine_vs_float": float(cos.mean())}
     print(f"integer program: {n_ops} ibert.* operators, int8 in -> int8 out, compiled in {compile_s:.1f} s")
-    print(f"latency (untuned, median of {repeats}): {result['latency_ms']:.1f} ms")
+    print(f"latency (untuned default schedules for this CPU, median of {repeats}): {result['latency_ms']:.1f} ms")
     print(f"vs HF IBertLayer (simulated integers): {100 * result['identical_to_hf']:.3f}% of int8 outputs "
           f"identical, max difference {result['max_lsb_diff_vs_hf']} LSB")
     print(f"vs the float layer: per-token cosine similarity min {result['min_token_cosine_vs_float']:.4f}, "

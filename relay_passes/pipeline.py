@@ -79,8 +79,9 @@ def _schedule(target: Target, database: Any | None, options: dict, tally: dict[s
 
 
 def _phases(target: Target, database: Any | None = None, options: dict | None = None,
-            tally: dict[str, Any] | None = None) -> list[list[tvm.transform.Pass]]:
-    """The passes of each phase in PHASES order, for `target` (CUDA or a CPU kind)."""
+            tally: dict[str, Any] | None = None, integer_only: bool = True) -> list[list[tvm.transform.Pass]]:
+    """The passes of each phase in PHASES order, for `target` (CUDA or a CPU kind); without `integer_only`,
+    phase 2 lets float through (Q8BERT mode's nonlinearities)."""
     from ibert_tvm.schedules import family_of  # lazily, as in `_schedule`
 
     gpu = target.kind.name == "cuda"
@@ -92,24 +93,27 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
          relax.transform.LegalizeOps(), relax.transform.FoldConstant()],
         [*([] if gpu else [ShiftActivationsU8(target), WidenActivationsI16(target), PackProbabilitiesI16(target)]),
          FuseRequantize(split_requantize_chains=gpu, layout_prologues=family_of(target) == "x86")],
-        [VerifyIntegerOnly()],
+        [VerifyIntegerOnly()] if integer_only else [],
         [*_schedule(target, database, options or {}, tally), *backend.dataflow_lower_passes(target),
          *backend.finalize_passes(target)],
     ]
 
 
 def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None, database: Any | None = None,
-                     tally: dict[str, Any] | None = None, **schedule_options: Any) -> tvm.transform.Pass:
+                     tally: dict[str, Any] | None = None, integer_only: bool = True,
+                     **schedule_options: Any) -> tvm.transform.Pass:
     """Legalize, fuse, verify and lower an ibert program for `target`; per-phase dumps make each step inspectable.
 
     `database` (a MetaSchedule Database tuned for this target) schedules the PrimFuncs it has records for;
     the target family's default schedule (`schedules/`) takes the rest, with `schedule_options` (e.g. the
     CUDA GEMM variant). A `tally` dict receives the number of kernels, of those the database scheduled, and
-    ("records") the workload key and record digest of each record it applied.
+    ("records") the workload key and record digest of each record it applied. `integer_only=False` skips the
+    check that no float survived, for Q8BERT-mode programs (float nonlinearities between the int8 GEMMs).
     """
     target = Target(target) if isinstance(target, str) else target
     passes: list[tvm.transform.Pass] = []
-    for index, (name, phase) in enumerate(zip(PHASES, _phases(target, database, schedule_options, tally))):
+    phases = _phases(target, database, schedule_options, tally, integer_only)
+    for index, (name, phase) in enumerate(zip(PHASES, phases)):
         passes += phase + ([_DumpIR(Path(dump_dir) / f"{index:02d}_{name}.py")] if dump_dir else [])
 
     @tvm.transform.module_pass(opt_level=0, name="IBertIntegerPipeline")
@@ -129,12 +133,12 @@ def tunable_module(mod: tvm.IRModule, target: Target | str = "llvm") -> tvm.IRMo
 
 
 def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None,
-          database: Any | None = None, tally: dict[str, Any] | None = None,
+          database: Any | None = None, tally: dict[str, Any] | None = None, integer_only: bool = True,
           **schedule_options: Any) -> tvm.runtime.Executable:
     """Compile `mod` via `integer_pipeline` to a VM executable (already lowered, hence relax_pipeline=None)."""
     from ibert_tvm.schedules.gemm_prefetch import TIR_PIPELINE  # registers the TIR pipeline it names
 
     target = Target(target) if isinstance(target, str) else target
     with target:
-        return tvm.compile(integer_pipeline(target, dump_dir, database, tally, **schedule_options)(mod), target=target,
-                           relax_pipeline=None, tir_pipeline=TIR_PIPELINE)
+        lowered = integer_pipeline(target, dump_dir, database, tally, integer_only, **schedule_options)(mod)
+        return tvm.compile(lowered, target=target, relax_pipeline=None, tir_pipeline=TIR_PIPELINE)

@@ -9,7 +9,9 @@ from tvm import relax
 
 from ibert_tvm import layers
 from ibert_tvm import model as model_module
+from ibert_tvm.build_util import host_vm
 from ibert_tvm.model import Batch, UnsupportedModelError, from_pretrained, position_ids
+from ibert_tvm.relay_passes.verify_integer_only import FloatOpError
 
 COMMON = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
               max_position_embeddings=80, initializer_range=0.1, hidden_dropout_prob=0.0,
@@ -246,7 +248,15 @@ def test_q8bert_mode_matches_hf_force_dequant(force_dequant, report):
     qm = from_pretrained(fm, calibration=batches(0, 3, 4, 24, seed=1), semantics="hf", force_dequant=force_dequant)
     b = batches(0, 1, 3, 20, seed=2)[0]
     ours = run(qm, b)
-    same, worst = agreement(ours, hf_forward(qm, b)[-1][0])
+    hf = hf_forward(qm, b)[-1][0]
+    same, worst = agreement(ours, hf)
+    # the project pipeline with its CPU schedules, as `ibert-tvm eval` builds Q8BERT mode, as close to HF
+    vm = host_vm(qm.program(*b.input_ids.shape), integer_only=False)[0]
+    scheduled = vm["main"](tvm.runtime.tensor(b.input_ids.numpy()),
+                           tvm.runtime.tensor(b.attention_mask.numpy().astype(np.int32))).numpy()
+    assert agreement(scheduled, hf)[0] >= 0.999 and agreement(scheduled, hf)[1] <= 1
+    with pytest.raises(FloatOpError, match="float types or arithmetic remain"):  # unless float is let through
+        host_vm(qm.program(*b.input_ids.shape))
     with torch.no_grad():
         ref = fm(input_ids=b.input_ids, attention_mask=b.attention_mask).last_hidden_state.numpy()
     o = ours.astype(np.float32) * qm.output_scale
