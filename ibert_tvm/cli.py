@@ -413,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("artifact")
     bench.add_argument("--batch-sizes", type=_ints(), help="default: the compiled batch sizes")
     bench.add_argument("--seq-lengths", type=_ints(), help="default: the compiled sequence lengths")
-    bench.add_argument("--warmup", type=_at_least(0), default=3)
-    bench.add_argument("--repeats", type=_at_least(1), default=20)
+    bench.add_argument("--warmup", type=_at_least(0), default=3, help="untimed calls per shape first (default 3)")
+    bench.add_argument("--repeats", type=_at_least(1), default=100,
+                       help="timed calls per shape (default 100: fewer make p99 the slowest call)")
     bench.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
     bench.set_defaults(func=_bench)
 

@@ -10,6 +10,7 @@ is left untouched.
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +63,9 @@ def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int, kee
 
     encoder = _eager_encoder(model)
     example = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, seq, dtype=getattr(torch, mask_dtype)))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # torch's own `run_decompositions`, which TVM's importer calls, trips torch's deprecation of this check
+        warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
         exported = torch.export.export(_LastHiddenState(encoder).eval(), example)
         mod = from_exported_program(exported, keep_params_as_input=keep_params, unwrap_unit_return_tuple=True)
     return mod

@@ -35,7 +35,7 @@ class LatencyRow:
 
 
 def measure_latency(model: IntegerModel, batch_sizes: list[int], seq_lengths: list[int], warmup: int = 3,
-                    repeats: int = 20, seed: int = 0, progress: bool = True) -> list[LatencyRow]:
+                    repeats: int = 100, seed: int = 0, progress: bool = True) -> list[LatencyRow]:
     """Time `model` on random ids for every (batch, seq); a progress bar over the shapes. Every shape's inputs
     are made and checked (`IntegerModel.validate`) before the first is timed, so that a shape the model
     cannot run is an error before the bar starts."""

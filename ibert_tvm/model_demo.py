@@ -62,7 +62,9 @@ def run_model_demo(model_dir: Path | None = None, repeats: int = 3) -> dict:
     tweets = bundled_test_slice().take(slice(0, DEMO_TWEETS))
     texts = held + tweets.texts
     print(f"ibert-tvm demo: all-MiniLM-L6-v2 (BERT, 6 layers, hidden 384) from {model_dir}, mean pooling, "
-          f"sentiment head {head.labels} trained on {head.info.get('train_size', '?')} tweets")
+          f"sentiment head {head.labels} trained on {head.info.get('train_size', '?')} tweets (airlines, sports, "
+          "brands: 73 % accurate in FP32 on held-out ones; everyday sentences get tweet-domain labels, and the "
+          "point is integer-only vs FP32)")
     qm = quantized_encoder(model_dir)
     ids = encode_texts(qm.tokenizer, texts)
     batch_ids, mask = pad_batch(ids, max(map(len, ids)), pad_id=qm.ibert.config.pad_token_id)

@@ -147,8 +147,8 @@ class TuningResult:
                      + ("" if self.recorded else ". None of this program's kernel shapes has a record there "
                         "(another batch x seq or architecture?)")]
         else:
-            lines = [f"tuned {tasks}: {self.trials_run} trials in this call, {self.trials_total} in {self.work_dir} "
-                     f"({self.seconds:.0f} s)",
+            lines = [f"tuning {tasks}: {self.trials_run} trials in this call, {self.trials_total} in {self.work_dir} "
+                     f"({self.seconds:.0f} s); {len(self.recorded)} of the tasks have a best record there",
                      f"failed candidates: {self.failed} ({self.failed_share:.0%}; {self.build_errors} build, "
                      f"{self.run_errors} run errors)"]
         lines += [f"  {n} x {message}" for message, n in sorted(self.errors.items(), key=lambda kv: -kv[1])]

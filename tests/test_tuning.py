@@ -84,6 +84,7 @@ def test_tune_writes_a_database_with_its_metadata(model, tuned, spec, report):
     assert 0 < len(result.untried) < len(result.tasks) - len(result.untunable)
     assert all(not records[name] for name in result.untried) and not set(result.untried) & set(result.untunable)
     assert "no trial yet for" in str(result) and result.untried[0] in str(result)
+    assert f"{len(result.recorded)} of the tasks have a best record there" in str(result).splitlines()[0]
     # every kernel is tunable but Softmax's: FFN-in (i-GELU) and LayerNorm too, since they hold no Let, and the
     # attention GEMMs with their head splits fused in
     assert result.untunable and all("int_softmax" in name for name in result.untunable), result.untunable
