@@ -214,16 +214,11 @@ def classifier_program(qm: QuantizedModel, head: SentenceHead, batch: int, seq: 
     return bb.get(), scale
 
 
-def integer_only(qm: QuantizedModel) -> bool:
-    """Whether every nonlinearity of the encoder is integer (False in Q8BERT mode)."""
-    return qm.ibert.config.force_dequant == "none"
-
-
 def compile_program(mod: tvm.IRModule, qm: QuantizedModel) -> relax.VirtualMachine:
     """The program through the project pipeline for this CPU, its int8 features detected: integer-only models
     verified so (no float survives); Q8BERT-mode models, whose float nonlinearities that check would reject,
     with the same GEMMs and schedules but without the check."""
-    return host_vm(mod, integer_only(qm))[0]
+    return host_vm(mod, qm.integer_only)[0]
 
 
 class IntegerClassifier:

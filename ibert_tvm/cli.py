@@ -67,11 +67,16 @@ def _token_ids(text: str) -> list[int]:
 
 def _existing_file(text: str) -> str:
     """An argparse type: the path of an existing file (the error names the option that reads it)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path")
     path = Path(text)
-    if path.is_dir():
-        raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    try:
+        if path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f"no such file: {text}")
+    except OSError as err:  # a name too long, a folder that cannot be read
+        raise argparse.ArgumentTypeError(f"{text}: {err.strerror}") from err
     return text
 
 
@@ -192,7 +197,7 @@ def _compile(args: argparse.Namespace) -> int:
     options = {"gemm": args.gemm} if args.gemm else {}
     lib = compile_model(qm, args.target, tuning_logs=logs, batch_sizes=args.batch_sizes,
                         seq_lengths=args.seq_lengths, **options)
-    path = lib.export(output).resolve()
+    path = lib.export(output).absolute()
     print(f"wrote {path} and {metadata_path(path)} (target {lib.spec.describe()}, "
           f"{_tuned(lib.meta['target'])}; buckets batch {lib.meta['buckets']['batch_sizes']} x seq "
           f"{lib.meta['buckets']['seq_lengths']})")
@@ -357,8 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--block", action="store_true", help="run the single encoder-block demo instead")
     demo.add_argument("--batch", type=_at_least(1), default=argparse.SUPPRESS, help="batch size (--block only; "
                       "default 1)")
-    demo.add_argument("--seq", type=_at_least(1), default=argparse.SUPPRESS, help="sequence length (--block only; "
-                      "default 128)")
+    demo.add_argument("--seq", type=_at_least(MIN_SEQ_LENGTH), default=argparse.SUPPRESS,
+                      help="sequence length (--block only; default 128)")
     demo.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="weight seed (--block only; default 0)")
     demo.set_defaults(func=_demo)
 

@@ -81,7 +81,7 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
     tally: dict[str, Any] = {}
     with _build_environment(spec):
         exe = build(program, spec.target, dump_dir=dump_dir, database=database,
-                    tally=None if database is None else tally, **schedule_options)
+                    tally=None if database is None else tally, integer_only=model.integer_only, **schedule_options)
     if tuning_logs not in (None, True, False) and not tally["tuned"]:  # a database the caller named
         warnings.warn(f"the tuning database {tuning_logs} gives none of this program's {tally['kernels']} kernels "
                       f"a record (its records lost to the default schedules, or are for another model, "

@@ -166,6 +166,11 @@ class QuantizedModel:
         return position_limit(self.ibert.config, self.model_type)
 
     @property
+    def integer_only(self) -> bool:
+        """Whether the program is integer from ids to output: no Q8BERT-mode nonlinearity, no float head."""
+        return self.ibert.config.force_dequant == "none" and not (self.head is not None and self.head_mode == "float")
+
+    @property
     def hidden_scale(self) -> float:
         """The real scale of the int8 hidden states the encoder outputs."""
         return float(layers.act_scale(self.ibert.encoder.layer[-1].output.output_activation))

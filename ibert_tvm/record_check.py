@@ -61,11 +61,11 @@ def _full_range(rng: np.random.Generator, dtype: str, shape: list[int]) -> np.nd
 
 def visit_kernel_calls(mod: tvm.IRModule, target: tvm.target.Target, device: tvm.runtime.Device,
                        inputs: Sequence[np.ndarray], symbols: set[str],
-                       visit: Callable[[str, KernelCall], None]) -> None:
+                       visit: Callable[[str, KernelCall], None], integer_only: bool = True) -> None:
     """Build `mod` untuned for `target`, run its `main` on `inputs`, and hand the first call of each kernel
     named in `symbols` to `visit` as soon as it returns (a kernel the run does not call is not visited). One
     call's copies are held at a time: a whole program's, at a large batch x sequence, would be gigabytes."""
-    vm = relax.VirtualMachine(pipeline.build(mod, target), device)
+    vm = relax.VirtualMachine(pipeline.build(mod, target, integer_only=integer_only), device)
     visited: set[str] = set()
     pending: dict[str, list[Any]] = {}
 

@@ -851,7 +851,8 @@ class _Checked:
 
 
 def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database: SharedDatabase,
-                   mod: tvm.IRModule, tunable: tvm.IRModule, inputs: Sequence[np.ndarray]) -> _Checked:
+                   mod: tvm.IRModule, tunable: tvm.IRModule, inputs: Sequence[np.ndarray], integer_only: bool = True
+                   ) -> _Checked:
     """Run the best record of each task in `best` (name -> task) on the arguments that the untuned program
     passed each of the task's kernels for `inputs` (`record_check`; every layer's, as the record schedules
     them all): it must write the same integers. A record that fails to build or run there counts as wrong too
@@ -884,7 +885,7 @@ def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database
             wrong.append(name)
 
     try:
-        record_check.visit_kernel_calls(mod, spec.target, device, inputs, set(symbols), check)
+        record_check.visit_kernel_calls(mod, spec.target, device, inputs, set(symbols), check, integer_only)
     except (RuntimeError, ValueError) as err:  # TVM's errors
         return _Checked(failed=f"the untuned program did not run on the inputs: {_one_line(str(err))}")
     if faults:
@@ -994,7 +995,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
         raise ValueError(f"cannot check the records of {folder}: {unchecked}")
     if database is None:
         database = _database_for_tuning(folder, spec)
-    tunable = pipeline.tunable_module(mod, spec.target)
+    integer_only = getattr(model, "integer_only", True)  # a QuantizedModel in Q8BERT mode or with a float head: no
+    tunable = pipeline.tunable_module(mod, spec.target, integer_only)
     kernels = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
     tasks = _shared_tasks(kernels)
     records = _records_per_task(database, tasks)
@@ -1019,7 +1021,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     total = sum(len(r) for r in per_task.values())
     found = {t.task_name: (t, f) for t in tasks if (f := _best(database, t.dispatched[0], t.target)) is not None}
     best = {name: (t, scheduled) for name, (t, (_, scheduled)) in found.items()}
-    checked = (_check_records(spec, {n: t for n, (t, _) in best.items()}, database, mod, tunable, inputs)
+    checked = (_check_records(spec, {n: t for n, (t, _) in best.items()}, database, mod, tunable, inputs,
+                              integer_only)
                if check and not unchecked else _Checked(failed=unchecked))
     if check_only and checked.failed:
         raise ValueError(f"cannot check the records of {folder}: {checked.failed}")

@@ -124,12 +124,14 @@ def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
     return _pipeline
 
 
-def tunable_module(mod: tvm.IRModule, target: Target | str = "llvm") -> tvm.IRModule:
-    """`mod` after phases legalize, fuse and verify: the PrimFuncs that tuning extracts as tasks and that
-    `ApplyTuningRecords` in phase 3 matches records against (same module state, same hashes)."""
+def tunable_module(mod: tvm.IRModule, target: Target | str = "llvm", integer_only: bool = True) -> tvm.IRModule:
+    """`mod` after phases legalize, fuse and verify (`integer_only`, as `build`): the PrimFuncs that tuning
+    extracts as tasks and that `ApplyTuningRecords` in phase 3 matches records against (same module state,
+    same hashes)."""
     target = Target(target) if isinstance(target, str) else target
     with target:
-        return tvm.transform.Sequential([p for phase in _phases(target)[:3] for p in phase])(mod)
+        phases = _phases(target, integer_only=integer_only)[:3]
+        return tvm.transform.Sequential([p for phase in phases for p in phase])(mod)
 
 
 def build(mod: tvm.IRModule, target: Target | str = "llvm", dump_dir: str | None = None,

@@ -10,6 +10,8 @@ from tvm.s_tir import meta_schedule as ms
 
 __all__ = ["KeepIntrinsicsUnvectorized", "TensorizeOrReject"]
 
+_AUTO_TENSORIZE = "meta_schedule.auto_tensorize"
+
 
 @derived_object
 class KeepIntrinsicsUnvectorized(ms.postproc.PyPostproc):
@@ -29,7 +31,7 @@ class KeepIntrinsicsUnvectorized(ms.postproc.PyPostproc):
         """Remove `meta_schedule.vectorize` from the root when any block is marked for auto-tensorization."""
         root = sch.get_sblock(sch.mod["main"].body.block.name_hint)
         if "meta_schedule.vectorize" in sch.get(root).annotations and _any_block(
-                sch, root, lambda b: "meta_schedule.auto_tensorize" in sch.get(b).annotations):
+                sch, root, lambda b: _AUTO_TENSORIZE in sch.get(b).annotations):
             sch.unannotate(root, "meta_schedule.vectorize")
         return True
 
@@ -40,9 +42,6 @@ class KeepIntrinsicsUnvectorized(ms.postproc.PyPostproc):
 def _any_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, predicate: Callable) -> bool:
     """Whether `predicate` holds for a block nested (at any depth) under `block`."""
     return any(predicate(child) for child in _blocks(sch, block))
-
-
-_AUTO_TENSORIZE = "meta_schedule.auto_tensorize"
 
 
 @derived_object
@@ -60,17 +59,19 @@ class TensorizeOrReject(ms.postproc.PyPostproc):
 
     def apply(self, sch: s_tir.Schedule) -> bool:
         """Tensorize every block marked with an intrinsic and vectorize the init loop of every block marked
-        with none (`RewriteReductionBlock`'s init blocks); False if one of them does not go through."""
+        with none (`RewriteReductionBlock`'s init blocks); False if one of them does not go through. Like
+        TVM's, children before parents, and no init loop vectorized for a block whose name starts with
+        "init" (TVM tests `find("init")` for truth); the one PrimFunc of a tuning task, `main`."""
         root = sch.get_sblock(sch.mod["main"].body.block.name_hint)
         marked = [(sch.get(b).name_hint, str(sch.get(b).annotations[_AUTO_TENSORIZE]))
                   for b in _blocks(sch, root) if _AUTO_TENSORIZE in sch.get(b).annotations]
-        for name, intrinsic in marked:
-            block = sch.get_sblock(name)
-            sch.unannotate(block, _AUTO_TENSORIZE)
+        for name, intrinsic in reversed(marked):
             try:
+                block = sch.get_sblock(name)
+                sch.unannotate(block, _AUTO_TENSORIZE)
                 if intrinsic:
                     sch.tensorize(block, intrinsic)
-                else:
+                elif not name.startswith("init"):
                     (init,) = sch.get_child_blocks(block)
                     (loop,) = sch.get_loops(init)
                     sch.vectorize(loop)

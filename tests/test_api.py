@@ -67,6 +67,26 @@ def test_buckets_and_batch_chunks_equal_the_exact_shape_program(quantized, loade
     np.testing.assert_array_equal(ours, exact)
 
 
+@pytest.mark.parametrize("options", [{"force_dequant": "gelu"}, {"head": "float"}], ids=["q8bert-gelu", "float-head"])
+def test_compile_exports_q8bert_mode_and_a_float_head(options, tmp_path):
+    """A model with float parts (Q8BERT mode, HF's float head) compiles and exports, without the no-float check
+    that integer-only models pass, and runs as TVM's unscheduled build of its program does; its metadata says
+    which parts are float."""
+    path = save_tiny_classifier(tmp_path / "model")
+    qm = ibert_tvm.from_pretrained(str(path), calibration=calibration_texts(), **options)
+    assert not qm.integer_only
+    loaded = ibert_tvm.load(ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(2,),
+                                              seq_lengths=(16,)).export(tmp_path / "m.so"))
+    ids, mask = _inputs(loaded, held_out_texts()[:2])
+    ours = loaded(ids, mask, integer=True)
+    vm = relax.VirtualMachine(tvm.compile(relax.transform.LegalizeOps()(qm.program(*ids.shape)), "llvm"), tvm.cpu())
+    plain = vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask)).numpy()
+    np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-5 * float(np.abs(plain).max()))
+    model_meta = loaded.meta["model"]
+    assert (model_meta["force_dequant"], model_meta["head"]) == (options.get("force_dequant", "none"),
+                                                                options.get("head", "integer"))
+
+
 def test_another_process_gives_identical_outputs(exported, loaded, tmp_path):
     ids, mask = _inputs(loaded, held_out_texts()[:4])
     np.save(tmp_path / "ids.npy", ids)

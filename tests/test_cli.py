@@ -90,7 +90,7 @@ def encoder_artifact(model_dir) -> Path:
 
 def test_compile_names_both_files_in_full(compiled):
     out, proc = compiled
-    assert f"wrote {out.resolve()} and {out.resolve().with_suffix('.json')} (target " in proc.stdout
+    assert f"wrote {out.absolute()} and {out.absolute().with_suffix('.json')} (target " in proc.stdout
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -270,6 +270,9 @@ def test_missing_files_and_block_only_options_are_named(tmp_path):
         proc = cli(*args)
         assert_one_line_error(proc, f"{option}: no such file: {missing}")
         assert "Errno" not in proc.stderr
+    for path, reason in (("", "--csv: an empty path"), ("a" * 300, "a: File name too long")):  # OSErrors: one line
+        assert_one_line_error(cli("eval", "--csv", path), reason)
+    assert_one_line_error(cli("demo", "--block", "--seq", "1"), "--seq: expected an integer of at least 2, got 1")
     assert_one_line_error(cli("demo", "--seq", "16"), "--seq applies to --block only")
     assert_one_line_error(cli("demo", "--batch", "2", "--seed", "1"), "--batch, --seed apply to --block only")
 
