@@ -306,7 +306,8 @@ def test_avx_vnni_target_uses_ymm_vpdpbusd():
 
 
 def _gemm_sketches(base: Target) -> tuple[Target, list[tvm.s_tir.Schedule], list[ms.postproc.Postproc]]:
-    """(the tuning target, the tuning space's sketches of a linear layer's GEMM kernel, its post-processors)."""
+    """(the tuning target, the tuning space's sketches of a linear layer's GEMM kernel, its post-processors);
+    seeded: the sketches' sampled decisions (and so which of them inline the widening) depend on the seed."""
     make, inputs = CASES["linear_no_bias"]
     with base:
         fused = tunable_module(single_op_module(make, inputs), base)
@@ -314,7 +315,7 @@ def _gemm_sketches(base: Target) -> tuple[Target, list[tvm.s_tir.Schedule], list
     target = Target({**dict(base.export()), "num-cores": 2})  # MetaSchedule needs the core count
     with tuning._family_intrinsics_only(resolve_target("llvm")):  # TVM's other targets' intrinsics take minutes
         context = ms.TuneContext(tvm.IRModule({"main": gemm}), target=target,
-                                 space_generator=x86.tuning_space(target)["space"])
+                                 space_generator=x86.tuning_space(target)["space"], rand_state=0)  # sketches vary
     return target, context.generate_design_space(), list(context.space_generator.postprocs)
 
 
