@@ -189,11 +189,11 @@ def _compile(args: argparse.Namespace) -> int:
     from .tuning import open_database
 
     output = check_library_path(args.output)
-    if args.tuning_logs not in (None, "none"):  # refused before calibrating: another target's or corrupt records
-        open_database(args.tuning_logs, args.target)
-    qm = _quantize(args, args.seq_lengths)
     logs: str | bool | None = None if args.tuning_logs is None else (False if args.tuning_logs == "none"
                                                                       else args.tuning_logs)
+    if isinstance(logs, str):  # refused before calibrating: another target's or corrupt records
+        open_database(logs, args.target)
+    qm = _quantize(args, args.seq_lengths)
     options = {"gemm": args.gemm} if args.gemm else {}
     lib = compile_model(qm, args.target, tuning_logs=logs, batch_sizes=args.batch_sizes,
                         seq_lengths=args.seq_lengths, **options)

@@ -357,9 +357,9 @@ def _write_meta(folder: Path, spec: TargetSpec, shapes: list[list[int]], trials:
                 decided: set[str] = frozenset(), left_out: dict[str, dict[str, str]] | None = None,
                 passed: _Passed | None = None) -> dict[str, Any]:
     """Write (or update after a resumed call) the metadata file beside the two JSON files, and return it.
-    `left_out` names, for lists of `_LEFT_OUT`, the kernel shapes (workload key -> task name) whose best record loses to the
-    default schedule, does not write the untuned integers or is never called, among the shapes `decided`
-    (this call's). Their `default_wins` entries replace the old ones for those shapes; those of other shapes
+    `left_out` names, for lists of `_LEFT_OUT`, the kernel shapes (workload key -> task name) whose best record
+    loses to the default schedule, does not write the untuned integers or is never called, among the shapes
+    `decided` (this call's). Their `default_wins` entries replace the old ones for those shapes; those of other shapes
     stay. The other lists only grow: a record that wrote other integers for one model's kernels stays out even
     when another model or calibration tuned into the folder finds it right for its own (its check never ran
     the first's).

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from tvm import s_tir
 from tvm.ir.utils import derived_object
@@ -30,18 +30,13 @@ class KeepIntrinsicsUnvectorized(ms.postproc.PyPostproc):
     def apply(self, sch: s_tir.Schedule) -> bool:
         """Remove `meta_schedule.vectorize` from the root when any block is marked for auto-tensorization."""
         root = sch.get_sblock(sch.mod["main"].body.block.name_hint)
-        if "meta_schedule.vectorize" in sch.get(root).annotations and _any_block(
-                sch, root, lambda b: _AUTO_TENSORIZE in sch.get(b).annotations):
+        if "meta_schedule.vectorize" in sch.get(root).annotations and any(
+                _AUTO_TENSORIZE in sch.get(b).annotations for b in _blocks(sch, root)):
             sch.unannotate(root, "meta_schedule.vectorize")
         return True
 
     def clone(self) -> KeepIntrinsicsUnvectorized:
         return KeepIntrinsicsUnvectorized()
-
-
-def _any_block(sch: s_tir.Schedule, block: s_tir.schedule.SBlockRV, predicate: Callable) -> bool:
-    """Whether `predicate` holds for a block nested (at any depth) under `block`."""
-    return any(predicate(child) for child in _blocks(sch, block))
 
 
 @derived_object
