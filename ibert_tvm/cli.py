@@ -129,9 +129,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 def _quantize(args: argparse.Namespace, seq_lengths: list[int]):
     """The QuantizedModel the model arguments describe, for `seq_lengths` (the target, the inputs and the
     lengths are checked first: calibrating takes time)."""
-    from . import from_onnx, from_pretrained
+    from . import from_pretrained
     from .classifier import default_model_dir
-    from .model import TOKENIZER_FILES, check_seq_lengths, max_seq_length, tokenizer_in
+    from .model import TOKENIZER_FILES, check_seq_lengths, max_seq_length, position_limit, tokenizer_in
     from .model_demo import sentences
     from .targets import resolve_target
 
@@ -149,9 +149,13 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int]):
         if options["tokenizer"] is None:
             raise ValueError(f"--tokenizer {args.tokenizer} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
     if args.onnx:
+        from .onnx_import import model_from_onnx
+
         if "tokenizer" not in options:
             raise ValueError("--onnx needs --tokenizer DIR to tokenize the calibration sentences")
-        return from_onnx(args.onnx, **options)  # an ONNX graph's positions are known once imported (checked then)
+        model = model_from_onnx(args.onnx)  # the graph's positions are known once it is read
+        check_seq_lengths(seq_lengths, position_limit(model.config, model.config.model_type))
+        return from_pretrained(model, **options)
     check_seq_lengths(seq_lengths, max_seq_length(args.model or default_model_dir()))
     return from_pretrained(args.model or default_model_dir(), **options)
 

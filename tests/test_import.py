@@ -212,3 +212,17 @@ def test_non_encoder_onnx_is_refused(tmp_path):
 def test_missing_file_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.onnx"):
         model_from_onnx(tmp_path / "nothing.onnx")
+
+
+def test_cli_refuses_lengths_past_an_onnx_graphs_positions_before_calibrating(models, onnx_files, tmp_path):
+    """`compile --onnx` reads the positions from the graph, then checks the sequence lengths before it
+    calibrates (calibrating a full model takes minutes)."""
+    from ibert_tvm.classifier import default_model_dir
+    from test_cli import assert_one_line_error, cli
+
+    limit = models["bert"].config.max_position_embeddings
+    proc = cli("compile", "--onnx", onnx_files["bert", "dynamic"], "--tokenizer", str(default_model_dir()),
+               "--seq-lengths", f"16,{limit + 1}", "-o", str(tmp_path / "x.so"))
+    assert_one_line_error(proc, f"sequence length {limit + 1} exceeds what the model's position embeddings "
+                                f"cover ({limit})")
+    assert "calibrating" not in proc.stderr and not (tmp_path / "x.so").exists()
