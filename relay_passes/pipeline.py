@@ -108,13 +108,14 @@ def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
     the target family's default schedule (`schedules/`) takes the rest, with `schedule_options` (e.g. the
     CUDA GEMM variant). A `tally` dict receives the number of kernels, of those the database scheduled, and
     ("records") the workload key and record digest of each record it applied. `integer_only=False` skips the
-    check that no float survived, for Q8BERT-mode programs (float nonlinearities between the int8 GEMMs).
+    check that no float survived, for Q8BERT-mode programs (float nonlinearities between the int8 GEMMs), and
+    so writes no `02_verify` dump.
     """
     target = Target(target) if isinstance(target, str) else target
     passes: list[tvm.transform.Pass] = []
     phases = _phases(target, database, schedule_options, tally, integer_only)
     for index, (name, phase) in enumerate(zip(PHASES, phases)):
-        passes += phase + ([_DumpIR(Path(dump_dir) / f"{index:02d}_{name}.py")] if dump_dir else [])
+        passes += phase + ([_DumpIR(Path(dump_dir) / f"{index:02d}_{name}.py")] if dump_dir and phase else [])
 
     @tvm.transform.module_pass(opt_level=0, name="IBertIntegerPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

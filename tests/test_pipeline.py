@@ -187,6 +187,9 @@ def test_verify_phase_rejects_a_float_op(tiny_program, tmp_path):
     with pytest.raises(FloatOpError, match="float32"):
         integer_pipeline("llvm", dump_dir=str(tmp_path))(_with_float_op(tiny_program[0]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["00_legalize.py", "01_fuse.py"]  # stopped in phase 2
+    lenient = tmp_path / "lenient"  # integer_only=False: lowered, and no dump of a phase 2 that did not run
+    integer_pipeline("llvm", dump_dir=str(lenient), integer_only=False)(_with_float_op(tiny_program[0]))
+    assert sorted(p.name for p in lenient.iterdir()) == ["00_legalize.py", "01_fuse.py", "03_lower.py"]
 
 
 def test_untuned_latency_unfused_vs_fused(tiny_program, built, report):
