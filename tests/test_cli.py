@@ -278,11 +278,17 @@ def test_missing_files_and_block_only_options_are_named(tmp_path):
 
 
 def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact, monkeypatch):
-    """The CLI's MIN_SEQ_LENGTH (kept there so that parsing imports no transformers) is the model's; with
-    IBERT_TVM_TRACEBACK set, a user error is raised whole instead of printed as one line."""
-    from ibert_tvm import cli as cli_module, model
+    """The CLI's MIN_SEQ_LENGTH and the block demo's defaults in its help (kept there so that parsing
+    imports no transformers) are the model's and the demo's; with IBERT_TVM_TRACEBACK set, a user error is
+    raised whole instead of printed as one line."""
+    import inspect
+
+    from ibert_tvm import cli as cli_module, demo, model
 
     assert cli_module.MIN_SEQ_LENGTH == model.MIN_SEQ_LENGTH
+    shape, seed = demo.DemoShape(), inspect.signature(demo.run_demo).parameters["seed"].default
+    assert cli_module.BLOCK_DEFAULTS == {"batch": shape.batch, "seq": shape.seq, "seed": seed}
+    assert "sequence length (--block only; default 128)" in " ".join(cli("demo", "--help").stdout.split())
     monkeypatch.setenv("IBERT_TVM_TRACEBACK", "1")
     with pytest.raises(ValueError, match="every row must have the same number of ids"):
         main(["run", str(artifact), "--ids", "1,2", "--ids", "1,2,3"])
