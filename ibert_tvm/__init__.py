@@ -18,7 +18,7 @@ configure_threads()  # before any kernel runs: TVM's default uses half the cores
 #: Public name -> the submodule that defines it. Imported on first use, so that `ibert-tvm --help` and
 #: `ibert_tvm.load` do not pay for torch, transformers and TVM's compiler when they do not need them.
 _EXPORTS = {"ArtifactError": "artifact", "Batch": "calibration", "CompiledModel": "compiler", "compile": "compiler",
-            "load": "compiler", "QuantizedModel": "model", "UnsupportedModelError": "model", "from_onnx": "model",
+            "load": "runtime", "QuantizedModel": "model", "UnsupportedModelError": "model", "from_onnx": "model",
             "from_pretrained": "model", "InputError": "runtime", "IntegerModel": "runtime",
             "UnknownTargetError": "targets", "resolve_target": "targets", "ops": "ops", "tune": "tuning",
             "TuningLogError": "tuning"}

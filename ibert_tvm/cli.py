@@ -224,7 +224,7 @@ def _tune(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .compiler import load
+    from .runtime import load
 
     model = load(args.artifact)
     if args.text:
@@ -266,7 +266,7 @@ def _rounded(values: np.ndarray, limit: int | None = SHOWN_VALUES) -> list[float
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .compiler import load
+    from .runtime import load
     from .latency import measure_latency, write_report
 
     model = load(args.artifact)

@@ -1,4 +1,5 @@
-"""`compile`, `CompiledModel.export` and `load`: from a QuantizedModel to a deployable library and back.
+"""`compile` and `CompiledModel.export`: from a QuantizedModel to a deployable library (`runtime.load` reads it
+back).
 
 Sequence lengths are compiled as a set of static buckets (default 32 and 128), not as a symbolic length:
 MetaSchedule tunes per static shape and the tuned records apply to exactly these shapes, the integer kernels
@@ -20,14 +21,13 @@ import numpy as np
 import tvm
 
 from . import cross
-from .artifact import (ArtifactError, check_library_path, check_runnable_here, read_metadata, runtime_versions,
-                       write_metadata)
+from .artifact import check_library_path, check_runnable_here, runtime_versions, write_metadata
 from .model import QuantizedModel, function_name, shape_buckets
 from .relay_passes.pipeline import build
 from .runtime import IntegerModel
 from .targets import TargetSpec, resolve_target
 
-__all__ = ["CompiledModel", "DEFAULT_BATCH_SIZES", "DEFAULT_SEQ_LENGTHS", "compile", "load"]
+__all__ = ["CompiledModel", "DEFAULT_BATCH_SIZES", "DEFAULT_SEQ_LENGTHS", "compile"]
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEQ_LENGTHS = (32, 128)
@@ -93,17 +93,6 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
         meta["target"]["unchecked_records"] = _warn_unchecked(folder, tally["records"], program, shapes,
                                                               shipped=_is_shipped(folder, spec))
     return CompiledModel(exe, spec, meta)
-
-
-def load(path: str | Path) -> IntegerModel:
-    """Load an exported artifact with the TVM runtime, after checking its metadata, hash, TVM and target."""
-    meta = read_metadata(path)
-    check_runnable_here(meta, path)
-    try:
-        lib = tvm.runtime.load_module(str(path))
-    except Exception as err:  # a library that passed the hash check but that the loader refuses
-        raise ArtifactError(f"{path}: the TVM runtime cannot load it ({str(err).splitlines()[0]})") from err
-    return IntegerModel(lib, meta)
 
 
 def _database(tuning_logs: str | Path | bool | None, spec: TargetSpec) -> tuple[Path | None, Any | None]:

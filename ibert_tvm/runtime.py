@@ -20,7 +20,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-__all__ = ["InputError", "IntegerModel", "Prediction"]
+from .artifact import ArtifactError, check_runnable_here, read_metadata
+
+__all__ = ["InputError", "IntegerModel", "Prediction", "load"]
 
 
 class InputError(ValueError):
@@ -57,8 +59,6 @@ class IntegerModel:
     def _check_metadata(self, functions: dict[str, str]) -> None:
         """Every batch x seq bucket of the metadata must name a function that the library holds, and the labels
         must be as many as the logits' scales."""
-        from .artifact import ArtifactError
-
         labels, scale = self.meta["model"].get("labels"), self.meta["output"].get("scale")
         if labels and isinstance(scale, list) and len(labels) != len(scale):
             raise ArtifactError(f"the metadata names {len(labels)} labels for {len(scale)} logits; re-export the "
@@ -269,3 +269,14 @@ def _chunks(batch: int, sizes: list[int]) -> list[tuple[int, int]]:
 def _pad_rows(arr: np.ndarray, rows: int, value: int) -> np.ndarray:
     """`arr` with rows appended (filled with `value`) up to `rows`."""
     return np.pad(arr, ((0, rows - arr.shape[0]), (0, 0)), constant_values=value) if arr.shape[0] < rows else arr
+
+
+def load(path: str | Path) -> IntegerModel:
+    """Load an exported artifact with the TVM runtime, after checking its metadata, hash, TVM and target."""
+    meta = read_metadata(path)
+    check_runnable_here(meta, path)
+    try:
+        lib = tvm.runtime.load_module(str(path))
+    except Exception as err:  # a library that passed the hash check but that the loader refuses
+        raise ArtifactError(f"{path}: the TVM runtime cannot load it ({str(err).splitlines()[0]})") from err
+    return IntegerModel(lib, meta)

@@ -88,11 +88,15 @@ def test_compile_exports_q8bert_mode_and_a_float_head(options, tmp_path):
 
 
 def test_another_process_gives_identical_outputs(exported, loaded, tmp_path):
+    """The artifact loaded and run on token ids in a new process: the same integers, and neither transformers
+    nor the compiler imported (`ibert_tvm.load` is the TVM runtime's side)."""
     ids, mask = _inputs(loaded, held_out_texts()[:4])
     np.save(tmp_path / "ids.npy", ids)
     np.save(tmp_path / "mask.npy", mask)
     script = ("import sys, numpy as np, ibert_tvm; m = ibert_tvm.load(sys.argv[1]); "
-              "np.save(sys.argv[4], m(np.load(sys.argv[2]), np.load(sys.argv[3]), integer=True))")
+              "np.save(sys.argv[4], m(np.load(sys.argv[2]), np.load(sys.argv[3]), integer=True)); "
+              "heavy = {'transformers', 'ibert_tvm.model', 'ibert_tvm.compiler', 'ibert_tvm.relay_passes'}; "
+              "assert not heavy & set(sys.modules), heavy & set(sys.modules)")
     subprocess.run([sys.executable, "-c", script, str(exported), str(tmp_path / "ids.npy"),
                     str(tmp_path / "mask.npy"), str(tmp_path / "out.npy")], check=True, timeout=300)
     np.testing.assert_array_equal(np.load(tmp_path / "out.npy"), loaded(ids, mask, integer=True))
