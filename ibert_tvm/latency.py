@@ -6,17 +6,15 @@ model is warmed up before timing, and p50 / p90 / p99 are taken over the repeate
 
 from __future__ import annotations
 
-import json
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from datetime import date
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
+from .reports import pyplot, stamped, write_results
 from .runtime import IntegerModel
 
 __all__ = ["LatencyRow", "latency_row", "measure_latency", "time_calls", "write_report"]
@@ -75,27 +73,17 @@ def latency_row(batch: int, seq: int, times_ms: list[float]) -> LatencyRow:
 
 def write_report(rows: list[LatencyRow], out_dir: str | Path, title: str, context: dict) -> dict[str, Path]:
     """`latency.json`, `latency.md` and `latency.png` (p50 vs sequence length, one line per batch size)."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    context = {**context, "machine": platform.processor() or platform.machine(), "date": date.today().isoformat()}
-    paths = {"json": out / "latency.json", "markdown": out / "latency.md", "plot": out / "latency.png"}
-    paths["json"].write_text(json.dumps({"title": title, "context": context, "rows": [asdict(r) for r in rows]},
-                                        indent=1), encoding="utf-8")
+    context = stamped(context)
     lines = [f"# {title}", "", *(f"- {k}: {v}" for k, v in context.items()), "",
              "| batch | seq | p50 ms | p90 ms | p99 ms | runs |", "| ---: | ---: | ---: | ---: | ---: | ---: |"]
     lines += [f"| {r.batch} | {r.seq} | {r.p50_ms:.2f} | {r.p90_ms:.2f} | {r.p99_ms:.2f} | {r.runs} |" for r in rows]
-    paths["markdown"].write_text("\n".join(lines) + "\n", encoding="utf-8")
-    _plot(rows, paths["plot"], title)
-    return paths
+    return write_results(out_dir, "latency", {"title": title, "context": context, "rows": [asdict(r) for r in rows]},
+                         "\n".join(lines), lambda path: _plot(rows, path, title))
 
 
 def _plot(rows: list[LatencyRow], path: Path, title: str) -> None:
     """p50 latency against sequence length, one line per batch size, p90 as the band's upper edge."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for batch in sorted({r.batch for r in rows}):
         mine = sorted((r for r in rows if r.batch == batch), key=lambda r: r.seq)

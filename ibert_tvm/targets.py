@@ -21,7 +21,8 @@ import tvm
 from tvm.target import Target, codegen
 
 __all__ = ["ALIASES", "HOST_TARGETS", "TARGET_NAMES", "TargetSpec", "UnknownTargetError", "X86_LEVELS", "amx_usable",
-           "host_cpu_features", "resolve_target", "target_descriptions", "x86_levels_for"]
+           "host_cpu_features", "host_cpu_flags", "host_cpu_name", "resolve_target", "target_descriptions",
+           "x86_levels_for"]
 
 
 class UnknownTargetError(ValueError):
@@ -66,16 +67,27 @@ def host_cpu_features(target: Target | None = None) -> tuple[str, ...]:
     return int8_features(target or _host())
 
 
+def _cpuinfo(field: str) -> str | None:
+    """The value of the first `field` line of /proc/cpuinfo (None where there is none, or it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.split(":", 1)[0].strip() == field),
+                        None)
+    except OSError:
+        return None
+
+
 @functools.cache
-def _cpu_flags() -> frozenset[str]:
+def host_cpu_flags() -> frozenset[str]:
     """This CPU's flags as Linux lists them in /proc/cpuinfo (empty off Linux x86, or where it cannot be read)."""
     if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
         return frozenset()
-    try:
-        with open("/proc/cpuinfo") as f:
-            return frozenset(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
-    except OSError:
-        return frozenset()
+    return frozenset((_cpuinfo("flags") or "").split())
+
+
+def host_cpu_name() -> str:
+    """This machine's CPU model as /proc/cpuinfo names it (its architecture where it names none), for results."""
+    return _cpuinfo("model name") or platform.machine()
 
 
 @functools.cache
@@ -83,7 +95,7 @@ def amx_usable() -> bool:
     """Whether this CPU has AMX int8 tiles and Linux lets this process use them (tile data is granted per
     process on request, `arch_prctl(ARCH_REQ_XCOMP_PERM)`; a kernel without it, or a hypervisor that hides the
     state, refuses). LLVM's host CPU name does not say: a VM may report a CPU model that has no AMX."""
-    if not {"amx_tile", "amx_int8"} <= _cpu_flags():
+    if not {"amx_tile", "amx_int8"} <= host_cpu_flags():
         return False
     from .schedules.x86 import AMX_PERMISSION_SYSCALL  # the request the AMX kernels themselves make
 
@@ -104,7 +116,7 @@ def _host(amx: bool = True) -> Target:
     amx-tile disables every AMX feature that builds on it)."""
     cpu = codegen.llvm_get_system_cpu()
     model = Target({"kind": "llvm", "mcpu": cpu})
-    flags = _cpu_flags()
+    flags = host_cpu_flags()
     mattr = []
     for feature, flag in _CPUINFO_FLAGS.items() if flags else ():
         if (flag in flags) != codegen.llvm_cpu_has_features(feature, model):

@@ -53,7 +53,7 @@ from .relay_passes import pipeline
 from .schedules import schedules_for
 from .shared_workloads import (FAILED_SECS, SharedDatabase, kernel_module, key_scheme, mean_secs, record_digest,
                                workload_key)
-from .targets import HOST_TARGETS, TargetSpec, resolve_target
+from .targets import HOST_TARGETS, TargetSpec, host_cpu_name, resolve_target
 from .threads import physical_cores
 
 if TYPE_CHECKING:
@@ -221,9 +221,7 @@ def _hardware(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
         return f"RPC tracker {rpc[0]}:{rpc[1]}, device key '{rpc[2]}'"
     if spec.is_gpu:
         return tvm.cuda(0).device_name
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), "unknown CPU")
-    return f"{cpu}, {physical_cores()} cores ({spec.target.attrs.get('mcpu', 'generic')})"
+    return f"{host_cpu_name()}, {physical_cores()} cores ({spec.target.attrs.get('mcpu', 'generic')})"
 
 
 def _read_meta(folder: Path) -> dict[str, Any]:

@@ -272,6 +272,9 @@ def test_missing_files_and_block_only_options_are_named(tmp_path):
         assert "Errno" not in proc.stderr
     for path, reason in (("", "--csv: an empty path"), ("a" * 300, "a: File name too long")):  # OSErrors: one line
         assert_one_line_error(cli("eval", "--csv", path), reason)
+    missing.write_text("")  # a results folder that is a file: refused before anything is measured
+    for args in (("eval",), ("bench", str(missing))):
+        assert_one_line_error(cli(*args, "--out", str(missing)), f"--out: {missing} is a file, not a folder")
     assert_one_line_error(cli("demo", "--block", "--seq", "1"), "--seq: expected an integer of at least 2, got 1")
     assert_one_line_error(cli("demo", "--seq", "16"), "--seq applies to --block only")
     assert_one_line_error(cli("demo", "--batch", "2", "--seed", "1"), "--batch, --seed apply to --block only")
@@ -295,16 +298,28 @@ def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact
 
 
 def test_eval_scores_a_labelled_csv(tmp_path):
-    """`eval` on four bundled test tweets: the real MiniLM classifier in FP32 and integer-only, one table."""
+    """`eval` on six bundled test tweets: the real MiniLM classifier in FP32 and integer-only, one table, and
+    the same with each mode's confusion matrix and the cosine histogram in eval.json, eval.md and eval.png."""
     from ibert_tvm.sentiment_data import bundled_test_slice, write_labelled_csv
 
-    csv = tmp_path / "four.csv"
-    write_labelled_csv(bundled_test_slice().take(slice(0, 4)), csv)
-    proc = cli("eval", "--csv", str(csv), "--no-q8bert", "--batch-size", "4")
+    csv, out, data = tmp_path / "six.csv", tmp_path / "results", bundled_test_slice().take(slice(0, 6))
+    write_labelled_csv(data, csv)
+    proc = cli("eval", "--csv", str(csv), "--no-q8bert", "--batch-size", "4", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
-    assert f"4 labelled texts from {csv}" in proc.stdout
+    assert f"6 labelled texts from {csv}" in proc.stdout
     assert "| integer-only (I-BERT, TVM) |" in proc.stdout and "Q8BERT" not in proc.stdout
     assert "prediction agreement" in proc.stdout
+    saved = json.loads((out / "eval.json").read_text())
+    report, markdown = saved["report"], (out / "eval.md").read_text()
+    assert report["q8bert"] is None and saved["context"]["data"] == str(csv) and "machine" in saved["context"]
+    for mode in ("fp32", "integer"):
+        counts = np.array(report[mode]["confusion"])
+        assert counts.shape == (3, 3) and counts.sum(1).tolist() == np.bincount(data.targets, minlength=3).tolist()
+        assert np.trace(counts) == round(6 * report[mode]["accuracy"])
+    assert sum(report["cosine_histogram"]["counts"]) == 6 and report["cosine_histogram"]["edges"][-1] == 1.0
+    assert min(report["cosine_histogram"]["edges"]) <= report["logit_cosine"] <= 1
+    assert markdown.count("confusion (rows: true label, columns: predicted)") == 2
+    assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "bad.csv").write_text("text,label\nfine,happy\n", encoding="utf-8")
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "'happy' is not one of")
 

@@ -36,7 +36,7 @@ def _runs_here(level: str):
 ])
 def test_levels_carry_exactly_their_features(name, features, monkeypatch):
     """A level does not depend on the building machine: with the CPU detection broken, it resolves the same."""
-    monkeypatch.setattr(targets, "_cpu_flags", lambda: pytest.fail("a level read /proc/cpuinfo"))
+    monkeypatch.setattr(targets, "host_cpu_flags", lambda: pytest.fail("a level read /proc/cpuinfo"))
     spec = targets.resolve_target(name)
     assert spec.family == "x86" and spec.features == features
     assert spec.target.attrs["mcpu"].startswith("x86-64-v")  # LLVM's vendor-neutral levels
@@ -54,7 +54,7 @@ def test_levels_carry_exactly_their_features(name, features, monkeypatch):
 ])
 def test_host_target_follows_what_the_cpu_lists(cpu, flags, features, monkeypatch):
     monkeypatch.setattr(targets.codegen, "llvm_get_system_cpu", lambda: cpu)
-    monkeypatch.setattr(targets, "_cpu_flags", lambda: frozenset(flags))
+    monkeypatch.setattr(targets, "host_cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(targets, "amx_usable", lambda: False)
     for name in ("llvm", "x86-noamx"):
         spec = targets.resolve_target(name)
@@ -66,7 +66,7 @@ def test_host_target_follows_what_the_cpu_lists(cpu, flags, features, monkeypatc
 
 def test_noamx_takes_amx_away_from_a_cpu_model_that_has_it(monkeypatch):
     monkeypatch.setattr(targets.codegen, "llvm_get_system_cpu", lambda: "sapphirerapids")
-    monkeypatch.setattr(targets, "_cpu_flags", lambda: frozenset())
+    monkeypatch.setattr(targets, "host_cpu_flags", lambda: frozenset())
     monkeypatch.setattr(targets, "amx_usable", lambda: True)
     assert "amx-int8" in targets.resolve_target("llvm").features
     assert targets.resolve_target("x86-noamx").features == ("avx512vnni", "avxvnni", "avx512bw", "avx2")

@@ -1,0 +1,42 @@
+"""Writing a command's results as JSON, Markdown and a PNG side by side, the machine and date beside them
+(what `ibert-tvm bench` and `ibert-tvm eval` write)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from .targets import host_cpu_name
+
+__all__ = ["pyplot", "stamped", "write_results"]
+
+
+def stamped(context: dict[str, Any]) -> dict[str, Any]:
+    """`context` with the machine (its CPU) and today's date, which every reported figure carries."""
+    return {**context, "machine": host_cpu_name(), "date": date.today().isoformat()}
+
+
+def pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def write_results(out_dir: str | Path, stem: str, payload: dict[str, Any], markdown: str,
+                  draw: Callable[[Path], None]) -> dict[str, Path]:
+    """`stem.json` (the payload), `stem.md` and `stem.png` (drawn by `draw(path)`) in `out_dir`, made if
+    missing; their paths by kind ("json", "markdown", "plot")."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / f"{stem}.json", "markdown": out / f"{stem}.md", "plot": out / f"{stem}.png"}
+    paths["json"].write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    paths["markdown"].write_text(markdown.rstrip("\n") + "\n", encoding="utf-8")
+    draw(paths["plot"])
+    return paths
