@@ -1,4 +1,5 @@
-// Per-core int8 multiply-accumulate peaks of this x86 CPU, the yardsticks the README's GEMM shares use:
+// Per-core int8 multiply-accumulate peaks of this x86 CPU, the yardsticks of the GEMM shares in the README and
+// bench/RESULTS.md:
 // one zmm `vpdpbusd` (AVX-512 VNNI, 16 accumulators), one ymm `vpdpbusd` (AVX-VNNI, 12) and AMX `tdpbusd`
 // (4 tiles), each in a loop of independent accumulators held in registers (no memory traffic); the GEMMs'
 // k step with its operands in L1; and the AVX2 steps, exact (two forms) and saturating, in registers. Run one

@@ -20,7 +20,7 @@ too); `--all` times every kernel.
 `--save DIR` keeps each kernel's library and arguments; `--against DIR` times the saved build (A) and this one
 (B) alternately in one process, round by round, so that a host's drift hits both alike (hot, or with
 `--cold` cold). The two sides are not built and placed alike (A loaded from its library and arrays, B fresh):
-the same code timed against itself moved by -5 to +8 % per kernel at 1 x 32 on the README's VM, so take a
+the same code timed against itself moved by -5 to +8 % per kernel at 1 x 32 on the VM of bench/RESULTS.md, so take a
 difference of a few percent as an indication and decide with `pass_ab.py`, which builds both sides alike.
 """
 

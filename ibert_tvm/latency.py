@@ -52,7 +52,7 @@ def measure_latency(model: IntegerModel, batch_sizes: list[int], seq_lengths: li
 def time_calls(fn: Callable[[], object], warmup: int, repeats: int, warmup_seconds: float = 0.0) -> list[float]:
     """Milliseconds of `repeats` calls of `fn` after at least `warmup` untimed ones and `warmup_seconds` of them
     (a model called after other work runs slower for its first several calls: BERT-base 1 x 32 took 9.5 ms
-    at its 2nd call and 8.0 ms from about its 12th on, on the 2-core VM of the README, 2026-12-05)."""
+    at its 2nd call and 8.0 ms from about its 12th on, on the 2-core VM of bench/RESULTS.md, 2026-12-05)."""
     start, done = time.perf_counter(), 0
     while done < warmup or time.perf_counter() - start < warmup_seconds:
         fn()

@@ -162,8 +162,9 @@ class IntegerModel:
 
     def _function(self, batch: int, seq: int) -> tuple[Any, tvm.runtime.Tensor, tvm.runtime.Tensor]:
         """The VM function of the compiled shape `batch` x `seq` and its two input tensors, made once: a fresh
-        input tensor per call cost 45 us and `numpy()` of the output 45 us (MiniLM 1 x 32 on the README's VM,
-        caches cold after the model), against 7 us for `copyfrom` and 13 us for `from_dlpack` and a copy."""
+        input tensor per call cost 45 us and `numpy()` of the output 45 us (MiniLM 1 x 32 on a VM of
+        bench/RESULTS.md, caches cold after the model), against 7 us for `copyfrom` and 13 us for `from_dlpack`
+        and a copy."""
         key = f"{batch}x{seq}"
         if key not in self._functions:
             self._functions[key] = (self._vm[self.meta["buckets"]["functions"][key]],

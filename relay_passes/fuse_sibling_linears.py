@@ -7,7 +7,7 @@
 Each output channel is computed by the same products, bias and rounding as before (per-tensor M, E become
 per-channel vectors), so the integers are identical. One GEMM with n times the columns streams the shared
 input once, fills more parallel tasks and makes one call instead of n: at 32 tokens, BERT-base's Q, K and V
-took 1.17 ms as 36 calls and 0.81 ms as 12 (see README). Runs on the `ibert.*` ops, before legalization.
+took 1.17 ms as 36 calls and 0.81 ms as 12 (see bench/RESULTS.md). Runs on the `ibert.*` ops, before legalization.
 
 Fused: siblings whose weights, biases, multipliers and shifts are constants, whose linear output feeds only
 their requantize (no residual), with the same K, bias presence and output bits. Others stay as they are.

@@ -9,7 +9,7 @@ Without VNNI, x86's exact integer dot product is `vpmaddwd`: two s16 x s16 produ
 - int8 x int8 matmuls (Q K^T): `a` widened, `b` packed in int8 pairs at run time (te_packing.matmul_i16).
 
 One `vpmaddwd` then does 16 multiply-adds; the earlier u8 x s8 form split both operands' bytes into 16-bit
-halves around two (measured on a 128 x 768 x 768 linear built for `x86-avx2`: 93 -> 120 GMAC/s, README).
+halves around two (measured on a 128 x 768 x 768 linear built for `x86-avx2`: 93 -> 120 GMAC/s, bench/RESULTS.md).
 Runs on a legalized module, before `FuseRequantize`, like shift_activations_u8.py (whose helpers it uses);
 P V (int16 probabilities) is pack_probabilities_i16.py's. A no-op for targets with VNNI or without AVX2.
 Exactness: |a b| <= 2^14 per product; the int32 accumulator's range is the op's own, checked where it is built.

@@ -20,7 +20,7 @@ store waits for its line. `schedules/x86.py` marks the loops, and `add_prefetche
   after that loop), at the top of each row tile (`ROWS`: its rows), write prefetches of those rows' output
   lines, which the epilogue then finds owned: Q K^T's int32 scores are 0.8 MB per layer.
 
-Prefetches never change a result. What they bought on BERT-base is in the README (`bench/kernel_ab.py`).
+Prefetches never change a result. What they bought on BERT-base is in bench/RESULTS.md (`bench/kernel_ab.py`).
 """
 
 from __future__ import annotations

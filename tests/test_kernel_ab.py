@@ -1,6 +1,6 @@
-"""bench/kernel_ab.py, the kernel-level timing tool the README's kernel figures come from: it times a kernel
-hot and cold, keeps what it built with --save, times that against a fresh build with --against, and refuses
-a saved directory of another shape."""
+"""bench/kernel_ab.py, the kernel-level timing tool the kernel figures of bench/RESULTS.md come from: it
+times a kernel hot and cold, keeps what it built with --save, times that against a fresh build with
+--against, and refuses a saved directory of another shape."""
 
 from __future__ import annotations
 
