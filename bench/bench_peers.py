@@ -153,7 +153,8 @@ def profile(name: str, batch: int, seq: int, out: Path, target: str = "llvm", re
     model = load_model(name)
     vm = relax.VirtualMachine(ibert_compiled(model, batch, seq, False, target).executable, tvm.cpu())
     ids, mask = inputs(model, batch, seq)
-    args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(mask.astype(np.int32))]
+    args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(mask.astype(np.int32)),
+            tvm.runtime.tensor(np.zeros(ids.shape, np.int32))]
     main = vm[function_name(batch, seq)]
     main(*args)  # warm-up
     seconds, calls, started = Counter(), Counter(), {}
@@ -204,7 +205,8 @@ def tvm_float_runner(model, batch: int, seq: int):
     from ibert_tvm.float_reference import float_program
 
     vm = relax.VirtualMachine(tvm.compile(float_program(model, batch, seq), "llvm"), tvm.cpu())
-    return lambda ids, mask: vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask))
+    types = tvm.runtime.tensor(np.zeros((batch, seq), np.int32))
+    return lambda ids, mask: vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask), types)
 
 
 def torch_cuda_runner(model, half: bool):

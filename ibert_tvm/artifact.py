@@ -24,7 +24,8 @@ from .targets import host_cpu_features, x86_levels_for
 __all__ = ["ARTIFACT_FORMAT", "ArtifactError", "check_library_path", "check_runnable_here", "library_sha256",
            "metadata_path", "read_metadata", "runtime_versions", "write_metadata"]
 
-ARTIFACT_FORMAT = "ibert-tvm-artifact/1"
+#: 2: the programs take token types (sentence pairs) as a third input; a format-1 library takes two
+ARTIFACT_FORMAT = "ibert-tvm-artifact/2"
 _REQUIRED = ("format", "versions", "target", "model", "inputs", "output", "buckets", "library")
 
 
@@ -96,6 +97,9 @@ def read_metadata(library: str | Path) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(f"{path}: not valid JSON ({err}); re-export the artifact") from err
+    if isinstance(meta, dict) and meta.get("format") == "ibert-tvm-artifact/1":
+        raise ArtifactError(f"{path}: made by an older ibert-tvm (format 1, whose programs take no token types); "
+                            "recompile the model")
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
         raise ArtifactError(f"{path}: not an ibert-tvm artifact metadata file (format "
                             f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {ARTIFACT_FORMAT})")

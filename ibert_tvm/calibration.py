@@ -16,16 +16,20 @@ import torch
 from tqdm import tqdm
 from transformers.models.ibert.quant_modules import QuantAct
 
+from .texts import Text, tokenizer_args
+
 MOMENTUM = 0.95
 METHODS = ("minmax", "percentile")
 
 
 @dataclass
 class Batch:
-    """Token ids and attention mask (int64 [B, L] tensors)."""
+    """Token ids and attention mask (int64 [B, L] tensors), and the segment of each token for sentence pairs
+    (`token_type_ids`: 0 for the first text, 1 for the second; None: all 0)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+    token_type_ids: torch.Tensor | None = None
 
 
 def position_ids(model_type: str, input_ids: torch.Tensor, pad: int) -> torch.Tensor:
@@ -36,15 +40,17 @@ def position_ids(model_type: str, input_ids: torch.Tensor, pad: int) -> torch.Te
     return torch.cumsum(real, dim=1) * real + pad
 
 
-def batches_from_texts(texts: Sequence[str], tokenizer, batch_size: int = 8, max_length: int = 128) -> list[Batch]:
-    """Tokenize sentences with the model's tokenizer into padded batches."""
+def batches_from_texts(texts: Sequence[Text], tokenizer, batch_size: int = 8,
+                       max_length: int = 128) -> list[Batch]:
+    """Tokenize sentences, or sentence pairs (2-tuples, tokenized as the model's pair input with their segments
+    in `token_type_ids`), with the model's tokenizer into padded batches."""
     if isinstance(texts, str):
         raise TypeError("calibration texts must be a sequence of strings, not one string")
     out = []
     for start in range(0, len(texts), batch_size):
-        enc = tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True, max_length=max_length,
-                        return_tensors="pt")
-        out.append(Batch(enc["input_ids"], enc["attention_mask"]))
+        enc = tokenizer(*tokenizer_args(texts[start:start + batch_size]), padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt")
+        out.append(Batch(enc["input_ids"], enc["attention_mask"], enc.get("token_type_ids")))
     return out
 
 
@@ -91,6 +97,7 @@ def calibrate(qmodel, model_type: str, batches: Iterable[Batch], method: str = "
     with torch.no_grad():
         for batch in tqdm(batches, desc="calibrating", unit="batch"):
             qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   token_type_ids=batch.token_type_ids,
                    position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id))
     qmodel.eval()
     if recorder is not None:

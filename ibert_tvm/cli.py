@@ -241,32 +241,51 @@ def _run(args: argparse.Namespace) -> int:
     from .runtime import load
 
     model = load(args.artifact)
+    if args.pair is not None and not args.text:
+        raise ValueError("--pair gives the second text of a --text sentence pair: give --text too")
+    if args.types is not None and not args.ids:
+        raise ValueError("--types gives the token types of an --ids row: give --ids too")
     if args.text:
-        given = [{"text": t} for t in args.text]
-        ids, mask = model.encode_texts(args.text)
+        texts = args.text if args.pair is None else list(zip(args.text, _same_count(args.pair, args.text, "--pair")))
+        given = [{"text": t} if isinstance(t, str) else {"text": t[0], "pair": t[1]} for t in texts]
+        inputs = model.encode_texts(texts)
     elif args.ids:
-        _check_equal_rows(args.ids)
+        _check_equal_rows(args.ids, "--ids")
         given = [{"ids": i} for i in args.ids]
-        ids, mask = model.validate(args.ids)  # every id a real token
+        types = None if args.types is None else _same_count(args.types, args.ids, "--types")
+        if types is not None:
+            _check_equal_rows([*args.ids, *types], "--types", "values as its --ids row")
+            given = [{**g, "types": t} for g, t in zip(given, types)]
+        inputs = model.validate(args.ids, None, types)  # every id a real token, every type a segment
     else:
         raise ValueError("give --text SENTENCE (repeatable) or --ids 1,2,3 (repeatable)")
-    print(json.dumps([{**g, **row} for g, row in zip(given, _outputs(model, ids, mask))], indent=1))
+    print(json.dumps([{**g, **row} for g, row in zip(given, _outputs(model, *inputs))], indent=1))
     return 0
 
 
-def _check_equal_rows(rows: list[list[int]]) -> None:
-    """A ValueError naming two lengths where the --ids rows differ in length."""
+def _same_count(values: list, rows: list, option: str) -> list:
+    """`values`, or a ValueError where there are not as many as `rows` (one per --text / --ids)."""
+    if len(values) != len(rows):
+        raise ValueError(f"{option}: give one per {'--text' if option == '--pair' else '--ids'} ({len(rows)}), "
+                         f"got {len(values)}")
+    return values
+
+
+def _check_equal_rows(rows: list[list[int]], option: str, noun: str = "ids") -> None:
+    """A ValueError naming two lengths where the rows differ in length."""
     other = next((len(row) for row in rows if len(row) != len(rows[0])), None)
     if other is not None:
-        raise ValueError(f"--ids: every row must have the same number of ids (got {len(rows[0])} and {other})")
+        raise ValueError(f"{option}: every row must have the same number of {noun} (got {len(rows[0])} and {other})")
 
 
-def _outputs(model, ids: np.ndarray, mask: np.ndarray) -> list[dict[str, Any]]:
+def _outputs(model, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> list[dict[str, Any]]:
     """What `run` prints of each row: a classifier's label and logits, or an encoder's token count and hidden
     states mean-pooled over the mask's tokens."""
     if model.meta["output"]["kind"] == "logits":
-        return [{"label": p.label, "logits": _rounded(p.logits, limit=None)} for p in model.classify_ids(ids, mask)]
-    return [{"tokens": int(m.sum()), "mean_pooled": _rounded(_mean(h, m))} for h, m in zip(model(ids, mask), mask)]
+        return [{"label": p.label, "logits": _rounded(p.logits, limit=None)}
+                for p in model.classify_ids(ids, mask, types)]
+    return [{"tokens": int(m.sum()), "mean_pooled": _rounded(_mean(h, m))}
+            for h, m in zip(model(ids, mask, types), mask)]
 
 
 def _mean(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -433,6 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     given.add_argument("--ids", action="append", type=_token_ids,
                        help="comma-separated token ids of one sequence, every id attended (repeatable, "
                             "equal lengths)")
+    run.add_argument("--pair", action="append", help="the second sentence of a pair, one per --text in order "
+                     "(sentence-pair models: the pair is tokenized together, its tokens of type 1)")
+    run.add_argument("--types", action="append", type=_token_ids, help="comma-separated token types (segments) "
+                     "of an --ids row, one per --ids in order (default: all 0)")
     run.set_defaults(func=_run)
 
     bench = sub.add_parser("bench", help="latency percentiles of an artifact (JSON, Markdown, PNG)",

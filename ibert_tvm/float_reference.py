@@ -23,14 +23,17 @@ __all__ = ["float_program", "run_float"]
 
 
 class _LastHiddenState(torch.nn.Module):
-    """`(input_ids, attention_mask) -> last_hidden_state`: the encoder's forward with a plain tensor output."""
+    """`(input_ids, attention_mask, token_type_ids) -> last_hidden_state`: the encoder's forward with a plain
+    tensor output."""
 
     def __init__(self, encoder: PreTrainedModel):
         super().__init__()
         self.encoder = encoder
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask,
+                            token_type_ids=token_type_ids).last_hidden_state
 
 
 def _eager_encoder(model: PreTrainedModel | str | Path) -> PreTrainedModel:
@@ -53,7 +56,8 @@ def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int, kee
                   mask_dtype: str = "int64") -> tvm.IRModule:
     """The float encoder as a Relax module, imported by TVM from `torch.export`.
 
-    `main(input_ids int64 [batch, seq], attention_mask [batch, seq]) -> float32 [batch, seq, hidden]`
+    `main(input_ids int64 [batch, seq], attention_mask [batch, seq], token_type_ids int32 [batch, seq]) ->
+    float32 [batch, seq, hidden]`
     (the last hidden state); the weights are bound as constants, or with `keep_params` are parameters named
     after their module (`p_encoder_<path>`, values in the function's "params" attribute), as the graph rewrite
     `relay_passes.rewrite_to_ibert` reads them. `model` is a HF BertModel / RobertaModel (or a model wrapping
@@ -62,7 +66,8 @@ def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int, kee
     from tvm.relax.frontend.torch import from_exported_program
 
     encoder = _eager_encoder(model)
-    example = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, seq, dtype=getattr(torch, mask_dtype)))
+    example = (torch.zeros(batch, seq, dtype=torch.long), torch.ones(batch, seq, dtype=getattr(torch, mask_dtype)),
+               torch.zeros(batch, seq, dtype=torch.int32))
     with torch.no_grad(), warnings.catch_warnings():
         # torch's own `run_decompositions`, which TVM's importer calls, trips torch's deprecation of this check
         warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
@@ -71,13 +76,15 @@ def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int, kee
     return mod
 
 
-def run_float(mod: tvm.IRModule, input_ids, attention_mask) -> np.ndarray:
-    """Compile `mod` (from `float_program`) for llvm and run it on one batch; float32 [B, L, H]."""
+def run_float(mod: tvm.IRModule, input_ids, attention_mask, token_type_ids=None) -> np.ndarray:
+    """Compile `mod` (from `float_program`) for llvm and run it on one batch (token types: all 0 where None);
+    float32 [B, L, H]."""
     ids = np.ascontiguousarray(np.asarray(input_ids, dtype=np.int64))
     mask = np.ascontiguousarray(np.asarray(attention_mask, dtype=np.int64))
+    types = np.zeros(ids.shape, np.int32) if token_type_ids is None else np.asarray(token_type_ids, np.int32)
     exe = tvm.compile(relax.transform.LegalizeOps()(mod), "llvm")
     vm = relax.VirtualMachine(exe, tvm.cpu())
-    out = vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask))
+    out = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in (ids, mask, types)))
     if not hasattr(out, "numpy"):  # a one-element tuple when the importer kept it
         out = out[0]
     return out.numpy()

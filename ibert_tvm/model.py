@@ -186,8 +186,9 @@ class QuantizedModel:
         return quant.quantize_linear(out.weight.detach().numpy(), None, float(quant.TANH_OUT_SCALE)).acc_scale
 
     def program(self, batch: int, seq: int) -> tvm.IRModule:
-        """`main(input_ids int64 [B, L], attention_mask int32 [B, L])` -> int8 hidden states [B, L, H], or
-        with a classification head int32 logits [B, labels] (float32 logits for a float head)."""
+        """`main(input_ids int64 [B, L], attention_mask int32 [B, L], token_type_ids int32 [B, L])` -> int8
+        hidden states [B, L, H], or with a classification head int32 logits [B, labels] (float32 logits for a
+        float head). Token types are the segments of a sentence pair (all 0 for one sentence)."""
         bb = relax.BlockBuilder()
         self.emit_function(bb, "main", batch, seq)
         return bb.get()
@@ -204,9 +205,10 @@ class QuantizedModel:
         """Emit the integer program for one static (batch, seq) shape as Relax function `name` into `bb`."""
         ids = relax.Var("input_ids", relax.TensorType((batch, seq), "int64"))
         mask = relax.Var("attention_mask", relax.TensorType((batch, seq), "int32"))
-        with bb.function(name, [ids, mask]):
+        types = relax.Var("token_type_ids", relax.TensorType((batch, seq), "int32"))
+        with bb.function(name, [ids, mask, types]):
             with bb.dataflow():
-                h = self.encoder_states(bb, ids, mask)
+                h = self.encoder_states(bb, ids, mask, types)
                 if self.head is None:
                     result = h.value
                 elif self.head_mode == "integer":
@@ -216,20 +218,23 @@ class QuantizedModel:
                 out = bb.emit_output(result)
             bb.emit_func_output(out)
 
-    def encoder_states(self, bb: relax.BlockBuilder, ids: relax.Var, mask: relax.Var) -> layers.QTensor:
-        """Emit the encoder into `bb`'s dataflow block: int64 ids and int32 mask [B, L] -> int8 states [B, L, H]."""
+    def encoder_states(self, bb: relax.BlockBuilder, ids: relax.Var, mask: relax.Var,
+                       types: relax.Var | None = None) -> layers.QTensor:
+        """Emit the encoder into `bb`'s dataflow block: int64 ids, int32 mask and int32 token types [B, L] (None:
+        one sentence, all type 0) -> int8 states [B, L, H]."""
         batch, seq = (int(d) for d in ids.ty.shape.values)
+        if types is None:
+            types = bb.emit(relax.const(np.zeros((batch, seq), np.int32)))
         if self.importer == "graph":
             from .float_reference import float_program
             from .relay_passes.rewrite_to_ibert import emit_encoder
 
             graph = float_program(self.source, batch, seq, keep_params=True, mask_dtype=str(mask.ty.dtype))
-            return emit_encoder(bb, graph, self.ibert, self.semantics, [ids, mask])
+            return emit_encoder(bb, graph, self.ibert, self.semantics, [ids, mask, types])
         if self.model_type == "bert":
             pos = bb.emit(relax.const(np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()))
         else:
             pos = layers.roberta_position_ids(bb, ids, self.ibert.config.pad_token_id)
-        types = bb.emit(relax.const(np.zeros((batch, seq), np.int32)))
         h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
         mask4 = bb.emit(relax.op.reshape(mask, (batch, 1, 1, seq)))
         emb_scale = h.scale
@@ -284,6 +289,7 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
         tokenizer = tokenizer_in(model_or_dir)
     if calibration is not None:
         calibration = _calibration_batches(calibration, tokenizer, position_limit(qmodel.config, model_type))
+        _check_token_types(calibration, qmodel.config.type_vocab_size)
         calibrate(qmodel, model_type, calibration, method=method, percentile=percentile)
     elif qmodel is not _encoder_of(model):
         raise ValueError("a float model needs calibration batches (or pass an IBert model with trained ranges)")
@@ -349,7 +355,7 @@ def _calibration_batches(calibration: Iterable[Batch] | Sequence[str], tokenizer
     if isinstance(calibration, (str, bytes)):
         raise TypeError("calibration must be a list of sentences or Batches, got one string (wrap it in a list)")
     items = list(calibration)
-    if items and all(isinstance(t, str) for t in items):
+    if items and all(isinstance(t, (str, tuple)) for t in items):
         if tokenizer is None:
             raise ValueError("calibration texts need a tokenizer (pass tokenizer=, or a model directory that holds "
                              f"one of {', '.join(TOKENIZER_FILES)})")
@@ -362,13 +368,28 @@ def _calibration_batches(calibration: Iterable[Batch] | Sequence[str], tokenizer
     return batches
 
 
+def _check_token_types(batches: list[Batch], type_vocab_size: int) -> None:
+    """A ValueError where a calibration batch's token types are not ids of the model's segment embeddings."""
+    for b in batches:
+        if b.token_type_ids is None:
+            continue
+        if tuple(b.token_type_ids.shape) != tuple(b.input_ids.shape):
+            raise ValueError(f"a calibration batch's token_type_ids shape {list(b.token_type_ids.shape)} differs "
+                             f"from its input_ids shape {list(b.input_ids.shape)}")
+        if int(b.token_type_ids.min()) < 0 or int(b.token_type_ids.max()) >= type_vocab_size:
+            raise ValueError(f"calibration token_type_ids must lie in [0, {type_vocab_size}) (the model's "
+                             f"type_vocab_size), found {int(b.token_type_ids.max())}")
+
+
 def _as_batch(item: object) -> Batch:
     """A Batch, or anything with input_ids and attention_mask (a tokenizer's BatchEncoding) as one; a TypeError
     for other items."""
     if isinstance(item, Batch):
         return item
     try:
-        return Batch(torch.as_tensor(item["input_ids"]), torch.as_tensor(item["attention_mask"]))
+        types = item.get("token_type_ids") if hasattr(item, "get") else None
+        return Batch(torch.as_tensor(item["input_ids"]), torch.as_tensor(item["attention_mask"]),
+                     None if types is None else torch.as_tensor(types))
     except (TypeError, KeyError, IndexError):
         raise TypeError(f"calibration must be a list of sentences or Batches (or tokenizer outputs), got a "
                         f"{type(item).__name__}") from None

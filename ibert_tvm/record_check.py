@@ -38,15 +38,17 @@ class KernelCall:
 def sample_inputs(model: QuantizedModel | tvm.IRModule, batch: int, seq: int, seed: int = 0
                   ) -> list[np.ndarray] | None:
     """Seeded inputs for the program's `main`: token ids over the vocabulary, the last row's last quarter
-    padded and masked (the masked Softmax path too); for an IRModule whose inputs are all int8, uint8 or
-    int16, values over their whole range; None for other IRModules (their valid values are unknown)."""
+    padded and masked (the masked Softmax path too), token types over the model's segments; for an IRModule
+    whose inputs are all int8, uint8 or int16, values over their whole range; None for other IRModules (their
+    valid values are unknown)."""
     rng = np.random.default_rng(seed)
     if not isinstance(model, tvm.IRModule):
         config = model.ibert.config
         ids = rng.integers(0, config.vocab_size, (batch, seq), dtype=np.int64)
         mask = np.ones((batch, seq), np.int32)
-        ids[-1, seq - seq // 4:], mask[-1, seq - seq // 4:] = config.pad_token_id, 0
-        return [ids, mask]
+        types = rng.integers(0, config.type_vocab_size, (batch, seq), dtype=np.int32)
+        ids[-1, seq - seq // 4:], mask[-1, seq - seq // 4:], types[-1, seq - seq // 4:] = config.pad_token_id, 0, 0
+        return [ids, mask, types]
     types = [p.ty for p in model["main"].params] if "main" in model else []
     if not types or not all(isinstance(t, relax.TensorType) and str(t.dtype) in _RANDOM_DTYPES for t in types):
         return None

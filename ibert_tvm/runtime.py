@@ -21,6 +21,7 @@ import tvm
 from tvm import relax
 
 from .artifact import ArtifactError, check_runnable_here, read_metadata
+from .texts import Text, tokenizer_args
 
 __all__ = ["InputError", "IntegerModel", "Prediction", "load"]
 
@@ -89,14 +90,15 @@ class IntegerModel:
         return self.meta["model"].get("labels")
 
     # ---- running
-    def __call__(self, input_ids: Any, attention_mask: Any = None, *, integer: bool = False) -> np.ndarray:
-        """Logits [B, labels] or hidden states [B, L, H] for token ids [B, L] (numpy, torch or lists).
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None, *,
+                 integer: bool = False) -> np.ndarray:
+        """Logits [B, labels] or hidden states [B, L, H] for token ids [B, L] (numpy, torch or lists), their
+        mask (None: every token real) and, for sentence pairs, their token types (None: all 0, one sentence).
 
         Outputs are dequantized to float32 with the compiled scales; `integer=True` returns the program's own
         integers (int8 hidden states or int32 logits) instead.
         """
-        ids, mask = self.validate(input_ids, attention_mask)
-        out = self._run_buckets(ids, mask)
+        out = self._run_buckets(*self.validate(input_ids, attention_mask, token_type_ids))
         return out if integer else self.dequantize(out)
 
     def dequantize(self, out: np.ndarray) -> np.ndarray:
@@ -106,8 +108,10 @@ class IntegerModel:
             return out.astype(np.float32)
         return (out.astype(np.float64) * np.asarray(spec["scale"], np.float64)).astype(np.float32)
 
-    def validate(self, input_ids: Any, attention_mask: Any = None) -> tuple[np.ndarray, np.ndarray]:
-        """(int64 ids, int32 mask) [B, L] after every boundary check, or InputError naming the problem."""
+    def validate(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(int64 ids, int32 mask, int32 token types) [B, L] after every boundary check, or InputError naming
+        the problem."""
         ids = _as_int_array(input_ids, "input_ids")
         if ids.ndim == 1:
             ids = ids[None]
@@ -136,32 +140,50 @@ class IntegerModel:
             empty = np.flatnonzero(mask.sum(1) == 0)
             if empty.size:
                 raise InputError(f"attention_mask row {int(empty[0])} has no 1: every sequence needs a real token")
-        return ids.astype(np.int64, copy=False), mask.astype(np.int32, copy=False)
+        return ids.astype(np.int64, copy=False), mask.astype(np.int32, copy=False), self._types(token_type_ids,
+                                                                                                 ids.shape)
 
-    def _run_buckets(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _types(self, token_type_ids: Any, shape: tuple[int, ...]) -> np.ndarray:
+        """Checked int32 token types of `shape` (zeros where None): ids of the model's segment embeddings."""
+        if token_type_ids is None:
+            return np.zeros(shape, np.int32)
+        types = _as_int_array(token_type_ids, "token_type_ids")
+        if types.ndim == 1:
+            types = types[None]
+        if types.shape != shape:
+            raise InputError(f"token_type_ids shape {list(types.shape)} differs from input_ids shape {list(shape)}")
+        segments = self.meta["model"]["type_vocab_size"]
+        low, high = int(types.min()), int(types.max())
+        if low < 0 or high >= segments:
+            raise InputError(f"token_type_ids must lie in [0, {segments}) (the model's type_vocab_size), found "
+                             f"{low if low < 0 else high}")
+        return types.astype(np.int32, copy=False)
+
+    def _run_buckets(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
         """Pad to the sequence bucket, run batch chunks of compiled sizes, trim back to [B, L(, H)]."""
         batch, seq = ids.shape
         bucket = next(s for s in self._seq_lengths if s >= seq)
         pad_id = self.meta["model"]["pad_token_id"]
         if bucket > seq:  # np.pad costs as much as a small model's VM overhead, so only where it pads
             ids = np.pad(ids, ((0, 0), (0, bucket - seq)), constant_values=pad_id)
-            mask = np.pad(mask, ((0, 0), (0, bucket - seq)))
+            mask, types = (np.pad(a, ((0, 0), (0, bucket - seq))) for a in (mask, types))
         outs = []
         for start, size in _chunks(batch, self._batch_sizes):
             rows = slice(start, min(start + size, batch))
-            chunk_ids = _pad_rows(ids[rows], size, pad_id)
-            chunk_mask = _pad_rows(mask[rows], size, 1)  # padded rows attend to one pad token: no empty rows
-            fn, ids_in, mask_in = self._function(size, bucket)
-            ids_in.copyfrom(chunk_ids)
-            mask_in.copyfrom(chunk_mask)
-            res = fn(ids_in, mask_in)
+            # padded rows attend to one pad token (no empty rows), of type 0
+            chunk = (_pad_rows(ids[rows], size, pad_id), _pad_rows(mask[rows], size, 1),
+                     _pad_rows(types[rows], size, 0))
+            fn, *tensors = self._function(size, bucket)
+            for tensor, array in zip(tensors, chunk):
+                tensor.copyfrom(array)
+            res = fn(*tensors)
             outs.append((np.from_dlpack(res) if self._on_cpu else res.numpy())[: rows.stop - rows.start])
         # One copy out of the VM's output (on CPU a view of its memory, which a kept view would keep alive).
         out = outs[0].copy() if len(outs) == 1 else np.concatenate(outs)
         return out[:, :seq] if out.ndim == 3 and bucket > seq else out
 
-    def _function(self, batch: int, seq: int) -> tuple[Any, tvm.runtime.Tensor, tvm.runtime.Tensor]:
-        """The VM function of the compiled shape `batch` x `seq` and its two input tensors, made once: a fresh
+    def _function(self, batch: int, seq: int) -> tuple[Any, tvm.runtime.Tensor, ...]:
+        """The VM function of the compiled shape `batch` x `seq` and its three input tensors, made once: a fresh
         input tensor per call cost 45 us and `numpy()` of the output 45 us (MiniLM 1 x 32 on a VM of
         bench/RESULTS.md, caches cold after the model), against 7 us for `copyfrom` and 13 us for `from_dlpack`
         and a copy."""
@@ -169,7 +191,7 @@ class IntegerModel:
         if key not in self._functions:
             self._functions[key] = (self._vm[self.meta["buckets"]["functions"][key]],
                                     tvm.runtime.empty((batch, seq), "int64", self.device),
-                                    tvm.runtime.empty((batch, seq), "int32", self.device))
+                                    *(tvm.runtime.empty((batch, seq), "int32", self.device) for _ in range(2)))
         return self._functions[key]
 
     # ---- texts
@@ -188,32 +210,38 @@ class IntegerModel:
                 self._tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
         return self._tokenizer
 
-    def encode_texts(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Token ids and mask for `texts`, truncated to the longest compiled length (with a warning)."""
+    def encode_texts(self, texts: Sequence[Text]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids, mask and token types for `texts` (sentences, or 2-tuples of sentence pairs), truncated to
+        the longest compiled length (with a warning)."""
         return self._encode(_texts(texts))
 
-    def _encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """`encode_texts` of checked texts; its truncation warning names the caller of the public method."""
-        if not texts:
+    def _encode(self, texts: tuple[list[str], ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`encode_texts` of checked texts (the tokenizer's arguments); its truncation warning names the caller
+        of the public method."""
+        if not texts[0]:
             raise InputError("texts is empty: give at least one text")
         longest = self.seq_lengths[-1]
-        enc = self.tokenizer()(texts, padding=True, truncation=True, max_length=longest + 1, return_tensors="np")
+        enc = self.tokenizer()(*texts, padding=True, truncation=True, max_length=longest + 1, return_tensors="np")
         if enc["input_ids"].shape[1] > longest:  # some text needs more tokens than the longest bucket holds
             warnings.warn(f"texts longer than the longest compiled length ({longest} tokens) were truncated to it",
                           UserWarning, stacklevel=3)
-            enc = self.tokenizer()(texts, padding=True, truncation=True, max_length=longest, return_tensors="np")
-        return enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32)
+            enc = self.tokenizer()(*texts, padding=True, truncation=True, max_length=longest, return_tensors="np")
+        types = enc.get("token_type_ids")
+        return (enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32),
+                np.zeros(enc["input_ids"].shape, np.int32) if types is None else types.astype(np.int32))
 
-    def classify(self, texts: Sequence[str]) -> list[Prediction]:
-        """Label each text with the compiled classification head (needs a model compiled with one)."""
+    def classify(self, texts: Sequence[Text]) -> list[Prediction]:
+        """Label each text (a sentence, or a 2-tuple: a sentence pair) with the compiled classification head
+        (needs a model compiled with one)."""
         self._check_classifier()
         texts = _texts(texts)
-        return self.classify_ids(*self._encode(texts)) if texts else []
+        return self.classify_ids(*self._encode(texts)) if texts[0] else []
 
-    def classify_ids(self, input_ids: Any, attention_mask: Any = None) -> list[Prediction]:
-        """`classify` of token ids [B, L] (and their mask, as `__call__` takes them)."""
+    def classify_ids(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None
+                     ) -> list[Prediction]:
+        """`classify` of token ids [B, L] (and their mask and token types, as `__call__` takes them)."""
         self._check_classifier()
-        logits = self(input_ids, attention_mask)
+        logits = self(input_ids, attention_mask, token_type_ids)
         labels = self.labels or [str(i) for i in range(logits.shape[1])]
         return [Prediction(labels[int(i)], int(i), row) for row, i in zip(logits, logits.argmax(1))]
 
@@ -224,17 +252,13 @@ class IntegerModel:
                              "states (call it on token ids instead)")
 
 
-def _texts(texts: Sequence[str]) -> list[str]:
-    """`texts` (a list, tuple, numpy array or other iterable of strings) as a list, or InputError."""
-    if isinstance(texts, str):
-        raise InputError("texts must be a list of strings, got one string (wrap it in a list)")
+def _texts(texts: Sequence[Text]) -> tuple[list[str], ...]:
+    """`texts` (a list, tuple, numpy array or other iterable of strings or of 2-tuples of strings) as the
+    tokenizer's arguments, or InputError."""
     try:
-        out = [str(t) if isinstance(t, np.str_) else t for t in texts]
+        return tokenizer_args(texts)
     except TypeError as err:
-        raise InputError(f"texts must be a list of strings, got {type(texts).__name__}") from err
-    if not all(isinstance(t, str) for t in out):
-        raise InputError("texts must be a list of strings")
-    return out
+        raise InputError(str(err)) from None
 
 
 def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray:

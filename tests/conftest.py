@@ -46,11 +46,11 @@ def tiny_bert() -> TinyProgram:
     from tvm import relax
 
     from ibert_tvm.model import from_pretrained
-    from test_model import batches, tiny
+    from test_model import batches, program_inputs, tiny
 
     qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 4, 16, seed=1))
     b = batches(0, 1, 3, 20, seed=5)[0]
-    mod, inputs = qm.program(3, 20), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+    mod, inputs = qm.program(3, 20), program_inputs(b)
     vm = relax.VirtualMachine(tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"), tvm.cpu())
     return TinyProgram(mod, inputs, vm["main"](*map(tvm.runtime.tensor, inputs)).numpy())
 

@@ -43,7 +43,10 @@ def loaded(exported):
 
 
 def _inputs(model, texts):
-    return model.encode_texts(texts)
+    """(ids, mask) of single sentences (their token types are all 0)."""
+    ids, mask, types = model.encode_texts(texts)
+    assert not types.any()
+    return ids, mask
 
 
 def test_export_writes_library_and_metadata(exported):
@@ -62,7 +65,7 @@ def test_buckets_and_batch_chunks_equal_the_exact_shape_program(quantized, loade
     ids, mask = (a[:, :11] for a in _inputs(loaded, held_out_texts()[:5]))
     ours = loaded(ids, mask, integer=True)
     vm = relax.VirtualMachine(build(quantized.program(*ids.shape), "llvm"), tvm.cpu())
-    exact = vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask)).numpy()
+    exact = vm["main"](*map(tvm.runtime.tensor, (ids, mask, np.zeros_like(mask)))).numpy()
     assert ours.dtype == np.int32
     np.testing.assert_array_equal(ours, exact)
 
@@ -80,7 +83,7 @@ def test_compile_exports_q8bert_mode_and_a_float_head(options, tmp_path):
     ids, mask = _inputs(loaded, held_out_texts()[:2])
     ours = loaded(ids, mask, integer=True)
     vm = relax.VirtualMachine(tvm.compile(relax.transform.LegalizeOps()(qm.program(*ids.shape)), "llvm"), tvm.cpu())
-    plain = vm["main"](tvm.runtime.tensor(ids), tvm.runtime.tensor(mask)).numpy()
+    plain = vm["main"](*map(tvm.runtime.tensor, (ids, mask, np.zeros_like(mask)))).numpy()
     np.testing.assert_allclose(ours, plain, rtol=1e-5, atol=1e-5 * float(np.abs(plain).max()))
     model_meta = loaded.meta["model"]
     assert (model_meta["force_dequant"], model_meta["head"]) == (options.get("force_dequant", "none"),
@@ -107,11 +110,11 @@ def test_texts_past_the_longest_bucket_are_truncated_with_a_warning(loaded):
     truncates), and a warning says so; texts that fit are tokenized as they are, without one."""
     long = " ".join(["word"] * 40)
     with pytest.warns(UserWarning, match="longer than the longest compiled length \\(16 tokens\\) were truncated"):
-        ids, mask = loaded.encode_texts([long, "short"])
+        ids, mask, _ = loaded.encode_texts([long, "short"])
     assert ids.shape == (2, 16) and ids[0, -1] == loaded.tokenizer().sep_token_id and mask[0].all()
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        ids, _ = loaded.encode_texts(["short", "a little longer text"])
+        ids, _, _ = loaded.encode_texts(["short", "a little longer text"])
     assert ids.shape[1] < 16
 
 
@@ -175,6 +178,21 @@ def test_bad_inputs_are_named(loaded, make, message):
     with pytest.raises(ibert_tvm.InputError) as err:
         loaded(*make(ids, mask))
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: t[:, :-1], "token_type_ids shape"),
+    (lambda t: t + 2, "token_type_ids must lie in [0, 2) (the model's type_vocab_size), found 2"),
+    (lambda t: t - 1, "found -1"),
+    (lambda t: t.astype(np.float32), "token_type_ids must be int64 or int32, got float32"),
+])
+def test_bad_token_types_are_named(loaded, make, message):
+    ids, mask = _inputs(loaded, held_out_texts()[:2])
+    with pytest.raises(ibert_tvm.InputError) as err:
+        loaded(ids, mask, make(np.zeros_like(mask)))
+    assert message in str(err.value)
+    with pytest.raises(ibert_tvm.InputError, match="all strings .sentences. or all 2-tuples"):
+        loaded.classify([("a", "pair"), "a sentence"])
 
 
 def test_truncated_library_is_refused(exported, tmp_path):

@@ -154,6 +154,35 @@ def test_run_prints_for_ids_what_it_prints_for_texts(artifact, encoder_artifact,
     assert "vectors are shown as their first 8 values" in " ".join(cli("run", "--help").stdout.split())
 
 
+def test_run_takes_sentence_pairs_by_text_and_by_ids(artifact, model_dir):
+    """--text A --pair B prints the Python API's prediction for the pair (A, B), which differs from A's alone;
+    the pair's ids with --types print the same; pairs and types given wrongly are one-line errors."""
+    import ibert_tvm
+    from transformers import AutoTokenizer
+
+    first, second = "the film was long", "but i liked it a lot"  # 13 tokens together: the artifact takes 16
+    proc = cli("run", str(artifact), "--text", first, "--pair", second)
+    assert proc.returncode == 0, proc.stderr
+    (row,) = json.loads(proc.stdout)
+    (want,) = ibert_tvm.load(artifact).classify([(first, second)])
+    assert list(row) == ["text", "pair", "label", "logits"] and (row["text"], row["pair"]) == (first, second)
+    assert row["label"] == want.label and row["logits"] == [round(float(v), 4) for v in want.logits]
+    (alone,) = json.loads(cli("run", str(artifact), "--text", first).stdout)
+    assert alone["logits"] != row["logits"]
+    enc = AutoTokenizer.from_pretrained(model_dir)(first, second)
+    as_ids = cli("run", str(artifact), "--ids", ",".join(map(str, enc["input_ids"])), "--types",
+                 ",".join(map(str, enc["token_type_ids"])))
+    assert as_ids.returncode == 0, as_ids.stderr
+    assert json.loads(as_ids.stdout)[0]["logits"] == row["logits"]
+    for args, reason in ((("--pair", "b"), "--pair gives the second text of a --text sentence pair"),
+                         (("--text", "a", "--text", "b", "--pair", "c"), "--pair: give one per --text (2), got 1"),
+                         (("--types", "0,1"), "--types gives the token types of an --ids row"),
+                         (("--ids", "101,102", "--types", "0"), "--types: every row must have the same number of "
+                                                                "values as its --ids row (got 2 and 1)"),
+                         (("--ids", "101,102", "--types", "0,2"), "token_type_ids must lie in [0, 2)")):
+        assert_one_line_error(cli("run", str(artifact), *args), reason)
+
+
 def test_graph_importer_artifact_equals_the_module_emitted_program(artifact, model_dir):
     """The artifact compiled with --importer graph computes the integer logits of the default importer's program."""
     import ibert_tvm

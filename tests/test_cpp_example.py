@@ -19,7 +19,7 @@ import pytest
 
 import ibert_tvm
 from ibert_tvm.compiler import CompiledModel
-from test_model import batches, tiny
+from test_model import batches, program_inputs, tiny, with_segments
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "cpp"
 BATCH, SEQ = 2, 16
@@ -47,9 +47,10 @@ def python_vm_output() -> np.ndarray:
         return ibert_tvm.load(compiled("llvm").export(Path(tmp) / "tiny.so"))(ids, mask, integer=True)
 
 
-def write_inputs(path: Path, ids: np.ndarray, mask: np.ndarray) -> Path:
-    """The driver's input file: 'B L', the ids, the mask."""
-    rows = [f"{ids.shape[0]} {ids.shape[1]}", " ".join(map(str, ids.ravel())), " ".join(map(str, mask.ravel()))]
+def write_inputs(path: Path, ids: np.ndarray, mask: np.ndarray, types: np.ndarray | None = None) -> Path:
+    """The driver's input file: 'B L', the ids, the mask and, where given, the token types."""
+    rows = [f"{ids.shape[0]} {ids.shape[1]}", *(" ".join(map(str, a.ravel())) for a in (ids, mask, types)
+                                                 if a is not None)]
     path.write_text("\n".join(rows) + "\n")
     return path
 
@@ -90,8 +91,32 @@ def test_host_driver_matches_python_vm(host_driver, tmp_path, report):
            f"on all {out.size} int8 outputs; median {ms:.3f} ms per call")
 
 
+def test_host_driver_passes_sentence_pair_token_types(host_driver, tmp_path):
+    """A tiny BERT's sentence pairs: the token types in the input file reach the program (the driver prints
+    what `ibert_tvm.load` computes with them, which differs from all types 0)."""
+    qm = ibert_tvm.from_pretrained(tiny("bert"), calibration=[with_segments(b, 1) for b in batches(0, 2, 2, SEQ, 1)])
+    library = ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(BATCH,), seq_lengths=(SEQ,)).export(
+        tmp_path / "pairs.so")
+    b = with_segments(batches(0, 1, BATCH, SEQ, seed=5)[0], seed=2)
+    ids, mask, types = program_inputs(b)
+    done = subprocess.run([host_driver, library, write_inputs(tmp_path / "in.txt", ids, mask, types)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    loaded = ibert_tvm.load(library)
+    want = loaded(ids, mask, types, integer=True)
+    np.testing.assert_array_equal(parse_output(done.stdout)[0], want)
+    assert not np.array_equal(want, loaded(ids, mask, integer=True))
+
+
 def test_driver_names_a_bad_input_file(host_driver, tmp_path):
     (tmp_path / "short.txt").write_text("2 16\n1 2 3\n")
     done = subprocess.run([host_driver, tmp_path / "missing.so", tmp_path / "short.txt"], capture_output=True,
                           text=True, timeout=60, check=False)
     assert done.returncode == 1 and "expected 64 integers after 'B L'" in done.stderr, done.stderr
+    ones = " ".join(["1"] * 32)
+    for tail, reason in (("0 1 0", "expected 32 token types after the mask, or none"),
+                         (f"{' '.join(['0'] * 32)} 7", "more integers than 'B L' ids, mask and types")):
+        (tmp_path / "types.txt").write_text(f"2 16\n{ones}\n{ones}\n{tail}\n")
+        done = subprocess.run([host_driver, tmp_path / "missing.so", tmp_path / "types.txt"], capture_output=True,
+                              text=True, timeout=60, check=False)
+        assert done.returncode == 1 and reason in done.stderr, done.stderr

@@ -38,11 +38,17 @@ def batches(pad: int, n: int, batch: int, seq: int, seed: int) -> list[Batch]:
     return out
 
 
+def program_inputs(b: Batch) -> list[np.ndarray]:
+    """The arguments of `QuantizedModel.program`'s main for a batch: int64 ids, int32 mask, int32 token types
+    (all 0 where the batch has none)."""
+    types = np.zeros(b.input_ids.shape, np.int32) if b.token_type_ids is None else b.token_type_ids.numpy()
+    return [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32), types.astype(np.int32)]
+
+
 def run(qm, b: Batch) -> np.ndarray:
     mod = qm.program(*b.input_ids.shape)
     vm = relax.VirtualMachine(tvm.compile(relax.transform.LegalizeOps()(mod), "llvm"), tvm.cpu())
-    return vm["main"](tvm.runtime.tensor(b.input_ids.numpy()),
-                      tvm.runtime.tensor(b.attention_mask.numpy().astype(np.int32))).numpy()
+    return vm["main"](*map(tvm.runtime.tensor, program_inputs(b))).numpy()
 
 
 def hf_forward(qm, b: Batch) -> dict:
@@ -51,7 +57,7 @@ def hf_forward(qm, b: Batch) -> dict:
     seen = []
     hooks = [a.register_forward_hook(lambda m, i, o: seen.append(o)) for a in acts]
     with torch.no_grad():
-        qm.ibert(input_ids=b.input_ids, attention_mask=b.attention_mask,
+        qm.ibert(input_ids=b.input_ids, attention_mask=b.attention_mask, token_type_ids=b.token_type_ids,
                  position_ids=position_ids(qm.model_type, b.input_ids, qm.ibert.config.pad_token_id))
     for h in hooks:
         h.remove()
@@ -100,6 +106,32 @@ def test_hf_semantics_matches_ibert_model(kind, report):
     same, worst = agreement(run(qm, b), hf[-1][0])
     report(f"{kind} 2 layers end to end, 'hf' semantics vs IBertModel: {100 * same:.3f}% identical, max {worst} LSB")
     assert same >= 0.8
+
+
+def with_segments(b: Batch, seed: int) -> Batch:
+    """`b` as sentence pairs: each row's real tokens from a random split point on are of type 1."""
+    g = torch.Generator().manual_seed(seed)
+    start = torch.randint(1, b.input_ids.shape[1] // 2, (b.input_ids.shape[0], 1), generator=g)
+    types = (torch.arange(b.input_ids.shape[1]) >= start).long() * b.attention_mask
+    return Batch(b.input_ids, b.attention_mask, types)
+
+
+def test_sentence_pairs_match_ibert_model_bit_for_bit(report):
+    """A BERT calibrated on and run with token types (sentence pairs): the program's int8 output equals HF
+    IBertModel's given the same token_type_ids, and differs from the output with all types 0 (the segment
+    embedding is an input, not a constant)."""
+    qm = from_pretrained(tiny("bert"), calibration=[with_segments(b, i) for i, b in enumerate(batches(0, 3, 4, 16, 1))],
+                         semantics="hf")
+    b = with_segments(batches(0, 1, 3, 20, seed=2)[0], seed=9)
+    assert b.token_type_ids.any() and not b.token_type_ids.all()
+    ours, hf = run(qm, b), hf_forward(qm, b)[-1][0]
+    same, worst = agreement(ours, hf)
+    single = run(qm, Batch(b.input_ids, b.attention_mask))
+    report(f"bert sentence pairs, 'hf' semantics vs IBertModel with the same token types: {100 * same:.3f}% "
+           f"identical, max {worst} LSB; {100 * float(np.mean(single != ours)):.1f}% of outputs change with all "
+           "types 0")
+    np.testing.assert_array_equal(ours, hf)
+    assert np.mean(single != ours) > 0.1
 
 
 @pytest.mark.parametrize("kind", ["roberta", "bert"])
@@ -252,8 +284,7 @@ def test_q8bert_mode_matches_hf_force_dequant(force_dequant, report):
     same, worst = agreement(ours, hf)
     # the project pipeline with its CPU schedules, as `ibert-tvm eval` builds Q8BERT mode, as close to HF
     vm = host_vm(qm.program(*b.input_ids.shape), integer_only=False)[0]
-    scheduled = vm["main"](tvm.runtime.tensor(b.input_ids.numpy()),
-                           tvm.runtime.tensor(b.attention_mask.numpy().astype(np.int32))).numpy()
+    scheduled = vm["main"](*map(tvm.runtime.tensor, program_inputs(b))).numpy()
     np.testing.assert_array_equal(scheduled, hf)  # the README's "bit-identical" and "exactly"
     with pytest.raises(FloatOpError, match="float types or arithmetic remain"):  # unless float is let through
         host_vm(qm.program(*b.input_ids.shape))

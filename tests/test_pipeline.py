@@ -17,7 +17,7 @@ from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes.fuse_requantize import FuseRequantize
 from ibert_tvm.relay_passes.pipeline import PHASES, build, integer_pipeline, tunable_module
 from ibert_tvm.relay_passes.verify_integer_only import FloatOpError
-from test_model import batches, tiny
+from test_model import batches, program_inputs, tiny
 
 BATCH, SEQ = 2, 16
 GEMM = re.compile(r"ibert_(linear|matmul)\d*$")  # a GEMM PrimFunc that nothing was fused into
@@ -28,7 +28,7 @@ def tiny_program():
     """(program, its [ids, mask] inputs) of a calibrated 2-layer RoBERTa; the batch has padding."""
     qm = from_pretrained(tiny("roberta"), calibration=batches(1, 2, 2, SEQ, seed=1))
     b = batches(1, 1, BATCH, SEQ, seed=5)[0]
-    return qm.program(BATCH, SEQ), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+    return qm.program(BATCH, SEQ), program_inputs(b)
 
 
 @pytest.fixture(scope="module")

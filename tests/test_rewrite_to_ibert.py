@@ -19,14 +19,14 @@ from ibert_tvm.float_reference import float_program
 from ibert_tvm.model import UnsupportedModelError, from_pretrained
 from ibert_tvm.relay_passes.pipeline import build
 from ibert_tvm.relay_passes.rewrite_to_ibert import rewrite_to_ibert
-from test_model import batches, tiny
+from test_model import batches, program_inputs, tiny, with_segments
 
 BATCH, SEQ = 3, 20
 
 
 def _inputs(pad: int) -> list[np.ndarray]:
     b = batches(pad, 1, BATCH, SEQ, seed=5)[0]
-    return [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+    return program_inputs(b)
 
 
 def _run(mod: tvm.IRModule, inputs: list[np.ndarray], exe=None) -> np.ndarray:
@@ -60,6 +60,11 @@ def test_rewritten_graph_equals_the_emitted_program(kind, semantics, pipeline, r
     ours = _run(rewritten, inputs, build(rewritten, "llvm") if pipeline else None)
     emitted = dataclasses.replace(qm, importer="modules").program(BATCH, SEQ)
     np.testing.assert_array_equal(ours, _unscheduled(emitted, inputs, tiny_bert))
+    if kind == "bert":  # sentence pairs: the graph's token-type lookup reads the program's input
+        pairs = program_inputs(with_segments(batches(pad, 1, BATCH, SEQ, seed=5)[0], seed=3))
+        paired = _run(rewritten, pairs)
+        np.testing.assert_array_equal(paired, _run(emitted, pairs))
+        assert not np.array_equal(paired, ours)
     report(f"graph rewrite, {kind} '{semantics}': int8 outputs identical to the module-emitted program "
            f"({'integer pipeline' if pipeline else 'plain'} build)")
 

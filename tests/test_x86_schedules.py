@@ -23,7 +23,7 @@ from ibert_tvm.relay_passes.pipeline import build, tunable_module
 from ibert_tvm.relay_passes.shift_activations_u8 import compensated_bias, pack_weight
 from ibert_tvm.schedules import x86
 from ibert_tvm.targets import resolve_target
-from test_model import batches, tiny
+from test_model import batches, program_inputs, tiny
 
 HOST = resolve_target("llvm").target
 PLAIN = Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no VNNI, no AVX
@@ -175,7 +175,7 @@ def test_epilogue_with_an_independent_stage_is_not_computed_per_tile():
     scheduled build's first run must equal it."""
     qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 3, 20, seed=1), semantics="hf")
     b = batches(0, 1, 3, 20, seed=5)[0]
-    mod, inputs = qm.program(3, 20), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+    mod, inputs = qm.program(3, 20), program_inputs(b)
     ref = _unscheduled(mod, inputs)
     np.testing.assert_array_equal(_run(build(mod, HOST), inputs), ref)
 
@@ -231,7 +231,7 @@ def test_tiny_model_amx_build_is_bit_identical(report):
     """Batch 2 x 32 tokens of the tiny BERT (hidden 64, FFN 128): every linear layer runs on AMX tiles."""
     qm = from_pretrained(tiny("bert"), calibration=batches(0, 2, 2, 32, seed=1))
     b = batches(0, 1, 2, 32, seed=5)[0]
-    mod, inputs = qm.program(2, 32), [b.input_ids.numpy(), b.attention_mask.numpy().astype(np.int32)]
+    mod, inputs = qm.program(2, 32), program_inputs(b)
     used = _strategies_used(mod, HOST)
     linears = {name: strategy for name, strategy in used.items() if "ibert_linear" in name}
     # QKV (one function), out, FFN in (one per requantize chain left by DropIdentityRequantize), FFN out

@@ -4,8 +4,10 @@
 //   ibert_run MODEL.so INPUT.txt [REPEAT]
 //
 // INPUT.txt holds whitespace-separated integers: B L, then B*L token ids (row-major), then B*L attention
-// mask values (1 = token, 0 = padding). The program's `main(input_ids int64[B,L], attention_mask int32[B,L])`
-// (or, in a library of shape buckets made by `ibert-tvm compile`, its function `main_bB_sL`) runs once
+// mask values (1 = token, 0 = padding), then optionally B*L token types (the segments of sentence pairs; all 0
+// where left out). The program's `main(input_ids int64[B,L], attention_mask int32[B,L],
+// token_type_ids int32[B,L])` (or, in a library of shape buckets made by `ibert-tvm compile`, its function
+// `main_bB_sL`) runs once
 // (REPEAT times more when given, timed) and its output tensor is printed as
 //
 //   shape: 2 16 64
@@ -54,10 +56,10 @@ struct CpuAlloc {
 
 struct Inputs {
   int64_t batch = 0, length = 0;
-  std::vector<int64_t> ids, mask;
+  std::vector<int64_t> ids, mask, types;
 };
 
-// Read "B L ids... mask..." from a text file; throws naming what is missing.
+// Read "B L ids... mask... [types...]" from a text file; throws naming what is missing.
 Inputs ReadInputs(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot open input file " + path);
@@ -67,9 +69,15 @@ Inputs ReadInputs(const std::string& path) {
   const int64_t n = x.batch * x.length;
   x.ids.resize(n);
   x.mask.resize(n);
+  x.types.assign(n, 0);
   for (auto* v : {&x.ids, &x.mask})
     for (int64_t& e : *v)
       if (!(in >> e)) throw std::runtime_error(path + ": expected " + std::to_string(2 * n) + " integers after 'B L'");
+  int64_t given = 0;
+  while (given < n && in >> x.types[given]) ++given;
+  if (given != 0 && given != n)
+    throw std::runtime_error(path + ": expected " + std::to_string(n) + " token types after the mask, or none");
+  if (int64_t extra; in >> extra) throw std::runtime_error(path + ": more integers than 'B L' ids, mask and types");
   return x;
 }
 
@@ -122,11 +130,12 @@ ffi::Function EntryFunction(const ffi::Module& vm, const Inputs& x) {
 }
 
 // Median wall time in milliseconds of `repeat` calls of `main`.
-double MedianMs(const ffi::Function& main_fn, const ffi::Tensor& ids, const ffi::Tensor& mask, int repeat) {
+double MedianMs(const ffi::Function& main_fn, const ffi::Tensor& ids, const ffi::Tensor& mask,
+                const ffi::Tensor& types, int repeat) {
   std::vector<double> ms;
   for (int i = 0; i < repeat; ++i) {
     auto start = std::chrono::steady_clock::now();
-    main_fn(ids, mask);
+    main_fn(ids, mask, types);
     ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
   }
   std::nth_element(ms.begin(), ms.begin() + ms.size() / 2, ms.end());
@@ -149,11 +158,13 @@ int main(int argc, char** argv) {
     ffi::Function main_fn = EntryFunction(vm, x);
     ffi::Tensor ids = MakeTensor<int64_t>(x, x.ids, DLDataType{kDLInt, 64, 1});
     ffi::Tensor mask = MakeTensor<int32_t>(x, x.mask, DLDataType{kDLInt, 32, 1});
-    ffi::Any out = main_fn(ids, mask);
+    ffi::Tensor types = MakeTensor<int32_t>(x, x.types, DLDataType{kDLInt, 32, 1});
+    ffi::Any out = main_fn(ids, mask, types);
     std::optional<ffi::Tensor> tensor = out.try_cast<ffi::Tensor>();
     if (!tensor.has_value()) throw std::runtime_error("main returned " + out.GetTypeKey() + ", not a tensor");
     PrintTensor(*tensor);
-    if (argc == 4) std::cout << "time_ms: " << MedianMs(main_fn, ids, mask, std::max(1, std::atoi(argv[3]))) << "\n";
+    if (argc == 4)
+      std::cout << "time_ms: " << MedianMs(main_fn, ids, mask, types, std::max(1, std::atoi(argv[3]))) << "\n";
   } catch (const std::exception& e) {
     std::cerr << "ibert_run: " << e.what() << "\n";
     return 1;
