@@ -198,7 +198,8 @@ def logit_scale(qm: QuantizedModel, head: SentenceHead, seq: int = MAX_LENGTH) -
 def classifier_program(qm: QuantizedModel, head: SentenceHead, batch: int, seq: int, with_hidden: bool = False
                        ) -> tuple[tvm.IRModule, float]:
     """`main(input_ids int64 [B, L], attention_mask int32 [B, L])` -> int32 logits [B, C] (and, `with_hidden`,
-    the int8 hidden states [B, L, H] as a second output); returns the module and the logits' scale."""
+    the int8 hidden states [B, L, H] as a second output) of single sentences (token types 0: the sentence
+    embedder takes no pairs); returns the module and the logits' scale."""
     if head.weight.shape[1] != qm.ibert.config.hidden_size:
         raise ValueError(f"head expects {head.weight.shape[1]} features but the encoder's hidden size is "
                          f"{qm.ibert.config.hidden_size}")

@@ -77,14 +77,15 @@ def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int, kee
 
 
 def run_float(mod: tvm.IRModule, input_ids, attention_mask, token_type_ids=None) -> np.ndarray:
-    """Compile `mod` (from `float_program`) for llvm and run it on one batch (token types: all 0 where None);
-    float32 [B, L, H]."""
+    """Compile `mod` (from `float_program`, or an import of an ONNX export that takes ids and mask only) for
+    llvm and run it on one batch (token types: all 0 where None); float32 [B, L, H]."""
     ids = np.ascontiguousarray(np.asarray(input_ids, dtype=np.int64))
     mask = np.ascontiguousarray(np.asarray(attention_mask, dtype=np.int64))
     types = np.zeros(ids.shape, np.int32) if token_type_ids is None else np.asarray(token_type_ids, np.int32)
     exe = tvm.compile(relax.transform.LegalizeOps()(mod), "llvm")
     vm = relax.VirtualMachine(exe, tvm.cpu())
-    out = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in (ids, mask, types)))
+    arity = len(mod["main"].params)  # the weights are constants in both
+    out = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in (ids, mask, types)[:arity]))
     if not hasattr(out, "numpy"):  # a one-element tuple when the importer kept it
         out = out[0]
     return out.numpy()

@@ -43,9 +43,8 @@ def measure_latency(model: IntegerModel, batch_sizes: list[int], seq_lengths: li
     inputs = [model.validate(rng.integers(0, vocab, (b, s), dtype=np.int64), np.ones((b, s), np.int32))
               for b, s in shapes]
     rows = []
-    for (batch, seq), (ids, mask) in tqdm(list(zip(shapes, inputs)), desc="bench", unit="shape",
-                                          disable=not progress):
-        rows.append(latency_row(batch, seq, time_calls(lambda: model(ids, mask, integer=True), warmup, repeats)))
+    for (batch, seq), args in tqdm(list(zip(shapes, inputs)), desc="bench", unit="shape", disable=not progress):
+        rows.append(latency_row(batch, seq, time_calls(lambda: model(*args, integer=True), warmup, repeats)))
     return rows
 
 

@@ -29,7 +29,7 @@ from ibert_tvm.relay_passes import pipeline
 from ibert_tvm.relay_passes.apply_tuning_records import ApplyTuningRecords
 from ibert_tvm.targets import resolve_target
 from ibert_tvm.tuning import META_FILE, RECORD_FILE, WORKLOAD_FILE, TuningLogError, open_database, tune
-from test_model import batches
+from test_model import batches, program_inputs
 
 BATCH, SEQ, TRIALS, PER_ITER = 1, 8, 8, 4
 CONFIG = dict(vocab_size=200, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
@@ -108,7 +108,7 @@ def test_tune_writes_a_database_with_its_metadata(model, tuned, spec, report):
 def _padded_inputs() -> list[np.ndarray]:
     """One sequence of SEQ tokens, its last quarter padding."""
     b = batches(1, 1, 2, SEQ, seed=5)[0]  # row 1 has padding
-    return [b.input_ids[1:].numpy(), b.attention_mask[1:].numpy().astype(np.int32)]
+    return [a[1:] for a in program_inputs(b)]
 
 
 def test_records_apply_and_outputs_are_bit_identical(model, spec, tuned):
@@ -540,8 +540,9 @@ def test_records_are_not_checked_without_inputs_for_the_program(model, spec, tmp
 
 
 def test_sample_inputs_cover_the_vocabulary_and_a_masked_tail(model):
-    ids, mask = tuning.record_check.sample_inputs(model, 2, 16)
-    assert ids.dtype == np.int64 and mask.dtype == np.int32 and ids.shape == mask.shape == (2, 16)
+    ids, mask, types = tuning.record_check.sample_inputs(model, 2, 16)
+    assert ids.dtype == np.int64 and mask.dtype == types.dtype == np.int32
+    assert ids.shape == mask.shape == types.shape == (2, 16) and not types.any()  # one token type in this model
     assert 0 <= ids.min() and ids.max() < CONFIG["vocab_size"] and len(np.unique(ids)) > 8
     assert mask[0].all() and mask[1, :12].all() and not mask[1, 12:].any()
     assert (ids[1, 12:] == CONFIG["pad_token_id"]).all()
