@@ -6,6 +6,7 @@
     ibert_tvm.tune(qm, "llvm", trials=512, work_dir="logs/")  # then compile(..., tuning_logs="logs/")
     m   = ibert_tvm.load("model.so")              # TVM runtime only
     out = m(input_ids, attention_mask)            # logits or hidden states; m.classify(["a sentence"])
+    m.classify([("a premise", "a hypothesis")])   # sentence pairs (token types: m(ids, mask, token_type_ids))
 """
 
 import importlib
