@@ -61,11 +61,11 @@ def _at_least(minimum: int) -> Callable[[str], int]:
 
 
 def _token_ids(text: str) -> list[int]:
-    """'101,2023,102' -> [101, 2023, 102] (argparse type of --ids)."""
+    """'101,2023,102' -> [101, 2023, 102] (argparse type of --ids and --types)."""
     try:
         return [int(v) for v in text.split(",")]
     except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integer token ids") from err
+        raise argparse.ArgumentTypeError(f"{text!r} is not comma-separated integers") from err
 
 
 def _existing_file(text: str) -> str:
@@ -127,7 +127,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                      f"optionally ...ForSequenceClassification); default: {DEFAULT_MODEL}")
     src.add_argument("--onnx", metavar="FILE", type=_existing_file, help="an ONNX export of a BertModel / RobertaModel")
     p.add_argument("--calibration", metavar="TEXTS", type=_existing_file, help="a text file, one calibration "
-                   "sentence per line (default: the bundled sentences); an IBert checkpoint's trained ranges need none")
+                   "sentence per line, or one sentence pair per line as first<TAB>second (calibrate a pair "
+                   "classifier on pairs; default: the bundled sentences); an IBert checkpoint's trained ranges "
+                   "need none")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")
     p.add_argument("--semantics", choices=("ibert", "hf"), default="ibert",
                    help="'ibert' propagates true scales (default); 'hf' reproduces HF IBertModel's embedding scale")
@@ -154,9 +156,7 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int]):
 
     resolve_target(args.target)
     if args.calibration:
-        texts = [t.strip() for t in _text_file(args.calibration).splitlines() if t.strip()]
-        if not texts:
-            raise ValueError(f"{args.calibration}: no calibration sentences in it")
+        texts = _calibration_texts(args.calibration)
     else:
         texts = sentences()
     options = dict(calibration=texts, semantics=args.semantics, head=args.head, force_dequant=args.force_dequant,
@@ -175,6 +175,19 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int]):
         return from_pretrained(model, **options)
     check_seq_lengths(seq_lengths, max_seq_length(args.model or default_model_dir()))
     return from_pretrained(args.model or default_model_dir(), **options)
+
+
+def _calibration_texts(path: str) -> list[str | tuple[str, str]]:
+    """The calibration file's sentences, one per line; a line with a tab is a sentence pair (first<TAB>second).
+    A ValueError for an empty file, a line of more than two fields, or sentences mixed with pairs."""
+    lines = [line.strip() for line in _text_file(path).splitlines() if line.strip()]
+    if not lines:
+        raise ValueError(f"{path}: no calibration sentences in it")
+    fields = [tuple(f.strip() for f in line.split("\t")) for line in lines]
+    if any(len(f) > 2 for f in fields) or len({len(f) for f in fields}) > 1:
+        raise ValueError(f"{path}: every line must be one sentence, or every line a sentence pair (two sentences "
+                         "separated by a tab)")
+    return [f[0] if len(f) == 1 else f for f in fields]
 
 
 def _text_file(path: str) -> str:
@@ -240,11 +253,11 @@ def _tune(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from .runtime import load
 
-    model = load(args.artifact)
     if args.pair is not None and not args.text:
         raise ValueError("--pair gives the second text of a --text sentence pair: give --text too")
     if args.types is not None and not args.ids:
         raise ValueError("--types gives the token types of an --ids row: give --ids too")
+    model = load(args.artifact)
     if args.text:
         texts = args.text if args.pair is None else list(zip(args.text, _same_count(args.pair, args.text, "--pair")))
         given = [{"text": t} if isinstance(t, str) else {"text": t[0], "pair": t[1]} for t in texts]

@@ -55,8 +55,9 @@ class CompiledModel:
         check_runnable_here({**self.meta, "versions": runtime_versions()}, f"target {self.spec.name}")
         return IntegerModel(self.executable, self.meta)
 
-    def __call__(self, input_ids: Any, attention_mask: Any = None, **kwargs: Any) -> np.ndarray:
-        return self.runner()(input_ids, attention_mask, **kwargs)
+    def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
+                 **kwargs: Any) -> np.ndarray:
+        return self.runner()(input_ids, attention_mask, token_type_ids, **kwargs)
 
 
 def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_logs: str | Path | bool | None = None,

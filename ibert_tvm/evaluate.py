@@ -105,7 +105,9 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _histogram(values: np.ndarray) -> dict[str, list]:
-    """COSINE_BINS equal bins from the lowest value to 1 (a bin of width 1e-6 below 1 where all are 1)."""
+    """COSINE_BINS equal bins from the lowest value to 1 (1e-6 below 1 where all are 1), every value counted
+    (cosines that rounding put past +-1 clipped to it)."""
+    values = np.clip(values.astype(np.float64), -1.0, 1.0)
     counts, edges = np.histogram(values, bins=COSINE_BINS, range=(min(float(values.min()), 1 - 1e-6), 1.0))
     return {"edges": edges.tolist(), "counts": counts.tolist()}
 

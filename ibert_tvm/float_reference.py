@@ -77,15 +77,22 @@ def float_program(model: PreTrainedModel | str | Path, batch: int, seq: int, kee
 
 
 def run_float(mod: tvm.IRModule, input_ids, attention_mask, token_type_ids=None) -> np.ndarray:
-    """Compile `mod` (from `float_program`, or an import of an ONNX export that takes ids and mask only) for
-    llvm and run it on one batch (token types: all 0 where None); float32 [B, L, H]."""
-    ids = np.ascontiguousarray(np.asarray(input_ids, dtype=np.int64))
-    mask = np.ascontiguousarray(np.asarray(attention_mask, dtype=np.int64))
-    types = np.zeros(ids.shape, np.int32) if token_type_ids is None else np.asarray(token_type_ids, np.int32)
+    """Compile `mod` (from `float_program`, or `onnx_import.import_onnx_float`) for llvm and run it on one batch
+    (token types: all 0 where None); each input goes to the parameter of its name, in that parameter's dtype
+    (an ONNX export may take ids and mask only, or all three as int64); float32 [B, L, H]."""
+    ids = np.asarray(input_ids)
+    given = {"input_ids": ids, "attention_mask": np.asarray(attention_mask),
+             "token_type_ids": np.zeros(ids.shape, np.int32) if token_type_ids is None else np.asarray(token_type_ids)}
+    main = mod["main"]
+    params = main.params[:int(main.attrs["num_input"])] if main.attrs and "num_input" in main.attrs \
+        else main.params  # kept weights follow the inputs
+    unknown = [p.name for p in params if p.name not in given]
+    if unknown:
+        raise ValueError(f"run_float: the program takes {unknown}, which are not token ids, mask or types")
     exe = tvm.compile(relax.transform.LegalizeOps()(mod), "llvm")
     vm = relax.VirtualMachine(exe, tvm.cpu())
-    arity = len(mod["main"].params)  # the weights are constants in both
-    out = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(a)) for a in (ids, mask, types)[:arity]))
+    out = vm["main"](*(tvm.runtime.tensor(np.ascontiguousarray(given[p.name].astype(str(p.ty.dtype))))
+                       for p in params))
     if not hasattr(out, "numpy"):  # a one-element tuple when the importer kept it
         out = out[0]
     return out.numpy()

@@ -57,6 +57,7 @@ def calibrate_head(head: ClassifierHead, qmodel, model_type: str, batches: Itera
     with torch.no_grad():
         for batch in batches:
             hidden = qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                            token_type_ids=batch.token_type_ids,
                             position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id)
                             ).last_hidden_state
             head.pre_tanh(head.dense(hidden[:, 0, :]))

@@ -24,6 +24,7 @@ from tvm import relax
 from . import layers, quant
 from .head import HEAD_MODES, ClassifierHead, calibrate_head, float_head, head_of, integer_head
 from .calibration import Batch, batches_from_texts, calibrate, position_ids
+from .texts import Text, is_text, token_type_problem
 
 
 __all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained",
@@ -255,14 +256,15 @@ IMPORTERS = ("modules", "graph")
 
 
 def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
-                    calibration: Iterable[Batch] | Sequence[str] | None = None, semantics: str = "ibert",
+                    calibration: Iterable[Batch] | Sequence[Text] | None = None, semantics: str = "ibert",
                     tokenizer=None, method: str = "minmax", percentile: float = 99.99,
                     force_dequant: str = "none", head: str = "integer", importer: str = "modules") -> QuantizedModel:
     """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
 
     An IBert model with `quant_mode=True` keeps its trained ranges (calibration optional); any other model
-    needs `calibration`: batches of token ids and masks, or sentences (tokenized with `tokenizer`, or the
-    tokenizer saved in the model directory), run through HF's own range statistics (`method="minmax"`,
+    needs `calibration`: batches of token ids and masks (and token types, for sentence pairs), or sentences
+    or sentence pairs as 2-tuples (tokenized with `tokenizer`, or the tokenizer saved in the model directory),
+    run through HF's own range statistics (`method="minmax"`,
     momentum 0.95) or their `percentile` variant (`method="percentile"`). `force_dequant` selects Q8BERT
     mode per nonlinearity, as HF's config does ("gelu", "softmax", "layernorm", "nonlinear"). A
     `...ForSequenceClassification` keeps its head: integer-only (`head="integer"`, calibrated on the same
@@ -349,13 +351,14 @@ def position_limit(config, model_type: str) -> int:
     return int(config.max_position_embeddings - offset)
 
 
-def _calibration_batches(calibration: Iterable[Batch] | Sequence[str], tokenizer, limit: int) -> list[Batch]:
-    """Calibration sentences (tokenized, truncated to the `limit` positions) or batches, checked: a TypeError
-    for one string or other items, a ValueError for a batch longer than the model's positions."""
+def _calibration_batches(calibration: Iterable[Batch] | Sequence[Text], tokenizer, limit: int) -> list[Batch]:
+    """Calibration sentences or sentence pairs (tokenized, truncated to the `limit` positions) or batches,
+    checked: a TypeError for one string or other items, a ValueError for a batch longer than the model's
+    positions."""
     if isinstance(calibration, (str, bytes)):
         raise TypeError("calibration must be a list of sentences or Batches, got one string (wrap it in a list)")
     items = list(calibration)
-    if items and all(isinstance(t, (str, tuple)) for t in items):
+    if items and all(is_text(t) for t in items):
         if tokenizer is None:
             raise ValueError("calibration texts need a tokenizer (pass tokenizer=, or a model directory that holds "
                              f"one of {', '.join(TOKENIZER_FILES)})")
@@ -369,23 +372,24 @@ def _calibration_batches(calibration: Iterable[Batch] | Sequence[str], tokenizer
 
 
 def _check_token_types(batches: list[Batch], type_vocab_size: int) -> None:
-    """A ValueError where a calibration batch's token types are not ids of the model's segment embeddings."""
+    """A TypeError or ValueError where a calibration batch's token types are not integer ids of the model's
+    segment embeddings, of its input_ids' shape."""
     for b in batches:
         if b.token_type_ids is None:
             continue
-        if tuple(b.token_type_ids.shape) != tuple(b.input_ids.shape):
-            raise ValueError(f"a calibration batch's token_type_ids shape {list(b.token_type_ids.shape)} differs "
-                             f"from its input_ids shape {list(b.input_ids.shape)}")
-        if int(b.token_type_ids.min()) < 0 or int(b.token_type_ids.max()) >= type_vocab_size:
-            raise ValueError(f"calibration token_type_ids must lie in [0, {type_vocab_size}) (the model's "
-                             f"type_vocab_size), found {int(b.token_type_ids.max())}")
+        if b.token_type_ids.dtype.is_floating_point or b.token_type_ids.dtype == torch.bool:
+            raise TypeError(f"calibration token_type_ids must be integers, got {b.token_type_ids.dtype}")
+        problem = token_type_problem(b.token_type_ids.numpy(), tuple(b.input_ids.shape), type_vocab_size)
+        if problem:
+            raise ValueError(f"a calibration batch's {problem}")
 
 
 def _as_batch(item: object) -> Batch:
-    """A Batch, or anything with input_ids and attention_mask (a tokenizer's BatchEncoding) as one; a TypeError
-    for other items."""
-    if isinstance(item, Batch):
-        return item
+    """A Batch, or anything with input_ids and attention_mask (and optionally token_type_ids: a tokenizer's
+    BatchEncoding) as one; a TypeError for other items."""
+    if isinstance(item, Batch):  # its fields as tensors (a Batch may hold lists)
+        return Batch(*(None if v is None else torch.as_tensor(v) for v in (item.input_ids, item.attention_mask,
+                                                                           item.token_type_ids)))
     try:
         types = item.get("token_type_ids") if hasattr(item, "get") else None
         return Batch(torch.as_tensor(item["input_ids"]), torch.as_tensor(item["attention_mask"]),
@@ -395,7 +399,7 @@ def _as_batch(item: object) -> Batch:
                         f"{type(item).__name__}") from None
 
 
-def from_onnx(path: str | Path, calibration: Iterable[Batch] | Sequence[str] | None = None, **options
+def from_onnx(path: str | Path, calibration: Iterable[Batch] | Sequence[Text] | None = None, **options
               ) -> QuantizedModel:
     """`from_pretrained` for an ONNX export of a BertModel / RobertaModel: the architecture is read from the
     graph and the weights from its initializers (`onnx_import.model_from_onnx`); same options."""

@@ -648,8 +648,8 @@ def import_onnx_float(path: str | Path | onnx.ModelProto, batch: int | None = No
                       seq: int | None = None) -> tvm.IRModule:
     """TVM's own import of the float ONNX graph (`relax.frontend.onnx.from_onnx`), weights as constants.
 
-    `main` takes the graph's inputs (input_ids / attention_mask int64 [B, L] for the exporter's encoder graphs)
-    and returns its output. A graph exported with dynamic shapes needs `batch` and `seq`: they are pinned and
+    `main` takes the graph's inputs (input_ids / attention_mask, and token_type_ids where exported, int64
+    [B, L] for the exporter's encoder graphs) and returns its output. A graph exported with dynamic shapes needs `batch` and `seq`: they are pinned and
     the shape computations folded (onnxscript's optimizer) before TVM imports it.
     """
     from tvm.relax.frontend.onnx import from_onnx

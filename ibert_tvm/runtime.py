@@ -21,7 +21,7 @@ import tvm
 from tvm import relax
 
 from .artifact import ArtifactError, check_runnable_here, read_metadata
-from .texts import Text, tokenizer_args
+from .texts import Text, token_type_problem, tokenizer_args
 
 __all__ = ["InputError", "IntegerModel", "Prediction", "load"]
 
@@ -40,7 +40,7 @@ class Prediction:
 
 
 class IntegerModel:
-    """A compiled integer-only model, callable on token ids: `m(input_ids, attention_mask)`.
+    """A compiled integer-only model, callable on token ids: `m(input_ids, attention_mask, token_type_ids)`.
 
     Not for concurrent calls from several threads (neither is the Relax VM it runs on): use one per thread.
     """
@@ -150,13 +150,8 @@ class IntegerModel:
         types = _as_int_array(token_type_ids, "token_type_ids")
         if types.ndim == 1:
             types = types[None]
-        if types.shape != shape:
-            raise InputError(f"token_type_ids shape {list(types.shape)} differs from input_ids shape {list(shape)}")
-        segments = self.meta["model"]["type_vocab_size"]
-        low, high = int(types.min()), int(types.max())
-        if low < 0 or high >= segments:
-            raise InputError(f"token_type_ids must lie in [0, {segments}) (the model's type_vocab_size), found "
-                             f"{low if low < 0 else high}")
+        if problem := token_type_problem(types, shape, self.meta["model"]["type_vocab_size"]):
+            raise InputError(problem)
         return types.astype(np.int32, copy=False)
 
     def _run_buckets(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
@@ -226,6 +221,9 @@ class IntegerModel:
             warnings.warn(f"texts longer than the longest compiled length ({longest} tokens) were truncated to it",
                           UserWarning, stacklevel=3)
             enc = self.tokenizer()(*texts, padding=True, truncation=True, max_length=longest, return_tensors="np")
+            if enc["input_ids"].shape[1] > longest:  # the tokenizer could not truncate (a pair's special tokens)
+                raise InputError(f"the longest compiled length ({longest} tokens) cannot hold these texts' special "
+                                 "tokens; compile with longer seq_lengths")
         types = enc.get("token_type_ids")
         return (enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32),
                 np.zeros(enc["input_ids"].shape, np.int32) if types is None else types.astype(np.int32))
@@ -274,7 +272,8 @@ def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray
     if arr.dtype == np.bool_ and allow_bool:
         return arr.astype(np.int32)
     if arr.dtype not in (np.int64, np.int32):
-        text = " (texts: classify() or encode_texts() tokenizes them)" if arr.dtype.kind in "US" else ""
+        text = " (texts: classify() or encode_texts() tokenizes them)" if arr.dtype.kind in "US" and \
+            name == "input_ids" else ""
         raise InputError(f"{name} must be int64 or int32, got {arr.dtype}{text}")
     return arr
 

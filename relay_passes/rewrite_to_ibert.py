@@ -333,13 +333,14 @@ def _params(func: relax.Function) -> dict[str, np.ndarray]:
 
 def emit_encoder(bb: relax.BlockBuilder, mod: tvm.IRModule, ibert: nn.Module, semantics: str,
                  inputs: list[relax.Expr]) -> layers.QTensor:
-    """Rewrite `mod["main"]` into `bb`'s open dataflow block with `inputs` (ids, mask) as its inputs: the
-    int8 hidden states and their scale, for a caller that goes on (a classification head)."""
+    """Rewrite `mod["main"]` into `bb`'s open dataflow block with `inputs` (ids, mask, token types) as its
+    inputs: the int8 hidden states and their scale, for a caller that goes on (a classification head)."""
     return _Rewriter(ibert, semantics, _params(mod["main"]), bb).emit(mod["main"], inputs)
 
 
 def rewrite_to_ibert(mod: tvm.IRModule, ibert: nn.Module, semantics: str = "ibert") -> tvm.IRModule:
-    """`mod["main"]` (float, weights as parameters) -> an integer-only `main(input_ids, attention_mask)`."""
+    """`mod["main"]` (float, weights as parameters) -> an integer-only `main` of the same inputs (input_ids,
+    attention_mask, token_type_ids for `float_program`'s graphs)."""
     func = mod["main"]
     bb = relax.BlockBuilder()
     inputs = [relax.Var(v.name, v.ty) for v in func.params[:int(func.attrs["num_input"])]]

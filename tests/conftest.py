@@ -33,7 +33,7 @@ class TinyProgram(NamedTuple):
     """A program, its inputs and the outputs of its unscheduled build."""
 
     mod: Any  # tvm.IRModule
-    inputs: list  # [int64 ids, int32 mask] numpy arrays
+    inputs: list  # [int64 ids, int32 mask, int32 token types] numpy arrays
     reference: Any  # numpy int8 outputs of the unscheduled build
 
 

@@ -218,6 +218,7 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m["target"].update(name="aarch64", family="arm"), "built for target 'aarch64' (aarch64)"),
     (lambda m: m["target"].update(features=["avx512vnni", "amx-fp8"]), "amx-fp8, which this CPU lacks"),
     (lambda m: m.update(format="something-else"), "not an ibert-tvm artifact"),
+    (lambda m: m.update(format="ibert-tvm-artifact/1"), "format 1, whose programs take no token types); recompile"),
     (lambda m: m.pop("buckets"), "metadata lacks buckets"),
     (lambda m: m["buckets"].update(seq_lengths=[8, 16, 32]), "bucket 1x32 names no function of the library (None)"),
     (lambda m: m["buckets"]["functions"].update({"1x8": "absent"}), "bucket 1x8 names no function of the library"),

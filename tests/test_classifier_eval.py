@@ -10,7 +10,7 @@ from tvm import relax
 from ibert_tvm.calibration import Batch
 from ibert_tvm.classifier import (SentenceHead, classifier_program, head_constants, integer_mean_head_reference,
                                   load_head, mean_pool)
-from ibert_tvm.evaluate import evaluate_data, macro_f1
+from ibert_tvm.evaluate import _histogram, evaluate_data, macro_f1
 from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes.pipeline import build
 from ibert_tvm.sentiment_data import LABELS, bundled_test_slice, read_labelled_csv
@@ -82,3 +82,11 @@ def test_integer_classifier_agrees_with_fp32_on_real_tweets(report):
     assert r.agreement >= 0.85
     assert r.integer.accuracy >= 0.65
     assert r.integer.accuracy >= r.fp32.accuracy - 0.03
+
+
+def test_the_cosine_histogram_counts_every_text():
+    """Cosines that rounding puts just past 1 (or -1) are counted in the end bins, and all-equal values work."""
+    values = np.array([0.5, 1.0 + 1e-7, 1.0, -1.0 - 1e-7, 0.999999], np.float64)
+    hist = _histogram(values)
+    assert sum(hist["counts"]) == 5 and hist["edges"][0] == -1.0 and hist["edges"][-1] == 1.0
+    assert sum(_histogram(np.ones(4, np.float32))["counts"]) == 4

@@ -183,6 +183,27 @@ def test_run_takes_sentence_pairs_by_text_and_by_ids(artifact, model_dir):
         assert_one_line_error(cli("run", str(artifact), *args), reason)
 
 
+def test_compile_calibrates_on_tab_separated_pairs(model_dir, tmp_path):
+    """A --calibration line with a tab is a sentence pair: the compiled program's integers equal those of the
+    Python API calibrated on the same pairs; a file that mixes pairs and sentences is refused by name."""
+    import ibert_tvm
+
+    texts = calibration_texts()
+    pairs = list(zip(texts[0::2], texts[1::2]))
+    (tmp_path / "pairs.tsv").write_text("".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+    proc = cli("compile", "--model", str(model_dir), "--calibration", str(tmp_path / "pairs.tsv"), "--batch-sizes",
+               "1", "--seq-lengths", "16", "--tuning-logs", "none", "-o", str(tmp_path / "pairs.so"))
+    assert proc.returncode == 0, proc.stderr
+    qm = ibert_tvm.from_pretrained(model_dir, calibration=pairs)
+    lib = ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(1,), seq_lengths=(16,))
+    args = ibert_tvm.load(tmp_path / "pairs.so").encode_texts([("the film was long", "but i liked it a lot")])
+    assert args[2].any()
+    np.testing.assert_array_equal(ibert_tvm.load(tmp_path / "pairs.so")(*args, integer=True), lib(*args, integer=True))
+    (tmp_path / "mixed.tsv").write_text("one sentence\na\tpair\n", encoding="utf-8")
+    assert_one_line_error(cli("compile", "--model", str(model_dir), "--calibration", str(tmp_path / "mixed.tsv")),
+                          "every line must be one sentence, or every line a sentence pair")
+
+
 def test_graph_importer_artifact_equals_the_module_emitted_program(artifact, model_dir):
     """The artifact compiled with --importer graph computes the integer logits of the default importer's program."""
     import ibert_tvm

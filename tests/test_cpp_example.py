@@ -95,8 +95,8 @@ def test_host_driver_passes_sentence_pair_token_types(host_driver, tmp_path):
     """A tiny BERT's sentence pairs: the token types in the input file reach the program (the driver prints
     what `ibert_tvm.load` computes with them, which differs from all types 0)."""
     qm = ibert_tvm.from_pretrained(tiny("bert"), calibration=[with_segments(b, 1) for b in batches(0, 2, 2, SEQ, 1)])
-    library = ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(BATCH,), seq_lengths=(SEQ,)).export(
-        tmp_path / "pairs.so")
+    lib = ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(BATCH,), seq_lengths=(SEQ,))
+    library = lib.export(tmp_path / "pairs.so")
     b = with_segments(batches(0, 1, BATCH, SEQ, seed=5)[0], seed=2)
     ids, mask, types = program_inputs(b)
     done = subprocess.run([host_driver, library, write_inputs(tmp_path / "in.txt", ids, mask, types)],
@@ -105,6 +105,7 @@ def test_host_driver_passes_sentence_pair_token_types(host_driver, tmp_path):
     loaded = ibert_tvm.load(library)
     want = loaded(ids, mask, types, integer=True)
     np.testing.assert_array_equal(parse_output(done.stdout)[0], want)
+    np.testing.assert_array_equal(lib(ids, mask, types, integer=True), want)  # the in-process model, positionally
     assert not np.array_equal(want, loaded(ids, mask, integer=True))
 
 
@@ -114,8 +115,10 @@ def test_driver_names_a_bad_input_file(host_driver, tmp_path):
                           text=True, timeout=60, check=False)
     assert done.returncode == 1 and "expected 64 integers after 'B L'" in done.stderr, done.stderr
     ones = " ".join(["1"] * 32)
-    for tail, reason in (("0 1 0", "expected 32 token types after the mask, or none"),
-                         (f"{' '.join(['0'] * 32)} 7", "more integers than 'B L' ids, mask and types")):
+    for tail, reason in (("0 1 0", "expected 32 token types after the mask, or none (found 3 more values)"),
+                         (f"{' '.join(['0'] * 32)} 7", "(found 33 more values)"),
+                         (f"types: {' '.join(['0'] * 31)}", "token type 'types:' is not an integer in [0, 2^31)"),
+                         (f"{' '.join(['0'] * 31)} -1", "token type '-1' is not")):
         (tmp_path / "types.txt").write_text(f"2 16\n{ones}\n{ones}\n{tail}\n")
         done = subprocess.run([host_driver, tmp_path / "missing.so", tmp_path / "types.txt"], capture_output=True,
                               text=True, timeout=60, check=False)

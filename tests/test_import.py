@@ -19,7 +19,7 @@ from transformers import BertConfig, BertModel
 from ibert_tvm.float_reference import float_program, run_float
 from ibert_tvm.model import from_onnx, from_pretrained
 from ibert_tvm.onnx_import import OnnxImportError, import_onnx_float, model_from_onnx
-from test_model import COMMON, batches, run, tiny
+from test_model import COMMON, batches, run, tiny, with_segments
 
 B, L = 2, 16
 
@@ -226,3 +226,24 @@ def test_cli_refuses_lengths_past_an_onnx_graphs_positions_before_calibrating(mo
     assert_one_line_error(proc, f"sequence length {limit + 1} exceeds what the model's position embeddings "
                                 f"cover ({limit})")
     assert "calibrating" not in proc.stderr and not (tmp_path / "x.so").exists()
+
+
+def test_an_export_with_token_types_is_read_and_runs_with_them(models, tmp_path):
+    """A BERT exported with token_type_ids as a third input (as for sentence pairs): `model_from_onnx` rebuilds
+    the original weights, and TVM's float import runs with the types as torch does (int64 inputs)."""
+    model = models["bert"]
+    b = with_segments(batches(0, 1, B, L, seed=5)[0], seed=4)
+    path = tmp_path / "bert_types.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (b.input_ids, b.attention_mask, b.token_type_ids), str(path), dynamo=True,
+                          input_names=["input_ids", "attention_mask", "token_type_ids"])
+    assert len(onnx.load(str(path)).graph.input) == 3
+    with pytest.warns(UserWarning, match=f"first {L} rows"):  # a static-shape export: the positions it used
+        assert_same_encoder(model_from_onnx(path), model, positions=L)
+    ours = run_float(import_onnx_float(path), b.input_ids, b.attention_mask, b.token_type_ids)
+    with torch.no_grad():
+        ref = model(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                    token_type_ids=b.token_type_ids).last_hidden_state.numpy()
+    assert float(np.abs(ours - ref).max()) < 1e-4
+    assert float(np.abs(ours - torch_out(model, b)).max()) > 1e-2  # torch_out: types 0; they matter here

@@ -343,3 +343,40 @@ def test_float_head_option_gives_float_logits():
     qm = from_pretrained(fm, calibration=batches(0, 2, 4, 16, seed=1), head="float")
     logits = run(qm, batches(0, 1, 2, 12, seed=5)[0])
     assert logits.dtype == np.float32 and logits.shape == (2, 3)
+
+
+def test_a_pair_classifiers_head_is_calibrated_on_the_pairs():
+    """The classification head's range (HF's QuantAct EMA of the dense output on the first token) is taken with
+    the calibration pairs' token types, as the encoder's: recomputed here by HF's own QuantAct on the calibrated
+    encoder, and unlike the range of the same batches with their types dropped."""
+    from transformers.models.ibert.quant_modules import QuantAct
+
+    fm = tiny_classifier("bert")
+    calibration = [with_segments(b, i) for i, b in enumerate(batches(0, 3, 4, 16, seed=1))]
+    qm = from_pretrained(fm, calibration=calibration)
+
+    def head_range(with_types: bool) -> tuple[float, float]:
+        act = QuantAct(8, quant_mode=True).train()
+        with torch.no_grad():
+            for b in calibration:
+                hidden = qm.ibert(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                                  token_type_ids=b.token_type_ids if with_types else None,
+                                  position_ids=position_ids("bert", b.input_ids, 0)).last_hidden_state
+                act(qm.head.dense(hidden[:, 0, :]))
+        return float(act.x_min), float(act.x_max)
+
+    got = (float(qm.head.pre_tanh.x_min), float(qm.head.pre_tanh.x_max))
+    assert got == head_range(with_types=True) != head_range(with_types=False)
+
+
+def test_calibration_token_types_are_checked_by_name():
+    b = batches(0, 1, 2, 8, seed=1)[0]
+    for types, error, message in ((torch.full((2, 8), 2), ValueError, r"token_type_ids must lie in \[0, 2\).*found 2"),
+                                  (torch.full((2, 8), -1), ValueError, "found -1"),
+                                  (torch.zeros(2, 7, dtype=torch.long), ValueError, "shape \\[2, 7\\] differs"),
+                                  (torch.zeros(2, 8), TypeError, "must be integers, got torch.float32")):
+        with pytest.raises(error, match=message):
+            from_pretrained(tiny("bert"), calibration=[Batch(b.input_ids, b.attention_mask, types)])
+    tensors = [(b.input_ids, b.attention_mask)]  # a tuple of tensors is not a sentence pair
+    with pytest.raises(TypeError, match="calibration must be a list of sentences or Batches"):
+        from_pretrained(tiny("bert"), calibration=tensors)

@@ -25,7 +25,7 @@ GEMM = re.compile(r"ibert_(linear|matmul)\d*$")  # a GEMM PrimFunc that nothing 
 
 @pytest.fixture(scope="module")
 def tiny_program():
-    """(program, its [ids, mask] inputs) of a calibrated 2-layer RoBERTa; the batch has padding."""
+    """(program, its [ids, mask, types] inputs) of a calibrated 2-layer RoBERTa; the batch has padding."""
     qm = from_pretrained(tiny("roberta"), calibration=batches(1, 2, 2, SEQ, seed=1))
     b = batches(1, 1, BATCH, SEQ, seed=5)[0]
     return qm.program(BATCH, SEQ), program_inputs(b)

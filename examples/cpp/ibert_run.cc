@@ -23,6 +23,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <filesystem>
@@ -59,6 +60,21 @@ struct Inputs {
   std::vector<int64_t> ids, mask, types;
 };
 
+// One token type: a whole non-negative integer within int32 (the program clamps a type past the model's last
+// segment to it, so give the model's own, 0 and 1 for BERT); throws naming the word otherwise.
+int64_t ParseTokenType(const std::string& word, const std::string& path) {
+  size_t used = 0;
+  int64_t value = -1;
+  try {
+    value = std::stoll(word, &used);
+  } catch (const std::exception&) {
+    used = 0;
+  }
+  if (used != word.size() || value < 0 || value > INT32_MAX)
+    throw std::runtime_error(path + ": token type '" + word + "' is not an integer in [0, 2^31)");
+  return value;
+}
+
 // Read "B L ids... mask... [types...]" from a text file; throws naming what is missing.
 Inputs ReadInputs(const std::string& path) {
   std::ifstream in(path);
@@ -73,11 +89,12 @@ Inputs ReadInputs(const std::string& path) {
   for (auto* v : {&x.ids, &x.mask})
     for (int64_t& e : *v)
       if (!(in >> e)) throw std::runtime_error(path + ": expected " + std::to_string(2 * n) + " integers after 'B L'");
-  int64_t given = 0;
-  while (given < n && in >> x.types[given]) ++given;
-  if (given != 0 && given != n)
-    throw std::runtime_error(path + ": expected " + std::to_string(n) + " token types after the mask, or none");
-  if (int64_t extra; in >> extra) throw std::runtime_error(path + ": more integers than 'B L' ids, mask and types");
+  std::vector<std::string> rest;  // the token types, if given: read as words, so that nothing is skipped silently
+  for (std::string word; in >> word;) rest.push_back(word);
+  if (!rest.empty() && static_cast<int64_t>(rest.size()) != n)
+    throw std::runtime_error(path + ": expected " + std::to_string(n) + " token types after the mask, or none (found " +
+                             std::to_string(rest.size()) + " more values)");
+  for (size_t i = 0; i < rest.size(); ++i) x.types[i] = ParseTokenType(rest[i], path);
   return x;
 }
 
