@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Callable
@@ -320,7 +321,7 @@ def _bench(args: argparse.Namespace) -> int:
     seq_lengths = args.seq_lengths or model.seq_lengths
     rows = measure_latency(model, batch_sizes, seq_lengths, warmup=args.warmup, repeats=args.repeats)
     context = {"artifact": str(args.artifact), "target": model.meta["target"]["name"],
-               "features": ", ".join(model.meta["target"]["features"]), "command": " ".join(sys.argv)}
+               "features": ", ".join(model.meta["target"]["features"]), "command": args.command_line}
     paths = write_report(rows, args.out, f"ibert-tvm latency: {Path(args.artifact).name}", context)
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -332,7 +333,7 @@ def _eval(args: argparse.Namespace) -> int:
 
     report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert)
     print(report)
-    paths = write_report(report, args.out, {"data": report.data, "command": " ".join(sys.argv)})
+    paths = write_report(report, args.out, {"data": report.data, "command": args.command_line})
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
 
@@ -533,7 +534,9 @@ _PACKAGE = Path(__file__).resolve().parent
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["ibert-tvm", *argv])  # what bench and eval record beside their results
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)

@@ -362,6 +362,7 @@ def test_eval_scores_a_labelled_csv(tmp_path):
     saved = json.loads((out / "eval.json").read_text())
     report, markdown = saved["report"], (out / "eval.md").read_text()
     assert report["q8bert"] is None and saved["context"]["data"] == str(csv) and "machine" in saved["context"]
+    assert saved["context"]["command"].startswith("ibert-tvm eval --csv ")  # this call's, not pytest's argv
     for mode in ("fp32", "integer"):
         counts = np.array(report[mode]["confusion"])
         assert counts.shape == (3, 3) and counts.sum(1).tolist() == np.bincount(data.targets, minlength=3).tolist()
