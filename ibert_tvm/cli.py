@@ -363,7 +363,8 @@ def _inspect(args: argparse.Namespace) -> int:
         f"built with TVM {meta['versions']['tvm']}, tvm-ffi {meta['versions']['tvm_ffi']}, "
         f"ibert-tvm {meta['versions']['ibert_tvm']}",
         f"model      {model['model_type']}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
-        f"vocab {model['vocab_size']}, semantics {model['semantics']}, force_dequant {model['force_dequant']}, "
+        f"vocab {model['vocab_size']}, token types {model['type_vocab_size']}, semantics {model['semantics']}, "
+        f"force_dequant {model['force_dequant']}, "
         f"importer {model.get('importer', 'modules')}",
         f"inputs     " + ", ".join(f"{i['name']} {i['dtype']} [{', '.join(map(str, i['shape']))}]"
                                    for i in meta["inputs"]),

@@ -103,8 +103,9 @@ def test_help_explains_each_command(command):
 def test_inspect_describes_the_artifact(artifact):
     proc = cli("inspect", str(artifact))
     assert proc.returncode == 0, proc.stderr
-    for fragment in ("target     llvm", "bert, 2 layers, hidden 64", "importer graph", "logits int32",
-                     "batch [1] x seq [16]", "negative", "matches"):
+    for fragment in ("target     llvm", "bert, 2 layers, hidden 64", "token types 2", "importer graph",
+                     "token_type_ids int32 [batch, seq]", "logits int32", "batch [1] x seq [16]", "negative",
+                     "matches"):
         assert fragment in proc.stdout
     meta = json.loads(cli("inspect", str(artifact), "--json").stdout)
     assert meta["buckets"]["seq_lengths"] == [16] and "tokenizer" not in meta
