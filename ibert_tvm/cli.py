@@ -260,13 +260,14 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("--types gives the token types of an --ids row: give --ids too")
     model = load(args.artifact)
     if args.text:
-        texts = args.text if args.pair is None else list(zip(args.text, _same_count(args.pair, args.text, "--pair")))
+        texts = args.text if args.pair is None else list(zip(args.text, _one_each(args.pair, "--pair", args.text,
+                                                                                     "--text")))
         given = [{"text": t} if isinstance(t, str) else {"text": t[0], "pair": t[1]} for t in texts]
         inputs = model.encode_texts(texts)
     elif args.ids:
         _check_equal_rows(args.ids, "--ids")
         given = [{"ids": i} for i in args.ids]
-        types = None if args.types is None else _same_count(args.types, args.ids, "--types")
+        types = None if args.types is None else _one_each(args.types, "--types", args.ids, "--ids")
         if types is not None:
             _check_equal_rows([*args.ids, *types], "--types", "values as its --ids row")
             given = [{**g, "types": t} for g, t in zip(given, types)]
@@ -277,11 +278,10 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _same_count(values: list, rows: list, option: str) -> list:
-    """`values`, or a ValueError where there are not as many as `rows` (one per --text / --ids)."""
+def _one_each(values: list, option: str, rows: list, per: str) -> list:
+    """`values` of `option`, or a ValueError where there is not one for each of the `rows` of option `per`."""
     if len(values) != len(rows):
-        raise ValueError(f"{option}: give one per {'--text' if option == '--pair' else '--ids'} ({len(rows)}), "
-                         f"got {len(values)}")
+        raise ValueError(f"{option}: give one per {per} ({len(rows)}), got {len(values)}")
     return values
 
 

@@ -387,9 +387,8 @@ def _check_token_types(batches: list[Batch], type_vocab_size: int) -> None:
 def _as_batch(item: object) -> Batch:
     """A Batch, or anything with input_ids and attention_mask (and optionally token_type_ids: a tokenizer's
     BatchEncoding) as one; a TypeError for other items."""
-    if isinstance(item, Batch):  # its fields as tensors (a Batch may hold lists)
-        return Batch(*(None if v is None else torch.as_tensor(v) for v in (item.input_ids, item.attention_mask,
-                                                                           item.token_type_ids)))
+    if isinstance(item, Batch):  # its fields made tensors below, as a tokenizer output's (a Batch may hold lists)
+        item = vars(item)
     try:
         types = item.get("token_type_ids") if hasattr(item, "get") else None
         return Batch(torch.as_tensor(item["input_ids"]), torch.as_tensor(item["attention_mask"]),
