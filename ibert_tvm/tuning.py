@@ -29,6 +29,7 @@ import json
 import logging
 import math
 import numbers
+import socket
 import sys
 import time
 import types
@@ -60,7 +61,8 @@ if TYPE_CHECKING:
     from .model import QuantizedModel
 
 __all__ = ["META_FILE", "RECORD_FILE", "WORKLOAD_FILE", "TuningLogError", "TuningResult", "log_name",
-           "check_work_dir", "open_database", "shipped_database", "tune", "tuned_shapes", "unchecked_records"]
+           "check_tracker", "check_work_dir", "open_database", "shipped_database", "tune", "tuned_shapes",
+           "unchecked_records"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -79,6 +81,7 @@ _OLDER_FORMATS = {
 COST_MODEL_FILE = "cost_model.tar"
 _BUILD_TIMEOUT_S = 120.0
 _RUN_TIMEOUT_S = 60.0
+_TRACKER_TIMEOUT_S = 5.0  # `check_tracker`'s wait for the RPC tracker to answer
 _LISTED = 5  # tasks a TuningResult names per list (untried; untunable for one reason)
 _WARMUP_MS = 100  # untimed calls before each candidate is timed (`_f_run_evaluator`)
 _REPO_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"  # a source checkout / editable install
@@ -148,7 +151,8 @@ class TuningResult:
                         "(another batch x seq or architecture?)")]
         else:
             lines = [f"tuning {tasks}: {self.trials_run} trials in this call, {self.trials_total} in {self.work_dir} "
-                     f"({self.seconds:.0f} s); {len(self.recorded)} of the tasks have a best record there",
+                     f"({self.seconds:.0f} s); {len(self.recorded)} of the tasks "
+                     f"{'has' if len(self.recorded) == 1 else 'have'} a best record there",
                      f"failed candidates: {self.failed} ({self.failed_share:.0%}; {self.build_errors} build, "
                      f"{self.run_errors} run errors)"]
         lines += [f"  {n} x {message}" for message, n in sorted(self.errors.items(), key=lambda kv: -kv[1])]
@@ -170,7 +174,8 @@ class TuningResult:
                          f"{', '.join(self.slower_than_default)}")
         if self.records_checked:
             lines.append(f"best records checked against the untuned program's integers: {self.records_checked} "
-                         f"(on {self.kernels_checked} kernels), {len(self.wrong_integers)} differ "
+                         f"(on {self.kernels_checked} kernel{'s' * (self.kernels_checked != 1)}), "
+                         f"{len(self.wrong_integers)} differ "
                          f"({self.check_seconds:.0f} s)"
                          + (f"; {len(self.not_checked)} not checked (their kernels are not called: views; "
                             "compile leaves their records out)" if self.not_checked else ""))
@@ -224,13 +229,21 @@ def _hardware(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
     return f"{host_cpu_name()}, {physical_cores()} cores ({spec.target.attrs.get('mcpu', 'generic')})"
 
 
+def _utf8_text(path: Path) -> str:
+    """A database file's text, or a TuningLogError naming it where it is not UTF-8 (MetaSchedule writes JSON)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise TuningLogError(f"{path} is corrupt: not UTF-8 text (byte {err.start})") from None
+
+
 def _read_meta(folder: Path) -> dict[str, Any]:
     """The folder's metadata file, or a TuningLogError saying that it is missing or unreadable."""
     path = folder / META_FILE
     if not path.is_file():
         raise TuningLogError(f"{folder} has no {META_FILE}: not a database written by `ibert-tvm tune`")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(_utf8_text(path))
     except json.JSONDecodeError as err:
         raise TuningLogError(f"{path} is corrupt: {err}") from err
     if not (isinstance(meta, dict) and isinstance(meta.get("target"), dict) and "target" in meta["target"]
@@ -274,7 +287,7 @@ def _check_lines(folder: Path) -> set[str]:
         path = folder / name
         if not path.is_file():
             raise TuningLogError(f"tuning database {folder} is missing {name}")
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for number, line in enumerate(_utf8_text(path).splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -544,6 +557,16 @@ def _f_run_evaluator(warmup_ms: int = _WARMUP_MS, rpc: bool = False) -> Callable
         return run_evaluator(*args)
 
     return run_evaluator_rpc if rpc else run_evaluator
+
+
+def check_tracker(rpc: tuple[str, int, str]) -> None:
+    """A ValueError within seconds where nothing answers at the RPC tracker's address (TVM's client retries for
+    a minute, then raises a message of several lines)."""
+    host, port, _key = rpc
+    try:
+        socket.create_connection((host, int(port)), timeout=_TRACKER_TIMEOUT_S).close()
+    except OSError as err:
+        raise ValueError(f"cannot reach the RPC tracker at {host}:{port} ({err.strerror or err})") from None
 
 
 def _runner(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> ms.runner.Runner:
@@ -893,8 +916,10 @@ def _check_records(spec: TargetSpec, best: dict[str, ms.ExtractedTask], database
 
 
 def _estimate_ms(weights: dict[str, int], default: dict[str, float], best: dict[str, float]) -> float | None:
-    """Sum over tasks of weight x latency, each task at its best record if it has one, else its default."""
-    secs = [w * best.get(n, default.get(n, math.nan)) for n, w in weights.items()]
+    """Sum over tasks of weight x latency, each task at the faster of its best record (if it has one) and its
+    default schedule, as compile applies them (a record slower than the default is left out)."""
+    secs = [w * (default.get(n, math.nan) if n not in best else min(best[n], default.get(n, math.inf)))
+            for n, w in weights.items()]
     total = sum(secs)
     return None if math.isnan(total) else total * 1e3
 
@@ -977,6 +1002,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     if trials < 0:
         raise ValueError(f"trials must be an integer of at least 0, got {trials}")
     check_work_dir(folder)
+    if rpc is not None:
+        check_tracker(rpc)
     if not isinstance(model, tvm.IRModule):
         from .model import shape_buckets  # transformers, which the model module imports, only for a model
 

@@ -45,6 +45,8 @@ __all__ = ["GEMM_VARIANTS", "T4", "SimtMatmul", "apply_default_schedule", "build
 T4 = "nvidia/nvidia-t4"
 #: The int8 GEMM variants of `apply_default_schedule(..., gemm=...)`, each with the oldest SM that has it.
 GEMM_VARIANTS = {"imma": 72, "dp4a": 61, "simt": 0}
+#: the keyword options `apply_default_schedule` takes (`schedules.check_options`)
+OPTIONS = ("gemm",)
 
 
 class SimtMatmul(dl.gpu.Matmul):
@@ -78,18 +80,24 @@ def default_gemm(target: Target) -> str:
     return "imma" if sm >= 75 else "dp4a" if sm >= GEMM_VARIANTS["dp4a"] else "simt"
 
 
-def default_rules(target: Target, gemm: str | None = None) -> list[dl.ScheduleRule]:
-    """The rules tried in order on each PrimFunc: the int8 GEMM variant and its fallbacks, then dlight's.
-
-    A GEMM the chosen variant declines falls to the next rule: imma -> dp4a -> SIMT. `imma` declines M or
-    N below 16 (a 16x16 fragment would be mostly padding), both decline an int16 operand (P.V).
-    """
+def check_options(target: Target, gemm: str | None = None) -> str:
+    """The GEMM variant to use (`default_gemm` where None), or a ValueError for one unknown or beyond the arch."""
     gemm = gemm or default_gemm(target)
     if gemm not in GEMM_VARIANTS:
         raise ValueError(f"unknown gemm variant '{gemm}' (choose from {', '.join(GEMM_VARIANTS)})")
     if _sm(target) < GEMM_VARIANTS[gemm]:
         raise ValueError(f"gemm='{gemm}' needs sm_{GEMM_VARIANTS[gemm]} or newer; the target is "
                          f"{target.attrs['arch']}")
+    return gemm
+
+
+def default_rules(target: Target, gemm: str | None = None) -> list[dl.ScheduleRule]:
+    """The rules tried in order on each PrimFunc: the int8 GEMM variant and its fallbacks, then dlight's.
+
+    A GEMM the chosen variant declines falls to the next rule: imma -> dp4a -> SIMT. `imma` declines M or
+    N below 16 (a 16x16 fragment would be mostly padding), both decline an int16 operand (P.V).
+    """
+    gemm = check_options(target, gemm)
     from . import cuda_gemm  # lazily: its rules are only needed when scheduling
 
     gemms = {"imma": [cuda_gemm.TensorCoreMatmul(), cuda_gemm.Dp4aMatmul()], "dp4a": [cuda_gemm.Dp4aMatmul()],

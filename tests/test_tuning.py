@@ -7,6 +7,7 @@ from __future__ import annotations
 import gc
 import json
 import shutil
+import time
 import warnings
 import weakref
 from collections import Counter
@@ -320,6 +321,28 @@ def test_rpc_without_a_server_for_the_key_is_refused(model, spec, tmp_path):
         tracker.terminate()
 
 
+def test_an_unreachable_rpc_tracker_is_refused_within_seconds(model, spec, tmp_path):
+    """TVM's client retries a dead tracker for a minute; `tune` asks first, and creates no folder."""
+    import socket
+
+    with socket.socket() as free:  # a port nothing listens on
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    started = time.monotonic()
+    with pytest.raises(ValueError, match=f"cannot reach the RPC tracker at 127.0.0.1:{port}"):
+        tune(model, spec, 4, tmp_path / "rpc", batch=BATCH, seq=SEQ, rpc=("127.0.0.1", port, "board"),
+             progress=False, estimate=False)
+    assert time.monotonic() - started < 10 and not (tmp_path / "rpc").exists()
+
+
+def test_the_progress_estimate_keeps_a_default_that_beats_the_record():
+    """The bar's latency estimate counts each task as compile applies it: a record slower than the default
+    schedule at the default's time."""
+    weights, default = {"fast": 2, "slow": 1}, {"fast": 1e-3, "slow": 1e-3}
+    assert tuning._estimate_ms(weights, default, {"fast": 0.5e-3, "slow": 4e-3}) == pytest.approx(2.0)
+    assert tuning._estimate_ms(weights, {}, {"fast": 0.5e-3}) is None  # a task with neither
+
+
 @pytest.fixture
 def copy(tuned, tmp_path):
     """A copy of the tuned database folder, to damage."""
@@ -379,8 +402,13 @@ def _tensorize_with_unknown_intrinsic(folder) -> None:
     (lambda d: (d / META_FILE).write_text(json.dumps({**json.loads((d / META_FILE).read_text()),
                                                       "checked": {"k": []}})),
      "corrupt: its checked list does not map workload keys to a record and its programs"),
+    (lambda d: (d / META_FILE).write_bytes(b"\xff\xfe" + (d / META_FILE).read_bytes()),
+     f"{META_FILE} is corrupt: not UTF-8"),
+    (lambda d: (d / RECORD_FILE).write_bytes((d / RECORD_FILE).read_bytes() + b"\xff\n"),
+     f"{RECORD_FILE} is corrupt: not UTF-8"),
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
-        "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list"])
+        "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
+        "non-utf8-records"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
