@@ -8,11 +8,13 @@ calibration, unchanged. The percentile method replaces each batch's min/max by i
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch import nn
 from tqdm import tqdm
 from transformers.models.ibert.quant_modules import QuantAct
 
@@ -54,6 +56,34 @@ def batches_from_texts(texts: Sequence[Text], tokenizer, batch_size: int = 8,
     return out
 
 
+def quant_acts(model: nn.Module) -> dict[str, QuantAct]:
+    """`model`'s QuantActs by module name (the ranges calibration records)."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantAct)}
+
+
+@contextmanager
+def finite_ranges(acts: dict[str, QuantAct]) -> Iterator[None]:
+    """A ValueError naming the QuantAct (of `acts`, by name) where calibration inside the block produces NaN
+    activations (HF's QuantAct asserts "NaN detected") or leaves a range that is not finite."""
+    last = {}  # the QuantAct entered last: the one whose min/max asserts
+    hooks = [act.register_forward_pre_hook(lambda _module, _args, name=name: last.update(name=name))
+             for name, act in acts.items()]
+    try:
+        yield
+    except AssertionError as err:
+        if "NaN detected" not in str(err):
+            raise
+        raise ValueError(f"calibration produced non-finite (NaN) activations, first at the input of QuantAct "
+                         f"{last.get('name')} (degenerate weights: all zero, or too large?)") from None
+    finally:
+        for hook in hooks:
+            hook.remove()
+    for name, act in acts.items():
+        if not (torch.isfinite(act.x_min).all() and torch.isfinite(act.x_max).all()):
+            raise ValueError(f"calibration produced non-finite activations at {name}: its range is "
+                             f"[{float(act.x_min.min())}, {float(act.x_max.max())}] (degenerate weights: too large?)")
+
+
 class _PercentileRanges:
     """Forward pre-hooks recording each QuantAct's per-batch percentile range, merged by HF's EMA rule."""
 
@@ -82,7 +112,8 @@ class _PercentileRanges:
 
 def calibrate(qmodel, model_type: str, batches: Iterable[Batch], method: str = "minmax",
               percentile: float = 99.99) -> None:
-    """Run the batches through `qmodel` in train mode (dropout is 0) so its QuantActs record ranges."""
+    """Run the batches through `qmodel` in train mode (dropout is 0) so its QuantActs record ranges; a ValueError
+    naming the QuantAct where they are not finite."""
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
     batches = list(batches)
@@ -94,11 +125,11 @@ def calibrate(qmodel, model_type: str, batches: Iterable[Batch], method: str = "
         acts = [m for m in qmodel.modules() if isinstance(m, QuantAct) and m not in softmax_acts]
         recorder = _PercentileRanges(acts, percentile)
     qmodel.train()
-    with torch.no_grad():
+    with torch.no_grad(), finite_ranges(quant_acts(qmodel)):
         for batch in tqdm(batches, desc="calibrating", unit="batch"):
             qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                    token_type_ids=batch.token_type_ids,
                    position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id))
+        if recorder is not None:
+            recorder.apply()
     qmodel.eval()
-    if recorder is not None:
-        recorder.apply()

@@ -19,7 +19,7 @@ from transformers.models.ibert.quant_modules import QuantAct
 from tvm import relax
 
 from . import layers, ops, quant
-from .calibration import Batch, position_ids
+from .calibration import Batch, finite_ranges, position_ids
 
 HEAD_MODES = ("integer", "float")
 
@@ -52,9 +52,12 @@ def head_of(model: nn.Module) -> ClassifierHead | None:
 
 
 def calibrate_head(head: ClassifierHead, qmodel, model_type: str, batches: Iterable[Batch]) -> None:
-    """EMA range (momentum 0.95) of the dense output on the calibrated encoder's first-token features."""
+    """EMA range (momentum 0.95) of the dense output on the calibrated encoder's first-token features; the encoder
+    runs in eval mode, so its ranges (a trained IBert checkpoint's) stay as they are."""
+    was_training = qmodel.training
+    qmodel.eval()
     head.pre_tanh.train()
-    with torch.no_grad():
+    with torch.no_grad(), finite_ranges({"head.pre_tanh": head.pre_tanh}):
         for batch in batches:
             hidden = qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                             token_type_ids=batch.token_type_ids,
@@ -62,6 +65,7 @@ def calibrate_head(head: ClassifierHead, qmodel, model_type: str, batches: Itera
                             ).last_hidden_state
             head.pre_tanh(head.dense(hidden[:, 0, :]))
     head.pre_tanh.eval()
+    qmodel.train(was_training)
 
 
 def first_token(bb: relax.BlockBuilder, h: layers.QTensor) -> layers.QTensor:

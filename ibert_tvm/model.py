@@ -9,9 +9,10 @@ semantics), which equals HF's computation for the first layer (HF reuses the emb
 
 from __future__ import annotations
 
+import copy
 import numbers
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +24,8 @@ from tvm import relax
 
 from . import layers, quant
 from .head import HEAD_MODES, ClassifierHead, calibrate_head, float_head, head_of, integer_head
-from .calibration import Batch, batches_from_texts, calibrate, position_ids
-from .texts import Text, is_text, token_type_problem
+from .calibration import Batch, batches_from_texts, calibrate, position_ids, quant_acts
+from .texts import Text, id_problem, is_text, mask_problem, token_type_problem
 
 
 __all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained",
@@ -113,21 +114,40 @@ def _encoder_of(model: PreTrainedModel) -> PreTrainedModel:
     return model
 
 
+#: HF's Q8BERT switch: which nonlinearities stay float ("none": integer-only; "nonlinear": all three).
 FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
+#: HF's test of an untouched QuantAct range (its buffers start at -1e-5 / +1e-5; quant_modules.QuantAct).
+_UNTOUCHED_RANGE = 1.1e-5
 
 
-def to_ibert(model: PreTrainedModel, force_dequant: str = "none") -> IBertModel:
-    """An `IBertModel(quant_mode=True)` with the float model's weights (and an IBert model's trained ranges).
+def _quant_mode_ibert(encoder: PreTrainedModel) -> bool:
+    """Whether `encoder` is an IBert checkpoint with quant_mode=True (HF's simulation of the integers)."""
+    return encoder.config.model_type == "ibert" and bool(encoder.config.quant_mode)
+
+
+def _has_trained_ranges(encoder: PreTrainedModel) -> bool:
+    """Whether `encoder` is a quant-mode IBert whose QuantActs hold ranges (trained or calibrated), which are kept;
+    one whose ranges are all still untouched is calibrated as a float model is."""
+    return _quant_mode_ibert(encoder) and any(
+        float(a.x_min.min()) <= -_UNTOUCHED_RANGE or float(a.x_max.max()) >= _UNTOUCHED_RANGE
+        for a in quant_acts(encoder).values())
+
+
+def to_ibert(model: PreTrainedModel, force_dequant: str | None = None) -> IBertModel:
+    """An `IBertModel(quant_mode=True)` with the float model's weights, or an IBert checkpoint's trained encoder.
 
     `force_dequant` is HF's switch for Q8BERT mode: the named nonlinearities ("nonlinear" = all three) stay
-    float, between int8 GEMMs.
+    float, between int8 GEMMs; None: the checkpoint's own setting ("none" for a float model). A trained IBert
+    encoder is returned as is where that is its own setting, else as a copy (weights and ranges) with it.
     """
-    if force_dequant not in FORCE_DEQUANT:
-        raise ValueError(f"force_dequant must be one of {FORCE_DEQUANT}, got {force_dequant!r}")
     encoder = _encoder_of(model)
     _check_supported(encoder.config)
-    if encoder.config.model_type == "ibert" and encoder.config.quant_mode:
-        return encoder
+    own = encoder.config.force_dequant if _quant_mode_ibert(encoder) else "none"
+    force_dequant = own if force_dequant is None else force_dequant
+    if force_dequant not in FORCE_DEQUANT:
+        raise ValueError(f"force_dequant must be one of {FORCE_DEQUANT} or None, got {force_dequant!r}")
+    if _has_trained_ranges(encoder):
+        return encoder if force_dequant == own else _with_force_dequant(encoder, force_dequant)
     src = encoder.config
     cfg = IBertConfig(vocab_size=src.vocab_size, hidden_size=src.hidden_size, num_hidden_layers=src.num_hidden_layers,
                       num_attention_heads=src.num_attention_heads, intermediate_size=src.intermediate_size,
@@ -145,6 +165,16 @@ def to_ibert(model: PreTrainedModel, force_dequant: str = "none") -> IBertModel:
     weights_missing = [k for k in missing if k.endswith(".weight") or k.endswith(".bias")]
     if weights_missing:
         raise UnsupportedModelError(f"weights the I-BERT model needs but the model lacks: {weights_missing[:5]}")
+    return target.eval()
+
+
+def _with_force_dequant(encoder: IBertModel, force_dequant: str) -> IBertModel:
+    """A copy of a quant-mode IBert encoder (every weight and range) with another force_dequant: the caller's model
+    is left as it is."""
+    config = copy.deepcopy(encoder.config)
+    config.force_dequant = force_dequant
+    target = IBertModel(config, add_pooling_layer=encoder.pooler is not None)
+    target.load_state_dict(encoder.state_dict(), strict=True)
     return target.eval()
 
 
@@ -256,18 +286,23 @@ IMPORTERS = ("modules", "graph")
 
 
 def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
-                    calibration: Iterable[Batch] | Sequence[Text] | None = None, semantics: str = "ibert",
-                    tokenizer=None, method: str = "minmax", percentile: float = 99.99,
-                    force_dequant: str = "none", head: str = "integer", importer: str = "modules") -> QuantizedModel:
+                    calibration: Iterable[Batch] | Batch | Mapping | Sequence[Text] | None = None,
+                    semantics: str = "ibert", tokenizer: object | str | os.PathLike | None = None,
+                    method: str = "minmax", percentile: float = 99.99, force_dequant: str | None = None,
+                    head: str = "integer", importer: str = "modules") -> QuantizedModel:
     """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
 
-    An IBert model with `quant_mode=True` keeps its trained ranges (calibration optional); any other model
-    needs `calibration`: batches of token ids and masks (and token types, for sentence pairs), or sentences
-    or sentence pairs as 2-tuples (tokenized with `tokenizer`, or the tokenizer saved in the model directory),
-    run through HF's own range statistics (`method="minmax"`,
-    momentum 0.95) or their `percentile` variant (`method="percentile"`). `force_dequant` selects Q8BERT
-    mode per nonlinearity, as HF's config does ("gelu", "softmax", "layernorm", "nonlinear"). A
-    `...ForSequenceClassification` keeps its head: integer-only (`head="integer"`, calibrated on the same
+    A float model needs `calibration`: batches of token ids and masks (and token types, for sentence pairs; one
+    Batch or tokenizer output alone is one batch), or sentences or sentence pairs as 2-tuples (tokenized with
+    `tokenizer`, a tokenizer or its directory, or else the tokenizer saved in the model directory), each batch
+    checked against the model, then run through HF's own range statistics (`method="minmax"`, momentum 0.95) or
+    their `percentile` variant (`method="percentile"`). An IBert model with `quant_mode=True` keeps its trained
+    ranges, always: calibration given with it calibrates the integer head only (the encoder runs in eval mode),
+    and is not read where there is none; one whose ranges are all untouched (never trained or calibrated) is
+    calibrated as a float model is.
+    `force_dequant` selects Q8BERT mode per nonlinearity, as HF's config does ("none", "gelu", "softmax",
+    "layernorm", "nonlinear"); None (the default) takes the checkpoint's own setting, "none" for a float model.
+    A `...ForSequenceClassification` keeps its head: integer-only (`head="integer"`, calibrated on the same
     batches) or HF's float head (`head="float"`).
     `semantics="hf"` reproduces HF's IBertModel, which hands the embedding scale to every layer (spec §5.3),
     for checkpoints trained with it; the default "ibert" propagates each layer's true output scale.
@@ -283,27 +318,59 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     if head not in HEAD_MODES:
         raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
     model = _load(model_or_dir)
+    encoder = _encoder_of(model)
     qmodel = to_ibert(model, force_dequant)
-    model_type = _encoder_of(model).config.model_type
-    if model_type == "ibert":
-        model_type = "roberta"
-    if tokenizer is None and not isinstance(model_or_dir, PreTrainedModel):
-        tokenizer = tokenizer_in(model_or_dir)
-    if calibration is not None:
-        calibration = _calibration_batches(calibration, tokenizer, position_limit(qmodel.config, model_type))
-        _check_token_types(calibration, qmodel.config.type_vocab_size)
-        calibrate(qmodel, model_type, calibration, method=method, percentile=percentile)
-    elif qmodel is not _encoder_of(model):
-        raise ValueError("a float model needs calibration batches (or pass an IBert model with trained ranges)")
-    classifier = head_of(model)
-    if classifier is not None and head == "integer":
-        if not calibration:
-            raise ValueError("the integer classification head needs calibration batches (or head='float')")
-        calibrate_head(classifier, qmodel, model_type, calibration)
-    if importer == "graph" and qmodel is _encoder_of(model):
+    if importer == "graph" and _quant_mode_ibert(encoder):
         raise UnsupportedModelError("importer='graph' needs a float BERT / RoBERTa: an IBert checkpoint's graph is "
                                     "HF's float simulation of the integers (use importer='modules')")
+    model_type = "roberta" if encoder.config.model_type == "ibert" else encoder.config.model_type
+    tokenizer = _tokenizer(tokenizer, model_or_dir)
+    _check_finite(model)
+    calibrate_encoder = not _has_trained_ranges(encoder)
+    classifier = head_of(model)
+    calibrate_classifier = classifier is not None and head == "integer"
+    if calibrate_encoder or calibrate_classifier:
+        batches = [] if calibration is None else _calibration_batches(calibration, tokenizer, qmodel.config,
+                                                                       position_limit(qmodel.config, model_type))
+        if not batches:
+            raise ValueError(_uncalibrated(encoder) if calibrate_encoder else
+                             "the integer classification head needs calibration batches (or head='float')")
+        if calibrate_encoder:
+            calibrate(qmodel, model_type, batches, method=method, percentile=percentile)
+        if calibrate_classifier:
+            calibrate_head(classifier, qmodel, model_type, batches)
     return QuantizedModel(qmodel, model_type, semantics, tokenizer, classifier, head, importer, model)
+
+
+def _uncalibrated(encoder: PreTrainedModel) -> str:
+    """Why `encoder`, which has no trained ranges, needs calibration batches."""
+    if _quant_mode_ibert(encoder):
+        return ("this IBert checkpoint's QuantAct ranges are untrained (all zero): it needs calibration batches, as a "
+                "float model does")
+    return "a float model needs calibration batches (or pass an IBert model with trained ranges)"
+
+
+def _tokenizer(tokenizer: object | str | os.PathLike | None, model_or_dir: PreTrainedModel | str | Path) -> object:
+    """The tokenizer for calibration texts: `tokenizer` (an object, or a directory holding one), else the model
+    directory's own (None where it holds none)."""
+    if isinstance(tokenizer, (str, os.PathLike)):
+        if not Path(tokenizer).is_dir():
+            raise FileNotFoundError(f"tokenizer {tokenizer} is not a local directory (no download is attempted)")
+        found = tokenizer_in(tokenizer)
+        if found is None:
+            raise ValueError(f"tokenizer {tokenizer} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+        return found
+    if tokenizer is None and not isinstance(model_or_dir, PreTrainedModel):
+        return tokenizer_in(model_or_dir)
+    return tokenizer
+
+
+def _check_finite(model: PreTrainedModel) -> None:
+    """A ValueError naming the first weight of `model` that holds NaN or inf (calibration would fail deep in HF on
+    it, and a program would compute garbage)."""
+    for name, weight in model.named_parameters():
+        if not torch.isfinite(weight).all():
+            raise ValueError(f"weight {name} is not finite (it holds NaN or inf)")
 
 
 def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths: Iterable[int]
@@ -351,37 +418,63 @@ def position_limit(config, model_type: str) -> int:
     return int(config.max_position_embeddings - offset)
 
 
-def _calibration_batches(calibration: Iterable[Batch] | Sequence[Text], tokenizer, limit: int) -> list[Batch]:
-    """Calibration sentences or sentence pairs (tokenized, truncated to the `limit` positions) or batches,
-    checked: a TypeError for one string or other items, a ValueError for a batch longer than the model's
-    positions."""
+def _calibration_batches(calibration: Iterable[Batch] | Batch | Mapping | Sequence[Text], tokenizer, config,
+                         limit: int) -> list[Batch]:
+    """Calibration sentences or sentence pairs (tokenized, truncated to the `limit` positions) or batches (one Batch
+    or tokenizer output alone is one batch), each checked by `_batch_problem`: a TypeError for one string or other
+    items, a TypeError / ValueError naming the batch and its problem."""
     if isinstance(calibration, (str, bytes)):
         raise TypeError("calibration must be a list of sentences or Batches, got one string (wrap it in a list)")
+    if isinstance(calibration, (Batch, Mapping)):  # a Mapping's keys are no sentences
+        calibration = [calibration]
+    if not isinstance(calibration, Iterable):
+        raise _not_calibration(calibration)
     items = list(calibration)
     if items and all(is_text(t) for t in items):
         if tokenizer is None:
             raise ValueError("calibration texts need a tokenizer (pass tokenizer=, or a model directory that holds "
                              f"one of {', '.join(TOKENIZER_FILES)})")
-        return batches_from_texts(items, tokenizer, max_length=min(128, limit))
-    batches = [_as_batch(t) for t in items]
-    longest = max((int(b.input_ids.shape[-1]) for b in batches), default=0)
-    if longest > limit:
-        raise ValueError(f"a calibration batch has {longest} tokens per row, more than the model's {limit} "
-                         "positions")
+        batches = batches_from_texts(items, tokenizer, max_length=min(128, limit))
+    else:
+        batches = [_as_batch(t) for t in items]
+    for index, batch in enumerate(batches):
+        if problem := _batch_problem(batch, config, limit):
+            error, message = problem
+            raise error(f"calibration batch {index}: {message}")
     return batches
 
 
-def _check_token_types(batches: list[Batch], type_vocab_size: int) -> None:
-    """A TypeError or ValueError where a calibration batch's token types are not integer ids of the model's
-    segment embeddings, of its input_ids' shape."""
-    for b in batches:
-        if b.token_type_ids is None:
-            continue
-        if b.token_type_ids.dtype.is_floating_point or b.token_type_ids.dtype == torch.bool:
-            raise TypeError(f"calibration token_type_ids must be integers, got {b.token_type_ids.dtype}")
-        problem = token_type_problem(b.token_type_ids.numpy(), tuple(b.input_ids.shape), type_vocab_size)
-        if problem:
-            raise ValueError(f"a calibration batch's {problem}")
+def _batch_problem(batch: Batch, config, limit: int) -> tuple[type[Exception], str] | None:
+    """What makes `batch` no input of a model of `config` and `limit` positions, and the error to raise (None:
+    nothing); torch and HF would fail deep inside on it, or take a mask of another shape silently."""
+    ids, mask, types = batch.input_ids, batch.attention_mask, batch.token_type_ids
+    if not _integer(ids):
+        return TypeError, f"input_ids must be integers, got {ids.dtype}"
+    if ids.ndim != 2 or 0 in ids.shape:
+        return ValueError, f"input_ids must have shape [batch, seq] with both > 0, got {list(ids.shape)}"
+    if ids.shape[1] > limit:
+        return ValueError, f"{ids.shape[1]} tokens per row, more than the model's {limit} positions"
+    if problem := id_problem(ids.numpy(), config.vocab_size):
+        return ValueError, f"{problem}: is the tokenizer the model's own?"
+    if problem := mask_problem(mask.numpy(), tuple(ids.shape)):
+        return ValueError, problem
+    if types is None:
+        return None
+    if not _integer(types):
+        return TypeError, f"token_type_ids must be integers, got {types.dtype}"
+    problem = token_type_problem(types.numpy(), tuple(ids.shape), config.type_vocab_size)
+    return None if problem is None else (ValueError, problem)
+
+
+def _integer(tensor: torch.Tensor) -> bool:
+    """Whether `tensor` holds integers (ids and token types; bool, float and complex are not)."""
+    return not (tensor.dtype.is_floating_point or tensor.dtype.is_complex or tensor.dtype == torch.bool)
+
+
+def _not_calibration(item: object) -> TypeError:
+    """The error for calibration, or one of its items, that is neither sentences nor batches."""
+    return TypeError(f"calibration must be a list of sentences or Batches (or tokenizer outputs), got a "
+                     f"{type(item).__name__}")
 
 
 def _as_batch(item: object) -> Batch:
@@ -394,8 +487,7 @@ def _as_batch(item: object) -> Batch:
         return Batch(torch.as_tensor(item["input_ids"]), torch.as_tensor(item["attention_mask"]),
                      None if types is None else torch.as_tensor(types))
     except (TypeError, KeyError, IndexError):
-        raise TypeError(f"calibration must be a list of sentences or Batches (or tokenizer outputs), got a "
-                        f"{type(item).__name__}") from None
+        raise _not_calibration(item) from None
 
 
 def from_onnx(path: str | Path, calibration: Iterable[Batch] | Sequence[Text] | None = None, **options

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from transformers import BertConfig, BertModel, RobertaConfig, RobertaModel
+from transformers import (BatchEncoding, BertConfig, BertModel, IBertConfig, IBertForSequenceClassification, IBertModel,
+                          RobertaConfig, RobertaModel)
 from tvm import relax
 
 from ibert_tvm import layers
@@ -199,7 +200,9 @@ def test_text_calibration_needs_a_tokenizer():
 
 @pytest.mark.parametrize("calibration, message", [
     ("one sentence", "got one string \\(wrap it in a list\\)"),
-    ([1, 2, 3], "list of sentences or Batches \\(or tokenizer outputs\\), got a int")])
+    ([1, 2, 3], "list of sentences or Batches \\(or tokenizer outputs\\), got a int"),
+    (5, "list of sentences or Batches \\(or tokenizer outputs\\), got a int"),
+    ({"text": "a sentence"}, "list of sentences or Batches \\(or tokenizer outputs\\), got a dict")])
 def test_calibration_that_is_not_sentences_or_batches_is_refused(calibration, message):
     with pytest.raises(TypeError, match=message):
         from_pretrained(tiny("bert"), calibration=calibration)
@@ -212,14 +215,14 @@ def test_calibration_longer_than_the_positions_is_refused_or_truncated(tmp_path)
 
     from ibert_tvm.classifier import default_model_dir
 
-    with pytest.raises(ValueError, match="a calibration batch has 96 tokens per row, more than the model's 80"):
+    with pytest.raises(ValueError, match="calibration batch 0: 96 tokens per row, more than the model's 80"):
         from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 96, seed=1))
     tokenizer = AutoTokenizer.from_pretrained(default_model_dir(), local_files_only=True)
     long = " ".join(["word"] * 150)
     assert len(tokenizer(long)["input_ids"]) > COMMON["max_position_embeddings"]
-    [batch] = model_module._calibration_batches([long, "short"], tokenizer, COMMON["max_position_embeddings"])
-    assert batch.input_ids.shape == (2, COMMON["max_position_embeddings"])
     cfg = BertConfig(pad_token_id=0, **{**COMMON, "vocab_size": tokenizer.vocab_size})
+    [batch] = model_module._calibration_batches([long, "short"], tokenizer, cfg, COMMON["max_position_embeddings"])
+    assert batch.input_ids.shape == (2, COMMON["max_position_embeddings"])
     torch.manual_seed(0)
     from_pretrained(BertModel(cfg, add_pooling_layer=False).eval(), calibration=[long, "short"], tokenizer=tokenizer)
 
@@ -380,3 +383,200 @@ def test_calibration_token_types_are_checked_by_name():
     tensors = [(b.input_ids, b.attention_mask)]  # a tuple of tensors is not a sentence pair
     with pytest.raises(TypeError, match="calibration must be a list of sentences or Batches"):
         from_pretrained(tiny("bert"), calibration=tensors)
+
+
+def trained_ibert() -> IBertModel:
+    """A tiny IBertModel(quant_mode=True) holding ranges, as a trained IBert checkpoint does (the tiny BERT's weights
+    calibrated once; pad 0, two token types)."""
+    return from_pretrained(tiny("bert"), calibration=batches(0, 3, 4, 24, seed=1)).ibert
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of `module`'s weights and buffers (every QuantAct's x_min / x_max among them)."""
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def assert_same_state(module: torch.nn.Module, expected: dict[str, torch.Tensor]) -> None:
+    got = module.state_dict()
+    assert got.keys() == expected.keys()
+    assert [k for k in got if not torch.equal(got[k], expected[k])] == []
+
+
+def test_trained_ibert_ranges_are_kept_whatever_the_calibration():
+    """Calibration given with a trained IBert checkpoint (the CLI always gives its sentences) changes none of its
+    ranges: HF's QuantActs would blend them with the new batches' in train mode. Sentences it does not need are
+    not read (no tokenizer is asked for)."""
+    checkpoint = trained_ibert()
+    before = state(checkpoint)
+    qm = from_pretrained(checkpoint, calibration=batches(0, 2, 3, 12, seed=7))
+    assert qm.ibert is checkpoint
+    assert_same_state(checkpoint, before)
+    assert from_pretrained(checkpoint, calibration=["a sentence"]).ibert is checkpoint
+    assert_same_state(checkpoint, before)
+
+
+def test_trained_ibert_classifier_calibrates_its_head_only():
+    """An IBert classifier (here in train mode, as built) gets its integer head's range from its encoder run in
+    eval mode (HF's QuantAct recomputes it), and the encoder's ranges stay."""
+    from transformers.models.ibert.quant_modules import QuantAct
+
+    encoder = trained_ibert()
+    config = IBertConfig.from_dict(encoder.config.to_dict())
+    config.num_labels = 3
+    torch.manual_seed(0)
+    model = IBertForSequenceClassification(config)
+    model.ibert.load_state_dict(encoder.state_dict())
+    before = state(model.ibert)
+    calibration = batches(0, 2, 3, 12, seed=7)
+    qm = from_pretrained(model, calibration=calibration)
+    assert_same_state(model.ibert, before)
+    assert model.ibert.training  # left as it was
+    act = QuantAct(8, quant_mode=True).train()
+    with torch.no_grad():
+        for b in calibration:
+            hidden = encoder(input_ids=b.input_ids, attention_mask=b.attention_mask,
+                             position_ids=position_ids("roberta", b.input_ids, 0)).last_hidden_state
+            act(qm.head.dense(hidden[:, 0, :]))
+    assert (float(qm.head.pre_tanh.x_min), float(qm.head.pre_tanh.x_max)) == (float(act.x_min), float(act.x_max))
+    assert float(act.x_max) > 0.1
+
+
+def test_untrained_ibert_checkpoint_is_calibrated_as_a_float_model():
+    """An IBert quant-mode checkpoint whose ranges are untouched needs calibration, and is calibrated in a copy."""
+    torch.manual_seed(0)
+    checkpoint = IBertModel(IBertConfig(quant_mode=True, type_vocab_size=1, pad_token_id=1, **COMMON),
+                            add_pooling_layer=False).eval()
+    before = state(checkpoint)
+    with pytest.raises(ValueError, match="QuantAct ranges are untrained .*needs calibration batches"):
+        from_pretrained(checkpoint)
+    qm = from_pretrained(checkpoint, calibration=batches(1, 2, 2, 16, seed=1))
+    assert_same_state(checkpoint, before)
+    assert model_module._has_trained_ranges(qm.ibert) and not model_module._has_trained_ranges(checkpoint)
+
+
+def test_force_dequant_of_a_trained_ibert_checkpoint(report):
+    """force_dequant="gelu" on a trained IBert checkpoint gives Q8BERT mode with the checkpoint's ranges (a copy:
+    the caller's model keeps its config), bit for bit HF's IBertModel with that switch; a checkpoint saved in
+    Q8BERT mode keeps it by default, and "none" makes it integer-only."""
+    checkpoint = trained_ibert()
+    before = state(checkpoint)
+    qm = from_pretrained(checkpoint, semantics="hf", force_dequant="gelu")
+    assert (qm.ibert.config.force_dequant, qm.integer_only, checkpoint.config.force_dequant) == ("gelu", False, "none")
+    assert_same_state(qm.ibert, before)
+    assert_same_state(checkpoint, before)
+    b = batches(0, 1, 3, 20, seed=2)[0]
+    same, worst = agreement(run(qm, b), hf_forward(qm, b)[-1][0])
+    report(f"IBert checkpoint, force_dequant='gelu' vs HF IBertModel with it: {100 * same:.3f}% identical, max "
+           f"{worst} LSB")
+    assert same == 1.0
+    assert from_pretrained(qm.ibert).ibert is qm.ibert  # saved with "gelu": kept
+    integer = from_pretrained(qm.ibert, force_dequant="none")
+    assert integer.integer_only and integer.ibert.config.force_dequant == "none"
+    assert_same_state(integer.ibert, before)
+
+
+def test_one_batch_or_tokenizer_output_alone_is_one_batch():
+    """A tokenizer's output (a Mapping: listed, its keys were taken for sentences) or a Batch, not in a list,
+    calibrates as the one-element list does."""
+    b = batches(0, 1, 2, 8, seed=1)[0]
+    scale = lambda qm: qm.hidden_scale  # noqa: E731
+    expected = scale(from_pretrained(tiny("bert"), calibration=[b]))
+    assert scale(from_pretrained(tiny("bert"), calibration=b)) == expected
+    encoding = BatchEncoding({"input_ids": b.input_ids, "attention_mask": b.attention_mask})
+    assert scale(from_pretrained(tiny("bert"), calibration=encoding)) == expected
+
+
+@pytest.mark.parametrize("change, error, message", [
+    (lambda ids, mask: (ids.float(), mask), TypeError, "input_ids must be integers, got torch.float32"),
+    (lambda ids, mask: (ids.index_fill(1, torch.tensor([0]), 200), mask), ValueError,
+     r"input_ids must lie in \[0, 200\) \(the vocabulary\), found 200: is the tokenizer the model's own\?"),
+    (lambda ids, mask: (ids - 10, mask), ValueError, r"input_ids must lie in \[0, 200\) \(the vocabulary\), found -\d+"),
+    (lambda ids, mask: (ids[0], mask[0]), ValueError, r"input_ids must have shape \[batch, seq\].*got \[8\]"),
+    (lambda ids, mask: (ids, mask * torch.tensor([[1], [0]])), ValueError, "attention_mask row 1 has no 1"),
+    (lambda ids, mask: (ids, mask[:1]), ValueError, r"attention_mask shape \[1, 8\] differs from input_ids shape"),
+    (lambda ids, mask: (ids, mask * 2), ValueError, r"attention_mask values must be 0 or 1, found \[2\]"),
+    (lambda ids, mask: (ids, mask * 0.5), ValueError, r"attention_mask values must be 0 or 1, found \[0.5\]"),
+], ids=["float-ids", "past-vocab", "negative-id", "1-d", "empty-row", "mask-shape", "mask-values", "float-mask"])
+def test_bad_calibration_batches_are_named(change, error, message):
+    """Each fault of a calibration batch is named with the batch's index, where torch or HF failed deep inside
+    (or, for a mask of another shape, calibrated silently)."""
+    good = batches(0, 2, 2, 8, seed=1)
+    with pytest.raises(error, match=f"calibration batch 1: {message}"):
+        from_pretrained(tiny("bert"), calibration=[good[0], Batch(*change(good[1].input_ids, good[1].attention_mask))])
+
+
+def test_good_calibration_batches_still_calibrate():
+    """A boolean mask calibrates as its 0/1 integers do."""
+    good = batches(0, 2, 2, 8, seed=1)
+    as_bool = [Batch(b.input_ids, b.attention_mask.bool()) for b in good]
+    assert from_pretrained(tiny("bert"), calibration=as_bool).hidden_scale == \
+        from_pretrained(tiny("bert"), calibration=good).hidden_scale
+
+
+def test_texts_of_a_tokenizer_with_a_bigger_vocabulary_are_named():
+    from ibert_tvm.classifier import default_model_dir
+
+    with pytest.raises(ValueError, match=r"calibration batch 0: input_ids must lie in \[0, 200\) \(the vocabulary\), "
+                                         r"found \d+: is the tokenizer the model's own\?"):
+        from_pretrained(tiny("bert"), calibration=["a sentence", "another one"], tokenizer=default_model_dir())
+
+
+def test_a_tokenizer_may_be_given_as_its_directory(tmp_path):
+    from ibert_tvm.classifier import default_model_dir
+    from ibert_tvm.model import tokenizer_in
+
+    texts = ["a sentence", "another one"]
+    tokenizer = tokenizer_in(default_model_dir())
+    cfg = BertConfig(pad_token_id=0, **{**COMMON, "vocab_size": tokenizer.vocab_size})
+    torch.manual_seed(0)
+    model = BertModel(cfg, add_pooling_layer=False).eval()
+    by_path = from_pretrained(model, calibration=texts, tokenizer=str(default_model_dir()))
+    assert by_path.hidden_scale == from_pretrained(model, calibration=texts, tokenizer=tokenizer).hidden_scale
+    with pytest.raises(ValueError, match="holds no tokenizer .*vocab.txt"):
+        from_pretrained(model, calibration=texts, tokenizer=tmp_path)
+    with pytest.raises(FileNotFoundError, match="is not a local directory"):
+        from_pretrained(model, calibration=texts, tokenizer=tmp_path / "missing")
+
+
+def degenerate(kind: str) -> BertModel:
+    """A tiny BERT whose calibration gives NaN: weights all zero, one NaN weight, or weights far too large."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(pad_token_id=0, **{**COMMON, "initializer_range": 30.0 if kind == "large" else 0.1}),
+                      add_pooling_layer=False).eval()
+    with torch.no_grad():
+        if kind == "zero":
+            for p in model.parameters():
+                p.zero_()
+        if kind == "nan":
+            model.encoder.layer[1].attention.self.query.weight[0, 0] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("zero", "calibration produced non-finite \\(NaN\\) activations, first at the input of QuantAct "
+             "embeddings.output_activation"),
+    ("nan", "weight encoder.layer.1.attention.self.query.weight is not finite"),
+    ("large", "calibration produced non-finite \\(NaN\\) activations, first at the input of QuantAct encoder.layer.0")])
+def test_degenerate_weights_are_named(kind, message):
+    """Where HF's QuantAct asserted "NaN detected" deep in calibration."""
+    with pytest.raises(ValueError, match=message):
+        from_pretrained(degenerate(kind), calibration=batches(0, 1, 2, 8, seed=1))
+
+
+def test_graph_importer_refuses_an_ibert_checkpoint_before_calibrating(monkeypatch):
+    def calibrate(*_args, **_kwargs):
+        raise AssertionError("calibrated")
+
+    monkeypatch.setattr(model_module, "calibrate", calibrate)
+    torch.manual_seed(0)
+    checkpoint = IBertModel(IBertConfig(quant_mode=True, type_vocab_size=1, pad_token_id=1, **COMMON)).eval()
+    with pytest.raises(UnsupportedModelError, match="importer='graph' needs a float BERT"):
+        from_pretrained(checkpoint, calibration=batches(1, 1, 2, 8, seed=1), importer="graph")
+
+
+def test_sentence_pairs_on_a_one_segment_model_are_named():
+    """RoBERTa has one segment embedding: a type 1 is no out-of-range id but a sentence pair it does not take."""
+    b = batches(1, 1, 2, 8, seed=1)[0]
+    with pytest.raises(ValueError, match="calibration batch 0: token_type_ids must all be 0: the model has one "
+                                         "segment embedding \\(type_vocab_size 1\\) and takes no sentence pairs"):
+        from_pretrained(tiny("roberta"), calibration=[with_segments(b, 0)])
