@@ -19,14 +19,29 @@ from typing import Any
 
 import tvm
 
-from .targets import host_cpu_features, x86_levels_for
+from .targets import UnknownTargetError, host_cpu_features, parse_cuda_arch, x86_levels_for
 
 __all__ = ["ARTIFACT_FORMAT", "ArtifactError", "check_library_path", "check_runnable_here", "library_sha256",
-           "metadata_path", "read_metadata", "runtime_versions", "write_metadata"]
+           "library_suffix_problem", "metadata_path", "read_metadata", "runtime_versions", "write_metadata"]
 
 #: 2: the programs take token types (sentence pairs) as a third input; a format-1 library takes two
 ARTIFACT_FORMAT = "ibert-tvm-artifact/2"
-_REQUIRED = ("format", "versions", "target", "model", "inputs", "output", "buckets", "library")
+#: The metadata's sections -> the entries of each that `load`, `IntegerModel` and the CLI's `run`, `bench` and
+#: `inspect` read (optional ones, read with a default, aside)
+_REQUIRED = {
+    "format": (),
+    "versions": ("tvm", "tvm_ffi", "ibert_tvm"),
+    "target": ("name", "family", "features", "schedule_options", "tuned"),
+    "model": ("model_type", "semantics", "vocab_size", "type_vocab_size", "hidden_size", "num_hidden_layers",
+              "pad_token_id", "force_dequant"),
+    "inputs": (),
+    "output": ("kind", "dtype", "shape", "scale"),
+    "buckets": ("batch_sizes", "seq_lengths", "functions"),
+    "library": ("sha256",),
+}
+#: The suffix of a library: the TVM runtime relinks a .o or .tar into a new .so beside it before loading it,
+#: and export writes an ELF shared object under any name (one that .dylib or .dll would misname; both load)
+_LIBRARY_SUFFIX = ".so"
 
 
 class ArtifactError(RuntimeError):
@@ -38,15 +53,28 @@ def metadata_path(library: str | Path) -> Path:
     return Path(library).with_suffix(".json")
 
 
+def library_suffix_problem(path: str | Path) -> str | None:
+    """Why `path` cannot name a library that `load` runs as it is (None where it can): it must end in .so."""
+    if Path(path).suffix == _LIBRARY_SUFFIX:
+        return None
+    return f"{path}: the library must end in {_LIBRARY_SUFFIX} (e.g. {Path(path).with_suffix(_LIBRARY_SUFFIX)})"
+
+
 def check_library_path(path: str | Path) -> Path:
-    """Where a library can be exported (checked before compiling, as the CLI does): a file path not ending in
-    .json (its metadata goes beside it as .json), not a folder, under folders rather than a file."""
-    out = Path(path)
+    """Where a library can be exported (checked before compiling, as the CLI does): a file path ending in .so
+    (its metadata goes beside it as .json), not a folder, under folders rather than a file."""
+    text, out = os.fspath(path), Path(path)
+    if not text:
+        raise ValueError("the library path is empty; give the library's file path (e.g. model.so)")
+    if text.endswith(tuple(filter(None, (os.sep, os.altsep)))):  # Path() drops the separator
+        raise ValueError(f"{path} names a folder; give the library's file path (e.g. {out / 'model.so'})")
     if out.suffix.lower() == ".json":
         raise ValueError(f"{path}: the library must not end in .json (its metadata is written beside it as "
                          f"{out.name})")
     if out.is_dir():
         raise ValueError(f"{path} is a folder; give the library's file path (e.g. {out / 'model.so'})")
+    if problem := library_suffix_problem(out):
+        raise ValueError(problem)
     if metadata_path(out).is_dir():
         raise ValueError(f"{path}: its metadata's path {metadata_path(out)} is a folder")
     parent = next((p for p in out.parents if p.exists()), None)
@@ -88,6 +116,8 @@ def read_metadata(library: str | Path) -> dict[str, Any]:
     if library.suffix == ".json":
         raise ArtifactError(f"{library} is an artifact's metadata: pass its library (the file beside it that its "
                             "'library' entry names)")
+    if library.is_dir():
+        raise ArtifactError(f"{library} is a folder; pass the library file in it (e.g. {library / 'model.so'})")
     if not library.is_file():
         raise ArtifactError(f"{library}: no such library file")
     path = metadata_path(library)
@@ -103,9 +133,8 @@ def read_metadata(library: str | Path) -> dict[str, Any]:
     if not isinstance(meta, dict) or meta.get("format") != ARTIFACT_FORMAT:
         raise ArtifactError(f"{path}: not an ibert-tvm artifact metadata file (format "
                             f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {ARTIFACT_FORMAT})")
-    missing = [k for k in _REQUIRED if k not in meta]
-    if missing:
-        raise ArtifactError(f"{path}: metadata lacks {', '.join(missing)}; re-export the artifact")
+    if missing := _missing_entries(meta):
+        raise ArtifactError(f"{path}: the metadata lacks {', '.join(missing)}; re-export the artifact")
     if library_sha256(library) != meta["library"]["sha256"]:
         raise ArtifactError(f"{library}: the library does not match its metadata {path.name} (SHA-256 differs: "
                             "the file is truncated or replaced, or the JSON belongs to another model); re-export")
@@ -116,10 +145,22 @@ def read_metadata(library: str | Path) -> dict[str, Any]:
     return meta
 
 
+def _missing_entries(meta: dict[str, Any]) -> list[str]:
+    """The required sections and entries (`_REQUIRED`) that `meta` lacks, as 'section' or 'section.entry'."""
+    missing = []
+    for section, entries in _REQUIRED.items():
+        if section not in meta:
+            missing.append(section)
+        elif entries:
+            found = meta[section] if isinstance(meta[section], dict) else {}
+            missing += [f"{section}.{entry}" for entry in entries if entry not in found]
+    return missing
+
+
 def check_runnable_here(meta: dict[str, Any], library: str | Path = "artifact") -> None:
     """Refuse an artifact whose target this machine cannot run (other ISA, missing CPU features, no GPU)."""
     target = meta["target"]
-    family, name, features = target["family"], target["name"], target.get("features", [])
+    family, name, features = target["family"], target["name"], target["features"]
     machine = platform.machine().lower()
     if family == "arm" and machine not in ("aarch64", "arm64"):
         raise ArtifactError(f"{library}: built for target '{name}' (aarch64), this machine is {machine}; run it on "
@@ -140,11 +181,16 @@ def check_runnable_here(meta: dict[str, Any], library: str | Path = "artifact") 
 
 
 def _check_cuda_device(arch: str, library: str | Path) -> None:
-    """A cubin for sm_XY runs on a GPU of the same major version and minor >= Y."""
+    """Refuse a GPU that cannot run the library's cubin for `arch` (`CudaArch.runs_on`), or no GPU."""
     dev = tvm.cuda(0)
     if not dev.exist:
         raise ArtifactError(f"{library}: built for CUDA {arch}, and no CUDA GPU is present here")
-    have = dev.compute_version.replace(".", "")
-    if not arch.startswith("sm_") or have[:-1] != arch[3:-1] or int(have[-1]) < int(arch[-1]):
-        raise ArtifactError(f"{library}: holds kernels for {arch}, this GPU is sm_{have}; compile for target "
-                            f"'cuda' (detects sm_{have}) or 'cuda:sm_{have}'")
+    major, minor = (int(v) for v in dev.compute_version.split("."))
+    try:
+        runs = parse_cuda_arch(arch).runs_on(major, minor)
+    except UnknownTargetError:  # metadata naming no arch
+        runs = False
+    if not runs:
+        have = f"sm_{major}{minor}"
+        raise ArtifactError(f"{library}: holds kernels for {arch or 'no CUDA arch'}, this GPU is {have}; compile "
+                            f"for target 'cuda' (detects {have}) or 'cuda:{have}'")

@@ -20,8 +20,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .artifact import ArtifactError, check_runnable_here, read_metadata
-from .texts import Text, token_type_problem, tokenizer_args
+from .artifact import ArtifactError, check_runnable_here, library_suffix_problem, read_metadata
+from .texts import Text, id_problem, mask_problem, token_type_problem, tokenizer_args
 
 __all__ = ["InputError", "IntegerModel", "Prediction", "load"]
 
@@ -49,7 +49,10 @@ class IntegerModel:
                  device: tvm.runtime.Device | None = None) -> None:
         self.meta = meta
         self.device = device or (tvm.cuda(0) if meta["target"]["family"] == "cuda" else tvm.cpu())
-        self._vm = relax.VirtualMachine(executable, self.device)
+        try:
+            self._vm = relax.VirtualMachine(executable, self.device)
+        except Exception as err:  # a module without the VM's entry point (not a Relax library), or one it refuses
+            raise ArtifactError(f"the Relax VM cannot run this library ({_first_line(err)})") from err
         self._tokenizer = None
         buckets = meta["buckets"]
         self._batch_sizes, self._seq_lengths = sorted(buckets["batch_sizes"]), sorted(buckets["seq_lengths"])
@@ -115,31 +118,22 @@ class IntegerModel:
         ids = _as_int_array(input_ids, "input_ids")
         if ids.ndim == 1:
             ids = ids[None]
-        if ids.ndim != 2 or 0 in ids.shape:
-            raise InputError(f"input_ids must have shape [batch, seq] with both > 0, got {list(ids.shape)}")
+        if ids.ndim != 2:
+            raise InputError(f"input_ids must have shape [batch, seq], got {list(ids.shape)}")
         longest = self._seq_lengths[-1]
         if ids.shape[1] > longest:
             raise InputError(f"sequence length {ids.shape[1]} exceeds the longest compiled length {longest} "
                              f"(compiled: {self.seq_lengths}); truncate, or compile with a longer seq_lengths")
-        vocab = self.meta["model"]["vocab_size"]
-        low, high = int(ids.min()), int(ids.max())
-        if low < 0 or high >= vocab:
-            raise InputError(f"input_ids must lie in [0, {vocab}) (the vocabulary), found {low if low < 0 else high}")
+        if problem := id_problem(ids, self.meta["model"]["vocab_size"]):
+            raise InputError(problem)
         if attention_mask is None:
             mask = np.ones(ids.shape, np.int32)
         else:
             mask = _as_int_array(attention_mask, "attention_mask", allow_bool=True)
             if mask.ndim == 1:
                 mask = mask[None]
-            if mask.shape != ids.shape:
-                raise InputError(f"attention_mask shape {list(mask.shape)} differs from input_ids shape "
-                                 f"{list(ids.shape)}")
-            if mask.min() < 0 or mask.max() > 1:  # two reductions: np.isin took 10x their time per call
-                raise InputError("attention_mask values must be 0 or 1, found "
-                                 f"{sorted(set(np.unique(mask).tolist()) - {0, 1})[:3]}")
-            empty = np.flatnonzero(mask.sum(1) == 0)
-            if empty.size:
-                raise InputError(f"attention_mask row {int(empty[0])} has no 1: every sequence needs a real token")
+            if problem := mask_problem(mask, ids.shape):
+                raise InputError(problem)
         return ids.astype(np.int64, copy=False), mask.astype(np.int32, copy=False), self._types(token_type_ids,
                                                                                                  ids.shape)
 
@@ -260,13 +254,16 @@ def _texts(texts: Sequence[Text]) -> tuple[list[str], ...]:
 
 
 def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray:
-    """numpy / torch / nested lists -> an integer numpy array, or InputError naming the dtype."""
+    """numpy / torch / nested lists -> a non-empty integer numpy array, or InputError naming the problem (an empty
+    one first: numpy makes an empty list float64)."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     try:
         arr = np.asarray(value)
     except ValueError as err:  # rows of unequal lengths
         raise InputError(f"{name} must be an array of integers with rows of equal length ({err})") from err
+    if arr.size == 0:
+        raise InputError(f"{name} is empty (shape {list(arr.shape)}): give at least one token")
     if arr.dtype == object and all(isinstance(v, int) for v in arr.ravel()):
         raise InputError(f"{name} holds integers outside int64")
     if arr.dtype == np.bool_ and allow_bool:
@@ -299,8 +296,18 @@ def load(path: str | Path) -> IntegerModel:
     """Load an exported artifact with the TVM runtime, after checking its metadata, hash, TVM and target."""
     meta = read_metadata(path)
     check_runnable_here(meta, path)
+    if problem := library_suffix_problem(path):  # the TVM runtime would write a relinked copy beside it
+        raise ArtifactError(f"{problem}; re-export the artifact")
     try:
         lib = tvm.runtime.load_module(str(path))
     except Exception as err:  # a library that passed the hash check but that the loader refuses
-        raise ArtifactError(f"{path}: the TVM runtime cannot load it ({str(err).splitlines()[0]})") from err
-    return IntegerModel(lib, meta)
+        raise ArtifactError(f"{path}: the TVM runtime cannot load it ({_first_line(err)})") from err
+    try:
+        return IntegerModel(lib, meta)
+    except ArtifactError as err:  # the Relax VM refuses the library, or the metadata names what it lacks
+        raise ArtifactError(f"{path}: {err}") from err
+
+
+def _first_line(err: BaseException) -> str:
+    """The first line of an error's message (TVM's carry a traceback), its type where it has none."""
+    return next(iter(str(err).splitlines()), "") or type(err).__name__

@@ -15,14 +15,15 @@ import ctypes
 import functools
 import platform
 import re
+import subprocess
 from dataclasses import dataclass
 
 import tvm
 from tvm.target import Target, codegen
 
-__all__ = ["ALIASES", "HOST_TARGETS", "TARGET_NAMES", "TargetSpec", "UnknownTargetError", "X86_LEVELS", "amx_usable",
-           "host_cpu_features", "host_cpu_flags", "host_cpu_name", "resolve_target", "target_descriptions",
-           "x86_levels_for"]
+__all__ = ["ALIASES", "HOST_TARGETS", "TARGET_NAMES", "CudaArch", "TargetSpec", "UnknownTargetError", "X86_LEVELS",
+           "amx_usable", "host_cpu_features", "host_cpu_flags", "host_cpu_name", "parse_cuda_arch", "resolve_target",
+           "target_descriptions", "x86_levels_for"]
 
 
 class UnknownTargetError(ValueError):
@@ -135,9 +136,74 @@ def _x86(mcpu: str, mattr: list[str] | None = None) -> Target:
     return Target({"kind": "llvm", "mcpu": mcpu, **({"mattr": mattr} if mattr else {})})
 
 
-def _cuda(arch: str) -> Target:
-    if not re.fullmatch(r"sm_\d{2,3}a?", arch):
+@dataclass(frozen=True)
+class CudaArch:
+    """A CUDA arch `sm_XY` (compute capability X.Y), or `sm_XYa`: arch-specific, for exactly that capability."""
+
+    major: int
+    minor: int
+    arch_specific: bool
+
+    @property
+    def sm(self) -> int:
+        """The SM number: 75 for sm_75, 90 for sm_90a, 121 for sm_121."""
+        return self.major * 10 + self.minor
+
+    def runs_on(self, major: int, minor: int) -> bool:
+        """Whether a cubin for this arch runs on a GPU of compute capability major.minor: one of the same major
+        and a minor at least this one's (a cubin's binary compatibility), exactly this one for an `a` arch."""
+        if self.arch_specific:
+            return (major, minor) == (self.major, self.minor)
+        return major == self.major and minor >= self.minor
+
+
+def parse_cuda_arch(arch: str) -> CudaArch:
+    """`sm_XY` / `sm_XYa` (two or three digits, the last one the minor) -> CudaArch; UnknownTargetError otherwise."""
+    match = re.fullmatch(r"sm_(\d{2,3})(a?)", arch)
+    if match is None:
         raise UnknownTargetError(f"CUDA arch '{arch}' is not of the form sm_XX (e.g. cuda:sm_75)")
+    sm = int(match[1])
+    return CudaArch(sm // 10, sm % 10, bool(match[2]))
+
+
+#: The oldest SM that TVM's CUDA runtime here builds for, where no nvcc says which it compiles for: the runtime
+#: links the CUDA 13 runtime library (`cuda_toolchain`), and CUDA 13's nvcc compiles sm_75 and newer. (The
+#: schedules need no more: their SIMT GEMMs run on any SM, dp4a from sm_61, tensor cores from sm_72.)
+_CUDA_MIN_SM = 75
+#: The oldest SM with arch-specific (`a`) variants (sm_90a).
+_CUDA_MIN_ARCH_SPECIFIC_SM = 90
+
+
+@functools.cache
+def _nvcc_sms() -> tuple[int, ...] | None:
+    """The SM numbers the installed nvcc compiles for (`nvcc --list-gpu-code`), None without an nvcc that says."""
+    from .cuda_toolchain import CudaToolchainError, find_nvcc  # lazily: only CUDA targets ask
+
+    try:
+        done = subprocess.run([find_nvcc(), "--list-gpu-code"], capture_output=True, text=True, timeout=60)
+    except (CudaToolchainError, OSError, subprocess.TimeoutExpired):
+        return None
+    sms = sorted({int(sm) for sm in re.findall(r"\bsm_(\d+)\b", done.stdout)})
+    return tuple(sms) if done.returncode == 0 and sms else None
+
+
+def _check_cuda_arch_buildable(arch: str) -> None:
+    """Refuse an arch the installed nvcc (or, without one, CUDA 13) does not compile for: nvcc would fail only
+    after code generation, printing the whole CUDA source."""
+    parsed, sms = parse_cuda_arch(arch), _nvcc_sms()
+    if sms is None:
+        known, builds = parsed.sm >= _CUDA_MIN_SM, f"TVM's CUDA 13 runtime builds for sm_{_CUDA_MIN_SM} and newer"
+    else:
+        known = parsed.sm in sms
+        builds = f"the installed nvcc compiles sm_{sms[0]} to sm_{sms[-1]} ({', '.join(f'sm_{sm}' for sm in sms)})"
+    if not known or (parsed.arch_specific and parsed.sm < _CUDA_MIN_ARCH_SPECIFIC_SM):
+        raise UnknownTargetError(f"CUDA arch '{arch}' is not supported: {builds}, and arch-specific 'a' variants "
+                                 f"from sm_{_CUDA_MIN_ARCH_SPECIFIC_SM}")
+
+
+def _cuda(arch: str) -> Target:
+    """The T4's CUDA target with `arch`, once the installed nvcc is known to compile for it."""
+    _check_cuda_arch_buildable(arch)
     base = dict(Target("nvidia/nvidia-t4").export())
     base.pop("tag", None)
     return Target({**base, "arch": arch}, host=Target("llvm"))  # generic x86-64 host code: any T4 server runs it

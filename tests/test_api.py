@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -18,6 +19,7 @@ import tvm
 from tvm import relax
 
 import ibert_tvm
+from ibert_tvm import artifact, targets
 from ibert_tvm.relay_passes.pipeline import build
 from test_cpp_example import compiled
 from tiny_models import LABELS, calibration_texts, held_out_texts, save_tiny_classifier
@@ -32,9 +34,13 @@ def quantized(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def exported(quantized, tmp_path_factory):
-    lib = ibert_tvm.compile(quantized, "llvm", tuning_logs=False, batch_sizes=BATCHES, seq_lengths=SEQS)
-    return lib.export(tmp_path_factory.mktemp("artifact") / "model.so")
+def compiled_model(quantized):
+    return ibert_tvm.compile(quantized, "llvm", tuning_logs=False, batch_sizes=BATCHES, seq_lengths=SEQS)
+
+
+@pytest.fixture(scope="module")
+def exported(compiled_model, tmp_path_factory):
+    return compiled_model.export(tmp_path_factory.mktemp("artifact") / "model.so")
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +178,9 @@ def test_outputs_are_the_callers_own(loaded):
     (lambda ids, m: ([[101, 2023], [101, 2023, 102]], None), "rows of equal length"),
     (lambda ids, m: ([[1 << 70, 1]], None), "outside int64"),
     (lambda ids, m: (["a sentence"], None), "got <U10 (texts: classify() or encode_texts() tokenizes them)"),
+    (lambda ids, m: ([], None), "input_ids is empty (shape [0])"),
+    (lambda ids, m: (ids[:, :0], None), "input_ids is empty (shape [2, 0])"),
+    (lambda ids, m: (ids, []), "attention_mask is empty"),
 ])
 def test_bad_inputs_are_named(loaded, make, message):
     ids, mask = _inputs(loaded, held_out_texts()[:2])
@@ -193,6 +202,18 @@ def test_bad_token_types_are_named(loaded, make, message):
     assert message in str(err.value)
     with pytest.raises(ibert_tvm.InputError, match="all strings .sentences. or all 2-tuples"):
         loaded.classify([("a", "pair"), "a sentence"])
+
+
+def test_calling_the_compiled_model_keeps_one_runner(compiled_model, loaded):
+    """A CompiledModel makes its runner (and VM) on its first call only, and gives what the exported library
+    gives."""
+    ids, mask = _inputs(loaded, held_out_texts()[:2])
+    first = compiled_model(ids, mask, integer=True)
+    runner = compiled_model._runner
+    second = compiled_model(ids, mask, integer=True)
+    assert runner is not None and compiled_model._runner is runner
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(first, loaded(ids, mask, integer=True))
 
 
 def test_truncated_library_is_refused(exported, tmp_path):
@@ -219,7 +240,8 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m["target"].update(features=["avx512vnni", "amx-fp8"]), "amx-fp8, which this CPU lacks"),
     (lambda m: m.update(format="something-else"), "not an ibert-tvm artifact"),
     (lambda m: m.update(format="ibert-tvm-artifact/1"), "format 1, whose programs take no token types); recompile"),
-    (lambda m: m.pop("buckets"), "metadata lacks buckets"),
+    (lambda m: m.pop("buckets"), "the metadata lacks buckets; re-export"),
+    (lambda m: m.update(target="llvm"), "the metadata lacks target.name, target.family"),
     (lambda m: m["buckets"].update(seq_lengths=[8, 16, 32]), "bucket 1x32 names no function of the library (None)"),
     (lambda m: m["buckets"]["functions"].update({"1x8": "absent"}), "bucket 1x8 names no function of the library"),
     (lambda m: m["model"].update(labels=["neg", "pos"]), "names 2 labels for 3 logits"),
@@ -232,6 +254,116 @@ def test_mismatched_metadata_is_refused(exported, tmp_path, edit, message):
     copy.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ibert_tvm.ArtifactError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         ibert_tvm.load(copy)
+
+
+#: Every metadata entry that `load`, `IntegerModel` and the CLI's `run`, `bench` and `inspect` read as it is
+READ_ENTRIES = ("versions.tvm", "versions.tvm_ffi", "versions.ibert_tvm", "target.name", "target.family",
+                "target.features", "target.schedule_options", "target.tuned", "model.model_type", "model.semantics",
+                "model.vocab_size", "model.type_vocab_size", "model.hidden_size", "model.num_hidden_layers",
+                "model.pad_token_id", "model.force_dequant", "output.kind", "output.dtype", "output.shape",
+                "output.scale", "buckets.batch_sizes", "buckets.seq_lengths", "buckets.functions", "library.sha256")
+
+
+def test_metadata_lacking_an_entry_is_refused_by_name(exported, tmp_path):
+    """Each entry that a reader of the artifact takes, deleted in turn from a real artifact's metadata: `load`
+    (and `read_metadata`, which `inspect` uses) name it, not a KeyError."""
+    copy = tmp_path / "model.so"
+    shutil.copy(exported, copy)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    for entry in READ_ENTRIES:
+        section, key = entry.split(".")
+        edited = {**meta, section: {k: v for k, v in meta[section].items() if k != key}}
+        copy.with_suffix(".json").write_text(json.dumps(edited))
+        with pytest.raises(ibert_tvm.ArtifactError) as err:
+            ibert_tvm.load(copy)
+        assert str(err.value) == f"{copy.with_suffix('.json')}: the metadata lacks {entry}; re-export the artifact"
+
+
+@pytest.mark.parametrize("path, message", [
+    ("", "the library path is empty"),
+    ("out3" + os.sep, "out3/ names a folder; give the library's file path (e.g. out3/model.so)"),
+    ("newdir", "newdir: the library must end in .so (e.g. newdir.so)"),
+    ("x.o", "x.o: the library must end in .so (e.g. x.so)"),
+    ("x.tar", "x.tar: the library must end in .so"),
+    ("x.dylib", "x.dylib: the library must end in .so"),
+    ("x.SO", "x.SO: the library must end in .so"),
+    ("x.json", "x.json: the library must not end in .json"),
+])
+def test_library_paths_that_load_cannot_run_are_refused(path, message, tmp_path, monkeypatch):
+    """`-o` and `export` take only a path that `load` runs as it is: TVM's loader would fail on a name without a
+    suffix (a folder's, given with a separator), relink a .o or .tar into a .so beside it, and knows no .SO."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError) as err:
+        artifact.check_library_path(path)
+    assert str(err.value).startswith(message)
+    assert not any(tmp_path.iterdir())
+
+
+def test_artifacts_load_cannot_run_as_they_are_are_refused(exported, tmp_path):
+    """A folder, a library under a suffix the TVM runtime would relink (writing beside it), and a library that
+    holds no Relax VM program are each refused in one line naming the file."""
+    with pytest.raises(ibert_tvm.ArtifactError, match=f"{re.escape(str(tmp_path))} is a folder; pass the library"):
+        ibert_tvm.load(tmp_path)
+    lib_o = tmp_path / "lib.o"
+    shutil.copy(exported, lib_o)
+    shutil.copy(exported.with_suffix(".json"), tmp_path / "lib.json")
+    with pytest.raises(ibert_tvm.ArtifactError, match=r"lib.o: the library must end in .so \(e.g. .*lib.so\); "
+                                                      "re-export"):
+        ibert_tvm.load(lib_o)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib.json", "lib.o"]  # no relinked lib.o.so
+
+    plain = tmp_path / "plain.so"  # a TVM library of one TIR function, without the Relax VM's entry points
+    x = tvm.te.placeholder((4,), "int32")
+    tvm.compile(tvm.te.create_prim_func([x, tvm.te.compute((4,), lambda i: x[i] + 1)]), "llvm").export_library(plain)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    meta["library"]["sha256"] = artifact.library_sha256(plain)
+    plain.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ibert_tvm.ArtifactError, match=r"plain.so: the Relax VM cannot run this library \(Module has "
+                                                      r"no function 'vm_load_executable'\)"):
+        ibert_tvm.load(plain)
+
+
+class _GPU:
+    """A stand-in for `tvm.cuda(0)`: a present GPU of the given compute capability."""
+
+    exist = True
+
+    def __init__(self, compute_version: str) -> None:
+        self.compute_version = compute_version
+
+
+@pytest.mark.parametrize("arch, gpu, runs", [
+    ("sm_75", "7.5", True), ("sm_80", "8.6", True), ("sm_86", "8.0", False), ("sm_75", "8.0", False),
+    ("sm_90a", "9.0", True), ("sm_90", "9.0", True), ("sm_90a", "10.0", False), ("sm_86", "9.0", False),
+    ("sm_100a", "10.0", True), ("sm_100a", "10.3", False), ("sm_100", "10.3", True), ("sm_121", "12.1", True),
+    ("", "8.6", False),
+])
+def test_cuda_library_runs_on_the_gpus_its_cubin_fits(arch, gpu, runs, monkeypatch):
+    """A cubin for sm_XY runs on compute capability X.Z with Z >= Y; one for sm_XYa on exactly X.Y."""
+    monkeypatch.setattr(artifact.tvm, "cuda", lambda _index=0: _GPU(gpu))
+    if runs:
+        artifact._check_cuda_device(arch, "m.so")
+    else:
+        have = "sm_" + gpu.replace(".", "")
+        with pytest.raises(ibert_tvm.ArtifactError, match=f"m.so: holds kernels for {arch or 'no CUDA arch'}, this "
+                                                          f"GPU is {have}; compile for target 'cuda'"):
+            artifact._check_cuda_device(arch, "m.so")
+
+
+def test_cuda_arch_older_than_cuda_13_builds_is_refused_without_nvcc(quantized, monkeypatch):
+    """Where no nvcc says what it compiles, an arch older than sm_75 (the oldest of CUDA 13, which TVM's CUDA
+    runtime links) is refused before compiling, as are 'a' variants before sm_90."""
+    monkeypatch.setenv("PATH", "")
+    targets._nvcc_sms.cache_clear()
+    try:
+        for name in ("cuda:sm_10", "cuda:sm_70", "cuda:sm_89a"):
+            arch = name.split(":")[1]
+            with pytest.raises(ibert_tvm.UnknownTargetError, match=f"CUDA arch '{arch}' is not supported: TVM's "
+                                                                   "CUDA 13 runtime builds for sm_75 and newer"):
+                ibert_tvm.compile(quantized, name)
+        assert targets.resolve_target("cuda:sm_90a").features == ("sm_90a",)
+    finally:
+        targets._nvcc_sms.cache_clear()
 
 
 def test_missing_files_are_named(exported, tmp_path):

@@ -22,7 +22,7 @@ from tvm import relax, tirx
 from ibert_tvm import cuda_toolchain, ops, quant
 from ibert_tvm.build_util import single_op_module
 from ibert_tvm.schedules import cuda
-from ibert_tvm.targets import resolve_target
+from ibert_tvm.targets import UnknownTargetError, resolve_target
 
 try:
     NVCC = cuda_toolchain.find_nvcc()
@@ -143,6 +143,21 @@ def _cases() -> dict[str, Case]:
 
 
 CASES = _cases()
+
+
+def test_arch_the_installed_nvcc_cannot_compile_is_refused() -> None:
+    """`cuda:sm_XX` is refused at resolve_target, in one line naming the archs nvcc lists, where nvcc would fail
+    only after code generation (printing the whole CUDA source); an arch it lists resolves, sm_90a included."""
+    listed = subprocess.run([NVCC, "--list-gpu-code"], capture_output=True, text=True, check=True).stdout.split()
+    sms = sorted(int(code.removeprefix("sm_")) for code in listed if code.startswith("sm_"))
+    for arch in ("sm_10", f"sm_{sms[0] - 1}", f"sm_{sms[-1] + 1}", "sm_89a"):
+        with pytest.raises(UnknownTargetError) as err:
+            resolve_target(f"cuda:{arch}")
+        assert str(err.value).startswith(f"CUDA arch '{arch}' is not supported: the installed nvcc compiles "
+                                         f"sm_{sms[0]} to sm_{sms[-1]} (")
+        assert "\n" not in str(err.value)
+    for arch in (f"sm_{sms[0]}", f"sm_{sms[-1]}", *(["sm_90a"] if 90 in sms else [])):
+        assert resolve_target(f"cuda:{arch}").features == (arch,)
 
 
 def test_every_operator_has_a_case() -> None:
