@@ -157,7 +157,7 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
     lengths, given by `option`, are checked first: calibrating takes time)."""
     from . import from_pretrained
     from .classifier import default_model_dir
-    from .model import TOKENIZER_FILES, max_seq_length, position_limit, tokenizer_in
+    from .model import max_seq_length, position_limit, tokenizer_from
     from .model_demo import sentences
     from .targets import resolve_target
 
@@ -169,9 +169,7 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
     options = dict(calibration=texts, semantics=args.semantics, head=args.head, force_dequant=args.force_dequant,
                    importer=args.importer)
     if args.tokenizer:
-        options["tokenizer"] = tokenizer_in(args.tokenizer)
-        if options["tokenizer"] is None:
-            raise ValueError(f"--tokenizer {args.tokenizer} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+        options["tokenizer"] = tokenizer_from(args.tokenizer)
     if args.onnx:
         from .onnx_import import model_from_onnx
 

@@ -30,7 +30,7 @@ from .texts import Text, id_problem, is_text, mask_problem, token_type_problem
 
 __all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained",
            "check_seq_lengths", "function_name", "max_seq_length", "position_ids", "position_limit", "shape_buckets",
-           "to_ibert", "tokenizer_in"]
+           "to_ibert", "tokenizer_from", "tokenizer_in"]
 
 
 class UnsupportedModelError(ValueError):
@@ -354,12 +354,7 @@ def _tokenizer(tokenizer: object | str | os.PathLike | None, model_or_dir: PreTr
     """The tokenizer for calibration texts: `tokenizer` (an object, or a directory holding one), else the model
     directory's own (None where it holds none)."""
     if isinstance(tokenizer, (str, os.PathLike)):
-        if not Path(tokenizer).is_dir():
-            raise FileNotFoundError(f"tokenizer {tokenizer} is not a local directory (no download is attempted)")
-        found = tokenizer_in(tokenizer)
-        if found is None:
-            raise ValueError(f"tokenizer {tokenizer} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
-        return found
+        return tokenizer_from(tokenizer)
     if tokenizer is None and not isinstance(model_or_dir, PreTrainedModel):
         return tokenizer_in(model_or_dir)
     return tokenizer
@@ -401,6 +396,17 @@ def _sizes(values: Iterable[int], name: str, minimum: int) -> list[int]:
     if not values or min(values) < minimum:
         raise ValueError(f"{name} must be a non-empty sequence of integers of at least {minimum}, got {values}")
     return sorted(set(map(int, values)))
+
+
+def tokenizer_from(directory: str | os.PathLike):
+    """The tokenizer saved in `directory`: a FileNotFoundError where there is no such folder, a ValueError where it
+    holds no tokenizer (`tokenizer=` and the CLI's --tokenizer)."""
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"tokenizer {directory} is not a local directory (no download is attempted)")
+    found = tokenizer_in(directory)
+    if found is None:
+        raise ValueError(f"tokenizer {directory} holds no tokenizer (none of {', '.join(TOKENIZER_FILES)})")
+    return found
 
 
 def tokenizer_in(directory: str | os.PathLike):

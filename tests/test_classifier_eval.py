@@ -66,6 +66,11 @@ def test_labelled_csv_reads_names_and_indices(tmp_path):
     path.write_text("text,label\nfine,happy\n", encoding="utf-8")
     with pytest.raises(ValueError, match="'happy' is not one of"):
         read_labelled_csv(path)
+    path.write_text("text,label\nl\xe9ger,Positive\n", encoding="utf-16")  # with its byte-order mark
+    assert read_labelled_csv(path).texts == ["l\xe9ger"]
+    path.write_bytes("text,label\nfine,1\n".encode("utf-16-le"))
+    with pytest.raises(ValueError, match="holds NUL bytes"):
+        read_labelled_csv(path)
     assert macro_f1(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 

@@ -264,7 +264,9 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
         assert_one_line_error(proc, reason)
         assert "calibrating" not in proc.stderr  # refused before the work
     assert_one_line_error(cli("compile", *model, "--tokenizer", str(tmp_path), "-o", str(tmp_path / "x.so")),
-                          f"--tokenizer {tmp_path} holds no tokenizer (none of tokenizer.json")
+                          f"tokenizer {tmp_path} holds no tokenizer (none of tokenizer.json")
+    assert_one_line_error(cli("compile", *model, "--tokenizer", str(tmp_path / "absent"), "-o", str(tmp_path / "x.so")),
+                          f"tokenizer {tmp_path / 'absent'} is not a local directory")
     assert_one_line_error(cli("tune", *model, "--work-dir", str(a_file)), "is a file, not a tuning database folder")
     latin1 = tmp_path / "latin1.txt"
     latin1.write_bytes("caf\xe9 au lait\n".encode("latin-1"))
