@@ -42,6 +42,8 @@ _REQUIRED = {
 #: The suffix of a library: the TVM runtime relinks a .o or .tar into a new .so beside it before loading it,
 #: and export writes an ELF shared object under any name (one that .dylib or .dll would misname; both load)
 _LIBRARY_SUFFIX = ".so"
+#: suffixes of libraries or objects that a suggested name replaces (other suffixes stay part of the name: bert.base)
+_LIBRARY_SUFFIXES_ELSEWHERE = (".o", ".tar", ".dylib", ".dll", ".SO")
 
 
 class ArtifactError(RuntimeError):
@@ -55,9 +57,12 @@ def metadata_path(library: str | Path) -> Path:
 
 def library_suffix_problem(path: str | Path) -> str | None:
     """Why `path` cannot name a library that `load` runs as it is (None where it can): it must end in .so."""
-    if Path(path).suffix == _LIBRARY_SUFFIX:
+    path = Path(path)
+    if path.suffix == _LIBRARY_SUFFIX:
         return None
-    return f"{path}: the library must end in {_LIBRARY_SUFFIX} (e.g. {Path(path).with_suffix(_LIBRARY_SUFFIX)})"
+    renamed = path.with_suffix(_LIBRARY_SUFFIX) if path.suffix in _LIBRARY_SUFFIXES_ELSEWHERE else \
+        path.with_name(path.name + _LIBRARY_SUFFIX)
+    return f"{path}: the library must end in {_LIBRARY_SUFFIX} (e.g. {renamed})"
 
 
 def check_library_path(path: str | Path) -> Path:

@@ -134,8 +134,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--onnx", metavar="FILE", type=_existing_file, help="an ONNX export of a BertModel / RobertaModel")
     p.add_argument("--calibration", metavar="TEXTS", type=_existing_file, help="a text file, one calibration "
                    "sentence per line, or one sentence pair per line as first<TAB>second (calibrate a pair "
-                   "classifier on pairs; default: the bundled sentences); an IBert checkpoint keeps its trained "
-                   "ranges, and the sentences calibrate its integer head only")
+                   "classifier on pairs; default: the bundled sentences); an IBert checkpoint with trained ranges "
+                   "keeps them, and the sentences calibrate only its integer head, if it has one")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")
     p.add_argument("--semantics", choices=("ibert", "hf"), default="ibert",
                    help="'ibert' propagates true scales (default); 'hf' reproduces HF IBertModel's embedding scale")

@@ -57,15 +57,17 @@ def calibrate_head(head: ClassifierHead, qmodel, model_type: str, batches: Itera
     was_training = qmodel.training
     qmodel.eval()
     head.pre_tanh.train()
-    with torch.no_grad(), finite_ranges({"head.pre_tanh": head.pre_tanh}):
-        for batch in batches:
-            hidden = qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                            token_type_ids=batch.token_type_ids,
-                            position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id)
-                            ).last_hidden_state
-            head.pre_tanh(head.dense(hidden[:, 0, :]))
-    head.pre_tanh.eval()
-    qmodel.train(was_training)
+    try:
+        with torch.no_grad(), finite_ranges({"head.pre_tanh": head.pre_tanh}):
+            for batch in batches:
+                hidden = qmodel(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                token_type_ids=batch.token_type_ids,
+                                position_ids=position_ids(model_type, batch.input_ids, qmodel.config.pad_token_id)
+                                ).last_hidden_state
+                head.pre_tanh(head.dense(hidden[:, 0, :]))
+    finally:
+        head.pre_tanh.eval()
+        qmodel.train(was_training)
 
 
 def first_token(bb: relax.BlockBuilder, h: layers.QTensor) -> layers.QTensor:

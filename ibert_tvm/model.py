@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import tvm
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, IBertConfig, IBertModel, PreTrainedModel
+from transformers.models.ibert.quant_modules import QuantAct
 from tvm import relax
 
 from . import layers, quant
@@ -125,12 +126,15 @@ def _quant_mode_ibert(encoder: PreTrainedModel) -> bool:
     return encoder.config.model_type == "ibert" and bool(encoder.config.quant_mode)
 
 
+def _touched(act: QuantAct) -> bool:
+    """Whether a QuantAct holds a range (trained or calibrated), not HF's initial one."""
+    return float(act.x_min.min()) <= -_UNTOUCHED_RANGE or float(act.x_max.max()) >= _UNTOUCHED_RANGE
+
+
 def _has_trained_ranges(encoder: PreTrainedModel) -> bool:
     """Whether `encoder` is a quant-mode IBert whose QuantActs hold ranges (trained or calibrated), which are kept;
     one whose ranges are all still untouched is calibrated as a float model is."""
-    return _quant_mode_ibert(encoder) and any(
-        float(a.x_min.min()) <= -_UNTOUCHED_RANGE or float(a.x_max.max()) >= _UNTOUCHED_RANGE
-        for a in quant_acts(encoder).values())
+    return _quant_mode_ibert(encoder) and any(_touched(a) for a in quant_acts(encoder).values())
 
 
 def to_ibert(model: PreTrainedModel, force_dequant: str | None = None) -> IBertModel:
@@ -175,6 +179,11 @@ def _with_force_dequant(encoder: IBertModel, force_dequant: str) -> IBertModel:
     config.force_dequant = force_dequant
     target = IBertModel(config, add_pooling_layer=encoder.pooler is not None)
     target.load_state_dict(encoder.state_dict(), strict=True)
+    untrained = [n for n, act in quant_acts(target).items() if n.endswith(".softmax.act") and not _touched(act)]
+    if force_dequant not in ("softmax", "nonlinear") and untrained:
+        raise ValueError(f"this IBert checkpoint was trained with force_dequant={encoder.config.force_dequant!r}: its "
+                         f"integer Softmax's range ({untrained[0]}) was never trained, so the Softmax must stay float "
+                         "(force_dequant 'softmax' or 'nonlinear')")
     return target.eval()
 
 
@@ -317,6 +326,8 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
         raise ValueError(f"semantics must be one of {SEMANTICS}, got {semantics!r}")
     if head not in HEAD_MODES:
         raise ValueError(f"head must be one of {HEAD_MODES}, got {head!r}")
+    if isinstance(calibration, (str, bytes)):  # refused even where calibration goes unread (a trained IBert)
+        raise TypeError("calibration must be a list of sentences or Batches, got one string (wrap it in a list)")
     model = _load(model_or_dir)
     encoder = _encoder_of(model)
     qmodel = to_ibert(model, force_dequant)
@@ -345,8 +356,8 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
 def _uncalibrated(encoder: PreTrainedModel) -> str:
     """Why `encoder`, which has no trained ranges, needs calibration batches."""
     if _quant_mode_ibert(encoder):
-        return ("this IBert checkpoint's QuantAct ranges are untrained (all zero): it needs calibration batches, as a "
-                "float model does")
+        return ("this IBert checkpoint's QuantAct ranges are untrained (HF's initial +-1e-5): it needs calibration "
+                "batches, as a float model does")
     return "a float model needs calibration batches (or pass an IBert model with trained ranges)"
 
 
@@ -427,10 +438,8 @@ def position_limit(config, model_type: str) -> int:
 def _calibration_batches(calibration: Iterable[Batch] | Batch | Mapping | Sequence[Text], tokenizer, config,
                          limit: int) -> list[Batch]:
     """Calibration sentences or sentence pairs (tokenized, truncated to the `limit` positions) or batches (one Batch
-    or tokenizer output alone is one batch), each checked by `_batch_problem`: a TypeError for one string or other
-    items, a TypeError / ValueError naming the batch and its problem."""
-    if isinstance(calibration, (str, bytes)):
-        raise TypeError("calibration must be a list of sentences or Batches, got one string (wrap it in a list)")
+    or tokenizer output alone is one batch), each checked by `_batch_problem`: a TypeError for items that are
+    neither (one string is refused by `from_pretrained`), a TypeError / ValueError naming the batch and its problem."""
     if isinstance(calibration, (Batch, Mapping)):  # a Mapping's keys are no sentences
         calibration = [calibration]
     if not isinstance(calibration, Iterable):
@@ -462,7 +471,7 @@ def _batch_problem(batch: Batch, config, limit: int) -> tuple[type[Exception], s
         return ValueError, f"{ids.shape[1]} tokens per row, more than the model's {limit} positions"
     if problem := id_problem(ids.numpy(), config.vocab_size):
         return ValueError, f"{problem}: is the tokenizer the model's own?"
-    if problem := mask_problem(mask.numpy(), tuple(ids.shape)):
+    if problem := mask_problem((mask.float() if mask.dtype.is_floating_point else mask).numpy(), tuple(ids.shape)):
         return ValueError, problem
     if types is None:
         return None

@@ -174,14 +174,22 @@ _CUDA_MIN_SM = 75
 _CUDA_MIN_ARCH_SPECIFIC_SM = 90
 
 
-@functools.cache
 def _nvcc_sms() -> tuple[int, ...] | None:
-    """The SM numbers the installed nvcc compiles for (`nvcc --list-gpu-code`), None without an nvcc that says."""
+    """The SM numbers the nvcc on PATH compiles for (`nvcc --list-gpu-code`), None without an nvcc that says."""
     from .cuda_toolchain import CudaToolchainError, find_nvcc  # lazily: only CUDA targets ask
 
     try:
-        done = subprocess.run([find_nvcc(), "--list-gpu-code"], capture_output=True, text=True, timeout=60)
-    except (CudaToolchainError, OSError, subprocess.TimeoutExpired):
+        return _sms_of(find_nvcc())
+    except CudaToolchainError:
+        return None
+
+
+@functools.cache
+def _sms_of(nvcc: str) -> tuple[int, ...] | None:
+    """`_nvcc_sms` of one nvcc, asked once per process."""
+    try:
+        done = subprocess.run([nvcc, "--list-gpu-code"], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
         return None
     sms = sorted({int(sm) for sm in re.findall(r"\bsm_(\d+)\b", done.stdout)})
     return tuple(sms) if done.returncode == 0 and sms else None

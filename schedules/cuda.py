@@ -36,6 +36,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.dlight.analysis import get_root_block
 from tvm.target import Target
 
+from ibert_tvm.targets import parse_cuda_arch
+
 from . import cuda_intrin
 
 __all__ = ["GEMM_VARIANTS", "T4", "SimtMatmul", "apply_default_schedule", "build_candidate", "default_gemm",
@@ -206,4 +208,4 @@ def _cuda_target(target: Target | str) -> Target:
 
 def _sm(target: Target) -> int:
     """The SM number of a CUDA target's arch (75 for sm_75, 90 for sm_90a)."""
-    return int(str(target.attrs["arch"]).removeprefix("sm_").rstrip("a"))
+    return parse_cuda_arch(str(target.attrs["arch"])).sm

@@ -475,6 +475,16 @@ def test_force_dequant_of_a_trained_ibert_checkpoint(report):
     assert_same_state(integer.ibert, before)
 
 
+def test_a_checkpoint_trained_with_a_float_softmax_keeps_it():
+    """An IBert checkpoint calibrated with force_dequant="softmax" never ranged its integer Softmax's input: asked
+    for an integer Softmax, it is refused by name (the program failed to build); its other switches work."""
+    checkpoint = from_pretrained(tiny("bert"), calibration=batches(0, 2, 4, 24, seed=1), force_dequant="softmax").ibert
+    with pytest.raises(ValueError, match=r"trained with force_dequant='softmax': its integer Softmax's range "
+                                         r"\(encoder.layer.0.attention.self.softmax.act\) was never trained"):
+        from_pretrained(checkpoint, force_dequant="none")
+    assert from_pretrained(checkpoint, force_dequant="nonlinear").ibert.config.force_dequant == "nonlinear"
+
+
 def test_one_batch_or_tokenizer_output_alone_is_one_batch():
     """A tokenizer's output (a Mapping: listed, its keys were taken for sentences) or a Batch, not in a list,
     calibrates as the one-element list does."""
@@ -506,11 +516,15 @@ def test_bad_calibration_batches_are_named(change, error, message):
 
 
 def test_good_calibration_batches_still_calibrate():
-    """A boolean mask calibrates as its 0/1 integers do."""
+    """Boolean and bfloat16 masks calibrate as their 0/1 integers do; one string is refused, also where
+    calibration goes unread (a trained IBert)."""
     good = batches(0, 2, 2, 8, seed=1)
-    as_bool = [Batch(b.input_ids, b.attention_mask.bool()) for b in good]
-    assert from_pretrained(tiny("bert"), calibration=as_bool).hidden_scale == \
-        from_pretrained(tiny("bert"), calibration=good).hidden_scale
+    expected = from_pretrained(tiny("bert"), calibration=good).hidden_scale
+    for dtype in (torch.bool, torch.bfloat16):
+        as_dtype = [Batch(b.input_ids, b.attention_mask.to(dtype)) for b in good]
+        assert from_pretrained(tiny("bert"), calibration=as_dtype).hidden_scale == expected
+    with pytest.raises(TypeError, match="got one string"):
+        from_pretrained(trained_ibert(), calibration="one sentence")
 
 
 def test_texts_of_a_tokenizer_with_a_bigger_vocabulary_are_named():
