@@ -157,7 +157,7 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
     lengths, given by `option`, are checked first: calibrating takes time)."""
     from . import from_pretrained
     from .classifier import default_model_dir
-    from .model import max_seq_length, position_limit, tokenizer_from
+    from .model import UnusedCalibrationWarning, max_seq_length, position_limit, tokenizer_from
     from .model_demo import sentences
     from .targets import resolve_target
 
@@ -179,7 +179,10 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
         _check_lengths(seq_lengths, position_limit(model.config, model.config.model_type), option)
         return from_pretrained(model, **options)
     _check_lengths(seq_lengths, max_seq_length(args.model or default_model_dir()), option)
-    return from_pretrained(args.model or default_model_dir(), **options)
+    with warnings.catch_warnings():
+        if not args.calibration:  # the bundled sentences, which a trained IBert checkpoint need not read
+            warnings.simplefilter("ignore", UnusedCalibrationWarning)
+        return from_pretrained(args.model or default_model_dir(), **options)
 
 
 def _check_lengths(seq_lengths: list[int], limit: int, option: str) -> None:

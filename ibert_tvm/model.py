@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import numbers
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,13 +30,17 @@ from .calibration import Batch, batches_from_texts, calibrate, position_ids, qua
 from .texts import Text, id_problem, is_text, mask_problem, token_type_problem
 
 
-__all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "from_onnx", "from_pretrained",
-           "check_seq_lengths", "function_name", "max_seq_length", "position_ids", "position_limit", "shape_buckets",
-           "to_ibert", "tokenizer_from", "tokenizer_in"]
+__all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "UnusedCalibrationWarning",
+           "from_onnx", "from_pretrained", "check_seq_lengths", "function_name", "max_seq_length", "position_ids",
+           "position_limit", "shape_buckets", "to_ibert", "tokenizer_from", "tokenizer_in"]
 
 
 class UnsupportedModelError(ValueError):
     """The model uses a feature the integer-only compiler does not support; the message names it."""
+
+
+class UnusedCalibrationWarning(UserWarning):
+    """Calibration was given for a model that needs none (a trained IBert checkpoint without an integer head)."""
 
 
 SUPPORTED_TYPES = ("bert", "roberta", "ibert")
@@ -350,6 +355,9 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
             calibrate(qmodel, model_type, batches, method=method, percentile=percentile)
         if calibrate_classifier:
             calibrate_head(classifier, qmodel, model_type, batches)
+    elif calibration is not None:
+        warnings.warn("the calibration goes unused: this IBert checkpoint keeps its trained ranges and has no integer "
+                      "classification head to calibrate", UnusedCalibrationWarning, stacklevel=2)
     return QuantizedModel(qmodel, model_type, semantics, tokenizer, classifier, head, importer, model)
 
 

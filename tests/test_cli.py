@@ -205,6 +205,25 @@ def test_compile_calibrates_on_tab_separated_pairs(model_dir, tmp_path):
                           "every line must be one sentence, or every line a sentence pair")
 
 
+def test_compile_keeps_an_ibert_checkpoint_s_trained_ranges(model_dir, tmp_path):
+    """An IBert checkpoint compiles with its own ranges: the bundled sentences the CLI passes by default are not
+    read (they were once run through it in train mode, which blended its ranges), and a --calibration file that
+    nothing needs is named in a warning."""
+    import ibert_tvm
+
+    qm = ibert_tvm.from_pretrained(model_dir, calibration=calibration_texts())
+    checkpoint = tmp_path / "ibert"
+    qm.ibert.save_pretrained(checkpoint)
+    shapes = ("--batch-sizes", "1", "--seq-lengths", "16")
+    proc = cli("compile", "--model", str(checkpoint), *shapes, "-o", str(tmp_path / "a.so"))
+    assert proc.returncode == 0 and "calibrating" not in proc.stderr and "warning" not in proc.stderr, proc.stderr
+    meta = json.loads((tmp_path / "a.json").read_text())
+    assert meta["scales"]["hidden_states"] == qm.hidden_scale
+    proc = cli("compile", "--model", str(checkpoint), "--calibration", str(model_dir.parent / "calibration.txt"),
+               *shapes, "-o", str(tmp_path / "b.so"))
+    assert proc.returncode == 0 and "ibert-tvm: warning: the calibration goes unused" in proc.stderr
+
+
 def test_graph_importer_artifact_equals_the_module_emitted_program(artifact, model_dir):
     """The artifact compiled with --importer graph computes the integer logits of the default importer's program."""
     import ibert_tvm

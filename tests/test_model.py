@@ -1,5 +1,7 @@
 """Whole encoders: integer-only programs vs HF's IBertModel ("hf" semantics) and the float model ("ibert")."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -11,7 +13,7 @@ from tvm import relax
 from ibert_tvm import layers
 from ibert_tvm import model as model_module
 from ibert_tvm.build_util import host_vm
-from ibert_tvm.model import Batch, UnsupportedModelError, from_pretrained, position_ids
+from ibert_tvm.model import Batch, UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, position_ids
 from ibert_tvm.relay_passes.verify_integer_only import FloatOpError
 
 COMMON = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -405,14 +407,19 @@ def assert_same_state(module: torch.nn.Module, expected: dict[str, torch.Tensor]
 def test_trained_ibert_ranges_are_kept_whatever_the_calibration():
     """Calibration given with a trained IBert checkpoint (the CLI always gives its sentences) changes none of its
     ranges: HF's QuantActs would blend them with the new batches' in train mode. Sentences it does not need are
-    not read (no tokenizer is asked for)."""
+    not read (no tokenizer is asked for), and a warning says they went unused."""
     checkpoint = trained_ibert()
     before = state(checkpoint)
-    qm = from_pretrained(checkpoint, calibration=batches(0, 2, 3, 12, seed=7))
+    with pytest.warns(UnusedCalibrationWarning, match="keeps its trained ranges"):
+        qm = from_pretrained(checkpoint, calibration=batches(0, 2, 3, 12, seed=7))
     assert qm.ibert is checkpoint
     assert_same_state(checkpoint, before)
-    assert from_pretrained(checkpoint, calibration=["a sentence"]).ibert is checkpoint
+    with pytest.warns(UnusedCalibrationWarning):
+        assert from_pretrained(checkpoint, calibration=["a sentence"]).ibert is checkpoint
     assert_same_state(checkpoint, before)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        from_pretrained(checkpoint)  # nothing given, nothing to say
 
 
 def test_trained_ibert_classifier_calibrates_its_head_only():
