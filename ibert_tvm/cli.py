@@ -153,15 +153,13 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
-    """The QuantizedModel the model arguments describe, for `seq_lengths` (the target, the inputs and the
-    lengths, given by `option`, are checked first: calibrating takes time)."""
+    """The QuantizedModel the model arguments describe, for `seq_lengths` (the inputs and the lengths, given by
+    `option`, are checked first: calibrating takes time; the callers check the target before)."""
     from . import from_pretrained
     from .classifier import default_model_dir
     from .model import UnusedCalibrationWarning, max_seq_length, position_limit, tokenizer_from
     from .model_demo import sentences
-    from .targets import resolve_target
 
-    resolve_target(args.target)
     if args.calibration:
         texts = _calibration_texts(args.calibration)
     else:
@@ -253,7 +251,7 @@ def _compile(args: argparse.Namespace) -> int:
     if isinstance(logs, str):  # another target's or corrupt records
         open_database(logs, spec)
     qm = _quantize(args, args.seq_lengths, "--seq-lengths")
-    lib = compile_model(qm, args.target, tuning_logs=logs, batch_sizes=args.batch_sizes,
+    lib = compile_model(qm, spec, tuning_logs=logs, batch_sizes=args.batch_sizes,
                         seq_lengths=args.seq_lengths, **options)
     path = lib.export(output).absolute()
     print(f"wrote {path} and {metadata_path(path)} (target {lib.spec.describe()}, "
@@ -268,12 +266,13 @@ def _tune(args: argparse.Namespace) -> int:
     from .tuning import check_tracker, check_work_dir, database_to_check, tune
 
     check_work_dir(args.work_dir)
-    check_toolchains(resolve_target(args.target))
+    spec = resolve_target(args.target)
+    check_toolchains(spec)
     if args.rpc and not args.check_only:
         check_tracker(args.rpc)
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
-        database_to_check(args.work_dir, args.target, args.rpc)
-    result = tune(_quantize(args, [args.seq], "--seq"), args.target, trials=args.trials, work_dir=args.work_dir,
+        database_to_check(args.work_dir, spec, args.rpc)
+    result = tune(_quantize(args, [args.seq], "--seq"), spec, trials=args.trials, work_dir=args.work_dir,
                   batch=args.batch, seq=args.seq, rpc=args.rpc, check_only=args.check_only)
     print(result)
     return 0
