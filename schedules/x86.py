@@ -94,7 +94,8 @@ AVX2_STEP_TEMPORARIES = 1
 #: (of which LLVM kept one on the stack, loaded and stored every step): BERT-base on x86-avx2 1 x 128 91.45 ->
 #: 73.12 ms and 1 x 32 21.79 -> 16.90 ms on the AMD EPYC (Zen 5) VM of bench/RESULTS.md, 2026-12-05; 8 x 1, which
 #: the product alone would pick, 74.10 / 17.16 ms there. On the Intel VM of bench/RESULTS.md both had measured
-#: slower than the spilling 4 x 3 (8 x 1 109.7 ms against 106.3, 2026-12-05), not re-measured since.
+#: slower than the spilling 4 x 3 (8 x 1 109.7 ms against 106.3, 2026-12-05); on an Intel Emerald Rapids VM 4 x 3
+#: was 3 % faster at 1 x 128 (82.38 against 84.98 ms) and even at 1 x 32 (2026-12-07), so 4 x 2 stays.
 AVX2_PREFERRED_ROWS = 4
 #: on AVX2 only panels of at most this many row tiles
 #: prefetch weights: at 16 (128 tokens) BERT-base ran 1.7 % slower with them when each column block's pieces
