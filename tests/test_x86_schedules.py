@@ -10,20 +10,22 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+import torch
 import tvm
 from tvm import relax, tirx
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
+from transformers import BertConfig, BertModel
 
 from ibert_tvm import ops, quant, tuning
 from ibert_tvm.build_util import single_op_module
-from ibert_tvm.model import from_pretrained
+from ibert_tvm.model import Batch, from_pretrained
 from ibert_tvm.ops.linear import reference as linear_reference
 from ibert_tvm.relay_passes.pipeline import build, tunable_module
 from ibert_tvm.relay_passes.shift_activations_u8 import compensated_bias, pack_weight
 from ibert_tvm.schedules import x86
 from ibert_tvm.targets import resolve_target
-from test_model import batches, program_inputs, tiny
+from test_model import COMMON, batches, program_inputs, tiny
 
 HOST = resolve_target("llvm").target
 PLAIN = Target({"kind": "llvm", "mcpu": "x86-64"})  # SSE2 only: no VNNI, no AVX
@@ -178,6 +180,27 @@ def test_epilogue_with_an_independent_stage_is_not_computed_per_tile():
     mod, inputs = qm.program(3, 20), program_inputs(b)
     ref = _unscheduled(mod, inputs)
     np.testing.assert_array_equal(_run(build(mod, HOST), inputs), ref)
+
+
+def test_heads_narrower_than_a_vector_are_bit_identical():
+    """Head size 12 (hidden 48, 4 heads): P V's accumulator is padded to the vector width (8 or 16 columns per
+    block), so its epilogue, which merges the heads into the context's columns, maps a task's column tile to
+    more than that head's columns. Computed per task it read the next head's accumulator before that head's
+    task wrote it (batch 1: right on the first call, wrong from the second on), and at batch 2 TVM refused the
+    loop nest. Each build is called three times after the reference ran."""
+    torch.manual_seed(0)
+    config = {**COMMON, "hidden_size": 48, "num_attention_heads": 4, "num_hidden_layers": 1, "intermediate_size": 64}
+    qm = from_pretrained(BertModel(BertConfig(pad_token_id=0, **config), add_pooling_layer=False).eval(),
+                         calibration=batches(0, 1, 2, 24, seed=1))
+    targets = [HOST, HASWELL] if "avx2" in x86.int8_features(HOST) else [HOST]
+    pair = batches(0, 1, 2, 17, seed=5)[0]
+    for b in (Batch(pair.input_ids[:1], pair.attention_mask[:1]), pair):
+        mod, inputs = qm.program(*b.input_ids.shape), program_inputs(b)
+        ref = _unscheduled(mod, inputs)
+        for target in targets:
+            vm = relax.VirtualMachine(build(mod, target), tvm.cpu())
+            for _ in range(3):
+                np.testing.assert_array_equal(vm["main"](*map(tvm.runtime.tensor, inputs)).numpy(), ref)
 
 
 def test_reshape_between_gemm_and_epilogue_is_bit_identical():
