@@ -97,10 +97,17 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
         alive = None
 
     def prob(*i):
-        s = i64(total[i[:-1]])
-        ok = s > i64(0) if alive is None else tir.And(s > i64(0), alive[i[:-1]] > tir.const(0, "int32"))
-        factor = tir.floordiv(i64(1 << SUM_BITS), tir.max(s, i64(1)))
-        return tir.Select(ok, _scaled_exp(e16[i], factor), tir.const(0, "int32")).astype("int16")
+        # With M > 0 every e16 is >= 0, so a row sum of 0 means every e16 of the row is 0, and so is every output:
+        # no condition on the sum is needed, and none may be given, as TVM's simplifier would use it to drop the
+        # max and divide by 0 (SIGFPE on x86, in a fully masked row). With M <= 0 every e16 and sum is <= 0 and
+        # every output 0.
+        if exp_multiplier <= 0:
+            return tir.const(0, "int16")
+        factor = tir.floordiv(i64(1 << SUM_BITS), tir.max(i64(total[i[:-1]]), i64(1)))
+        value = _scaled_exp(e16[i], factor)
+        if alive is not None:
+            value = tir.Select(alive[i[:-1]] > tir.const(0, "int32"), value, tir.const(0, "int32"))
+        return value.astype("int16")
 
     return te.compute(x.shape, prob, name="int_softmax")
 
