@@ -95,6 +95,11 @@ def _checked_path(text: str, file: bool) -> str:
             raise argparse.ArgumentTypeError(f"no such file: {text}")
         if not file and path.exists() and not path.is_dir():
             raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
+        if not file:
+            from .reports import folder_problem
+
+            if problem := folder_problem(path):
+                raise argparse.ArgumentTypeError(problem)
     except OSError as err:  # a name too long, a folder that cannot be read
         raise argparse.ArgumentTypeError(f"{text}: {err.strerror}") from err
     return text
@@ -612,6 +617,9 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             return args.func(args)
+    except BrokenPipeError:  # whoever read the output stopped (`ibert-tvm inspect ... | head`): nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes stdout
+        return 1
     except _user_errors() as err:
         if os.environ.get("IBERT_TVM_TRACEBACK"):  # a developer's way to the whole traceback
             raise

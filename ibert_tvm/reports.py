@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -11,7 +12,19 @@ from typing import Any
 
 from .targets import host_cpu_name
 
-__all__ = ["pyplot", "stamped", "write_results"]
+__all__ = ["folder_problem", "pyplot", "stamped", "write_results"]
+
+
+def folder_problem(path: str | Path) -> str | None:
+    """Why files cannot be written into folder `path` (made if need be): the nearest existing path on its way
+    is a file, or a folder that cannot be written; None where they can (checked before a command's work)."""
+    path = Path(path)
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        return f"{path}: {existing} is a file, not a folder"
+    if not os.access(existing, os.W_OK):
+        return f"{path}: the folder {existing} cannot be written"
+    return None
 
 
 def stamped(context: dict[str, Any]) -> dict[str, Any]:

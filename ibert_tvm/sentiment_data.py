@@ -91,7 +91,7 @@ def _label_index(label: str, labels: tuple[str, ...], where: str) -> int:
     name, names = label.strip().lower(), [n.lower() for n in labels]
     if name in names:
         return names.index(name)
-    if name.isdigit() and int(name) < len(labels):
+    if name.isascii() and name.isdecimal() and int(name) < len(labels):  # not '²', which isdigit() takes
         return int(name)
     raise ValueError(f"{where}: label {label!r} is not one of {labels} nor an index below {len(labels)}")
 

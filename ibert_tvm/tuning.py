@@ -51,6 +51,7 @@ from tvm.target import Target
 
 from . import record_check
 from .relay_passes import pipeline
+from .reports import folder_problem
 from .schedules import schedules_for
 from .shared_workloads import (FAILED_SECS, SharedDatabase, kernel_module, key_scheme, mean_secs, record_digest,
                                workload_key)
@@ -452,9 +453,11 @@ def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 
 def check_work_dir(folder: str | Path) -> None:
-    """A TuningLogError where the tuning database's folder is a file."""
+    """A TuningLogError where the tuning database's folder is a file, or cannot be made or written."""
     if Path(folder).is_file():
         raise TuningLogError(f"{folder} is a file, not a tuning database folder")
+    if problem := folder_problem(folder):
+        raise TuningLogError(problem)
 
 
 def _database_for_tuning(folder: Path, spec: TargetSpec) -> SharedDatabase:

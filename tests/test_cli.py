@@ -314,6 +314,32 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
     assert not (tmp_path / "db").exists() and not list(tmp_path.glob("*.so"))
 
 
+def test_output_folders_that_cannot_be_written_are_refused_before_the_work(artifact, model_dir, tmp_path,
+                                                                          monkeypatch):
+    """--out and --work-dir under a file, or in a folder that cannot be written (as CI runs as root, which
+    writes anywhere, the second through a patched os.access), are refused before any timing, evaluation or
+    calibration."""
+    a_file = tmp_path / "a_file.txt"
+    a_file.write_text("x\n", encoding="utf-8")
+    model = ("--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"))
+    for args in (("bench", str(artifact), "--out", str(a_file / "sub")), ("eval", "--out", str(a_file / "sub")),
+                 ("tune", *model, "--work-dir", str(a_file / "sub"))):
+        assert_one_line_error(cli(*args), f"{a_file} is a file, not a folder")
+    monkeypatch.setattr("os.access", lambda path, mode: False)
+    assert_one_line_error(cli("bench", str(artifact), "--out", str(tmp_path / "new")),
+                          f"the folder {tmp_path} cannot be written")
+    assert_one_line_error(cli("tune", *model, "--work-dir", str(tmp_path / "db")), f"the folder {tmp_path} cannot be written")
+
+
+def test_a_reader_that_stops_early_is_no_error(artifact):
+    """`ibert-tvm inspect ... | head -1`: the closed pipe ends the command quietly, with no 'Broken pipe' error."""
+    proc = subprocess.Popen([str(SCRIPT), "inspect", str(artifact), "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # before the command starts writing
+    assert proc.wait(timeout=300) == 1
+    assert proc.stderr.read() == ""
+
+
 def test_what_compile_cannot_use_is_refused_before_calibrating(model_dir, tmp_path):
     """Sequence lengths past the model's positions (read from its config: the tiny model's 64, the built-in
     MiniLM's 512; the message names the option, whose default may be what is too long), a tuning database made
@@ -426,6 +452,8 @@ def test_eval_scores_a_labelled_csv(tmp_path):
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "bad.csv").write_text("text,label\nfine,happy\n", encoding="utf-8")
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "'happy' is not one of")
+    (tmp_path / "bad.csv").write_text("text,label\nfine,\u00b2\n", encoding="utf-8")  # a digit to isdigit()
+    assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "row 2: label '\u00b2' is not one of")
 
 
 def test_tune_check_only_checks_an_existing_database(model_dir, tmp_path):
