@@ -9,6 +9,8 @@ the host build as its reference.
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -77,6 +79,21 @@ def host_driver(tmp_path_factory) -> Path:
     return build_driver("host", tmp_path_factory.mktemp("build"))
 
 
+@pytest.fixture(scope="module")
+def tiny_library(tmp_path_factory) -> Path:
+    """The tiny model's host build exported once (library and metadata JSON) for the refusal tests."""
+    return compiled("llvm").export(tmp_path_factory.mktemp("library") / "tiny.so")
+
+
+def run_driver(driver: Path, *args) -> subprocess.CompletedProcess:
+    return subprocess.run([driver, *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def refused(done: subprocess.CompletedProcess, reason: str, status: int = 1) -> bool:
+    """Whether the driver exited with `status`, `reason` in its message and nothing on stdout."""
+    return done.returncode == status and reason in done.stderr and not done.stdout
+
+
 def test_host_driver_matches_python_vm(host_driver, tmp_path, report):
     _, ids, mask = tiny_case()
     library = compiled("llvm").export(tmp_path / "tiny_llvm.so")
@@ -117,9 +134,108 @@ def test_driver_names_a_bad_input_file(host_driver, tmp_path):
     ones = " ".join(["1"] * 32)
     for tail, reason in (("0 1 0", "expected 32 token types after the mask, or none (found 3 more values)"),
                          (f"{' '.join(['0'] * 32)} 7", "(found 33 more values)"),
-                         (f"types: {' '.join(['0'] * 31)}", "token type 'types:' is not an integer in [0, 2^31)"),
+                         (f"types: {' '.join(['0'] * 31)}", "token type 'types:' is not an integer in [0, 2147483647]"),
                          (f"{' '.join(['0'] * 31)} -1", "token type '-1' is not")):
         (tmp_path / "types.txt").write_text(f"2 16\n{ones}\n{ones}\n{tail}\n")
         done = subprocess.run([host_driver, tmp_path / "missing.so", tmp_path / "types.txt"], capture_output=True,
                               text=True, timeout=60, check=False)
         assert done.returncode == 1 and reason in done.stderr, done.stderr
+
+
+def test_driver_refuses_token_ids_and_types_outside_the_model(host_driver, tiny_library, tmp_path):
+    """The compiled program clamps an id past the vocabulary (or a type past the model's last) to the last one:
+    the driver reads both sizes from the metadata JSON beside the library and refuses such inputs by position,
+    as `ibert_tvm.load` does; the first and last ids still run."""
+    meta = json.loads(tiny_library.with_suffix(".json").read_text())["model"]
+    vocab, segments = meta["vocab_size"], meta["type_vocab_size"]
+    assert segments == 1  # the tiny RoBERTa: type 1 is past its last
+    _, ids, mask = tiny_case()
+    for row, pos, value in ((1, 3, vocab), (0, 2, -5), (0, 0, 999999)):
+        bad = ids.copy()
+        bad[row, pos] = value
+        done = run_driver(host_driver, tiny_library, write_inputs(tmp_path / "ids.txt", bad, mask))
+        assert refused(done, f"token id {value} at row {row}, position {pos} is not in [0, {vocab}), the model's "
+                             "vocabulary"), done.stderr
+    types = np.zeros_like(mask)
+    types[1, 5] = 1
+    done = run_driver(host_driver, tiny_library, write_inputs(tmp_path / "types.txt", ids, mask, types))
+    assert refused(done, f"token type 1 at row 1, position 5 is not in [0, {segments})"), done.stderr
+    edges = ids.copy()
+    edges[0, :2] = 0, vocab - 1
+    done = run_driver(host_driver, tiny_library, write_inputs(tmp_path / "edges.txt", edges, mask))
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    np.testing.assert_array_equal(parse_output(done.stdout)[0],
+                                  ibert_tvm.load(tiny_library)(edges, mask, integer=True))
+
+
+def test_driver_reads_the_vocabulary_of_the_model_section_only(host_driver, tiny_library, tmp_path):
+    """Only the top-level "model" object's own vocab_size counts: not one in the model config's labels nor in
+    the tokenizer files quoted in the JSON, however the JSON is laid out. Without the JSON the driver warns and
+    runs unchecked; a JSON without the sizes is refused."""
+    meta = json.loads(tiny_library.with_suffix(".json").read_text())
+    vocab = meta["model"]["vocab_size"]
+    decoys = {"vocab_size": 3, "type_vocab_size": 7}
+    meta["model"] = {**meta["model"], "config": {"label2id": decoys, "vocab_size": 3}, "head": [decoys]}
+    meta["tokenizer"] = {"tokenizer.json": json.dumps({"model": decoys}), "model": decoys}
+    meta["vocab_size"] = 3
+    _, ids, mask = tiny_case()
+    top = ids.copy()
+    top[0, 1] = vocab - 1
+    for name, text in (("sorted", json.dumps(meta, indent=1, sort_keys=True)), ("compact", json.dumps(meta))):
+        library = Path(shutil.copy(tiny_library, tmp_path / f"{name}.so"))
+        library.with_suffix(".json").write_text(text)
+        done = run_driver(host_driver, library, write_inputs(tmp_path / "top.txt", top, mask))
+        assert done.returncode == 0 and not done.stderr, (name, done.stderr)
+        top[0, 1] = vocab
+        done = run_driver(host_driver, library, write_inputs(tmp_path / "past.txt", top, mask))
+        assert refused(done, f"token id {vocab} at row 0, position 1 is not in [0, {vocab})"), (name, done.stderr)
+        top[0, 1] = vocab - 1
+    bare = Path(shutil.copy(tiny_library, tmp_path / "bare.so"))
+    done = run_driver(host_driver, bare, write_inputs(tmp_path / "in.txt", ids, mask))
+    assert done.returncode == 0 and f"warning: no {tmp_path / 'bare.json'} beside the library" in done.stderr
+    np.testing.assert_array_equal(parse_output(done.stdout)[0], python_vm_output())
+    bare.with_suffix(".json").write_text(json.dumps({"model": {"config": {"vocab_size": vocab}}}))
+    done = run_driver(host_driver, bare, tmp_path / "in.txt")
+    assert refused(done, "bare.json: no positive model.vocab_size"), done.stderr
+    bare.with_suffix(".json").write_text(json.dumps({"model": {"vocab_size": 1.5e4, "type_vocab_size": 1}}))
+    done = run_driver(host_driver, bare, tmp_path / "in.txt")
+    assert refused(done, "bare.json: model.vocab_size is not an integer"), done.stderr
+
+
+@pytest.mark.parametrize("head, reason", [
+    ("99999999999 99999999999", "B '99999999999' is not an integer in [1, 1048576]"),
+    ("2 0", "L '0' is not an integer in [1, 1048576]"),
+    ("-1 16", "B '-1' is not"),
+    ("two 16", "B 'two' is not"),
+    ("2 16.0", "L '16.0' is not"),
+    ("4096 8192", "B*L = 4096*8192 is more than 2^24 tokens"),
+])
+def test_driver_refuses_an_absurd_shape(host_driver, tmp_path, head, reason):
+    """B and L are refused, by value, outside [1, 2^20] or with more than 2^24 tokens, before any allocation."""
+    rows = write_inputs(tmp_path / "in.txt", *tiny_case()[1:]).read_text().splitlines()[1:]  # a good file's
+    path = tmp_path / "head.txt"
+    path.write_text("\n".join([head, *rows]) + "\n")
+    done = run_driver(host_driver, tmp_path / "missing.so", path)
+    assert refused(done, f"{path}: {reason}"), done.stderr
+
+
+@pytest.mark.parametrize("repeat", ["abc", "-3", "0", "1.5", "5x", "", "1000001"])
+def test_driver_refuses_a_repeat_count_that_is_not_a_positive_integer(host_driver, tiny_library, tmp_path, repeat):
+    done = run_driver(host_driver, tiny_library, write_inputs(tmp_path / "in.txt", *tiny_case()[1:]), repeat)
+    assert refused(done, f"REPEAT '{repeat}' is not an integer in [1, 1000000]", status=2), done.stderr
+    assert "usage:" in done.stderr
+
+
+def test_driver_refuses_a_row_without_a_real_token_and_a_mask_not_0_or_1(host_driver, tiny_library, tmp_path):
+    """As `ibert_tvm.load` does: every row needs a real token (mask 1), and a mask holds only 0 and 1."""
+    _, ids, mask = tiny_case()
+    empty = mask.copy()
+    empty[1] = 0
+    with pytest.raises(ValueError, match="row 1 has no 1"):
+        ibert_tvm.load(tiny_library)(ids, empty, integer=True)
+    done = run_driver(host_driver, tiny_library, write_inputs(tmp_path / "empty.txt", ids, empty))
+    assert refused(done, "mask row 1 has no 1: every row needs a real token"), done.stderr
+    odd = mask.copy()
+    odd[0, 4] = 2
+    done = run_driver(host_driver, tiny_library, write_inputs(tmp_path / "odd.txt", ids, odd))
+    assert refused(done, "mask value 2 at row 0, position 4 is not 0 or 1"), done.stderr

@@ -7,21 +7,25 @@
 // mask values (1 = token, 0 = padding), then optionally B*L token types (the segments of sentence pairs; all 0
 // where left out). The program's `main(input_ids int64[B,L], attention_mask int32[B,L],
 // token_type_ids int32[B,L])` (or, in a library of shape buckets made by `ibert-tvm compile`, its function
-// `main_bB_sL`) runs once
-// (REPEAT times more when given, timed) and its output tensor is printed as
+// `main_bB_sL`) runs once (REPEAT times more when given, 1 to 10^6, timed) and its output tensor is printed as
 //
 //   shape: 2 16 64
 //   dtype: int8
 //   values: v0 v1 ...          (all elements, row-major)
 //   time_ms: median            (only with REPEAT)
 //
-// Errors go to stderr with a non-zero exit status.
+// The inputs are checked before anything runs: 1 <= B, L <= 2^20 and B*L <= 2^24, every mask value 0
+// or 1 with a 1 in every row, every id below the model's vocab_size and every type below its type_vocab_size (as
+// Python's runtime checks them), both sizes read from the metadata JSON that export writes beside the library (MODEL.json; where it is missing, a
+// warning, and ids and types go unchecked). Errors go to stderr with exit status 1 (2 for wrong arguments).
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
 #include <tvm/ffi/function.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cerrno>
 #include <chrono>
 #include <climits>
 #include <cstdint>
@@ -31,8 +35,10 @@
 #include <iostream>
 #include <new>
 #include <optional>
+#include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -55,47 +61,143 @@ struct CpuAlloc {
   void FreeData(DLTensor* t) { std::free(t->data); }
 };
 
+// Bounds on the input file's shape (far above any BERT's) and on REPEAT: absurd values are refused, not allocated.
+constexpr int64_t kMaxDim = int64_t{1} << 20, kMaxTokens = int64_t{1} << 24, kMaxRepeat = 1000000;
+
 struct Inputs {
   int64_t batch = 0, length = 0;
   std::vector<int64_t> ids, mask, types;
 };
 
-// One token type: a whole non-negative integer within int32 (the program clamps a type past the model's last
-// segment to it, so give the model's own, 0 and 1 for BERT); throws naming the word otherwise.
-int64_t ParseTokenType(const std::string& word, const std::string& path) {
+// `word` as a whole integer in [lo, hi]; throws naming `what` and the word otherwise.
+int64_t ParseInt(const std::string& word, const std::string& what, int64_t lo, int64_t hi) {
   size_t used = 0;
-  int64_t value = -1;
+  int64_t value = 0;
   try {
     value = std::stoll(word, &used);
   } catch (const std::exception&) {
     used = 0;
   }
-  if (used != word.size() || value < 0 || value > INT32_MAX)
-    throw std::runtime_error(path + ": token type '" + word + "' is not an integer in [0, 2^31)");
+  if (used == 0 || used != word.size() || value < lo || value > hi)
+    throw std::runtime_error(what + " '" + word + "' is not an integer in [" + std::to_string(lo) + ", " +
+                             std::to_string(hi) + "]");
   return value;
 }
 
-// Read "B L ids... mask... [types...]" from a text file; throws naming what is missing.
+// "row r, position p" of the element at row-major index i.
+std::string Where(const Inputs& x, int64_t i) {
+  return "row " + std::to_string(i / x.length) + ", position " + std::to_string(i % x.length);
+}
+
+// Read "B L ids... mask... [types...]" from a text file; throws naming what is missing or out of range.
 Inputs ReadInputs(const std::string& path) {
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot open input file " + path);
   Inputs x;
-  if (!(in >> x.batch >> x.length) || x.batch <= 0 || x.length <= 0)
-    throw std::runtime_error(path + ": expected positive 'B L' first");
-  const int64_t n = x.batch * x.length;
-  x.ids.resize(n);
-  x.mask.resize(n);
-  x.types.assign(n, 0);
-  for (auto* v : {&x.ids, &x.mask})
-    for (int64_t& e : *v)
+  std::string b, l;
+  if (!(in >> b >> l)) throw std::runtime_error(path + ": expected 'B L' first");
+  x.batch = ParseInt(b, path + ": B", 1, kMaxDim);
+  x.length = ParseInt(l, path + ": L", 1, kMaxDim);
+  const int64_t n = x.batch * x.length;  // at most 2^40: no overflow
+  if (n > kMaxTokens)
+    throw std::runtime_error(path + ": B*L = " + b + "*" + l + " is more than 2^24 tokens");
+  for (auto* v : {&x.ids, &x.mask})  // grown as values are read, so a short file allocates little
+    for (int64_t i = 0, e; i < n; ++i) {
       if (!(in >> e)) throw std::runtime_error(path + ": expected " + std::to_string(2 * n) + " integers after 'B L'");
+      v->push_back(e);
+    }
   std::vector<std::string> rest;  // the token types, if given: read as words, so that nothing is skipped silently
   for (std::string word; in >> word;) rest.push_back(word);
   if (!rest.empty() && static_cast<int64_t>(rest.size()) != n)
     throw std::runtime_error(path + ": expected " + std::to_string(n) + " token types after the mask, or none (found " +
                              std::to_string(rest.size()) + " more values)");
-  for (size_t i = 0; i < rest.size(); ++i) x.types[i] = ParseTokenType(rest[i], path);
+  x.types.assign(n, 0);
+  for (size_t i = 0; i < rest.size(); ++i) x.types[i] = ParseInt(rest[i], path + ": token type", 0, INT32_MAX);
+  // The mask, as Python's runtime checks it: 0 or 1, and a real token in every row (the programs need one).
+  for (int64_t i = 0; i < n; ++i)
+    if (x.mask[i] != 0 && x.mask[i] != 1)
+      throw std::runtime_error(path + ": mask value " + std::to_string(x.mask[i]) + " at " + Where(x, i) +
+                               " is not 0 or 1");
+  for (int64_t r = 0; r < x.batch; ++r) {
+    const auto row = x.mask.begin() + r * x.length;
+    if (std::find(row, row + x.length, 1) == row + x.length)
+      throw std::runtime_error(path + ": mask row " + std::to_string(r) + " has no 1: every row needs a real token");
+  }
   return x;
+}
+
+// The integer member `model.<key>` of an artifact's metadata JSON, or nullopt where there is none. Not a JSON
+// parser, but enough for the file export writes: it skips strings (the tokenizer files quoted in it mention
+// "vocab_size" too) and tracks the nesting, so that only a member of the top-level "model" object matches.
+std::optional<int64_t> ModelMember(const std::string& json, const std::string& key) {
+  std::vector<std::string> keys;  // per open object (or array): the key of the member being read
+  std::string last;               // the last string read
+  for (size_t i = 0; i < json.size(); ++i) {
+    const char c = json[i];
+    if (c == '"') {
+      const size_t start = ++i;
+      for (; i < json.size() && json[i] != '"'; ++i) i += json[i] == '\\';  // skip the escaped character
+      last = json.substr(start, i - start);
+    } else if (c == '{' || c == '[') {
+      keys.emplace_back();
+    } else if ((c == '}' || c == ']') && !keys.empty()) {
+      keys.pop_back();
+    } else if (c == ':' && !keys.empty()) {
+      keys.back() = last;
+      if (keys.size() == 2 && keys[0] == "model" && keys[1] == key) {
+        const char* begin = json.c_str() + i + 1;
+        char* end = nullptr;
+        errno = 0;
+        const long long value = std::strtoll(begin, &end, 10);
+        while (std::isspace(static_cast<unsigned char>(*end))) ++end;
+        if (end == begin || errno != 0 || (*end != ',' && *end != '}'))
+          throw std::runtime_error("model." + key + " is not an integer");
+        return value;
+      }
+    }
+  }
+  return std::nullopt;
+}
+
+// The model's number of token ids and of token types (vocab_size and type_vocab_size).
+struct Vocab {
+  int64_t ids = 0, types = 0;
+};
+
+// The vocabulary sizes from the metadata JSON `path` that export writes beside the library (model.so ->
+// model.json), or nullopt where there is no such file (a library exported without it, e.g. by cross.export).
+std::optional<Vocab> ReadVocab(const std::filesystem::path& path) {
+  if (!std::filesystem::exists(path)) return std::nullopt;
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  Vocab v;
+  for (auto [key, size] : {std::pair{"vocab_size", &v.ids}, std::pair{"type_vocab_size", &v.types}}) {
+    std::optional<int64_t> value;
+    try {
+      value = ModelMember(text.str(), key);
+    } catch (const std::exception& e) {
+      throw std::runtime_error(path.string() + ": " + e.what());
+    }
+    if (!value || *value < 1)
+      throw std::runtime_error(path.string() + ": no positive model." + key + " (not the metadata that ibert-tvm's "
+                               "export writes beside a library)");
+    *size = *value;
+  }
+  return v;
+}
+
+// Refuse an id outside [0, vocab_size) or a type outside [0, type_vocab_size): the program would clamp them.
+void CheckVocab(const Inputs& x, const Vocab& v, const std::string& path) {
+  for (int64_t i = 0; i < static_cast<int64_t>(x.ids.size()); ++i)
+    if (x.ids[i] < 0 || x.ids[i] >= v.ids)
+      throw std::runtime_error(path + ": token id " + std::to_string(x.ids[i]) + " at " + Where(x, i) +
+                               " is not in [0, " + std::to_string(v.ids) + "), the model's vocabulary");
+  for (int64_t i = 0; i < static_cast<int64_t>(x.types.size()); ++i)
+    if (x.types[i] >= v.types)
+      throw std::runtime_error(path + ": token type " + std::to_string(x.types[i]) + " at " + Where(x, i) +
+                               " is not in [0, " + std::to_string(v.types) + "), the model's token types");
 }
 
 // A [B, L] CPU tensor of `dtype` holding `values` converted to that dtype.
@@ -166,8 +268,21 @@ int main(int argc, char** argv) {
     std::cerr << "usage: " << argv[0] << " MODEL.so INPUT.txt [REPEAT]\n";
     return 2;
   }
+  int repeat = 0;  // timed calls after the first
+  try {
+    if (argc == 4) repeat = static_cast<int>(ParseInt(argv[3], "REPEAT", 1, kMaxRepeat));
+  } catch (const std::exception& e) {
+    std::cerr << "ibert_run: " << e.what() << "\nusage: " << argv[0] << " MODEL.so INPUT.txt [REPEAT]\n";
+    return 2;
+  }
   try {
     const Inputs x = ReadInputs(argv[2]);
+    const std::filesystem::path meta = std::filesystem::path(argv[1]).replace_extension(".json");
+    if (std::optional<Vocab> vocab = ReadVocab(meta); vocab.has_value())
+      CheckVocab(x, *vocab, argv[2]);
+    else
+      std::cerr << "ibert_run: warning: no " << meta.string() << " beside the library: token ids and types are not "
+                << "checked (the program clamps those outside the model's)\n";
     // An absolute path: dlopen would search the library path for a bare file name.
     ffi::Module lib = ffi::Module::LoadFromFile(std::filesystem::absolute(argv[1]).string());
     ffi::Module vm = GetFunction(lib, "vm_load_executable")().cast<ffi::Module>();
@@ -180,8 +295,7 @@ int main(int argc, char** argv) {
     std::optional<ffi::Tensor> tensor = out.try_cast<ffi::Tensor>();
     if (!tensor.has_value()) throw std::runtime_error("main returned " + out.GetTypeKey() + ", not a tensor");
     PrintTensor(*tensor);
-    if (argc == 4)
-      std::cout << "time_ms: " << MedianMs(main_fn, ids, mask, types, std::max(1, std::atoi(argv[3]))) << "\n";
+    if (repeat > 0) std::cout << "time_ms: " << MedianMs(main_fn, ids, mask, types, repeat) << "\n";
   } catch (const std::exception& e) {
     std::cerr << "ibert_run: " << e.what() << "\n";
     return 1;
