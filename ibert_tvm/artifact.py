@@ -19,10 +19,12 @@ from typing import Any
 
 import tvm
 
+from .reports import folder_problem
 from .targets import UnknownTargetError, host_cpu_features, parse_cuda_arch, x86_levels_for
 
-__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "check_library_path", "check_runnable_here", "library_sha256",
-           "library_suffix_problem", "metadata_path", "read_metadata", "runtime_versions", "write_metadata"]
+__all__ = ["ARTIFACT_FORMAT", "ArtifactError", "bucket_function", "check_library_path", "check_runnable_here",
+           "library_sha256", "library_suffix_problem", "metadata_path", "read_metadata", "runtime_versions",
+           "write_metadata"]
 
 #: 2: the programs take token types (sentence pairs) as a third input; a format-1 library takes two
 ARTIFACT_FORMAT = "ibert-tvm-artifact/2"
@@ -55,6 +57,12 @@ def metadata_path(library: str | Path) -> Path:
     return Path(library).with_suffix(".json")
 
 
+def bucket_function(batch: int, seq: int) -> str:
+    """The function of the program compiled for exactly batch B and length L (`QuantizedModel.programs` names
+    its functions so), which the metadata's bucket "BxL" names."""
+    return f"main_b{batch}_s{seq}"
+
+
 def library_suffix_problem(path: str | Path) -> str | None:
     """Why `path` cannot name a library that `load` runs as it is (None where it can): it must end in .so."""
     path = Path(path)
@@ -67,7 +75,8 @@ def library_suffix_problem(path: str | Path) -> str | None:
 
 def check_library_path(path: str | Path) -> Path:
     """Where a library can be exported (checked before compiling, as the CLI does): a file path ending in .so
-    (its metadata goes beside it as .json), not a folder, under folders rather than a file."""
+    (its metadata goes beside it as .json), not a folder, under folders rather than a file, in a folder (or, if
+    it is to be made, under the nearest existing one) that this user can write: PermissionError if not."""
     text, out = os.fspath(path), Path(path)
     if not text:
         raise ValueError("the library path is empty; give the library's file path (e.g. model.so)")
@@ -85,6 +94,10 @@ def check_library_path(path: str | Path) -> Path:
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
         raise ValueError(f"{path}: {parent} is a file, not a folder")
+    if problem := folder_problem(out.parent):  # else the linker fails only after calibrating and compiling
+        raise PermissionError(f"{problem}; export to a folder of yours")
+    if metadata_path(out).exists() and not os.access(metadata_path(out), os.W_OK):
+        raise PermissionError(f"{path}: its metadata {metadata_path(out)} cannot be written")
     return out
 
 

@@ -32,6 +32,8 @@ __all__ = ["CompiledModel", "DEFAULT_BATCH_SIZES", "DEFAULT_SEQ_LENGTHS", "compi
 
 DEFAULT_BATCH_SIZES = (1, 8)
 DEFAULT_SEQ_LENGTHS = (32, 128)
+#: how TVM's `tvm.support.cc` begins the RuntimeError of a compiler or linker that exited with an error
+_LINK_FAILED = "Compilation error"
 
 
 class CompiledModel:
@@ -48,18 +50,40 @@ class CompiledModel:
         self._runner: IntegerModel | None = None  # the one `__call__` runs, made on its first call
 
     def export(self, path: str | Path) -> Path:
-        """Write the library (cross-compiled where the target needs it) and its metadata JSON beside it."""
+        """Write the library (cross-compiled where the target needs it) and its metadata JSON beside it; a linker
+        that fails is reported as an OSError naming the path and the linker's first line, not TVM's traceback."""
         path = check_library_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with _build_environment(self.spec):
-            cross.export(self.executable, path, self.spec)
+            try:
+                cross.export(self.executable, path, self.spec)
+            except RuntimeError as err:
+                if not str(err).startswith(_LINK_FAILED):
+                    raise
+                raise OSError(f"{path}: the linker could not write the library ({_linker_reason(err)})") from err
         write_metadata(path, self.meta)
         return path
 
     def runner(self) -> IntegerModel:
         """A new in-process runner (host CPU or a present GPU); refuses a target this machine cannot run."""
         check_runnable_here({**self.meta, "versions": runtime_versions()}, f"target {self.spec.name}")
-        return IntegerModel(self.executable, self.meta)
+        return IntegerModel(self._executable_copy(), self.meta)
+
+    def _executable_copy(self) -> tvm.runtime.Module:
+        """A copy of the VM executable (the same compiled kernels) for a runner to run. A Relax VM writes an empty
+        memory scope per constant into the executable it runs (TVM 0.27, `VirtualMachineImpl::Init`), which export
+        would save, warning 'Scope Saving' per constant, and every load of that library would warn 'Scope Loaded':
+        the kept executable stays as compiled, so export writes the same library before and after a call."""
+        runnable = self.executable.jit()  # kernels that cannot run as they are: linked and loaded, already a copy
+        if runnable is not self.executable.mod:
+            return runnable
+        with tempfile.TemporaryDirectory() as tmp:
+            saved = Path(tmp) / "executable.bin"
+            self.executable.mod.write_to_file(str(saved))
+            copy = tvm.get_global_func("ffi.Module.load_from_file.relax.VMExecutable")(str(saved))
+        for kernels in self.executable.mod.imports:
+            copy.import_module(kernels)
+        return copy
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
                  **kwargs: Any) -> np.ndarray:
@@ -152,6 +176,12 @@ def _warn_unchecked(folder: Path, applied: dict[str, str], program: tvm.IRModule
                       f"checks); a record may write other integers for other constants: {how} (compile leaves "
                       "out those that write other integers)", UserWarning, stacklevel=3)
     return len(unchecked)
+
+
+def _linker_reason(err: RuntimeError) -> str:
+    """The linker's first line of output in TVM's 'Compilation error' message (e.g. "cannot open output file")."""
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    return lines[0] if lines else _LINK_FAILED
 
 
 def check_toolchains(spec: TargetSpec) -> None:

@@ -25,6 +25,7 @@ from transformers.models.ibert.quant_modules import QuantAct
 from tvm import relax
 
 from . import layers, quant
+from .artifact import bucket_function as function_name  # the Relax function of one shape bucket
 from .head import HEAD_MODES, ClassifierHead, calibrate_head, float_head, head_of, integer_head
 from .calibration import Batch, batches_from_texts, calibrate, position_ids, quant_acts
 from .texts import Text, id_problem, is_text, mask_problem, token_type_problem
@@ -288,11 +289,6 @@ class QuantizedModel:
                 h = layers.QTensor(h.value, h.scale, emb_scale)
             h = layers.encoder_layer(bb, h, layer, mask4)
         return h
-
-
-def function_name(batch: int, seq: int) -> str:
-    """The Relax function of one shape bucket in a multi-shape program (`QuantizedModel.programs`)."""
-    return f"main_b{batch}_s{seq}"
 
 
 SEMANTICS = ("ibert", "hf")

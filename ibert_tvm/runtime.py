@@ -9,6 +9,10 @@ the integer Softmax treats them as -inf) and split over the compiled batch sizes
 
 from __future__ import annotations
 
+import atexit
+import math
+import os
+import shutil
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -20,7 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .artifact import ArtifactError, check_runnable_here, library_suffix_problem, read_metadata
+from .artifact import ArtifactError, bucket_function, check_runnable_here, library_suffix_problem, read_metadata
 from .texts import Text, id_problem, mask_problem, token_type_problem, tokenizer_args
 
 __all__ = ["InputError", "IntegerModel", "Prediction", "load"]
@@ -54,30 +58,57 @@ class IntegerModel:
         except Exception as err:  # a module without the VM's entry point (not a Relax library), or one it refuses
             raise ArtifactError(f"the Relax VM cannot run this library ({_first_line(err)})") from err
         self._tokenizer = None
+        self._check_metadata()
         buckets = meta["buckets"]
         self._batch_sizes, self._seq_lengths = sorted(buckets["batch_sizes"]), sorted(buckets["seq_lengths"])
-        self._check_metadata(buckets.get("functions", {}))
         self._functions = {}  # "BxL" -> the VM function and its input tensors (`_function`)
         self._on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
 
-    def _check_metadata(self, functions: dict[str, str]) -> None:
-        """Every batch x seq bucket of the metadata must name a function that the library holds, and the labels
-        must be as many as the logits' scales."""
-        labels, scale = self.meta["model"].get("labels"), self.meta["output"].get("scale")
-        if labels and isinstance(scale, list) and len(labels) != len(scale):
-            raise ArtifactError(f"the metadata names {len(labels)} labels for {len(scale)} logits; re-export the "
-                                "artifact")
+    def _check_metadata(self) -> None:
+        """What a call reads from the metadata, checked here (a hand-edited entry would fail deep in TVM or numpy
+        at the first call): the buckets, each naming its own function of the library, and the output scale."""
+        buckets = self.meta["buckets"]
+        for entry in ("batch_sizes", "seq_lengths"):
+            sizes = buckets[entry]
+            if not isinstance(sizes, list) or not sizes or not all(_is_int(v) and v > 0 for v in sizes):
+                raise ArtifactError(f"the metadata's buckets.{entry} must be a non-empty list of positive integers, "
+                                    f"got {sizes!r}; re-export the artifact")
+        functions = buckets["functions"]
+        expected = {f"{b}x{s}": bucket_function(b, s) for b in buckets["batch_sizes"] for s in buckets["seq_lengths"]}
+        if not isinstance(functions, dict):
+            raise ArtifactError(f"the metadata's buckets.functions must map buckets to functions, got "
+                                f"{type(functions).__name__}; re-export the artifact")
+        for bucket, function in expected.items():
+            name = functions.get(bucket)
+            if not self._holds(name):
+                raise ArtifactError(f"the metadata's bucket {bucket} names no function of the library ({name!r}); "
+                                    "re-export the artifact")
+            if name != function:
+                raise ArtifactError(f"the metadata's bucket {bucket} names the library's function {name!r}, "
+                                    f"compiled for another shape (its own is {function!r}); re-export the artifact")
+        if extra := sorted(set(functions) - set(expected)):
+            raise ArtifactError(f"the metadata's bucket {extra[0]} is not one of buckets.batch_sizes x "
+                                "buckets.seq_lengths; re-export the artifact")
+        self._check_scale()
 
-        for b in self._batch_sizes:
-            for s in self._seq_lengths:
-                name = functions.get(f"{b}x{s}")
-                try:
-                    found = isinstance(name, str) and self._vm[name] is not None
-                except AttributeError:  # the VM's answer for a function it does not hold
-                    found = False
-                if not found:
-                    raise ArtifactError(f"the metadata's bucket {b}x{s} names no function of the library "
-                                        f"({name!r}); re-export the artifact")
+    def _holds(self, name: Any) -> bool:
+        """Whether the library holds a VM function `name`."""
+        try:
+            return isinstance(name, str) and self._vm[name] is not None
+        except AttributeError:  # the VM's answer for a function it does not hold
+            return False
+
+    def _check_scale(self) -> None:
+        """The output scale: a number, or for logits one number per label (`dequantize` multiplies by it)."""
+        labels, scale = self.meta["model"].get("labels"), self.meta["output"]["scale"]
+        logits = self.meta["output"]["kind"] == "logits"
+        if isinstance(scale, list) and logits and scale and all(map(_is_number, scale)):
+            if labels and len(labels) != len(scale):
+                raise ArtifactError(f"the metadata names {len(labels)} labels for {len(scale)} logits; re-export "
+                                    "the artifact")
+        elif not _is_number(scale):
+            what = "a number or a list of numbers, one per logit" if logits else "a number"
+            raise ArtifactError(f"the metadata's output.scale must be {what}, got {scale!r}; re-export the artifact")
 
     # ---- what the artifact is
     @property
@@ -275,6 +306,16 @@ def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray
     return arr
 
 
+def _is_int(value: Any) -> bool:
+    """An integer of the JSON metadata (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    """A finite real number of the JSON metadata (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def _chunks(batch: int, sizes: list[int]) -> list[tuple[int, int]]:
     """(start, compiled batch size) covering `batch` rows: the largest size that fits, the rest padded up."""
     out, start = [], 0
@@ -299,13 +340,44 @@ def load(path: str | Path) -> IntegerModel:
     if problem := library_suffix_problem(path):  # the TVM runtime would write a relinked copy beside it
         raise ArtifactError(f"{problem}; re-export the artifact")
     try:
-        lib = tvm.runtime.load_module(str(path))
+        lib = tvm.runtime.load_module(_library_to_open(path, meta["library"]["sha256"]))
     except Exception as err:  # a library that passed the hash check but that the loader refuses
         raise ArtifactError(f"{path}: the TVM runtime cannot load it ({_first_line(err)})") from err
     try:
         return IntegerModel(lib, meta)
     except ArtifactError as err:  # the Relax VM refuses the library, or the metadata names what it lacks
         raise ArtifactError(f"{path}: {err}") from err
+
+
+#: resolved library path -> SHA-256 of the library this process first opened from it (`_library_to_open`)
+_OPENED: dict[str, str] = {}
+#: where `_library_to_open` copies libraries exported over one this process opened (made on first need)
+_COPIES: Path | None = None
+
+
+def _library_to_open(path: str | Path, sha256: str) -> str:
+    """The file to open for the library now at `path` (SHA-256 `sha256`): the path itself, unless this process
+    opened another library from it before. Then dlopen would return the handle it still holds for that name (TVM
+    never closes one) and run the old library, so a copy named by the hash is opened instead."""
+    resolved = os.path.realpath(path)
+    if _OPENED.setdefault(resolved, sha256) == sha256:
+        return resolved
+    copy = _copies_folder() / sha256 / Path(resolved).name
+    if not copy.is_file():  # made once per library (a later load gets the handle dlopen holds for it)
+        copy.parent.mkdir(exist_ok=True)
+        partial = copy.with_name(copy.name + ".part")
+        shutil.copyfile(resolved, partial)
+        partial.replace(copy)
+    return str(copy)
+
+
+def _copies_folder() -> Path:
+    """This process's folder of library copies (`_library_to_open`), removed at exit."""
+    global _COPIES
+    if _COPIES is None:
+        _COPIES = Path(tempfile.mkdtemp(prefix="ibert-tvm-libraries-"))
+        atexit.register(shutil.rmtree, _COPIES, ignore_errors=True)
+    return _COPIES
 
 
 def _first_line(err: BaseException) -> str:

@@ -28,9 +28,13 @@ BATCHES, SEQS = (1, 2), (8, 16)
 
 
 @pytest.fixture(scope="module")
-def quantized(tmp_path_factory):
-    path = save_tiny_classifier(tmp_path_factory.mktemp("tiny") / "model")
-    return ibert_tvm.from_pretrained(str(path), calibration=calibration_texts())
+def tiny_dir(tmp_path_factory):
+    return save_tiny_classifier(tmp_path_factory.mktemp("tiny") / "model")
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_dir):
+    return ibert_tvm.from_pretrained(str(tiny_dir), calibration=calibration_texts())
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +249,26 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m["buckets"].update(seq_lengths=[8, 16, 32]), "bucket 1x32 names no function of the library (None)"),
     (lambda m: m["buckets"]["functions"].update({"1x8": "absent"}), "bucket 1x8 names no function of the library"),
     (lambda m: m["model"].update(labels=["neg", "pos"]), "names 2 labels for 3 logits"),
+    # hand edits that load took and a call then failed on, deep in TVM or numpy
+    (lambda m: m["buckets"].update(batch_sizes=[]), "buckets.batch_sizes must be a non-empty list of positive "
+                                                    "integers, got []"),
+    (lambda m: m["buckets"].update(seq_lengths=[8, "16"]), "buckets.seq_lengths must be a non-empty list"),
+    (lambda m: m["buckets"].update(batch_sizes=[0, 1, 2]), "buckets.batch_sizes must be a non-empty list"),
+    (lambda m: m["buckets"].update(seq_lengths=[8, 40]) or m["buckets"]["functions"].update(
+        {"1x40": "main_b1_s16", "2x40": "main_b2_s16"}),
+     "bucket 1x40 names the library's function 'main_b1_s16', compiled for another shape (its own is 'main_b1_s40')"),
+    (lambda m: m["buckets"]["functions"].update({"1x16": "main_b1_s8"}), "bucket 1x16 names the library's function "
+                                                                          "'main_b1_s8', compiled for another shape"),
+    (lambda m: m["buckets"]["functions"].update({"4x8": "main_b1_s8"}), "bucket 4x8 is not one of "
+                                                                         "buckets.batch_sizes x buckets.seq_lengths"),
+    (lambda m: m["buckets"].update(functions=["main_b1_s8"]), "buckets.functions must map buckets to functions, got "
+                                                              "list"),
+    (lambda m: m["output"].update(scale="x"), "output.scale must be a number or a list of numbers, one per logit, "
+                                              "got 'x'"),
+    (lambda m: m["output"]["scale"].__setitem__(1, "x"), "output.scale must be a number or a list of numbers"),
+    (lambda m: m["output"].update(scale=float("nan")), "output.scale must be a number or a list of numbers, one per "
+                                                       "logit, got nan"),
+    (lambda m: m["output"].update(kind="hidden_states"), "output.scale must be a number, got ["),
 ])
 def test_mismatched_metadata_is_refused(exported, tmp_path, edit, message):
     copy = tmp_path / "model.so"
@@ -440,3 +464,83 @@ def test_every_api_name_the_docs_use_exists():
             missing.append(name)
     assert not missing, f"documented but not importable: {missing}"
     assert ibert_tvm.tune is _resolve("ibert_tvm.tuning.tune")
+
+
+def test_a_library_exported_over_a_loaded_one_is_loaded_anew(tiny_dir, quantized, tmp_path):
+    """Another model exported to a path this process loaded from, then loaded: the new library runs (dlopen would
+    hand back the old one, held under that file name), as in a fresh process; the first library exported there
+    again loads as it did."""
+    ids = np.array([[101, 2023, 2003, 1037, 102]])
+    path = tmp_path / "model.so"
+    first = ibert_tvm.compile(quantized, "llvm", tuning_logs=False, batch_sizes=(1,), seq_lengths=(8,))
+    first.export(path)
+    old = ibert_tvm.load(path)(ids, integer=True)
+    other = ibert_tvm.from_pretrained(str(tiny_dir), calibration=held_out_texts())  # other scales and integers
+    second = ibert_tvm.compile(other, "llvm", tuning_logs=False, batch_sizes=(1,), seq_lengths=(8,))
+    second.export(path)
+    new = ibert_tvm.load(path)(ids, integer=True)
+    assert not np.array_equal(old, new)
+    np.testing.assert_array_equal(new, second(ids, integer=True))
+    np.testing.assert_array_equal(ibert_tvm.load(path)(ids, integer=True), new)  # the copy, loaded again
+    first.export(path)
+    np.testing.assert_array_equal(ibert_tvm.load(path)(ids, integer=True), old)
+
+
+def test_export_writes_the_same_library_after_a_call(quantized, tmp_path, capfd):
+    """Calling a CompiledModel (its runner's VM) leaves the executable it exports as compiled: the library is
+    byte for byte the one exported before the call, without TVM's 'Scope Saving' warnings (whose library warned
+    'Scope Loaded' at every load)."""
+    lib = ibert_tvm.compile(quantized, "llvm", tuning_logs=False, batch_sizes=(1,), seq_lengths=(8,))
+    before, after = lib.export(tmp_path / "before.so"), tmp_path / "after.so"
+    ids = np.array([[101, 2023, 102]])
+    called = lib(ids, integer=True)
+    capfd.readouterr()
+    lib.export(after)
+    assert "Scope" not in capfd.readouterr().err
+    assert before.read_bytes() == after.read_bytes()
+    np.testing.assert_array_equal(ibert_tvm.load(after)(ids, integer=True), called)
+
+
+def _unwritable(folder: Path):
+    """An `os.access` that says `folder` cannot be written (as for root, to whom chmod changes nothing)."""
+    real = os.access
+
+    def access(path, mode, *args, **kwargs):
+        return False if Path(path) == folder and mode & os.W_OK else real(path, mode, *args, **kwargs)
+
+    return access
+
+
+def test_a_folder_that_cannot_be_written_is_refused_before_compiling(compiled_model, tmp_path, monkeypatch, capsys):
+    """`check_library_path` (the CLI's check before calibrating, and export's) names the folder, or the nearest
+    existing one of folders to be made, that this user cannot write; `ibert-tvm compile` says so in one line."""
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    monkeypatch.setattr(artifact.os, "access", _unwritable(locked))
+    for path in (locked / "m.so", locked / "new" / "deeper" / "m.so"):
+        with pytest.raises(PermissionError, match=f"^{re.escape(str(path.parent))}: the folder "
+                                                  f"{re.escape(str(locked))} cannot be written"):
+            artifact.check_library_path(path)
+    with pytest.raises(PermissionError, match="cannot be written"):
+        compiled_model.export(locked / "m.so")
+    from ibert_tvm import cli
+
+    args = ["compile", "--model", str(tmp_path / "not-read"), "--seq-lengths", "16", "-o", str(locked / "m.so")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"ibert-tvm: error: {locked}: the folder {locked} cannot be written; export to a folder of yours\n"
+    assert not any(locked.iterdir())
+
+
+def test_a_linker_failure_is_one_line_naming_the_library(compiled_model, tmp_path, monkeypatch):
+    """Where the linker cannot write the library after all (here a folder in its place, past the checks), export
+    raises an OSError naming the path and the linker's reason, not TVM's traceback."""
+    from ibert_tvm import compiler
+
+    monkeypatch.setattr(compiler, "check_library_path", Path)
+    path = tmp_path / "m.so"
+    path.mkdir()
+    with pytest.raises(OSError) as err:
+        compiled_model.export(path)
+    assert re.fullmatch(f"{re.escape(str(path))}: the linker could not write the library \\(.*cannot open output "
+                        f"file {re.escape(str(path))}: Is a directory\\)", str(err.value))
