@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import shlex
 import sys
 import warnings
@@ -371,6 +372,8 @@ def _eval(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{', '.join(given)}: for a checkpoint given with --model (the bundled sentiment "
                              "classifier takes single sentences, calibrated on its own tweets)")
+        if not args.csv and (args.text_column, args.label_column) != ("text", "label"):
+            raise ValueError("--text-column and --label-column name the columns of a --csv file")
         report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert,
                           text_column=args.text_column, label_column=args.label_column)
     print(report)
@@ -609,6 +612,17 @@ def _one_line_warnings(show: Callable[..., None]) -> Callable[..., None]:
 _PACKAGE = Path(__file__).resolve().parent
 
 
+def _stdout_closed() -> bool:
+    """Whether stdout is a pipe whose reader has gone (poll reports an error on its write end): a BrokenPipeError
+    from anywhere else (a tuning worker's pipe, an RPC socket) is an error to report."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+    except (OSError, ValueError):  # no file descriptor (captured output)
+        return False
+    return any(event & select.POLLERR for _, event in poller.poll(0))
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
@@ -617,10 +631,10 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warnings(warnings.showwarning)
             return args.func(args)
-    except BrokenPipeError:  # whoever read the output stopped (`ibert-tvm inspect ... | head`): nothing to report
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes stdout
-        return 1
     except _user_errors() as err:
+        if isinstance(err, BrokenPipeError) and _stdout_closed():  # `ibert-tvm inspect ... | head`: nothing to report
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes it
+            return 1
         if os.environ.get("IBERT_TVM_TRACEBACK"):  # a developer's way to the whole traceback
             raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__

@@ -74,7 +74,7 @@ class CompiledModel:
         memory scope per constant into the executable it runs (TVM 0.27, `VirtualMachineImpl::Init`), which export
         would save, warning 'Scope Saving' per constant, and every load of that library would warn 'Scope Loaded':
         the kept executable stays as compiled, so export writes the same library before and after a call."""
-        runnable = self.executable.jit()  # kernels that cannot run as they are: linked and loaded, already a copy
+        runnable = self.executable.jit()  # kernels that cannot run as they are: a linked module of its own (cached)
         if runnable is not self.executable.mod:
             return runnable
         with tempfile.TemporaryDirectory() as tmp:

@@ -9,11 +9,11 @@ the integer Softmax treats them as -inf) and split over the compiled batch sizes
 
 from __future__ import annotations
 
-import atexit
 import math
 import os
 import shutil
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -340,7 +340,7 @@ def load(path: str | Path) -> IntegerModel:
     if problem := library_suffix_problem(path):  # the TVM runtime would write a relinked copy beside it
         raise ArtifactError(f"{problem}; re-export the artifact")
     try:
-        lib = tvm.runtime.load_module(_library_to_open(path, meta["library"]["sha256"]))
+        lib = _open_library(path, meta["library"]["sha256"])
     except Exception as err:  # a library that passed the hash check but that the loader refuses
         raise ArtifactError(f"{path}: the TVM runtime cannot load it ({_first_line(err)})") from err
     try:
@@ -349,35 +349,25 @@ def load(path: str | Path) -> IntegerModel:
         raise ArtifactError(f"{path}: {err}") from err
 
 
-#: resolved library path -> SHA-256 of the library this process first opened from it (`_library_to_open`)
+#: resolved library path -> SHA-256 of the library this process first opened from it (`_open_library`)
 _OPENED: dict[str, str] = {}
-#: where `_library_to_open` copies libraries exported over one this process opened (made on first need)
-_COPIES: Path | None = None
+_OPENED_LOCK = threading.Lock()
 
 
-def _library_to_open(path: str | Path, sha256: str) -> str:
-    """The file to open for the library now at `path` (SHA-256 `sha256`): the path itself, unless this process
-    opened another library from it before. Then dlopen would return the handle it still holds for that name (TVM
-    never closes one) and run the old library, so a copy named by the hash is opened instead."""
+def _open_library(path: str | Path, sha256: str) -> tvm.runtime.Module:
+    """The library now at `path` (SHA-256 `sha256`), loaded. Where this process opened another library from the
+    same path before, dlopen would hand back the handle it still holds for that name (TVM never closes one) and
+    run the old library; so that one is loaded from a copy of its own, removed once loaded (the loader keeps it
+    mapped). Each call copies into a folder of its own: threads may load at once."""
     resolved = os.path.realpath(path)
-    if _OPENED.setdefault(resolved, sha256) == sha256:
-        return resolved
-    copy = _copies_folder() / sha256 / Path(resolved).name
-    if not copy.is_file():  # made once per library (a later load gets the handle dlopen holds for it)
-        copy.parent.mkdir(exist_ok=True)
-        partial = copy.with_name(copy.name + ".part")
-        shutil.copyfile(resolved, partial)
-        partial.replace(copy)
-    return str(copy)
-
-
-def _copies_folder() -> Path:
-    """This process's folder of library copies (`_library_to_open`), removed at exit."""
-    global _COPIES
-    if _COPIES is None:
-        _COPIES = Path(tempfile.mkdtemp(prefix="ibert-tvm-libraries-"))
-        atexit.register(shutil.rmtree, _COPIES, ignore_errors=True)
-    return _COPIES
+    with _OPENED_LOCK:
+        first = _OPENED.setdefault(resolved, sha256) == sha256
+    if first:
+        return tvm.runtime.load_module(resolved)
+    with tempfile.TemporaryDirectory(prefix="ibert-tvm-library-") as folder:
+        copy = Path(folder) / Path(resolved).name
+        shutil.copyfile(resolved, copy)
+        return tvm.runtime.load_module(str(copy))
 
 
 def _first_line(err: BaseException) -> str:

@@ -341,7 +341,7 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     `keep_slower=True` (tuning itself) returns the database as it is on disk."""
     spec, folder = resolve_target(target), Path(path)
     if not folder.is_dir():
-        check_work_dir(folder)
+        check_work_dir(folder, writing=False)
         raise TuningLogError(f"no tuning database at {folder} (folder not found)")
     meta = _read_meta(folder)
     _check_meta(folder, meta, spec)
@@ -452,11 +452,12 @@ def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
-def check_work_dir(folder: str | Path) -> None:
-    """A TuningLogError where the tuning database's folder is a file, or cannot be made or written."""
+def check_work_dir(folder: str | Path, writing: bool = True) -> None:
+    """A TuningLogError where the tuning database's folder is a file or, where it is to be written (tuning), one
+    that cannot be made or written."""
     if Path(folder).is_file():
         raise TuningLogError(f"{folder} is a file, not a tuning database folder")
-    if problem := folder_problem(folder):
+    if writing and (problem := folder_problem(folder)):
         raise TuningLogError(problem)
 
 

@@ -521,7 +521,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     outer_batch, lead, cols, red = loops[:batch], loops[batch:-2], loops[-2], loops[-1]
     factors, nr = tile or _register_tile([_extent(sch, l) for l in lead], _extent(sch, cols) // width,
                                          VECTOR_REGISTERS[vbytes], *step_registers)
-    whole_tiles = _extent(sch, cols) % (nr * width) == 0 and _reads_every_column(sch, gemm)
+    accumulator = sch.get(gemm).writes[0].source
+    padded = bool(batch) and not _reads_every_column(sch, gemm)  # asked before the copies are inlined
     row_splits = [sch.split(l, [None, f]) for l, f in zip(lead, factors)]
     no, ni, nl = sch.split(cols, [None, nr, width])
     ko, kg = sch.split(red, [None, k_step]) if k_step > 1 else (red, None)
@@ -540,7 +541,8 @@ def _tile_gemm(sch: s_tir.Schedule, gemm: s_tir.SBlockRV, width: int, k_step: in
     for block in reversed(prologue) if batch else ():
         sch.compute_at(block, tile)
     epilogue = _after(sch, gemm)
-    per_tile = all(_follows_tile(sch, block, gemm, exact=not (batch and whole_tiles)) for block in epilogue)
+    per_tile = (all(_follows_tile(sch, block, gemm, exact=not batch) for block in epilogue)
+                and not (padded and _maps_columns(sch, epilogue, accumulator)))
     for block in epilogue if per_tile else ():
         sch.reverse_compute_at(block, tile)
     sch.parallel(tile)
@@ -579,10 +581,7 @@ def _mark_prefetches(sch: s_tir.Schedule, tile: s_tir.LoopRV, ko: s_tir.LoopRV, 
 
 def _reads_every_column(sch: s_tir.Schedule, gemm: s_tir.SBlockRV) -> bool:
     """Whether the GEMM's consumers read every column of its accumulator at a plain iteration variable, i.e.
-    the accumulator has no padding columns (N rounded up to the vector width). A batched GEMM's epilogue that
-    merges the heads (`(c // D, c % D)` of the context's column c) maps a task's column tile to the columns it
-    produced only then: with D = 8 in 16-wide tiles, the task of head h also computed head h + 1's outputs
-    from an accumulator another task had not yet written."""
+    the accumulator has no padding columns (N rounded up to the vector width)."""
     acc = sch.get(gemm).writes[0].source
     for consumer in sch.get_consumers(gemm):
         block = sch.get(consumer)
@@ -593,6 +592,16 @@ def _reads_every_column(sch: s_tir.Schedule, gemm: s_tir.SBlockRV) -> bool:
                                                    and extents.get(last.name) == int(acc.shape[-1])):
                 return False
     return True
+
+
+def _maps_columns(sch: s_tir.Schedule, blocks: list[s_tir.SBlockRV], accumulator: tirx.Buffer) -> bool:
+    """Whether any of `blocks` reads the accumulator's columns through an index other than a plain iteration
+    variable: P V's epilogue merging the heads (`(c // D, c % D)` of the context's column c). Over a padded
+    accumulator such an epilogue maps a task's column tile to more than the columns it produced (with D = 8 in
+    16-wide tiles, head h's task also computed head h + 1's outputs, from an accumulator another task had not
+    yet written), so it runs after the GEMM; Q K^T's, which reads its columns as they are, stays per task."""
+    return any(region.source.same_as(accumulator) and not isinstance(region.region[-1].min, tirx.Var)
+               for block in blocks for region in sch.get(block).reads)
 
 
 def _follows_tile(sch: s_tir.Schedule, block: s_tir.SBlockRV, gemm: s_tir.SBlockRV, exact: bool) -> bool:

@@ -340,6 +340,15 @@ def test_a_reader_that_stops_early_is_no_error(artifact):
     assert proc.stderr.read() == ""
 
 
+def test_a_broken_pipe_elsewhere_is_reported(monkeypatch):
+    """A BrokenPipeError that is not stdout's (a tuning worker's pipe, an RPC socket) is an error, in one line."""
+    def broken(_args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr("ibert_tvm.cli._targets", broken)
+    assert_one_line_error(cli("targets"), "Broken pipe")
+
+
 def test_what_compile_cannot_use_is_refused_before_calibrating(model_dir, tmp_path):
     """Sequence lengths past the model's positions (read from its config: the tiny model's 64, the built-in
     MiniLM's 512; the message names the option, whose default may be what is too long), a tuning database made

@@ -104,6 +104,7 @@ def test_eval_model_refusals_come_before_any_work(model_dir, tmp_path):
                               "--label-column", "gold"), "give a shorter --seq-lengths")
     assert_one_line_error(cli("eval", "--csv", str(path), "--pair-column", "hypothesis"),
                           "--pair-column: for a checkpoint given with --model")
+    assert_one_line_error(cli("eval", "--text-column", "premise"), "name the columns of a --csv file")
     assert_one_line_error(cli("eval", "--model", str(tmp_path / "nowhere"), *common), "is not a local model directory")
     encoder = tmp_path / "encoder"
     torch.manual_seed(0)
