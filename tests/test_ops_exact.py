@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -774,10 +776,11 @@ def test_embedding_hypothesis(case):
 # ================================================================ (c) documented corner cases
 
 
-def test_int_softmax_fully_masked_row_through_the_pipeline_is_zero():
+def test_int_softmax_fully_masked_row_through_the_pipeline_is_zero(tmp_path):
     """The same through the project pipeline for this CPU, vectorized: a condition on the row sum let TVM's
     simplifier drop the divisor's guard, and the row with no key divided by 0 (SIGFPE, the process killed) on
-    x86 with AVX-512; inputs that skip Python's checks (the C++ driver) reached it."""
+    x86 with AVX-512; inputs that skip Python's checks (the C++ driver) reached it. The library runs in a
+    process of its own, so that such a crash fails this test alone."""
     from ibert_tvm.relay_passes.pipeline import build
     from ibert_tvm.targets import resolve_target
 
@@ -791,8 +794,16 @@ def test_int_softmax_fully_masked_row_through_the_pipeline_is_zero():
     x = np.random.default_rng(6).integers(-3000, 3000, (2, 3, 5, 11)).astype(np.int32)
     m = np.ones((2, 1, 1, 11), np.int32)
     m[1] = 0
-    vm = relax.VirtualMachine(build(bb.get(), resolve_target("llvm").target), tvm.cpu())
-    out = vm["main"](tvm.runtime.tensor(x), tvm.runtime.tensor(m)).numpy()
+    build(bb.get(), resolve_target("llvm").target).export_library(str(tmp_path / "softmax.so"))
+    np.save(tmp_path / "x.npy", x)
+    np.save(tmp_path / "m.npy", m)
+    script = ("import sys, numpy as np, tvm; from tvm import relax; d = sys.argv[1]; "
+              "vm = relax.VirtualMachine(tvm.runtime.load_module(d + '/softmax.so'), tvm.cpu()); "
+              "args = [tvm.runtime.tensor(np.load(f'{d}/{n}.npy')) for n in ('x', 'm')]; "
+              "np.save(d + '/out.npy', vm['main'](*args).numpy())")
+    proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, f"the library's run ended with status {proc.returncode} (SIGFPE: -8): {proc.stderr}"
+    out = np.load(tmp_path / "out.npy")
     assert_exact(out, SOFTMAX.reference(x, mask=m, **kw), "int16", "fully masked batch, project pipeline")
     assert np.all(out[1] == 0) and np.all(out[0].sum(axis=-1) > 0)
 
