@@ -94,8 +94,6 @@ def _checked_path(text: str, file: bool) -> str:
             raise argparse.ArgumentTypeError(f"{text} is a folder, not a file")
         if file and not path.exists():
             raise argparse.ArgumentTypeError(f"no such file: {text}")
-        if not file and path.exists() and not path.is_dir():
-            raise argparse.ArgumentTypeError(f"{text} is a file, not a folder")
         if not file:
             from .reports import folder_problem
 

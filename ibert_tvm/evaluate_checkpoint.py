@@ -57,10 +57,13 @@ def _integer_model(model_dir: Path, calibration: Sequence[Text] | None, force_de
 
 def _batches(model: IntegerModel, texts: list[Text], batch_size: int
              ) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
-    """(rows, (ids, mask, types)) per batch of texts of similar length, tokenized once by the artifact's own
-    tokenizer (truncated to the longest compiled length, with a warning), for every mode to run."""
-    lengths = model.encode_texts(texts)[1].sum(1)
-    return [(rows, model.encode_texts([texts[i] for i in rows])) for rows in length_batches(lengths, batch_size)]
+    """(rows, (ids, mask, types)) per batch of texts of similar length, for every mode to run: the texts tokenized
+    once by the artifact's own tokenizer (truncated to the longest compiled length, with a warning), each batch
+    cut to its longest text, as the tokenizer pads a batch of them alone."""
+    ids, mask, types = model.encode_texts(texts)
+    lengths = mask.sum(1)
+    return [(rows, tuple(a[rows, :lengths[rows].max()] for a in (ids, mask, types)))
+            for rows in length_batches(lengths, batch_size)]
 
 
 def _logits(run, batches: list, count: int, progress: bool, desc: str, since: float | None = None

@@ -21,7 +21,7 @@ def folder_problem(path: str | Path) -> str | None:
     path = Path(path)
     existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
     if not existing.is_dir():
-        return f"{path}: {existing} is a file, not a folder"
+        return f"{path}{'' if existing == path.absolute() else f': {existing}'} is a file, not a folder"
     if not os.access(existing, os.W_OK):
         return f"{path}: the folder {existing} cannot be written"
     return None
