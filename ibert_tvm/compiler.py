@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 import warnings
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tvm
+from tvm import relax
 
 from . import cross
 from .artifact import check_library_path, check_runnable_here, runtime_versions, write_metadata
@@ -48,6 +51,7 @@ class CompiledModel:
         self.spec = spec
         self.meta = meta
         self._runner: IntegerModel | None = None  # the one `__call__` runs, made on its first call
+        self._as_compiled_file: Path | None = None  # the executable saved before a VM first ran it (`_runnable`)
 
     def export(self, path: str | Path) -> Path:
         """Write the library (cross-compiled where the target needs it) and its metadata JSON beside it; a linker
@@ -56,7 +60,7 @@ class CompiledModel:
         path.parent.mkdir(parents=True, exist_ok=True)
         with _build_environment(self.spec):
             try:
-                cross.export(self.executable, path, self.spec)
+                cross.export(self._as_compiled(), path, self.spec)
             except RuntimeError as err:
                 if not str(err).startswith(_LINK_FAILED):
                     raise
@@ -65,25 +69,33 @@ class CompiledModel:
         return path
 
     def runner(self) -> IntegerModel:
-        """A new in-process runner (host CPU or a present GPU); refuses a target this machine cannot run."""
+        """A new in-process runner (host CPU or a present GPU); refuses a target this machine cannot run. Every
+        runner runs the one executable, so they share its constants (the weights)."""
         check_runnable_here({**self.meta, "versions": runtime_versions()}, f"target {self.spec.name}")
-        return IntegerModel(self._executable_copy(), self.meta)
+        return IntegerModel(self._runnable(), self.meta)
 
-    def _executable_copy(self) -> tvm.runtime.Module:
-        """A copy of the VM executable (the same compiled kernels) for a runner to run. A Relax VM writes an empty
-        memory scope per constant into the executable it runs (TVM 0.27, `VirtualMachineImpl::Init`), which export
-        would save, warning 'Scope Saving' per constant, and every load of that library would warn 'Scope Loaded':
-        the kept executable stays as compiled, so export writes the same library before and after a call."""
+    def _runnable(self) -> tvm.runtime.Module:
+        """The executable's module for a VM to run. A Relax VM writes an empty memory scope per constant into the
+        executable it runs (TVM 0.27, `VirtualMachineImpl::Init`), which export would save, warning 'Scope Saving'
+        per constant, and every load of that library would warn 'Scope Loaded': so before its first run the
+        executable is saved to a temporary file, and export writes the library from that file (`_as_compiled`)."""
         runnable = self.executable.jit()  # kernels that cannot run as they are: a linked module of its own (cached)
-        if runnable is not self.executable.mod:
-            return runnable
-        with tempfile.TemporaryDirectory() as tmp:
-            saved = Path(tmp) / "executable.bin"
-            self.executable.mod.write_to_file(str(saved))
-            copy = tvm.get_global_func("ffi.Module.load_from_file.relax.VMExecutable")(str(saved))
+        if runnable is self.executable.mod and self._as_compiled_file is None:
+            folder = tempfile.mkdtemp(prefix="ibert-tvm-executable-")
+            weakref.finalize(self, shutil.rmtree, folder, ignore_errors=True)
+            saved = Path(folder) / "executable.bin"
+            runnable.write_to_file(str(saved))
+            self._as_compiled_file = saved
+        return runnable
+
+    def _as_compiled(self) -> Any:
+        """The executable as compiled: the kept one if no VM ran it, else the copy saved before its first run."""
+        if self._as_compiled_file is None:
+            return self.executable
+        copy = tvm.get_global_func("ffi.Module.load_from_file.relax.VMExecutable")(str(self._as_compiled_file))
         for kernels in self.executable.mod.imports:
             copy.import_module(kernels)
-        return copy
+        return relax.VMExecutable(copy)
 
     def __call__(self, input_ids: Any, attention_mask: Any = None, token_type_ids: Any = None,
                  **kwargs: Any) -> np.ndarray:

@@ -501,6 +501,33 @@ def test_export_writes_the_same_library_after_a_call(quantized, tmp_path, capfd)
     np.testing.assert_array_equal(ibert_tvm.load(after)(ids, integer=True), called)
 
 
+def test_runners_share_the_weights(tmp_path):
+    """Every runner of a CompiledModel runs its one executable: 8 runners of a model whose embedding table is 8 MB
+    add far less than a table each to this process (each copied the executable, weights and all, until
+    2026-12-07: about a table's size per runner)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    vocab, hidden = 131072, 64
+    config = BertConfig(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=16)
+    ids = np.random.default_rng(0).integers(0, vocab, size=(2, 8))
+    qm = ibert_tvm.from_pretrained(BertModel(config, add_pooling_layer=False).eval(),
+                                   calibration=[ibert_tvm.Batch(ids, np.ones_like(ids))])
+    lib = ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(1,), seq_lengths=(8,))
+    expected = lib(ids[:1], integer=True)
+    before, runners = _resident_bytes(), [lib.runner() for _ in range(8)]
+    for runner in runners:
+        np.testing.assert_array_equal(runner(ids[:1], integer=True), expected)
+    assert _resident_bytes() - before < len(runners) * vocab * hidden / 4
+
+
+def _resident_bytes() -> int:
+    """This process's resident memory (Linux)."""
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
 def _unwritable(folder: Path):
     """An `os.access` that says `folder` cannot be written (as for root, to whom chmod changes nothing)."""
     real = os.access
