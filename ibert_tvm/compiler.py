@@ -13,6 +13,7 @@ import contextlib
 import json
 import shutil
 import tempfile
+import threading
 import warnings
 import weakref
 from collections.abc import Sequence
@@ -52,6 +53,7 @@ class CompiledModel:
         self.meta = meta
         self._runner: IntegerModel | None = None  # the one `__call__` runs, made on its first call
         self._as_compiled_file: Path | None = None  # the executable saved before a VM first ran it (`_runnable`)
+        self._making_runner = threading.Lock()
 
     def export(self, path: str | Path) -> Path:
         """Write the library (cross-compiled where the target needs it) and its metadata JSON beside it; a linker
@@ -70,9 +72,11 @@ class CompiledModel:
 
     def runner(self) -> IntegerModel:
         """A new in-process runner (host CPU or a present GPU); refuses a target this machine cannot run. Every
-        runner runs the one executable, so they share its constants (the weights)."""
+        runner runs the one executable, so they share its constants (the weights); runners are made one at a time,
+        as a VM's start writes into the executable."""
         check_runnable_here({**self.meta, "versions": runtime_versions()}, f"target {self.spec.name}")
-        return IntegerModel(self._runnable(), self.meta)
+        with self._making_runner:
+            return IntegerModel(self._runnable(), self.meta)
 
     def _runnable(self) -> tvm.runtime.Module:
         """The executable's module for a VM to run. A Relax VM writes an empty memory scope per constant into the
