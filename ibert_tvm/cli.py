@@ -282,6 +282,12 @@ def _tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_kind(model: dict) -> str:
+    """An artifact's model type, with the family whose program it runs where that differs ("distilbert (bert)")."""
+    source = model.get("source_type", model["model_type"])  # (artifacts exported before 2026-12-07 have none)
+    return source if source == model["model_type"] else f"{source} ({model['model_type']} family)"
+
+
 def _run(args: argparse.Namespace) -> int:
     from .runtime import load
 
@@ -422,7 +428,7 @@ def _inspect(args: argparse.Namespace) -> int:
         f"{_tuned(target)} {target['schedule_options'] or ''}".rstrip(),
         f"built with TVM {meta['versions']['tvm']}, tvm-ffi {meta['versions']['tvm_ffi']}, "
         f"ibert-tvm {meta['versions']['ibert_tvm']}",
-        f"model      {model['model_type']}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
+        f"model      {_model_kind(model)}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
         f"vocab {model['vocab_size']}, token types {model['type_vocab_size']}, semantics {model['semantics']}, "
         f"force_dequant {model['force_dequant']}, "
         f"importer {model.get('importer', 'modules')}",

@@ -24,16 +24,17 @@ __all__ = ["float_program", "run_float"]
 
 class _LastHiddenState(torch.nn.Module):
     """`(input_ids, attention_mask, token_type_ids) -> last_hidden_state`: the encoder's forward with a plain
-    tensor output."""
+    tensor output (a DistilBERT has no segments: its token types go unused)."""
 
     def __init__(self, encoder: PreTrainedModel):
         super().__init__()
         self.encoder = encoder
+        self.segments = encoder.config.model_type != "distilbert"
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
-        return self.encoder(input_ids=input_ids, attention_mask=attention_mask,
-                            token_type_ids=token_type_ids).last_hidden_state
+        types = {"token_type_ids": token_type_ids} if self.segments else {}
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask, **types).last_hidden_state
 
 
 def _eager_encoder(model: PreTrainedModel | str | Path) -> PreTrainedModel:

@@ -44,15 +44,30 @@ class UnusedCalibrationWarning(UserWarning):
     """Calibration was given for a model that needs none (a trained IBert checkpoint without an integer head)."""
 
 
-SUPPORTED_TYPES = ("bert", "roberta", "ibert")
+#: Each supported model type's family, whose integer program it runs: BERT's (positions from 0; DistilBERT is a
+#: BERT without segment embeddings) or RoBERTa's (positions from the padding index + 1; XLM-RoBERTa and CamemBERT
+#: are RoBERTa with other vocabularies, IBert RoBERTa with HF's integer simulation).
+FAMILIES = {"bert": "bert", "distilbert": "bert", "roberta": "roberta", "xlm-roberta": "roberta",
+            "camembert": "roberta", "ibert": "roberta"}
+SUPPORTED_TYPES = tuple(FAMILIES)
+
+
+def family(model_type: str) -> str:
+    """The family ("bert" or "roberta") of a supported model type."""
+    return FAMILIES[model_type]
+
+
+def _activation(config) -> str:
+    """The feed-forward activation (DistilBERT's config calls it `activation`)."""
+    return getattr(config, "hidden_act", None) or getattr(config, "activation", "gelu")
 
 
 def _check_supported(config) -> None:
     kind = getattr(config, "model_type", None)
     if kind not in SUPPORTED_TYPES:
         raise UnsupportedModelError(f"model type '{kind}' is not supported (supported: {', '.join(SUPPORTED_TYPES)})")
-    if getattr(config, "hidden_act", "gelu") != "gelu":
-        raise UnsupportedModelError(f"activation '{config.hidden_act}' is not supported: I-BERT has an integer "
+    if _activation(config) != "gelu":
+        raise UnsupportedModelError(f"activation '{_activation(config)}' is not supported: I-BERT has an integer "
                                     "GELU only")
     pos = getattr(config, "position_embedding_type", "absolute")
     if pos not in (None, "absolute"):
@@ -115,7 +130,7 @@ def max_seq_length(model_dir: str | os.PathLike) -> int:
 
 def _encoder_of(model: PreTrainedModel) -> PreTrainedModel:
     """The bare encoder of a `...Model` or `...ForSequenceClassification`."""
-    for attr in ("ibert", "roberta", "bert"):
+    for attr in ("ibert", "roberta", "bert", "distilbert"):
         if hasattr(model, attr) and isinstance(getattr(model, attr), PreTrainedModel):
             return getattr(model, attr)
     return model
@@ -159,15 +174,21 @@ def to_ibert(model: PreTrainedModel, force_dequant: str | None = None) -> IBertM
     if _has_trained_ranges(encoder):
         return encoder if force_dequant == own else _with_force_dequant(encoder, force_dequant)
     src = encoder.config
+    distilbert = src.model_type == "distilbert"
     cfg = IBertConfig(vocab_size=src.vocab_size, hidden_size=src.hidden_size, num_hidden_layers=src.num_hidden_layers,
-                      num_attention_heads=src.num_attention_heads, intermediate_size=src.intermediate_size,
-                      max_position_embeddings=src.max_position_embeddings, type_vocab_size=src.type_vocab_size,
+                      num_attention_heads=src.num_attention_heads,
+                      intermediate_size=src.hidden_dim if distilbert else src.intermediate_size,
+                      max_position_embeddings=src.max_position_embeddings,
+                      type_vocab_size=1 if distilbert else src.type_vocab_size,
                       pad_token_id=src.pad_token_id if src.pad_token_id is not None else 0,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, quant_mode=True,
-                      force_dequant=force_dequant, layer_norm_eps=src.layer_norm_eps,
+                      force_dequant=force_dequant, layer_norm_eps=DISTILBERT_LAYER_NORM_EPS if distilbert
+                      else src.layer_norm_eps,
                       id2label=dict(model.config.id2label))  # the labels of a classifier's head
     target = IBertModel(cfg, add_pooling_layer=False)
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
+    if distilbert:
+        state = distilbert_as_bert(state, src.hidden_size)
     missing, unexpected = target.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.endswith("position_ids") and not k.endswith("token_type_ids")]
     if unexpected:
@@ -176,6 +197,28 @@ def to_ibert(model: PreTrainedModel, force_dequant: str | None = None) -> IBertM
     if weights_missing:
         raise UnsupportedModelError(f"weights the I-BERT model needs but the model lacks: {weights_missing[:5]}")
     return target.eval()
+
+
+#: DistilBERT's LayerNorms' epsilon, fixed in its modules (its config has none).
+DISTILBERT_LAYER_NORM_EPS = 1e-12
+#: DistilBERT's names of a layer's modules -> BERT's (`distilbert_as_bert`).
+_DISTILBERT_LAYER = {"attention.q_lin": "attention.self.query", "attention.k_lin": "attention.self.key",
+                     "attention.v_lin": "attention.self.value", "attention.out_lin": "attention.output.dense",
+                     "sa_layer_norm": "attention.output.LayerNorm", "ffn.lin1": "intermediate.dense",
+                     "ffn.lin2": "output.dense", "output_layer_norm": "output.LayerNorm"}
+
+
+def distilbert_as_bert(state: Mapping[str, torch.Tensor], hidden: int) -> dict[str, torch.Tensor]:
+    """A DistilBERT encoder's weights under BERT's names, with a segment table of one zero row: its layers are BERT's
+    post-LayerNorm layers, and an embedding sum without segments is BERT's with a zero segment embedding."""
+    out = {"embeddings.token_type_embeddings.weight": torch.zeros(1, hidden)}
+    for key, value in state.items():
+        if key.startswith("transformer.layer."):
+            index, module = key[len("transformer.layer."):].split(".", 1)
+            name, param = module.rsplit(".", 1)
+            key = f"encoder.layer.{index}.{_DISTILBERT_LAYER.get(name, name)}.{param}"
+        out[key] = value
+    return out
 
 
 def _with_force_dequant(encoder: IBertModel, force_dequant: str) -> IBertModel:
@@ -212,6 +255,11 @@ class QuantizedModel:
         return position_limit(self.ibert.config, self.model_type)
 
     @property
+    def source_type(self) -> str:
+        """The model type it was made from (e.g. "distilbert", "xlm-roberta"); `model_type` is its family's."""
+        return self.source.config.model_type if self.source is not None else self.model_type
+
+    @property
     def integer_only(self) -> bool:
         """Whether the program is integer from ids to output: no Q8BERT-mode nonlinearity, no float head."""
         return self.ibert.config.force_dequant == "none" and not (self.head is not None and self.head_mode == "float")
@@ -229,7 +277,7 @@ class QuantizedModel:
         if self.head_mode == "float":
             return 1.0
         out = self.head.out
-        return quant.quantize_linear(out.weight.detach().numpy(), None, float(quant.TANH_OUT_SCALE)).acc_scale
+        return quant.quantize_linear(out.weight.detach().numpy(), None, float(self.head.activation_scale())).acc_scale
 
     def program(self, batch: int, seq: int) -> tvm.IRModule:
         """`main(input_ids int64 [B, L], attention_mask int32 [B, L], token_type_ids int32 [B, L])` -> int8
@@ -335,7 +383,10 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     if importer == "graph" and _quant_mode_ibert(encoder):
         raise UnsupportedModelError("importer='graph' needs a float BERT / RoBERTa: an IBert checkpoint's graph is "
                                     "HF's float simulation of the integers (use importer='modules')")
-    model_type = "roberta" if encoder.config.model_type == "ibert" else encoder.config.model_type
+    if importer == "graph" and encoder.config.model_type == "distilbert":
+        raise UnsupportedModelError("importer='graph' rewrites a BERT / RoBERTa graph, which a DistilBERT's is not (no "
+                                    "segment embedding; use importer='modules')")
+    model_type = family(encoder.config.model_type)
     tokenizer = _tokenizer(tokenizer, model_or_dir)
     _check_finite(model)
     calibrate_encoder = not _has_trained_ranges(encoder)
@@ -435,7 +486,7 @@ def tokenizer_in(directory: str | os.PathLike):
 def position_limit(config, model_type: str) -> int:
     """The longest sequence the position embeddings cover (RoBERTa's and IBert's start after the padding index,
     0 where the config names none, as `to_ibert` takes it)."""
-    offset = (config.pad_token_id or 0) + 1 if model_type in ("roberta", "ibert") else 0
+    offset = (config.pad_token_id or 0) + 1 if family(model_type) == "roberta" else 0
     return int(config.max_position_embeddings - offset)
 
 

@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 import tvm
-from transformers import (BatchEncoding, BertConfig, BertModel, IBertConfig, IBertForSequenceClassification, IBertModel,
-                          RobertaConfig, RobertaModel)
+from transformers import (BatchEncoding, BertConfig, BertModel, CamembertConfig, CamembertModel, DistilBertConfig,
+                          DistilBertModel, IBertConfig, IBertForSequenceClassification, IBertModel, RobertaConfig,
+                          RobertaModel, XLMRobertaConfig, XLMRobertaModel)
 from tvm import relax
 
 from ibert_tvm import layers
@@ -21,10 +22,25 @@ COMMON = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention
               attention_probs_dropout_prob=0.0)
 
 
+#: DistilBERT's names for COMMON's sizes.
+DISTIL = dict(vocab_size=COMMON["vocab_size"], dim=COMMON["hidden_size"], n_layers=COMMON["num_hidden_layers"],
+              n_heads=COMMON["num_attention_heads"], hidden_dim=COMMON["intermediate_size"],
+              max_position_embeddings=COMMON["max_position_embeddings"], initializer_range=0.1, dropout=0.0,
+              attention_dropout=0.0)
+ROBERTA_LIKE = dict(type_vocab_size=1, pad_token_id=1, **COMMON)
+
+
 def tiny(kind: str):
+    """A seeded tiny encoder: "bert", "roberta", or one of the other model types a family runs."""
     torch.manual_seed(0)
     if kind == "roberta":
-        return RobertaModel(RobertaConfig(type_vocab_size=1, pad_token_id=1, **COMMON), add_pooling_layer=False).eval()
+        return RobertaModel(RobertaConfig(**ROBERTA_LIKE), add_pooling_layer=False).eval()
+    if kind == "distilbert":
+        return DistilBertModel(DistilBertConfig(**DISTIL)).eval()
+    if kind == "xlm-roberta":
+        return XLMRobertaModel(XLMRobertaConfig(**ROBERTA_LIKE), add_pooling_layer=False).eval()
+    if kind == "camembert":
+        return CamembertModel(CamembertConfig(**ROBERTA_LIKE), add_pooling_layer=False).eval()
     return BertModel(BertConfig(pad_token_id=0, **COMMON), add_pooling_layer=False).eval()
 
 
@@ -85,7 +101,7 @@ def agreement(ours: np.ndarray, ref: np.ndarray) -> tuple[float, int]:
     return float(np.mean(diff == 0)), int(diff.max())
 
 
-@pytest.mark.parametrize("kind", ["roberta", "bert"])
+@pytest.mark.parametrize("kind", ["roberta", "bert", "distilbert", "xlm-roberta", "camembert"])
 def test_hf_semantics_matches_ibert_model(kind, report):
     """Each layer, fed HF's own int8 input, reproduces HF's int8 output (>= 99.9%, <= 1 LSB); end to end too.
 
@@ -370,7 +386,7 @@ def test_a_pair_classifiers_head_is_calibrated_on_the_pairs():
                 act(qm.head.dense(hidden[:, 0, :]))
         return float(act.x_min), float(act.x_max)
 
-    got = (float(qm.head.pre_tanh.x_min), float(qm.head.pre_tanh.x_max))
+    got = (float(qm.head.pre_activation.x_min), float(qm.head.pre_activation.x_max))
     assert got == head_range(with_types=True) != head_range(with_types=False)
 
 
@@ -444,7 +460,7 @@ def test_trained_ibert_classifier_calibrates_its_head_only():
             hidden = encoder(input_ids=b.input_ids, attention_mask=b.attention_mask,
                              position_ids=position_ids("roberta", b.input_ids, 0)).last_hidden_state
             act(qm.head.dense(hidden[:, 0, :]))
-    assert (float(qm.head.pre_tanh.x_min), float(qm.head.pre_tanh.x_max)) == (float(act.x_min), float(act.x_max))
+    assert (float(qm.head.pre_activation.x_min), float(qm.head.pre_activation.x_max)) == (float(act.x_min), float(act.x_max))
     assert float(act.x_max) > 0.1
 
 
