@@ -432,7 +432,9 @@ class _Reader:
             x = self.g.out(node)
         if len(terms) != 2:
             self.fail(f"embeddings: expected word + token-type + position embeddings, found the word embedding "
-                      f"plus {len(terms)} term(s) before {node.op_type} '{node.name}'")
+                      f"plus {len(terms)} term(s) before {node.op_type} '{node.name}'"
+                      + ("; a DistilBERT export (no token-type embedding) is not read from ONNX: pass the model to "
+                         "from_pretrained" if len(terms) == 1 else ""))
         types, positions = (self.g.producer.get(t) for t in terms)
         if types is None or types.op_type != "Gather" or self.g.const(types.input[0]) is None:
             self.fail("embeddings: the token-type embedding is not a table lookup (constant-folded or missing)")

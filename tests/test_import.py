@@ -189,6 +189,15 @@ def test_relu_bert_is_refused(tmp_path):
         model_from_onnx(path)
 
 
+def test_a_distilbert_export_is_refused_by_name(tmp_path):
+    """A DistilBERT's graph has no token-type lookup: refused, naming from_pretrained, which takes the model."""
+    from test_model import tiny
+
+    path = export(tiny("distilbert"), tmp_path / "distilbert.onnx", dynamic=True)
+    with pytest.raises(OnnxImportError, match="DistilBERT export .* pass the model to from_pretrained"):
+        model_from_onnx(path)
+
+
 def test_pooler_weights_are_not_silently_dropped(tmp_path):
     torch.manual_seed(0)
     model = BertModel(BertConfig(pad_token_id=0, **COMMON), add_pooling_layer=True).eval()
