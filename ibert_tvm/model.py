@@ -313,13 +313,17 @@ class QuantizedModel:
             bb.emit_func_output(out)
 
     def encoder_states(self, bb: relax.BlockBuilder, ids: relax.Var, mask: relax.Var,
-                       types: relax.Var | None = None) -> layers.QTensor:
+                       types: relax.Var | None = None, stages: list[layers.QTensor] | None = None) -> layers.QTensor:
         """Emit the encoder into `bb`'s dataflow block: int64 ids, int32 mask and int32 token types [B, L] (None:
-        one sentence, all type 0) -> int8 states [B, L, H]."""
+        one sentence, all type 0) -> int8 states [B, L, H]. `stages`, where given, receives the embeddings' int8
+        output and each layer's (the modules importer's program only)."""
         batch, seq = (int(d) for d in ids.ty.shape.values)
         if types is None:
             types = bb.emit(relax.const(np.zeros((batch, seq), np.int32)))
         if self.importer == "graph":
+            if stages is not None:
+                raise ValueError("the per-layer stages are the modules importer's (the same integers): "
+                                 "dataclasses.replace(model, importer='modules')")
             from .float_reference import float_program
             from .relay_passes.rewrite_to_ibert import emit_encoder
 
@@ -332,10 +336,13 @@ class QuantizedModel:
         h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
         mask4 = bb.emit(relax.op.reshape(mask, (batch, 1, 1, seq)))
         emb_scale = h.scale
+        collected = [] if stages is None else stages
+        collected.append(h)
         for layer in self.ibert.encoder.layer:
             if self.semantics == "hf":
                 h = layers.QTensor(h.value, h.scale, emb_scale)
             h = layers.encoder_layer(bb, h, layer, mask4)
+            collected.append(h)
         return h
 
 
