@@ -131,7 +131,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 
 # ---- model arguments shared by compile and tune
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, target: bool = True) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--model", metavar="DIR", help=f"a local HuggingFace model directory (BERT, RoBERTa, IBert; "
                      f"optionally ...ForSequenceClassification); default: {DEFAULT_MODEL}")
@@ -151,6 +151,8 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force-dequant", choices=FORCE_DEQUANT,
                    help="Q8BERT mode: keep these nonlinearities in float (default: an IBert checkpoint's own "
                         "setting, none for any other model)")
+    if not target:
+        return
     p.add_argument("--target", default="llvm", help="llvm (this CPU, the default), x86-noamx, x86-amx, "
                    "x86-avx512vnni, x86-avxvnni, x86-avx2, aarch64, aarch64-neon, t4, cuda, cuda:sm_XX "
                    "(`ibert-tvm targets` says what each means)")
@@ -404,6 +406,29 @@ def _eval_checkpoint(args: argparse.Namespace):
                                q8bert=not args.no_q8bert, name=args.csv)
 
 
+def _layers(args: argparse.Namespace) -> int:
+    """`layers`: the per-layer numerical diff of the model's integer program on some sentences."""
+    from .calibration import batches_from_texts
+    from .layer_diff import compare_layers, write_report
+    from .model import MIN_SEQ_LENGTH
+    from .model_demo import HELD_OUT_FROM, sentences
+
+    if args.pair is not None and not args.text:
+        raise ValueError("--pair gives the second text of a --text sentence pair: give --text too")
+    texts = (args.text if args.pair is None else list(zip(args.text, _one_each(args.pair, "--pair", args.text,
+                                                                                "--text")))
+             ) if args.text else sentences()[HELD_OUT_FROM:]
+    qm = _quantize(args, [MIN_SEQ_LENGTH], "--text")
+    if qm.tokenizer is None:
+        raise ValueError("the model has no tokenizer to tokenize the texts: give --tokenizer DIR")
+    batch = batches_from_texts(texts, qm.tokenizer, batch_size=len(texts), max_length=qm.max_seq_length)[0]
+    diff = compare_layers(qm, batch.input_ids, batch.attention_mask, batch.token_type_ids)
+    print(diff)
+    paths = write_report(diff, args.out)
+    print(f"wrote {', '.join(map(str, paths))}")
+    return 0
+
+
 def _tuned(target: dict) -> str:
     """'untuned', or 'tuned' with how many kernels took a record and how many of the records applied were never
     checked on the program (artifacts since each count was recorded)."""
@@ -584,6 +609,22 @@ def build_parser() -> argparse.ArgumentParser:
                     help="output folder of eval.json, eval.md and eval.png (confusion matrices, logit cosines; "
                     "default eval-results)")
     ev.set_defaults(func=_eval)
+
+    lay = sub.add_parser("layers", help="per-layer numerical diff: integer-only vs float vs HF's simulation",
+                         description="Calibrate a model as compile does, run its integer program (this CPU) on "
+                                     "sentences and compare the embeddings' and each layer's int8 output, over the "
+                                     "real tokens, with the float model (per-token cosine min / mean, max |error| "
+                                     "relative to the largest reference value) and with HF's IBertModel "
+                                     "simulation (share of identical int8 values; 100 %% expected with "
+                                     "--semantics hf). The first stage whose cosine drops is where quantization "
+                                     "breaks. Writes layers.json, layers.md and layers.png to --out.")
+    _add_model_args(lay, target=False)
+    lay.add_argument("--text", action="append", help="a sentence (repeatable; default: the bundled held-out "
+                     "sentences)")
+    lay.add_argument("--pair", action="append", help="the second sentence of a pair, one per --text in order")
+    lay.add_argument("--out", type=_output_folder, default="layer-results",
+                     help="output folder (default layer-results)")
+    lay.set_defaults(func=_layers)
 
     insp = sub.add_parser("inspect", help="what an artifact contains",
                           description="Check an artifact's metadata against its library and print its target, "

@@ -21,7 +21,7 @@ from ibert_tvm.cli import main
 from tiny_models import LABELS, calibration_texts, held_out_texts, save_tiny_classifier
 
 SCRIPT = Path(sys.executable).parent / "ibert-tvm"
-COMMANDS = ("demo", "compile", "tune", "run", "bench", "eval", "inspect", "targets")
+COMMANDS = ("demo", "compile", "tune", "run", "bench", "eval", "layers", "inspect", "targets")
 
 
 def console(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
@@ -463,6 +463,20 @@ def test_eval_scores_a_labelled_csv(tmp_path):
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "'happy' is not one of")
     (tmp_path / "bad.csv").write_text("text,label\nfine,\u00b2\n", encoding="utf-8")  # a digit to isdigit()
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "row 2: label '\u00b2' is not one of")
+
+
+def test_layers_compares_every_stage_and_writes_the_report(model_dir, tmp_path):
+    """`layers` on the tiny classifier with HF's semantics: one row per stage, each 100 % identical to HF's
+    IBertModel (the module's own tests localise a broken layer), and the three report files."""
+    proc = console("layers", "--model", str(model_dir), "--calibration", str(model_dir.parent / "calibration.txt"),
+                   "--semantics", "hf", "--text", "a fine day", "--text", "the worst film of the year",
+                   "--out", str(tmp_path / "layers"))
+    assert proc.returncode == 0, proc.stderr
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| embeddings", "| layer"))]
+    assert [row.split("|")[1].strip() for row in rows] == ["embeddings", "layer 1", "layer 2"]
+    assert all(row.rstrip(" |").endswith("100.00 %") for row in rows)
+    assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == ["layers.json", "layers.md", "layers.png"]
+    assert_one_line_error(cli("layers", "--model", str(model_dir), "--pair", "x"), "--pair gives the second text")
 
 
 def test_tune_check_only_checks_an_existing_database(model_dir, tmp_path):
