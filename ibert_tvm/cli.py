@@ -332,8 +332,15 @@ def _check_equal_rows(rows: list[list[int]], option: str, noun: str = "ids") -> 
 
 
 def _outputs(model, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> list[dict[str, Any]]:
-    """What `run` prints of each row: a classifier's label and logits, or an encoder's token count and hidden
-    states mean-pooled over the mask's tokens."""
+    """What `run` prints of each row: a classifier's label (a multi-label one's labels) and logits, a regression's
+    values, or an encoder's token count and hidden states mean-pooled over the mask's tokens."""
+    from .runtime import MULTI_LABEL, REGRESSION
+
+    if model.problem_type == REGRESSION:
+        return [{"values": _rounded(row, limit=None)} for row in model(ids, mask, types)]
+    if model.problem_type == MULTI_LABEL:
+        return [{"labels": list(p.labels), "logits": _rounded(p.logits, limit=None)}
+                for p in model.classify_ids(ids, mask, types)]
     if model.meta["output"]["kind"] == "logits":
         return [{"label": p.label, "logits": _rounded(p.logits, limit=None)}
                 for p in model.classify_ids(ids, mask, types)]
@@ -461,7 +468,9 @@ def _inspect(args: argparse.Namespace) -> int:
                                    for i in meta["inputs"]),
         f"output     {out['kind']} {out['dtype']} [{', '.join(map(str, out['shape']))}]"
         + (f" of the {model['head']} classification head" if model.get("head") else "")
-        + (f", labels {model['labels']}" if model.get("labels") else ""),
+        + (f", labels {model['labels']}" if model.get("labels") else "")
+        + (f", {model['problem_type']}" if model.get("problem_type") not in (None, "single_label_classification")
+           else ""),
         f"buckets    batch {buckets['batch_sizes']} x seq {buckets['seq_lengths']}",
         f"tokenizer  {', '.join(sorted(meta.get('tokenizer') or {})) or 'none'}",
     ]

@@ -242,7 +242,7 @@ def _metadata(model: QuantizedModel, spec: TargetSpec, batch_sizes: list[int], s
                   "num_hidden_layers": int(config.num_hidden_layers),
                   "pad_token_id": int(config.pad_token_id), "max_seq_length": model.max_seq_length,
                   "force_dequant": getattr(config, "force_dequant", "none"), "head": model.head_mode if head else None,
-                  "labels": labels, "config": json.loads(config.to_json_string())},
+                  "labels": labels, "problem_type": model.problem_type, "config": json.loads(config.to_json_string())},
         "inputs": [{"name": "input_ids", "dtype": "int64", "shape": ["batch", "seq"]},
                    {"name": "attention_mask", "dtype": "int32", "shape": ["batch", "seq"]},
                    {"name": "token_type_ids", "dtype": "int32", "shape": ["batch", "seq"]}],

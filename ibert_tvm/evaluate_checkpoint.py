@@ -34,6 +34,10 @@ def checkpoint_labels(model_dir: str | Path) -> tuple[str, ...]:
     if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
         raise UnsupportedModelError(f"{model_dir} is not a sequence-classification checkpoint (architectures: "
                                     f"{config.architectures}): eval scores a classifier's labels")
+    kind = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
+    if kind != "single_label_classification":
+        raise UnsupportedModelError(f"{model_dir} is a {kind.replace('_', '-')} checkpoint (problem_type {kind!r}): "
+                                    "eval scores single-label classifiers, one label per text")
     return tuple(config.id2label[i] for i in range(config.num_labels))
 
 

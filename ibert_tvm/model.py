@@ -260,6 +260,15 @@ class QuantizedModel:
         return self.source.config.model_type if self.source is not None else self.model_type
 
     @property
+    def problem_type(self) -> str | None:
+        """A classifier's HF problem type, as its forward takes it where the config names none (one output: a
+        regression; more: a single-label classification); None without a head."""
+        if self.head is None:
+            return None
+        given = getattr(getattr(self.source, "config", None), "problem_type", None)
+        return given or ("regression" if self.head.num_labels == 1 else "single_label_classification")
+
+    @property
     def integer_only(self) -> bool:
         """Whether the program is integer from ids to output: no Q8BERT-mode nonlinearity, no float head."""
         return self.ibert.config.force_dequant == "none" and not (self.head is not None and self.head_mode == "float")

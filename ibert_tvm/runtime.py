@@ -34,13 +34,21 @@ class InputError(ValueError):
     """An input the compiled model cannot take; the message names the input and the problem."""
 
 
+#: HF's problem types of a sequence classifier; an artifact without one (exported before 2026-12-07) is taken as
+#: HF's forward takes a config without one: one output a regression, more a single-label classification.
+REGRESSION, SINGLE_LABEL, MULTI_LABEL = "regression", "single_label_classification", "multi_label_classification"
+
+
 @dataclass(frozen=True)
 class Prediction:
-    """One classified text: its label, the label's index and the (dequantized) logits."""
+    """One classified text: its top-scoring label, that label's index, the (dequantized) logits, and every label
+    the model assigns: the top one for a single-label classifier; for a multi-label one each whose logit is
+    positive (sigmoid > 0.5), perhaps none."""
 
     label: str
     index: int
     logits: np.ndarray
+    labels: tuple[str, ...]
 
 
 class IntegerModel:
@@ -266,13 +274,26 @@ class IntegerModel:
         self._check_classifier()
         logits = self(input_ids, attention_mask, token_type_ids)
         labels = self.labels or [str(i) for i in range(logits.shape[1])]
-        return [Prediction(labels[int(i)], int(i), row) for row, i in zip(logits, logits.argmax(1))]
+        multi = self.problem_type == MULTI_LABEL
+        return [Prediction(labels[int(i)], int(i), row, tuple(labels[j] for j in np.flatnonzero(row > 0)) if multi
+                           else (labels[int(i)],)) for row, i in zip(logits, logits.argmax(1))]
+
+    @property
+    def problem_type(self) -> str | None:
+        """A classifier's HF problem type (`REGRESSION`, `SINGLE_LABEL`, `MULTI_LABEL`); None for an encoder."""
+        model = self.meta["model"]
+        if self.meta["output"]["kind"] != "logits":
+            return None
+        return model.get("problem_type") or (REGRESSION if len(model.get("labels") or ()) == 1 else SINGLE_LABEL)
 
     def _check_classifier(self) -> None:
-        """An InputError where the artifact has no classification head."""
+        """An InputError where the artifact has no classification head, or a regression head (no labels)."""
         if self.meta["output"]["kind"] != "logits":
             raise InputError("classify needs a model with a classification head; this artifact outputs hidden "
                              "states (call it on token ids instead)")
+        if self.problem_type == REGRESSION:
+            raise InputError("this model's head is a regression (problem_type 'regression'): it has values, not "
+                             "labels: call the model on token ids for them")
 
 
 def _texts(texts: Sequence[Text]) -> tuple[list[str], ...]:

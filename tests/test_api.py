@@ -528,6 +528,50 @@ def _resident_bytes() -> int:
     return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+@pytest.mark.parametrize("problem_type", ["regression", "multi_label_classification"])
+def test_regression_and_multi_label_heads_are_not_read_as_single_labels(problem_type, tmp_path, capsys):
+    """A regression head (one output) gives values, and classify refuses it; a multi-label head's prediction holds
+    every label whose logit is positive (sigmoid > 0.5), as the float model's; `run` prints values or labels, and
+    the artifact records the problem type. (Both were read as single-label argmaxes until 2026-12-07.)"""
+    import torch
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from ibert_tvm.cli import main
+
+    torch.manual_seed(0)
+    labels = 1 if problem_type == "regression" else 4
+    config = BertConfig(vocab_size=200, hidden_size=64, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=16, num_labels=labels,
+                        problem_type=problem_type, initializer_range=0.2)
+    model = BertForSequenceClassification(config).eval()
+    ids = np.random.default_rng(0).integers(1, 200, size=(8, 8))
+    qm = ibert_tvm.from_pretrained(model, calibration=[ibert_tvm.Batch(ids, np.ones_like(ids))])
+    path = ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(8,), seq_lengths=(8,)).export(
+        tmp_path / "head.so")
+    m = ibert_tvm.load(path)
+    assert m.problem_type == m.meta["model"]["problem_type"] == problem_type
+    with torch.no_grad():
+        reference = model(input_ids=torch.from_numpy(ids)).logits.numpy()
+    ours = m(ids)
+    np.testing.assert_allclose(ours, reference, atol=0.1 * np.abs(reference).max())
+    assert main(["run", str(path), "--ids", ",".join(map(str, ids[0]))]) == 0
+    printed = json.loads(capsys.readouterr().out)[0]
+    if problem_type == "regression":
+        with pytest.raises(ibert_tvm.InputError, match="regression"):
+            m.classify_ids(ids)
+        assert printed["values"] == pytest.approx(ours[0].tolist(), abs=1e-3) and "label" not in printed
+        return
+    predictions = m.classify_ids(ids)
+    names = m.labels
+    clear = np.abs(reference) > 0.1 * np.abs(reference).max()  # not near the 0.5 threshold
+    for p, row, ref, sure in zip(predictions, ours, reference, clear):
+        assert p.labels == tuple(names[j] for j in np.flatnonzero(row > 0))
+        assert {names[j] for j in np.flatnonzero(sure & (ref > 0))} <= set(p.labels)
+        assert not {names[j] for j in np.flatnonzero(sure & (ref < 0))} & set(p.labels)
+    assert len({len(p.labels) for p in predictions}) > 1  # rows with different numbers of labels
+    assert printed["labels"] == list(predictions[0].labels)
+
+
 def _unwritable(folder: Path):
     """An `os.access` that says `folder` cannot be written (as for root, to whom chmod changes nothing)."""
     real = os.access
