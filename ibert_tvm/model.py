@@ -57,6 +57,10 @@ def family(model_type: str) -> str:
     return FAMILIES[model_type]
 
 
+#: transformers' names of the erf GELU, the function i-GELU approximates ("gelu_python" computes it in Python).
+ERF_GELU = ("gelu", "gelu_python")
+
+
 def _activation(config) -> str:
     """The feed-forward activation (DistilBERT's config calls it `activation`)."""
     return getattr(config, "hidden_act", None) or getattr(config, "activation", "gelu")
@@ -66,9 +70,11 @@ def _check_supported(config) -> None:
     kind = getattr(config, "model_type", None)
     if kind not in SUPPORTED_TYPES:
         raise UnsupportedModelError(f"model type '{kind}' is not supported (supported: {', '.join(SUPPORTED_TYPES)})")
-    if _activation(config) != "gelu":
+    if _activation(config) not in ERF_GELU:
         raise UnsupportedModelError(f"activation '{_activation(config)}' is not supported: I-BERT has an integer "
                                     "GELU only")
+    if getattr(config, "num_hidden_layers", 1) < 1:
+        raise UnsupportedModelError("a model without encoder layers (num_hidden_layers 0) is not supported")
     pos = getattr(config, "position_embedding_type", "absolute")
     if pos not in (None, "absolute"):
         raise UnsupportedModelError(f"position_embedding_type '{pos}' is not supported: only absolute "
@@ -185,7 +191,12 @@ def to_ibert(model: PreTrainedModel, force_dequant: str | None = None) -> IBertM
                       force_dequant=force_dequant, layer_norm_eps=DISTILBERT_LAYER_NORM_EPS if distilbert
                       else src.layer_norm_eps,
                       id2label=dict(model.config.id2label))  # the labels of a classifier's head
-    target = IBertModel(cfg, add_pooling_layer=False)
+    if family(src.model_type) == "bert" and cfg.pad_token_id >= cfg.max_position_embeddings:
+        cfg.pad_token_id = 0  # IBert's position table pads at the pad id, which BERT's positions never use
+        target = IBertModel(cfg, add_pooling_layer=False)
+        target.config.pad_token_id = src.pad_token_id
+    else:
+        target = IBertModel(cfg, add_pooling_layer=False)
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
     if distilbert:
         state = distilbert_as_bert(state, src.hidden_size)
@@ -405,6 +416,8 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     model_type = family(encoder.config.model_type)
     tokenizer = _tokenizer(tokenizer, model_or_dir)
     _check_finite(model)
+    if qmodel.config.force_dequant not in ("layernorm", "nonlinear"):  # integer LayerNorms
+        _check_layer_norms(model)
     calibrate_encoder = not _has_trained_ranges(encoder)
     classifier = head_of(model)
     calibrate_classifier = classifier is not None and head == "integer"
@@ -448,6 +461,18 @@ def _check_finite(model: PreTrainedModel) -> None:
     for name, weight in model.named_parameters():
         if not torch.isfinite(weight).all():
             raise ValueError(f"weight {name} is not finite (it holds NaN or inf)")
+
+
+def _check_layer_norms(model: PreTrainedModel) -> None:
+    """A QuantizationRangeError naming the first LayerNorm of a float `model` whose integer constants cannot exist
+    (a zero gamma), before calibrating: HF's simulation would turn it into NaN activations further on."""
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm) and module.weight is not None:
+            bias = torch.zeros_like(module.weight) if module.bias is None else module.bias
+            try:
+                quant.layernorm_constants(module.weight.detach().numpy(), bias.detach().numpy())
+            except quant.QuantizationRangeError as err:
+                raise quant.QuantizationRangeError(f"{name}: {err}") from None
 
 
 def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths: Iterable[int]

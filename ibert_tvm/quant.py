@@ -134,8 +134,12 @@ def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConst
     q1 = np.floor_divide(F32(1.0), s_l)
     out_scale = s * s_l / F32(2)
     for name, v in (("b_int", b_int), ("c_int", c_int), ("q1", q1)):
-        if not np.all(np.isfinite(v)) or np.any(np.abs(v.astype(np.float64)) >= 2.0**62):
-            raise QuantizationRangeError(f"i-GELU: input scale {s.min():.3e} is too small: {name} overflows int64")
+        bad = ~np.isfinite(v) | (np.abs(v.astype(np.float64)) >= 2.0**62)
+        if np.any(bad):
+            ch = int(np.flatnonzero(bad)[0])
+            raise QuantizationRangeError(
+                f"i-GELU: input scale {s[ch]:.3e} of channel {ch} is too small: {name} overflows int64 (the scale "
+                "of a channel whose weights all quantize to 0, e.g. a pruned one, is 1e-8 / 127 times the input's)")
     b, c, q = (v.astype(np.int64) for v in (b_int, c_int, q1))
     erf_max = [int(bi) ** 2 + abs(int(ci)) for bi, ci in zip(b, c)]
     out_max = [(1 << (in_bits - 1)) * ((e >> GELU_SHIFT) + abs(int(qi)) + 1) for e, qi in zip(erf_max, q)]

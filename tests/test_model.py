@@ -15,6 +15,7 @@ from ibert_tvm import layers
 from ibert_tvm import model as model_module
 from ibert_tvm.build_util import host_vm
 from ibert_tvm.model import Batch, UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, position_ids
+from ibert_tvm.quant import QuantizationRangeError
 from ibert_tvm.relay_passes.verify_integer_only import FloatOpError
 
 COMMON = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
@@ -127,6 +128,21 @@ def test_hf_semantics_matches_ibert_model(kind, report):
     assert same >= 0.8
 
 
+def test_a_pruned_channel_is_bounded_by_its_own_weights():
+    """A feed-forward channel pruned to zero weights with a bias: HF quantizes its weights at the smallest scale
+    (1e-8 / 127), so its int32 bias saturates (2^31 in HF's float32). The accumulator bound is per channel, so the
+    linear layer is no longer refused as a K-wide overflow; i-GELU's constants at that channel's scale overflow
+    int64, which is refused naming the channel (HF computes them in float)."""
+    fm = tiny("bert")
+    with torch.no_grad():
+        fm.encoder.layer[0].intermediate.dense.weight[5].zero_()
+        fm.encoder.layer[0].intermediate.dense.bias[5] = 0.1
+    qm = from_pretrained(fm, calibration=batches(0, 3, 4, 24, seed=1), semantics="hf")
+    assert float(qm.ibert.encoder.layer[0].intermediate.dense.bias_integer[5]) >= 2**31 - 1
+    with pytest.raises(QuantizationRangeError, match="i-GELU: input scale .* of channel 5 .*pruned"):
+        qm.program(1, 8)
+
+
 def with_segments(b: Batch, seed: int) -> Batch:
     """`b` as sentence pairs: each row's real tokens from a random split point on are of type 1."""
     g = torch.Generator().manual_seed(seed)
@@ -184,11 +200,38 @@ def test_float_model_without_calibration_is_refused():
 
 
 @pytest.mark.parametrize("change, feature", [({"hidden_act": "relu"}, "relu"),
-                                             ({"position_embedding_type": "relative_key"}, "relative_key")])
+                                             ({"position_embedding_type": "relative_key"}, "relative_key"),
+                                             ({"num_hidden_layers": 0}, "without encoder layers")])
 def test_unsupported_features_are_named(change, feature):
     cfg = BertConfig(**{**COMMON, **change})
     with pytest.raises(UnsupportedModelError, match=feature):
         from_pretrained(BertModel(cfg, add_pooling_layer=False), calibration=[])
+
+
+def test_config_edges_that_run_as_hf_runs_them():
+    """"gelu_python" is the erf GELU too (the program equals IBertModel's, as for "gelu"); a BERT whose pad id lies past
+    its positions (HF's IBert pads its position table at that id, which BERT's positions never use) is built."""
+    for change in ({"hidden_act": "gelu_python"}, {"pad_token_id": 100, "max_position_embeddings": 40}):
+        torch.manual_seed(0)
+        fm = BertModel(BertConfig(**{**COMMON, "num_hidden_layers": 1, "pad_token_id": 0, **change}),
+                       add_pooling_layer=False).eval()
+        pad = fm.config.pad_token_id
+        qm = from_pretrained(fm, calibration=batches(pad, 2, 4, 16, seed=1), semantics="hf")
+        b = batches(pad, 1, 3, 12, seed=2)[0]
+        assert agreement(run(qm, b), hf_forward(qm, b)[-1][0]) == (1.0, 0), change
+        assert qm.ibert.config.pad_token_id == pad
+
+
+def test_a_zero_layer_norm_gamma_is_named_before_calibrating():
+    """A LayerNorm channel with gamma 0 has no integer form (gamma is folded into the output scale): named, with its
+    module, before calibrating (HF's simulation produced NaN activations at a later QuantAct); Q8BERT mode's float
+    LayerNorm takes it."""
+    fm = tiny("bert")
+    with torch.no_grad():
+        fm.encoder.layer[1].attention.output.LayerNorm.weight[3] = 0.0
+    with pytest.raises(QuantizationRangeError, match=r"encoder\.layer\.1\.attention\.output\.LayerNorm: .*gamma"):
+        from_pretrained(fm, calibration=batches(0, 1, 2, 8, seed=1))
+    assert from_pretrained(fm, calibration=batches(0, 1, 2, 8, seed=1), force_dequant="layernorm").ibert is not None
 
 
 def test_unsupported_architecture_is_named():

@@ -85,8 +85,25 @@ def test_linear_rejects_accumulator_overflow(k, bias):
     w = np.full((len(bias) if bias else 1, k), -128, np.int8)
     b = None if bias is None else np.array(bias, np.int32)
     x = tvar("x", (2, k), "int8")
-    with pytest.raises(IBertOpError, match="overflow"):
+    with pytest.raises(quant.QuantizationRangeError, match="output channel 0 can overflow"):
         ops.linear(x, w, b)
+
+
+def test_linear_bounds_each_channel_by_its_own_weights():
+    """A pruned channel (zero weights) holds a bias as large as int32 does (HF's quantization saturates it there),
+    beside a channel at the full bound, exactly; one more on the full channel is refused, naming it."""
+    k = K_LINEAR_MAX
+    x = np.full((2, k), -128, np.int8)
+    x[1, ::2] = 127
+    w = np.full((2, k), -128, np.int8)
+    w[0] = 0
+    b = np.array([I32_MAX, 16383], np.int32)
+    out = run_static(lambda xv: ops.linear(xv, w, b), {"x": x})
+    ref = LINEAR.reference(x, w, b)
+    assert ref[0, 0] == ref[0, 1] == I32_MAX
+    assert_exact(out, ref, "int32", "linear, a pruned channel beside a full one")
+    with pytest.raises(quant.QuantizationRangeError, match="output channel 1 can overflow"):
+        ops.linear(tvar("x", (2, k), "int8"), w, np.array([I32_MAX, 16384], np.int32))
 
 
 def test_linear_accepts_accumulator_limit():
