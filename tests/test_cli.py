@@ -424,9 +424,10 @@ def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact
     raised whole instead of printed as one line."""
     import inspect
 
-    from ibert_tvm import cli as cli_module, demo, model
+    from ibert_tvm import calibration, cli as cli_module, demo, model
 
     assert cli_module.MIN_SEQ_LENGTH == model.MIN_SEQ_LENGTH and cli_module.FORCE_DEQUANT == model.FORCE_DEQUANT
+    assert cli_module.METHODS == calibration.METHODS
     shape, seed = demo.DemoShape(), inspect.signature(demo.run_demo).parameters["seed"].default
     assert cli_module.BLOCK_DEFAULTS == {"batch": shape.batch, "seq": shape.seq, "seed": seed}
     assert "sequence length (--block only; default 128)" in " ".join(cli("demo", "--help").stdout.split())
@@ -463,6 +464,42 @@ def test_eval_scores_a_labelled_csv(tmp_path):
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "'happy' is not one of")
     (tmp_path / "bad.csv").write_text("text,label\nfine,\u00b2\n", encoding="utf-8")  # a digit to isdigit()
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "row 2: label '\u00b2' is not one of")
+
+
+def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_path):
+    """--calibration FILE.csv with --calibration-column, --calibration-samples, --calibration-method percentile and
+    --percentile: the library's integers are those of from_pretrained on the same first sentences with the same
+    method, and differ from min/max calibration's."""
+    import csv
+
+    import ibert_tvm
+
+    texts = calibration_texts()
+    with open(tmp_path / "cal.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["id", "sentence"])
+        writer.writerows([i, t] for i, t in enumerate(texts))
+    out = tmp_path / "pct.so"
+    proc = console("compile", "--model", str(model_dir), "--calibration", str(tmp_path / "cal.csv"),
+                   "--calibration-column", "sentence", "--calibration-samples", "12", "--calibration-method",
+                   "percentile", "--percentile", "99.5", "--batch-sizes", "1", "--seq-lengths", "16",
+                   "--tuning-logs", "none", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    ids = np.array([[101, 2023, 2003, 1037, 2204, 2154, 102]])
+    got = ibert_tvm.load(out)(ids, integer=True)
+
+    def logits(**calibration) -> np.ndarray:
+        qm = ibert_tvm.from_pretrained(str(model_dir), calibration=texts[:12], **calibration)
+        return ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(1,), seq_lengths=(16,))(ids, integer=True)
+
+    np.testing.assert_array_equal(got, logits(method="percentile", percentile=99.5))
+    assert not np.array_equal(got, logits())
+    for args, fragment in ((["--calibration", str(tmp_path / "cal.csv")], "missing column(s) ['text']"),
+                           (["--calibration", str(model_dir.parent / "calibration.txt"), "--calibration-column", "x"],
+                            "name columns of a .csv file"),
+                           (["--percentile", "101"], "a percentile in (50, 100]")):
+        assert_one_line_error(cli("compile", "--model", str(model_dir), *args, "-o", str(tmp_path / "x.so")),
+                              fragment)
 
 
 def test_layers_compares_every_stage_and_writes_the_report(model_dir, tmp_path):
