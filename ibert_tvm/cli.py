@@ -9,13 +9,15 @@ warnings (a tuning database that schedules nothing, records never checked on the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
 import shlex
+import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -709,23 +711,65 @@ def _stdout_closed() -> bool:
     return any(event & select.POLLERR for _, event in poller.poll(0))
 
 
+#: the exit status of a command stopped by Ctrl-C (SIGINT), as shells report it
+INTERRUPTED = 130
+
+
+@contextlib.contextmanager
+def _noting_interrupts() -> Iterator[Callable[[], bool]]:
+    """Within the block, SIGINT raises KeyboardInterrupt as Python's own handler does, and is noted: inside TVM
+    (MetaSchedule's threads) the interrupt comes back as a RuntimeError of TVM's instead. Yields 'was it seen?'."""
+    seen: list[int] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        seen.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield lambda: False
+        return
+    try:
+        yield lambda: bool(seen)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(args: argparse.Namespace) -> int:
+    """One line for a command stopped by Ctrl-C, and where its work stands."""
+    kept = (f": {args.work_dir} keeps the records measured so far; the same command resumes"
+            if args.command == "tune" else "")
+    print(f"\nibert-tvm: interrupted{kept}", file=sys.stderr)
+    return INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     args.command_line = shlex.join(["ibert-tvm", *argv])  # what bench and eval record beside their results
-    try:
-        with warnings.catch_warnings():
-            warnings.showwarning = _one_line_warnings(warnings.showwarning)
-            return args.func(args)
-    except _user_errors() as err:
-        if isinstance(err, BrokenPipeError) and _stdout_closed():  # `ibert-tvm inspect ... | head`: nothing to report
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes it
-            return 1
-        if os.environ.get("IBERT_TVM_TRACEBACK"):  # a developer's way to the whole traceback
+    with _noting_interrupts() as interrupted:
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = _one_line_warnings(warnings.showwarning)
+                return args.func(args)
+        except KeyboardInterrupt:
+            return _interrupted(args)
+        except _user_errors() as err:
+            if interrupted():
+                return _interrupted(args)
+            if isinstance(err, BrokenPipeError) and _stdout_closed():  # `inspect ... | head`: nothing to report
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nor at exit, when Python flushes
+                return 1
+            if os.environ.get("IBERT_TVM_TRACEBACK"):  # a developer's way to the whole traceback
+                raise
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            print(f"ibert-tvm: error: {message}", file=sys.stderr)
+            return 2
+        except Exception:
+            if interrupted():  # TVM's error for the interrupt it saw
+                return _interrupted(args)
             raise
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"ibert-tvm: error: {message}", file=sys.stderr)
-        return 2
 
 
 if __name__ == "__main__":

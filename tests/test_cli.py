@@ -502,6 +502,39 @@ def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_p
                               fragment)
 
 
+def test_ctrl_c_is_one_line_and_says_where_the_work_stands(model_dir, tmp_path, monkeypatch):
+    """Ctrl-C (SIGINT) ends a command with one line and status 130, also where TVM turns the interrupt into an error
+    of its own (MetaSchedule's threads: 'RuntimeError: parallel_for_dynamic error with', a 25-line traceback until
+    2026-12-07); an interrupted tune says that its folder resumes. (A real tune interrupted after 45 s printed the
+    same line.)"""
+    import os
+    import signal
+    import time
+
+    from ibert_tvm import compiler, tuning
+
+    def tune_interrupted_inside_tvm(*args, **kwargs):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise RuntimeError("parallel_for_dynamic error with") from None
+
+    def compile_interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tuning, "tune", tune_interrupted_inside_tvm)
+    monkeypatch.setattr(compiler, "compile", compile_interrupted)
+    calibration = ["--calibration", str(model_dir.parent / "calibration.txt")]
+    for args, expected in ((["tune", "--seq", "16", "--work-dir", str(tmp_path / "db")],
+                            f"ibert-tvm: interrupted: {tmp_path / 'db'} keeps the records measured so far"),
+                           (["compile", "--seq-lengths", "16", "-o", str(tmp_path / "m.so")], "ibert-tvm: interrupted")):
+        proc = cli(*args, "--model", str(model_dir), *calibration)
+        assert proc.returncode == 130
+        assert proc.stderr.strip().splitlines()[-1].startswith(expected) and "Traceback" not in proc.stderr
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back after the command
+
+
 def test_layers_compares_every_stage_and_writes_the_report(model_dir, tmp_path):
     """`layers` on the tiny classifier with HF's semantics: one row per stage, each 100 % identical to HF's
     IBertModel (the module's own tests localise a broken layer), and the three report files."""
