@@ -21,6 +21,7 @@ naming the problem. `shipped_database(target)` finds the database that ships for
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import importlib
 import importlib.metadata
@@ -69,6 +70,8 @@ WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
 #: ibert-tvm's metadata beside MetaSchedule's two files: what the records were tuned for and how.
 META_FILE = "ibert_tuning.json"
+#: the lock file a `tune` holds while it writes the folder (`_sole_writer`)
+LOCK_FILE = ".ibert_tune.lock"
 #: the metadata's lists of kernels whose records `open_database` leaves out (workload key -> task name), and why
 _LEFT_OUT = {"default_wins": "slower than the default schedule", "wrong_integers": "write other integers",
              "not_called": "not called: the program runs the kernel as a view"}
@@ -258,6 +261,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             and all(isinstance(p, str) for p in e["programs"]) for e in checked.values())):
         raise TuningLogError(f"{path} is corrupt: its checked list does not map workload keys to a record and "
                              "its programs")
+    shapes = meta.get("shapes", [])
+    if not (isinstance(shapes, list) and all(isinstance(s, list) and len(s) == 2
+                                              and all(type(v) is int and v > 0 for v in s) for s in shapes)):
+        raise TuningLogError(f"{path} is corrupt: its shapes are not [batch, seq] pairs of positive integers")
     return meta
 
 
@@ -294,8 +301,9 @@ def _check_lines(folder: Path) -> set[str]:
             try:
                 row = json.loads(line)
                 ok = isinstance(row, list) and len(row) == 2
-                ok = ok and (name == WORKLOAD_FILE or (isinstance(row[0], int) and 0 <= row[0] < workloads
-                                                        and isinstance(row[1], list) and len(row[1]) == 4))
+                ok = ok and (all(isinstance(v, str) for v in row) if name == WORKLOAD_FILE else
+                             (type(row[0]) is int and 0 <= row[0] < workloads  # (a bool is an int to isinstance)
+                              and isinstance(row[1], list) and len(row[1]) == 4))
             except json.JSONDecodeError:
                 ok = False
             if not ok:
@@ -348,7 +356,7 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     _register_intrinsics(folder, spec, _check_lines(folder))
     try:
         database = ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False)
-    except (RuntimeError, ValueError) as err:  # what TVM raises for a record it cannot parse
+    except (RuntimeError, ValueError, TypeError) as err:  # what TVM raises for a record it cannot parse
         raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
     left_out = {key for name in _LEFT_OUT for key in meta.get(name, {})}
     return SharedDatabase(database if keep_slower or not left_out else _without_workloads(database, left_out))
@@ -459,6 +467,25 @@ def check_work_dir(folder: str | Path, writing: bool = True) -> None:
         raise TuningLogError(f"{folder} is a file, not a tuning database folder")
     if writing and (problem := folder_problem(folder)):
         raise TuningLogError(problem)
+
+
+@contextlib.contextmanager
+def _sole_writer(folder: Path, create: bool) -> Iterator[None]:
+    """Hold the folder's lock file (made with the folder where `create`) for the block, or a TuningLogError where
+    another process holds it: MetaSchedule's JSON database numbers workloads as it read them at its start, so two
+    tunes appending to one folder file each other's records under the wrong workloads, without an error."""
+    if not folder.is_dir():
+        if not create:  # (nothing to write: refused later as no database)
+            yield
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / LOCK_FILE, "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuningLogError(f"another ibert-tvm tune is writing {folder}: wait for it to finish, or tune into "
+                                 "another --work-dir") from None
+        yield
 
 
 def _database_for_tuning(folder: Path, spec: TargetSpec) -> SharedDatabase:
@@ -1006,82 +1033,83 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     if trials < 0:
         raise ValueError(f"trials must be an integer of at least 0, got {trials}")
     check_work_dir(folder)
-    if rpc is not None and not check_only:  # (a check runs here only: refused below, by database_to_check)
-        check_tracker(rpc)
-    if not isinstance(model, tvm.IRModule):
-        from .model import shape_buckets  # transformers, which the model module imports, only for a model
+    with _sole_writer(folder, create=not check_only):  # a second tune on the folder is refused
+        if rpc is not None and not check_only:  # (a check runs here only: refused below, by database_to_check)
+            check_tracker(rpc)
+        if not isinstance(model, tvm.IRModule):
+            from .model import shape_buckets  # transformers, which the model module imports, only for a model
 
-        shape_buckets(model, [batch], [seq])
-    database = database_to_check(folder, spec, rpc) if check_only else None
-    mod = _program(model, batch, seq)
-    if check_only:
-        trials, estimate, check = 0, False, True
-    inputs = None
-    if check:
-        inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
-    unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
-    if check_only and unchecked:
-        raise ValueError(f"cannot check the records of {folder}: {unchecked}")
-    if database is None:
-        database = _database_for_tuning(folder, spec)
-    integer_only = getattr(model, "integer_only", True)  # a QuantizedModel in Q8BERT mode or with a float head: no
-    tunable = pipeline.tunable_module(mod, spec.target, integer_only)
-    kernels = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
-    tasks = _shared_tasks(kernels)
-    records = _records_per_task(database, tasks)
-    done = {name: len(r) for name, r in records.items()}
-    if not check_only:  # a valid folder if stopped
-        _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))
-    todo = [t for t in tasks if max_trials_per_task is None or done[t.task_name] < max_trials_per_task]
-    remaining = trials - sum(done.values())
-    searched = bool(remaining > 0 and todo)  # only a search tells the untunable tasks from the untried ones
-    run = _Run(spec, folder, database, _builder(spec), _runner(spec, rpc)) if estimate or searched else None
-    default = _default_latencies(run, tasks) if estimate else {}
-    weights = {t.task_name: int(t.weight) for t in tasks}
-    tally = _Tally(best={name: min(r) for name, r in records.items() if r and min(r) < FAILED_SECS})
-    untunable: dict[str, str] = {}
-    if searched:
-        with _scheduler_log(folder), tqdm(total=trials, initial=trials - remaining, unit="trial",
-                                            desc=f"tuning {spec.name}", disable=not progress) as bar:
-            callback = _Progress(tally, bar, functools.partial(_estimate_ms, weights, default, tally.best))
-            untunable = _search(run, todo, done, remaining, max_trials_per_task,
-                                min(num_trials_per_iter, remaining), callback)
-    per_task = _records_per_task(database, tasks)
-    total = sum(len(r) for r in per_task.values())
-    found = {t.task_name: (t, f) for t in tasks if (f := _best(database, t.dispatched[0], t.target)) is not None}
-    best = {name: (t, scheduled) for name, (t, (_, scheduled)) in found.items()}
-    checked = (_check_records(spec, {n: t for n, (t, _) in best.items()}, database, mod, tunable, inputs,
-                              integer_only)
-               if check and not unchecked else _Checked(failed=unchecked))
-    if check_only and checked.failed:
-        raise ValueError(f"cannot check the records of {folder}: {checked.failed}")
-    duel = _head_to_head(run, {n: b for n, b in best.items() if n not in checked.wrong}) if estimate else {}
-    default.update({name: d for name, (d, _) in duel.items()})
-    slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
-    keys = {t.task_name: workload_key(t.dispatched[0]) for t in tasks}
-    left_out = {"default_wins": {keys[t.task_name]: t.task_name for t in slower}} if estimate else {}
-    passed = None
-    if check and not checked.failed:
-        left_out |= {"wrong_integers": {keys[name]: name for name in checked.wrong},
-                     "not_called": {keys[name]: name for name in checked.not_called}}
-        passed = _passed(found, checked, keys, mod)
-    meta = (_add_check(folder, left_out, passed) if check_only else
-            _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out,
-                        passed))
-    slower_names = {t.task_name for t in slower}
-    won = {n: r for n, (_, r) in duel.items() if n not in slower_names}
-    before = _estimate_ms(weights, default, {})
-    return TuningResult(
-        target=spec.name, work_dir=folder, tasks=weights, kernels=len(kernels), trials_run=tally.trials,
-        trials_total=total,
-        build_errors=tally.build_errors, run_errors=tally.run_errors, errors=dict(tally.errors), untunable=untunable,
-        latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, won),
-        slower_than_default=tuple(t.task_name for t in slower), wrong_integers=checked.wrong,
-        records_checked=checked.compared, not_checked=checked.not_called, unchecked=checked.failed,
-        check_seconds=checked.seconds, kernels_checked=checked.kernels,
-        seconds=time.monotonic() - started, check_only=check_only, recorded=tuple(best),
-        left_out={name: tuple(n for n in best if keys[n] in meta.get(name, {})) for name in _LEFT_OUT},
-        untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
+            shape_buckets(model, [batch], [seq])
+        database = database_to_check(folder, spec, rpc) if check_only else None
+        mod = _program(model, batch, seq)
+        if check_only:
+            trials, estimate, check = 0, False, True
+        inputs = None
+        if check:
+            inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
+        unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
+        if check_only and unchecked:
+            raise ValueError(f"cannot check the records of {folder}: {unchecked}")
+        if database is None:
+            database = _database_for_tuning(folder, spec)
+        integer_only = getattr(model, "integer_only", True)  # a QuantizedModel in Q8BERT mode or with a float head: no
+        tunable = pipeline.tunable_module(mod, spec.target, integer_only)
+        kernels = ms.relax_integration.extract_tasks(tunable, _tuning_target(spec.target))
+        tasks = _shared_tasks(kernels)
+        records = _records_per_task(database, tasks)
+        done = {name: len(r) for name, r in records.items()}
+        if not check_only:  # a valid folder if stopped
+            _write_meta(folder, spec, _shapes(mod), sum(done.values()), _hardware(spec, rpc))
+        todo = [t for t in tasks if max_trials_per_task is None or done[t.task_name] < max_trials_per_task]
+        remaining = trials - sum(done.values())
+        searched = bool(remaining > 0 and todo)  # only a search tells the untunable tasks from the untried ones
+        run = _Run(spec, folder, database, _builder(spec), _runner(spec, rpc)) if estimate or searched else None
+        default = _default_latencies(run, tasks) if estimate else {}
+        weights = {t.task_name: int(t.weight) for t in tasks}
+        tally = _Tally(best={name: min(r) for name, r in records.items() if r and min(r) < FAILED_SECS})
+        untunable: dict[str, str] = {}
+        if searched:
+            with _scheduler_log(folder), tqdm(total=trials, initial=trials - remaining, unit="trial",
+                                                desc=f"tuning {spec.name}", disable=not progress) as bar:
+                callback = _Progress(tally, bar, functools.partial(_estimate_ms, weights, default, tally.best))
+                untunable = _search(run, todo, done, remaining, max_trials_per_task,
+                                    min(num_trials_per_iter, remaining), callback)
+        per_task = _records_per_task(database, tasks)
+        total = sum(len(r) for r in per_task.values())
+        found = {t.task_name: (t, f) for t in tasks if (f := _best(database, t.dispatched[0], t.target)) is not None}
+        best = {name: (t, scheduled) for name, (t, (_, scheduled)) in found.items()}
+        checked = (_check_records(spec, {n: t for n, (t, _) in best.items()}, database, mod, tunable, inputs,
+                                  integer_only)
+                   if check and not unchecked else _Checked(failed=unchecked))
+        if check_only and checked.failed:
+            raise ValueError(f"cannot check the records of {folder}: {checked.failed}")
+        duel = _head_to_head(run, {n: b for n, b in best.items() if n not in checked.wrong}) if estimate else {}
+        default.update({name: d for name, (d, _) in duel.items()})
+        slower = [t for t in tasks if t.task_name in duel and duel[t.task_name][1] > duel[t.task_name][0]]
+        keys = {t.task_name: workload_key(t.dispatched[0]) for t in tasks}
+        left_out = {"default_wins": {keys[t.task_name]: t.task_name for t in slower}} if estimate else {}
+        passed = None
+        if check and not checked.failed:
+            left_out |= {"wrong_integers": {keys[name]: name for name in checked.wrong},
+                         "not_called": {keys[name]: name for name in checked.not_called}}
+            passed = _passed(found, checked, keys, mod)
+        meta = (_add_check(folder, left_out, passed) if check_only else
+                _write_meta(folder, spec, _shapes(mod), total, _hardware(spec, rpc), set(keys.values()), left_out,
+                            passed))
+        slower_names = {t.task_name for t in slower}
+        won = {n: r for n, (_, r) in duel.items() if n not in slower_names}
+        before = _estimate_ms(weights, default, {})
+        return TuningResult(
+            target=spec.name, work_dir=folder, tasks=weights, kernels=len(kernels), trials_run=tally.trials,
+            trials_total=total, build_errors=tally.build_errors, run_errors=tally.run_errors,
+            errors=dict(tally.errors), untunable=untunable,
+            latency_before_ms=before, latency_after_ms=None if before is None else _estimate_ms(weights, default, won),
+            slower_than_default=tuple(t.task_name for t in slower), wrong_integers=checked.wrong,
+            records_checked=checked.compared, not_checked=checked.not_called, unchecked=checked.failed,
+            check_seconds=checked.seconds, kernels_checked=checked.kernels,
+            seconds=time.monotonic() - started, check_only=check_only, recorded=tuple(best),
+            left_out={name: tuple(n for n in best if keys[n] in meta.get(name, {})) for name in _LEFT_OUT},
+            untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
 
 
 def _shared_tasks(kernels: list[ms.ExtractedTask]) -> list[ms.ExtractedTask]:

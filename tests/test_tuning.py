@@ -388,6 +388,12 @@ def _tensorize_with_unknown_intrinsic(folder) -> None:
     (folder / RECORD_FILE).write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
 
 
+def _replace_first_line(path, change) -> None:
+    """Rewrite the first JSON line of `path` as `change(row)`."""
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([json.dumps(change(json.loads(lines[0]))), *lines[1:]]) + "\n")
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text()[:-200]),
      f"corrupt: {RECORD_FILE} line {TRIALS} "),
@@ -406,14 +412,35 @@ def _tensorize_with_unknown_intrinsic(folder) -> None:
      f"{META_FILE} is corrupt: not UTF-8"),
     (lambda d: (d / RECORD_FILE).write_bytes((d / RECORD_FILE).read_bytes() + b"\xff\n"),
      f"{RECORD_FILE} is corrupt: not UTF-8"),
+    (lambda d: (d / WORKLOAD_FILE).write_text("[1, 2]\n" + (d / WORKLOAD_FILE).read_text()),
+     f"corrupt: {WORKLOAD_FILE} line 1 "),
+    (lambda d: _replace_first_line(d / RECORD_FILE, lambda row: [True, row[1]]), f"corrupt: {RECORD_FILE} line 1 "),
+    (lambda d: (d / META_FILE).write_text(json.dumps({**json.loads((d / META_FILE).read_text()),
+                                                      "shapes": [["a", "b"]]})),
+     "corrupt: its shapes are not"),
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
-        "non-utf8-records"])
+        "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
         open_database(copy, spec)
     assert "\n" not in str(err.value)
+
+
+def test_a_second_tune_on_a_folder_being_tuned_is_refused(copy, spec):
+    """While a tune holds the folder's lock, another (or a check-only one) is refused by name before it reads or
+    writes anything: two MetaSchedule databases appending to one folder filed each other's records under the
+    wrong workloads (a fuzz, 2026-12-07); once released, the folder tunes again."""
+    import fcntl
+
+    with open(copy / tuning.LOCK_FILE, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for check_only in (False, True):
+            with pytest.raises(TuningLogError, match=f"another ibert-tvm tune is writing {copy}"):
+                tune(tvm.IRModule(), spec, 0, copy, check_only=check_only, progress=False)
+    with tuning._sole_writer(copy, create=False):  # released with the file
+        pass
 
 
 def test_shipped_database_is_found_by_target(tuned, spec, tmp_path, monkeypatch):
