@@ -66,6 +66,8 @@ def bucket_function(batch: int, seq: int) -> str:
 def library_suffix_problem(path: str | Path) -> str | None:
     """Why `path` cannot name a library that `load` runs as it is (None where it can): it must end in .so."""
     path = Path(path)
+    if path.name == _LIBRARY_SUFFIX:  # (a dot file, to Path: no suffix)
+        return f"{path}: the library's name is empty before {_LIBRARY_SUFFIX} (e.g. {path.with_name('model.so')})"
     if path.suffix == _LIBRARY_SUFFIX:
         return None
     renamed = path.with_suffix(_LIBRARY_SUFFIX) if path.suffix in _LIBRARY_SUFFIXES_ELSEWHERE else \
@@ -139,6 +141,8 @@ def read_metadata(library: str | Path) -> dict[str, Any]:
     if not library.is_file():
         raise ArtifactError(f"{library}: no such library file")
     path = metadata_path(library)
+    if not path.is_file() and library.is_symlink():  # a link to a versioned library (current.so -> model-v3.so)
+        path = metadata_path(library.resolve())
     if not path.is_file():
         raise ArtifactError(f"{library}: its metadata {path.name} is missing (export writes both; copy them together)")
     try:

@@ -127,7 +127,13 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
                         f"{type(model).__name__}")
     spec = resolve_target(target)
     check_options(spec.target, schedule_options)
-    batch_sizes, seq_lengths = shape_buckets(model, batch_sizes, seq_lengths)
+    try:
+        batch_sizes, seq_lengths = shape_buckets(model, batch_sizes, seq_lengths)
+    except ValueError as err:
+        if seq_lengths is DEFAULT_SEQ_LENGTHS:  # lengths the caller never gave
+            raise ValueError(f"{err}: the default seq_lengths {DEFAULT_SEQ_LENGTHS} are too long for this model; "
+                             "give seq_lengths") from None
+        raise
     shapes = [(b, s) for b in batch_sizes for s in seq_lengths]
     folder, database = _database(tuning_logs, spec)
     program = model.programs(shapes)

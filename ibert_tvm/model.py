@@ -122,6 +122,9 @@ def local_config(path: Path):
     """A local model directory's config (no weights read), checked as a supported model."""
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} has no config.json: not a HuggingFace model directory (save_pretrained "
+                                "writes one)")
     config = AutoConfig.from_pretrained(path, local_files_only=True)
     _check_supported(config)
     return config
@@ -542,9 +545,13 @@ def _calibration_batches(calibration: Iterable[Batch] | Batch | Mapping | Sequen
         raise _not_calibration(calibration)
     items = list(calibration)
     if items and all(is_text(t) for t in items):
+        if not any(part.strip() for t in items for part in ((t,) if isinstance(t, str) else t)):
+            raise ValueError(f"the {len(items)} calibration texts are all empty: their ranges would be those of the "
+                             "special tokens alone")
         if tokenizer is None:
-            raise ValueError("calibration texts need a tokenizer (pass tokenizer=, or a model directory that holds "
-                             f"one of {', '.join(TOKENIZER_FILES)})")
+            raise ValueError("calibration texts need a tokenizer: the model directory holds none (none of "
+                             f"{', '.join(TOKENIZER_FILES)}); save the model's tokenizer there, or give one "
+                             "(tokenizer= in Python, --tokenizer DIR to compile, tune and layers)")
         batches = batches_from_texts(items, tokenizer, max_length=min(128, limit))
     else:
         batches = [_as_batch(t) for t in items]

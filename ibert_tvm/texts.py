@@ -43,14 +43,15 @@ def mask_problem(mask: np.ndarray, shape: tuple[int, ...]) -> str | None:
 
 def token_type_problem(types: np.ndarray, shape: tuple[int, ...], segments: int) -> str | None:
     """What is wrong with integer token types for token ids of `shape` and a model of `segments` token types
-    (None: nothing): their shape, or a value outside [0, segments) (for a one-segment model: that it takes no
-    sentence pairs)."""
+    (None: nothing): their shape, or a value outside [0, segments) (for a one-segment model: that its pairs have
+    no token types)."""
     if tuple(types.shape) != tuple(shape):
         return f"token_type_ids shape {list(types.shape)} differs from input_ids shape {list(shape)}"
     low, high = int(types.min()), int(types.max())
     if segments == 1 and low >= 0 and high >= 1:
-        return (f"token_type_ids must all be 0: the model has one segment embedding (type_vocab_size 1) and takes "
-                f"no sentence pairs, found {high}")
+        return (f"token_type_ids must all be 0: the model has one segment embedding (type_vocab_size 1), found "
+                f"{high}; its sentence pairs are told apart by separator tokens alone, and its own tokenizer gives "
+                "no token types (is the tokenizer another model's?)")
     if low < 0 or high >= segments:
         return (f"token_type_ids must lie in [0, {segments}) (the model's type_vocab_size), found "
                 f"{low if low < 0 else high}")

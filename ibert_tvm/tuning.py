@@ -1033,13 +1033,13 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     if trials < 0:
         raise ValueError(f"trials must be an integer of at least 0, got {trials}")
     check_work_dir(folder)
-    with _sole_writer(folder, create=not check_only):  # a second tune on the folder is refused
-        if rpc is not None and not check_only:  # (a check runs here only: refused below, by database_to_check)
-            check_tracker(rpc)
-        if not isinstance(model, tvm.IRModule):
-            from .model import shape_buckets  # transformers, which the model module imports, only for a model
+    if rpc is not None and not check_only:  # (a check runs here only: refused below, by database_to_check)
+        check_tracker(rpc)
+    if not isinstance(model, tvm.IRModule):
+        from .model import shape_buckets  # transformers, which the model module imports, only for a model
 
-            shape_buckets(model, [batch], [seq])
+        shape_buckets(model, [batch], [seq])
+    with _sole_writer(folder, create=not check_only):  # a second tune on the folder is refused
         database = database_to_check(folder, spec, rpc) if check_only else None
         mod = _program(model, batch, seq)
         if check_only:

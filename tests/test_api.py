@@ -170,7 +170,7 @@ def test_outputs_are_the_callers_own(loaded):
 
 
 @pytest.mark.parametrize("make, message", [
-    (lambda ids, m: (ids.astype(np.float32), m), "input_ids must be int64 or int32, got float32"),
+    (lambda ids, m: (ids.astype(np.float32), m), "input_ids must hold integers, got float32"),
     (lambda ids, m: (ids[:, :, None], m), "shape [batch, seq]"),
     (lambda ids, m: (np.ones((1, 17), np.int64), None), "exceeds the longest compiled length 16"),
     (lambda ids, m: (np.full_like(ids, 30522), m), "[0, 30522)"),
@@ -178,7 +178,8 @@ def test_outputs_are_the_callers_own(loaded):
     (lambda ids, m: (ids, m * 2), "values must be 0 or 1"),
     (lambda ids, m: (ids, m[:, :-1]), "differs from input_ids shape"),
     (lambda ids, m: (ids, np.zeros_like(m)), "row 0 has no 1"),
-    (lambda ids, m: (ids, m.astype(np.float64)), "attention_mask must be int64 or int32"),
+    (lambda ids, m: (ids, m * 0.5), "attention_mask must hold integers, bool, or floats of 0 and 1 only"),
+    (lambda ids, m: (np.full_like(ids, 1 << 63, dtype=np.uint64), m), "outside int64"),
     (lambda ids, m: ([[101, 2023], [101, 2023, 102]], None), "rows of equal length"),
     (lambda ids, m: ([[1 << 70, 1]], None), "outside int64"),
     (lambda ids, m: (["a sentence"], None), "got <U10 (texts: classify() or encode_texts() tokenizes them)"),
@@ -193,11 +194,24 @@ def test_bad_inputs_are_named(loaded, make, message):
     assert message in str(err.value)
 
 
+def test_inputs_of_any_integer_dtype_and_masks_as_hf_takes_them_give_the_same_integers(loaded):
+    """ids of any integer dtype (an object array of Python ints too), masks of bool, any integer dtype or float
+    0/1 (torch's float masks, as HF takes them): the same integers as int64 ids and an int32 mask."""
+    import torch
+
+    ids, mask = _inputs(loaded, held_out_texts()[:2])
+    expected = loaded(ids, mask, integer=True)
+    for given_ids, given_mask in ((ids.astype(np.uint16), mask.astype(np.uint8)), (ids.astype(object), mask > 0),
+                                  (torch.from_numpy(ids).int(), torch.from_numpy(mask).float()),
+                                  (ids, mask.astype(np.int8)), (ids.astype(np.uint64), mask.astype(np.float16))):
+        np.testing.assert_array_equal(loaded(given_ids, given_mask, integer=True), expected)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda t: t[:, :-1], "token_type_ids shape"),
     (lambda t: t + 2, "token_type_ids must lie in [0, 2) (the model's type_vocab_size), found 2"),
     (lambda t: t - 1, "found -1"),
-    (lambda t: t.astype(np.float32), "token_type_ids must be int64 or int32, got float32"),
+    (lambda t: t.astype(np.float32), "token_type_ids must hold integers, got float32"),
 ])
 def test_bad_token_types_are_named(loaded, make, message):
     ids, mask = _inputs(loaded, held_out_texts()[:2])
@@ -418,8 +432,10 @@ def test_compile_refuses_bad_arguments(quantized, exported, tmp_path):
         ibert_tvm.load(None)
     with pytest.raises(ibert_tvm.ArtifactError, match="is an artifact's metadata: pass its library"):
         ibert_tvm.load(exported.with_suffix(".json"))
-    with pytest.raises(ValueError, match="exceeds what the model's position embeddings cover \\(64\\)"):
+    with pytest.raises(ValueError, match="exceeds what the model's position embeddings cover \\(64\\)$"):
         ibert_tvm.compile(quantized, "llvm", tuning_logs=False, seq_lengths=(128,))
+    with pytest.raises(ValueError, match=r"cover \(64\): the default seq_lengths \(32, 128\) are too long"):
+        ibert_tvm.compile(quantized, "llvm", tuning_logs=False)
     with pytest.raises(TypeError, match="takes a QuantizedModel"):
         ibert_tvm.compile("model-dir", "llvm")
 
@@ -570,6 +586,22 @@ def test_regression_and_multi_label_heads_are_not_read_as_single_labels(problem_
         assert not {names[j] for j in np.flatnonzero(sure & (ref < 0))} & set(p.labels)
     assert len({len(p.labels) for p in predictions}) > 1  # rows with different numbers of labels
     assert printed["labels"] == list(predictions[0].labels)
+
+
+def test_a_loaded_model_says_what_it_is(loaded):
+    assert repr(loaded) == ("IntegerModel(bert, target llvm, batch [1, 2] x seq [8, 16], logits ['negative', "
+                            "'neutral', 'positive'])")
+
+
+def test_a_link_to_a_library_loads_with_the_metadata_beside_its_target(exported, loaded, tmp_path):
+    """current.so -> model.so, as deployments version their libraries: the metadata beside the link's target is
+    read (the link has none of its own)."""
+    link = tmp_path / "current.so"
+    link.symlink_to(exported)
+    ids = np.array([[101, 2023, 102]])
+    np.testing.assert_array_equal(ibert_tvm.load(link)(ids, integer=True), loaded(ids, integer=True))
+    with pytest.raises(ValueError, match=r"the library's name is empty before \.so \(e\.g\. .*model\.so\)"):
+        artifact.check_library_path(tmp_path / ".so")
 
 
 def _unwritable(folder: Path):

@@ -61,7 +61,8 @@ def test_head_constants_refuse_an_overflowing_length():
 def test_labelled_csv_reads_names_and_indices(tmp_path):
     path = tmp_path / "mine.csv"
     path.write_bytes("text,label\nl\xe9ger,Positive\nmeh,1\n".encode("latin-1"))
-    data = read_labelled_csv(path)
+    with pytest.warns(UserWarning, match=r"mine\.csv is not UTF-8 \(byte 0xe9 at offset 12\): read as latin-1"):
+        data = read_labelled_csv(path)
     assert data.texts == ["l\xe9ger", "meh"] and data.targets.tolist() == [2, 1]
     path.write_text("text,label\nfine,happy\n", encoding="utf-8")
     with pytest.raises(ValueError, match="'happy' is not one of"):

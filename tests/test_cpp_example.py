@@ -202,6 +202,26 @@ def test_driver_reads_the_vocabulary_of_the_model_section_only(host_driver, tiny
     assert refused(done, "bare.json: model.vocab_size is not an integer"), done.stderr
 
 
+def test_driver_names_a_missing_library_another_machine_s_and_the_compiled_buckets(host_driver, tiny_library,
+                                                                                     tmp_path):
+    """A library that is not there is named so (TVM's loader said 'Check failed ... cannot open shared object');
+    one whose metadata names another target family (an aarch64 or CUDA build) is refused before loading, naming
+    the driver to use; a shape with no bucket lists the compiled ones."""
+    _, ids, mask = tiny_case()
+    inputs = write_inputs(tmp_path / "in.txt", ids, mask)
+    assert refused(run_driver(host_driver, tmp_path / "nosuch.so", inputs), "nosuch.so: no such library file")
+    meta = json.loads(tiny_library.with_suffix(".json").read_text())
+    for family, reason in (("arm", "built for the arm target family, this driver for x86: run it with the driver "
+                                   "built for its machine (make -C examples/cpp aarch64)"),
+                           ("cuda", "built for a CUDA GPU; this driver runs CPU libraries")):
+        library = Path(shutil.copy(tiny_library, tmp_path / f"{family}.so"))
+        library.with_suffix(".json").write_text(json.dumps({**meta, "target": {**meta["target"], "family": family}}))
+        assert refused(run_driver(host_driver, library, inputs), reason), family
+    done = run_driver(host_driver, tiny_library, write_inputs(tmp_path / "short.txt", ids[:, :9], mask[:, :9]))
+    assert refused(done, f"nor 'main_b{BATCH}_s9' (a bucket for B={BATCH}, L=9); compiled: batch [{BATCH}] x seq "
+                         f"[{SEQ}] (pad the rows"), done.stderr
+
+
 @pytest.mark.parametrize("head, reason", [
     ("99999999999 99999999999", "B '99999999999' is not an integer in [1, 1048576]"),
     ("2 0", "L '0' is not an integer in [1, 1048576]"),

@@ -222,6 +222,11 @@ def test_config_edges_that_run_as_hf_runs_them():
         assert qm.ibert.config.pad_token_id == pad
 
 
+def test_calibration_texts_that_are_all_empty_are_refused():
+    with pytest.raises(ValueError, match="the 2 calibration texts are all empty"):
+        from_pretrained(tiny("bert"), calibration=["", "  "], tokenizer=object())
+
+
 def test_a_zero_layer_norm_gamma_is_named_before_calibrating():
     """A LayerNorm channel with gamma 0 has no integer form (gamma is folded into the output scale): named, with its
     module, before calibrating (HF's simulation produced NaN activations at a later QuantAct); Q8BERT mode's float
@@ -655,8 +660,10 @@ def test_graph_importer_refuses_an_ibert_checkpoint_before_calibrating(monkeypat
 
 
 def test_sentence_pairs_on_a_one_segment_model_are_named():
-    """RoBERTa has one segment embedding: a type 1 is no out-of-range id but a sentence pair it does not take."""
+    """RoBERTa has one segment embedding: a type 1 is no out-of-range id but a pair marked as its tokenizer never
+    marks one (its pairs have separator tokens alone)."""
     b = batches(1, 1, 2, 8, seed=1)[0]
     with pytest.raises(ValueError, match="calibration batch 0: token_type_ids must all be 0: the model has one "
-                                         "segment embedding \\(type_vocab_size 1\\) and takes no sentence pairs"):
+                                         "segment embedding \\(type_vocab_size 1\\), found 1; its sentence pairs "
+                                         "are told apart by separator tokens alone"):
         from_pretrained(tiny("roberta"), calibration=[with_segments(b, 0)])

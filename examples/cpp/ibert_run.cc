@@ -16,8 +16,10 @@
 //
 // The inputs are checked before anything runs: 1 <= B, L <= 2^20 and B*L <= 2^24, every mask value 0
 // or 1 with a 1 in every row, every id below the model's vocab_size and every type below its type_vocab_size (as
-// Python's runtime checks them), both sizes read from the metadata JSON that export writes beside the library (MODEL.json; where it is missing, a
-// warning, and ids and types go unchecked). Errors go to stderr with exit status 1 (2 for wrong arguments).
+// Python's runtime checks them), both sizes read from the metadata JSON that export writes beside the library
+// (MODEL.json; where it is missing, a warning, and ids and types go unchecked), which also names the target family
+// (a library for another machine is refused by name) and the compiled buckets (listed where B x L is not one).
+// Errors go to stderr with exit status 1 (2 for wrong arguments).
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/container/tensor.h>
 #include <tvm/ffi/extra/module.h>
@@ -126,10 +128,11 @@ Inputs ReadInputs(const std::string& path) {
   return x;
 }
 
-// The integer member `model.<key>` of an artifact's metadata JSON, or nullopt where there is none. Not a JSON
-// parser, but enough for the file export writes: it skips strings (the tokenizer files quoted in it mention
-// "vocab_size" too) and tracks the nesting, so that only a member of the top-level "model" object matches.
-std::optional<int64_t> ModelMember(const std::string& json, const std::string& key) {
+// The member `section.key` of an artifact's metadata JSON, as text: a string's characters, an array with its
+// brackets, or a number; nullopt where there is none. Not a JSON parser, but enough for the file export writes: it
+// skips strings (the tokenizer files quoted in it mention "vocab_size" too) and tracks the nesting, so that only
+// a member of the top-level object `section` matches.
+std::optional<std::string> Member(const std::string& json, const std::string& section, const std::string& key) {
   std::vector<std::string> keys;  // per open object (or array): the key of the member being read
   std::string last;               // the last string read
   for (size_t i = 0; i < json.size(); ++i) {
@@ -144,52 +147,81 @@ std::optional<int64_t> ModelMember(const std::string& json, const std::string& k
       keys.pop_back();
     } else if (c == ':' && !keys.empty()) {
       keys.back() = last;
-      if (keys.size() == 2 && keys[0] == "model" && keys[1] == key) {
-        const char* begin = json.c_str() + i + 1;
-        char* end = nullptr;
-        errno = 0;
-        const long long value = std::strtoll(begin, &end, 10);
-        while (std::isspace(static_cast<unsigned char>(*end))) ++end;
-        if (end == begin || errno != 0 || (*end != ',' && *end != '}'))
-          throw std::runtime_error("model." + key + " is not an integer");
-        return value;
+      if (keys.size() != 2 || keys[0] != section || keys[1] != key) continue;
+      size_t begin = json.find_first_not_of(" \t\r\n", i + 1);
+      if (begin == std::string::npos) return std::nullopt;
+      if (json[begin] == '"') {
+        size_t end = begin + 1;
+        for (; end < json.size() && json[end] != '"'; ++end) end += json[end] == '\\';
+        return json.substr(begin + 1, end - begin - 1);
       }
+      const size_t end = json[begin] == '[' ? json.find(']', begin) + 1 : json.find_first_of(",}", begin);
+      std::string value;  // without its white space, a comma and a space between an array's items
+      for (const char v : json.substr(begin, end - begin))
+        if (!std::isspace(static_cast<unsigned char>(v))) value += v == ',' ? std::string(", ") : std::string(1, v);
+      return value;
     }
   }
   return std::nullopt;
 }
 
-// The model's number of token ids and of token types (vocab_size and type_vocab_size).
-struct Vocab {
-  int64_t ids = 0, types = 0;
+// What the driver reads of the metadata JSON beside the library.
+struct Metadata {
+  int64_t ids = 0, types = 0;  // the model's number of token ids and of token types (vocab_size, type_vocab_size)
+  std::string family;          // the target family the library was built for ("x86", "arm", "cuda")
+  std::string buckets;         // the compiled shapes, "batch [..] x seq [..]" (empty where not recorded)
 };
 
-// The vocabulary sizes from the metadata JSON `path` that export writes beside the library (model.so ->
-// model.json), or nullopt where there is no such file (a library exported without it, e.g. by cross.export).
-std::optional<Vocab> ReadVocab(const std::filesystem::path& path) {
+// The metadata JSON `path` that export writes beside the library (model.so -> model.json), or nullopt where there
+// is no such file (a library exported without it, e.g. by cross.export).
+std::optional<Metadata> ReadMetadata(const std::filesystem::path& path) {
   if (!std::filesystem::exists(path)) return std::nullopt;
   std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
+  std::stringstream buffer;
+  buffer << in.rdbuf();
   if (!in) throw std::runtime_error("cannot read " + path.string());
-  Vocab v;
-  for (auto [key, size] : {std::pair{"vocab_size", &v.ids}, std::pair{"type_vocab_size", &v.types}}) {
-    std::optional<int64_t> value;
-    try {
-      value = ModelMember(text.str(), key);
-    } catch (const std::exception& e) {
-      throw std::runtime_error(path.string() + ": " + e.what());
-    }
-    if (!value || *value < 1)
+  const std::string text = buffer.str();
+  Metadata m;
+  for (auto [key, size] : {std::pair{"vocab_size", &m.ids}, std::pair{"type_vocab_size", &m.types}}) {
+    const std::optional<std::string> value = Member(text, "model", key);
+    char* end = nullptr;
+    errno = 0;
+    const long long n = value ? std::strtoll(value->c_str(), &end, 10) : 0;
+    if (value && (value->empty() || *end != '\0' || errno != 0))
+      throw std::runtime_error(path.string() + ": model." + key + " is not an integer");
+    if (n < 1)
       throw std::runtime_error(path.string() + ": no positive model." + key + " (not the metadata that ibert-tvm's "
                                "export writes beside a library)");
-    *size = *value;
+    *size = n;
   }
-  return v;
+  m.family = Member(text, "target", "family").value_or("");
+  const std::optional<std::string> batches = Member(text, "buckets", "batch_sizes");
+  const std::optional<std::string> lengths = Member(text, "buckets", "seq_lengths");
+  if (batches && lengths) m.buckets = "batch " + *batches + " x seq " + *lengths;
+  return m;
+}
+
+// The target family this driver was built for, as the metadata names families.
+#if defined(__aarch64__)
+constexpr const char* kHostFamily = "arm";
+#else
+constexpr const char* kHostFamily = "x86";
+#endif
+
+// Refuse a library built for another target family before loading it (dlopen would say only that it cannot open
+// the file, or this driver would run a GPU program on the CPU).
+void CheckFamily(const Metadata& m, const std::string& library) {
+  if (m.family.empty() || m.family == kHostFamily) return;
+  if (m.family == "cuda")
+    throw std::runtime_error(library + ": built for a CUDA GPU; this driver runs CPU libraries (use Python's "
+                             "ibert_tvm.load on the GPU machine)");
+  throw std::runtime_error(library + ": built for the " + m.family + " target family, this driver for " +
+                           kHostFamily + ": run it with the driver built for its machine (make -C examples/cpp " +
+                           (m.family == "arm" ? "aarch64" : "host") + ")");
 }
 
 // Refuse an id outside [0, vocab_size) or a type outside [0, type_vocab_size): the program would clamp them.
-void CheckVocab(const Inputs& x, const Vocab& v, const std::string& path) {
+void CheckVocab(const Inputs& x, const Metadata& v, const std::string& path) {
   for (int64_t i = 0; i < static_cast<int64_t>(x.ids.size()); ++i)
     if (x.ids[i] < 0 || x.ids[i] >= v.ids)
       throw std::runtime_error(path + ": token id " + std::to_string(x.ids[i]) + " at " + Where(x, i) +
@@ -239,13 +271,16 @@ ffi::Function GetFunction(const ffi::Module& mod, const std::string& name) {
   return *f;
 }
 
-// `main`, or the shape bucket `main_b{B}_s{L}` of a multi-shape library; throws naming both when neither exists.
-ffi::Function EntryFunction(const ffi::Module& vm, const Inputs& x) {
+// `main`, or the shape bucket `main_b{B}_s{L}` of a multi-shape library; throws naming both when neither exists,
+// and the compiled buckets where the metadata lists them.
+ffi::Function EntryFunction(const ffi::Module& vm, const Inputs& x, const std::string& buckets) {
   const std::string bucket = "main_b" + std::to_string(x.batch) + "_s" + std::to_string(x.length);
   for (const std::string& name : {std::string("main"), bucket})
     if (ffi::Optional<ffi::Function> f = vm->GetFunction(name); f.has_value()) return *f;
   throw std::runtime_error("the module has neither 'main' nor '" + bucket + "' (a bucket for B=" +
-                           std::to_string(x.batch) + ", L=" + std::to_string(x.length) + ")");
+                           std::to_string(x.batch) + ", L=" + std::to_string(x.length) + ")" +
+                           (buckets.empty() ? "" : "; compiled: " + buckets + " (pad the rows to a compiled length "
+                                                   "with mask 0, and give a compiled number of rows)"));
 }
 
 // Median wall time in milliseconds of `repeat` calls of `main`.
@@ -277,17 +312,22 @@ int main(int argc, char** argv) {
   }
   try {
     const Inputs x = ReadInputs(argv[2]);
-    const std::filesystem::path meta = std::filesystem::path(argv[1]).replace_extension(".json");
-    if (std::optional<Vocab> vocab = ReadVocab(meta); vocab.has_value())
-      CheckVocab(x, *vocab, argv[2]);
-    else
-      std::cerr << "ibert_run: warning: no " << meta.string() << " beside the library: token ids and types are not "
-                << "checked (the program clamps those outside the model's)\n";
+    if (!std::filesystem::is_regular_file(argv[1]))
+      throw std::runtime_error(std::string(argv[1]) + ": no such library file");
+    const std::filesystem::path meta_path = std::filesystem::path(argv[1]).replace_extension(".json");
+    const std::optional<Metadata> meta = ReadMetadata(meta_path);
+    if (meta.has_value()) {
+      CheckFamily(*meta, argv[1]);
+      CheckVocab(x, *meta, argv[2]);
+    } else {
+      std::cerr << "ibert_run: warning: no " << meta_path.string() << " beside the library: token ids and types are "
+                << "not checked (the program clamps those outside the model's)\n";
+    }
     // An absolute path: dlopen would search the library path for a bare file name.
     ffi::Module lib = ffi::Module::LoadFromFile(std::filesystem::absolute(argv[1]).string());
     ffi::Module vm = GetFunction(lib, "vm_load_executable")().cast<ffi::Module>();
     GetFunction(vm, "vm_initialization")(static_cast<int>(kDLCPU), 0, kPooledAllocator);
-    ffi::Function main_fn = EntryFunction(vm, x);
+    ffi::Function main_fn = EntryFunction(vm, x, meta.has_value() ? meta->buckets : "");
     ffi::Tensor ids = MakeTensor<int64_t>(x, x.ids, DLDataType{kDLInt, 64, 1});
     ffi::Tensor mask = MakeTensor<int32_t>(x, x.mask, DLDataType{kDLInt, 32, 1});
     ffi::Tensor types = MakeTensor<int32_t>(x, x.types, DLDataType{kDLInt, 32, 1});
