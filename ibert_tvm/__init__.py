@@ -7,6 +7,7 @@
     m   = ibert_tvm.load("model.so")              # TVM runtime only
     out = m(input_ids, attention_mask)            # logits or hidden states; m.classify(["a sentence"])
     m.classify([("a premise", "a hypothesis")])   # sentence pairs (token types: m(ids, mask, token_type_ids))
+    ibert_tvm.compare_layers(qm, ids, mask)       # where along the encoder the integers drift from the float model
 """
 
 import importlib
@@ -22,7 +23,7 @@ _EXPORTS = {"ArtifactError": "artifact", "Batch": "calibration", "CompiledModel"
             "load": "runtime", "QuantizedModel": "model", "UnsupportedModelError": "model", "from_onnx": "model",
             "from_pretrained": "model", "InputError": "runtime", "IntegerModel": "runtime",
             "UnknownTargetError": "targets", "resolve_target": "targets", "ops": "ops", "tune": "tuning",
-            "TuningLogError": "tuning"}
+            "TuningLogError": "tuning", "compare_layers": "layer_diff"}
 
 __all__ = sorted(_EXPORTS)
 

@@ -57,6 +57,23 @@ def metadata_path(library: str | Path) -> Path:
     return Path(library).with_suffix(".json")
 
 
+#: HF's problem types of a sequence classifier (config `problem_type`).
+REGRESSION, SINGLE_LABEL, MULTI_LABEL = "regression", "single_label_classification", "multi_label_classification"
+
+
+def problem_type(num_labels: int, given: str | None) -> str:
+    """A classifier's problem type: `given` (its config's), else as HF's forward reads a config without one (one
+    output: a regression; more: a single-label classification)."""
+    return given or (REGRESSION if num_labels == 1 else SINGLE_LABEL)
+
+
+def meta_problem_type(meta: dict[str, Any]) -> str | None:
+    """An artifact's problem type (None for an encoder), also of one exported before the metadata recorded it."""
+    if meta["output"]["kind"] != "logits":
+        return None
+    return problem_type(len(meta["model"].get("labels") or ()), meta["model"].get("problem_type"))
+
+
 def bucket_function(batch: int, seq: int) -> str:
     """The function of the program compiled for exactly batch B and length L (`QuantizedModel.programs` names
     its functions so), which the metadata's bucket "BxL" names."""

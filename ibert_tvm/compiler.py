@@ -60,7 +60,7 @@ class CompiledModel:
         that fails is reported as an OSError naming the path and the linker's first line, not TVM's traceback."""
         path = check_library_path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _build_environment(self.spec):
+        with self._making_runner, _build_environment(self.spec):  # not while a runner's VM starts on the executable
             try:
                 cross.export(self._as_compiled(), path, self.spec)
             except RuntimeError as err:
@@ -82,7 +82,8 @@ class CompiledModel:
         """The executable's module for a VM to run. A Relax VM writes an empty memory scope per constant into the
         executable it runs (TVM 0.27, `VirtualMachineImpl::Init`), which export would save, warning 'Scope Saving'
         per constant, and every load of that library would warn 'Scope Loaded': so before its first run the
-        executable is saved to a temporary file, and export writes the library from that file (`_as_compiled`)."""
+        executable is saved to a temporary file (weights and all; removed with this object), and export writes
+        the library from that file (`_as_compiled`)."""
         runnable = self.executable.jit()  # kernels that cannot run as they are: a linked module of its own (cached)
         if runnable is self.executable.mod and self._as_compiled_file is None:
             folder = tempfile.mkdtemp(prefix="ibert-tvm-executable-")
@@ -127,13 +128,10 @@ def compile(model: QuantizedModel, target: str | TargetSpec = "llvm", *, tuning_
                         f"{type(model).__name__}")
     spec = resolve_target(target)
     check_options(spec.target, schedule_options)
-    try:
-        batch_sizes, seq_lengths = shape_buckets(model, batch_sizes, seq_lengths)
-    except ValueError as err:
-        if seq_lengths is DEFAULT_SEQ_LENGTHS:  # lengths the caller never gave
-            raise ValueError(f"{err}: the default seq_lengths {DEFAULT_SEQ_LENGTHS} are too long for this model; "
-                             "give seq_lengths") from None
-        raise
+    if seq_lengths is DEFAULT_SEQ_LENGTHS and max(seq_lengths) > model.max_seq_length:  # lengths never given
+        raise ValueError(f"the default seq_lengths {DEFAULT_SEQ_LENGTHS} pass what this model's position embeddings "
+                         f"cover ({model.max_seq_length}): give seq_lengths")
+    batch_sizes, seq_lengths = shape_buckets(model, batch_sizes, seq_lengths)
     shapes = [(b, s) for b in batch_sizes for s in seq_lengths]
     folder, database = _database(tuning_logs, spec)
     program = model.programs(shapes)

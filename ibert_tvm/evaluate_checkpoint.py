@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 from transformers import AutoModelForSequenceClassification
 
+from .artifact import SINGLE_LABEL, problem_type
 from .classifier import length_batches
 from .compiler import compile
 from .evaluate import FP32, EvalReport, report
@@ -34,8 +35,8 @@ def checkpoint_labels(model_dir: str | Path) -> tuple[str, ...]:
     if not any(a.endswith("ForSequenceClassification") for a in config.architectures or []):
         raise UnsupportedModelError(f"{model_dir} is not a sequence-classification checkpoint (architectures: "
                                     f"{config.architectures}): eval scores a classifier's labels")
-    kind = config.problem_type or ("regression" if config.num_labels == 1 else "single_label_classification")
-    if kind != "single_label_classification":
+    kind = problem_type(config.num_labels, config.problem_type)
+    if kind != SINGLE_LABEL:
         raise UnsupportedModelError(f"{model_dir} is a {kind.replace('_', '-')} checkpoint (problem_type {kind!r}): "
                                     "eval scores single-label classifiers, one label per text")
     return tuple(config.id2label[i] for i in range(config.num_labels))

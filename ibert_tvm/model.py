@@ -1,4 +1,5 @@
-"""From a HuggingFace BERT / RoBERTa / IBert encoder to a calibrated, integer-only Relax program.
+"""From a HuggingFace BERT-family encoder (BERT, DistilBERT, RoBERTa, XLM-RoBERTa, CamemBERT, IBert) to a calibrated,
+integer-only Relax program.
 
 The float model's weights are carried into HF's own `IBertModel` (quant_mode=True): its `QuantAct` modules
 hold the activation ranges — trained ones for an IBert checkpoint, or calibrated here with HF's running
@@ -26,6 +27,7 @@ from tvm import relax
 
 from . import layers, quant
 from .artifact import bucket_function as function_name  # the Relax function of one shape bucket
+from .artifact import problem_type
 from .head import HEAD_MODES, ClassifierHead, calibrate_head, float_head, head_of, integer_head
 from .calibration import Batch, batches_from_texts, calibrate, position_ids, quant_acts
 from .texts import Text, id_problem, is_text, mask_problem, token_type_problem
@@ -188,7 +190,7 @@ def to_ibert(model: PreTrainedModel, force_dequant: str | None = None) -> IBertM
                       num_attention_heads=src.num_attention_heads,
                       intermediate_size=src.hidden_dim if distilbert else src.intermediate_size,
                       max_position_embeddings=src.max_position_embeddings,
-                      type_vocab_size=1 if distilbert else src.type_vocab_size,
+                      type_vocab_size=2 if distilbert else src.type_vocab_size,
                       pad_token_id=src.pad_token_id if src.pad_token_id is not None else 0,
                       hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, quant_mode=True,
                       force_dequant=force_dequant, layer_norm_eps=DISTILBERT_LAYER_NORM_EPS if distilbert
@@ -223,9 +225,11 @@ _DISTILBERT_LAYER = {"attention.q_lin": "attention.self.query", "attention.k_lin
 
 
 def distilbert_as_bert(state: Mapping[str, torch.Tensor], hidden: int) -> dict[str, torch.Tensor]:
-    """A DistilBERT encoder's weights under BERT's names, with a segment table of one zero row: its layers are BERT's
-    post-LayerNorm layers, and an embedding sum without segments is BERT's with a zero segment embedding."""
-    out = {"embeddings.token_type_embeddings.weight": torch.zeros(1, hidden)}
+    """A DistilBERT encoder's weights under BERT's names, with a segment table of two zero rows: its layers are
+    BERT's post-LayerNorm layers, and an embedding sum without segments is BERT's with a zero segment embedding
+    (two rows: a BERT tokenizer, which transformers may pick for a DistilBERT, marks a pair's second sentence
+    with type 1, which HF's DistilBERT ignores, as a zero row does)."""
+    out = {"embeddings.token_type_embeddings.weight": torch.zeros(2, hidden)}
     for key, value in state.items():
         if key.startswith("transformer.layer."):
             index, module = key[len("transformer.layer."):].split(".", 1)
@@ -279,8 +283,7 @@ class QuantizedModel:
         regression; more: a single-label classification); None without a head."""
         if self.head is None:
             return None
-        given = getattr(getattr(self.source, "config", None), "problem_type", None)
-        return given or ("regression" if self.head.num_labels == 1 else "single_label_classification")
+        return problem_type(self.head.num_labels, getattr(getattr(self.source, "config", None), "problem_type", None))
 
     @property
     def integer_only(self) -> bool:
@@ -378,7 +381,7 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
                     semantics: str = "ibert", tokenizer: object | str | os.PathLike | None = None,
                     method: str = "minmax", percentile: float = 99.99, force_dequant: str | None = None,
                     head: str = "integer", importer: str = "modules") -> QuantizedModel:
-    """Quantize a BERT / RoBERTa / IBert model (object or local directory) for integer-only compilation.
+    """Quantize a model of `SUPPORTED_TYPES` (object or local directory) for integer-only compilation.
 
     A float model needs `calibration`: batches of token ids and masks (and token types, for sentence pairs; one
     Batch or tokenizer output alone is one batch), or sentences or sentence pairs as 2-tuples (tokenized with

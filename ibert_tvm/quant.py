@@ -123,6 +123,11 @@ class GeluConstants:
     out_scale: np.ndarray
 
 
+#: a per-channel scale below this is taken for one of a channel whose weights all quantize to 0: HF's weight scale
+#: is then 1e-8 / 127 (its clamp), times an activation scale that is rarely below 1e-3
+PRUNED_SCALE_BELOW = 1e-10
+
+
 def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConstants:
     """i-GELU constants for an input with (per-channel) float32 scale S and |q| < 2^(in_bits-1)."""
     s = np.atleast_1d(_f32(in_scale))
@@ -137,9 +142,10 @@ def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConst
         bad = ~np.isfinite(v) | (np.abs(v.astype(np.float64)) >= 2.0**62)
         if np.any(bad):
             ch = int(np.flatnonzero(bad)[0])
+            hint = (" (the scale of a channel whose weights all quantize to 0, e.g. a pruned one, is 1e-8 / 127 "
+                    "times the input's)" if s[ch] < PRUNED_SCALE_BELOW else "")
             raise QuantizationRangeError(
-                f"i-GELU: input scale {s[ch]:.3e} of channel {ch} is too small: {name} overflows int64 (the scale "
-                "of a channel whose weights all quantize to 0, e.g. a pruned one, is 1e-8 / 127 times the input's)")
+                f"i-GELU: input scale {s[ch]:.3e} of channel {ch} is too small: {name} overflows int64{hint}")
     b, c, q = (v.astype(np.int64) for v in (b_int, c_int, q1))
     erf_max = [int(bi) ** 2 + abs(int(ci)) for bi, ci in zip(b, c)]
     out_max = [(1 << (in_bits - 1)) * ((e >> GELU_SHIFT) + abs(int(qi)) + 1) for e, qi in zip(erf_max, q)]

@@ -24,7 +24,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .artifact import ArtifactError, bucket_function, check_runnable_here, library_suffix_problem, read_metadata
+from .artifact import (MULTI_LABEL, REGRESSION, ArtifactError, bucket_function, check_runnable_here,
+                       library_suffix_problem, meta_problem_type, read_metadata)
 from .texts import Text, id_problem, mask_problem, token_type_problem, tokenizer_args
 
 __all__ = ["InputError", "IntegerModel", "Prediction", "load"]
@@ -32,11 +33,6 @@ __all__ = ["InputError", "IntegerModel", "Prediction", "load"]
 
 class InputError(ValueError):
     """An input the compiled model cannot take; the message names the input and the problem."""
-
-
-#: HF's problem types of a sequence classifier; an artifact without one (exported before 2026-12-07) is taken as
-#: HF's forward takes a config without one: one output a regression, more a single-label classification.
-REGRESSION, SINGLE_LABEL, MULTI_LABEL = "regression", "single_label_classification", "multi_label_classification"
 
 
 @dataclass(frozen=True)
@@ -287,10 +283,7 @@ class IntegerModel:
     @property
     def problem_type(self) -> str | None:
         """A classifier's HF problem type (`REGRESSION`, `SINGLE_LABEL`, `MULTI_LABEL`); None for an encoder."""
-        model = self.meta["model"]
-        if self.meta["output"]["kind"] != "logits":
-            return None
-        return model.get("problem_type") or (REGRESSION if len(model.get("labels") or ()) == 1 else SINGLE_LABEL)
+        return meta_problem_type(self.meta)
 
     def _check_classifier(self) -> None:
         """An InputError where the artifact has no classification head, or a regression head (no labels)."""

@@ -261,10 +261,10 @@ def _read_meta(folder: Path) -> dict[str, Any]:
             and all(isinstance(p, str) for p in e["programs"]) for e in checked.values())):
         raise TuningLogError(f"{path} is corrupt: its checked list does not map workload keys to a record and "
                              "its programs")
-    shapes = meta.get("shapes", [])
-    if not (isinstance(shapes, list) and all(isinstance(s, list) and len(s) == 2
-                                              and all(type(v) is int and v > 0 for v in s) for s in shapes)):
-        raise TuningLogError(f"{path} is corrupt: its shapes are not [batch, seq] pairs of positive integers")
+    shapes = meta.get("shapes", [])  # [batch, seq] of a model's program; an IRModule's first input's whole shape
+    if not (isinstance(shapes, list) and all(isinstance(s, list) and s and all(type(v) is int and v > 0 for v in s)
+                                              for s in shapes)):
+        raise TuningLogError(f"{path} is corrupt: its shapes are not lists of positive integers")
     return meta
 
 
@@ -452,7 +452,7 @@ def unchecked_records(folder: str | Path, applied: dict[str, str], programs: set
 
 def tuned_shapes(folder: str | Path) -> set[tuple[int, int]]:
     """The (batch, seq) shapes tuned into the folder (its metadata's `shapes`)."""
-    return {(int(b), int(s)) for b, s in _read_meta(Path(folder)).get("shapes", [])}
+    return {(b, s) for b, s in (shape for shape in _read_meta(Path(folder)).get("shapes", []) if len(shape) == 2)}
 
 
 def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -470,15 +470,11 @@ def check_work_dir(folder: str | Path, writing: bool = True) -> None:
 
 
 @contextlib.contextmanager
-def _sole_writer(folder: Path, create: bool) -> Iterator[None]:
-    """Hold the folder's lock file (made with the folder where `create`) for the block, or a TuningLogError where
-    another process holds it: MetaSchedule's JSON database numbers workloads as it read them at its start, so two
-    tunes appending to one folder file each other's records under the wrong workloads, without an error."""
-    if not folder.is_dir():
-        if not create:  # (nothing to write: refused later as no database)
-            yield
-            return
-        folder.mkdir(parents=True, exist_ok=True)
+def _sole_writer(folder: Path) -> Iterator[None]:
+    """Hold the folder's lock file (made with the folder where there is none) for the block, or a TuningLogError
+    where another process holds it: MetaSchedule's JSON database numbers workloads as it read them at its start,
+    so two tunes appending to one folder file each other's records under the wrong workloads, without an error."""
+    folder.mkdir(parents=True, exist_ok=True)
     with open(folder / LOCK_FILE, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -1024,7 +1020,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     kernels, as before compiling another model or calibration of the same shapes with it, and adds those that
     write other integers to the folder's `wrong_integers` (nothing else in its metadata changes). `trials`,
     `estimate`, `check`, `max_trials_per_task` and `num_trials_per_iter` are then ignored. A TuningLogError
-    without a usable database there, a ValueError where the check cannot run (`database_to_check`) or did not.
+    without a usable database there, or while another tune writes the folder (each holds its lock file); a
+    ValueError where the check cannot run (`database_to_check`) or did not.
     """
     started = time.monotonic()
     spec, folder = resolve_target(target), Path(work_dir)
@@ -1039,17 +1036,17 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
         from .model import shape_buckets  # transformers, which the model module imports, only for a model
 
         shape_buckets(model, [batch], [seq])
-    with _sole_writer(folder, create=not check_only):  # a second tune on the folder is refused
-        database = database_to_check(folder, spec, rpc) if check_only else None
-        mod = _program(model, batch, seq)
-        if check_only:
-            trials, estimate, check = 0, False, True
-        inputs = None
-        if check:
-            inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
-        unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
-        if check_only and unchecked:
-            raise ValueError(f"cannot check the records of {folder}: {unchecked}")
+    database = database_to_check(folder, spec, rpc) if check_only else None
+    mod = _program(model, batch, seq)
+    if check_only:
+        trials, estimate, check = 0, False, True
+    inputs = None
+    if check:
+        inputs = check_inputs if check_inputs is not None else record_check.sample_inputs(model, batch, seq)
+    unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
+    if check_only and unchecked:
+        raise ValueError(f"cannot check the records of {folder}: {unchecked}")
+    with _sole_writer(folder):  # a second tune on the folder is refused
         if database is None:
             database = _database_for_tuning(folder, spec)
         integer_only = getattr(model, "integer_only", True)  # a QuantizedModel in Q8BERT mode or with a float head: no

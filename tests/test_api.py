@@ -434,8 +434,11 @@ def test_compile_refuses_bad_arguments(quantized, exported, tmp_path):
         ibert_tvm.load(exported.with_suffix(".json"))
     with pytest.raises(ValueError, match="exceeds what the model's position embeddings cover \\(64\\)$"):
         ibert_tvm.compile(quantized, "llvm", tuning_logs=False, seq_lengths=(128,))
-    with pytest.raises(ValueError, match=r"cover \(64\): the default seq_lengths \(32, 128\) are too long"):
+    with pytest.raises(ValueError, match=r"the default seq_lengths \(32, 128\) pass what this model's position "
+                                         r"embeddings cover \(64\): give seq_lengths"):
         ibert_tvm.compile(quantized, "llvm", tuning_logs=False)
+    with pytest.raises(ValueError, match=r"batch_sizes .*at least 1.*got \[0\]$"):
+        ibert_tvm.compile(quantized, "llvm", tuning_logs=False, batch_sizes=[0], seq_lengths=SEQS)
     with pytest.raises(TypeError, match="takes a QuantizedModel"):
         ibert_tvm.compile("model-dir", "llvm")
 

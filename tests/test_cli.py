@@ -428,6 +428,7 @@ def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact
 
     assert cli_module.MIN_SEQ_LENGTH == model.MIN_SEQ_LENGTH and cli_module.FORCE_DEQUANT == model.FORCE_DEQUANT
     assert cli_module.METHODS == calibration.METHODS
+    assert cli_module.PERCENTILE == inspect.signature(model.from_pretrained).parameters["percentile"].default
     shape, seed = demo.DemoShape(), inspect.signature(demo.run_demo).parameters["seed"].default
     assert cli_module.BLOCK_DEFAULTS == {"batch": shape.batch, "seq": shape.seq, "seed": seed}
     assert "sequence length (--block only; default 128)" in " ".join(cli("demo", "--help").stdout.split())
@@ -497,7 +498,8 @@ def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_p
     for args, fragment in ((["--calibration", str(tmp_path / "cal.csv")], "missing column(s) ['text']"),
                            (["--calibration", str(model_dir.parent / "calibration.txt"), "--calibration-column", "x"],
                             "name columns of a .csv file"),
-                           (["--percentile", "101"], "a percentile in (50, 100]")):
+                           (["--percentile", "101"], "a percentile in (50, 100]"),
+                           (["--percentile", "99.5"], "--percentile is read by --calibration-method percentile only")):
         assert_one_line_error(cli("compile", "--model", str(model_dir), *args, "-o", str(tmp_path / "x.so")),
                               fragment)
 
@@ -505,15 +507,17 @@ def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_p
 def test_ctrl_c_is_one_line_and_says_where_the_work_stands(model_dir, tmp_path, monkeypatch):
     """Ctrl-C (SIGINT) ends a command with one line and status 130, also where TVM turns the interrupt into an error
     of its own (MetaSchedule's threads: 'RuntimeError: parallel_for_dynamic error with', a 25-line traceback until
-    2026-12-07); an interrupted tune says that its folder resumes. (A real tune interrupted after 45 s printed the
-    same line.)"""
+    2026-12-07); an interrupted tune that had begun its folder says that it resumes. (A real tune interrupted after
+    45 s printed the same line.)"""
     import os
     import signal
     import time
 
     from ibert_tvm import compiler, tuning
 
-    def tune_interrupted_inside_tvm(*args, **kwargs):
+    def tune_interrupted_inside_tvm(*args, work_dir, **kwargs):
+        Path(work_dir).mkdir()
+        (Path(work_dir) / tuning.META_FILE).write_text("{}")  # a folder the tune had begun to write
         try:
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(5)

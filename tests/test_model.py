@@ -332,7 +332,7 @@ def test_a_directory_without_tokenizer_files_gives_no_tokenizer(tmp_path):
     """transformers builds an empty five-token tokenizer for such a directory; calibrating sentences with it
     would give a model calibrated on [UNK]s. Named instead, and batches still calibrate."""
     tiny("bert").save_pretrained(tmp_path / "bare")
-    with pytest.raises(ValueError, match="calibration texts need a tokenizer .*vocab.txt"):
+    with pytest.raises(ValueError, match="calibration texts need a tokenizer: .*vocab.txt"):
         from_pretrained(str(tmp_path / "bare"), calibration=["a sentence"])
     assert from_pretrained(str(tmp_path / "bare"), calibration=batches(0, 1, 2, 8, seed=1)).tokenizer is None
 

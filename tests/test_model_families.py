@@ -81,9 +81,10 @@ def test_family_classification_head(kind, report):
     np.testing.assert_array_equal(ours.argmax(1), ref.argmax(1))
 
 
-def test_distilbert_classifier_compiles_exports_and_refuses_segments(tmp_path):
+def test_distilbert_classifier_compiles_exports_and_ignores_segments(tmp_path):
     """A DistilBERT classifier through compile (default schedules), export and load: the library's integers are the
-    unscheduled program's; it has no segment table, so token types other than 0 are refused by name."""
+    unscheduled program's; it has no segment embedding, so a pair's type-1 tokens (a BERT tokenizer marks them)
+    change nothing, as HF's DistilBERT ignores token types, and types past 1 are refused by name."""
     fm = tiny_classifier("distilbert")
     qm = from_pretrained(fm, calibration=batches(0, 2, 4, 16, seed=1))
     b = batches(0, 1, 2, 16, seed=3)[0]
@@ -91,10 +92,13 @@ def test_distilbert_classifier_compiles_exports_and_refuses_segments(tmp_path):
         tmp_path / "distilbert.so")
     m = ibert_tvm.load(path)
     ids, mask = b.input_ids.numpy(), b.attention_mask.numpy()
-    np.testing.assert_array_equal(m(ids, mask, integer=True), run(qm, b))
-    assert (m.meta["model"]["source_type"], m.meta["model"]["type_vocab_size"]) == ("distilbert", 1)
-    with pytest.raises(InputError, match="token_type_ids"):
-        m(ids, mask, np.ones_like(ids))
+    single = m(ids, mask, integer=True)
+    np.testing.assert_array_equal(single, run(qm, b))
+    np.testing.assert_array_equal(m(ids, mask, (np.arange(16) >= 8).astype(np.int64)[None].repeat(2, 0),
+                                    integer=True), single)
+    assert (m.meta["model"]["source_type"], m.meta["model"]["type_vocab_size"]) == ("distilbert", 2)
+    with pytest.raises(InputError, match="token_type_ids must lie in"):
+        m(ids, mask, np.full_like(ids, 2))
 
 
 def test_distilbert_refusals_name_the_feature():

@@ -107,14 +107,26 @@ def test_linear_bounds_each_channel_by_its_own_weights():
 
 
 def test_linear_accepts_accumulator_limit():
-    w = np.zeros((2, K_LINEAR_MAX), np.int8)
+    """Channels exactly at the bound 128 sum|w| + |bias| = 2^31 - 1 are taken (one more is refused above)."""
+    w = np.full((2, K_LINEAR_MAX), -128, np.int8)
     call = ops.linear(tvar("x", (2, K_LINEAR_MAX), "int8"), w, np.array([16383, -16383], np.int32))
     assert call.op.name == "ibert.linear"
-    call = ops.linear(tvar("x", (2, 1), "int8"), np.zeros((1, 1), np.int8), np.array([I32_MAX - 16384], np.int32))
+    call = ops.linear(tvar("x", (2, 1), "int8"), np.full((1, 1), 127, np.int8),
+                      np.array([I32_MAX - 128 * 127], np.int32))
     assert call.op.name == "ibert.linear"
-    call = ops.linear(tvar("x", (2, K_LINEAR_MAX - 1), "int8"), np.zeros((1, K_LINEAR_MAX - 1), np.int8),
+    call = ops.linear(tvar("x", (2, K_LINEAR_MAX - 1), "int8"), np.full((1, K_LINEAR_MAX - 1), -128, np.int8),
                       np.array([-32767], np.int32))
     assert call.op.name == "ibert.linear"
+
+
+@pytest.mark.parametrize("weight, bias, message", [
+    (np.zeros(4, np.int8), None, r"'weight' must be a non-empty \[N, K\] matrix, got shape \[4\]"),
+    (np.zeros((0, 4), np.int8), None, "got shape \\[0, 4\\]"),
+    (np.zeros((2, 4), np.int8), np.zeros(3, np.int32), r"'bias' must have shape \[2\].*got \[3\]"),
+])
+def test_linear_names_a_malformed_constant_weight_or_bias(weight, bias, message):
+    with pytest.raises(IBertOpError, match=message):
+        ops.linear(tvar("x", (2, 4), "int8"), weight, bias)
 
 
 def test_matmul_probabilities_256_by_minus_128_max_k():

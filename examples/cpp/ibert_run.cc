@@ -314,7 +314,9 @@ int main(int argc, char** argv) {
     const Inputs x = ReadInputs(argv[2]);
     if (!std::filesystem::is_regular_file(argv[1]))
       throw std::runtime_error(std::string(argv[1]) + ": no such library file");
-    const std::filesystem::path meta_path = std::filesystem::path(argv[1]).replace_extension(".json");
+    std::filesystem::path meta_path = std::filesystem::path(argv[1]).replace_extension(".json");
+    if (!std::filesystem::exists(meta_path) && std::filesystem::is_symlink(argv[1]))  // current.so -> model-v3.so
+      meta_path = std::filesystem::canonical(argv[1]).replace_extension(".json");
     const std::optional<Metadata> meta = ReadMetadata(meta_path);
     if (meta.has_value()) {
       CheckFamily(*meta, argv[1]);

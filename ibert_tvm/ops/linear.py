@@ -55,6 +55,12 @@ def linear(x: relax.Expr, weight: relax.Expr | np.ndarray, bias: relax.Expr | np
     if isinstance(weight, np.ndarray):
         if weight.dtype != np.int8:
             raise IBertOpError(f"{OP}: argument 'weight' must be int8, got {weight.dtype}")
+        if weight.ndim != 2 or 0 in weight.shape:
+            raise IBertOpError(f"{OP}: argument 'weight' must be a non-empty [N, K] matrix, got shape "
+                               f"{list(weight.shape)}")
+        if isinstance(bias, np.ndarray) and bias.shape != weight.shape[:1]:
+            raise IBertOpError(f"{OP}: argument 'bias' must have shape [{weight.shape[0]}] (one per output channel), "
+                               f"got {list(bias.shape)}")
         worst = 128 * np.abs(weight.astype(np.int64)).sum(axis=-1)
         if isinstance(bias, np.ndarray):
             worst = worst + np.abs(bias.astype(np.int64))
