@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import tvm
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, IBertConfig, IBertModel, PreTrainedModel
-from transformers.models.ibert.quant_modules import QuantAct
+from transformers.models.ibert.quant_modules import IntLayerNorm, QuantAct
 from tvm import relax
 
 from . import layers, quant
@@ -470,10 +470,11 @@ def _check_finite(model: PreTrainedModel) -> None:
 
 
 def _check_layer_norms(model: PreTrainedModel) -> None:
-    """A QuantizationRangeError naming the first LayerNorm of a float `model` whose integer constants cannot exist
-    (a zero gamma), before calibrating: HF's simulation would turn it into NaN activations further on."""
+    """A QuantizationRangeError naming the first LayerNorm of `model` (HF's or IBert's integer one) whose integer
+    constants cannot exist (a zero gamma), before calibrating: HF's simulation would turn it into NaN activations
+    further on."""
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.LayerNorm) and module.weight is not None:
+        if isinstance(module, (torch.nn.LayerNorm, IntLayerNorm)) and module.weight is not None:
             bias = torch.zeros_like(module.weight) if module.bias is None else module.bias
             try:
                 quant.layernorm_constants(module.weight.detach().numpy(), bias.detach().numpy())

@@ -237,6 +237,12 @@ def test_a_zero_layer_norm_gamma_is_named_before_calibrating():
     with pytest.raises(QuantizationRangeError, match=r"encoder\.layer\.1\.attention\.output\.LayerNorm: .*gamma"):
         from_pretrained(fm, calibration=batches(0, 1, 2, 8, seed=1))
     assert from_pretrained(fm, calibration=batches(0, 1, 2, 8, seed=1), force_dequant="layernorm").ibert is not None
+    torch.manual_seed(0)
+    checkpoint = IBertModel(IBertConfig(quant_mode=True, type_vocab_size=1, pad_token_id=1, **COMMON)).eval()
+    with torch.no_grad():
+        checkpoint.encoder.layer[0].output.LayerNorm.weight[2] = 0.0  # IBert's own IntLayerNorm
+    with pytest.raises(QuantizationRangeError, match=r"encoder\.layer\.0\.output\.LayerNorm: .*gamma"):
+        from_pretrained(checkpoint, calibration=batches(1, 1, 2, 8, seed=1))
 
 
 def test_unsupported_architecture_is_named():
