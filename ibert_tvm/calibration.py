@@ -116,8 +116,8 @@ def calibrate(qmodel, model_type: str, batches: Iterable[Batch], method: str = "
     naming the QuantAct where they are not finite."""
     if method not in METHODS:
         raise ValueError(f"calibration method must be one of {METHODS}, got {method!r}")
-    if method == "percentile" and not 50 < percentile <= 100:
-        raise ValueError(f"percentile must lie in (50, 100], got {percentile}")
+    if method == "percentile" and not 90 <= percentile <= 100:  # (below, a tenth of each activation is clipped)
+        raise ValueError(f"percentile must lie in [90, 100], got {percentile}")
     batches = list(batches)
     if not batches:
         raise ValueError("calibration needs at least one batch of inputs")

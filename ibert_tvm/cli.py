@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
 import json
 import os
 import select
@@ -33,6 +34,8 @@ FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
 #: restated as MIN_SEQ_LENGTH is
 METHODS = ("minmax", "percentile")
 PERCENTILE = 99.99
+#: `tuning.META_FILE`, restated so that an interrupt needs no import (one half done may be what it interrupted)
+TUNING_META_FILE = "ibert_tuning.json"
 #: how many values of a vector (an encoder's mean-pooled hidden states) `run` prints
 SHOWN_VALUES = 8
 #: demo's options of the encoder-block demo only (left out of the namespace where not given), with the defaults
@@ -132,7 +135,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     errors: list[type[BaseException]] = [ArtifactError, InputError, UnknownTargetError, UnsupportedModelError,
                                          TuningLogError, ToolchainMissingError, CudaToolchainError,
-                                         MissingPackageError, OSError, ValueError]
+                                         MissingPackageError, OSError, ValueError, csv.Error]
     return tuple(errors)
 
 
@@ -242,13 +245,13 @@ def _calibration_texts(path: str, column: str = "text", pair_column: str | None 
 
 
 def _percentile(text: str) -> float:
-    """An argparse type: a percentile in (50, 100]."""
+    """An argparse type: a percentile in [90, 100]."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 50 < value <= 100:
-        raise argparse.ArgumentTypeError(f"a percentile in (50, 100] is needed, got {text}")
+    if not 90 <= value <= 100:  # (below, each activation's range would leave out a tenth of its values or more)
+        raise argparse.ArgumentTypeError(f"a percentile in [90, 100] is needed, got {text}")
     return value
 
 
@@ -308,9 +311,10 @@ def _compile(args: argparse.Namespace) -> int:
 def _tune(args: argparse.Namespace) -> int:
     from .compiler import check_toolchains
     from .targets import resolve_target
-    from .tuning import check_tracker, check_work_dir, database_to_check, tune
+    from .tuning import check_not_being_tuned, check_tracker, check_work_dir, database_to_check, tune
 
     check_work_dir(args.work_dir)
+    check_not_being_tuned(args.work_dir)  # before calibrating; `tune` holds the lock itself
     spec = resolve_target(args.target)
     check_toolchains(spec)
     if args.rpc and not args.check_only:
@@ -749,9 +753,7 @@ def _noting_interrupts() -> Iterator[Callable[[], bool]]:
 
 def _interrupted(args: argparse.Namespace) -> int:
     """One line for a command stopped by Ctrl-C, and where its work stands."""
-    from .tuning import META_FILE
-
-    tuning = args.command == "tune" and not args.check_only and (Path(args.work_dir) / META_FILE).is_file()
+    tuning = args.command == "tune" and not args.check_only and (Path(args.work_dir) / TUNING_META_FILE).is_file()
     kept = f": {args.work_dir} keeps the records measured so far; the same command resumes" if tuning else ""
     print(f"\nibert-tvm: interrupted{kept}", file=sys.stderr)
     return INTERRUPTED

@@ -309,7 +309,8 @@ def _as_int_array(value: Any, name: str, mask: bool = False) -> np.ndarray:
     HF takes it) -> a non-empty int64 numpy array, or InputError naming the problem (an empty one first: numpy makes
     an empty list float64)."""
     if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
+        value = value.detach().cpu()
+        value = (value.float() if value.is_floating_point() else value).numpy()  # (numpy has no bfloat16)
     try:
         arr = np.asarray(value)
     except ValueError as err:  # rows of unequal lengths

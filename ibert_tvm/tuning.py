@@ -63,8 +63,8 @@ if TYPE_CHECKING:
     from .model import QuantizedModel
 
 __all__ = ["META_FILE", "RECORD_FILE", "WORKLOAD_FILE", "TuningLogError", "TuningResult", "log_name",
-           "check_tracker", "check_work_dir", "open_database", "shipped_database", "tune", "tuned_shapes",
-           "unchecked_records"]
+           "check_not_being_tuned", "check_tracker", "check_work_dir", "open_database", "shipped_database", "tune",
+           "tuned_shapes", "unchecked_records"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -469,6 +469,22 @@ def check_work_dir(folder: str | Path, writing: bool = True) -> None:
         raise TuningLogError(problem)
 
 
+def check_not_being_tuned(folder: str | Path) -> None:
+    """A TuningLogError where a tune holds the folder's lock now (the CLI asks before calibrating); makes nothing."""
+    lock = Path(folder) / LOCK_FILE
+    if not lock.is_file():
+        return
+    with open(lock, "a") as probe:
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TuningLogError(_BEING_TUNED.format(folder=folder)) from None
+
+
+#: the refusal of a folder that another tune holds
+_BEING_TUNED = "another ibert-tvm tune is writing {folder}: wait for it to finish, or tune into another --work-dir"
+
+
 @contextlib.contextmanager
 def _sole_writer(folder: Path) -> Iterator[None]:
     """Hold the folder's lock file (made with the folder where there is none) for the block, or a TuningLogError
@@ -479,8 +495,7 @@ def _sole_writer(folder: Path) -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise TuningLogError(f"another ibert-tvm tune is writing {folder}: wait for it to finish, or tune into "
-                                 "another --work-dir") from None
+            raise TuningLogError(_BEING_TUNED.format(folder=folder)) from None
         yield
 
 

@@ -203,7 +203,8 @@ def test_inputs_of_any_integer_dtype_and_masks_as_hf_takes_them_give_the_same_in
     expected = loaded(ids, mask, integer=True)
     for given_ids, given_mask in ((ids.astype(np.uint16), mask.astype(np.uint8)), (ids.astype(object), mask > 0),
                                   (torch.from_numpy(ids).int(), torch.from_numpy(mask).float()),
-                                  (ids, mask.astype(np.int8)), (ids.astype(np.uint64), mask.astype(np.float16))):
+                                  (ids, mask.astype(np.int8)), (ids.astype(np.uint64), mask.astype(np.float16)),
+                                  (ids, torch.from_numpy(mask).bfloat16())):  # (numpy has no bfloat16)
         np.testing.assert_array_equal(loaded(given_ids, given_mask, integer=True), expected)
 
 

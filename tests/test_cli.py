@@ -424,10 +424,10 @@ def test_the_cli_restates_the_shortest_sequence_and_can_show_tracebacks(artifact
     raised whole instead of printed as one line."""
     import inspect
 
-    from ibert_tvm import calibration, cli as cli_module, demo, model
+    from ibert_tvm import calibration, cli as cli_module, demo, model, tuning
 
     assert cli_module.MIN_SEQ_LENGTH == model.MIN_SEQ_LENGTH and cli_module.FORCE_DEQUANT == model.FORCE_DEQUANT
-    assert cli_module.METHODS == calibration.METHODS
+    assert cli_module.METHODS == calibration.METHODS and cli_module.TUNING_META_FILE == tuning.META_FILE
     assert cli_module.PERCENTILE == inspect.signature(model.from_pretrained).parameters["percentile"].default
     shape, seed = demo.DemoShape(), inspect.signature(demo.run_demo).parameters["seed"].default
     assert cli_module.BLOCK_DEFAULTS == {"batch": shape.batch, "seq": shape.seq, "seed": seed}
@@ -498,7 +498,8 @@ def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_p
     for args, fragment in ((["--calibration", str(tmp_path / "cal.csv")], "missing column(s) ['text']"),
                            (["--calibration", str(model_dir.parent / "calibration.txt"), "--calibration-column", "x"],
                             "name columns of a .csv file"),
-                           (["--percentile", "101"], "a percentile in (50, 100]"),
+                           (["--percentile", "101"], "a percentile in [90, 100]"),
+                           (["--percentile", "51"], "a percentile in [90, 100]"),
                            (["--percentile", "99.5"], "--percentile is read by --calibration-method percentile only")):
         assert_one_line_error(cli("compile", "--model", str(model_dir), *args, "-o", str(tmp_path / "x.so")),
                               fragment)
@@ -537,6 +538,30 @@ def test_ctrl_c_is_one_line_and_says_where_the_work_stands(model_dir, tmp_path, 
         assert proc.returncode == 130
         assert proc.stderr.strip().splitlines()[-1].startswith(expected) and "Traceback" not in proc.stderr
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back after the command
+
+
+def test_a_tune_on_a_folder_being_tuned_and_an_oversized_csv_field_are_refused_before_calibrating(model_dir, tmp_path,
+                                                                                                  monkeypatch):
+    """A second tune on a folder whose lock another holds is refused before it calibrates (it calibrated for
+    seconds first); a CSV cell past the csv module's limit is one line (a 26-line csv.Error traceback)."""
+    import fcntl
+
+    from ibert_tvm import model, tuning
+
+    def calibrate(*_args, **_kwargs):
+        raise AssertionError("calibrated")
+
+    monkeypatch.setattr(model, "calibrate", calibrate)
+    work = tmp_path / "db"
+    work.mkdir()
+    with open(work / tuning.LOCK_FILE, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert_one_line_error(cli("tune", "--model", str(model_dir), "--seq", "16", "--work-dir", str(work)),
+                              f"another ibert-tvm tune is writing {work}")
+    big = tmp_path / "big.csv"
+    big.write_text("text\n" + "x" * 200_000 + "\n", encoding="utf-8")
+    assert_one_line_error(cli("compile", "--model", str(model_dir), "--calibration", str(big), "-o",
+                              str(tmp_path / "x.so")), "field larger than field limit")
 
 
 def test_layers_compares_every_stage_and_writes_the_report(model_dir, tmp_path):

@@ -217,6 +217,12 @@ def test_driver_names_a_missing_library_another_machine_s_and_the_compiled_bucke
         library = Path(shutil.copy(tiny_library, tmp_path / f"{family}.so"))
         library.with_suffix(".json").write_text(json.dumps({**meta, "target": {**meta["target"], "family": family}}))
         assert refused(run_driver(host_driver, library, inputs), reason), family
+    link = tmp_path / "current.so.1"  # a link without the .so extension TVM picks its loader by
+    link.symlink_to(tiny_library)
+    done = run_driver(host_driver, link, inputs)
+    assert done.returncode == 0 and not done.stderr, done.stderr
+    np.testing.assert_array_equal(parse_output(done.stdout)[0], ibert_tvm.load(tiny_library)(ids, mask, integer=True))
+    assert refused(run_driver(host_driver, tiny_library.with_suffix(".json"), inputs), "is an artifact's metadata")
     done = run_driver(host_driver, tiny_library, write_inputs(tmp_path / "short.txt", ids[:, :9], mask[:, :9]))
     assert refused(done, f"nor 'main_b{BATCH}_s9' (a bucket for B={BATCH}, L=9); compiled: batch [{BATCH}] x seq "
                          f"[{SEQ}] (pad the rows"), done.stderr

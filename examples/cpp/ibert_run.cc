@@ -314,6 +314,8 @@ int main(int argc, char** argv) {
     const Inputs x = ReadInputs(argv[2]);
     if (!std::filesystem::is_regular_file(argv[1]))
       throw std::runtime_error(std::string(argv[1]) + ": no such library file");
+    if (std::filesystem::path(argv[1]).extension() == ".json")
+      throw std::runtime_error(std::string(argv[1]) + " is an artifact's metadata: pass its library (MODEL.so)");
     std::filesystem::path meta_path = std::filesystem::path(argv[1]).replace_extension(".json");
     if (!std::filesystem::exists(meta_path) && std::filesystem::is_symlink(argv[1]))  // current.so -> model-v3.so
       meta_path = std::filesystem::canonical(argv[1]).replace_extension(".json");
@@ -325,8 +327,9 @@ int main(int argc, char** argv) {
       std::cerr << "ibert_run: warning: no " << meta_path.string() << " beside the library: token ids and types are "
                 << "not checked (the program clamps those outside the model's)\n";
     }
-    // An absolute path: dlopen would search the library path for a bare file name.
-    ffi::Module lib = ffi::Module::LoadFromFile(std::filesystem::absolute(argv[1]).string());
+    // The link's target, as an absolute path: TVM picks the loader by the file's extension (a link may have
+    // none), and dlopen would search the library path for a bare file name.
+    ffi::Module lib = ffi::Module::LoadFromFile(std::filesystem::canonical(argv[1]).string());
     ffi::Module vm = GetFunction(lib, "vm_load_executable")().cast<ffi::Module>();
     GetFunction(vm, "vm_initialization")(static_cast<int>(kDLCPU), 0, kPooledAllocator);
     ffi::Function main_fn = EntryFunction(vm, x, meta.has_value() ? meta->buckets : "");
