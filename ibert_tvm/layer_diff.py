@@ -33,7 +33,7 @@ from . import layers
 from .build_util import host_vm
 from .calibration import Batch, position_ids
 from .evaluate import row_cosines
-from .model import QuantizedModel, _batch_problem, _encoder_of, _quant_mode_ibert
+from .model import MIN_SEQ_LENGTH, QuantizedModel, _batch_problem, _encoder_of, _quant_mode_ibert
 from .reports import pyplot, stamped, write_results
 
 __all__ = ["LayerDiff", "StageDiff", "compare_layers", "layer_program", "write_report"]
@@ -151,10 +151,14 @@ def _stage(name: str, ours: np.ndarray, scale: np.ndarray, ref: np.ndarray, hf: 
 
 def compare_layers(qm: QuantizedModel, input_ids, attention_mask, token_type_ids=None) -> LayerDiff:
     """Compile `layer_program` for this CPU (the project pipeline), run it on the tokens ([B, L] arrays or tensors;
-    token types None: all 0) and compare every stage, over the real tokens, with the float model and with HF's
+    mask None: every token real; token types None: all 0) and compare every stage, over the real tokens, with the float model and with HF's
     IBertModel (see the module's docstring)."""
-    given = Batch(torch.as_tensor(input_ids), torch.as_tensor(attention_mask),
+    ids = torch.as_tensor(input_ids)
+    given = Batch(ids, torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask),
                   None if token_type_ids is None else torch.as_tensor(token_type_ids))
+    if ids.ndim == 2 and ids.shape[1] < MIN_SEQ_LENGTH:  # (as compile refuses it: a length-1 program does not build)
+        raise ValueError(f"compare_layers needs sequences of at least {MIN_SEQ_LENGTH} tokens, got length "
+                         f"{ids.shape[1]}")
     if problem := _batch_problem(given, qm.ibert.config, qm.max_seq_length):  # as calibration batches are checked
         error, message = problem
         raise error(message)

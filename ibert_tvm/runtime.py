@@ -70,9 +70,10 @@ class IntegerModel:
 
     def __repr__(self) -> str:
         model, output = self.meta["model"], self.meta["output"]
-        labels = f" {self.labels}" if self.labels else ""
+        kind = self.problem_type or output["kind"]
+        out = f"{kind} {self.labels}" if self.labels and kind != REGRESSION else kind
         return (f"IntegerModel({model.get('source_type', model['model_type'])}, target {self.meta['target']['name']}, "
-                f"batch {self.batch_sizes} x seq {self.seq_lengths}, {output['kind']}{labels})")
+                f"batch {self.batch_sizes} x seq {self.seq_lengths}, {out})")
 
     def _check_metadata(self) -> None:
         """What a call reads from the metadata, checked here (a hand-edited entry would fail deep in TVM or numpy

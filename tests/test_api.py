@@ -570,6 +570,7 @@ def test_regression_and_multi_label_heads_are_not_read_as_single_labels(problem_
         tmp_path / "head.so")
     m = ibert_tvm.load(path)
     assert m.problem_type == m.meta["model"]["problem_type"] == problem_type
+    assert repr(m).endswith("regression)" if problem_type == "regression" else f"{problem_type} {m.labels})")
     with torch.no_grad():
         reference = model(input_ids=torch.from_numpy(ids)).logits.numpy()
     ours = m(ids)
@@ -593,8 +594,8 @@ def test_regression_and_multi_label_heads_are_not_read_as_single_labels(problem_
 
 
 def test_a_loaded_model_says_what_it_is(loaded):
-    assert repr(loaded) == ("IntegerModel(bert, target llvm, batch [1, 2] x seq [8, 16], logits ['negative', "
-                            "'neutral', 'positive'])")
+    assert repr(loaded) == ("IntegerModel(bert, target llvm, batch [1, 2] x seq [8, 16], "
+                            "single_label_classification ['negative', 'neutral', 'positive'])")
 
 
 def test_a_link_to_a_library_loads_with_the_metadata_beside_its_target(exported, loaded, tmp_path):

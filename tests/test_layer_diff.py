@@ -40,6 +40,9 @@ def measured(diff, report, what: str = "") -> None:
 def test_every_stage_matches_hf_and_the_float_model(kind, bert, report):
     qm, b = bert if kind == "bert" else calibrated(kind)
     diff = compare_layers(qm, b.input_ids, b.attention_mask)
+    if kind == "bert":  # no mask: every token real
+        whole = compare_layers(qm, b.input_ids, None)
+        assert whole.tokens == b.input_ids.numel()
     measured(diff, report)
     assert [s.name for s in diff.stages] == STAGES
     assert diff.tokens == int(b.attention_mask.sum())
@@ -92,3 +95,5 @@ def test_graph_importer_models_and_bad_tokens(bert):
                                    layer_program(qm, 3, 20))
     with pytest.raises(ValueError, match="the vocabulary"):
         compare_layers(qm, b.input_ids + 1000, b.attention_mask)
+    with pytest.raises(ValueError, match="at least 2 tokens, got length 1"):  # (TVM failed to build it)
+        compare_layers(qm, [[5]], [[1]])

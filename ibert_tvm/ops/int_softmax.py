@@ -5,7 +5,8 @@ Per row: q = x - max(x) (masked entries act as -inf, as HF's additive mask makes
 §3.3.6, e16 = clamp(rne(max(p, 0) M / 2^(E - 30 + z))), equal to HF's rne(p 2^(30-z) / S16) without the
 2^60 intermediate; finally F = floor(2^32 / sum e16) and out = floor(e16 F / 2^24), scale 2^-8.
 
-Output values lie in [0, 256] (256 when one entry holds the whole row), stored as int16 for `ibert.matmul`.
+Output values lie in [0, 256] (256 only where one entry holds a row whose e16 sum is a power of two; a calibrated
+one-hot row gives 255, where HF's float32 normalisation rounds up to 256), stored as int16 for `ibert.matmul`.
 A row with no unmasked entry (or whose exp values all round to 0) is defined as all zeros: HF gives NaN there.
 The optional `mask` has the scores' rank, each dim equal or 1 (broadcast); nonzero means "attend".
 """
