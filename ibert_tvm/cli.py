@@ -17,6 +17,7 @@ import select
 import shlex
 import signal
 import sys
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -669,8 +670,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "sentences and compare the embeddings' and each layer's int8 output, over the "
                                      "real tokens, with the float model (per-token cosine min / mean, max |error| "
                                      "relative to the largest reference value) and with HF's IBertModel "
-                                     "simulation (share of identical int8 values; 100 %% expected with "
-                                     "--semantics hf). The first stage whose cosine drops is where quantization "
+                                     "simulation (share of identical int8 values; 100 %% with --semantics hf, "
+                                     "but where HF's float32 rounds otherwise: see the README's numerical "
+                                     "contract). The first stage whose cosine drops is where quantization "
                                      "breaks. Writes layers.json, layers.md and layers.png to --out.")
     _add_model_args(lay, target=False)
     lay.add_argument("--text", action="append", help="a sentence (repeatable; default: the bundled held-out "
@@ -737,14 +739,12 @@ def _noting_interrupts() -> Iterator[Callable[[], bool]]:
         seen.append(signum)
         signal.default_int_handler(signum, frame)
 
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:  # e.g. ignored, as for `cmd &` in a script
+    # not ours to handle: ignored (as for `cmd &` in a script) or another's, or a thread that cannot set handlers
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler or \
+            threading.current_thread() is not threading.main_thread():
         yield lambda: False
         return
-    try:
-        previous = signal.signal(signal.SIGINT, handler)
-    except ValueError:  # not the main thread: signals are not ours to handle
-        yield lambda: False
-        return
+    previous = signal.signal(signal.SIGINT, handler)
     try:
         yield lambda: bool(seen)
     finally:

@@ -196,12 +196,11 @@ def to_ibert(model: PreTrainedModel, force_dequant: str | None = None) -> IBertM
                       force_dequant=force_dequant, layer_norm_eps=DISTILBERT_LAYER_NORM_EPS if distilbert
                       else src.layer_norm_eps,
                       id2label=dict(model.config.id2label))  # the labels of a classifier's head
-    if family(src.model_type) == "bert" and cfg.pad_token_id >= cfg.max_position_embeddings:
+    pad = cfg.pad_token_id
+    if family(src.model_type) == "bert" and pad >= cfg.max_position_embeddings:
         cfg.pad_token_id = 0  # IBert's position table pads at the pad id, which BERT's positions never use
-        target = IBertModel(cfg, add_pooling_layer=False)
-        target.config.pad_token_id = src.pad_token_id
-    else:
-        target = IBertModel(cfg, add_pooling_layer=False)
+    target = IBertModel(cfg, add_pooling_layer=False)
+    target.config.pad_token_id = pad
     state = {k: v for k, v in encoder.state_dict().items() if not k.startswith("pooler.")}
     if distilbert:
         state = distilbert_as_bert(state, src.hidden_size)

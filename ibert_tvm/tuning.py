@@ -452,7 +452,7 @@ def unchecked_records(folder: str | Path, applied: dict[str, str], programs: set
 
 def tuned_shapes(folder: str | Path) -> set[tuple[int, int]]:
     """The (batch, seq) shapes tuned into the folder (its metadata's `shapes`)."""
-    return {(b, s) for b, s in (shape for shape in _read_meta(Path(folder)).get("shapes", []) if len(shape) == 2)}
+    return {tuple(shape) for shape in _read_meta(Path(folder)).get("shapes", []) if len(shape) == 2}
 
 
 def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -471,18 +471,9 @@ def check_work_dir(folder: str | Path, writing: bool = True) -> None:
 
 def check_not_being_tuned(folder: str | Path) -> None:
     """A TuningLogError where a tune holds the folder's lock now (the CLI asks before calibrating); makes nothing."""
-    lock = Path(folder) / LOCK_FILE
-    if not lock.is_file():
-        return
-    with open(lock, "a") as probe:
-        try:
-            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise TuningLogError(_BEING_TUNED.format(folder=folder)) from None
-
-
-#: the refusal of a folder that another tune holds
-_BEING_TUNED = "another ibert-tvm tune is writing {folder}: wait for it to finish, or tune into another --work-dir"
+    if (Path(folder) / LOCK_FILE).is_file():
+        with _locked(Path(folder)):
+            pass
 
 
 @contextlib.contextmanager
@@ -491,11 +482,20 @@ def _sole_writer(folder: Path) -> Iterator[None]:
     where another process holds it: MetaSchedule's JSON database numbers workloads as it read them at its start,
     so two tunes appending to one folder file each other's records under the wrong workloads, without an error."""
     folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder):
+        yield
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """The folder's lock file held exclusively for the block (made if missing), or a TuningLogError naming the
+    folder where another process holds it."""
     with open(folder / LOCK_FILE, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise TuningLogError(_BEING_TUNED.format(folder=folder)) from None
+            raise TuningLogError(f"another ibert-tvm tune is writing {folder}: wait for it to finish, or tune into "
+                                 "another --work-dir") from None
         yield
 
 
