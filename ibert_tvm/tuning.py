@@ -58,6 +58,7 @@ from .shared_workloads import (FAILED_SECS, SharedDatabase, kernel_module, key_s
                                workload_key)
 from .targets import HOST_TARGETS, TargetSpec, host_cpu_name, resolve_target
 from .threads import physical_cores
+from .worker_interrupts import workers_spared_from_sigint
 
 if TYPE_CHECKING:
     from .model import QuantizedModel
@@ -1061,7 +1062,7 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     unchecked = _check_plan(spec, rpc, mod, inputs) if check else ""  # before the folder: bad inputs fail fast
     if check_only and unchecked:
         raise ValueError(f"cannot check the records of {folder}: {unchecked}")
-    with _sole_writer(folder):  # a second tune on the folder is refused
+    with _sole_writer(folder), workers_spared_from_sigint():  # a second tune on the folder is refused
         if database is None:
             database = _database_for_tuning(folder, spec)
         integer_only = getattr(model, "integer_only", True)  # a QuantizedModel in Q8BERT mode or with a float head: no

@@ -1,0 +1,78 @@
+"""MetaSchedule's worker processes kept out of a terminal's Ctrl-C: the tune that started them stops them.
+
+A terminal sends SIGINT to its whole process group. TVM's popen workers (candidate builds, measurements) got it
+too and each printed its own KeyboardInterrupt traceback after the command's one line; and a pool left to the
+garbage collector could be shut down by its own thread, which cannot join itself (an 'Exception ignored'
+traceback). This reaches into `tvm.support.popen_pool` (pinned with TVM), which has no option for either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+from tvm.support.popen_pool import PopenPoolExecutor, PopenWorker, kill_child_processes
+
+_lock = threading.Lock()
+_depth = 0  # blocks open (tunes in several threads share one patch)
+_original_start = PopenWorker._start  # noqa: SLF001 (the one place TVM starts a worker process)
+_original_init = PopenPoolExecutor.__init__
+_pools: weakref.WeakSet[PopenPoolExecutor] = weakref.WeakSet()
+
+
+def _start_without_sigint(worker: PopenWorker) -> None:
+    """Start the worker with SIGINT blocked: the mask is inherited across fork and exec, so the worker never
+    sees the signal, also while it still imports TVM (where no initializer could have set a handler yet)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        _original_start(worker)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def _init_noted(pool: PopenPoolExecutor, *args: Any, **kwargs: Any) -> None:
+    """TVM's constructor, and the pool noted for `_stop`."""
+    _original_init(pool, *args, **kwargs)
+    _pools.add(pool)
+
+
+def _stop(pool: PopenPoolExecutor) -> None:
+    """Stop `pool` from this thread: its queued jobs cancelled (TVM's shutdown waits for all of them), its workers'
+    processes killed (a thread waiting for a worker's reply then returns), its threads joined. Marked shut first,
+    so that the garbage collector never shuts it down again (TVM's `__del__`: in a pool thread it cannot join
+    itself; and a Ctrl-C there leaves its lock held for the next call to wait on forever)."""
+    pool._shutdown = True  # noqa: SLF001
+    pool._threadpool.shutdown(wait=False, cancel_futures=True)  # noqa: SLF001
+    for worker in list(pool._worker_map.values()):  # noqa: SLF001
+        process = worker._proc  # noqa: SLF001
+        if process is not None:
+            kill_child_processes(process.pid)  # a compiler the worker runs
+            process.kill()
+    pool.shutdown(wait=True)
+
+
+@contextlib.contextmanager
+def workers_spared_from_sigint() -> Iterator[None]:
+    """Within the block, TVM's popen workers start with SIGINT blocked; when the last such block open ends, however
+    it ends (as by the KeyboardInterrupt of a Ctrl-C), the pools made in them are stopped here."""
+    global _depth
+    with _lock:
+        _depth += 1
+        PopenWorker._start = _start_without_sigint  # noqa: SLF001
+        PopenPoolExecutor.__init__ = _init_noted
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                PopenWorker._start = _original_start  # noqa: SLF001
+                PopenPoolExecutor.__init__ = _original_init
+                pools = list(_pools)
+                _pools.clear()
+                for pool in pools:
+                    _stop(pool)
