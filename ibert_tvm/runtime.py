@@ -50,7 +50,8 @@ class Prediction:
 class IntegerModel:
     """A compiled integer-only model, callable on token ids: `m(input_ids, attention_mask, token_type_ids)`.
 
-    Not for concurrent calls from several threads (neither is the Relax VM it runs on): use one per thread.
+    Threads may share it: calls run one at a time (a Relax VM is not for concurrent calls, and each call already
+    spreads over every core); for calls that overlap, load one per thread.
     """
 
     def __init__(self, executable: tvm.runtime.Module | relax.VMExecutable, meta: dict[str, Any],
@@ -62,6 +63,8 @@ class IntegerModel:
         except Exception as err:  # a module without the VM's entry point (not a Relax library), or one it refuses
             raise ArtifactError(f"the Relax VM cannot run this library ({_first_line(err)})") from err
         self._tokenizer = None
+        self._running = threading.Lock()  # the VM, its input tensors and its output, one call at a time
+        self._tokenizing = threading.RLock()  # a fast tokenizer's settings change per call (padding, truncation)
         self._check_metadata()
         buckets = meta["buckets"]
         self._batch_sizes, self._seq_lengths = sorted(buckets["batch_sizes"]), sorted(buckets["seq_lengths"])
@@ -198,7 +201,15 @@ class IntegerModel:
         if bucket > seq:  # np.pad costs as much as a small model's VM overhead, so only where it pads
             ids = np.pad(ids, ((0, 0), (0, bucket - seq)), constant_values=pad_id)
             mask, types = (np.pad(a, ((0, 0), (0, bucket - seq))) for a in (mask, types))
-        outs = []
+        with self._running:
+            out = self._run_chunks(ids, mask, types, pad_id, bucket)
+        return out[:, :seq] if out.ndim == 3 and bucket > seq else out
+
+    def _run_chunks(self, ids: np.ndarray, mask: np.ndarray, types: np.ndarray, pad_id: int, bucket: int
+                    ) -> np.ndarray:
+        """Run batch chunks of compiled sizes on ids, mask and types of length `bucket`: the outputs, copied out
+        of the VM's memory."""
+        batch, outs = ids.shape[0], []
         for start, size in _chunks(batch, self._batch_sizes):
             rows = slice(start, min(start + size, batch))
             # padded rows attend to one pad token (no empty rows), of type 0
@@ -210,8 +221,7 @@ class IntegerModel:
             res = fn(*tensors)
             outs.append((np.from_dlpack(res) if self._on_cpu else res.numpy())[: rows.stop - rows.start])
         # One copy out of the VM's output (on CPU a view of its memory, which a kept view would keep alive).
-        out = outs[0].copy() if len(outs) == 1 else np.concatenate(outs)
-        return out[:, :seq] if out.ndim == 3 and bucket > seq else out
+        return outs[0].copy() if len(outs) == 1 else np.concatenate(outs)
 
     def _function(self, batch: int, seq: int) -> tuple[Any, tvm.runtime.Tensor, ...]:
         """The VM function of the compiled shape `batch` x `seq` and its three input tensors, made once: a fresh
@@ -228,18 +238,19 @@ class IntegerModel:
     # ---- texts
     def tokenizer(self):
         """The tokenizer bundled at export (transformers is imported only here)."""
-        if self._tokenizer is None:
-            files = self.meta.get("tokenizer") or {}
-            if not files:
-                raise InputError("this artifact has no tokenizer (the model was compiled without one); pass "
-                                 "token ids instead")
-            from transformers import AutoTokenizer
+        with self._tokenizing:
+            if self._tokenizer is None:
+                files = self.meta.get("tokenizer") or {}
+                if not files:
+                    raise InputError("this artifact has no tokenizer (the model was compiled without one); pass "
+                                     "token ids instead")
+                from transformers import AutoTokenizer
 
-            with tempfile.TemporaryDirectory() as tmp:
-                for name, text in files.items():
-                    (Path(tmp) / name).write_text(text, encoding="utf-8")
-                self._tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
-        return self._tokenizer
+                with tempfile.TemporaryDirectory() as tmp:
+                    for name, text in files.items():
+                        (Path(tmp) / name).write_text(text, encoding="utf-8")
+                    self._tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+            return self._tokenizer
 
     def encode_texts(self, texts: Sequence[Text]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Token ids, mask and token types for `texts` (sentences, or 2-tuples of sentence pairs), truncated to
@@ -252,17 +263,24 @@ class IntegerModel:
         if not texts[0]:
             raise InputError("texts is empty: give at least one text")
         longest = self.seq_lengths[-1]
-        enc = self.tokenizer()(*texts, padding=True, truncation=True, max_length=longest + 1, return_tensors="np")
+        enc = self._tokenize(texts, longest + 1)
         if enc["input_ids"].shape[1] > longest:  # some text needs more tokens than the longest bucket holds
             warnings.warn(f"texts longer than the longest compiled length ({longest} tokens) were truncated to it",
                           UserWarning, stacklevel=3)
-            enc = self.tokenizer()(*texts, padding=True, truncation=True, max_length=longest, return_tensors="np")
+            enc = self._tokenize(texts, longest)
             if enc["input_ids"].shape[1] > longest:  # the tokenizer could not truncate (a pair's special tokens)
                 raise InputError(f"the longest compiled length ({longest} tokens) cannot hold these texts' special "
                                  "tokens; compile with longer sequence lengths")
         types = enc.get("token_type_ids")
         return (enc["input_ids"].astype(np.int64), enc["attention_mask"].astype(np.int32),
                 np.zeros(enc["input_ids"].shape, np.int32) if types is None else types.astype(np.int32))
+
+    def _tokenize(self, texts: tuple[list[str], ...], max_length: int) -> Any:
+        """The tokenizer's padded, truncated numpy encoding, one thread at a time (a fast tokenizer shared by
+        threads fails with 'Already borrowed' where their padding or truncation settings differ)."""
+        with self._tokenizing:
+            return self.tokenizer()(*texts, padding=True, truncation=True, max_length=max_length,
+                                    return_tensors="np")
 
     def classify(self, texts: Sequence[Text]) -> list[Prediction]:
         """Label each text (a sentence, or a 2-tuple: a sentence pair) with the compiled classification head

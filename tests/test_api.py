@@ -155,6 +155,25 @@ def test_torch_and_int32_inputs_are_accepted(loaded):
     np.testing.assert_array_equal(loaded(ids.astype(np.int32), mask.astype(bool), integer=True), ref)
 
 
+def test_threads_sharing_a_loaded_model_get_the_answers_of_sequential_calls(exported):
+    """One loaded model called from 4 threads at once (ids of every bucket, and texts through the shared fast
+    tokenizer, whose per-call settings clash): each answer equals its sequential one. Until 2026-12-07 every
+    overlapping call failed inside the Relax VM ('Check failed: reg < frame->register_file.size()')."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model = ibert_tvm.load(exported)  # its own: no bucket function made yet, so the threads also make them
+    rng = np.random.default_rng(7)
+    ids = [rng.integers(1000, 30000, (int(rng.integers(1, 4)), int(rng.integers(2, 17)))) for _ in range(48)]
+    texts = [held_out_texts()[i % 5: i % 5 + 1 + i % 3] for i in range(24)]
+    with ThreadPoolExecutor(4) as pool:
+        parallel_ids = list(pool.map(lambda x: model(x, integer=True), ids))
+        parallel_texts = list(pool.map(lambda t: [p.logits for p in model.classify(t)], texts))
+    for x, got in zip(ids, parallel_ids):
+        np.testing.assert_array_equal(got, model(x, integer=True))
+    for t, got in zip(texts, parallel_texts):
+        np.testing.assert_array_equal(np.stack(got), np.stack([p.logits for p in model.classify(t)]))
+
+
 def test_outputs_are_the_callers_own(loaded):
     """A call reuses its bucket's input tensors and hands back a copy of the VM's output (not a view, which
     would keep the VM's memory alive for as long as the caller keeps the array): a later call leaves an earlier
