@@ -64,11 +64,14 @@ def _batches(model: IntegerModel, texts: list[Text], batch_size: int
              ) -> list[tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
     """(rows, (ids, mask, types)) per batch of texts of similar length, for every mode to run: the texts tokenized
     once by the artifact's own tokenizer (truncated to the longest compiled length, with a warning), each batch
-    cut to its longest text, as the tokenizer pads a batch of them alone."""
+    cut to the columns its texts' tokens span, as the tokenizer pads a batch of them alone, on its side (a
+    tokenizer that pads on the left had its texts cut)."""
     ids, mask, types = model.encode_texts(texts)
-    lengths = mask.sum(1)
-    return [(rows, tuple(a[rows, :lengths[rows].max()] for a in (ids, mask, types)))
-            for rows in length_batches(lengths, batch_size)]
+    out = []
+    for rows in length_batches(mask.sum(1), batch_size):
+        real = np.flatnonzero(mask[rows].any(0))
+        out.append((rows, tuple(a[rows, real[0]:real[-1] + 1] for a in (ids, mask, types))))
+    return out
 
 
 def _logits(run, batches: list, count: int, progress: bool, desc: str, since: float | None = None

@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 
 import ibert_tvm
 from ibert_tvm.evaluate import row_cosines
-from ibert_tvm.evaluate_checkpoint import checkpoint_labels, evaluate_checkpoint
+from ibert_tvm.evaluate_checkpoint import _batches, checkpoint_labels, evaluate_checkpoint
 from ibert_tvm.model import UnsupportedModelError
 from ibert_tvm.model_demo import sentences
 from ibert_tvm.sentiment_data import read_labelled_csv
@@ -53,6 +53,26 @@ def write_csv(path: Path, texts: list[tuple[str, str]], labels: list[str]) -> Pa
         writer.writerow(["premise", "hypothesis", "gold"])
         writer.writerows((a, b, label) for (a, b), label in zip(texts, labels))
     return path
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_each_batch_is_what_the_tokenizer_gives_its_texts_alone(model_dir, side):
+    """Texts are tokenized once and cut into batches of similar length: each batch equals the tokenizer's
+    encoding of its texts alone, on either padding side (with left padding, texts lost their last tokens)."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side=side)
+
+    class Encoder:  # the artifact's encode_texts, with this tokenizer
+        def encode_texts(self, texts):
+            enc = tokenizer(texts, padding=True, return_tensors="np")
+            return enc["input_ids"], enc["attention_mask"], enc["token_type_ids"]
+
+    texts = held_out_texts()[:7] + ["a", "one two three four five six seven eight nine ten eleven twelve"]
+    batches = _batches(Encoder(), texts, 3)
+    assert sorted(int(i) for rows, _ in batches for i in rows) == list(range(len(texts)))
+    for rows, (ids, mask, types) in batches:
+        alone = tokenizer([texts[i] for i in rows], padding=True, return_tensors="np")
+        for got, key in zip((ids, mask, types), ("input_ids", "attention_mask", "token_type_ids")):
+            np.testing.assert_array_equal(got, alone[key])
 
 
 def test_eval_of_a_pair_classifier_scores_the_checkpoint_and_its_integer_program(model_dir, tmp_path):
