@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import platform
 from importlib import metadata as pkg_metadata
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,22 @@ _REQUIRED = {
     "buckets": ("batch_sizes", "seq_lengths", "functions"),
     "library": ("sha256",),
 }
+#: (section, entry) -> what `load` and `IntegerModel` need each entry they read to be, and a test of it: a
+#: hand-edited entry of another type failed deep in numpy or Python at the first call, or ran a wrong program
+_ENTRY_KINDS: dict[tuple[str, str], tuple[str, Callable[[Any], bool]]] = {
+    ("target", "name"): ("a string", lambda v: isinstance(v, str)),
+    ("target", "family"): ("one of 'x86', 'arm', 'cuda'", lambda v: v in ("x86", "arm", "cuda")),
+    ("target", "features"): ("a list of strings", lambda v: isinstance(v, list) and all(isinstance(f, str) for f in v)),
+    ("model", "model_type"): ("a string", lambda v: isinstance(v, str)),
+    **{("model", entry): ("a positive integer", lambda v: is_json_int(v) and v > 0)
+       for entry in ("vocab_size", "type_vocab_size", "hidden_size", "num_hidden_layers")},
+    ("model", "pad_token_id"): ("an integer of at least 0", lambda v: is_json_int(v) and v >= 0),
+    ("model", "labels"): ("a list of strings (or null)",
+                          lambda v: v is None or isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    ("output", "kind"): ("'logits' or 'hidden_states'", lambda v: v in _OUTPUT_DTYPES),
+}
+#: an output kind -> the dtypes a program of it returns (int8 hidden states; int32 logits, float32 for a float head)
+_OUTPUT_DTYPES = {"hidden_states": ("int8",), "logits": ("int32", "float32")}
 #: The suffix of a library: the TVM runtime relinks a .o or .tar into a new .so beside it before loading it,
 #: and export writes an ELF shared object under any name (one that .dylib or .dll would misname; both load)
 _LIBRARY_SUFFIX = ".so"
@@ -174,6 +192,8 @@ def read_metadata(library: str | Path) -> dict[str, Any]:
                             f"{meta.get('format') if isinstance(meta, dict) else None!r}, expected {ARTIFACT_FORMAT})")
     if missing := _missing_entries(meta):
         raise ArtifactError(f"{path}: the metadata lacks {', '.join(missing)}; re-export the artifact")
+    if problem := _entry_problem(meta):
+        raise ArtifactError(f"{path}: the metadata's {problem}; re-export the artifact")
     if library_sha256(library) != meta["library"]["sha256"]:
         raise ArtifactError(f"{library}: the library does not match its metadata {path.name} (SHA-256 differs: "
                             "the file is truncated or replaced, or the JSON belongs to another model); re-export")
@@ -194,6 +214,29 @@ def _missing_entries(meta: dict[str, Any]) -> list[str]:
             found = meta[section] if isinstance(meta[section], dict) else {}
             missing += [f"{section}.{entry}" for entry in entries if entry not in found]
     return missing
+
+
+def _entry_problem(meta: dict[str, Any]) -> str | None:
+    """The first entry of `meta` that is not of its kind (`_ENTRY_KINDS`), or an output dtype that its kind's
+    program does not return, said as 'entry must be ..., got ...'."""
+    for (section, entry), (what, holds) in _ENTRY_KINDS.items():
+        if entry in meta[section] and not holds(meta[section][entry]):
+            return f"{section}.{entry} must be {what}, got {meta[section][entry]!r}"
+    output = meta["output"]
+    if output["dtype"] not in _OUTPUT_DTYPES[output["kind"]]:
+        return f"output.dtype of {output['kind']} must be one of {', '.join(_OUTPUT_DTYPES[output['kind']])}, got " \
+               f"{output['dtype']!r}"
+    return None
+
+
+def is_json_int(value: Any) -> bool:
+    """An integer of the JSON metadata (not a bool, which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_json_number(value: Any) -> bool:
+    """A finite real number of the JSON metadata (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def check_runnable_here(meta: dict[str, Any], library: str | Path = "artifact") -> None:

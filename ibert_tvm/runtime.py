@@ -9,7 +9,6 @@ the integer Softmax treats them as -inf) and split over the compiled batch sizes
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -24,8 +23,8 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .artifact import (MULTI_LABEL, REGRESSION, ArtifactError, bucket_function, check_runnable_here,
-                       library_suffix_problem, meta_problem_type, read_metadata)
+from .artifact import (MULTI_LABEL, REGRESSION, ArtifactError, bucket_function, check_runnable_here, is_json_int,
+                       is_json_number, library_suffix_problem, meta_problem_type, read_metadata)
 from .texts import Text, id_problem, mask_problem, token_type_problem, tokenizer_args
 
 __all__ = ["InputError", "IntegerModel", "Prediction", "load"]
@@ -84,7 +83,7 @@ class IntegerModel:
         buckets = self.meta["buckets"]
         for entry in ("batch_sizes", "seq_lengths"):
             sizes = buckets[entry]
-            if not isinstance(sizes, list) or not sizes or not all(_is_int(v) and v > 0 for v in sizes):
+            if not isinstance(sizes, list) or not sizes or not all(is_json_int(v) and v > 0 for v in sizes):
                 raise ArtifactError(f"the metadata's buckets.{entry} must be a non-empty list of positive integers, "
                                     f"got {sizes!r}; re-export the artifact")
         functions = buckets["functions"]
@@ -116,11 +115,11 @@ class IntegerModel:
         """The output scale: a number, or for logits one number per label (`dequantize` multiplies by it)."""
         labels, scale = self.meta["model"].get("labels"), self.meta["output"]["scale"]
         logits = self.meta["output"]["kind"] == "logits"
-        if isinstance(scale, list) and logits and scale and all(map(_is_number, scale)):
+        if isinstance(scale, list) and logits and scale and all(map(is_json_number, scale)):
             if labels and len(labels) != len(scale):
                 raise ArtifactError(f"the metadata names {len(labels)} labels for {len(scale)} logits; re-export "
                                     "the artifact")
-        elif not _is_number(scale):
+        elif not is_json_number(scale):
             what = "a number or a list of numbers, one per logit" if logits else "a number"
             raise ArtifactError(f"the metadata's output.scale must be {what}, got {scale!r}; re-export the artifact")
 
@@ -327,9 +326,12 @@ def _as_int_array(value: Any, name: str, mask: bool = False) -> np.ndarray:
     """numpy / torch / nested lists of any integer dtype (for a `mask` also bool, or float holding 0 and 1 only, as
     HF takes it) -> a non-empty int64 numpy array, or InputError naming the problem (an empty one first: numpy makes
     an empty list float64)."""
+    given = None  # a torch dtype that numpy lacks (bfloat16), read as float32, named as given
     if hasattr(value, "detach"):
         value = value.detach().cpu()
-        value = (value.float() if value.is_floating_point() else value).numpy()  # (numpy has no bfloat16)
+        if value.is_floating_point():
+            given, value = str(value.dtype).removeprefix("torch."), value.float()
+        value = value.numpy()
     try:
         arr = np.asarray(value)
     except ValueError as err:  # rows of unequal lengths
@@ -347,20 +349,10 @@ def _as_int_array(value: Any, name: str, mask: bool = False) -> np.ndarray:
         text = " (texts: classify() or encode_texts() tokenizes them)" if arr.dtype.kind in "US" and \
             name == "input_ids" else ""
         what = "integers, bool, or floats of 0 and 1 only" if mask else "integers"
-        raise InputError(f"{name} must hold {what}, got {arr.dtype}{text}")
+        raise InputError(f"{name} must hold {what}, got {given or arr.dtype}{text}")
     if arr.dtype == np.uint64 and int(arr.max()) > np.iinfo(np.int64).max:
         raise InputError(f"{name} holds integers outside int64")
     return arr.astype(np.int64, copy=False)
-
-
-def _is_int(value: Any) -> bool:
-    """An integer of the JSON metadata (not a bool, which Python counts as one)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    """A finite real number of the JSON metadata (not a bool)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _chunks(batch: int, sizes: list[int]) -> list[tuple[int, int]]:

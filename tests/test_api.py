@@ -190,6 +190,10 @@ def test_outputs_are_the_callers_own(loaded):
 
 @pytest.mark.parametrize("make, message", [
     (lambda ids, m: (ids.astype(np.float32), m), "input_ids must hold integers, got float32"),
+    (lambda ids, m: (__import__("torch").from_numpy(ids).half(), m), "input_ids must hold integers, got float16"),
+    (lambda ids, m: (ids, __import__("torch").from_numpy(m * 0.5).bfloat16()), "attention_mask must hold integers, "
+                                                                               "bool, or floats of 0 and 1 only, got "
+                                                                               "bfloat16"),
     (lambda ids, m: (ids[:, :, None], m), "shape [batch, seq]"),
     (lambda ids, m: (np.ones((1, 17), np.int64), None), "exceeds the longest compiled length 16"),
     (lambda ids, m: (np.full_like(ids, 30522), m), "[0, 30522)"),
@@ -302,7 +306,20 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m["output"]["scale"].__setitem__(1, "x"), "output.scale must be a number or a list of numbers"),
     (lambda m: m["output"].update(scale=float("nan")), "output.scale must be a number or a list of numbers, one per "
                                                        "logit, got nan"),
-    (lambda m: m["output"].update(kind="hidden_states"), "output.scale must be a number, got ["),
+    (lambda m: m["output"].update(kind="hidden_states"), "output.dtype of hidden_states must be one of int8, got "
+                                                         "'int32'"),
+    (lambda m: m["output"].update(kind="hidden_states", dtype="int8"), "output.scale must be a number, got ["),
+    # entries of another type, which failed at the first call (a KeyError, numpy's TypeError) or ran as edited
+    (lambda m: m["model"].update(labels={"0": "a", "1": "b", "2": "c"}), "model.labels must be a list of strings "
+                                                                          "(or null), got {"),
+    (lambda m: m["model"].update(pad_token_id=None), "model.pad_token_id must be an integer of at least 0, got None"),
+    (lambda m: m["model"].update(vocab_size="30522"), "model.vocab_size must be a positive integer, got '30522'"),
+    (lambda m: m["model"].update(type_vocab_size=True), "model.type_vocab_size must be a positive integer, got True"),
+    (lambda m: m["output"].update(dtype=5), "output.dtype of logits must be one of int32, float32, got 5"),
+    (lambda m: m["output"].update(kind="scores"), "output.kind must be 'logits' or 'hidden_states', got 'scores'"),
+    (lambda m: m["target"].update(features=None), "target.features must be a list of strings, got None"),
+    (lambda m: m["target"].update(features="avx2"), "target.features must be a list of strings, got 'avx2'"),
+    (lambda m: m["target"].update(family="bogus"), "target.family must be one of 'x86', 'arm', 'cuda', got 'bogus'"),
 ])
 def test_mismatched_metadata_is_refused(exported, tmp_path, edit, message):
     copy = tmp_path / "model.so"
