@@ -228,6 +228,34 @@ def test_driver_names_a_missing_library_another_machine_s_and_the_compiled_bucke
                          f"[{SEQ}] (pad the rows"), done.stderr
 
 
+def test_driver_refuses_metadata_of_another_library_by_its_sha256(host_driver, tiny_library, tmp_path):
+    """The driver hashes the library (its own SHA-256) and refuses a JSON whose recorded digest differs (another
+    model's, or a truncated library) before trusting its sizes, as `ibert_tvm.load` does; a JSON without the
+    digest is not export's. Files of every length around SHA-256's 64-byte blocks and the driver's 1 MiB reads,
+    their JSON holding hashlib's digest, pass the check (and then fail to load, being no library)."""
+    import hashlib
+
+    _, ids, mask = tiny_case()
+    inputs = write_inputs(tmp_path / "in.txt", ids, mask)
+    meta = json.loads(tiny_library.with_suffix(".json").read_text())
+    other = Path(shutil.copy(tiny_library, tmp_path / "other.so"))
+    other.with_suffix(".json").write_text(json.dumps({**meta, "library": {**meta["library"], "sha256": "0" * 64}}))
+    assert refused(run_driver(host_driver, other, inputs), "other.so: the library does not match its metadata "
+                                                           "other.json (SHA-256 differs")
+    del meta["library"]
+    other.with_suffix(".json").write_text(json.dumps(meta))
+    assert refused(run_driver(host_driver, other, inputs), "other.json: no library.sha256")
+    rng = np.random.default_rng(3)
+    for size in (0, 1, 55, 56, 63, 64, 65, 119, 120, 128, (1 << 20) - 1, 1 << 20, (1 << 20) + 57):
+        data = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        blob = tmp_path / f"blob{size}.so"
+        blob.write_bytes(data)
+        meta["library"] = {"sha256": hashlib.sha256(data).hexdigest()}
+        blob.with_suffix(".json").write_text(json.dumps(meta))
+        done = run_driver(host_driver, blob, inputs)
+        assert done.returncode == 1 and "SHA-256" not in done.stderr, (size, done.stderr)
+
+
 @pytest.mark.parametrize("head, reason", [
     ("99999999999 99999999999", "B '99999999999' is not an integer in [1, 1048576]"),
     ("2 0", "L '0' is not an integer in [1, 1048576]"),

@@ -17,8 +17,9 @@
 // The inputs are checked before anything runs: 1 <= B, L <= 2^20 and B*L <= 2^24, every mask value 0
 // or 1 with a 1 in every row, every id below the model's vocab_size and every type below its type_vocab_size (as
 // Python's runtime checks them), both sizes read from the metadata JSON that export writes beside the library
-// (MODEL.json; where it is missing, a warning, and ids and types go unchecked), which also names the target family
-// (a library for another machine is refused by name) and the compiled buckets (listed where B x L is not one).
+// (MODEL.json; where it is missing, a warning, and ids and types go unchecked). The JSON must hold the library's
+// SHA-256 (a JSON of another model is refused), and names the target family (a library for another machine is
+// refused by name) and the compiled buckets (listed where B x L is not one).
 // Errors go to stderr with exit status 1 (2 for wrong arguments).
 #include <dlpack/dlpack.h>
 #include <tvm/ffi/container/tensor.h>
@@ -26,6 +27,7 @@
 #include <tvm/ffi/function.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <chrono>
@@ -34,6 +36,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iomanip>
 #include <iostream>
 #include <new>
 #include <optional>
@@ -165,11 +168,72 @@ std::optional<std::string> Member(const std::string& json, const std::string& se
   return std::nullopt;
 }
 
+// SHA-256 (FIPS 180-4) of the file `path`, as lowercase hex: export records the library's in the metadata, so a
+// JSON of another model, or a truncated or replaced library, is refused before the JSON's sizes are trusted.
+std::string FileSha256(const std::filesystem::path& path) {
+  static constexpr std::array<uint32_t, 64> k = {
+      0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+      0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+      0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+      0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+      0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+      0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+      0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+      0xc67178f2};
+  std::array<uint32_t, 8> h = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                               0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  const auto rotr = [](uint32_t x, int n) { return (x >> n) | (x << (32 - n)); };
+  const auto block = [&](const unsigned char* p) {
+    std::array<uint32_t, 64> w{};
+    for (int i = 0; i < 16; ++i)
+      w[i] = uint32_t{p[4 * i]} << 24 | uint32_t{p[4 * i + 1]} << 16 | uint32_t{p[4 * i + 2]} << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; ++i)
+      w[i] = w[i - 16] + (rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3)) + w[i - 7] +
+             (rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10));
+    std::array<uint32_t, 8> v = h;
+    for (int i = 0; i < 64; ++i) {
+      const uint32_t t1 = v[7] + (rotr(v[4], 6) ^ rotr(v[4], 11) ^ rotr(v[4], 25)) + ((v[4] & v[5]) ^ (~v[4] & v[6])) +
+                          k[i] + w[i];
+      const uint32_t t2 = (rotr(v[0], 2) ^ rotr(v[0], 13) ^ rotr(v[0], 22)) + ((v[0] & v[1]) ^ (v[0] & v[2]) ^
+                                                                               (v[1] & v[2]));
+      v = {t1 + t2, v[0], v[1], v[2], v[3] + t1, v[4], v[5], v[6]};
+    }
+    for (int i = 0; i < 8; ++i) h[i] += v[i];
+  };
+  std::ifstream in(path, std::ios::binary);
+  if (!in) throw std::runtime_error("cannot read " + path.string());
+  std::vector<unsigned char> buffer(1 << 20);
+  uint64_t bytes = 0;
+  size_t held = 0;  // bytes at the front of `buffer` not yet hashed (fewer than a block)
+  while (in) {
+    in.read(reinterpret_cast<char*>(buffer.data() + held), static_cast<std::streamsize>(buffer.size() - held));
+    const size_t got = static_cast<size_t>(in.gcount());
+    bytes += got;
+    held += got;
+    size_t done = 0;
+    for (; held - done >= 64; done += 64) block(buffer.data() + done);
+    std::copy(buffer.begin() + static_cast<std::ptrdiff_t>(done), buffer.begin() + static_cast<std::ptrdiff_t>(held),
+              buffer.begin());
+    held -= done;
+  }
+  if (in.bad()) throw std::runtime_error("cannot read " + path.string());
+  // the padding: a 1 bit, zeros, and the length in bits (big-endian) ending a block
+  buffer[held++] = 0x80;
+  const size_t padded = held <= 56 ? 64 : 128;
+  std::fill(buffer.begin() + static_cast<std::ptrdiff_t>(held), buffer.begin() + static_cast<std::ptrdiff_t>(padded), 0);
+  for (int i = 0; i < 8; ++i) buffer[padded - 1 - i] = static_cast<unsigned char>((bytes * 8) >> (8 * i));
+  for (size_t done = 0; done < padded; done += 64) block(buffer.data() + done);
+  std::ostringstream hex;
+  for (const uint32_t word : h) hex << std::hex << std::setw(8) << std::setfill('0') << word;
+  return hex.str();
+}
+
 // What the driver reads of the metadata JSON beside the library.
 struct Metadata {
   int64_t ids = 0, types = 0;  // the model's number of token ids and of token types (vocab_size, type_vocab_size)
   std::string family;          // the target family the library was built for ("x86", "arm", "cuda")
   std::string buckets;         // the compiled shapes, "batch [..] x seq [..]" (empty where not recorded)
+  std::string sha256;          // the library's SHA-256, as export recorded it
 };
 
 // The metadata JSON `path` that export writes beside the library (model.so -> model.json), or nullopt where there
@@ -194,6 +258,10 @@ std::optional<Metadata> ReadMetadata(const std::filesystem::path& path) {
                                "export writes beside a library)");
     *size = n;
   }
+  m.sha256 = Member(text, "library", "sha256").value_or("");
+  if (m.sha256.empty())
+    throw std::runtime_error(path.string() + ": no library.sha256 (not the metadata that ibert-tvm's export writes "
+                             "beside a library)");
   m.family = Member(text, "target", "family").value_or("");
   const std::optional<std::string> batches = Member(text, "buckets", "batch_sizes");
   const std::optional<std::string> lengths = Member(text, "buckets", "seq_lengths");
@@ -321,6 +389,10 @@ int main(int argc, char** argv) {
       meta_path = std::filesystem::canonical(argv[1]).replace_extension(".json");
     const std::optional<Metadata> meta = ReadMetadata(meta_path);
     if (meta.has_value()) {
+      if (FileSha256(argv[1]) != meta->sha256)
+        throw std::runtime_error(std::string(argv[1]) + ": the library does not match its metadata " +
+                                 meta_path.filename().string() + " (SHA-256 differs: the file is truncated or "
+                                 "replaced, or the JSON belongs to another model); re-export");
       CheckFamily(*meta, argv[1]);
       CheckVocab(x, *meta, argv[2]);
     } else {
