@@ -90,7 +90,15 @@ def _rows(path: Path, columns: tuple[str, ...], latin1: bool = False) -> list[tu
     missing = [c for c in columns if c not in reader.fieldnames]
     if missing:
         raise ValueError(f"{path}: missing column(s) {missing}; found {reader.fieldnames}")
-    return [tuple(row[c] or "" for c in columns) for row in reader]
+    if twice := [c for c in columns if reader.fieldnames.count(c) > 1]:
+        raise ValueError(f"{path}: the header names the column {twice[0]!r} more than once; rename the others")
+    rows = []
+    for row in reader:
+        if None in row:  # more fields than the header: the text's own comma, unquoted, would cut it silently
+            raise ValueError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields for "
+                             f"{len(reader.fieldnames)} columns; quote a field that holds the delimiter")
+        rows.append(tuple(row[c] or "" for c in columns))
+    return rows
 
 
 def _label_index(label: str, labels: tuple[str, ...], where: str) -> int:

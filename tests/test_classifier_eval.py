@@ -72,6 +72,13 @@ def test_labelled_csv_reads_names_and_indices(tmp_path):
     path.write_bytes("text,label\nfine,1\n".encode("utf-16-le"))
     with pytest.raises(ValueError, match="holds NUL bytes"):
         read_labelled_csv(path)
+    # what the csv module takes silently: a header naming the column twice (the last wins), a row with more fields
+    path.write_text("text,label,text\nfine,1,other\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="the header names the column 'text' more than once"):
+        read_labelled_csv(path)
+    path.write_text("text,label\nfine,1\ngood, really,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"mine\.csv, line 3: 3 fields for 2 columns; quote a field"):
+        read_labelled_csv(path)
     assert macro_f1(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
