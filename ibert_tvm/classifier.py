@@ -29,7 +29,7 @@ from tvm import relax
 
 from . import layers, ops, quant
 from .build_util import host_vm
-from .model import QuantizedModel, from_pretrained
+from .model import QuantizedModel, from_pretrained, load_float32
 from .ops.requantize import reference as requantize_reference
 from .sentiment_data import MissingPackageError, read_labelled_csv
 
@@ -114,8 +114,9 @@ def default_model_dir() -> Path:
 
 
 def load_encoder(model_dir: Path) -> tuple[torch.nn.Module, object]:
-    """The FP32 encoder (eval mode) and its tokenizer from a local directory."""
-    model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval()
+    """The FP32 encoder (eval mode, read in float32 whatever its saved dtype) and its tokenizer from a local
+    directory."""
+    model = load_float32(AutoModel, model_dir).eval()
     return model, AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
 
 

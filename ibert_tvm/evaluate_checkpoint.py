@@ -18,7 +18,7 @@ from .artifact import SINGLE_LABEL, problem_type
 from .classifier import length_batches
 from .compiler import compile
 from .evaluate import FP32, EvalReport, report
-from .model import UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, local_config
+from .model import UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, load_float32, local_config
 from .model_demo import sentences
 from .runtime import IntegerModel
 from .sentiment_data import Labelled
@@ -101,7 +101,7 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
     integer_model = _integer_model(model_dir, calibration, "none", batch_size, seq_lengths)
     batches = _batches(integer_model, data.texts, batch_size)
     integer = _logits(integer_model, batches, len(data), progress, "integer-only", since=t0)
-    hf_model = AutoModelForSequenceClassification.from_pretrained(model_dir, local_files_only=True).eval()
+    hf_model = load_float32(AutoModelForSequenceClassification, model_dir).eval()
 
     def float_logits(ids: np.ndarray, mask: np.ndarray, types: np.ndarray) -> np.ndarray:
         with torch.no_grad():

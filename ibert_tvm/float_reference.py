@@ -3,8 +3,8 @@
 `float_program` exports the float HF encoder with `torch.export` and converts it with TVM's
 `relax.frontend.torch.from_exported_program`, so every operator of the result comes from TVM's importer and
 its legalization, none from `ibert_tvm.layers`. The export uses eager attention (an explicit
-softmax(QK^T / sqrt(d) + mask) V, as the I-BERT layers compute it) on a copy of the model; the caller's model
-is left untouched.
+softmax(QK^T / sqrt(d) + mask) V, as the I-BERT layers compute it) on a float32 copy of the model (a half-precision
+checkpoint's too); the caller's model is left untouched.
 """
 
 from __future__ import annotations
@@ -38,16 +38,17 @@ class _LastHiddenState(torch.nn.Module):
 
 
 def _eager_encoder(model: PreTrainedModel | str | Path) -> PreTrainedModel:
-    from .model import _encoder_of  # the bare encoder of a ...ForSequenceClassification as well
+    """A float32 copy of `model`'s encoder (or a local directory's, read in float32) with eager attention."""
+    from .model import _encoder_of, load_float32  # the bare encoder of a ...ForSequenceClassification as well
 
     if isinstance(model, PreTrainedModel):
-        encoder = copy.deepcopy(_encoder_of(model))
+        encoder = copy.deepcopy(_encoder_of(model)).float()  # a copy already: `as_float32` would copy it twice
         encoder.set_attn_implementation("eager")
     else:
         path = Path(model)
         if not path.is_dir():
             raise FileNotFoundError(f"{path} is not a local model directory (no download is attempted)")
-        encoder = _encoder_of(AutoModel.from_pretrained(path, local_files_only=True, attn_implementation="eager"))
+        encoder = _encoder_of(load_float32(AutoModel, path, attn_implementation="eager"))
     if encoder.config._attn_implementation != "eager":
         raise RuntimeError(f"could not switch attention to 'eager' (got {encoder.config._attn_implementation!r})")
     return encoder.eval()

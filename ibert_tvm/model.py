@@ -34,8 +34,9 @@ from .texts import Text, id_problem, is_text, mask_problem, token_type_problem
 
 
 __all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "UnusedCalibrationWarning",
-           "from_onnx", "from_pretrained", "check_seq_lengths", "function_name", "max_seq_length", "position_ids",
-           "position_limit", "shape_buckets", "to_ibert", "tokenizer_from", "tokenizer_in"]
+           "as_float32", "from_onnx", "from_pretrained", "check_seq_lengths", "function_name", "load_float32",
+           "max_seq_length", "position_ids", "position_limit", "shape_buckets", "to_ibert", "tokenizer_from",
+           "tokenizer_in"]
 
 
 class UnsupportedModelError(ValueError):
@@ -104,10 +105,28 @@ def _check_head(architecture: str) -> None:
                                     "this checkpoint's encoder alone, pass transformers' AutoModel of it)")
 
 
+def as_float32(model: PreTrainedModel) -> PreTrainedModel:
+    """`model` itself where its floating weights and buffers are all float32, else a float32 copy (a float16 /
+    bfloat16 / float64 checkpoint): calibration, the checks, heads and float references all compute in float32,
+    and the caller's module keeps its dtype."""
+    tensors = [*model.parameters(), *model.buffers()]
+    if all(t.dtype == torch.float32 for t in tensors if t.is_floating_point()):
+        return model
+    return copy.deepcopy(model).float()
+
+
+def load_float32(auto_class: type, path: str | os.PathLike, **options) -> PreTrainedModel:
+    """`auto_class.from_pretrained` of a local directory in float32, whatever dtype it was saved in (transformers 5
+    loads a checkpoint in its saved dtype; see `as_float32`)."""
+    return auto_class.from_pretrained(path, local_files_only=True, dtype=torch.float32, **options)
+
+
 def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
+    """The model to quantize, in float32 (`as_float32`): the caller's object or a local directory's checkpoint, a
+    task head the program would drop refused by name."""
     if isinstance(model_or_dir, PreTrainedModel):
         _check_head(type(model_or_dir).__name__)
-        return model_or_dir
+        return as_float32(model_or_dir)
     if not isinstance(model_or_dir, (str, os.PathLike)):
         raise TypeError(f"from_pretrained takes a model directory or a transformers PreTrainedModel, got "
                         f"{type(model_or_dir).__name__}")
@@ -116,8 +135,8 @@ def _load(model_or_dir: PreTrainedModel | str | Path) -> PreTrainedModel:
     for architecture in config.architectures or []:
         _check_head(architecture)
     if any(a.endswith("ForSequenceClassification") for a in (config.architectures or [])):
-        return AutoModelForSequenceClassification.from_pretrained(path, local_files_only=True)
-    return AutoModel.from_pretrained(path, local_files_only=True)
+        return load_float32(AutoModelForSequenceClassification, path)
+    return load_float32(AutoModel, path)
 
 
 def local_config(path: Path):
@@ -174,8 +193,10 @@ def to_ibert(model: PreTrainedModel, force_dequant: str | None = None) -> IBertM
 
     `force_dequant` is HF's switch for Q8BERT mode: the named nonlinearities ("nonlinear" = all three) stay
     float, between int8 GEMMs; None: the checkpoint's own setting ("none" for a float model). A trained IBert
-    encoder is returned as is where that is its own setting, else as a copy (weights and ranges) with it.
+    encoder is returned as is where that is its own setting, else as a copy (weights and ranges) with it; a model not
+    in float32 is read as its float32 copy (`as_float32`).
     """
+    model = as_float32(model)
     encoder = _encoder_of(model)
     _check_supported(encoder.config)
     own = encoder.config.force_dequant if _quant_mode_ibert(encoder) else "none"

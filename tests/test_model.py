@@ -1,5 +1,7 @@
 """Whole encoders: integer-only programs vs HF's IBertModel ("hf" semantics) and the float model ("ibert")."""
 
+import copy
+import dataclasses
 import warnings
 
 import numpy as np
@@ -418,6 +420,23 @@ def test_float_head_option_gives_float_logits():
     qm = from_pretrained(fm, calibration=batches(0, 2, 4, 16, seed=1), head="float")
     logits = run(qm, batches(0, 1, 2, 12, seed=5)[0])
     assert logits.dtype == np.float32 and logits.shape == (2, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_a_half_precision_classifier_gives_its_float32_upcasts_integers(dtype, tmp_path):
+    """Transformers 5 loads a checkpoint in its saved dtype: a float16 / bfloat16 classifier, saved or passed as an
+    object, is read as float32 (the object as a copy: the caller's keeps its dtype), so its program, integer or
+    float head, is its float32 upcast's. Crashed before: float16 in the head's calibration (mat1 and mat2 dtypes),
+    bfloat16 in the LayerNorm check (numpy has no bfloat16), a float head in TVM's matmul."""
+    half = tiny_classifier("bert").to(dtype)
+    half.save_pretrained(tmp_path)
+    cal, b = batches(0, 1, 2, 8, seed=1), batches(0, 1, 2, 8, seed=2)[0]
+    upcast = from_pretrained(copy.deepcopy(half).float(), calibration=cal)
+    np.testing.assert_array_equal(run(from_pretrained(tmp_path, calibration=cal), b), run(upcast, b))
+    for head in ("integer", "float"):
+        tvm.ir.assert_structural_equal(from_pretrained(half, calibration=cal, head=head).program(2, 8),
+                                       dataclasses.replace(upcast, head_mode=head).program(2, 8))
+    assert {p.dtype for p in half.parameters()} == {dtype}
 
 
 def test_a_pair_classifiers_head_is_calibrated_on_the_pairs():

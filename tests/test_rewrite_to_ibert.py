@@ -100,6 +100,18 @@ def test_other_weights_are_refused():
         rewrite_to_ibert(graph, qm.ibert)
 
 
+def test_a_half_precision_encoder_is_exported_as_its_float32_upcast():
+    """importer="graph" and float_program export a float32 copy of a float16 encoder, so both give its float32
+    upcast's program (TVM's import of the float16 graph failed on a float16 bias added to a float32 product)."""
+    half = tiny("bert").half()
+    upcast = copy.deepcopy(half).float()
+    cal = batches(0, 1, 2, 8, seed=1)
+    tvm.ir.assert_structural_equal(from_pretrained(half, calibration=cal, importer="graph").program(2, 8),
+                                   from_pretrained(upcast, calibration=cal, importer="graph").program(2, 8))
+    tvm.ir.assert_structural_equal(float_program(half, 2, 8), float_program(upcast, 2, 8))
+    assert half.dtype == torch.float16
+
+
 def test_graph_importer_refuses_an_ibert_checkpoint():
     qm, _ = _quantized("roberta")
     with pytest.raises(UnsupportedModelError, match="importer='graph' needs a float"):
