@@ -71,6 +71,19 @@ class _Mask:
     keep: relax.Expr
 
 
+#: The factors of the erf GELU written out, `x * 0.5 * (1 + erf(x / sqrt(2)))` (HF's "gelu_python"), in any order.
+_GELU_FACTORS = frozenset({"x", "0.5", "1+erf"})
+
+
+@dataclass(frozen=True)
+class _ErfGelu:
+    """A part of the written-out erf GELU of a feed-forward accumulator `x`: a product of some of `_GELU_FACTORS`,
+    or a step towards `1 + erf`: `x / sqrt(2)` ("arg"), its "erf"; the whole product becomes `ibert.int_gelu`."""
+
+    x: _Quant
+    parts: frozenset[str]
+
+
 def _parent(path: str) -> str:
     return path.rsplit(".", 1)[0]
 
@@ -175,7 +188,7 @@ class _Rewriter:
         if not isinstance(value, relax.Call) or not isinstance(value.op, tvm.ir.Op):
             raise UnsupportedModelError(f"rewrite_to_ibert: unexpected binding '{value}'")
         args = [self.arg(a) for a in value.args]
-        if not any(isinstance(a, (_Quant, _Param, _Mask)) for a in args):
+        if not any(isinstance(a, (_Quant, _Param, _Mask, _ErfGelu)) for a in args):
             return self.integer_op(value, args)
         name = value.op.name
         if name in _LAYOUT_OPS:
@@ -238,6 +251,10 @@ class _Rewriter:
         return _Quant(layers.requantize_act(self.bb, context, attention.output_activation), "act", b.path)
 
     def on_add(self, call: relax.Call, a, b):
+        if isinstance(b, _ErfGelu):
+            a, b = b, a
+        if isinstance(a, _ErfGelu) and a.parts == {"erf"} and _scalar(b) == 1.0:
+            return _ErfGelu(a.x, frozenset({"1+erf"}))
         if isinstance(a, (_Param, _Mask)) or (isinstance(b, _Quant) and b.stage == "acc"):
             a, b = b, a
         if isinstance(a, _Quant) and a.stage == "linear" and isinstance(b, _Param) and b.field == "bias":
@@ -274,6 +291,8 @@ class _Rewriter:
         return _Quant(acc, "acc", x.path)
 
     def on_multiply(self, call: relax.Call, scores, factor):
+        if (gelu := self.erf_gelu_product(call, scores, factor)) is not None:
+            return gelu
         if not (isinstance(scores, _Quant) and scores.stage == "scores" and _scalar(factor) is not None):
             raise self.refuse(call, "a product other than the attention scores' 1/sqrt(d)")
         head_size = self.ibert.get_submodule(scores.path).attention_head_size
@@ -316,14 +335,54 @@ class _Rewriter:
             h = layers.QTensor(h.value, h.scale, self.embedding_scale)
         return _Quant(h, "act", block_path)
 
+    def erf_gelu_product(self, call: relax.Call, a, b) -> _Quant | _ErfGelu | None:
+        """A product within the written-out erf GELU (`_ErfGelu`; the whole GELU once every factor is in, emitted
+        as `on_gelu` emits `relax.nn.gelu`), or None for any other product."""
+        if _scalar(a) is not None:
+            a, b = b, a
+        if _is_ffn_acc(a) and _scalar(b) is not None and math.isclose(_scalar(b), 1 / math.sqrt(2), rel_tol=1e-6):
+            return _ErfGelu(a, frozenset({"arg"}))  # x / sqrt(2), which on_divide passes on as x * (1 / sqrt(2))
+        factors = [_gelu_factors(v) for v in (a, b)]
+        if None in factors:
+            return None
+        (x, mine), (y, theirs) = factors
+        if (x is not None and y is not None and x is not y) or mine & theirs:
+            raise self.refuse(call, "a product in a GELU of something other than x * 0.5 * (1 + erf(x / sqrt(2)))")
+        x = x if x is not None else y
+        if mine | theirs == _GELU_FACTORS:
+            return self.on_gelu(call, x)
+        return _ErfGelu(x, mine | theirs)
+
+    def on_erf(self, call: relax.Call, x):
+        if not (isinstance(x, _ErfGelu) and x.parts == {"arg"}):
+            raise self.refuse(call, "an erf outside the GELU x * 0.5 * (1 + erf(x / sqrt(2)))")
+        return _ErfGelu(x.x, frozenset({"erf"}))
+
     def on_gelu(self, call: relax.Call, x):
-        if not (isinstance(x, _Quant) and x.stage == "acc" and x.path.endswith("intermediate.dense")):
+        if not _is_ffn_acc(x):
             raise self.refuse(call, "a GELU outside the feed-forward block")
         intermediate = self.ibert.get_submodule(_parent(x.path))
         layer = self.ibert.get_submodule(_parent(_parent(x.path)))
         h = layers.int_gelu(self.bb, x.qt, intermediate.intermediate_act_fn)
         h = layers.requantize_act(self.bb, h, intermediate.output_activation)
         return _Quant(layers.requantize_act(self.bb, h, layer.pre_output_act), "act", x.path)
+
+
+def _is_ffn_acc(value) -> bool:
+    """Whether `value` is the feed-forward block's first dense accumulator, the GELU's input."""
+    return isinstance(value, _Quant) and value.stage == "acc" and value.path.endswith("intermediate.dense")
+
+
+def _gelu_factors(value) -> tuple[_Quant | None, frozenset[str]] | None:
+    """Which of `_GELU_FACTORS` `value` is a product of, and of which accumulator (None: the constant 0.5 alone);
+    None where it is none of them."""
+    if _is_ffn_acc(value):
+        return value, frozenset({"x"})
+    if isinstance(value, _ErfGelu) and value.parts <= _GELU_FACTORS:
+        return value.x, value.parts
+    if _scalar(value) == 0.5:
+        return None, frozenset({"0.5"})
+    return None
 
 
 def _params(func: relax.Function) -> dict[str, np.ndarray]:

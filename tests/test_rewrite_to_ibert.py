@@ -19,7 +19,9 @@ from ibert_tvm.float_reference import float_program
 from ibert_tvm.model import UnsupportedModelError, from_pretrained
 from ibert_tvm.relay_passes.pipeline import build
 from ibert_tvm.relay_passes.rewrite_to_ibert import rewrite_to_ibert
-from test_model import batches, program_inputs, tiny, with_segments
+from transformers import BertConfig, BertModel
+
+from test_model import COMMON, batches, program_inputs, tiny, with_segments
 
 BATCH, SEQ = 3, 20
 
@@ -67,6 +69,21 @@ def test_rewritten_graph_equals_the_emitted_program(kind, semantics, pipeline, r
         assert not np.array_equal(paired, ours)
     report(f"graph rewrite, {kind} '{semantics}': int8 outputs identical to the module-emitted program "
            f"({'integer pipeline' if pipeline else 'plain'} build)")
+
+
+def test_the_written_out_erf_gelu_is_the_integer_gelu(tiny_bert):
+    """hidden_act="gelu_python" (HF's x * 0.5 * (1 + erf(x / sqrt(2))), the function the modules importer runs as
+    the erf GELU): its graph's GELU becomes ibert.int_gelu, every int8 output identical to the module-emitted
+    program's (it was refused at program time, after calibration, as 'relax.multiply' outside BERT)."""
+    torch.manual_seed(0)  # tiny("bert")'s weights
+    model = BertModel(BertConfig(pad_token_id=0, hidden_act="gelu_python", **COMMON), add_pooling_layer=False).eval()
+    qm = from_pretrained(model, calibration=batches(0, 2, 4, 16, seed=1), importer="graph")
+    rewritten = qm.program(BATCH, SEQ)
+    ops = {c.op.name for c in _calls(rewritten)}
+    assert "ibert.int_gelu" in ops and not {"relax.erf", "relax.multiply"} & ops
+    inputs = _inputs(0)
+    emitted = dataclasses.replace(qm, importer="modules").program(BATCH, SEQ)
+    np.testing.assert_array_equal(_run(rewritten, inputs), _unscheduled(emitted, inputs, tiny_bert))
 
 
 def test_q8bert_mode_through_the_rewrite():
