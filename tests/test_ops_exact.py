@@ -26,6 +26,7 @@ from tvm import relax
 
 from ibert_tvm import ops, quant
 from ibert_tvm.build_util import single_op_module
+from ibert_tvm.ops import IBertOpError
 from ibert_tvm.ops.registry import make_call
 
 from op_harness import (EMBEDDING, GELU, I32_MAX, I32_MIN, LAYERNORM, LINEAR, LN_MAX, LN_MIN, LOOKUP, MATMUL, REQUANT,
@@ -269,6 +270,41 @@ def test_int_softmax_bool_mask():
     if failure is not None:
         pytest.fail(f"int_softmax with a bool mask does not compile for llvm: {failure}")
     assert_exact(fn(x, m), SOFTMAX.reference(x, mask=m, **kw), "int16", "int_softmax bool mask")
+
+
+def _mask_dims(case: str):
+    """(scores shape, mask shape) for the mask-shape cases; n, h, hm, L are shape variables."""
+    n, h, hm, length = sym("n", "h", "hm", "L")
+    return {
+        "fewer_columns": ((2, 4), (2, 3)),
+        "more_columns": ((2, 4), (2, 8)),
+        "symbolic_other_var": ((n, h, length), (n, hm, length)),
+        "symbolic_vs_static": ((n, 4), (n, length)),
+        "static_vs_symbolic": ((2, length), (2, 4)),
+    }[case]
+
+
+@pytest.mark.parametrize("case", ["fewer_columns", "more_columns", "symbolic_other_var", "symbolic_vs_static",
+                                  "static_vs_symbolic"])
+def test_int_softmax_refuses_a_mask_dim_not_provably_the_scores(case):
+    """The kernel reads the mask at the scores' indices (a literal 1 broadcast): a (2, 3) mask on (2, 4) scores
+    read past the mask, a (2, 8) one used 4 of its columns, and a symbolic dim that is 1 at run time was read
+    as if it were the scores' (found by a fuzz). Each is refused when the call is built, naming the dim."""
+    xshape, mshape = _mask_dims(case)
+    kw = softmax_consts(MASK_SCALE)
+    with pytest.raises(IBertOpError, match=r"'mask' dim \d+ is .*literal 1 \(broadcast\) or provably equal"):
+        ops.int_softmax(tvar("x", xshape, "int32"), mask=tvar("m", mshape, "int32"), **kw)
+
+
+def test_int_softmax_accepts_a_mask_of_the_same_shape_variables():
+    """The model's mask [B, 1, 1, L] on scores [B, heads, L, L] (the same variables, literal 1s) is accepted,
+    and so is a static mask broadcast over static scores (rows 1): such masks are exact in the tests above."""
+    b, length = sym("b", "L")
+    kw = softmax_consts(MASK_SCALE)
+    call = ops.int_softmax(tvar("x", (b, 4, length, length), "int32"), mask=tvar("m", (b, 1, 1, length), "int8"),
+                           **kw)
+    assert call.op.name == SOFTMAX.OP
+    assert ops.int_softmax(tvar("x", (2, 4), "int32"), mask=tvar("m", (1, 4), "int32"), **kw).op.name == SOFTMAX.OP
 
 
 @pytest.mark.parametrize("shape,xdt,per_channel,shift", [

@@ -8,7 +8,8 @@ Per row: q = x - max(x) (masked entries act as -inf, as HF's additive mask makes
 Output values lie in [0, 256] (256 only where one entry holds a row whose e16 sum is a power of two; a calibrated
 one-hot row gives 255, where HF's float32 normalisation rounds up to 256), stored as int16 for `ibert.matmul`.
 A row with no unmasked entry (or whose exp values all round to 0) is defined as all zeros: HF gives NaN there.
-The optional `mask` has the scores' rank, each dim equal or 1 (broadcast); nonzero means "attend".
+The optional `mask` has the scores' rank, each dim provably equal to the scores' or a literal 1 (broadcast);
+nonzero means "attend".
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 from tvm import relax, te, tirx as tir
 
 from .intmath import I64, INT32_MAX, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped
-from .registry import IBertOpError, dims, like, make_call, register, same_dim, tensor_type
+from .registry import IBertOpError, dims, is_literal_one, like, make_call, provably_equal, register, tensor_type
 
 OP = "ibert.int_softmax"
 EXP_CONST = 30
@@ -32,16 +33,26 @@ SUM32_MAX_LENGTH = INT32_MAX >> 15
 def _infer(call: relax.Call) -> relax.TensorType:
     x = tensor_type(call, 0, "x", ["int32"], min_ndim=1)
     if len(call.args) == 2:
-        mask = tensor_type(call, 1, "mask", MASK_DTYPES, ndim=x.ndim)
-        for i, (dx, dm) in enumerate(zip(dims(x), dims(mask))):
-            if not (same_dim(dm, 1) or same_dim(dx, dm)):
-                raise IBertOpError(f"{OP}: 'mask' dim {i} is {dm}; it must be 1 or equal the scores' {dx}")
+        _check_mask_shape(x, tensor_type(call, 1, "mask", MASK_DTYPES, ndim=x.ndim))
     attrs = {k: int(call.attrs[k]) for k in ("x0_int", "b_int", "c_int", "exp_multiplier", "exp_shift")}
     if attrs["x0_int"] >= 0:
         raise IBertOpError(f"{OP}: attribute 'x0_int' must be negative (floor(-ln2 / S)), got {attrs['x0_int']}")
     if not EXP_CONST <= attrs["exp_shift"] <= 93:
         raise IBertOpError(f"{OP}: attribute 'exp_shift' must lie in [30, 93], got {attrs['exp_shift']}")
     return like(x, "int16")
+
+
+def _check_mask_shape(x: relax.TensorType, mask: relax.TensorType) -> None:
+    """Each mask dim must be a literal 1 (broadcast, as `_compute` reads it) or provably the scores' dim: the
+    kernel indexes the mask with the scores' indices, so any other dim (a different size, or a symbolic one
+    that may be 1 or smaller at run time) would read outside the mask."""
+    xs, ms = dims(x), dims(mask)
+    if not ms or not xs and not all(is_literal_one(d) for d in ms):
+        raise IBertOpError(f"{OP}: 'mask' needs a known shape (each dim 1 or the scores'), got {mask}")
+    for i, (dx, dm) in enumerate(zip(xs or ms, ms)):
+        if not (is_literal_one(dm) or provably_equal(dx, dm)):
+            raise IBertOpError(f"{OP}: 'mask' dim {i} is {dm}; it must be the literal 1 (broadcast) or provably "
+                               f"equal to the scores' dim {dx}")
 
 
 def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int, exp_multiplier: int,
@@ -52,7 +63,7 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
         if not mask:
             return tir.const(True, "bool")
         m = mask[0]
-        idx = [0 if (isinstance(dm, tir.IntImm) and int(dm) == 1) else ix for dm, ix in zip(m.shape, i)]
+        idx = [0 if is_literal_one(dm) else ix for dm, ix in zip(m.shape, i)]
         value = m[tuple(idx)]
         return value if str(m.dtype) == "bool" else value != tir.const(0, m.dtype)
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import tvm
 from tvm import relax
+from tvm.sym import Analyzer
 from tvm.relax.transform.legalize_ops.common import register_legalize
 
 from .intmath import INT32_MAX, INT32_MIN
@@ -149,6 +150,18 @@ def same_dim(a: Any, b: Any) -> bool:
     if isinstance(a, tvm.tirx.IntImm) and isinstance(b, tvm.tirx.IntImm):
         return int(a) == int(b)
     return True
+
+
+def provably_equal(a: Any, b: Any) -> bool:
+    """True only where `a` and `b` (dims: IntImms, symbolic PrimExprs or Python ints) are provably equal, e.g.
+    the same shape variable twice. Stricter than `same_dim`: for a kernel that indexes one tensor by another's
+    dims, a dim that merely might differ is an out-of-bounds read."""
+    return bool(Analyzer().can_prove_equal(a, b))
+
+
+def is_literal_one(dim: Any) -> bool:
+    """Whether `dim` is the integer literal 1 (a broadcast dim; a symbolic dim that is 1 at run time is not)."""
+    return isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1
 
 
 def check_channel_vector(call: relax.Call, index: int, arg: str, channels: Any) -> None:
