@@ -428,7 +428,8 @@ def _requant_wide_by_side(x: np.ndarray, fm: np.ndarray, fe: np.ndarray, bits: i
 
 def fold(m, e, wide: bool):
     """The builder's own check-and-fold of (M, E) (shifts past the exact range become (0, 0))."""
-    return REQUANT._dyadic(np.asarray(m, np.int64), np.asarray(e, np.int64), wide, "test")
+    max_shift = REQUANT.WIDE_MAX_SHIFT if wide else REQUANT.NARROW_MAX_SHIFT
+    return REQUANT._dyadic(np.asarray(m, np.int64), np.asarray(e, np.int64), max_shift, "test")
 
 
 M_EDGES = [1 << 31, -(1 << 31), (1 << 31) - 1, 1 << 30, -(1 << 30), (1 << 30) + 1, 1, -1, 0]
@@ -662,6 +663,46 @@ def test_int_gelu_then_requantize_int8(case, out_scale):
     out = _requant_vm("int64", 8, None)(y, *fold(d.multiplier, d.shift, wide=True))
     assert_exact(out, REQUANT.reference(GELU.reference(x, *consts), d.multiplier, d.shift, 8), "int8",
                  "gelu -> requantize")
+
+
+def test_requantize_nested_on_int_gelu_equals_the_two_step_form():
+    """`requantize(int_gelu(x, ...))` built unemitted (its input's dtype not yet known) with i-GELU's usual
+    shifts above 62: it gave all zeros (the shifts were folded as for a narrow input, found by a fuzz); it now
+    equals requantize of an emitted int64 input, and the exact reference, with the same constants."""
+    g = quant.gelu_constants(np.full(4, 1e-5, np.float32))
+    d = quant.requant_dyadic(g.out_scale, 0.05)
+    assert d.shift.min() > 62  # the case the narrow fold got wrong
+    x = np.array([[100000, 200000, -50000, 400000], [I32_MIN, I32_MAX, -1, 0]], np.int32)
+    ref = REQUANT.reference(GELU.reference(x, g.b_int, g.c_int, g.q1), d.multiplier, d.shift, 8)
+    assert np.count_nonzero(ref) >= 4
+    nested = run_static(lambda v: ops.requantize(ops.int_gelu(v, g.b_int, g.c_int, g.q1), d.multiplier, d.shift, 8),
+                        {"x": x})
+    y = run_static(lambda v: ops.int_gelu(v, g.b_int, g.c_int, g.q1), {"x": x})
+    two_step = run_static(lambda v: ops.requantize(v, d.multiplier, d.shift, 8), {"y": y})
+    assert_exact(two_step, ref, "int8", "gelu, then requantize of its int64 output")
+    assert_exact(nested, two_step, "int8", "requantize(int_gelu(...)) nested")
+
+
+UNTYPED_X = {  # an int32 input at its ends, an int64 one up to 2^62 (i-GELU's range), with shifts up to 93
+    "int32": (np.array([I32_MIN, I32_MAX, I32_MIN + 1, -1, 0, 1 << 30]),
+              [[62, 62, 63, 0, 62, 93], [63, 70, 93, 31, 64, 62]]),
+    "int64": (np.array([(1 << 62) - 1, -(1 << 62), 3 << 60, -(5 << 58), 1 << 40, -1]), [[93, 93, 92, 80, 63, 62]] * 2),
+}
+
+
+@pytest.mark.parametrize("x_dtype", list(UNTYPED_X))
+def test_requantize_of_an_untyped_input_is_exact_past_shift_62(x_dtype):
+    """An input whose dtype the builder cannot know (an unemitted non-ibert call, here a cast) keeps shifts up
+    to 93: an int64 one gave 0 where they passed 62; the narrow kernel takes them too (past 62: 0; at 62,
+    |x M| = 2^62 gives 1)."""
+    x, shifts = UNTYPED_X[x_dtype]
+    x = x.astype(x_dtype)
+    m = np.array([1 << 31, -(1 << 31), 1 << 31, 1 << 31, 7, 1 << 31])
+    for e in map(np.array, shifts):
+        out = run_static(lambda v: ops.requantize(relax.op.astype(v, x_dtype), m, e, 32), {"x": x})
+        ref = REQUANT.reference(x, m, e, 32)
+        assert np.any(ref != 0)
+        assert_exact(out, ref, "int32", f"requantize({x_dtype} cast), E={e}")
 
 
 def _softmax_path(s) -> tuple[bool, bool]:

@@ -334,7 +334,7 @@ def test_gelu_smallest_scale_extreme_inputs(in_bits):
     for bits in (8, 32):
         target = float(real.max()) / ((1 << (bits - 1)) - 1)  # a calibrated per-tensor output scale
         d = quant.requant_dyadic(g.out_scale, target)
-        y = _wide_requant_vm(bits)(out, *REQUANT._dyadic(d.multiplier, d.shift, True, "x"))
+        y = _wide_requant_vm(bits)(out, *REQUANT._dyadic(d.multiplier, d.shift, REQUANT.WIDE_MAX_SHIFT, "x"))
         assert_exact(y, REQUANT.reference(ref, d.multiplier, d.shift, bits), OUT_DTYPE[bits],
                      f"requantize of i-GELU output to {bits} bits")
         assert np.abs(y.astype(np.int64)).max() >= (1 << (bits - 1)) - 2

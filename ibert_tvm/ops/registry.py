@@ -81,6 +81,18 @@ def make_call(name: str, args: Sequence[relax.Expr], **attrs: Any) -> relax.Call
     return call
 
 
+def known_dtype(expr: relax.Expr) -> str | None:
+    """The dtype of `expr` before it is emitted, where it can be known: its TensorType's, or, for a call of an
+    `ibert.*` op whose arguments are typed (e.g. `requantize(int_gelu(x, ...))`), the dtype of the op's type
+    rule; None otherwise. A builder that chooses its constants by the input's dtype must not guess."""
+    if _has_type(expr):
+        return str(expr.ty.dtype)
+    if isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name in _TYPE_RULES \
+            and all(_has_type(a) for a in expr.args):
+        return str(_TYPE_RULES[expr.op.name](expr).dtype)
+    return None
+
+
 def _has_type(expr: relax.Expr) -> bool:
     try:
         return isinstance(expr.ty, relax.TensorType)

@@ -19,12 +19,15 @@ from tvm import relax, te
 
 from .intmath import (INT32_MAX, add_for_clamp, as_pyint, clamp, i64, mul_rne_shift_wide, per_channel,
                       ref_rne_div_pow2, rne_shift, rne_shift_capped)
-from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, same_dim, tensor_type
+from .registry import (IBertOpError, as_expr, check_channel_vector, dims, known_dtype, like, make_call, register,
+                       same_dim, tensor_type)
 
 OP = "ibert.requantize"
 OUT_DTYPE = {8: "int8", 16: "int16", 22: "int32", 32: "int32"}
 NARROW_INPUTS = ["int8", "int16", "int32"]
 # Shift ranges the two product paths are exact for (beyond the upper end the result is 0 and is folded so).
+# The builder folds at 62 only for an input known to be narrow; the narrow path also takes shifts up to 93
+# (`rne_shift_capped`), so an input whose dtype is not known when the call is built is still exact.
 NARROW_MAX_SHIFT = 62
 WIDE_MAX_SHIFT = 93
 
@@ -106,8 +109,8 @@ def _compute(x: te.Tensor, m: te.Tensor, e: te.Tensor, *residual: te.Tensor, bit
             if input_clamp <= INT32_MAX:  # int32 x int32 where M fits int32 too (see `registry`)
                 clamped = i64(clamped.astype("int32"))
             v = rne_shift_capped(clamped * mi, ei, shift_max)
-        else:
-            v = rne_shift(i64(x[i]) * mi, ei)
+        else:  # |x M| <= 2^62; shifts past 62 (attribute shift_max) give 0
+            v = rne_shift_capped(i64(x[i]) * mi, ei, shift_max)
         if residual:
             y, m1, e1 = residual
             w = rne_shift(i64(y[i]) * per_channel(m1, i), per_channel(e1, i))
@@ -132,9 +135,10 @@ def requantize_dtype(bits: int) -> str:
     return OUT_DTYPE[bits]
 
 
-def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, wide: bool, arg: str
+def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, max_shift: int, arg: str
             ) -> tuple[np.ndarray | relax.Expr, np.ndarray | relax.Expr]:
-    """Check (M, E) and fold shifts past the exact range to (0, 0): their product rounds to 0 anyway.
+    """Check (M, E) and fold shifts past `max_shift` (the exact range of the input's product) to (0, 0):
+    their product rounds to 0 anyway.
 
     Relax expressions (run-time parameters) pass unchecked: their values must already satisfy the bounds.
     """
@@ -148,8 +152,7 @@ def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, 
         raise IBertOpError(f"{OP}: '{arg}' multiplier must satisfy |M| <= 2^31 (a batch_frexp mantissa)")
     if np.any(e < 0):
         raise IBertOpError(f"{OP}: '{arg}' shift must be >= 0 (scale ratio below 2^31), got {int(e.min())}")
-    limit = WIDE_MAX_SHIFT if wide else NARROW_MAX_SHIFT
-    beyond = e > limit
+    beyond = e > max_shift
     return np.where(beyond, 0, m), np.where(beyond, 0, e)
 
 
@@ -169,8 +172,12 @@ def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | 
 
     `multiplier`/`shift` come from `quant.requant_dyadic` (scalars, or per-channel vectors).
     """
-    wide = isinstance(x, relax.Expr) and getattr(getattr(x, "ty", None), "dtype", None) == "int64"
-    m, e = _per_tensor_if_uniform(*_dyadic(multiplier, shift, wide, "x"))
+    dtype = known_dtype(x)
+    wide = dtype == "int64"
+    # Only an input known to be narrow folds at 62: folding a wide one there zeroed i-GELU's usual shifts (~66)
+    # when its call was nested unemitted, its dtype then unknown (found by a fuzz).
+    max_shift = NARROW_MAX_SHIFT if dtype in NARROW_INPUTS else WIDE_MAX_SHIFT
+    m, e = _per_tensor_if_uniform(*_dyadic(multiplier, shift, max_shift, "x"))
     args = [x, as_expr(m, OP, "multiplier"), as_expr(e, OP, "shift")]
     # Known shifts bound the wide product's cases (`intmath.mul_rne_shift_wide`); run-time ones may be any.
     attrs = {} if isinstance(e, relax.Expr) else {"shift_min": int(e.min()), "shift_max": int(e.max())}
@@ -180,7 +187,7 @@ def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | 
     if residual is not None:
         if residual_multiplier is None or residual_shift is None:
             raise IBertOpError(f"{OP}: a residual needs residual_multiplier and residual_shift")
-        m1, e1 = _per_tensor_if_uniform(*_dyadic(residual_multiplier, residual_shift, False, "residual"))
+        m1, e1 = _per_tensor_if_uniform(*_dyadic(residual_multiplier, residual_shift, NARROW_MAX_SHIFT, "residual"))
         args += [residual, as_expr(m1, OP, "residual_multiplier"), as_expr(e1, OP, "residual_shift")]
     return make_call(OP, args, bits=int(bits), **attrs)
 
