@@ -163,6 +163,19 @@ def test_matmul_type_rule_bounds_k(a_dtype, k_max):
         ops.matmul(tvar("a", (1, 2, k_max + 1), a_dtype), tvar("b", (1, k_max + 1, 3), "int8"))
 
 
+def test_linear_type_rule_bounds_k_of_a_run_time_weight():
+    """A run-time weight had no K bound: K = 131073, all -128, wrapped to -2147467264 (exact 2147500032; found by a
+    fuzz). The type rule now bounds K as matmul's does (the same helper), whichever operand's K is static; a
+    constant weight keeps the builder's finer per-channel bound (small weights at a larger K)."""
+    k, (n, kv) = K_LINEAR_MAX, sym("n", "k")
+    assert ops.linear(tvar("x", (2, k), "int8"), tvar("w", (3, k), "int8")).op.name == LINEAR.OP
+    for x_shape, w_shape in [((2, k + 1), (3, k + 1)), ((n, kv), (3, k + 1)), ((n, k + 2), (3, kv))]:
+        with pytest.raises(IBertOpError, match=rf"ibert.linear: reduction length ({k + 1}|{k + 2}) can overflow"):
+            ops.linear(tvar("x", x_shape, "int8"), tvar("w", w_shape, "int8"), tvar("b", (3,), "int32"))
+    small = np.ones((1, 2 * k), np.int8)  # 128 x 2k < 2^31
+    assert ops.linear(tvar("x", (2, 2 * k), "int8"), small).op.name == LINEAR.OP
+
+
 # ============================================================================== requantize
 
 OUT_DTYPE = {8: "int8", 16: "int16", 22: "int32", 32: "int32"}

@@ -7,10 +7,12 @@ The weight scales are not an input: they only enter the requantization constants
 from __future__ import annotations
 
 import numpy as np
+import tvm
 from tvm import relax, te
 
 from ..quant import QuantizationRangeError
-from .registry import IBertOpError, dims, make_call, register, same_dim, tensor_type
+from .registry import (INT8_ABS_MAX, IBertOpError, check_reduction_length, dims, make_call, register, same_dim,
+                       tensor_type)
 
 OP = "ibert.linear"
 # |x| <= 128: output channel n's int32 accumulator holds at most 128 * sum_k |w[n, k]| + |bias[n]|.
@@ -23,6 +25,9 @@ def _infer(call: relax.Call) -> relax.TensorType:
     xs, ws = dims(x), dims(w)
     if xs and ws and not same_dim(xs[-1], ws[1]):
         raise IBertOpError(f"{OP}: 'x' has {xs[-1]} input features but 'weight' has {ws[1]}")
+    if not isinstance(call.args[1], tvm.ir.GenericConst):  # a constant weight: `linear` bounds each channel
+        for k in ws[1:] + xs[-1:]:
+            check_reduction_length(OP, k, INT8_ABS_MAX)
     if len(call.args) == 3:
         b = tensor_type(call, 2, "bias", ["int32"], ndim=1)
         if ws and dims(b) and not same_dim(dims(b)[0], ws[0]):
@@ -50,7 +55,9 @@ def linear(x: relax.Expr, weight: relax.Expr | np.ndarray, bias: relax.Expr | np
 
     With constant weights and bias, each output channel's int32 accumulator is checked for its worst case (a
     QuantizationRangeError naming the channel): by its own weights, so that a pruned channel (zero weights)
-    may hold a bias as large as int32 does, as HF's quantization saturates it.
+    may hold a bias as large as int32 does, as HF's quantization saturates it. A run-time weight is bounded
+    by its static K alone (the type rule, as `ibert.matmul`'s: K 128^2 <= 2^31 - 1). A run-time bias cannot
+    be checked: the caller guarantees 128 sum_k |w[n, k]| + |bias[n]| <= 2^31 - 1, or the sum wraps.
     """
     if isinstance(weight, np.ndarray):
         if weight.dtype != np.int8:

@@ -10,11 +10,12 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te, tirx as tir
 
-from .registry import IBertOpError, dims, make_call, register, same_dim, tensor_type
+from .registry import (INT8_ABS_MAX, IBertOpError, check_reduction_length, dims, make_call, register, same_dim,
+                       tensor_type)
 
 OP = "ibert.matmul"
 # The largest |a| each dtype may carry in this scheme: int8 activations, and softmax probabilities <= 256.
-A_MAX = {"int8": 128, "int16": 256}
+A_MAX = {"int8": INT8_ABS_MAX, "int16": 256}
 
 
 def _infer(call: relax.Call) -> relax.TensorType:
@@ -32,8 +33,7 @@ def _infer(call: relax.Call) -> relax.TensorType:
     k_b, n = (sb[-1], sb[-2]) if transpose_b else (sb[-2], sb[-1])
     if not same_dim(sa[-1], k_b):
         raise IBertOpError(f"{OP}: reduction length differs: 'a' has {sa[-1]}, 'b' has {k_b}")
-    if isinstance(sa[-1], tir.IntImm) and int(sa[-1]) * A_MAX[str(a.dtype)] * 128 > (1 << 31) - 1:
-        raise IBertOpError(f"{OP}: reduction length {int(sa[-1])} can overflow the int32 accumulator")
+    check_reduction_length(OP, sa[-1] if isinstance(sa[-1], tir.IntImm) else k_b, A_MAX[str(a.dtype)])
     return relax.TensorType(sa[:-1] + [n], "int32")
 
 

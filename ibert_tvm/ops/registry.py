@@ -176,6 +176,18 @@ def is_literal_one(dim: Any) -> bool:
     return isinstance(dim, tvm.tirx.IntImm) and int(dim) == 1
 
 
+#: the largest |value| of an int8 operand (-128) in the int32 accumulations of `ibert.linear` and `ibert.matmul`
+INT8_ABS_MAX = 128
+
+
+def check_reduction_length(op: str, k: Any, a_max: int, b_max: int = INT8_ABS_MAX) -> None:
+    """A static reduction length K must keep K a_max b_max within int32 (the worst case of an int32 accumulator
+    of K products of operands bounded by a_max and b_max); a symbolic K is not checked."""
+    if isinstance(k, tvm.tirx.IntImm) and int(k) * a_max * b_max > INT32_MAX:
+        raise IBertOpError(f"{op}: reduction length {int(k)} can overflow the int32 accumulator "
+                           f"({int(k)} x {a_max} x {b_max} > 2^31 - 1)")
+
+
 def check_channel_vector(call: relax.Call, index: int, arg: str, channels: Any) -> None:
     """Argument `index` must be an int64 scalar (per-tensor) or an int64 vector of length `channels`."""
     ty = tensor_type(call, index, arg, ["int64"])
