@@ -44,8 +44,31 @@ def _f32(x: np.ndarray | float) -> np.ndarray:
     return np.asarray(x, dtype=F32)
 
 
+def check_scale(value: np.ndarray | float, name: str) -> None:
+    """Refuse a scale (scalar or per-channel) that is not finite and > 0 in float32, as the functions below
+    use it, naming the argument: a zero, negative, infinite or NaN scale gave silently wrong constants
+    (all-zero probabilities, a positive i-GELU clip point) or failed deep inside `batch_frexp`."""
+    with np.errstate(all="ignore"):
+        v = _f32(value)
+    bad = ~np.isfinite(v) | (v <= 0)
+    if np.any(bad):
+        got = float(v[bad].flat[0])
+        rounded = np.ndim(value) == 0 and float(value) == float(value) and float(value) != got
+        raise QuantizationRangeError(f"{name} must be a finite scale > 0, got {got}"
+                                     + (f" (float32 of {float(value)})" if rounded else ""))
+
+
+def check_bits(bits: int, name: str = "bits") -> None:
+    """A symmetric quantization needs an integer bit width >= 2 (2^(bits-1) - 1 > 0 levels per side)."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or bits < 2:
+        raise QuantizationRangeError(f"{name} must be an integer >= 2, got {bits!r}")
+
+
 def symmetric_scale(bits: int, lo: np.ndarray | float, hi: np.ndarray | float) -> np.ndarray:
     """Symmetric scale max(|lo|, |hi|).clamp(1e-8) / (2^(bits-1) - 1) in float32 (spec §1.1), elementwise."""
+    check_bits(bits)
+    if not (np.all(np.isfinite(_f32(lo))) and np.all(np.isfinite(_f32(hi)))):
+        raise QuantizationRangeError(f"symmetric_scale: the range [{lo}, {hi}] is not finite")
     n = F32(2 ** (bits - 1) - 1)
     return np.maximum(np.maximum(np.abs(_f32(lo)), np.abs(_f32(hi))), F32(1e-8)) / n
 
@@ -78,6 +101,7 @@ class QuantizedLinear:
 
 def quantize_linear(weight: np.ndarray, bias: np.ndarray | None, input_scale: float) -> QuantizedLinear:
     """HF QuantLinear (spec §1.3): 8-bit per-channel weights, 32-bit bias at scale S_w[c] * S_in."""
+    check_scale(input_scale, "quantize_linear: input_scale")
     w = _f32(weight)
     s_w = symmetric_scale(8, w.min(axis=1), w.max(axis=1))
     w_int = quantize_symmetric(w, s_w.reshape(-1, 1), 8).astype(np.int8)
@@ -97,6 +121,8 @@ class Dyadic:
 def batch_frexp(ratio: np.ndarray | float, max_bit: int = 31) -> Dyadic:
     """HF `batch_frexp` (spec §1.6 step 3): r = m 2^k, M = round_half_up(m 2^31) exactly, E = 31 - k."""
     r = np.asarray(ratio, dtype=np.float64)
+    if not np.all(np.isfinite(r)):
+        raise QuantizationRangeError(f"batch_frexp: the ratio {r[~np.isfinite(r)].flat[0]} is not finite")
     m, k = np.frexp(r)
     to_int = np.vectorize(
         lambda v: int(decimal.Decimal(float(v) * 2**max_bit).quantize(decimal.Decimal(1),
@@ -106,7 +132,10 @@ def batch_frexp(ratio: np.ndarray | float, max_bit: int = 31) -> Dyadic:
 
 
 def requant_dyadic(in_scale: np.ndarray | float, out_scale: float) -> Dyadic:
-    """(M, E) with M / 2^E ~= S_in / S_out, computed as double(S_in) / double(float32(S_out)) (HF-qm:L788)."""
+    """(M, E) with M / 2^E ~= S_in / S_out, computed as double(S_in) / double(float32(S_out)) (HF-qm:L788).
+
+    S_out must be a positive scale; S_in may be negative (i-GELU's output scale is)."""
+    check_scale(out_scale, "requant_dyadic: out_scale")
     ratio = _f32(in_scale).astype(np.float64) / np.float64(F32(out_scale))
     if not np.all(np.isfinite(ratio)):
         raise QuantizationRangeError(f"requantization ratio S_in / S_out is not finite (S_out = {out_scale})")
@@ -130,6 +159,7 @@ PRUNED_SCALE_BELOW = 1e-10
 
 def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConstants:
     """i-GELU constants for an input with (per-channel) float32 scale S and |q| < 2^(in_bits-1)."""
+    check_scale(in_scale, "gelu_constants: in_scale")
     s = np.atleast_1d(_f32(in_scale))
     s_erf = s / F32(GELU_K)
     s_erf_sq = s_erf * s_erf
@@ -169,6 +199,7 @@ class SoftmaxConstants:
 
 def softmax_exp_range(in_scale: float) -> float:
     """The value of i-exp at the row max, c' * 2^30: what the reference's QuantAct(16) calibrates to."""
+    check_scale(in_scale, "softmax_exp_range: in_scale")
     s = F32(in_scale)
     return float(np.floor(_const_over(EXP_C_OVER_A, s * s))) * 2.0**EXP_CONST
 
@@ -179,6 +210,8 @@ def softmax_constants(in_scale: float, exp_scale: float, in_bits: int = 32) -> S
     `exp_scale` is the scale S16 of the reference's internal QuantAct(16), which HF calibrates on the
     *integer* exp values (spec §3.3 step 6); the fused form requantizes `p 2^(30-z)` by 1/S16 directly.
     """
+    check_scale(in_scale, "softmax_constants: in_scale")
+    check_scale(exp_scale, "softmax_constants: exp_scale")
     s = F32(in_scale)
     x0_int = np.floor(_const_over(EXP_X0, s))
     b_int = np.floor(_const_over(EXP_B_OVER_A, s))
@@ -208,6 +241,10 @@ class LayerNormConstants:
 def layernorm_constants(weight: np.ndarray, bias: np.ndarray) -> LayerNormConstants:
     """gamma is folded into the output scale, beta into `floor((beta/gamma) / (sqrt(C)/2^30))`."""
     gamma, beta = _f32(weight), _f32(bias)
+    for name, v in (("weight (gamma)", gamma), ("bias (beta)", beta)):
+        if not np.all(np.isfinite(v)):
+            raise QuantizationRangeError(f"IntLayerNorm: LayerNorm {name} has a non-finite channel "
+                                         f"{int(np.flatnonzero(~np.isfinite(v))[0])}: {v[~np.isfinite(v)].flat[0]}")
     if np.any(gamma == 0):
         raise QuantizationRangeError("IntLayerNorm: LayerNorm weight (gamma) has zero channels; "
                                      "the integer scheme folds gamma into the output scale and cannot represent 0")
@@ -223,6 +260,8 @@ TANH_OUT_SCALE = F32(1.0 / 127)  # tanh lies in (-1, 1): int8 at scale 1/127
 
 def lookup_table(fn, in_scale: float, out_scale: float) -> np.ndarray:
     """The int8 -> int8 table of an elementwise `fn`: table[q + 128] = clamp(rne(fn(q S_in) / S_out))."""
+    check_scale(in_scale, "lookup_table: in_scale")
+    check_scale(out_scale, "lookup_table: out_scale")
     q = np.arange(-128, 128, dtype=np.float64)
     y = np.round(fn(q * float(F32(in_scale))) / float(F32(out_scale)))
     return np.clip(y, -128, 127).astype(np.int8)

@@ -391,3 +391,59 @@ def test_quantize_linear_saturating_bias():
     assert np.all(np.sign(ours) == np.sign(ref)), f"int32 bias wrapped: ours {ours.tolist()} vs HF {ref.tolist()}"
     assert np.all(np.abs(ours - ref) <= 2), (ours.tolist(), ref.tolist())
     assert ours.tolist() == [2**31 - 2, -(2**31 - 1)]
+
+
+# ---------------------------------------------------------------- malformed scales and bit widths
+
+NAN, INF = float("nan"), float("inf")
+W2 = np.array([[0.5, -0.25], [0.1, 0.3]], F32)
+
+
+@pytest.mark.parametrize("call, message", [
+    # before: all-zero probabilities (-1, inf), decimal.InvalidOperation (0), a raw ValueError (nan)
+    *[(lambda v=v: quant.softmax_constants(1e-3, v), "softmax_constants: exp_scale") for v in (-1.0, INF, 0.0, NAN)],
+    (lambda: quant.softmax_constants(-1e-3, 1.0), "softmax_constants: in_scale"),
+    (lambda: quant.softmax_exp_range(0.0), "softmax_exp_range: in_scale"),
+    # before: accepted, with a positive clip point b_int
+    *[(lambda v=v: quant.gelu_constants(v), "gelu_constants: in_scale")
+      for v in (F32(-1e-4), INF, NAN, F32([1e-4, -2e-4]))],
+    *[(lambda v=v: quant.quantize_linear(W2, None, v), "quantize_linear: input_scale") for v in (0.0, -0.01, NAN)],
+    (lambda: quant.requant_dyadic(1e-3, -1.0), "requant_dyadic: out_scale"),
+    (lambda: quant.requant_dyadic(1e-3, 1e-50), r"out_scale must be a finite scale > 0, got 0.0 \(float32 of 1e-50\)"),
+    (lambda: quant.lookup_table(np.tanh, 0.1, 0.0), "lookup_table: out_scale"),
+])
+def test_a_scale_not_finite_and_positive_is_refused_by_name(call, message):
+    """Every function that takes a scale refuses a zero, negative, infinite or NaN one (in float32, as it uses
+    it), naming the argument, instead of wrong constants or an error from deep inside (found by a fuzz)."""
+    with pytest.raises(quant.QuantizationRangeError, match=message):
+        call()
+
+
+def test_requant_dyadic_keeps_a_negative_input_scale():
+    """The input scale of the requantization after i-GELU is negative (HF's): (M, E) ~= S_in / S_out keeps its sign."""
+    d = quant.requant_dyadic(F32([-1e-3, -3e-5]), 0.05)
+    assert np.all(d.multiplier < 0)
+    assert np.allclose(d.multiplier / 2.0 ** d.shift, np.float64(F32([-1e-3, -3e-5])) / np.float64(F32(0.05)))
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: quant.symmetric_scale(0, -1.0, 1.0), "bits must be an integer >= 2, got 0"),  # before: -2.0
+    (lambda: quant.symmetric_scale(1, -1.0, 1.0), "bits must be an integer >= 2, got 1"),  # before: inf
+    (lambda: quant.symmetric_scale(8.5, -1.0, 1.0), "bits must be an integer >= 2, got 8.5"),
+    (lambda: quant.symmetric_scale(8, -1.0, NAN), r"the range .* is not finite"),
+    (lambda: quant.batch_frexp(np.array([0.5, INF])), "batch_frexp: the ratio inf is not finite"),
+    (lambda: quant.batch_frexp(NAN), "batch_frexp: the ratio nan is not finite"),
+    (lambda: quant.layernorm_constants(np.array([INF, 1.0]), np.zeros(2)),
+     "weight \\(gamma\\) has a non-finite channel 0"),
+    (lambda: quant.layernorm_constants(np.ones(2), np.array([0.0, NAN])), "bias \\(beta\\) has a non-finite channel 1"),
+])
+def test_bad_bit_widths_ratios_and_layernorm_parameters_are_refused(call, message):
+    with pytest.raises(quant.QuantizationRangeError, match=message):
+        call()
+
+
+def test_the_smallest_bit_width_and_a_zero_ratio_are_accepted():
+    """bits = 2 (one level per side) is a scale; a zero ratio (a pruned channel's) is (M, E) = (0, 31)."""
+    assert quant.symmetric_scale(2, -0.5, 2.0) == F32(2.0)
+    d = quant.batch_frexp(np.array([0.0, 0.75]))
+    assert d.multiplier.tolist() == [0, 3 << 29] and d.shift.tolist() == [31, 31]
