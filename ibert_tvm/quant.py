@@ -177,13 +177,32 @@ def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConst
             raise QuantizationRangeError(
                 f"i-GELU: input scale {s[ch]:.3e} of channel {ch} is too small: {name} overflows int64{hint}")
     b, c, q = (v.astype(np.int64) for v in (b_int, c_int, q1))
-    erf_max = [int(bi) ** 2 + abs(int(ci)) for bi, ci in zip(b, c)]
-    out_max = [(1 << (in_bits - 1)) * ((e >> GELU_SHIFT) + abs(int(qi)) + 1) for e, qi in zip(erf_max, q)]
-    if max(erf_max) >= 1 << 63 or max(out_max) >= INT64_SAFE:
-        raise QuantizationRangeError(
-            f"i-GELU: input scale {s.min():.3e} is too small for int64 intermediates "
-            f"(|out| could reach 2^{max(out_max).bit_length()})")
+    if problem := gelu_integer_problem(b, c, q, in_bits):
+        raise QuantizationRangeError(f"i-GELU: input scale {s.min():.3e} is too small for int64 intermediates "
+                                     f"({problem})")
     return GeluConstants(b, c, q, out_scale)
+
+
+def _channels(*values: np.ndarray | int) -> zip:
+    """Scalar or per-channel integer parameters as Python ints (unbounded), broadcast channel by channel."""
+    return zip(*np.broadcast_arrays(*(np.atleast_1d(np.asarray(v)).astype(object) for v in values)))
+
+
+def gelu_integer_problem(b_int: np.ndarray | int, c_int: np.ndarray | int, q1: np.ndarray | int,
+                         in_bits: int = 32) -> str | None:
+    """Why i-GELU integers (scalars or per channel) are unusable for inputs |q| <= 2^(in_bits-1), or None: the
+    bounds that `gelu_constants` guarantees and `ibert.int_gelu`'s type rule checks. b <= 0 (the clip point
+    -b of min(|q|, -b); the kernel's clamp(q, b, -b) is another function for b > 0); t^2 + c within int64 for
+    t in [b, 0]; |out| <= 2^(in_bits-1) (ceil(max|t^2 + c| / 2^14) + |q1|) < 2^62 (the wide requantization's
+    input bound; y = floor(sgn (t^2 + c) / 2^14) is at most that ceiling in magnitude)."""
+    worst = 0
+    for b, c, q in _channels(b_int, c_int, q1):
+        if b > 0:
+            return f"b_int {b} is positive (-b is the clip point of min(|q|, -b))"
+        if b * b >= 1 << 63 or not -(1 << 63) < c < (1 << 63) - b * b:
+            return f"t^2 + c_int overflows int64 for b_int {b}, c_int {c}"
+        worst = max(worst, (1 << (in_bits - 1)) * (-(-max(b * b + c, -c) >> GELU_SHIFT) + abs(q)))
+    return f"|out| could reach {worst}, not below 2^62" if worst >= INT64_SAFE else None
 
 
 @dataclass(frozen=True)
@@ -221,13 +240,31 @@ def softmax_constants(in_scale: float, exp_scale: float, in_bits: int = 32) -> S
     d = batch_frexp(1.0 / np.float64(F32(exp_scale)))
     x0, b, c = int(x0_int), int(b_int), int(c_int)
     m, e = int(d.multiplier), int(d.shift)
-    p_max = abs(x0) * (abs(x0) + abs(b)) + abs(c)
-    if not EXP_CONST <= e <= 93:
-        raise QuantizationRangeError(f"IntSoftmax: exp requantization scale {exp_scale:.3e} is out of range "
-                                     f"(shift {e} not in [30, 93])")
-    if p_max >= INT64_SAFE or (p_max * abs(m)) >> (e - EXP_CONST) >= INT64_SAFE or abs(x0) * EXP_CONST >= 1 << 62:
-        raise QuantizationRangeError(f"IntSoftmax: input scale {float(s):.3e} is too small for int64 intermediates")
+    if problem := softmax_integer_problem(x0, b, c, m, e):
+        raise QuantizationRangeError(f"IntSoftmax: input scale {float(s):.3e} with exp requantization scale "
+                                     f"{float(exp_scale):.3e} is out of range: {problem}")
     return SoftmaxConstants(x0, b, c, m, e)
+
+
+def softmax_integer_problem(x0_int: int, b_int: int, c_int: int, exp_multiplier: int, exp_shift: int
+                            ) -> str | None:
+    """Why IntSoftmax integers are unusable, or None: the bounds that `softmax_constants` guarantees and
+    `ibert.int_softmax`'s type rule checks. x0 < 0 <= b, c (floors of -ln2 / S and of positive polynomial
+    coefficients); 0 < M <= 2^31 (`batch_frexp`'s mantissa of 1 / S16 > 0; the wide product takes |M| <= 2^31);
+    E in [30, 93]; 30 |x0|, the polynomial's bound |x0| (|x0| + b) + c and its rescale below 2^62."""
+    x0, b, c, m, e = (int(v) for v in (x0_int, b_int, c_int, exp_multiplier, exp_shift))
+    if x0 >= 0:
+        return f"x0_int {x0} must be negative (floor(-ln2 / S))"
+    if b < 0 or c < 0:
+        return f"b_int {b} and c_int {c} must be >= 0 (i-exp's coefficients at a positive scale)"
+    if not 0 < m <= 1 << 31:
+        return f"exp_multiplier {m} must lie in [1, 2^31] (a batch_frexp mantissa of 1 / S16)"
+    if not EXP_CONST <= e <= 93:
+        return f"exp_shift {e} is not in [30, 93]"
+    p_max = abs(x0) * (abs(x0) + b) + c
+    if max(abs(x0) * EXP_CONST, p_max, (p_max * m) >> (e - EXP_CONST)) >= INT64_SAFE:
+        return f"int64 intermediates pass 2^62 (polynomial bound {p_max})"
+    return None
 
 
 @dataclass(frozen=True)

@@ -409,15 +409,63 @@ def test_int_softmax_extreme_scales(case):
         assert out.min() >= 0 and out.max() <= 256
 
 
-@pytest.mark.parametrize("multiplier, shift", [(1 << 30, 47), (1 << 31, 62), (0, 40), (-(1 << 30), 40),
-                                              ((1 << 31) + 1, 62), (1 << 40, 80)])
-def test_int_softmax_exp_multiplier_inside_and_outside_its_mantissa_range(multiplier, shift):
-    """The exp rescale rounds in uint64 for M > 0 (p M >= 0); M = 0, a negative M and M past 2^31 (never made
-    by `quant`, still accepted) take the signed paths: every one equals the exact reference."""
+@pytest.mark.parametrize("multiplier, shift", [(1 << 30, 47), (1 << 31, 62), (1, 30), ((1 << 31) - 1, 93)])
+def test_int_softmax_exp_multiplier_at_its_mantissa_range_ends(multiplier, shift):
+    """The exp rescale rounds in uint64 (p M >= 0) for every M in [1, 2^31] and shift in [30, 93]: each end
+    equals the exact reference."""
     kw = dict(x0_int=-700, b_int=1000, c_int=400000, exp_multiplier=multiplier, exp_shift=shift)
     x = np.array([[0, -1, -700, -701, -20000, I32_MIN, 5, 3], [7] * 8, [I32_MAX, I32_MIN, 0, -1, 1, 2, 3, 4]], np.int32)
     out = run_static(lambda xv: ops.int_softmax(xv, **kw), {"x": x})
     assert_exact(out, SOFTMAX.reference(x, **kw), "int16", f"int_softmax M={multiplier} E={shift}")
+
+
+SOFTMAX_KW = dict(x0_int=-694, b_int=2707, c_int=2792114, exp_multiplier=1 << 30, exp_shift=40)
+
+
+@pytest.mark.parametrize("change, message", [
+    # M = 2^62 with E = 93 took the split product, which needs |M| <= 2^31: [[256, 0, 0, 0, 0]], exact
+    # [[77, 77, 77, 22, 0]] (found by a fuzz); M past 2^31, 0 or negative is no mantissa of 1 / S16 > 0
+    (dict(exp_multiplier=1 << 62, exp_shift=93), r"exp_multiplier 4611686018427387904 must lie in \[1, 2\^31\]"),
+    (dict(exp_multiplier=(1 << 31) + 1, exp_shift=62), "exp_multiplier 2147483649 must lie in"),
+    (dict(exp_multiplier=0), "exp_multiplier 0 must lie in"),
+    (dict(exp_multiplier=-(1 << 30)), "exp_multiplier -1073741824 must lie in"),
+    (dict(b_int=-1), "b_int -1 and c_int 2792114 must be >= 0"),
+    (dict(c_int=-5), "c_int -5 must be >= 0"),
+    (dict(c_int=1 << 63), r"int64 intermediates pass 2\^62"),
+    (dict(c_int=(1 << 62) - 694 * (694 + 2707)), r"int64 intermediates pass 2\^62"),  # p_max = 2^62 exactly
+    (dict(x0_int=0), "x0_int 0 must be negative"),
+    (dict(exp_shift=29), r"exp_shift 29 is not in \[30, 93\]"),
+    (dict(exp_shift=94), r"exp_shift 94 is not in \[30, 93\]"),
+])
+def test_int_softmax_type_rule_refuses_constants_softmax_constants_never_makes(change, message):
+    """The type rule checks the bounds `quant.softmax_constants` guarantees, with the same function."""
+    with pytest.raises(IBertOpError, match=f"ibert.int_softmax: .*{message}"):
+        ops.int_softmax(tvar("x", (1, 5), "int32"), **{**SOFTMAX_KW, **change})
+
+
+def test_int_softmax_accepts_the_polynomial_just_below_2_62():
+    """One unit below the refused p_max = 2^62 above: accepted, the bound is not off by one."""
+    call = ops.int_softmax(tvar("x", (1, 5), "int32"), **{**SOFTMAX_KW, "c_int": (1 << 62) - 694 * (694 + 2707) - 1,
+                                                         "exp_shift": 93})
+    assert call.op.name == SOFTMAX.OP
+
+
+@pytest.mark.parametrize("b, c, q1, message", [
+    # b = -2^40: b^2 = 2^80 wrapped int64 silently (the numpy reference raises OverflowError; a fuzz)
+    (-(1 << 40), -(1 << 50), -5, "t\\^2 \\+ c_int overflows int64 for b_int -1099511627776"),
+    (-(1 << 31) - (1 << 30), 0, -1, "t\\^2 \\+ c_int overflows int64"),  # b^2 >= 2^63
+    (-(1 << 22), -(1 << 63) + 1, -1, r"\|out\| could reach \d+, not below 2\^62"),  # |c| >> 14 = 2^49, x 2^31 past 2^62
+    (1000, -5, -5, "b_int 1000 is positive"),  # b > 0: the kernel's clamp(q, b, -b) is another function
+    (-3, np.array([1, 2]), np.array([1 << 63, 1], dtype=np.uint64), "argument 'q1' does not fit int64"),
+    # |y| <= 2^30 (c = -b^2): |q1| = 2^31 - 2^30 keeps 2^31 (2^31 - 1) < 2^62 (test_int_gelu_int32_arithmetic_...),
+    # one more reaches 2^62 exactly
+    (-(1 << 22), -(1 << 44), np.array([(1 << 30) - 1, 1 << 30]), f"could reach {1 << 62}, not below 2\\^62"),
+])
+def test_int_gelu_type_rule_refuses_constants_gelu_constants_never_makes(b, c, q1, message):
+    """The type rule checks constant (b, c, q1) against the bounds `quant.gelu_constants` guarantees (the same
+    function), for any int32 input: y + q1 and q (y + q1) within 2^62, t^2 + c within int64, b <= 0."""
+    with pytest.raises(IBertOpError, match=f"ibert.int_gelu: .*{message}"):
+        ops.int_gelu(tvar("x", (2, 2), "int32"), b, c, q1)
 
 
 def test_requantize_int64_constant_input_is_not_narrowed():
@@ -432,18 +480,16 @@ def test_requantize_int64_constant_input_is_not_narrowed():
     assert_exact(out, REQUANT.reference(x.value.numpy(), 1, 40, 8), "int8", "requantize const x, clamp")
 
 
-@pytest.mark.parametrize("sign", [1, -1])
 @pytest.mark.parametrize("length", [SOFTMAX.SUM32_MAX_LENGTH, 131077])
-def test_int_softmax_row_sum_at_its_int32_limit(length, sign):
-    """A static row of SUM32_MAX_LENGTH = 65535 entries sums its e16 in int32: every e16 at +-2^15 (S16 = 1
+def test_int_softmax_row_sum_at_its_int32_limit(length):
+    """A static row of SUM32_MAX_LENGTH = 65535 entries sums its e16 in int32: every e16 at 2^15 - 1 (S16 = 1
     clamps them) still fits. A longer row sums in int64: at 131077 x 32767 = 2^32 + 32763 an int32 sum would
-    wrap to 32763 and give 256s where the exact answer is 0s."""
+    wrap to 32763 and give 256s where the exact answer is 0s. (M > 0, the type rule: no e16 is negative.)"""
     kw = softmax_consts(*SOFTMAX_EXTREMES["exp_shift_30"])
-    kw["exp_multiplier"] *= sign
     x = np.zeros((1, length), np.int32)
     out = run_static(lambda xv: ops.int_softmax(xv, **kw), {"x": x})
-    assert_exact(out, SOFTMAX.reference(x, **kw), "int16", f"int_softmax, {length} equal scores, M sign {sign}")
-    if sign > 0 and length > SOFTMAX.SUM32_MAX_LENGTH:
+    assert_exact(out, SOFTMAX.reference(x, **kw), "int16", f"int_softmax, {length} equal scores")
+    if length > SOFTMAX.SUM32_MAX_LENGTH:
         assert not out.any()  # the exact sum is past 2^32: the factor floor(2^32 / sum) is 0
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import tvm
 from tvm import relax, te, tirx as tir
 
+from ..quant import gelu_integer_problem
 from .intmath import INT32_MAX, as_pyint, i64, per_channel, widened
 from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, tensor_type
 
@@ -46,9 +47,12 @@ def _infer(call: relax.Call) -> relax.TensorType:
     for idx, name in enumerate(("b_int", "c_int", "q1"), start=1):
         check_channel_vector(call, idx, name, channels)
     consts = call.args[1:]
-    if int(call.attrs.get("narrow", 0)) and all(isinstance(a, tvm.ir.GenericConst) for a in consts) \
-            and not int32_bounded(*(a.value.numpy() for a in consts)):
-        raise IBertOpError(f"{OP}: narrow is set, but the constants do not keep y + q1 in int32")
+    if all(isinstance(a, tvm.ir.GenericConst) for a in consts):  # run-time constants are the caller's contract
+        values = [a.value.numpy() for a in consts]
+        if problem := gelu_integer_problem(*values):  # e.g. b = -2^40 wrapped int64 silently (a fuzz)
+            raise IBertOpError(f"{OP}: {problem}")
+        if int(call.attrs.get("narrow", 0)) and not int32_bounded(*values):
+            raise IBertOpError(f"{OP}: narrow is set, but the constants do not keep y + q1 in int32")
     return like(x, "int64")
 
 

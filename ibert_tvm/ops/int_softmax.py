@@ -18,6 +18,7 @@ import numpy as np
 from tvm import relax, te, tirx as tir
 
 from .intmath import I64, INT32_MAX, as_pyint, clamp, i64, mul_rne_shift_wide, ref_rne_div_pow2, rne_shift_capped
+from ..quant import softmax_integer_problem
 from .registry import IBertOpError, dims, is_literal_one, like, make_call, provably_equal, register, tensor_type
 
 OP = "ibert.int_softmax"
@@ -35,10 +36,8 @@ def _infer(call: relax.Call) -> relax.TensorType:
     if len(call.args) == 2:
         _check_mask_shape(x, tensor_type(call, 1, "mask", MASK_DTYPES, ndim=x.ndim))
     attrs = {k: int(call.attrs[k]) for k in ("x0_int", "b_int", "c_int", "exp_multiplier", "exp_shift")}
-    if attrs["x0_int"] >= 0:
-        raise IBertOpError(f"{OP}: attribute 'x0_int' must be negative (floor(-ln2 / S)), got {attrs['x0_int']}")
-    if not EXP_CONST <= attrs["exp_shift"] <= 93:
-        raise IBertOpError(f"{OP}: attribute 'exp_shift' must lie in [30, 93], got {attrs['exp_shift']}")
+    if problem := softmax_integer_problem(**attrs):  # e.g. M = 2^62 rounded wrongly in the wide product (a fuzz)
+        raise IBertOpError(f"{OP}: {problem}")
     return like(x, "int16")
 
 
@@ -90,9 +89,8 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
 
     def exp16(*i):
         shift = i64(exp_shift - EXP_CONST) + i64(z[i])
-        # p >= 0: with M > 0 (1 / S16's mantissa) the one product rounds in uint64, with logical shifts
-        rounding = "uint64" if exp_multiplier > 0 else I64
-        e = (i64(rne_shift_capped(i64(p[i]) * i64(exp_multiplier), shift, exp_shift, rounding)) if one_product
+        # p >= 0 and M > 0 (1 / S16's mantissa, the type rule): the one product rounds in uint64, with logical shifts
+        e = (i64(rne_shift_capped(i64(p[i]) * i64(exp_multiplier), shift, exp_shift, "uint64")) if one_product
              else mul_rne_shift_wide(i64(p[i]), exp_multiplier, shift))
         return clamp(e, E16_MIN, E16_MAX).astype("int32")
 
@@ -109,12 +107,9 @@ def _compute(x: te.Tensor, *mask: te.Tensor, x0_int: int, b_int: int, c_int: int
         alive = None
 
     def prob(*i):
-        # With M > 0 every e16 is >= 0, so a row sum of 0 means every e16 of the row is 0, and so is every output:
-        # no condition on the sum is needed, and none may be given, as TVM's simplifier would use it to drop the
-        # max and divide by 0 (SIGFPE on x86, in a fully masked row). With M <= 0 every e16 and sum is <= 0 and
-        # every output 0.
-        if exp_multiplier <= 0:
-            return tir.const(0, "int16")
+        # M > 0 (the type rule), so every e16 is >= 0 and a row sum of 0 means every e16 of the row is 0, and so is
+        # every output: no condition on the sum is needed, and none may be given, as TVM's simplifier would use it
+        # to drop the max and divide by 0 (SIGFPE on x86, in a fully masked row).
         factor = tir.floordiv(i64(1 << SUM_BITS), tir.max(i64(total[i[:-1]]), i64(1)))
         value = _scaled_exp(e16[i], factor)
         if alive is not None:

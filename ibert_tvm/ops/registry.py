@@ -121,6 +121,8 @@ def int_const(values: int | Sequence[int] | np.ndarray, op: str, arg: str) -> re
         raise IBertOpError(f"{op}: argument '{arg}' must be integers computed at build time, got dtype {arr.dtype}")
     if arr.ndim > 1:
         raise IBertOpError(f"{op}: argument '{arg}' must be a scalar or a per-channel vector, got shape {arr.shape}")
+    if arr.dtype == np.uint64 and arr.size and int(arr.max()) >> 63:  # astype would wrap it silently
+        raise IBertOpError(f"{op}: argument '{arg}' does not fit int64, got {int(arr.max())}")
     return relax.const(arr.astype("int64"), "int64")
 
 
