@@ -633,3 +633,69 @@ def test_int_gelu_int32_arithmetic_at_its_bounds():
     with pytest.raises(IBertOpError, match="do not keep y \\+ q1 in int32"):
         make_call("ibert.int_gelu", [tvar("x", shape, "int32"), *(ops.registry.as_expr(v, "t", "k")
                                                                   for v in (b, c, wider))], narrow=1)
+
+# ============================================================================== malformed arguments named early
+
+
+@pytest.mark.parametrize("x_dtype", ["int32", "int64"])
+@pytest.mark.parametrize("bits", [-1, 8.5, 9, True, "8"])
+def test_requantize_refuses_bits_outside_its_dtypes_when_built(bits, x_dtype):
+    """bits = -1 failed deep in the compute ('negative shift count'), 8.5 raised a raw TypeError or was
+    truncated to 8 (int32 input; found by a fuzz): the builder names it first."""
+    with pytest.raises(IBertOpError, match=r"'bits' must be one of \[8, 16, 22, 32\], got"):
+        ops.requantize(tvar("x", (1, 4), x_dtype), 1 << 30, 40, bits)
+
+
+@pytest.mark.parametrize("multiplier, shift, message", [
+    (1 << 63, 40, r"multiplier must satisfy \|M\| <= 2\^31"),  # numpy's OverflowError before
+    (-(1 << 70), 40, r"multiplier must satisfy \|M\| <= 2\^31"),
+    ((1 << 31) + 1, 40, r"multiplier must satisfy \|M\| <= 2\^31"),
+    (1.5, 40, "'x' multiplier must be integers, got 1.5"),
+    (1 << 30, np.array([40.0]), "'x' shift must be integers"),
+    (1 << 30, -1, "shift must be >= 0"),
+])
+def test_requantize_names_a_bad_constant_multiplier_or_shift(multiplier, shift, message):
+    with pytest.raises(IBertOpError, match=message):
+        ops.requantize(tvar("x", (1, 4), "int64"), multiplier, shift, 8)
+
+
+def test_requantize_folds_a_shift_past_int64():
+    """A shift of 2^70 (beyond every product) folds to (0, 0) like any shift past 93, without overflowing."""
+    call = ops.requantize(tvar("x", (1, 4), "int64"), 1 << 31, 1 << 70, 8)
+    assert [int(a.value.numpy()) for a in call.args[1:3]] == [0, 0]
+
+
+def test_embedding_refuses_an_empty_table():
+    """V = 0 was accepted and read row -1 (the id clamp into [0, V - 1]; found by a fuzz)."""
+    ids = tvar("ids", (2, 3), "int64")
+    with pytest.raises(IBertOpError, match=r"'table' has no rows \(shape \[0, 4\]\); V must be >= 1"):
+        ops.embedding(ids, np.zeros((0, 4), np.int8))
+    with pytest.raises(IBertOpError, match="'table' has no rows"):
+        ops.embedding(ids, tvar("t", (0, 4), "int8"))
+    assert ops.embedding(ids, np.zeros((1, 4), np.int8)).op.name == EMBEDDING.OP
+
+
+def test_int_layernorm_checks_a_static_c_and_a_constant_input_against_its_contract():
+    """C < 2^18 and a 22-bit int32 input: beyond them the variance or y = x - mu wraps silently. A static C and
+    a constant input are checked (a run-time input cannot be: the README's operator table states the limit)."""
+    c = (1 << 18) - 1
+    assert ops.int_layernorm(tvar("x", (1, c), "int32"), np.zeros(c, np.int64)).op.name == LAYERNORM.OP
+    with pytest.raises(IBertOpError, match=r"262144 channels exceed the contract's C < 2\^18"):
+        ops.int_layernorm(tvar("x", (1, c + 1), "int32"), 0)
+    edges = relax.const(np.array([[LN_MIN, LN_MAX, 0]], np.int32))
+    assert ops.int_layernorm(edges, 0).op.name == LAYERNORM.OP
+    for bad in (LN_MIN - 1, LN_MAX + 1):
+        with pytest.raises(IBertOpError, match=rf"constant 'x' holds values in \[.*\] outside its contract "
+                                               rf"\[{LN_MIN}, {LN_MAX}\]"):
+            ops.int_layernorm(relax.const(np.array([[bad, 0, 1]], np.int32)), 0)
+    int16 = relax.const(np.array([[-(1 << 15), (1 << 15) - 1]], np.int16))
+    assert ops.int_layernorm(int16, 0).op.name == LAYERNORM.OP
+
+
+def test_matmul_checks_a_constant_int16_operand_against_the_probability_range():
+    """int16 `a` holds softmax probabilities, |a| <= 256, which the K bound assumes; 257 at K = 65535 wraps."""
+    b = tvar("b", (1, 4, 2), "int8")
+    assert ops.matmul(relax.const(np.array([[[256, -256, 0, 1]]], np.int16)), b).op.name == MATMUL.OP
+    with pytest.raises(IBertOpError, match=r"constant 'a' holds values in \[0, 257\] outside its contract "
+                                           r"\[-256, 256\]"):
+        ops.matmul(relax.const(np.array([[[257, 0, 0, 1]]], np.int16)), b)

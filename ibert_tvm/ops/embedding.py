@@ -19,6 +19,8 @@ def _infer(call: relax.Call) -> relax.TensorType:
     ids = tensor_type(call, 0, "ids", ["int32", "int64"])
     table = tensor_type(call, 1, "table", ["int8"], ndim=2)
     si, st = dims(ids), dims(table)
+    if st and isinstance(st[0], tir.IntImm) and int(st[0]) == 0:  # the clamp into [0, V - 1] would read row -1
+        raise IBertOpError(f"{OP}: argument 'table' has no rows (shape {[int(d) for d in st]}); V must be >= 1")
     if not (st and (si or ids.ndim == 0)):
         return relax.TensorType(ndim=ids.ndim + 1 if ids.ndim >= 0 else -1, dtype="int8")
     return relax.TensorType(si + [st[1]], "int8")

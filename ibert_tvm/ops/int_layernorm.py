@@ -16,11 +16,16 @@ from tvm import relax, te, tirx as tir
 from tvm.target import Target
 
 from .intmath import as_pyint, i64, isqrt, per_channel, ref_isqrt_newton, widened
-from .registry import IBertOpError, as_expr, check_channel_vector, dims, like, make_call, register, tensor_type
+from .registry import (IBertOpError, as_expr, check_channel_vector, check_constant_range, dims, like, make_call,
+                       register, tensor_type)
 
 OP = "ibert.int_layernorm"
 FACTOR_BITS = 31
 MAX_SHIFT = 32
+MAX_CHANNELS = (1 << 18) - 1
+#: the input contract per dtype (int32: the 22-bit QuantAct output), checked where the input is a constant;
+#: int16 holds any of its values
+INPUT_RANGE = {"int32": (-(1 << 21), (1 << 21) - 1)}
 
 
 def _infer(call: relax.Call) -> relax.TensorType:
@@ -29,6 +34,11 @@ def _infer(call: relax.Call) -> relax.TensorType:
     shift = int(call.attrs["shift"])
     if not 0 <= shift <= MAX_SHIFT:
         raise IBertOpError(f"{OP}: attribute 'shift' must lie in [0, {MAX_SHIFT}], got {shift}")
+    channels = dims(x)[-1] if dims(x) else None
+    if isinstance(channels, tir.IntImm) and int(channels) > MAX_CHANNELS:
+        raise IBertOpError(f"{OP}: {int(channels)} channels exceed the contract's C < 2^18 (the variance sum "
+                           f"would pass 2^63)")
+    check_constant_range(call, 0, "x", *INPUT_RANGE.get(str(x.dtype), (None, None)))
     return like(x, "int64")
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from tvm import relax, te, tirx as tir
 
-from .registry import (INT8_ABS_MAX, IBertOpError, check_reduction_length, dims, make_call, register, same_dim,
-                       tensor_type)
+from .registry import (INT8_ABS_MAX, IBertOpError, check_constant_range, check_reduction_length, dims, make_call,
+                       register, same_dim, tensor_type)
 
 OP = "ibert.matmul"
 # The largest |a| each dtype may carry in this scheme: int8 activations, and softmax probabilities <= 256.
@@ -20,6 +20,7 @@ A_MAX = {"int8": INT8_ABS_MAX, "int16": 256}
 
 def _infer(call: relax.Call) -> relax.TensorType:
     a = tensor_type(call, 0, "a", list(A_MAX), min_ndim=2)
+    check_constant_range(call, 0, "a", -A_MAX[str(a.dtype)], A_MAX[str(a.dtype)])
     b = tensor_type(call, 1, "b", ["int8"], min_ndim=2)
     transpose_b = bool(call.attrs["transpose_b"])
     if a.ndim != b.ndim:

@@ -19,8 +19,8 @@ from tvm import relax, te
 
 from .intmath import (INT32_MAX, add_for_clamp, as_pyint, clamp, i64, mul_rne_shift_wide, per_channel,
                       ref_rne_div_pow2, rne_shift, rne_shift_capped)
-from .registry import (IBertOpError, as_expr, check_channel_vector, dims, known_dtype, like, make_call, register,
-                       same_dim, tensor_type)
+from .registry import (IBertOpError, as_expr, attrs_of, check_channel_vector, dims, known_dtype, like, make_call,
+                       register, same_dim, tensor_type)
 
 OP = "ibert.requantize"
 OUT_DTYPE = {8: "int8", 16: "int16", 22: "int32", 32: "int32"}
@@ -32,10 +32,16 @@ NARROW_MAX_SHIFT = 62
 WIDE_MAX_SHIFT = 93
 
 
+def _check_bits(bits: object) -> int:
+    """`bits` as an int, refused (naming it) unless it is one of OUT_DTYPE's integers: 8.5 was truncated to 8,
+    -1 failed as a raw 'negative shift count' (found by a fuzz)."""
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or int(bits) not in OUT_DTYPE:
+        raise IBertOpError(f"{OP}: 'bits' must be one of {sorted(OUT_DTYPE)}, got {bits!r}")
+    return int(bits)
+
+
 def _infer(call: relax.Call) -> relax.TensorType:
-    bits = int(call.attrs["bits"])
-    if bits not in OUT_DTYPE:
-        raise IBertOpError(f"{OP}: 'bits' must be one of {sorted(OUT_DTYPE)}, got {bits}")
+    bits = _check_bits(attrs_of(call)["bits"])
     x = tensor_type(call, 0, "x", NARROW_INPUTS + ["int64"], min_ndim=1)
     channels = dims(x)[-1] if dims(x) else None
     check_channel_vector(call, 1, "multiplier", channels)
@@ -132,7 +138,7 @@ register(OP, "Dyadic requantization with round-half-even, optional rescaled resi
 
 def requantize_dtype(bits: int) -> str:
     """The integer dtype that holds a `bits`-wide requantized value."""
-    return OUT_DTYPE[bits]
+    return OUT_DTYPE[_check_bits(bits)]
 
 
 def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, max_shift: int, arg: str
@@ -144,16 +150,25 @@ def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, 
     """
     if isinstance(m, relax.Expr) or isinstance(e, relax.Expr):
         return m, e
-    m = np.asarray(m, dtype=np.int64)
-    e = np.asarray(e, dtype=np.int64)
+    m, e = _python_ints(m, f"'{arg}' multiplier"), _python_ints(e, f"'{arg}' shift")
     if m.shape != e.shape:
         raise IBertOpError(f"{OP}: '{arg}' multiplier shape {m.shape} differs from its shift shape {e.shape}")
-    if np.any(np.abs(m) > 1 << 31):
+    if any(abs(v) > 1 << 31 for v in m.flat):
         raise IBertOpError(f"{OP}: '{arg}' multiplier must satisfy |M| <= 2^31 (a batch_frexp mantissa)")
-    if np.any(e < 0):
-        raise IBertOpError(f"{OP}: '{arg}' shift must be >= 0 (scale ratio below 2^31), got {int(e.min())}")
-    beyond = e > max_shift
-    return np.where(beyond, 0, m), np.where(beyond, 0, e)
+    if any(v < 0 for v in e.flat):
+        raise IBertOpError(f"{OP}: '{arg}' shift must be >= 0 (scale ratio below 2^31), got {min(e.flat)}")
+    beyond = (e > max_shift).astype(bool)
+    return np.where(beyond, 0, m).astype(np.int64), np.where(beyond, 0, e).astype(np.int64)
+
+
+def _python_ints(value: np.ndarray | int, what: str) -> np.ndarray:
+    """`value` as an object array of Python ints, refused unless it holds integers (bools and floats are not),
+    so bounds are checked before any int64 conversion (2^63 raised numpy's OverflowError there)."""
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iuO" or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+                                               for v in arr.flat):
+        raise IBertOpError(f"{OP}: {what} must be integers, got {value!r}")
+    return arr.astype(object)
 
 
 def _per_tensor_if_uniform(m: np.ndarray | relax.Expr, e: np.ndarray | relax.Expr
@@ -172,6 +187,7 @@ def requantize(x: relax.Expr, multiplier: np.ndarray | int, shift: np.ndarray | 
 
     `multiplier`/`shift` come from `quant.requant_dyadic` (scalars, or per-channel vectors).
     """
+    bits = _check_bits(bits)
     dtype = known_dtype(x)
     wide = dtype == "int64"
     # Only an input known to be narrow folds at 62: folding a wide one there zeroed i-GELU's usual shifts (~66)
