@@ -66,6 +66,12 @@ _PASS_THROUGH = frozenset({"Reshape", "Transpose", "Cast", "Squeeze", "Unsqueeze
 _FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE, onnx.TensorProto.BFLOAT16}
 
 
+def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
+    """A tensor's values; bfloat16 (an `ml_dtypes` array to onnx, not a numpy float) upcast to float32, exactly."""
+    value = numpy_helper.to_array(tensor)
+    return value.astype(np.float32) if tensor.data_type == onnx.TensorProto.BFLOAT16 else value
+
+
 def _load(path: str | Path | onnx.ModelProto) -> onnx.ModelProto:
     if isinstance(path, onnx.ModelProto):
         return path
@@ -118,7 +124,7 @@ class _Graph:
 
     def array(self, name: str) -> np.ndarray:
         if name not in self._arrays:
-            self._arrays[name] = numpy_helper.to_array(self.init[name])
+            self._arrays[name] = _to_array(self.init[name])
         return self._arrays[name]
 
     def const(self, name: str, _sources: set[str] | None = None) -> np.ndarray | None:
@@ -138,7 +144,7 @@ class _Graph:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
         if op == "Constant":
             if "value" in attrs:
-                return numpy_helper.to_array(attrs["value"])
+                return _to_array(attrs["value"])
             for key, dtype in (("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
                                ("value_ints", np.int64)):
                 if key in attrs:
@@ -155,8 +161,9 @@ class _Graph:
         try:
             if op == "Transpose":
                 return np.transpose(args[0], attrs.get("perm"))
-            if op == "Cast":
-                return args[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+            if op == "Cast":  # to bfloat16: rounded there, held as float32 (as initializers are)
+                out = args[0].astype(onnx.helper.tensor_dtype_to_np_dtype(attrs["to"]))
+                return out.astype(np.float32) if attrs["to"] == onnx.TensorProto.BFLOAT16 else out
             if op == "Sqrt":
                 return np.sqrt(args[0])
             if op == "Reciprocal":

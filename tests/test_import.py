@@ -256,3 +256,12 @@ def test_an_export_with_token_types_is_read_and_runs_with_them(models, tmp_path)
                     token_type_ids=b.token_type_ids).last_hidden_state.numpy()
     assert float(np.abs(ours - ref).max()) < 1e-4
     assert float(np.abs(ours - torch_out(model, b)).max()) > 1e-2  # torch_out: types 0; they matter here
+
+
+def test_a_bfloat16_export_is_read_upcast(tmp_path):
+    """onnx reads bfloat16 initializers as ml_dtypes arrays (not a numpy float kind); they are upcast to float32,
+    so the rebuilt model holds the bf16 model's weights exactly."""
+    model = distinct("bert").to(torch.bfloat16)
+    path = export(model, tmp_path / "bf16.onnx", dynamic=True)
+    assert onnx.load(path).graph.initializer[0].data_type == TensorProto.BFLOAT16
+    assert_same_encoder(model_from_onnx(path), model.float())
