@@ -25,6 +25,9 @@ their names. What is read, and from where:
   form (opset < 20; evaluated on [-6, 6] against x * Phi(x)); anything else (Relu, a Tanh approximation,
   ...) is refused with its ops named;
 - layer_norm_eps: the LayerNormalization epsilon (a float32 in the file, read back as the shortest decimal).
+- attention mask: each layer's Softmax input, run with onnx's reference evaluator on the scores 0 and every
+  token real, must be 0: a mask of the graph's own (a decoder's causal mask, whether a constant lower triangle
+  in a static-shape export or computed from positions) would be dropped by the rebuilt encoder, so it is refused.
 
 Every float initializer with more than one element must end up in the model (else the file holds something
 this reader does not understand: a pooler, a task head, relative position tables, ...), every model weight must
@@ -70,6 +73,11 @@ def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
     """A tensor's values; bfloat16 (an `ml_dtypes` array to onnx, not a numpy float) upcast to float32, exactly."""
     value = numpy_helper.to_array(tensor)
     return value.astype(np.float32) if tensor.data_type == onnx.TensorProto.BFLOAT16 else value
+
+
+def _first_line(e: Exception) -> str:
+    """An exception's message, first line only (the reference evaluator's run to several), for a one-line error."""
+    return str(e).splitlines()[0] if str(e).strip() else repr(e)
 
 
 def _load(path: str | Path | onnx.ModelProto) -> onnx.ModelProto:
@@ -214,6 +222,48 @@ class _Graph:
                 found.append(node)
             todo.extend(self.ins(node))
         return found
+
+    def evaluate(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run the nodes computing `outputs` from `feeds` and constants with onnx's reference evaluator.
+
+        Only the ancestors of `outputs` are run, down to `feeds`, initializers and Constant nodes. bfloat16 is
+        computed in float32, as the weights are read (casts to bfloat16 become casts to float32).
+        """
+        from onnx.reference import ReferenceEvaluator
+
+        nodes, consts, todo, seen = {}, {}, deque(self.canon(o) for o in outputs), set()
+        while todo:
+            x = todo.popleft()
+            if not x or x in seen or x in feeds:
+                continue
+            seen.add(x)
+            node = self.producer.get(x)
+            if x in self.init or (node is not None and node.op_type == "Constant"):
+                consts[x] = np.asarray(self.const(x))
+            elif node is not None:
+                nodes[id(node)] = node
+                todo.extend(self.ins(node))
+            else:
+                raise ValueError(f"'{x}' is a graph input that was not given")
+        clones = []
+        for n in (n for n in self.nodes if id(n) in nodes):  # the graph's (topological) order
+            clone = onnx.NodeProto()
+            clone.CopyFrom(n)
+            del clone.input[:], clone.output[:]
+            clone.input.extend(self.ins(n))
+            clone.output.extend(self.canon(o) for o in n.output)
+            for a in clone.attribute:
+                if n.op_type == "Cast" and a.name == "to" and a.i == onnx.TensorProto.BFLOAT16:
+                    a.i = onnx.TensorProto.FLOAT
+            clones.append(clone)
+        graph = onnx.helper.make_graph(
+            clones, "part", [onnx.helper.make_tensor_value_info(
+                k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
+            [onnx.ValueInfoProto(name=self.canon(o)) for o in outputs],
+            [numpy_helper.from_array(v, name=k) for k, v in consts.items()])
+        opset = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        model = onnx.helper.make_model(graph, opset_imports=opset)
+        return ReferenceEvaluator(model).run(None, feeds)
 
     def unsupported_ops(self) -> list[str]:
         return sorted({f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}" for n in self.nodes
@@ -361,7 +411,7 @@ class _Reader:
                 raise OnnxImportError(f"{where} is Gelu(approximate='{approx}'), not supported: {hint}")
             return
         if "Erf" in ops and set(ops) <= _ERF_GELU_OPS:
-            err = self.erf_gelu_error(region, start, stop)
+            err = self.erf_gelu_error(start, stop)
             if err > 1e-5:
                 raise OnnxImportError(f"{where} is an Erf expression ({'+'.join(ops)}) that is not GELU (max "
                                       f"deviation {err:.3g} on [-6, 6]): {hint}")
@@ -370,35 +420,15 @@ class _Reader:
             raise OnnxImportError(f"{where} is missing (the projections are joined directly): {hint}")
         raise OnnxImportError(f"{where} is {'+'.join(ops)}, not supported: {hint}")
 
-    def erf_gelu_error(self, region: list[onnx.NodeProto], start: str, stop: str) -> float:
-        """Max |f(x) - x * Phi(x)| on [-6, 6] for the subgraph `region` computing `stop` from `start`."""
+    def erf_gelu_error(self, start: str, stop: str) -> float:
+        """Max |f(x) - x * Phi(x)| on [-6, 6] for the subgraph computing `stop` from `start`."""
         import math
 
-        from onnx.reference import ReferenceEvaluator
-
-        order = {id(n): k for k, n in enumerate(self.g.nodes)}
-        nodes, consts = [], {}
-        for n in sorted(region, key=lambda n: order[id(n)]):
-            clone = onnx.NodeProto()
-            clone.CopyFrom(n)
-            clone.ClearField("input")
-            clone.input.extend(self.g.ins(n))
-            clone.ClearField("output")
-            clone.output.extend(self.g.canon(o) for o in n.output)
-            nodes.append(clone)
-            for i in self.g.ins(n):
-                if i and i != start and (value := self.g.const(i)) is not None:
-                    consts[i] = value
         x = np.linspace(-6, 6, 241, dtype=np.float32)
-        graph = onnx.helper.make_graph(
-            nodes, "activation", [onnx.helper.make_tensor_value_info(start, onnx.TensorProto.FLOAT, [x.size])],
-            [onnx.helper.make_tensor_value_info(stop, onnx.TensorProto.FLOAT, [x.size])],
-            [numpy_helper.from_array(np.asarray(v), name=k) for k, v in consts.items()])
-        opset = [o for o in self.g.model.opset_import if o.domain in ("", "ai.onnx")]
         try:
-            y = ReferenceEvaluator(onnx.helper.make_model(graph, opset_imports=opset)).run(None, {start: x})[0]
+            y = self.g.evaluate([stop], {start: x})[0]
         except Exception as e:  # noqa: BLE001 (the evaluator raises many types)
-            self.fail(f"cannot evaluate the feed-forward activation ({e})")
+            self.fail(f"cannot evaluate the feed-forward activation ({_first_line(e)})")
         ref = x.astype(np.float64) * 0.5 * (1 + np.vectorize(math.erf)(x.astype(np.float64) / math.sqrt(2)))
         return float(np.max(np.abs(np.asarray(y, np.float64) - ref)))
 
@@ -428,6 +458,7 @@ class _Reader:
         self.ids = self.g.canon(word.input[1])
         table = self.g.param(word.input[0], "embeddings.word_embeddings.weight")
         vocab, hidden = table.shape
+        self.float_dtype = self.g.const(word.input[0]).dtype  # the graph's (float32 for bfloat16, as evaluated)
         self.state["embeddings.word_embeddings.weight"] = table
         x, terms = self.g.out(word), []
         while True:
@@ -445,6 +476,7 @@ class _Reader:
         types, positions = (self.g.producer.get(t) for t in terms)
         if types is None or types.op_type != "Gather" or self.g.const(types.input[0]) is None:
             self.fail("embeddings: the token-type embedding is not a table lookup (constant-folded or missing)")
+        self.types = self.g.canon(types.input[1])
         self.state["embeddings.token_type_embeddings.weight"] = self.g.param(
             types.input[0], "embeddings.token_type_embeddings.weight")
         model_type, pad = "bert", 0
@@ -501,6 +533,7 @@ class _Reader:
         if not softmax or not self.g.depends_on(self.g.ins(ctx_node)[0],
                                                  lambda n: self.g.out(n) == scores[0], limit=40):
             self.fail(f"{p}: no Softmax between the attention scores and the value product")
+        self.attention.append((p, scores[0], self.g.ins(softmax[0])[0]))
         head_size = self.head_size(ends[next(k for k, r in roles.items() if r == "query")][3])
         self.head_sizes.add(head_size)
         for tmp, role in roles.items():
@@ -524,6 +557,34 @@ class _Reader:
             self.fail(f"{p}: output projection {self.state[f'{p}.output.dense.weight'].shape} does not invert the "
                       f"intermediate {self.state[f'{p}.intermediate.dense.weight'].shape}")
         return self.residual_norm(x, h1, f"{p}.output.LayerNorm", hidden)
+
+    def check_attention_masks(self, heads: int) -> None:
+        """Refuse attention that attention_mask alone does not mask: run each layer's Softmax input with the scores
+        0 and every token real; anything but 0 there is a mask of the graph's own (a decoder's causal mask: a
+        constant lower triangle, or computed from the positions) that the rebuilt encoder would drop."""
+        dims = [d.dim_value or None for d in self.g.inputs[self.ids].type.tensor_type.shape.dim]
+        batch, seq = (dims[0] or 1, dims[1] or 8) if len(dims) == 2 else (1, 8)
+        feeds = {name: (np.zeros if name in (self.ids, self.types) else np.ones)(
+            (batch, seq), onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
+            for name, i in self.g.inputs.items()}  # ones: the attention mask, every token real
+        biased = [(p, x) for p, scores, x in self.attention if x != scores]
+        if not biased:  # exported without a mask
+            return
+        feeds |= {scores: np.zeros((batch, heads, seq, seq), self.float_dtype) for _, scores, _ in self.attention}
+        try:
+            biases = self.g.evaluate([x for _, x in biased], feeds)
+        except Exception as e:  # noqa: BLE001 (the evaluator raises many types)
+            self.fail(f"cannot evaluate the attention mask ({_first_line(e)})")
+        causal = np.triu(np.ones((seq, seq), bool), 1)
+        for (p, _), bias in zip(biased, biases):
+            off = np.asarray(bias, np.float32) != 0
+            if off.shape[-2:] == (seq, seq) and np.array_equal(np.broadcast_to(causal, off.shape), off):
+                self.fail(f"{p}: a causal (decoder) attention mask: with every token real, each position is masked "
+                          "from the ones after it; decoder models are not supported (encoders only)")
+            if off.any():
+                self.fail(f"{p}: the attention scores are masked or biased by more than attention_mask "
+                          f"({int(off.sum())} of {off.size} entries of the Softmax input nonzero with every token "
+                          "real and the scores 0): BERT / RoBERTa padding masks only (encoders only)")
 
     def follow_to_linear(self, name: str, p: str) -> onnx.NodeProto:
         """From the attention context through transposes / reshapes to the output projection's MatMul."""
@@ -553,6 +614,7 @@ class _Reader:
 
     def read(self) -> tuple[PreTrainedModel, list[str]]:
         self.eps, self.head_sizes, self.intermediate = set(), set(), set()
+        self.attention: list[tuple[str, str, str]] = []  # (layer, scores, Softmax input)
         h, hidden, model_type, pad = self.embeddings()
         n_layers = 0
         while True:
@@ -584,8 +646,10 @@ class _Reader:
         unsupported = self.g.unsupported_ops()
         if unsupported:
             raise OnnxImportError(f"unsupported ops in the graph: {', '.join(unsupported)}")
+        heads = hidden // self.head_sizes.pop()
+        self.check_attention_masks(heads)
         common = dict(vocab_size=self.vocab, hidden_size=hidden, num_hidden_layers=n_layers,
-                      num_attention_heads=hidden // self.head_sizes.pop(),
+                      num_attention_heads=heads,
                       intermediate_size=self.intermediate.pop()[0], hidden_act="gelu",
                       max_position_embeddings=self.state["embeddings.position_embeddings.weight"].shape[0],
                       type_vocab_size=self.state["embeddings.token_type_embeddings.weight"].shape[0],

@@ -265,3 +265,30 @@ def test_a_bfloat16_export_is_read_upcast(tmp_path):
     path = export(model, tmp_path / "bf16.onnx", dynamic=True)
     assert onnx.load(path).graph.initializer[0].data_type == TensorProto.BFLOAT16
     assert_same_encoder(model_from_onnx(path), model.float())
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_a_causal_decoder_export_is_refused(dynamic, tmp_path):
+    """A BERT with is_decoder=True exports the encoder's ops, its causal mask a constant lower triangle
+    ([1, 1, L, L], static shapes) or computed from the positions (dynamic): refused as from_pretrained refuses the
+    model, not rebuilt as a bidirectional encoder."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig(pad_token_id=0, is_decoder=True, use_cache=False, **COMMON),
+                      add_pooling_layer=False).eval()
+    path = export(model, tmp_path / "decoder.onnx", dynamic)
+    with pytest.raises(OnnxImportError, match=r"causal \(decoder\) attention mask.*encoders only"):
+        model_from_onnx(path)
+
+
+def test_a_constant_mask_that_is_not_all_true_is_refused(onnx_files):
+    """A static-shape encoder export ANDs the padding mask with an all-True constant [1, 1, L, 1]; any False in it
+    (here: query 3 masked from every key, in both rows and 4 heads: 128 entries) is a mask the rebuilt encoder
+    would not apply, so it is refused."""
+    model = onnx.load(onnx_files["bert", "static"])
+    (const,) = [t for t in model.graph.initializer if t.data_type == TensorProto.BOOL]
+    value = onnx.numpy_helper.to_array(const).copy()
+    assert value.shape == (1, 1, L, 1) and value.all()
+    value[0, 0, 3, 0] = False
+    const.CopyFrom(onnx.numpy_helper.from_array(value, const.name))
+    with pytest.raises(OnnxImportError, match=r"masked or biased by more than attention_mask \(128 of 2048 "):
+        model_from_onnx(model)
