@@ -1,7 +1,8 @@
 """BERT / RoBERTa encoders from ONNX files: the HF model rebuilt from the graph, or the float graph in Relax.
 
 `model_from_onnx` reads an export of a HF `BertModel` / `RobertaModel` (``torch.onnx.export(...,
-dynamo=True)``, last hidden state as output) and rebuilds the HF model with the file's weights, ready for
+dynamo=True)``, or the TorchScript exporter's ``dynamo=False`` at opset 17 or later; last hidden state as
+output) and rebuilds the HF model with the file's weights, ready for
 `ibert_tvm.model.from_pretrained`. It works from the graph's structure, not from initializer names, because
 the exporter's default optimizer (``optimize=True``) keeps only some names: embedding tables, LayerNorm
 parameters and biases keep their PyTorch names, but every projection weight is constant-folded into its
@@ -58,11 +59,12 @@ class OnnxImportError(UnsupportedModelError):
 
 
 # Ops the dynamo exporter emits for BertModel / RobertaModel (optimized or not, static or dynamic shapes,
-# eager or SDPA attention, opset 17 Erf-GELU or opset 20 Gelu).
+# eager or SDPA attention, opset 17 Erf-GELU or opset 20 Gelu), and the TorchScript exporter at opset 17 (its
+# Flatten is on the attention mask's path, which check_attention_masks runs).
 _KNOWN_OPS = frozenset("""
-    Add And Cast CastLike Concat Constant ConstantOfShape CumSum Div Equal Erf Expand Gather GatherElements
-    GatherND Gelu Greater GreaterOrEqual Identity IsNaN LayerNormalization Less LessOrEqual MatMul Max Min Mul
-    Neg Not Or Range Reshape Shape Slice Softmax Sqrt Squeeze Sub Transpose Unsqueeze Where
+    Add And Cast CastLike Concat Constant ConstantOfShape CumSum Div Equal Erf Expand Flatten Gather
+    GatherElements GatherND Gelu Greater GreaterOrEqual Identity IsNaN LayerNormalization Less LessOrEqual MatMul
+    Max Min Mul Neg Not Or Range Reshape Shape Slice Softmax Sqrt Squeeze Sub Transpose Unsqueeze Where
 """.split())
 _ERF_GELU_OPS = frozenset({"Div", "Mul", "Add", "Erf", "Sqrt", "Cast", "CastLike", "Constant", "Reciprocal"})
 _PASS_THROUGH = frozenset({"Reshape", "Transpose", "Cast", "Squeeze", "Unsqueeze", "Expand"})
@@ -78,6 +80,22 @@ def _to_array(tensor: onnx.TensorProto) -> np.ndarray:
 def _first_line(e: Exception) -> str:
     """An exception's message, first line only (the reference evaluator's run to several), for a one-line error."""
     return str(e).splitlines()[0] if str(e).strip() else repr(e)
+
+
+def _reference_evaluator(model: onnx.ModelProto):
+    """onnx's reference evaluator, with an exact GatherElements: onnx's uses np.choose, which takes at most 64
+    choices (the legacy exporter gathers BERT's token-type buffer, 512 wide in BERT-base, on the mask's path)."""
+    from onnx.reference import ReferenceEvaluator
+    from onnx.reference.op_run import OpRun
+
+    class GatherElements(OpRun):
+        op_domain = ""
+
+        def _run(self, data, indices, axis=0):
+            data = data[tuple(slice(None) if d == axis % data.ndim else slice(n) for d, n in enumerate(indices.shape))]
+            return (np.take_along_axis(data, np.where(indices < 0, indices + data.shape[axis], indices), axis),)
+
+    return ReferenceEvaluator(model, new_ops=[GatherElements])
 
 
 def _load(path: str | Path | onnx.ModelProto) -> onnx.ModelProto:
@@ -113,6 +131,7 @@ class _Graph:
         self.outputs = [self.canon(o.name) for o in g.output]
         self.used: set[str] = set()  # initializers loaded into the model
         self._arrays: dict[str, np.ndarray] = {}
+        self._consts: dict[str, tuple[np.ndarray | None, frozenset[str]]] = {}
 
     def canon(self, name: str) -> str:
         while name in self.alias:
@@ -138,12 +157,23 @@ class _Graph:
     def const(self, name: str, _sources: set[str] | None = None) -> np.ndarray | None:
         """The value of `name` if it is computed from constants only (a small evaluator), else None.
 
-        `_sources` collects the initializers it is computed from.
+        `_sources` collects the initializers it is computed from. Memoized: without, asking about a computed
+        value walks all its ancestors on every path to them (seconds per layer in a legacy export's shape logic).
         """
         name = self.canon(name)
+        if name not in self._consts:
+            sources: set[str] = set()
+            value = self._fold(name, sources)
+            self._consts[name] = value, frozenset(sources)
+        value, sources = self._consts[name]
+        if _sources is not None and value is not None:
+            _sources |= sources
+        return value
+
+    def _fold(self, name: str, sources: set[str]) -> np.ndarray | None:
+        """`const`'s evaluation of `name`, uncached."""
         if name in self.init:
-            if _sources is not None:
-                _sources.add(name)
+            sources.add(name)
             return self.array(name)
         node = self.producer.get(name)
         if node is None:
@@ -159,11 +189,11 @@ class _Graph:
                     return np.asarray(attrs[key], dtype)
             return None
         if op == "CastLike":  # only the first operand's values matter; the second may be computed
-            value, like = self.const(node.input[0], _sources), self.const(node.input[1])
+            value, like = self.const(node.input[0], sources), self.const(node.input[1])
             if value is None:
                 return None
             return value.astype(like.dtype if like is not None else np.float32)
-        args = [self.const(x, _sources) if x else None for x in node.input]
+        args = [self.const(x, sources) if x else None for x in node.input]
         if any(a is None for a, x in zip(args, node.input) if x):
             return None
         try:
@@ -229,8 +259,6 @@ class _Graph:
         Only the ancestors of `outputs` are run, down to `feeds`, initializers and Constant nodes. bfloat16 is
         computed in float32, as the weights are read (casts to bfloat16 become casts to float32).
         """
-        from onnx.reference import ReferenceEvaluator
-
         nodes, consts, todo, seen = {}, {}, deque(self.canon(o) for o in outputs), set()
         while todo:
             x = todo.popleft()
@@ -263,7 +291,7 @@ class _Graph:
             [numpy_helper.from_array(v, name=k) for k, v in consts.items()])
         opset = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
         model = onnx.helper.make_model(graph, opset_imports=opset)
-        return ReferenceEvaluator(model).run(None, feeds)
+        return _reference_evaluator(model).run(None, feeds)
 
     def unsupported_ops(self) -> list[str]:
         return sorted({f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}" for n in self.nodes
@@ -615,6 +643,10 @@ class _Reader:
     def read(self) -> tuple[PreTrainedModel, list[str]]:
         self.eps, self.head_sizes, self.intermediate = set(), set(), set()
         self.attention: list[tuple[str, str, str]] = []  # (layer, scores, Softmax input)
+        ops = {n.op_type for n in self.g.nodes}
+        if "ReduceMean" in ops and "LayerNormalization" not in ops:
+            raise OnnxImportError("LayerNorm is decomposed into ReduceMean / Pow / Sqrt (an export at opset < 17, "
+                                  "which has no LayerNormalization op): export with opset_version=17 or later")
         h, hidden, model_type, pad = self.embeddings()
         n_layers = 0
         while True:

@@ -152,18 +152,17 @@ def test_merged_unoptimized_and_erf_exports_are_read(optimize, opset, tmp_path):
     assert_same_encoder(model_from_onnx(path), model)
 
 
-def quantize_both(kind, models, onnx_files):
-    original = models[kind]
+def quantize_both(original, path):
+    """`original` through from_pretrained and its ONNX export `path` through from_onnx, calibrated alike."""
     calibration = batches(original.config.pad_token_id, 2, 4, 24, seed=1)
-    return (from_pretrained(original, calibration=calibration),
-            from_onnx(onnx_files[kind, "dynamic"], calibration=calibration))
+    return from_pretrained(original, calibration=calibration), from_onnx(path, calibration=calibration)
 
 
 @pytest.mark.parametrize("kind", ["bert", "roberta"])
 def test_rebuilt_model_gives_the_same_integer_program(kind, models, onnx_files):
     """Same calibrated ranges and the same program, int8 weight tensors included (structural equality compares
     constant contents)."""
-    qa, qb = quantize_both(kind, models, onnx_files)
+    qa, qb = quantize_both(models[kind], onnx_files[kind, "dynamic"])
     assert qb.model_type == qa.model_type == kind
     assert qb.output_scale == qa.output_scale
     tvm.ir.assert_structural_equal(qb.program(3, 20), qa.program(3, 20))
@@ -171,7 +170,7 @@ def test_rebuilt_model_gives_the_same_integer_program(kind, models, onnx_files):
 
 def test_rebuilt_roberta_runs_to_identical_int8(models, onnx_files, report):
     """Compiled and run (about 20 s per program, so once, for RoBERTa: its padding id comes from the graph)."""
-    qa, qb = quantize_both("roberta", models, onnx_files)
+    qa, qb = quantize_both(models["roberta"], onnx_files["roberta", "dynamic"])
     b = batches(models["roberta"].config.pad_token_id, 1, 3, 20, seed=2)[0]
     ours, ref = run(qb, b), run(qa, b)
     report(f"roberta rebuilt from ONNX -> integer program: {np.mean(ours == ref) * 100:.1f}% of int8 outputs "
@@ -292,3 +291,49 @@ def test_a_constant_mask_that_is_not_all_true_is_refused(onnx_files):
     const.CopyFrom(onnx.numpy_helper.from_array(value, const.name))
     with pytest.raises(OnnxImportError, match=r"masked or biased by more than attention_mask \(128 of 2048 "):
         model_from_onnx(model)
+
+
+class WithTypes(torch.nn.Module):
+    """The encoder called by keyword with token types, its last hidden state out: the form torch's legacy
+    exporter takes (it fails on HF's forward called positionally)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                          token_type_ids=token_type_ids).last_hidden_state
+
+
+def export_legacy(model, path, opset: int) -> str:
+    """torch's TorchScript exporter (dynamo=False) with dynamic axes, as most ONNX BERTs in the wild are made."""
+    b = with_segments(batches(model.config.pad_token_id, 1, B, L, seed=5)[0], seed=4)
+    names = ["input_ids", "attention_mask", "token_type_ids"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(WithTypes(model), (b.input_ids, b.attention_mask, b.token_type_ids), str(path),
+                          dynamo=False, opset_version=opset, input_names=names,
+                          dynamic_axes={n: {0: "batch", 1: "seq"} for n in names})
+    return str(path)
+
+
+def test_a_legacy_export_gives_the_same_integer_program(models, tmp_path):
+    """The legacy exporter's graph (a Flatten on the mask's path, every weight under its module's name) rebuilds
+    the original weights, and the same calibrated program as from_pretrained's (structurally equal, int8 weight
+    tensors included)."""
+    path = export_legacy(models["bert"], tmp_path / "legacy.onnx", opset=17)
+    assert "Flatten" in {n.op_type for n in onnx.load(path).graph.node}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # dynamic axes: the whole position table is in the file
+        assert_same_encoder(model_from_onnx(path), models["bert"])
+    qa, qb = quantize_both(models["bert"], path)
+    assert qb.output_scale == qa.output_scale
+    tvm.ir.assert_structural_equal(qb.program(3, 20), qa.program(3, 20))
+
+
+def test_a_legacy_opset_14_export_is_refused_naming_the_opset(models, tmp_path):
+    """Below opset 17 LayerNorm is exported as ReduceMean / Pow / Sqrt, which this reader does not read."""
+    path = export_legacy(models["bert"], tmp_path / "legacy14.onnx", opset=14)
+    with pytest.raises(OnnxImportError, match=r"^LayerNorm is decomposed .* export with opset_version=17 or later$"):
+        model_from_onnx(path)
