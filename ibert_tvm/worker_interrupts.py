@@ -18,10 +18,10 @@ from typing import Any
 from tvm.support.popen_pool import PopenPoolExecutor, PopenWorker, kill_child_processes
 
 _lock = threading.Lock()
-_depth = 0  # blocks open (tunes in several threads share one patch)
+_open: dict[int, int] = {}  # thread id -> blocks open in that thread (TVM's methods are patched while any is)
 _original_start = PopenWorker._start  # noqa: SLF001 (the one place TVM starts a worker process)
 _original_init = PopenPoolExecutor.__init__
-_pools: weakref.WeakSet[PopenPoolExecutor] = weakref.WeakSet()
+_pools: dict[int, weakref.WeakSet[PopenPoolExecutor]] = {}  # thread id -> the pools made there in a block
 
 
 def _start_without_sigint(worker: PopenWorker) -> None:
@@ -35,9 +35,12 @@ def _start_without_sigint(worker: PopenWorker) -> None:
 
 
 def _init_noted(pool: PopenPoolExecutor, *args: Any, **kwargs: Any) -> None:
-    """TVM's constructor, and the pool noted for `_stop`."""
+    """TVM's constructor, and the pool noted for `_stop` where its thread has a block open (a tune makes its
+    pools in its own thread; another thread's pools are not the tune's to stop)."""
     _original_init(pool, *args, **kwargs)
-    _pools.add(pool)
+    with _lock:
+        if threading.get_ident() in _open:
+            _pools.setdefault(threading.get_ident(), weakref.WeakSet()).add(pool)
 
 
 def _stop(pool: PopenPoolExecutor) -> None:
@@ -57,22 +60,25 @@ def _stop(pool: PopenPoolExecutor) -> None:
 
 @contextlib.contextmanager
 def workers_spared_from_sigint() -> Iterator[None]:
-    """Within the block, TVM's popen workers start with SIGINT blocked; when the last such block open ends, however
-    it ends (as by the KeyboardInterrupt of a Ctrl-C), the pools made in them are stopped here."""
-    global _depth
+    """Within the block, TVM's popen workers start with SIGINT blocked; when the block ends, however it ends (as by
+    the KeyboardInterrupt of a Ctrl-C), the pools made in it, in this thread, are stopped here."""
+    me = threading.get_ident()
     with _lock:
-        _depth += 1
-        PopenWorker._start = _start_without_sigint  # noqa: SLF001
-        PopenPoolExecutor.__init__ = _init_noted
+        if not _open:
+            PopenWorker._start = _start_without_sigint  # noqa: SLF001
+            PopenPoolExecutor.__init__ = _init_noted
+        _open[me] = _open.get(me, 0) + 1
     try:
         yield
     finally:
         with _lock:
-            _depth -= 1
-            if _depth == 0:
+            _open[me] -= 1
+            mine = []
+            if not _open[me]:
+                del _open[me]
+                mine = list(_pools.pop(me, ()))
+            if not _open:
                 PopenWorker._start = _original_start  # noqa: SLF001
                 PopenPoolExecutor.__init__ = _original_init
-                pools = list(_pools)
-                _pools.clear()
-                for pool in pools:
-                    _stop(pool)
+        for pool in mine:
+            _stop(pool)

@@ -47,6 +47,22 @@ def test_workers_start_blind_to_sigint_and_an_interrupted_block_stops_its_pools(
     assert (PopenWorker._start, PopenPoolExecutor.__init__) == (original_start, original_init)
 
 
+def test_a_block_stops_only_the_pools_of_its_own_thread():
+    """A pool another thread makes while a tune's block is open (another user of MetaSchedule in the process) is
+    not the tune's: it keeps working after the block ends; the block's own pool is stopped."""
+    import threading
+
+    made: list[PopenPoolExecutor] = []
+    with workers_spared_from_sigint():
+        own = PopenPoolExecutor(max_workers=1)
+        other = threading.Thread(target=lambda: made.append(PopenPoolExecutor(max_workers=1)))
+        other.start()
+        other.join()
+    assert own._shutdown and not made[0]._shutdown
+    assert made[0].submit(sum, [1, 2]).result() == 3
+    made[0].shutdown()
+
+
 def test_ctrl_c_of_a_terminal_during_tune_is_one_line_and_leaves_no_worker(tmp_path):
     """SIGINT to the whole process group (a terminal's Ctrl-C) while MetaSchedule's workers run: status 130, the
     one line, no traceback from any worker (each printed its KeyboardInterrupt until 2026-12-07, or TVM's pool
