@@ -45,16 +45,22 @@ def _init_noted(pool: PopenPoolExecutor, *args: Any, **kwargs: Any) -> None:
 
 def _stop(pool: PopenPoolExecutor) -> None:
     """Stop `pool` from this thread: its queued jobs cancelled (TVM's shutdown waits for all of them), its workers'
-    processes killed (a thread waiting for a worker's reply then returns), its threads joined. Marked shut first,
-    so that the garbage collector never shuts it down again (TVM's `__del__`: in a pool thread it cannot join
-    itself; and a Ctrl-C there leaves its lock held for the next call to wait on forever)."""
+    processes killed (a thread waiting for a worker's reply then returns), its threads joined, then TVM's shutdown
+    (which closes the workers' pipes). Marked shut first, so that the garbage collector never shuts it down again
+    (TVM's `__del__`: in a pool thread it cannot join itself; and a Ctrl-C there leaves its lock held for the next
+    call to wait on forever)."""
     pool._shutdown = True  # noqa: SLF001
     pool._threadpool.shutdown(wait=False, cancel_futures=True)  # noqa: SLF001
-    for worker in list(pool._worker_map.values()):  # noqa: SLF001
+    with pool._lock:  # noqa: SLF001 (a pool thread adds its worker under it)
+        workers = list(pool._worker_map.values())  # noqa: SLF001
+    for worker in workers:
         process = worker._proc  # noqa: SLF001
         if process is not None:
             kill_child_processes(process.pid)  # a compiler the worker runs
             process.kill()
+    # the threads first: one that finds its worker dead cleans it up itself (`PopenWorker.kill`, which is not for
+    # two threads at once: run beside TVM's shutdown, one of them read the other's cleared process)
+    pool._threadpool.shutdown(wait=True)  # noqa: SLF001
     pool.shutdown(wait=True)
 
 
