@@ -6,6 +6,7 @@
   architecture, and quantizes to the same integer-only program output; unsupported files are refused by name.
 """
 
+import re
 import warnings
 
 import numpy as np
@@ -22,6 +23,7 @@ from ibert_tvm.onnx_import import OnnxImportError, import_onnx_float, model_from
 from test_model import COMMON, batches, run, tiny, with_segments
 
 B, L = 2, 16
+ONNX_TYPES = {"float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16}
 
 
 def distinct(kind: str):
@@ -128,12 +130,17 @@ def test_static_bert_export_keeps_only_the_used_positions(models, onnx_files):
     assert_same_encoder(rebuilt, models["bert"], positions=L)
 
 
-@pytest.mark.parametrize("optimize, opset", [(True, None), (False, None), (True, 17)])
-def test_merged_unoptimized_and_erf_exports_are_read(optimize, opset, tmp_path):
+@pytest.mark.parametrize("optimize, opset, dtype", [(True, None, "float32"), (False, None, "float32"),
+                                                    (True, 17, "float32"), (True, 17, "float16"),
+                                                    (True, 17, "bfloat16")])
+def test_merged_unoptimized_and_erf_exports_are_read(optimize, opset, dtype, tmp_path):
     """A freshly initialized model's equal tensors (zero biases, unit LayerNorm weights) are merged into one
     initializer by the exporter's optimizer; without the optimizer every weight keeps its name (and goes
-    through a Transpose node); at opset 17 (no Gelu op) GELU is exported in its Erf form."""
-    model = tiny("bert")
+    through a Transpose node); at opset 17 (no Gelu op) GELU is exported in its Erf form, in float16 and
+    bfloat16 with its constants in that type (sqrt(2) as 1.4140625: 3.1e-5 from GELU, refused as not GELU
+    before the check's tolerance followed the constants' type; float16's was not even evaluated, its input
+    fed in float32)."""
+    model = tiny("bert").to(getattr(torch, dtype))
     b = batches(0, 1, B, L, seed=5)[0]
     path = str(tmp_path / "fresh.onnx")
     with warnings.catch_warnings():
@@ -149,7 +156,8 @@ def test_merged_unoptimized_and_erf_exports_are_read(optimize, opset, tmp_path):
     else:
         assert "encoder.layer.1.output.dense.weight" in names
     assert ("Erf" in ops and "Gelu" not in ops) if opset == 17 else "Gelu" in ops
-    assert_same_encoder(model_from_onnx(path), model)
+    assert graph.initializer[0].data_type == ONNX_TYPES[dtype]
+    assert_same_encoder(model_from_onnx(path), model.float())
 
 
 def quantize_both(original, path):
@@ -337,3 +345,84 @@ def test_a_legacy_opset_14_export_is_refused_naming_the_opset(models, tmp_path):
     path = export_legacy(models["bert"], tmp_path / "legacy14.onnx", opset=14)
     with pytest.raises(OnnxImportError, match=r"^LayerNorm is decomposed .* export with opset_version=17 or later$"):
         model_from_onnx(path)
+
+
+@pytest.fixture(scope="module")
+def legacy_exports(tmp_path_factory):
+    """`get(dtype, attention="eager")`: distinct("bert") in that float type and attention implementation, and its
+    TorchScript export at opset 17 (made on first use, once per module)."""
+    d, made = tmp_path_factory.mktemp("legacy"), {}
+
+    def get(dtype: str, attention: str = "eager"):
+        if (dtype, attention) not in made:
+            model = distinct("bert")
+            model.set_attn_implementation(attention)
+            model = model.to(getattr(torch, dtype))
+            made[dtype, attention] = model, export_legacy(model, d / f"{dtype}_{attention}.onnx", opset=17)
+        return made[dtype, attention]
+
+    return get
+
+
+def erf_gelu_constants(model: onnx.ModelProto) -> list[dict[str, TensorProto]]:
+    """Per layer, the constants of the TorchScript exporter's GELU, x * (1 + erf(x / c)) * half (Div, Erf, Add,
+    Mul, Mul; each constant a Constant node): {"c": sqrt(2), "one": 1, "half": 0.5} as TensorProtos to edit."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    consumer = {i: n for n in model.graph.node for i in n.input}
+    found = []
+    for erf in (n for n in model.graph.node if n.op_type == "Erf"):
+        div, add = producer[erf.input[0]], consumer[erf.output[0]]
+        half = consumer[consumer[add.output[0]].output[0]]
+        assert (div.op_type, add.op_type, half.op_type) == ("Div", "Add", "Mul")
+        found.append({k: producer[node.input[1]].attribute[0].t for k, node in (("c", div), ("one", add),
+                                                                               ("half", half))})
+    return found
+
+
+@pytest.mark.parametrize("dtype, attention", [("float16", "eager"), ("bfloat16", "eager"), ("float16", "sdpa")])
+def test_a_half_precision_legacy_export_gives_its_float32_upcasts_program(dtype, attention, legacy_exports):
+    """A float16 or bfloat16 BERT through the TorchScript exporter (opset 17): its GELU is written out as Div /
+    Erf / Add / Mul / Mul in the file's type (sqrt(2) stored as 1.4140625, 3.1e-5 from GELU), which was refused
+    as not GELU (bfloat16) or not evaluated (float16: fed in float32); it now rebuilds the model's float32
+    upcast and gives from_pretrained's program for it, int8 weights included. With SDPA attention (transformers'
+    default) torch writes a float16 model in float32 after the first layer's attention (Casts on the residual
+    and the scores, the later weights and the GELU's constants float32), which was refused at the residual;
+    a bfloat16 one it does not write at all (pinned torch: "ScalarType ComplexDouble is an unexpected tensor
+    scalar type", pytorch#158658)."""
+    model, path = legacy_exports(dtype, attention)
+    graph = onnx.load(path).graph
+    ops = {n.op_type for n in graph.node}
+    assert "Erf" in ops and "Gelu" not in ops
+    assert graph.initializer[0].data_type == ONNX_TYPES[dtype]
+    gelu_types = {t.data_type for consts in erf_gelu_constants(onnx.load(path)) for t in consts.values()}
+    assert gelu_types == ({ONNX_TYPES[dtype]} if attention == "eager" else {TensorProto.FLOAT})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert_same_encoder(model_from_onnx(path), model.float())
+    qa, qb = quantize_both(model, path)
+    assert qb.output_scale == qa.output_scale
+    tvm.ir.assert_structural_equal(qb.program(3, 20), qa.program(3, 20))
+
+
+#: Erf expressions that are not GELU, as changes to the constants of x * (1 + erf(x / c)) * half.
+NEAR_MISSES = {"scale 0.6 for 1/sqrt(2)": {"c": 1 / 0.6}, "x * erf(x)": {"c": 1, "one": 0, "half": 1},
+               "no + 1": {"one": 0}, "no 0.5": {"half": 1}, "scale 1 % off": {"c": 1.01 * 2**0.5}}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("miss", NEAR_MISSES)
+def test_erf_expressions_that_are_not_gelu_are_refused(miss, dtype, legacy_exports, report):
+    """The GELU check's tolerance follows the constants' float type (float16: 2.4e-4, bfloat16: 2e-3, 1.7 times
+    the most a rounded sqrt(2) can move GELU; float32: 1e-5, as before); an Erf expression that is not GELU is
+    still refused in each type, at least 26 times the tolerance away, and a scale 1 % off 1.6 times (bfloat16)
+    or more."""
+    model = onnx.load(legacy_exports(dtype)[1])
+    for consts in erf_gelu_constants(model):
+        for key, value in NEAR_MISSES[miss].items():
+            consts[key].CopyFrom(helper.make_tensor(consts[key].name, consts[key].data_type, [], [value]))
+    with pytest.raises(OnnxImportError, match=r"^layer 0's feed-forward activation is an Erf expression "
+                                              r"\(Add\+Div\+Erf\+Mul\) that is not GELU") as e:
+        model_from_onnx(model)
+    err, tol = map(float, re.search(r"max deviation (\S+) on \[-6, 6\], tolerance (\S+)\)", str(e.value)).groups())
+    report(f"Erf expression '{miss}' in {dtype}: {err:.3g} from GELU, tolerance {tol:.2g}")
+    assert err > (1.4 if miss == "scale 1 % off" else 20) * tol  # measured: 1.6 (bfloat16), 26 (0.6 in bfloat16)
