@@ -86,7 +86,8 @@ def tiny_library(tmp_path_factory) -> Path:
 
 
 def run_driver(driver: Path, *args) -> subprocess.CompletedProcess:
-    return subprocess.run([driver, *args], capture_output=True, text=True, timeout=120, check=False)
+    """The driver run on `args`, its output read as UTF-8 (what it prints of the metadata), whatever the locale."""
+    return subprocess.run([driver, *args], capture_output=True, encoding="utf-8", timeout=120, check=False)
 
 
 def refused(done: subprocess.CompletedProcess, reason: str, status: int = 1) -> bool:
@@ -200,6 +201,43 @@ def test_driver_reads_the_vocabulary_of_the_model_section_only(host_driver, tiny
     bare.with_suffix(".json").write_text(json.dumps({"model": {"vocab_size": 1.5e4, "type_vocab_size": 1}}))
     done = run_driver(host_driver, bare, tmp_path / "in.txt")
     assert refused(done, "bare.json: model.vocab_size is not an integer"), done.stderr
+
+
+def test_driver_decodes_the_escapes_of_json_strings_and_refuses_malformed_ones(host_driver, tiny_library, tmp_path):
+    """Python's json.dumps (export's) writes a non-ASCII character as a \\uXXXX escape (an emoji as a surrogate
+    pair), and escapes a quote and a backslash: the driver decodes the strings it reads, keys and values, as
+    Python's json does (it read a key or value spelled with escapes verbatim, so missed it or printed the escapes),
+    labels holding all of them do not disturb it, and a malformed escape is refused by name and byte offset (Python
+    refuses those too; a lone surrogate, which Python keeps, has no UTF-8)."""
+    meta = json.loads(tiny_library.with_suffix(".json").read_text())
+    meta["model"]["labels"] = ["é", "😀", 'a "quote"', "back\\slash"]
+    text = json.dumps(meta, indent=1, sort_keys=True)
+    assert text.isascii() and '"\\u00e9"' in text and '"\\ud83d\\ude00"' in text and '"a \\"quote\\""' in text
+    library = Path(shutil.copy(tiny_library, tmp_path / "escaped.so"))
+    inputs = write_inputs(tmp_path / "in.txt", *tiny_case()[1:])
+
+    def run_with(json_text: str) -> subprocess.CompletedProcess:
+        library.with_suffix(".json").write_text(json_text)
+        return run_driver(host_driver, library, inputs)
+
+    family = meta["target"]["family"]  # this machine's, spelled as escapes below
+    spelled = text.replace('"vocab_size"', '"vocab\\u005fsize"').replace(
+        f'"family": "{family}"', '"family": "' + "".join(f"\\u{ord(c):04x}" for c in family) + '"')
+    assert json.loads(spelled) == meta and '"vocab\\u005fsize"' in spelled and '"family": "\\u00' in spelled
+    for json_text in (text, spelled):
+        done = run_with(json_text)
+        assert done.returncode == 0 and not done.stderr, done.stderr
+        np.testing.assert_array_equal(parse_output(done.stdout)[0], python_vm_output())
+    other = 'é😀 "q" \\'
+    done = run_with(json.dumps({**meta, "target": {**meta["target"], "family": other}}))
+    assert refused(done, f"escaped.so: built for the {other} target family"), done.stderr
+    at = text.index('"\\u00e9"') + 1  # the label é's escape
+    for bad, named in (("\\x41", "'\\x'"), ("\\u00g9", "'\\u00g9'"), ("\\u00e", "'\\u00e'"),
+                       ("\\ud83d", "'\\ud83d'"), ("\\ud83d\\u0041", "'\\ud83d'"), ("\\ude00\\ud83d", "'\\ude00'")):
+        done = run_with(text.replace('"\\u00e9"', f'"{bad}"'))
+        assert refused(done, f"escaped.json: malformed JSON escape {named} at byte {at}"), (bad, done.stderr)
+    done = run_with(text[:at] + "caf\\u00e9")
+    assert refused(done, f"escaped.json: the JSON string at byte {at - 1} is not closed"), done.stderr
 
 
 def test_driver_names_a_missing_library_another_machine_s_and_the_compiled_buckets(host_driver, tiny_library,

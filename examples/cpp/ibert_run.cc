@@ -131,19 +131,77 @@ Inputs ReadInputs(const std::string& path) {
   return x;
 }
 
-// The member `section.key` of an artifact's metadata JSON, as text: a string's characters, an array with its
-// brackets, or a number; nullopt where there is none. Not a JSON parser, but enough for the file export writes: it
-// skips strings (the tokenizer files quoted in it mention "vocab_size" too) and tracks the nesting, so that only
-// a member of the top-level object `section` matches.
+// `code` (a Unicode code point) appended to `out` as UTF-8.
+void AppendUtf8(std::string& out, uint32_t code) {
+  if (code < 0x80) {
+    out += static_cast<char>(code);
+    return;
+  }
+  const int tail = code < 0x800 ? 1 : code < 0x10000 ? 2 : 3;  // continuation bytes
+  constexpr std::array<uint32_t, 4> kLead = {0, 0xC0, 0xE0, 0xF0};  // 110xxxxx, 1110xxxx or 11110xxx
+  out += static_cast<char>(kLead[tail] | (code >> (6 * tail)));
+  for (int k = tail - 1; k >= 0; --k) out += static_cast<char>(0x80 | ((code >> (6 * k)) & 0x3F));
+}
+
+// The 4 hex digits of a \u escape at json[at], or -1 where there are not 4.
+int32_t Hex4(const std::string& json, size_t at) {
+  if (at + 4 > json.size()) return -1;
+  for (size_t k = at; k < at + 4; ++k)
+    if (!std::isxdigit(static_cast<unsigned char>(json[k]))) return -1;
+  return static_cast<int32_t>(std::stoul(json.substr(at, 4), nullptr, 16));
+}
+
+// The JSON string whose opening quote is json[i], its escapes decoded (\uXXXX to UTF-8, a surrogate pair to one
+// character: Python's json.dumps writes every non-ASCII character so); leaves `i` on the closing quote. Throws
+// naming a malformed escape (or a lone surrogate, which has no UTF-8) and its byte offset, or an unclosed string.
+std::string ReadString(const std::string& json, size_t& i) {
+  const size_t open = i;
+  std::string out;
+  for (++i; i < json.size() && json[i] != '"'; ++i) {
+    if (json[i] != '\\') {
+      out += json[i];
+      continue;
+    }
+    const size_t start = i;
+    const char c = i + 1 < json.size() ? json[++i] : '\0';
+    static const std::string kSimple = "\"\\/bfnrt", kDecoded = "\"\\/\b\f\n\r\t";
+    if (const size_t k = kSimple.find(c); k != std::string::npos) {
+      out += kDecoded[k];
+      continue;
+    }
+    const auto malformed = [&](size_t length, const std::string& why) {  // named up to the string's end
+      length = std::min(length, json.find('"', start + 1) - start);
+      return std::runtime_error("malformed JSON escape '" + json.substr(start, length) + "' at byte " +
+                                std::to_string(start) + why);
+    };
+    if (c != 'u') throw malformed(2, "");
+    int32_t code = Hex4(json, start + 2);
+    if (code < 0) throw malformed(6, " (\\u takes 4 hex digits)");
+    i = start + 5;
+    if (code >= 0xDC00 && code <= 0xDFFF) throw malformed(6, " (the second half of a surrogate pair, alone)");
+    if (code >= 0xD800 && code <= 0xDBFF) {  // the first half of a pair: the second must follow
+      const int32_t low = json.compare(start + 6, 2, "\\u") == 0 ? Hex4(json, start + 8) : -1;
+      if (low < 0xDC00 || low > 0xDFFF) throw malformed(6, " (the first half of a surrogate pair, alone)");
+      code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00);
+      i = start + 11;
+    }
+    AppendUtf8(out, static_cast<uint32_t>(code));
+  }
+  if (i >= json.size()) throw std::runtime_error("the JSON string at byte " + std::to_string(open) + " is not closed");
+  return out;
+}
+
+// The member `section.key` of an artifact's metadata JSON, as text: a string's characters (escapes decoded), an
+// array with its brackets, or a number; nullopt where there is none. Not a JSON parser, but enough for the file
+// export writes: it reads strings whole (the tokenizer files quoted in it mention "vocab_size" too) and tracks the
+// nesting, so that only a member of the top-level object `section` matches.
 std::optional<std::string> Member(const std::string& json, const std::string& section, const std::string& key) {
   std::vector<std::string> keys;  // per open object (or array): the key of the member being read
   std::string last;               // the last string read
   for (size_t i = 0; i < json.size(); ++i) {
     const char c = json[i];
     if (c == '"') {
-      const size_t start = ++i;
-      for (; i < json.size() && json[i] != '"'; ++i) i += json[i] == '\\';  // skip the escaped character
-      last = json.substr(start, i - start);
+      last = ReadString(json, i);
     } else if (c == '{' || c == '[') {
       keys.emplace_back();
     } else if ((c == '}' || c == ']') && !keys.empty()) {
@@ -153,11 +211,7 @@ std::optional<std::string> Member(const std::string& json, const std::string& se
       if (keys.size() != 2 || keys[0] != section || keys[1] != key) continue;
       size_t begin = json.find_first_not_of(" \t\r\n", i + 1);
       if (begin == std::string::npos) return std::nullopt;
-      if (json[begin] == '"') {
-        size_t end = begin + 1;
-        for (; end < json.size() && json[end] != '"'; ++end) end += json[end] == '\\';
-        return json.substr(begin + 1, end - begin - 1);
-      }
+      if (json[begin] == '"') return ReadString(json, begin);
       const size_t end = json[begin] == '[' ? json.find(']', begin) + 1 : json.find_first_of(",}", begin);
       std::string value;  // without its white space, a comma and a space between an array's items
       for (const char v : json.substr(begin, end - begin))
@@ -245,9 +299,16 @@ std::optional<Metadata> ReadMetadata(const std::filesystem::path& path) {
   buffer << in.rdbuf();
   if (!in) throw std::runtime_error("cannot read " + path.string());
   const std::string text = buffer.str();
+  const auto member = [&](const std::string& section, const std::string& key) {  // a malformed string: the file named
+    try {
+      return Member(text, section, key);
+    } catch (const std::runtime_error& e) {
+      throw std::runtime_error(path.string() + ": " + e.what());
+    }
+  };
   Metadata m;
   for (auto [key, size] : {std::pair{"vocab_size", &m.ids}, std::pair{"type_vocab_size", &m.types}}) {
-    const std::optional<std::string> value = Member(text, "model", key);
+    const std::optional<std::string> value = member("model", key);
     char* end = nullptr;
     errno = 0;
     const long long n = value ? std::strtoll(value->c_str(), &end, 10) : 0;
@@ -258,13 +319,13 @@ std::optional<Metadata> ReadMetadata(const std::filesystem::path& path) {
                                "export writes beside a library)");
     *size = n;
   }
-  m.sha256 = Member(text, "library", "sha256").value_or("");
+  m.sha256 = member("library", "sha256").value_or("");
   if (m.sha256.empty())
     throw std::runtime_error(path.string() + ": no library.sha256 (not the metadata that ibert-tvm's export writes "
                              "beside a library)");
-  m.family = Member(text, "target", "family").value_or("");
-  const std::optional<std::string> batches = Member(text, "buckets", "batch_sizes");
-  const std::optional<std::string> lengths = Member(text, "buckets", "seq_lengths");
+  m.family = member("target", "family").value_or("");
+  const std::optional<std::string> batches = member("buckets", "batch_sizes");
+  const std::optional<std::string> lengths = member("buckets", "seq_lengths");
   if (batches && lengths) m.buckets = "batch " + *batches + " x seq " + *lengths;
   return m;
 }
