@@ -338,6 +338,8 @@ def _as_int_array(value: Any, name: str, mask: bool = False) -> np.ndarray:
         raise InputError(f"{name} must be an array of integers with rows of equal length ({err})") from err
     if arr.size == 0:
         raise InputError(f"{name} is empty (shape {list(arr.shape)}): give at least one token")
+    if not mask and isinstance(value, (list, tuple)) and _holds_bool(value):  # numpy read them as 1 and 0
+        raise InputError(f"{name} must hold integers, got bool (True or False among the lists' values)")
     if arr.dtype == object and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in arr.ravel()):
         try:
             arr = arr.astype(np.int64)
@@ -353,6 +355,15 @@ def _as_int_array(value: Any, name: str, mask: bool = False) -> np.ndarray:
     if arr.dtype == np.uint64 and int(arr.max()) > np.iinfo(np.int64).max:
         raise InputError(f"{name} holds integers outside int64")
     return arr.astype(np.int64, copy=False)
+
+
+def _holds_bool(value: Any) -> bool:
+    """Whether nested lists or tuples hold a bool (Python's, numpy's, or an array of bools): numpy reads one among
+    integers as 1 or 0, so such ids passed where an array of bools is refused."""
+    if not isinstance(value, (list, tuple)):
+        return getattr(value, "dtype", None) == np.bool_
+    kinds = set(map(type, value))  # (a row of Python ints, the common case, needs no call per value)
+    return bool in kinds or (kinds != {int} and any(map(_holds_bool, value)))
 
 
 def _chunks(batch: int, sizes: list[int]) -> list[tuple[int, int]]:

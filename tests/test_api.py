@@ -205,6 +205,8 @@ def test_outputs_are_the_callers_own(loaded):
     (lambda ids, m: (np.full_like(ids, 1 << 63, dtype=np.uint64), m), "outside int64"),
     (lambda ids, m: ([[101, 2023], [101, 2023, 102]], None), "rows of equal length"),
     (lambda ids, m: ([[1 << 70, 1]], None), "outside int64"),
+    (lambda ids, m: ([[101, True, 102]], None), "input_ids must hold integers, got bool (True or False among"),
+    (lambda ids, m: ([[101, 2023, 102], (101, np.False_, 102)], None), "input_ids must hold integers, got bool"),
     (lambda ids, m: (["a sentence"], None), "got <U10 (texts: classify() or encode_texts() tokenizes them)"),
     (lambda ids, m: ([], None), "input_ids is empty (shape [0])"),
     (lambda ids, m: (ids[:, :0], None), "input_ids is empty (shape [2, 0])"),
@@ -218,8 +220,9 @@ def test_bad_inputs_are_named(loaded, make, message):
 
 
 def test_inputs_of_any_integer_dtype_and_masks_as_hf_takes_them_give_the_same_integers(loaded):
-    """ids of any integer dtype (an object array of Python ints too), masks of bool, any integer dtype or float
-    0/1 (torch's float masks, as HF takes them): the same integers as int64 ids and an int32 mask."""
+    """ids of any integer dtype (an object array of Python ints too), masks of bool (lists of bools too), any
+    integer dtype or float 0/1 (torch's float masks, as HF takes them): the same integers as int64 ids and an int32
+    mask."""
     import torch
 
     ids, mask = _inputs(loaded, held_out_texts()[:2])
@@ -227,7 +230,8 @@ def test_inputs_of_any_integer_dtype_and_masks_as_hf_takes_them_give_the_same_in
     for given_ids, given_mask in ((ids.astype(np.uint16), mask.astype(np.uint8)), (ids.astype(object), mask > 0),
                                   (torch.from_numpy(ids).int(), torch.from_numpy(mask).float()),
                                   (ids, mask.astype(np.int8)), (ids.astype(np.uint64), mask.astype(np.float16)),
-                                  (ids, torch.from_numpy(mask).bfloat16())):  # (numpy has no bfloat16)
+                                  (ids, torch.from_numpy(mask).bfloat16()),  # (numpy has no bfloat16)
+                                  (ids.tolist(), [[bool(v) for v in row] for row in mask.tolist()])):
         np.testing.assert_array_equal(loaded(given_ids, given_mask, integer=True), expected)
 
 
@@ -236,6 +240,7 @@ def test_inputs_of_any_integer_dtype_and_masks_as_hf_takes_them_give_the_same_in
     (lambda t: t + 2, "token_type_ids must lie in [0, 2) (the model's type_vocab_size), found 2"),
     (lambda t: t - 1, "found -1"),
     (lambda t: t.astype(np.float32), "token_type_ids must hold integers, got float32"),
+    (lambda t: [[True, *row[1:]] for row in t.tolist()], "token_type_ids must hold integers, got bool"),
 ])
 def test_bad_token_types_are_named(loaded, make, message):
     ids, mask = _inputs(loaded, held_out_texts()[:2])
