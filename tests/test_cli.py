@@ -546,6 +546,29 @@ def test_ctrl_c_is_one_line_and_says_where_the_work_stands(model_dir, tmp_path, 
         signal.signal(signal.SIGINT, previous)
 
 
+def test_ctrl_c_while_the_console_script_loads_the_cli_is_one_line():
+    """A Ctrl-C while the installed `ibert-tvm` imports the CLI (numpy and the rest, the first 0.1 s of a command)
+    ends as one during a command does, one line and status 130, not a KeyboardInterrupt traceback: the script
+    runs in a new Python whose import of ibert_tvm.cli starts with SIGINT raised (handled at once, in this thread:
+    no timing involved)."""
+    code = f"""if True:
+        import runpy, signal, sys
+
+        class CtrlC:  # an import finder, first in line: SIGINT as the import of ibert_tvm.cli begins
+            def find_spec(self, name, path=None, target=None):
+                if name == "ibert_tvm.cli":
+                    signal.raise_signal(signal.SIGINT)
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal (see the Ctrl-C test above)
+        sys.meta_path.insert(0, CtrlC())
+        sys.argv = [{str(SCRIPT)!r}, "targets"]
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    """
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130 and proc.stderr.strip() == "ibert-tvm: interrupted" and not proc.stdout, \
+        (proc.returncode, proc.stderr)
+
+
 def test_a_tune_on_a_folder_being_tuned_and_an_oversized_csv_field_are_refused_before_calibrating(model_dir, tmp_path,
                                                                                                   monkeypatch):
     """A second tune on a folder whose lock another holds is refused before it calibrates (it calibrated for
