@@ -271,10 +271,11 @@ def calibration_texts() -> list[str]:
         return read_labelled_csv(path).texts
 
 
-def quantized_encoder(model_dir: Path, calibration: Sequence[str] | None = None, force_dequant: str = "none"
-                      ) -> QuantizedModel:
-    """The MiniLM encoder calibrated (HF min/max) on `calibration`, by default the bundled training tweets."""
-    return from_pretrained(model_dir, calibration=list(calibration or calibration_texts()),
+def quantized_encoder(model_dir: Path, calibration: Sequence[str] | None = None, force_dequant: str = "none",
+                      method: str = "minmax") -> QuantizedModel:
+    """The MiniLM encoder calibrated (by default HF min/max) on `calibration`, by default the bundled training
+    tweets."""
+    return from_pretrained(model_dir, calibration=list(calibration or calibration_texts()), method=method,
                            force_dequant=force_dequant)
 
 
