@@ -119,6 +119,29 @@ def test_linear_accepts_accumulator_limit():
     assert call.op.name == "ibert.linear"
 
 
+@pytest.mark.parametrize("as_const", ["weight", "bias", "both"])
+def test_linear_bounds_relax_constant_weight_and_bias(as_const):
+    """Weights and bias given as Relax constants are bounded per channel as numpy ones are (the type rule checks
+    them): K = 131072 of -128 wrapped to -2^31 + 2^14, and a bias of 2^31 - 1 beside |x w| = 2^14 wrapped."""
+    cases = [(np.full((1, K_LINEAR_MAX + 1), -128, np.int8), None),
+             (np.full((1, 1), -128, np.int8), np.array([I32_MAX], np.int32))]
+    for w, b in cases:
+        weight = relax.const(w, "int8") if as_const in ("weight", "both") else w
+        bias = relax.const(b, "int32") if b is not None and as_const in ("bias", "both") else b
+        with pytest.raises(quant.QuantizationRangeError, match="output channel 0 can overflow"):
+            ops.linear(tvar("x", (2, w.shape[1]), "int8"), weight, bias)
+
+
+def test_linear_bounds_run_time_weight_with_constant_bias():
+    """A run-time weight with a constant bias: K 128^2 + max |bias| <= 2^31 - 1 (the bias was ignored)."""
+    k = K_LINEAR_MAX
+    w = tvar("w", (2, k), "int8")
+    ops.linear(tvar("x", (2, k), "int8"), w, np.array([-16383, 5], np.int32))
+    for bias in (np.array([0, -16384], np.int32), relax.const(np.array([16384, 0], np.int32), "int32")):
+        with pytest.raises(IBertOpError, match=r"reduction length 131071 .* \(131071 x 128 x 128 \+ 16384 > 2"):
+            ops.linear(tvar("x", (2, k), "int8"), w, bias)
+
+
 @pytest.mark.parametrize("weight, bias, message", [
     (np.zeros(4, np.int8), None, r"'weight' must be a non-empty \[N, K\] matrix, got shape \[4\]"),
     (np.zeros((0, 4), np.int8), None, "got shape \\[0, 4\\]"),

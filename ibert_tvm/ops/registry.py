@@ -182,12 +182,14 @@ def is_literal_one(dim: Any) -> bool:
 INT8_ABS_MAX = 128
 
 
-def check_reduction_length(op: str, k: Any, a_max: int, b_max: int = INT8_ABS_MAX) -> None:
-    """A static reduction length K must keep K a_max b_max within int32 (the worst case of an int32 accumulator
-    of K products of operands bounded by a_max and b_max); a symbolic K is not checked."""
-    if isinstance(k, tvm.tirx.IntImm) and int(k) * a_max * b_max > INT32_MAX:
+def check_reduction_length(op: str, k: Any, a_max: int, b_max: int = INT8_ABS_MAX, addend: int = 0) -> None:
+    """A static reduction length K must keep K a_max b_max + addend within int32 (the worst case of an int32
+    accumulator of K products of operands bounded by a_max and b_max, plus a known |bias| bound `addend`); a
+    symbolic K is not checked."""
+    if isinstance(k, tvm.tirx.IntImm) and int(k) * a_max * b_max + addend > INT32_MAX:
+        plus = f" + {addend}" if addend else ""
         raise IBertOpError(f"{op}: reduction length {int(k)} can overflow the int32 accumulator "
-                           f"({int(k)} x {a_max} x {b_max} > 2^31 - 1)")
+                           f"({int(k)} x {a_max} x {b_max}{plus} > 2^31 - 1)")
 
 
 def check_constant_range(call: relax.Call, index: int, arg: str, lo: int | None, hi: int | None) -> None:
