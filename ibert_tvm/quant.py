@@ -157,8 +157,8 @@ class GeluConstants:
 PRUNED_SCALE_BELOW = 1e-10
 
 
-def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConstants:
-    """i-GELU constants for an input with (per-channel) float32 scale S and |q| < 2^(in_bits-1)."""
+def gelu_constants(in_scale: np.ndarray | float) -> GeluConstants:
+    """i-GELU constants for an int32 input (a linear's accumulator) with (per-channel) float32 scale S."""
     check_scale(in_scale, "gelu_constants: in_scale")
     s = np.atleast_1d(_f32(in_scale))
     s_erf = s / F32(GELU_K)
@@ -177,7 +177,7 @@ def gelu_constants(in_scale: np.ndarray | float, in_bits: int = 32) -> GeluConst
             raise QuantizationRangeError(
                 f"i-GELU: input scale {s[ch]:.3e} of channel {ch} is too small: {name} overflows int64{hint}")
     b, c, q = (v.astype(np.int64) for v in (b_int, c_int, q1))
-    if problem := gelu_integer_problem(b, c, q, in_bits):
+    if problem := gelu_integer_problem(b, c, q):
         raise QuantizationRangeError(f"i-GELU: input scale {s.min():.3e} is too small for int64 intermediates "
                                      f"({problem})")
     return GeluConstants(b, c, q, out_scale)
@@ -188,20 +188,19 @@ def _channels(*values: np.ndarray | int) -> zip:
     return zip(*np.broadcast_arrays(*(np.atleast_1d(np.asarray(v)).astype(object) for v in values)))
 
 
-def gelu_integer_problem(b_int: np.ndarray | int, c_int: np.ndarray | int, q1: np.ndarray | int,
-                         in_bits: int = 32) -> str | None:
-    """Why i-GELU integers (scalars or per channel) are unusable for inputs |q| <= 2^(in_bits-1), or None: the
+def gelu_integer_problem(b_int: np.ndarray | int, c_int: np.ndarray | int, q1: np.ndarray | int) -> str | None:
+    """Why i-GELU integers (scalars or per channel) are unusable for int32 inputs (|q| <= 2^31), or None: the
     bounds that `gelu_constants` guarantees and `ibert.int_gelu`'s type rule checks. b <= 0 (the clip point
     -b of min(|q|, -b); the kernel's clamp(q, b, -b) is another function for b > 0); t^2 + c within int64 for
-    t in [b, 0]; |out| <= 2^(in_bits-1) (ceil(max|t^2 + c| / 2^14) + |q1|) < 2^62 (the wide requantization's
-    input bound; y = floor(sgn (t^2 + c) / 2^14) is at most that ceiling in magnitude)."""
+    t in [b, 0]; |out| <= 2^31 (ceil(max|t^2 + c| / 2^14) + |q1|) < 2^62 (the wide requantization's input
+    bound; y = floor(sgn (t^2 + c) / 2^14) is at most that ceiling in magnitude)."""
     worst = 0
     for b, c, q in _channels(b_int, c_int, q1):
         if b > 0:
             return f"b_int {b} is positive (-b is the clip point of min(|q|, -b))"
         if b * b >= 1 << 63 or not -(1 << 63) < c < (1 << 63) - b * b:
             return f"t^2 + c_int overflows int64 for b_int {b}, c_int {c}"
-        worst = max(worst, (1 << (in_bits - 1)) * (-(-max(b * b + c, -c) >> GELU_SHIFT) + abs(q)))
+        worst = max(worst, (1 << 31) * (-(-max(b * b + c, -c) >> GELU_SHIFT) + abs(q)))
     return f"|out| could reach {worst}, not below 2^62" if worst >= INT64_SAFE else None
 
 
@@ -223,7 +222,7 @@ def softmax_exp_range(in_scale: float) -> float:
     return float(np.floor(_const_over(EXP_C_OVER_A, s * s))) * 2.0**EXP_CONST
 
 
-def softmax_constants(in_scale: float, exp_scale: float, in_bits: int = 32) -> SoftmaxConstants:
+def softmax_constants(in_scale: float, exp_scale: float) -> SoftmaxConstants:
     """Constants for IntSoftmax on scores with scalar float32 scale S.
 
     `exp_scale` is the scale S16 of the reference's internal QuantAct(16), which HF calibrates on the
