@@ -337,9 +337,12 @@ class _Graph:
                 k, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape) for k, v in feeds.items()],
             [onnx.ValueInfoProto(name=self.canon(o)) for o in outputs],
             [numpy_helper.from_array(v, name=k) for k, v in consts.items()])
-        opset = [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
-        model = onnx.helper.make_model(graph, opset_imports=opset)
+        model = onnx.helper.make_model(graph, opset_imports=self.default_opset())
         return _reference_evaluator(model).run(None, feeds)
+
+    def default_opset(self) -> list[onnx.OperatorSetIdProto]:
+        """The file's opset import of the default (ai.onnx) domain, the one its standard ops follow: one, or none."""
+        return [o for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
 
     def unsupported_ops(self) -> list[str]:
         return sorted({f"{n.domain + '.' if n.domain not in ('', 'ai.onnx') else ''}{n.op_type}" for n in self.nodes
@@ -711,8 +714,7 @@ class _Reader:
         self.attention: list[tuple[str, str, str, np.dtype]] = []  # (layer, scores, Softmax input, scores' type)
         ops = {n.op_type for n in self.g.nodes}
         if "ReduceMean" in ops and "LayerNormalization" not in ops:
-            raise OnnxImportError("LayerNorm is decomposed into ReduceMean / Pow / Sqrt (an export at opset < 17, "
-                                  "which has no LayerNormalization op): export with opset_version=17 or later")
+            raise OnnxImportError(_decomposed_layer_norm([o.version for o in self.g.default_opset()]))
         h, hidden, model_type, pad = self.embeddings()
         n_layers = 0
         while True:
@@ -771,6 +773,18 @@ class _Reader:
         model.load_state_dict({k: torch.from_numpy(np.array(v, np.float32)) for k, v in self.state.items()},
                               strict=True)
         return model.eval(), self.warnings
+
+
+def _decomposed_layer_norm(opsets: list[int]) -> str:
+    """Why a graph whose LayerNorm is ReduceMean / Pow / Sqrt is refused: its opset where that explains it (below
+    17, which has no LayerNormalization op), else the decomposition itself (a file at opset 17 or later)."""
+    if opsets and opsets[0] >= 17:
+        return (f"LayerNorm is decomposed into ReduceMean / Pow / Sqrt although the file's opset is {opsets[0]}, "
+                "which has LayerNormalization: a decomposed LayerNorm is not supported (export LayerNorm as one "
+                "LayerNormalization op, as torch.onnx.export does at opset_version=17 or later)")
+    where = f"an export at opset {opsets[0]}, which has no LayerNormalization op" if opsets else \
+        "the file names no default-domain opset"
+    return f"LayerNorm is decomposed into ReduceMean / Pow / Sqrt ({where}): export with opset_version=17 or later"
 
 
 def model_from_onnx(path: str | Path | onnx.ModelProto) -> PreTrainedModel:
