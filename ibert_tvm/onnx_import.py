@@ -32,7 +32,10 @@ where:
 - layer_norm_eps: the LayerNormalization epsilon (a float32 in the file, read back as the shortest decimal).
 - attention mask: each layer's Softmax input, run with onnx's reference evaluator on the scores 0 and every
   token real, must be 0: a mask of the graph's own (a decoder's causal mask, whether a constant lower triangle
-  in a static-shape export or computed from positions) would be dropped by the rebuilt encoder, so it is refused.
+  in a static-shape export or computed from positions) would be dropped by the rebuilt encoder, so it is refused;
+  with one token padded it must be large negative (<= -1e4) exactly at that key, for every head and query of its
+  row, and 0 elsewhere: HF's key masking, which the rebuilt encoder applies (a graph that masks the padded
+  query instead, or masks otherwise, is refused).
 
 Every float initializer with more than one element must end up in the model (else the file holds something
 this reader does not understand: a pooler, a task head, relative position tables, ...), every model weight must
@@ -90,6 +93,28 @@ def _first_line(e: Exception) -> str:
 
 
 _erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+#: the largest value a masked key's entry of the Softmax input may have (HF writes its dtype's lowest finite value;
+#: torch's TorchScript exporter -inf; BERT's original code -10000)
+_MASKED = -1e4
+
+
+def _key_mask_problem(bias: np.ndarray, shape: tuple[int, int, int, int]) -> str | None:
+    """How a Softmax input of `shape` [B, heads, L, L], with the scores 0 and key L-1 of row 0 padded, differs from
+    HF's padding mask (<= _MASKED at that key for every head and query of row 0, 0 elsewhere), or None."""
+    if bias.shape != shape:
+        return f"the Softmax input has shape {list(bias.shape)}, not [batch, heads, L, L] = {list(shape)}"
+    want = np.zeros(shape, bool)
+    want[0, :, :, -1] = True
+    masked = bias <= _MASKED
+    if np.array_equal(masked, want) and not bias[~want].any():
+        return None
+    if np.array_equal(masked, np.swapaxes(want, -1, -2)):
+        return (f"it masks query {shape[-1] - 1} of row 0 from every key (a [B, 1, L, 1] mask) instead of key "
+                f"{shape[-1] - 1} from every query")
+    return (f"{int((masked & want).sum())} of the {int(want.sum())} entries at the padded key are <= {_MASKED:g} (the "
+            f"largest {float(bias[want].max()):.3g}), and {int((bias[~want] != 0).sum())} other entries are nonzero")
 
 
 def _reference_evaluator(model: onnx.ModelProto):
@@ -656,11 +681,14 @@ class _Reader:
         return self.residual_norm(x, h1, f"{p}.output.LayerNorm", hidden)
 
     def check_attention_masks(self, heads: int) -> None:
-        """Refuse attention that attention_mask alone does not mask: run each layer's Softmax input with the scores
-        0 and every token real; anything but 0 there is a mask of the graph's own (a decoder's causal mask: a
-        constant lower triangle, or computed from the positions) that the rebuilt encoder would drop."""
+        """Refuse attention that attention_mask alone does not mask as BERT / RoBERTa do: run each layer's Softmax
+        input with the scores 0, (1) with every token real: anything but 0 there is a mask of the graph's own (a
+        decoder's causal mask: a constant lower triangle, or computed from the positions) that the rebuilt encoder
+        would drop; (2) with the last token of the first row padded: it must be large negative (<= _MASKED) at that
+        key for every head and query of that row and 0 elsewhere, HF's key masking, which the rebuilt encoder
+        applies (a graph masking the padded query instead, or masking otherwise, is another model)."""
         dims = [d.dim_value or None for d in self.g.inputs[self.ids].type.tensor_type.shape.dim]
-        batch, seq = (dims[0] or 1, dims[1] or 8) if len(dims) == 2 else (1, 8)
+        batch, seq = (dims[0] or 2, dims[1] or 8) if len(dims) == 2 else (2, 8)  # padded, a row of real tokens
         feeds = {name: (np.zeros if name in (self.ids, self.types) else np.ones)(
             (batch, seq), onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
             for name, i in self.g.inputs.items()}  # ones: the attention mask, every token real
@@ -668,12 +696,12 @@ class _Reader:
         if not biased:  # exported without a mask
             return
         feeds |= {scores: np.zeros((batch, heads, seq, seq), dtype) for _, scores, _, dtype in self.attention}
-        try:
-            biases = self.g.evaluate([x for _, x in biased], feeds)
-        except Exception as e:  # noqa: BLE001 (the evaluator raises many types)
-            self.fail(f"cannot evaluate the attention mask ({_first_line(e)})")
+        padded = {name: feeds[name].copy() for name in self.g.inputs if name not in (self.ids, self.types)}
+        for mask in padded.values():
+            mask[0, -1] = 0
+        real_biases, padded_biases = (self.softmax_inputs([x for _, x in biased], f) for f in (feeds, feeds | padded))
         causal = np.triu(np.ones((seq, seq), bool), 1)
-        for (p, _), bias in zip(biased, biases):
+        for (p, _), bias, bias_padded in zip(biased, real_biases, padded_biases):
             off = np.asarray(bias, np.float32) != 0
             if off.shape[-2:] == (seq, seq) and np.array_equal(np.broadcast_to(causal, off.shape), off):
                 self.fail(f"{p}: a causal (decoder) attention mask: with every token real, each position is masked "
@@ -682,6 +710,16 @@ class _Reader:
                 self.fail(f"{p}: the attention scores are masked or biased by more than attention_mask "
                           f"({int(off.sum())} of {off.size} entries of the Softmax input nonzero with every token "
                           "real and the scores 0): BERT / RoBERTa padding masks only (encoders only)")
+            if problem := _key_mask_problem(np.asarray(bias_padded, np.float64), (batch, heads, seq, seq)):
+                self.fail(f"{p}: attention_mask does not mask the padded key as BERT / RoBERTa do (token {seq - 1} "
+                          f"of row 0 padded, the scores 0): {problem}")
+
+    def softmax_inputs(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """The Softmax inputs `outputs` evaluated on `feeds`; an evaluation that fails is refused, naming why."""
+        try:
+            return self.g.evaluate(outputs, feeds)
+        except Exception as e:  # noqa: BLE001 (the evaluator raises many types)
+            self.fail(f"cannot evaluate the attention mask ({_first_line(e)})")
 
     def follow_to_linear(self, name: str, p: str) -> onnx.NodeProto:
         """From the attention context through transposes / reshapes to the output projection's MatMul."""

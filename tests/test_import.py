@@ -6,6 +6,7 @@
   architecture, and quantizes to the same integer-only program output; unsupported files are refused by name.
 """
 
+import copy
 import re
 import warnings
 
@@ -298,6 +299,60 @@ def test_a_constant_mask_that_is_not_all_true_is_refused(onnx_files):
     value[0, 0, 3, 0] = False
     const.CopyFrom(onnx.numpy_helper.from_array(value, const.name))
     with pytest.raises(OnnxImportError, match=r"masked or biased by more than attention_mask \(128 of 2048 "):
+        model_from_onnx(model)
+
+
+def mask_wheres(model: onnx.ModelProto) -> list[onnx.NodeProto]:
+    """The Where nodes writing the layers' attention masks (0 for a real key, a large negative for a padded one),
+    each an operand of the Add before a Softmax, in the exports of both exporters."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    wheres = {}
+    for softmax in (n for n in model.graph.node if n.op_type == "Softmax"):
+        add = producer[softmax.input[0]]
+        where = next(producer[i] for i in add.input if i in producer and producer[i].op_type == "Where")
+        wheres[where.output[0]] = where
+    return list(wheres.values())
+
+
+def mask_queries(model: onnx.ModelProto) -> None:
+    """Transpose each mask's [B, 1, L, L] condition before its Where: a padded token masked as a query (from every
+    key) instead of as a key (from every query)."""
+    targets, nodes = {w.output[0] for w in mask_wheres(model)}, []
+    for node in model.graph.node:
+        node = copy.deepcopy(node)
+        if node.output[0] in targets:
+            flipped = f"{node.output[0]}_queries"
+            nodes.append(helper.make_node("Transpose", [node.input[0]], [flipped], perm=[0, 1, 3, 2]))
+            node.input[0] = flipped
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+
+
+def weaken_masks(model: onnx.ModelProto) -> None:
+    """Set the value each mask's Where writes for a padded key (an initializer or a Constant node) to -1."""
+    tensors = {t.name: t for t in model.graph.initializer}
+    tensors |= {n.output[0]: n.attribute[0].t for n in model.graph.node if n.op_type == "Constant"}
+    for where in mask_wheres(model):
+        t = tensors[where.input[2]]
+        t.CopyFrom(onnx.numpy_helper.from_array(np.full_like(onnx.numpy_helper.to_array(t), -1), t.name))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (mask_queries, r"it masks query 7 of row 0 from every key \(a \[B, 1, L, 1\] mask\) instead of key 7"),
+    (weaken_masks, r"0 of the 32 entries at the padded key are <= -10000 \(the largest -1\), and 0 other"),
+], ids=["query mask", "mask -1"])
+@pytest.mark.parametrize("export_kind", ["bert dynamo", "roberta dynamo", "bert legacy"])
+def test_a_mask_that_is_not_hf_key_masking_is_refused(edit, message, export_kind, onnx_files, legacy_exports):
+    """With every token real these masks give 0, as HF's does, and were accepted, then rebuilt with HF's key
+    masking: another model (masking the padded query changes the real tokens' outputs by 0.6 in onnxruntime).
+    With token 7 of row 0 padded the Softmax input must be large negative exactly at key 7 of row 0."""
+    kind, exporter = export_kind.split()
+    model = onnx.load(onnx_files[kind, "dynamic"] if exporter == "dynamo" else legacy_exports("float32")[1])
+    edit(model)
+    onnx.checker.check_model(model)
+    with pytest.raises(OnnxImportError, match=r"^encoder.layer.0: attention_mask does not mask the padded key as "
+                                              r"BERT / RoBERTa do \(token 7 of row 0 padded, the scores 0\): " + message):
         model_from_onnx(model)
 
 
