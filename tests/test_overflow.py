@@ -681,6 +681,7 @@ def test_requantize_refuses_bits_outside_its_dtypes_when_built(bits, x_dtype):
     (1.5, 40, "'x' multiplier must be integers, got 1.5"),
     (1 << 30, np.array([40.0]), "'x' shift must be integers"),
     (1 << 30, -1, "shift must be >= 0"),
+    (np.array([], np.int64), np.array([], np.int64), "'x' multiplier and shift are empty"),  # numpy's ValueError before
 ])
 def test_requantize_names_a_bad_constant_multiplier_or_shift(multiplier, shift, message):
     with pytest.raises(IBertOpError, match=message):

@@ -153,6 +153,9 @@ def _dyadic(m: np.ndarray | int | relax.Expr, e: np.ndarray | int | relax.Expr, 
     m, e = _python_ints(m, f"'{arg}' multiplier"), _python_ints(e, f"'{arg}' shift")
     if m.shape != e.shape:
         raise IBertOpError(f"{OP}: '{arg}' multiplier shape {m.shape} differs from its shift shape {e.shape}")
+    if m.size == 0:  # `requantize`'s int(e.min()) raised numpy's "zero-size array to reduction operation"
+        raise IBertOpError(f"{OP}: '{arg}' multiplier and shift are empty: give one per tensor (scalars) or one per "
+                           "channel")
     if any(abs(v) > 1 << 31 for v in m.flat):
         raise IBertOpError(f"{OP}: '{arg}' multiplier must satisfy |M| <= 2^31 (a batch_frexp mantissa)")
     if any(v < 0 for v in e.flat):
