@@ -56,6 +56,7 @@ _ENTRY_KINDS: dict[tuple[str, str], tuple[str, Callable[[Any], bool]]] = {
     ("model", "labels"): ("a list of strings (or null)",
                           lambda v: v is None or isinstance(v, list) and all(isinstance(x, str) for x in v)),
     ("output", "kind"): ("'logits' or 'hidden_states'", lambda v: v in _OUTPUT_DTYPES),
+    ("output", "shape"): ("a list", lambda v: isinstance(v, list)),
 }
 #: an output kind -> the dtypes a program of it returns (int8 hidden states; int32 logits, float32 for a float head)
 _OUTPUT_DTYPES = {"hidden_states": ("int8",), "logits": ("int32", "float32")}
@@ -222,11 +223,28 @@ def _entry_problem(meta: dict[str, Any]) -> str | None:
     for (section, entry), (what, holds) in _ENTRY_KINDS.items():
         if entry in meta[section] and not holds(meta[section][entry]):
             return f"{section}.{entry} must be {what}, got {meta[section][entry]!r}"
+    inputs = meta["inputs"]
+    if not (isinstance(inputs, list) and all(isinstance(i, dict) and isinstance(i.get("name"), str)
+                                             and isinstance(i.get("dtype"), str) and isinstance(i.get("shape"), list)
+                                             for i in inputs)):
+        return f"inputs must be a list of {{name, dtype, shape}} entries, got {inputs!r}"
+    tokenizer = meta.get("tokenizer")
+    if tokenizer is not None and not _is_tokenizer_files(tokenizer):
+        return "tokenizer must map the tokenizer's file names (no folders) to their text"
     output = meta["output"]
     if output["dtype"] not in _OUTPUT_DTYPES[output["kind"]]:
         return f"output.dtype of {output['kind']} must be one of {', '.join(_OUTPUT_DTYPES[output['kind']])}, got " \
                f"{output['dtype']!r}"
     return None
+
+
+def _is_tokenizer_files(files: Any) -> bool:
+    """Whether `files` maps plain file names to their text, as export bundles them: `load` writes each into a
+    temporary folder, where a name with a folder in it ('../x') would write outside it."""
+    return isinstance(files, dict) and all(
+        isinstance(name, str) and name not in ("", "..") and Path(name).name == name and "\0" not in name
+        and isinstance(text, str)
+        for name, text in files.items())
 
 
 def is_json_int(value: Any) -> bool:

@@ -248,7 +248,11 @@ class IntegerModel:
                 with tempfile.TemporaryDirectory() as tmp:
                     for name, text in files.items():
                         (Path(tmp) / name).write_text(text, encoding="utf-8")
-                    self._tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+                    try:
+                        self._tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+                    except Exception as err:  # files edited by hand: transformers' error names a temporary folder
+                        raise ArtifactError(f"the artifact's tokenizer files cannot be read as a tokenizer "
+                                            f"({_first_line(err)}); re-export the artifact") from err
             return self._tokenizer
 
     def encode_texts(self, texts: Sequence[Text]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

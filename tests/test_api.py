@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -325,6 +326,13 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m["target"].update(features=None), "target.features must be a list of strings, got None"),
     (lambda m: m["target"].update(features="avx2"), "target.features must be a list of strings, got 'avx2'"),
     (lambda m: m["target"].update(family="bogus"), "target.family must be one of 'x86', 'arm', 'cuda', got 'bogus'"),
+    # entries that `inspect` printed with a traceback, and the tokenizer files, which `tokenizer()` wrote with one
+    (lambda m: m.update(inputs=5), "inputs must be a list of {name, dtype, shape} entries, got 5"),
+    (lambda m: m["inputs"][0].pop("name"), "inputs must be a list of {name, dtype, shape} entries"),
+    (lambda m: m["output"].update(shape=5), "output.shape must be a list, got 5"),
+    (lambda m: m.update(tokenizer=["tokenizer.json"]), "tokenizer must map the tokenizer's file names"),
+    (lambda m: m["tokenizer"].update({"tokenizer.json": 5}), "tokenizer must map the tokenizer's file names"),
+    (lambda m: m["tokenizer"].update({"sub/tokenizer.json": "{}"}), "tokenizer must map the tokenizer's file names"),
 ])
 def test_mismatched_metadata_is_refused(exported, tmp_path, edit, message):
     copy = tmp_path / "model.so"
@@ -334,6 +342,35 @@ def test_mismatched_metadata_is_refused(exported, tmp_path, edit, message):
     copy.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ibert_tvm.ArtifactError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         ibert_tvm.load(copy)
+
+
+def test_tokenizer_file_names_leading_out_of_the_folder_are_refused(exported, tmp_path):
+    """A tokenizer file name edited into '../NAME' is refused at load: `tokenizer()` writes the bundled files into
+    a temporary folder, and wrote that one beside the folder, wherever the name led."""
+    copy = tmp_path / "model.so"
+    shutil.copy(exported, copy)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    escaped = Path(tempfile.gettempdir()) / f"ibert-tvm-escaped-{os.getpid()}.json"
+    meta["tokenizer"][f"../{escaped.name}"] = "{}"
+    copy.with_suffix(".json").write_text(json.dumps(meta))
+    try:
+        with pytest.raises(ibert_tvm.ArtifactError, match="tokenizer must map the tokenizer's file names"):
+            ibert_tvm.load(copy).classify(["a sentence"])
+        assert not escaped.exists()
+    finally:
+        escaped.unlink(missing_ok=True)
+
+
+def test_tokenizer_files_that_are_no_tokenizer_are_refused_by_name(exported, tmp_path):
+    """Bundled tokenizer files edited into something else: an ArtifactError at the first text, not transformers'
+    JSONDecodeError."""
+    copy = tmp_path / "model.so"
+    shutil.copy(exported, copy)
+    meta = json.loads(exported.with_suffix(".json").read_text())
+    meta["tokenizer"] = {name: "garbage" for name in meta["tokenizer"]}
+    copy.with_suffix(".json").write_text(json.dumps(meta))
+    with pytest.raises(ibert_tvm.ArtifactError, match="tokenizer files cannot be read as a tokenizer"):
+        ibert_tvm.load(copy).classify(["a sentence"])
 
 
 #: Every metadata entry that `load`, `IntegerModel` and the CLI's `run`, `bench` and `inspect` read as it is
