@@ -288,6 +288,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _compile(args: argparse.Namespace) -> int:
     from .artifact import check_library_path, metadata_path
     from .compiler import check_toolchains, compile as compile_model
+    from .model import check_bucket_tokens
     from .schedules import check_options
     from .targets import resolve_target
     from .tuning import open_database
@@ -301,6 +302,7 @@ def _compile(args: argparse.Namespace) -> int:
                                                                       else args.tuning_logs)
     if isinstance(logs, str):  # another target's or corrupt records
         open_database(logs, spec)
+    check_bucket_tokens(args.batch_sizes, args.seq_lengths)
     qm = _quantize(args, args.seq_lengths, "--seq-lengths")
     lib = compile_model(qm, spec, tuning_logs=logs, batch_sizes=args.batch_sizes,
                         seq_lengths=args.seq_lengths, **options)
@@ -313,6 +315,7 @@ def _compile(args: argparse.Namespace) -> int:
 
 def _tune(args: argparse.Namespace) -> int:
     from .compiler import check_toolchains
+    from .model import check_bucket_tokens
     from .targets import resolve_target
     from .tuning import check_not_being_tuned, check_tracker, check_work_dir, database_to_check, tune
 
@@ -324,6 +327,7 @@ def _tune(args: argparse.Namespace) -> int:
         check_tracker(args.rpc)
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
         database_to_check(args.work_dir, spec, args.rpc)
+    check_bucket_tokens([args.batch], [args.seq])
     result = tune(_quantize(args, [args.seq], "--seq"), spec, trials=args.trials, work_dir=args.work_dir,
                   batch=args.batch, seq=args.seq, rpc=args.rpc, check_only=args.check_only)
     print(result)

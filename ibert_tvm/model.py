@@ -34,9 +34,9 @@ from .texts import Text, id_problem, is_text, mask_problem, token_type_problem
 
 
 __all__ = ["Batch", "MIN_SEQ_LENGTH", "QuantizedModel", "UnsupportedModelError", "UnusedCalibrationWarning",
-           "as_float32", "from_onnx", "from_pretrained", "check_seq_lengths", "function_name", "load_float32",
-           "max_seq_length", "position_ids", "position_limit", "shape_buckets", "to_ibert", "tokenizer_from",
-           "tokenizer_in"]
+           "as_float32", "from_onnx", "from_pretrained", "check_bucket_tokens", "check_seq_lengths", "function_name",
+           "load_float32", "max_seq_length", "position_ids", "position_limit", "shape_buckets", "to_ibert",
+           "tokenizer_from", "tokenizer_in"]
 
 
 class UnsupportedModelError(ValueError):
@@ -93,6 +93,9 @@ _DROPPED_HEADS = ("ForTokenClassification", "ForQuestionAnswering", "ForMultiple
                   "ForCausalLM", "LMHeadModel")
 #: The shortest sequence bucket: a real input holds [CLS] and [SEP] at least (length 1 does not build).
 MIN_SEQ_LENGTH = 2
+#: The most tokens (batch x sequence length) one shape bucket holds: calls are split over the compiled batch sizes,
+#: so a larger bucket gains nothing, and one of 2^63 failed in Relax and one of 2^31 in numpy, with tracebacks
+MAX_BUCKET_TOKENS = 1 << 24
 #: Files one of which a tokenizer directory holds (fast, WordPiece, BPE, SentencePiece).
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "sentencepiece.bpe.model", "spiece.model")
 
@@ -509,7 +512,18 @@ def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths
     batch_sizes = _sizes(batch_sizes, "batch_sizes", 1)
     seq_lengths = _sizes(seq_lengths, "seq_lengths", MIN_SEQ_LENGTH)
     check_seq_lengths(seq_lengths, model.max_seq_length)
+    check_bucket_tokens(batch_sizes, seq_lengths)
     return batch_sizes, seq_lengths
+
+
+def check_bucket_tokens(batch_sizes: Iterable[int], seq_lengths: Iterable[int]) -> None:
+    """A ValueError where the largest bucket holds more than MAX_BUCKET_TOKENS tokens (the CLI asks before
+    calibrating)."""
+    batch, seq = max(batch_sizes), max(seq_lengths)
+    if batch * seq > MAX_BUCKET_TOKENS:
+        raise ValueError(f"batch size {batch} x sequence length {seq} is {batch * seq} tokens in one bucket, more "
+                         f"than the {MAX_BUCKET_TOKENS} compiled at most: give smaller batch sizes (a call's larger "
+                         "batch is split over the compiled batch sizes)")
 
 
 def check_seq_lengths(seq_lengths: Iterable[int], limit: int) -> None:

@@ -518,6 +518,10 @@ def test_compile_refuses_bad_arguments(quantized, exported, tmp_path):
         ibert_tvm.compile(quantized, "llvm", tuning_logs=False)
     with pytest.raises(ValueError, match=r"batch_sizes .*at least 1.*got \[0\]$"):
         ibert_tvm.compile(quantized, "llvm", tuning_logs=False, batch_sizes=[0], seq_lengths=SEQS)
+    for batch in (2 ** 63, 2 ** 31):  # a TypeError of Relax's (a BigInt shape), numpy's MemoryError
+        with pytest.raises(ValueError, match=f"batch size {batch} x sequence length 16 is {batch * 16} tokens in one "
+                                             "bucket, more than the 16777216 compiled at most"):
+            ibert_tvm.compile(quantized, "llvm", tuning_logs=False, batch_sizes=[1, batch], seq_lengths=SEQS)
     with pytest.raises(TypeError, match="takes a QuantizedModel"):
         ibert_tvm.compile("model-dir", "llvm")
 

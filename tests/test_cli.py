@@ -364,7 +364,10 @@ def test_what_compile_cannot_use_is_refused_before_calibrating(model_dir, tmp_pa
                          (("--seq-lengths", "1000"),
                           "sequence length 1000 exceeds what the model's position embeddings cover (512)"),
                          ((*model, "--tuning-logs", str(db)), f"tuning database {db} was made for target 'aarch64'"),
-                         ((*model, "--gemm", "dp4a"), "the x86 schedules take no option gemm")):
+                         ((*model, "--gemm", "dp4a"), "the x86 schedules take no option gemm"),
+                         # failed after calibrating in Relax (a BigInt shape) or numpy (a MemoryError), with tracebacks
+                         ((*model, "--batch-sizes", "1," + "9" * 20, "--seq-lengths", "8"),
+                          f"batch size {'9' * 20} x sequence length 8 is {int('9' * 20) * 8} tokens in one bucket")):
         proc = cli("compile", *args, "-o", str(tmp_path / "x.so"))
         assert_one_line_error(proc, reason)
         assert "calibrating" not in proc.stderr
@@ -374,6 +377,9 @@ def test_what_compile_cannot_use_is_refused_before_calibrating(model_dir, tmp_pa
     assert_one_line_error(proc, "sequence length 100 exceeds what the model's position embeddings cover (64): give "
                           "a shorter --seq")
     assert "calibrating" not in proc.stderr and not (tmp_path / "tuned").exists()
+    proc = cli("tune", *model, "--seq", "8", "--batch", str(2 ** 31), "--work-dir", str(tmp_path / "tuned"))
+    assert_one_line_error(proc, f"batch size {2 ** 31} x sequence length 8 is {2 ** 34} tokens in one bucket")
+    assert "calibrating" not in proc.stderr
 
 
 def test_missing_programs_and_packages_are_named_in_one_line(model_dir, tmp_path, monkeypatch):
