@@ -69,7 +69,11 @@ def _decode(raw: bytes, path: Path, latin1: bool) -> str:
     not valid UTF-8; any other file read so is warned of, unless `latin1` says it is expected); a ValueError for
     NUL bytes (UTF-16 without a mark, or not text), which latin-1 would take."""
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return raw.decode("utf-16")
+        try:
+            return raw.decode("utf-16")
+        except UnicodeDecodeError as err:  # an odd byte count or a lone surrogate: the codec's message names no file
+            raise ValueError(f"{path} is not UTF-16 text after its byte-order mark ({err.reason} at byte "
+                             f"{err.start + 2})") from None
     if b"\0" in raw:
         raise ValueError(f"{path} is not a text CSV: it holds NUL bytes (UTF-16 without a byte-order mark? save it "
                          "as UTF-8)")
@@ -97,7 +101,10 @@ def _rows(path: Path, columns: tuple[str, ...], latin1: bool = False) -> list[tu
         if None in row:  # more fields than the header: the text's own comma, unquoted, would cut it silently
             raise ValueError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields for "
                              f"{len(reader.fieldnames)} columns; quote a field that holds the delimiter")
-        rows.append(tuple(row[c] or "" for c in columns))
+        if any(row[c] is None for c in columns):  # fewer fields than the header: the csv module gives None
+            raise ValueError(f"{path}, line {reader.line_num}: {sum(v is not None for v in row.values())} field(s) "
+                             f"for {len(reader.fieldnames)} columns; give every row each column (empty fields as ,,)")
+        rows.append(tuple(row[c] for c in columns))
     return rows
 
 

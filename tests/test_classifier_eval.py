@@ -79,6 +79,17 @@ def test_labelled_csv_reads_names_and_indices(tmp_path):
     path.write_text("text,label\nfine,1\ngood, really,2\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"mine\.csv, line 3: 3 fields for 2 columns; quote a field"):
         read_labelled_csv(path)
+    # a row with fewer fields (read as '' before, so a missing pair or label was taken as an empty one), and UTF-16
+    # of an odd length (the codec's own message, naming no file)
+    path.write_text("text,label\nfine,1\ngood\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"mine\.csv, line 3: 1 field\(s\) for 2 columns; give every row each"):
+        read_labelled_csv(path)
+    path.write_text("text,label,second\nfine,1,x\ngood,2\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"mine\.csv, line 3: 2 field\(s\) for 3 columns"):
+        read_labelled_csv(path, pair_column="second")
+    path.write_bytes("text,label\nfine,1\n".encode("utf-16") + b"\0")
+    with pytest.raises(ValueError, match=r"mine\.csv is not UTF-16 text after its byte-order mark \(truncated data"):
+        read_labelled_csv(path)
     assert macro_f1(np.array([0, 1, 2, 2]), np.array([0, 1, 2, 1]), 3) == pytest.approx((1 + 2 / 3 + 2 / 3) / 3)
 
 
