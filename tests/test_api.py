@@ -325,6 +325,9 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m["output"].update(kind="scores"), "output.kind must be 'logits' or 'hidden_states', got 'scores'"),
     (lambda m: m["target"].update(features=None), "target.features must be a list of strings, got None"),
     (lambda m: m["target"].update(features="avx2"), "target.features must be a list of strings, got 'avx2'"),
+    (lambda m: m["model"].update(problem_type="weird"), "model.problem_type must be one of HF's problem types (or "
+                                                         "null), got 'weird'"),
+    (lambda m: m["model"].update(problem_type=5), "model.problem_type must be one of HF's problem types"),
     (lambda m: m["target"].update(family="bogus"), "target.family must be one of 'x86', 'arm', 'cuda', got 'bogus'"),
     # entries that `inspect` printed with a traceback, and the tokenizer files, which `tokenizer()` wrote with one
     (lambda m: m.update(inputs=5), "inputs must be a list of {name, dtype, shape} entries, got 5"),
