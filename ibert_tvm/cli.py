@@ -117,12 +117,14 @@ def _checked_path(text: str, file: bool) -> str:
 
 
 def _rpc(text: str) -> tuple[str, int, str]:
-    """'HOST:PORT:KEY' -> (host, port, key) (argparse type of --rpc)."""
+    """'HOST:PORT:KEY' -> (host, port, key) (argparse type of --rpc); an IPv6 host as written in URLs, '[::1]',
+    is given to the socket without its brackets."""
     parts = text.rsplit(":", 2)
     if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit() and 0 < int(parts[1]) < 65536) \
-            or not parts[0] or not parts[2]:
+            or not parts[0].strip("[]") or not parts[2]:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT:KEY (a tracker and a device key), got {text!r}")
-    return parts[0], int(parts[1]), parts[2]
+    host = parts[0][1:-1] if parts[0].startswith("[") and parts[0].endswith("]") else parts[0]
+    return host, int(parts[1]), parts[2]
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:

@@ -7,6 +7,7 @@ again); the artifact is compiled, and one user error reported, through the insta
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import io
 import json
@@ -312,6 +313,19 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
                          (("tune", *model, "--work-dir", str(tmp_path / "db"), "--seq", "1"), "at least 2, got 1")):
         assert_one_line_error(cli(*args), reason)
     assert not (tmp_path / "db").exists() and not list(tmp_path.glob("*.so"))
+
+
+@pytest.mark.parametrize("text, parsed", [("tracker:9190:rk3588", ("tracker", 9190, "rk3588")),
+                                          ("[::1]:9190:k", ("::1", 9190, "k")), ("::1:9190:k", ("::1", 9190, "k")),
+                                          ("[]:9190:k", None), ("host:0:k", None), ("host:9190:", None)])
+def test_rpc_takes_host_port_key_with_an_ipv6_host_in_brackets(text, parsed):
+    from ibert_tvm.cli import _rpc
+
+    if parsed is None:
+        with pytest.raises(argparse.ArgumentTypeError, match="expected HOST:PORT:KEY"):
+            _rpc(text)
+    else:
+        assert _rpc(text) == parsed
 
 
 def test_output_folders_that_cannot_be_written_are_refused_before_the_work(artifact, model_dir, tmp_path,
