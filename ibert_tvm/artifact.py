@@ -170,6 +170,8 @@ def read_metadata(library: str | Path) -> dict[str, Any]:
     """The metadata of an artifact, checked against its library (presence, format, hash, TVM version)."""
     if not isinstance(library, (str, os.PathLike)):
         raise TypeError(f"an artifact is a library path, got {type(library).__name__}")
+    if not os.fspath(library):  # Path('') is the current folder
+        raise ArtifactError("the artifact path is empty; give the library's file path (e.g. model.so)")
     library = Path(library)
     if library.suffix == ".json":
         raise ArtifactError(f"{library} is an artifact's metadata: pass its library (the file beside it that its "

@@ -420,10 +420,13 @@ def test_library_paths_that_load_cannot_run_are_refused(path, message, tmp_path,
 
 
 def test_artifacts_load_cannot_run_as_they_are_are_refused(exported, tmp_path):
-    """A folder, a library under a suffix the TVM runtime would relink (writing beside it), and a library that
-    holds no Relax VM program are each refused in one line naming the file."""
+    """A folder, an empty path (not read as the current folder), a library under a suffix the TVM runtime would
+    relink (writing beside it), and a library that holds no Relax VM program are each refused in one line naming
+    the file."""
     with pytest.raises(ibert_tvm.ArtifactError, match=f"{re.escape(str(tmp_path))} is a folder; pass the library"):
         ibert_tvm.load(tmp_path)
+    with pytest.raises(ibert_tvm.ArtifactError, match="the artifact path is empty"):
+        ibert_tvm.load("")
     lib_o = tmp_path / "lib.o"
     shutil.copy(exported, lib_o)
     shutil.copy(exported.with_suffix(".json"), tmp_path / "lib.json")
