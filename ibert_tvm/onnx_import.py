@@ -33,7 +33,7 @@ where:
 - attention mask: each layer's Softmax input, run with onnx's reference evaluator on the scores 0 and every
   token real, must be 0: a mask of the graph's own (a decoder's causal mask, whether a constant lower triangle
   in a static-shape export or computed from positions) would be dropped by the rebuilt encoder, so it is refused;
-  with one token padded it must be large negative (<= -1e4) exactly at that key, for every head and query of its
+  with one token padded it must be large negative (<= -5e3) exactly at that key, for every head and query of its
   row, and 0 elsewhere: HF's key masking, which the rebuilt encoder applies (a graph that masks the padded
   query instead, or masks otherwise, is refused).
 
@@ -96,8 +96,8 @@ _erf = np.vectorize(math.erf, otypes=[np.float64])
 
 
 #: the largest value a masked key's entry of the Softmax input may have (HF writes its dtype's lowest finite value;
-#: torch's TorchScript exporter -inf; BERT's original code -10000)
-_MASKED = -1e4
+#: torch's TorchScript exporter -inf; BERT's original code -10000, which bfloat16 rounds to -9984)
+_MASKED = -5e3
 
 
 def _key_mask_problem(bias: np.ndarray, shape: tuple[int, int, int, int]) -> str | None:
@@ -699,9 +699,11 @@ class _Reader:
         padded = {name: feeds[name].copy() for name in self.g.inputs if name not in (self.ids, self.types)}
         for mask in padded.values():
             mask[0, -1] = 0
-        real_biases, padded_biases = (self.softmax_inputs([x for _, x in biased], f) for f in (feeds, feeds | padded))
+        # without a mask input (ids only) the graph builds HF's all-ones mask itself: no token can be padded
+        runs = (feeds, feeds | padded) if padded else (feeds,)
+        real_biases, *padded_biases = (self.softmax_inputs([x for _, x in biased], f) for f in runs)
         causal = np.triu(np.ones((seq, seq), bool), 1)
-        for (p, _), bias, bias_padded in zip(biased, real_biases, padded_biases):
+        for i, ((p, _), bias) in enumerate(zip(biased, real_biases)):
             off = np.asarray(bias, np.float32) != 0
             if off.shape[-2:] == (seq, seq) and np.array_equal(np.broadcast_to(causal, off.shape), off):
                 self.fail(f"{p}: a causal (decoder) attention mask: with every token real, each position is masked "
@@ -710,7 +712,8 @@ class _Reader:
                 self.fail(f"{p}: the attention scores are masked or biased by more than attention_mask "
                           f"({int(off.sum())} of {off.size} entries of the Softmax input nonzero with every token "
                           "real and the scores 0): BERT / RoBERTa padding masks only (encoders only)")
-            if problem := _key_mask_problem(np.asarray(bias_padded, np.float64), (batch, heads, seq, seq)):
+            if padded_biases and (problem := _key_mask_problem(np.asarray(padded_biases[0][i], np.float64),
+                                                               (batch, heads, seq, seq))):
                 self.fail(f"{p}: attention_mask does not mask the padded key as BERT / RoBERTa do (token {seq - 1} "
                           f"of row 0 padded, the scores 0): {problem}")
 
