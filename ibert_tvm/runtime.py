@@ -246,10 +246,12 @@ class IntegerModel:
                 from transformers import AutoTokenizer
 
                 with tempfile.TemporaryDirectory() as tmp:
-                    for name, text in files.items():
-                        (Path(tmp) / name).write_text(text, encoding="utf-8")
                     try:
+                        for name, text in files.items():
+                            (Path(tmp) / name).write_text(text, encoding="utf-8")
                         self._tokenizer = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+                    except ImportError:  # a package the tokenizer needs (sentencepiece, ...): its own message says
+                        raise
                     except Exception as err:  # files edited by hand: transformers' error names a temporary folder
                         raise ArtifactError(f"the artifact's tokenizer files cannot be read as a tokenizer "
                                             f"({_first_line(err)}); re-export the artifact") from err

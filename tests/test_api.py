@@ -374,6 +374,11 @@ def test_tokenizer_files_that_are_no_tokenizer_are_refused_by_name(exported, tmp
     copy.with_suffix(".json").write_text(json.dumps(meta))
     with pytest.raises(ibert_tvm.ArtifactError, match="tokenizer files cannot be read as a tokenizer"):
         ibert_tvm.load(copy).classify(["a sentence"])
+    # a text no file can hold (a lone surrogate, which JSON allows) and a name too long for the file system
+    for files in ({name: "\ud800" for name in meta["tokenizer"]}, {"x" * 300: "{}"}):
+        copy.with_suffix(".json").write_text(json.dumps({**meta, "tokenizer": files}))
+        with pytest.raises(ibert_tvm.ArtifactError, match="tokenizer files cannot be read as a tokenizer"):
+            ibert_tvm.load(copy).classify(["a sentence"])
 
 
 #: Every metadata entry that `load`, `IntegerModel` and the CLI's `run`, `bench` and `inspect` read as it is
