@@ -101,10 +101,12 @@ def _rows(path: Path, columns: tuple[str, ...], latin1: bool = False) -> list[tu
         if None in row:  # more fields than the header: the text's own comma, unquoted, would cut it silently
             raise ValueError(f"{path}, line {reader.line_num}: {len(reader.fieldnames) + len(row[None])} fields for "
                              f"{len(reader.fieldnames)} columns; quote a field that holds the delimiter")
-        if any(row[c] is None for c in columns):  # fewer fields than the header: the csv module gives None
+        # fewer fields than the header (the csv module gives None) are refused, but for a line of spaces: its
+        # fields are empty, as they were read before (`read_csv_texts` leaves it out)
+        if any(row[c] is None for c in columns) and any(v.strip() for v in row.values() if v is not None):
             raise ValueError(f"{path}, line {reader.line_num}: {sum(v is not None for v in row.values())} field(s) "
                              f"for {len(reader.fieldnames)} columns; give every row each column (empty fields as ,,)")
-        rows.append(tuple(row[c] for c in columns))
+        rows.append(tuple(row[c] or "" for c in columns))
     return rows
 
 

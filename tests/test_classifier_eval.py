@@ -13,7 +13,7 @@ from ibert_tvm.classifier import (SentenceHead, classifier_program, head_constan
 from ibert_tvm.evaluate import _histogram, evaluate_data, macro_f1
 from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes.pipeline import build
-from ibert_tvm.sentiment_data import LABELS, bundled_test_slice, read_labelled_csv
+from ibert_tvm.sentiment_data import LABELS, bundled_test_slice, read_csv_texts, read_labelled_csv
 
 TINY = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=80, initializer_range=0.1, hidden_dropout_prob=0.0,
@@ -87,6 +87,8 @@ def test_labelled_csv_reads_names_and_indices(tmp_path):
     path.write_text("text,label,second\nfine,1,x\ngood,2\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"mine\.csv, line 3: 2 field\(s\) for 3 columns"):
         read_labelled_csv(path, pair_column="second")
+    path.write_text("id,text\n1,hello\n   \n2,world\n", encoding="utf-8")  # a line of spaces is no row: left out
+    assert read_csv_texts(path) == ["hello", "world"]
     path.write_bytes("text,label\nfine,1\n".encode("utf-16") + b"\0")
     with pytest.raises(ValueError, match=r"mine\.csv is not UTF-16 text after its byte-order mark \(truncated data"):
         read_labelled_csv(path)
