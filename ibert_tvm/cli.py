@@ -124,6 +124,8 @@ def _rpc(text: str) -> tuple[str, int, str]:
             or not parts[0].strip("[]") or not parts[2]:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT:KEY (a tracker and a device key), got {text!r}")
     host = parts[0][1:-1] if parts[0].startswith("[") and parts[0].endswith("]") else parts[0]
+    if "[" in host or "]" in host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT:KEY (an IPv6 host in one pair of brackets), got {text!r}")
     return host, int(parts[1]), parts[2]
 
 

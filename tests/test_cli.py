@@ -317,7 +317,8 @@ def test_bad_paths_and_values_are_refused_before_the_work(artifact, model_dir, t
 
 @pytest.mark.parametrize("text, parsed", [("tracker:9190:rk3588", ("tracker", 9190, "rk3588")),
                                           ("[::1]:9190:k", ("::1", 9190, "k")), ("::1:9190:k", ("::1", 9190, "k")),
-                                          ("[]:9190:k", None), ("host:0:k", None), ("host:9190:", None)])
+                                          ("[]:9190:k", None), ("host:0:k", None), ("host:9190:", None),
+                                          ("[::1:9190:k", None), ("host]:9190:k", None)])
 def test_rpc_takes_host_port_key_with_an_ipv6_host_in_brackets(text, parsed):
     from ibert_tvm.cli import _rpc
 
