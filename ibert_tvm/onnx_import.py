@@ -692,19 +692,15 @@ class _Reader:
         feeds = {name: (np.zeros if name in (self.ids, self.types) else np.ones)(
             (batch, seq), onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type))
             for name, i in self.g.inputs.items()}  # ones: the attention mask, every token real
-        biased = [(p, x) for p, scores, x, _ in self.attention if x != scores]
-        if not biased:  # exported without a mask
-            return
-        feeds |= {scores: np.zeros((batch, heads, seq, seq), dtype) for _, scores, _, dtype in self.attention}
         padded = {name: feeds[name].copy() for name in self.g.inputs if name not in (self.ids, self.types)}
         for mask in padded.values():
             mask[0, -1] = 0
-        # without a mask input (ids only) the graph builds HF's all-ones mask itself: no token can be padded
-        runs = (feeds, feeds | padded) if padded else (feeds,)
-        real_biases, *padded_biases = (self.softmax_inputs([x for _, x in biased], f) for f in runs)
         causal = np.triu(np.ones((seq, seq), bool), 1)
-        for i, ((p, _), bias) in enumerate(zip(biased, real_biases)):
-            off = np.asarray(bias, np.float32) != 0
+        # one layer at a time (a static export's [B, heads, L, L] scores take GB at large B and L); a layer whose
+        # Softmax reads the scores themselves has no mask
+        for p, scores, x, dtype in ((p, s, x, d) for p, s, x, d in self.attention if x != s):
+            zeros = {scores: np.zeros((batch, heads, seq, seq), dtype)}
+            off = np.asarray(self.softmax_input(x, feeds | zeros), np.float32) != 0
             if off.shape[-2:] == (seq, seq) and np.array_equal(np.broadcast_to(causal, off.shape), off):
                 self.fail(f"{p}: a causal (decoder) attention mask: with every token real, each position is masked "
                           "from the ones after it; decoder models are not supported (encoders only)")
@@ -712,15 +708,17 @@ class _Reader:
                 self.fail(f"{p}: the attention scores are masked or biased by more than attention_mask "
                           f"({int(off.sum())} of {off.size} entries of the Softmax input nonzero with every token "
                           "real and the scores 0): BERT / RoBERTa padding masks only (encoders only)")
-            if padded_biases and (problem := _key_mask_problem(np.asarray(padded_biases[0][i], np.float64),
-                                                               (batch, heads, seq, seq))):
+            if not padded:  # no mask input (ids only): the graph builds HF's all-ones mask; no token can be padded
+                continue
+            bias = np.asarray(self.softmax_input(x, feeds | padded | zeros), np.float64)
+            if problem := _key_mask_problem(bias, (batch, heads, seq, seq)):
                 self.fail(f"{p}: attention_mask does not mask the padded key as BERT / RoBERTa do (token {seq - 1} "
                           f"of row 0 padded, the scores 0): {problem}")
 
-    def softmax_inputs(self, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """The Softmax inputs `outputs` evaluated on `feeds`; an evaluation that fails is refused, naming why."""
+    def softmax_input(self, output: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The Softmax input `output` evaluated on `feeds`; an evaluation that fails is refused, naming why."""
         try:
-            return self.g.evaluate(outputs, feeds)
+            return self.g.evaluate([output], feeds)[0]
         except Exception as e:  # noqa: BLE001 (the evaluator raises many types)
             self.fail(f"cannot evaluate the attention mask ({_first_line(e)})")
 
