@@ -7,12 +7,11 @@ The weight scales are not an input: they only enter the requantization constants
 from __future__ import annotations
 
 import numpy as np
-import tvm
 from tvm import relax, te
 
 from ..quant import QuantizationRangeError
-from .registry import (INT8_ABS_MAX, IBertOpError, check_reduction_length, dims, make_call, register, same_dim,
-                       tensor_type)
+from .registry import (INT8_ABS_MAX, IBertOpError, check_reduction_length, constant_values, dims, make_call, register,
+                       same_dim, tensor_type)
 
 OP = "ibert.linear"
 # |x| <= 128: output channel n's int32 accumulator holds at most 128 * sum_k |w[n, k]| + |bias[n]|.
@@ -35,18 +34,11 @@ def _infer(call: relax.Call) -> relax.TensorType:
     return relax.TensorType(xs[:-1] + [ws[0]], "int32")
 
 
-def _constant(call: relax.Call, index: int) -> np.ndarray | None:
-    """Argument `index`'s values where it is a constant; None where it is a run-time value or absent."""
-    if index < len(call.args) and isinstance(call.args[index], tvm.ir.GenericConst):
-        return call.args[index].value.numpy()
-    return None
-
-
 def _check_accumulator(call: relax.Call, reduction_lengths: list) -> None:
     """The int32 accumulator's worst case for |x| <= 128, checked wherever its terms are known, however the call
     was built: per output channel, 128 sum_k |w[n, k]| + |bias[n]|, for a constant weight (a run-time bias adds
     nothing: the caller's contract); K 128^2 + max |bias| for a run-time weight (a static K; a constant bias)."""
-    weight, bias = _constant(call, 1), _constant(call, 2)
+    weight, bias = constant_values(call, 1), constant_values(call, 2)
     bias = np.zeros(1, np.int64) if bias is None else np.abs(bias.astype(np.int64))
     if weight is None:
         for k in reduction_lengths:

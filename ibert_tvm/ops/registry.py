@@ -192,13 +192,19 @@ def check_reduction_length(op: str, k: Any, a_max: int, b_max: int = INT8_ABS_MA
                            f"({int(k)} x {a_max} x {b_max}{plus} > 2^31 - 1)")
 
 
+def constant_values(call: relax.Call, index: int) -> np.ndarray | None:
+    """Argument `index`'s values where it is a constant; None where it is a run-time value or absent."""
+    if index < len(call.args) and isinstance(call.args[index], tvm.ir.GenericConst):
+        return call.args[index].value.numpy()
+    return None
+
+
 def check_constant_range(call: relax.Call, index: int, arg: str, lo: int | None, hi: int | None) -> None:
     """Where argument `index` is a constant, its values must lie in [lo, hi] (an input contract the kernel
     relies on but cannot check at run time); nothing to check where lo is None or the argument is not constant."""
-    value = call.args[index]
-    if lo is None or not isinstance(value, tvm.ir.GenericConst):
+    arr = constant_values(call, index)
+    if lo is None or arr is None:
         return
-    arr = value.value.numpy()
     if arr.size and (int(arr.min()) < lo or int(arr.max()) > hi):
         raise IBertOpError(f"{call.op.name}: constant '{arg}' holds values in [{int(arr.min())}, {int(arr.max())}] "
                            f"outside its contract [{lo}, {hi}]")

@@ -19,8 +19,8 @@ from tvm import relax, te
 
 from .intmath import (INT32_MAX, add_for_clamp, as_pyint, clamp, i64, mul_rne_shift_wide, per_channel,
                       ref_rne_div_pow2, rne_shift, rne_shift_capped)
-from .registry import (IBertOpError, as_expr, attrs_of, check_channel_vector, dims, known_dtype, like, make_call,
-                       register, same_dim, tensor_type)
+from .registry import (IBertOpError, as_expr, attrs_of, check_channel_vector, constant_values, dims, known_dtype, like,
+                       make_call, register, same_dim, tensor_type)
 
 OP = "ibert.requantize"
 OUT_DTYPE = {8: "int8", 16: "int16", 22: "int32", 32: "int32"}
@@ -66,8 +66,7 @@ def _check_shift_range(call: relax.Call) -> None:
     if "shift_min" not in call.attrs:
         return
     lo, hi = int(call.attrs["shift_min"]), int(call.attrs["shift_max"])
-    shift = call.args[2]
-    values = shift.value.numpy() if isinstance(shift, tvm.ir.GenericConst) else None
+    values = constant_values(call, 2)
     if not 0 <= lo <= hi <= WIDE_MAX_SHIFT or (values is not None and (values.min() < lo or values.max() > hi)):
         raise IBertOpError(f"{OP}: shift range [{lo}, {hi}] does not hold the shift's values"
                            + (f" [{values.min()}, {values.max()}]" if values is not None else ""))
