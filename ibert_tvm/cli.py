@@ -120,12 +120,11 @@ def _rpc(text: str) -> tuple[str, int, str]:
     """'HOST:PORT:KEY' -> (host, port, key) (argparse type of --rpc); an IPv6 host as written in URLs, '[::1]',
     is given to the socket without its brackets."""
     parts = text.rsplit(":", 2)
-    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit() and 0 < int(parts[1]) < 65536) \
-            or not parts[0].strip("[]") or not parts[2]:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT:KEY (a tracker and a device key), got {text!r}")
     host = parts[0][1:-1] if parts[0].startswith("[") and parts[0].endswith("]") else parts[0]
-    if "[" in host or "]" in host:
-        raise argparse.ArgumentTypeError(f"expected HOST:PORT:KEY (an IPv6 host in one pair of brackets), got {text!r}")
+    if len(parts) != 3 or not (parts[1].isascii() and parts[1].isdigit() and 0 < int(parts[1]) < 65536) \
+            or not host or "[" in host or "]" in host or not parts[2]:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT:KEY (a tracker and a device key; an IPv6 host in one "
+                                         f"pair of brackets), got {text!r}")
     return host, int(parts[1]), parts[2]
 
 

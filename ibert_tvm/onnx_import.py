@@ -698,7 +698,9 @@ class _Reader:
         causal = np.triu(np.ones((seq, seq), bool), 1)
         # one layer at a time (a static export's [B, heads, L, L] scores take GB at large B and L); a layer whose
         # Softmax reads the scores themselves has no mask
-        for p, scores, x, dtype in ((p, s, x, d) for p, s, x, d in self.attention if x != s):
+        for p, scores, x, dtype in self.attention:
+            if x == scores:
+                continue
             zeros = {scores: np.zeros((batch, heads, seq, seq), dtype)}
             off = np.asarray(self.softmax_input(x, feeds | zeros), np.float32) != 0
             if off.shape[-2:] == (seq, seq) and np.array_equal(np.broadcast_to(causal, off.shape), off):
