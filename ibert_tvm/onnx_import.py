@@ -593,7 +593,10 @@ class _Reader:
                          "from_pretrained" if len(terms) == 1 else ""))
         types, positions = (self.g.producer.get(t) for t in terms)
         if types is None or types.op_type != "Gather" or self.g.const(types.input[0]) is None:
-            self.fail("embeddings: the token-type embedding is not a table lookup (constant-folded or missing)")
+            folded = self.g.const(terms[0]) is not None
+            self.fail("embeddings: the token-type embedding is not a table lookup ("
+                      + ("folded into a constant by the exporter, as a static export of sequence length 1 is: export "
+                         "with a dynamic sequence axis or at least 2 tokens)" if folded else "missing)"))
         self.types = self.g.canon(types.input[1])
         self.state["embeddings.token_type_embeddings.weight"] = self.g.param(
             types.input[0], "embeddings.token_type_embeddings.weight")
@@ -703,7 +706,7 @@ class _Reader:
                 continue
             zeros = {scores: np.zeros((batch, heads, seq, seq), dtype)}
             off = np.asarray(self.softmax_input(x, feeds | zeros), np.float32) != 0
-            if off.shape[-2:] == (seq, seq) and np.array_equal(np.broadcast_to(causal, off.shape), off):
+            if off.any() and off.shape[-2:] == (seq, seq) and np.array_equal(np.broadcast_to(causal, off.shape), off):
                 self.fail(f"{p}: a causal (decoder) attention mask: with every token real, each position is masked "
                           "from the ones after it; decoder models are not supported (encoders only)")
             if off.any():

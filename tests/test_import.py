@@ -288,6 +288,24 @@ def test_a_causal_decoder_export_is_refused(dynamic, tmp_path):
         model_from_onnx(path)
 
 
+@pytest.mark.parametrize("kind", ["bert", "roberta"])
+def test_a_static_export_of_one_token_is_read_or_refused_by_name(kind, models, tmp_path):
+    """At sequence length 1 there is no key after the query: the causal-mask check must not mistake the empty
+    pattern for a decoder's. RoBERTa's export is read with its weights; BERT's has its token-type and position
+    lookups folded into constants by the exporter, and is refused saying so."""
+    b = batches(models[kind].config.pad_token_id, 1, B, 1, seed=5)[0]
+    path = str(tmp_path / "one_token.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(models[kind], (b.input_ids, b.attention_mask), path, dynamo=True,
+                          input_names=["input_ids", "attention_mask"])
+    if kind == "bert":
+        with pytest.raises(OnnxImportError, match="folded into a constant.*sequence length 1"):
+            model_from_onnx(path)
+    else:
+        assert_same_encoder(model_from_onnx(path), models[kind])
+
+
 def test_a_constant_mask_that_is_not_all_true_is_refused(onnx_files):
     """A static-shape encoder export ANDs the padding mask with an all-True constant [1, 1, L, 1]; any False in it
     (here: query 3 masked from every key, in both rows and 4 heads: 128 entries) is a mask the rebuilt encoder
