@@ -37,6 +37,20 @@ __all__ = ["PHASES", "build", "integer_pipeline", "tunable_module"]
 PHASES = ("legalize", "fuse", "verify", "lower")
 
 
+def _dump_folder(dump_dir: str | Path | None) -> Path | None:
+    """`dump_dir` made (with its parents) before any pass runs, so that a path that cannot be a folder is refused
+    by name up front instead of failing inside the pipeline after the first phase."""
+    if not dump_dir:
+        return None
+    folder = Path(dump_dir)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"dump_dir {str(folder)!r} cannot be made a folder for the IR dumps: "
+                         f"{e.strerror or e}") from None
+    return folder
+
+
 @tvm.transform.module_pass(opt_level=0, name="IBertDumpIR")
 class _DumpIR:
     """Write the module as TVMScript to `path` (constants omitted) and pass it on unchanged."""
@@ -45,7 +59,6 @@ class _DumpIR:
         self.path = path
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(mod.script(show_meta=False), encoding="utf-8")
         return mod
 
@@ -112,10 +125,11 @@ def integer_pipeline(target: Target | str = "llvm", dump_dir: str | None = None,
     so writes no `02_verify` dump.
     """
     target = Target(target) if isinstance(target, str) else target
+    folder = _dump_folder(dump_dir)
     passes: list[tvm.transform.Pass] = []
     phases = _phases(target, database, schedule_options, tally, integer_only)
     for index, (name, phase) in enumerate(zip(PHASES, phases)):
-        passes += phase + ([_DumpIR(Path(dump_dir) / f"{index:02d}_{name}.py")] if dump_dir and phase else [])
+        passes += phase + ([_DumpIR(folder / f"{index:02d}_{name}.py")] if folder and phase else [])
 
     @tvm.transform.module_pass(opt_level=0, name="IBertIntegerPipeline")
     def _pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:

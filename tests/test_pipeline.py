@@ -169,6 +169,15 @@ def test_ir_dumps_have_numbered_phase_names(built):
     assert "def fused_ibert_linear_ibert_requantize" in fused
 
 
+@pytest.mark.parametrize("where", ["a file", "under a file"])
+def test_a_dump_dir_that_cannot_be_a_folder_is_refused_up_front(where, tmp_path):
+    """Refused by name before any pass runs, not as an OSError from inside the pipeline after phase 0."""
+    (tmp_path / "f").write_text("x")
+    path = tmp_path / "f" if where == "a file" else tmp_path / "f" / "ir"
+    with pytest.raises(ValueError, match=f"dump_dir '{re.escape(str(path))}' cannot be made a folder"):
+        integer_pipeline("llvm", dump_dir=str(path))
+
+
 def _with_float_op(mod: tvm.IRModule) -> tvm.IRModule:
     """`mod` whose main also goes through float: astype(float32) * 0.5 -> int8 on the encoder's output."""
     params = [relax.Var(p.name, p.ty) for p in mod["main"].params]
