@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-import os
+import tempfile
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -17,12 +17,17 @@ __all__ = ["folder_problem", "pyplot", "stamped", "write_results"]
 
 def folder_problem(path: str | Path) -> str | None:
     """Why files cannot be written into folder `path` (made if need be): the nearest existing path on its way
-    is a file, or a folder that cannot be written; None where they can (checked before a command's work)."""
+    is a file, or a folder that cannot be written; None where they can (checked before a command's work). The
+    check writes and removes a temporary file there: permission bits do not bind root, and /proc, /sys or a
+    read-only mount refuse files whatever they say."""
     path = Path(path)
     existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
     if not existing.is_dir():
         return f"{path}{'' if existing == path.absolute() else f': {existing}'} is a file, not a folder"
-    if not os.access(existing, os.W_OK):
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError:
         return f"{path}: the folder {existing} cannot be written"
     return None
 
