@@ -1,5 +1,5 @@
 """Integer-only accuracy of the bundled sentiment classifier against its calibration: how many training tweets,
-and which range statistic (HF's min/max or its percentile variant).
+and which range statistic (HF's min/max, or its percentile or MSE variant).
 
     .venv/bin/python bench/calibration_sweep.py --sizes 32,256,1024 --methods minmax,percentile --out DIR
 

@@ -1,9 +1,11 @@
-"""Activation-range calibration on sample inputs: HF's own running min/max, or a percentile variant.
+"""Activation-range calibration on sample inputs: HF's own running min/max, or a percentile or MSE variant.
 
 Ranges live in the `QuantAct` buffers of HF's `IBertModel` (quant_mode=True). Train-mode forward passes make
 every QuantAct update its EMA of the batch min/max (momentum 0.95, spec §1.5) — the I-BERT reference's
-calibration, unchanged. The percentile method replaces each batch's min/max by its lower/upper percentile
-(per-tensor; the IntSoftmax's internal 16-bit range keeps min/max: its maximum is exact by construction).
+calibration, unchanged. The other methods replace each batch's min/max, merged by the same EMA: "percentile" by
+its lower/upper percentile, "mse" by the min/max scaled down to the clipping threshold that minimizes the
+batch's squared quantization error (per-tensor; the IntSoftmax's internal 16-bit range keeps min/max: its
+maximum is exact by construction).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ from transformers.models.ibert.quant_modules import QuantAct
 from .texts import Text, tokenizer_args
 
 MOMENTUM = 0.95
-METHODS = ("minmax", "percentile")
+METHODS = ("minmax", "percentile", "mse")
+#: the MSE search's histogram of |x|, and its smallest threshold in bins (a sixteenth of the batch's max |x|)
+MSE_BINS, MSE_FIRST_BIN = 2048, 128
 
 
 @dataclass
@@ -84,19 +88,47 @@ def finite_ranges(acts: dict[str, QuantAct]) -> Iterator[None]:
                              f"[{float(act.x_min.min())}, {float(act.x_max.max())}] (degenerate weights: too large?)")
 
 
-class _PercentileRanges:
-    """Forward pre-hooks recording each QuantAct's per-batch percentile range, merged by HF's EMA rule."""
+def mse_threshold(x: np.ndarray, bits: int) -> float:
+    """The clipping threshold t (at most max |x|) whose symmetric `bits`-bit quantization of `x` (scale t / n,
+    n = 2^(bits-1) - 1, as HF's QuantAct) has the least squared error, searched over the edges of a histogram
+    of |x| from its 128th bin up: the histogram's bin centers stand for the values."""
+    magnitude = np.abs(x)
+    top = float(magnitude.max(initial=0.0))
+    if top == 0.0:
+        return 0.0
+    counts, edges = np.histogram(magnitude, bins=MSE_BINS, range=(0.0, top))
+    centers = (edges[:-1] + edges[1:]) / 2
+    n = 2 ** (bits - 1) - 1
+    thresholds = edges[MSE_FIRST_BIN:]
+    scale = thresholds[:, None] / n
+    quantized = np.minimum(np.round(centers[None, :] / scale), n) * scale
+    errors = ((quantized - centers[None, :]) ** 2 * counts[None, :]).sum(axis=1)
+    return float(thresholds[int(np.argmin(errors))])
 
-    def __init__(self, acts: list[QuantAct], percentile: float):
-        self.low, self.high = 100.0 - percentile, percentile
+
+class _BatchRanges:
+    """Forward pre-hooks recording each QuantAct's per-batch range (a percentile range, or the min/max scaled to
+    the batch's MSE threshold), merged by HF's EMA rule."""
+
+    def __init__(self, acts: list[QuantAct], method: str, percentile: float):
+        self.method, self.low, self.high = method, 100.0 - percentile, percentile
         self.ranges: dict[QuantAct, tuple[float, float]] = {}
         self.hooks = [a.register_forward_pre_hook(self._record, with_kwargs=True) for a in acts]
+
+    def _batch_range(self, x: np.ndarray, bits: int) -> tuple[float, float]:
+        if self.method == "percentile":
+            lo, hi = np.percentile(x, [self.low, self.high])
+            return float(lo), float(hi)
+        lo, hi = float(x.min()), float(x.max())
+        top = max(-lo, hi)
+        ratio = mse_threshold(x, bits) / top if top > 0 else 1.0
+        return lo * ratio, hi * ratio
 
     def _record(self, module: QuantAct, args: tuple, kwargs: dict) -> None:
         x = args[0]
         identity = kwargs.get("identity", args[2] if len(args) > 2 else None)
         x_act = (x if identity is None else x + identity).detach().float().flatten().numpy()
-        lo, hi = (float(v) for v in np.percentile(x_act, [self.low, self.high]))
+        lo, hi = self._batch_range(x_act, module.activation_bit)
         if module in self.ranges:
             old_lo, old_hi = self.ranges[module]
             lo, hi = MOMENTUM * old_lo + (1 - MOMENTUM) * lo, MOMENTUM * old_hi + (1 - MOMENTUM) * hi
@@ -122,10 +154,10 @@ def calibrate(qmodel, model_type: str, batches: Iterable[Batch], method: str = "
     if not batches:
         raise ValueError("calibration needs at least one batch of inputs")
     recorder = None
-    if method == "percentile":
+    if method != "minmax":
         softmax_acts = {m.act for m in qmodel.modules() if hasattr(m, "act") and isinstance(m.act, QuantAct)}
         acts = [m for m in qmodel.modules() if isinstance(m, QuantAct) and m not in softmax_acts]
-        recorder = _PercentileRanges(acts, percentile)
+        recorder = _BatchRanges(acts, method, percentile)
     qmodel.train()
     with torch.no_grad(), finite_ranges(quant_acts(qmodel)):
         for batch in tqdm(batches, desc="calibrating", unit="batch"):

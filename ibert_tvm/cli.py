@@ -35,7 +35,7 @@ MIN_SEQ_LENGTH = 2
 FORCE_DEQUANT = ("none", "gelu", "softmax", "layernorm", "nonlinear")
 #: `calibration.METHODS`, the choices of --calibration-method, and `from_pretrained`'s default percentile,
 #: restated as MIN_SEQ_LENGTH is
-METHODS = ("minmax", "percentile")
+METHODS = ("minmax", "percentile", "mse")
 PERCENTILE = 99.99
 #: `tuning.META_FILE`, restated so that an interrupt needs no import (one half done may be what it interrupted)
 TUNING_META_FILE = "ibert_tuning.json"
@@ -165,7 +165,8 @@ def _add_model_args(p: argparse.ArgumentParser, target: bool = True) -> None:
                    help="calibrate on the first N sentences (or pairs) only (default: all)")
     p.add_argument("--calibration-method", choices=METHODS, default="minmax",
                    help="activation ranges: HF's running min/max (default), or per-batch percentiles of each "
-                        "activation merged the same way (clips outliers; see --percentile)")
+                        "activation (clips outliers; see --percentile), or per-batch min/max scaled to the "
+                        "threshold of least squared quantization error (mse), merged the same way")
     p.add_argument("--percentile", type=_percentile, default=PERCENTILE,
                    help="with --calibration-method percentile: the upper percentile taken (default 99.99)")
     p.add_argument("--tokenizer", metavar="DIR", help="tokenizer directory (default: the model's own)")

@@ -410,7 +410,7 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     Batch or tokenizer output alone is one batch), or sentences or sentence pairs as 2-tuples (tokenized with
     `tokenizer`, a tokenizer or its directory, or else the tokenizer saved in the model directory), each batch
     checked against the model, then run through HF's own range statistics (`method="minmax"`, momentum 0.95) or
-    their `percentile` variant (`method="percentile"`). An IBert model with `quant_mode=True` keeps its trained
+    their `percentile` or `mse` variant (`method="percentile"`, `"mse"`: `calibration`'s module docstring). An IBert model with `quant_mode=True` keeps its trained
     ranges, always: calibration given with it calibrates the integer head only (the encoder runs in eval mode),
     and is not read where there is none; one whose ranges are all untouched (never trained or calibrated) is
     calibrated as a float model is.

@@ -46,4 +46,4 @@ def test_report_gives_each_row_against_fp32(tmp_path):
 def test_bad_sizes_and_methods_are_refused_by_name(args, capsys):
     with pytest.raises(SystemExit):
         calibration_sweep.main(args)
-    assert "--sizes takes positive integers and --methods names of minmax, percentile" in capsys.readouterr().err
+    assert "--sizes takes positive integers and --methods names of minmax, percentile, mse" in capsys.readouterr().err

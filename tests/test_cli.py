@@ -486,8 +486,8 @@ def test_eval_scores_a_labelled_csv(tmp_path):
 
 def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_path):
     """--calibration FILE.csv with --calibration-column, --calibration-samples, --calibration-method percentile and
-    --percentile: the library's integers are those of from_pretrained on the same first sentences with the same
-    method, and differ from min/max calibration's."""
+    --percentile (and mse): the library's integers are those of from_pretrained on the same first sentences with
+    the same method, and differ from min/max calibration's."""
     import csv
 
     import ibert_tvm
@@ -512,6 +512,11 @@ def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_p
 
     np.testing.assert_array_equal(got, logits(method="percentile", percentile=99.5))
     assert not np.array_equal(got, logits())
+    proc = cli("compile", "--model", str(model_dir), "--calibration", str(tmp_path / "cal.csv"), "--calibration-column",
+               "sentence", "--calibration-samples", "12", "--calibration-method", "mse", "--batch-sizes", "1",
+               "--seq-lengths", "16", "--tuning-logs", "none", "-o", str(tmp_path / "mse.so"))
+    assert proc.returncode == 0, proc.stderr
+    np.testing.assert_array_equal(ibert_tvm.load(tmp_path / "mse.so")(ids, integer=True), logits(method="mse"))
     for args, fragment in ((["--calibration", str(tmp_path / "cal.csv")], "missing column(s) ['text']"),
                            (["--calibration", str(model_dir.parent / "calibration.txt"), "--calibration-column", "x"],
                             "name columns of a .csv file"),

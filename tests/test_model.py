@@ -16,6 +16,7 @@ from tvm import relax
 from ibert_tvm import layers
 from ibert_tvm import model as model_module
 from ibert_tvm.build_util import host_vm
+from ibert_tvm.calibration import mse_threshold, quant_acts
 from ibert_tvm.model import Batch, UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, position_ids
 from ibert_tvm.quant import QuantizationRangeError
 from ibert_tvm.relay_passes.verify_integer_only import FloatOpError
@@ -265,6 +266,43 @@ def test_percentile_calibration_clips_ranges():
     # The softmax's internal 16-bit range keeps min/max (its maximum is exact by construction).
     sm = lambda qm: qm.ibert.encoder.layer[0].attention.self.softmax.act  # noqa: E731
     assert float(sm(pct).x_max) == pytest.approx(float(sm(minmax).x_max), rel=1e-6)
+
+
+def _quantization_mse(x: np.ndarray, threshold: float, bits: int = 8) -> float:
+    n = 2 ** (bits - 1) - 1
+    scale = threshold / n
+    return float(((np.clip(np.round(x / scale), -n, n) * scale - x) ** 2).mean())
+
+
+def test_mse_threshold_clips_an_outlier_and_keeps_a_uniform_range():
+    """The histogram search lands within 1 % of the least error over a fine grid of thresholds (computed on the
+    values themselves): well below a lone outlier for a Gaussian, at the top for a uniform spread, and at the
+    maximum for 16 bits, where clipping always costs more than rounding."""
+    rng = np.random.default_rng(0)
+    gaussian = rng.standard_normal(200_000)
+    gaussian[0] = 60.0
+    t = mse_threshold(gaussian, 8)
+    best = min(_quantization_mse(gaussian, c) for c in np.linspace(1.0, 60.0, 600))
+    assert 3.75 <= t < 40 and _quantization_mse(gaussian, t) <= 1.01 * best
+    assert _quantization_mse(gaussian, t) < 0.6 * _quantization_mse(gaussian, 60.0)
+    uniform = rng.uniform(-1.0, 1.0, 100_000)
+    assert mse_threshold(uniform, 8) >= 0.98 * np.abs(uniform).max()
+    assert mse_threshold(gaussian, 16) == 60.0
+    assert mse_threshold(np.zeros(10), 8) == 0.0
+
+
+def test_mse_calibration_narrows_ranges_only():
+    """Each range of the mse method lies within min/max's (a threshold never passes a batch's max |x|), some
+    strictly; the softmax's internal range keeps min/max, as with the percentile method."""
+    fm = tiny("bert")
+    data = batches(0, 3, 4, 24, seed=1)
+    minmax, mse = (quant_acts(from_pretrained(fm, calibration=data, method=m).ibert) for m in ("minmax", "mse"))
+    softmax = {name for name, act in minmax.items() if name.endswith("softmax.act")}
+    assert softmax and minmax.keys() == mse.keys()
+    ratios = {name: max(-float(mse[name].x_min), float(mse[name].x_max))
+              / max(-float(minmax[name].x_min), float(minmax[name].x_max)) for name in minmax}
+    assert all(ratios[name] == pytest.approx(1.0, rel=1e-6) for name in softmax)
+    assert all(r <= 1 + 1e-6 for r in ratios.values()) and min(ratios.values()) < 0.99, ratios
 
 
 def test_text_calibration_needs_a_tokenizer():
