@@ -15,6 +15,8 @@ import numpy as np
 from tvm import relax
 
 from . import ops, quant
+from .ops.intmath import as_pyint, ref_rne_div_pow2
+from .ops.linear import ACC_LIMIT, accumulator_bound
 
 F32 = np.float32
 
@@ -90,11 +92,27 @@ def quant_linear(bb: relax.BlockBuilder, x: QTensor, linear) -> QTensor:
     q = quant.quantize_linear(_np(linear.weight), bias, float(in_scale))
     if x.assumed is None or float(x.assumed) == float(x.scale):
         return QTensor(bb.emit(ops.linear(x.value, q.weight, q.bias)), q.acc_scale)
+    _check_regridded_accumulator(q, x)
     acc = bb.emit(ops.linear(x.value, q.weight))
     acc = regrid(bb, QTensor(acc, np.asarray(x.scale), np.asarray(in_scale))).value
     if q.bias is not None:
         acc = bb.emit(relax.op.add(acc, relax.const(q.bias, "int32")))
     return QTensor(acc, q.acc_scale)
+
+
+def _check_regridded_accumulator(q: quant.QuantizedLinear, x: QTensor) -> None:
+    """A QuantizationRangeError where the accumulator regridded to the assumed scale, plus the bias, can leave int32:
+    the regrid saturates there and the int32 bias add wraps, where HF's float32 sum does neither (a fuzz found a
+    layer output 318 times the embedding scale whose next value projection then matched HF on 0 % of its outputs)."""
+    d = quant.requant_dyadic(x.scale, float(x.assumed))
+    reach = as_pyint(accumulator_bound(q.weight, None)) * int(d.multiplier)  # Python ints: no int64 overflow
+    worst = ref_rne_div_pow2(reach, int(d.shift)) + (0 if q.bias is None else as_pyint(np.abs(q.bias.astype(np.int64))))
+    if worst.max() > ACC_LIMIT:
+        n = int(np.argmax(worst))
+        raise quant.QuantizationRangeError(
+            f"'hf' semantics: a linear layer's accumulator, regridded from its input's scale {float(x.scale):.4g} to "
+            f"the embedding scale {float(x.assumed):.4g} ({float(x.scale) / float(x.assumed):.4g} times), plus its bias "
+            f"can reach {int(worst[n])} at output channel {n}, past int32 (2^31 - 1); semantics='ibert' has no regrid")
 
 
 def int_layernorm(bb: relax.BlockBuilder, x: QTensor, layer_norm) -> QTensor:

@@ -146,6 +146,27 @@ def test_a_pruned_channel_is_bounded_by_its_own_weights():
         qm.program(1, 8)
 
 
+def test_hf_semantics_refuses_a_regridded_accumulator_past_int32():
+    """'hf' semantics regrids a layer's Q/K/V accumulators from the layer's input scale to the embedding scale HF
+    assumes, then adds the bias in int32. Layer 0's output shifted by a large beta (its scale ~300 times the
+    embeddings') and layer 1's value projection with a large bias: the sum passes 2^31 - 1, where HF's float32 sum
+    does not, and the program, built without a word, matched IBertModel's layer on 0 % of its outputs (a fuzz).
+    Refused now, naming the regrid; the default 'ibert' semantics has none and is built."""
+    fm = tiny("bert")
+    with torch.no_grad():
+        fm.encoder.layer[0].output.LayerNorm.bias.fill_(1000.0)
+        attention = fm.encoder.layer[1].attention.self
+        attention.value.weight.fill_(0.3)
+        attention.value.bias.fill_(2e6)
+        for linear in (attention.query, attention.key):  # small scores: HF's own simulation stays finite
+            linear.weight.mul_(1e-3)
+    calibration = batches(0, 2, 2, 16, seed=1)
+    qm = from_pretrained(fm, calibration=calibration, semantics="hf")
+    with pytest.raises(QuantizationRangeError, match=r"'hf' semantics: .* regridded .* past int32"):
+        qm.program(1, 8)
+    from_pretrained(fm, calibration=calibration).program(1, 8)
+
+
 def with_segments(b: Batch, seed: int) -> Batch:
     """`b` as sentence pairs: each row's real tokens from a random split point on are of type 1."""
     g = torch.Generator().manual_seed(seed)
