@@ -14,7 +14,8 @@ import copy
 import numbers
 import os
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,9 @@ def _check_supported(config) -> None:
                                     "GELU only")
     if getattr(config, "num_hidden_layers", 1) < 1:
         raise UnsupportedModelError("a model without encoder layers (num_hidden_layers 0) is not supported")
+    if getattr(config, "hidden_size", 2) < 2:
+        raise UnsupportedModelError("a hidden size of 1 is not supported: a LayerNorm over one channel has no "
+                                    "variance (HF's integer LayerNorm divides by it)")
     pos = getattr(config, "position_embedding_type", "absolute")
     if pos not in (None, "absolute"):
         raise UnsupportedModelError(f"position_embedding_type '{pos}' is not supported: only absolute "
@@ -382,15 +386,17 @@ class QuantizedModel:
             pos = bb.emit(relax.const(np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()))
         else:
             pos = layers.roberta_position_ids(bb, ids, self.ibert.config.pad_token_id)
-        h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
+        with _named("embeddings"):
+            h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
         mask4 = bb.emit(relax.op.reshape(mask, (batch, 1, 1, seq)))
         emb_scale = h.scale
         collected = [] if stages is None else stages
         collected.append(h)
-        for layer in self.ibert.encoder.layer:
+        for index, layer in enumerate(self.ibert.encoder.layer):
             if self.semantics == "hf":
                 h = layers.QTensor(h.value, h.scale, emb_scale)
-            h = layers.encoder_layer(bb, h, layer, mask4)
+            with _named(f"encoder.layer.{index}"):
+                h = layers.encoder_layer(bb, h, layer, mask4)
             collected.append(h)
         return h
 
@@ -499,10 +505,17 @@ def _check_layer_norms(model: PreTrainedModel) -> None:
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.LayerNorm, IntLayerNorm)) and module.weight is not None:
             bias = torch.zeros_like(module.weight) if module.bias is None else module.bias
-            try:
+            with _named(name):
                 quant.layernorm_constants(module.weight.detach().numpy(), bias.detach().numpy())
-            except quant.QuantizationRangeError as err:
-                raise quant.QuantizationRangeError(f"{name}: {err}") from None
+
+
+@contextmanager
+def _named(where: str) -> Iterator[None]:
+    """A QuantizationRangeError raised inside, prefixed with `where`: the module whose constants it refuses."""
+    try:
+        yield
+    except quant.QuantizationRangeError as err:
+        raise quant.QuantizationRangeError(f"{where}: {err}") from None
 
 
 def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths: Iterable[int]

@@ -135,14 +135,14 @@ def test_a_pruned_channel_is_bounded_by_its_own_weights():
     """A feed-forward channel pruned to zero weights with a bias: HF quantizes its weights at the smallest scale
     (1e-8 / 127), so its int32 bias saturates (2^31 in HF's float32). The accumulator bound is per channel, so the
     linear layer is no longer refused as a K-wide overflow; i-GELU's constants at that channel's scale overflow
-    int64, which is refused naming the channel (HF computes them in float)."""
+    int64, which is refused naming the layer and the channel (HF computes them in float)."""
     fm = tiny("bert")
     with torch.no_grad():
         fm.encoder.layer[0].intermediate.dense.weight[5].zero_()
         fm.encoder.layer[0].intermediate.dense.bias[5] = 0.1
     qm = from_pretrained(fm, calibration=batches(0, 3, 4, 24, seed=1), semantics="hf")
     assert float(qm.ibert.encoder.layer[0].intermediate.dense.bias_integer[5]) >= 2**31 - 1
-    with pytest.raises(QuantizationRangeError, match="i-GELU: input scale .* of channel 5 .*pruned"):
+    with pytest.raises(QuantizationRangeError, match=r"^encoder\.layer\.0: i-GELU: input scale .* of channel 5 .*pruned"):
         qm.program(1, 8)
 
 
@@ -162,7 +162,7 @@ def test_hf_semantics_refuses_a_regridded_accumulator_past_int32():
             linear.weight.mul_(1e-3)
     calibration = batches(0, 2, 2, 16, seed=1)
     qm = from_pretrained(fm, calibration=calibration, semantics="hf")
-    with pytest.raises(QuantizationRangeError, match=r"'hf' semantics: .* regridded .* past int32"):
+    with pytest.raises(QuantizationRangeError, match=r"^encoder\.layer\.1: 'hf' semantics: .* regridded .* past int32"):
         qm.program(1, 8)
     from_pretrained(fm, calibration=calibration).program(1, 8)
 
@@ -225,7 +225,8 @@ def test_float_model_without_calibration_is_refused():
 
 @pytest.mark.parametrize("change, feature", [({"hidden_act": "relu"}, "relu"),
                                              ({"position_embedding_type": "relative_key"}, "relative_key"),
-                                             ({"num_hidden_layers": 0}, "without encoder layers")])
+                                             ({"num_hidden_layers": 0}, "without encoder layers"),
+                                             ({"hidden_size": 1, "num_attention_heads": 1}, "hidden size of 1")])
 def test_unsupported_features_are_named(change, feature):
     cfg = BertConfig(**{**COMMON, **change})
     with pytest.raises(UnsupportedModelError, match=feature):
