@@ -22,11 +22,11 @@ from typing import Any
 import tvm
 
 from .reports import folder_problem
-from .targets import UnknownTargetError, host_cpu_features, parse_cuda_arch, x86_levels_for
+from .targets import TargetSpec, UnknownTargetError, host_cpu_features, parse_cuda_arch, x86_levels_for
 
 __all__ = ["ARTIFACT_FORMAT", "ArtifactError", "bucket_function", "check_library_path", "check_runnable_here",
            "library_sha256", "library_suffix_problem", "metadata_path", "read_metadata", "runtime_versions",
-           "write_metadata"]
+           "why_not_runnable_here", "write_metadata"]
 
 #: 2: the programs take token types (sentence pairs) as a third input; a format-1 library takes two
 ARTIFACT_FORMAT = "ibert-tvm-artifact/2"
@@ -282,6 +282,18 @@ def check_runnable_here(meta: dict[str, Any], library: str | Path = "artifact") 
                                 f"compile it for this machine with target 'llvm'{fits}")
     if family == "cuda":
         _check_cuda_device(str(features[0]) if features else "", library)
+
+
+def why_not_runnable_here(spec: TargetSpec) -> str:
+    """Why this machine cannot run code built for `spec` ("" where it can): the first clause of
+    `check_runnable_here`'s refusal (other ISA, missing CPU features, no GPU), for callers that give advice of
+    their own (`ibert-tvm targets`, `tune` measuring here)."""
+    try:
+        check_runnable_here({"target": {"family": spec.family, "name": spec.name, "features": list(spec.features)}},
+                            spec.name)
+    except ArtifactError as err:
+        return str(err).split(";")[0].removeprefix(f"{spec.name}: ")
+    return ""
 
 
 def _check_cuda_device(arch: str, library: str | Path) -> None:

@@ -321,7 +321,8 @@ def _tune(args: argparse.Namespace) -> int:
     from .compiler import check_toolchains
     from .model import check_bucket_tokens
     from .targets import resolve_target
-    from .tuning import check_not_being_tuned, check_tracker, check_work_dir, database_to_check, tune
+    from .tuning import (check_measured_here, check_not_being_tuned, check_tracker, check_work_dir, database_to_check,
+                         tune)
 
     check_work_dir(args.work_dir)
     check_not_being_tuned(args.work_dir)  # before calibrating; `tune` holds the lock itself
@@ -329,6 +330,8 @@ def _tune(args: argparse.Namespace) -> int:
     check_toolchains(spec)
     if args.rpc and not args.check_only:
         check_tracker(args.rpc)
+    if not args.check_only:
+        check_measured_here(spec, args.rpc)
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
         database_to_check(args.work_dir, spec, args.rpc)
     check_bucket_tokens([args.batch], [args.seq])
@@ -537,19 +540,17 @@ def _inspect(args: argparse.Namespace) -> int:
 def _targets(_args: argparse.Namespace) -> int:
     """Each target name, whether an artifact built for it runs on this machine (the check `load` makes), its
     int8 features and what it means."""
-    from .artifact import ArtifactError, check_runnable_here
+    from .artifact import why_not_runnable_here
     from .targets import ALIASES, UnknownTargetError, resolve_target, target_descriptions
 
     rows = []
     for name, description in target_descriptions().items():
         try:
             spec = resolve_target(name)
-            check_runnable_here({"target": {"family": spec.family, "name": name, "features": list(spec.features)}},
-                                name)
-            features, here = ", ".join(spec.features) or "generic", "yes"
-        except (ArtifactError, UnknownTargetError) as err:
-            features = "" if isinstance(err, UnknownTargetError) else ", ".join(spec.features)
-            here = "no: " + str(err).split(";")[0].removeprefix(f"{name}: ")
+            why = why_not_runnable_here(spec)
+            features, here = ", ".join(spec.features) or "generic", f"no: {why}" if why else "yes"
+        except UnknownTargetError as err:
+            features, here = "", "no: " + str(err).split(";")[0]
         rows.append((name, here, features, description))
     width = max(len(r[0]) for r in rows)
     for name, here, features, description in rows:

@@ -51,6 +51,7 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
 from . import record_check
+from .artifact import why_not_runnable_here
 from .relay_passes import pipeline
 from .reports import folder_problem
 from .schedules import schedules_for
@@ -64,8 +65,8 @@ if TYPE_CHECKING:
     from .model import QuantizedModel
 
 __all__ = ["META_FILE", "RECORD_FILE", "WORKLOAD_FILE", "TuningLogError", "TuningResult", "log_name",
-           "check_not_being_tuned", "check_tracker", "check_work_dir", "open_database", "shipped_database", "tune",
-           "tuned_shapes", "unchecked_records"]
+           "check_measured_here", "check_not_being_tuned", "check_tracker", "check_work_dir", "open_database",
+           "shipped_database", "tune", "tuned_shapes", "unchecked_records"]
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
@@ -612,6 +613,16 @@ def check_tracker(rpc: tuple[str, int, str]) -> None:
         raise ValueError(f"cannot reach the RPC tracker at {host}:{port} ({err.strerror or err})") from None
 
 
+def check_measured_here(target: str | TargetSpec, rpc: tuple[str, int, str] | None) -> None:
+    """A ValueError where `tune` would measure on this machine (no RPC tracker) and it cannot run the target's
+    code: an aarch64 target on x86 had every candidate fail to load, each failure listed on a line of its own,
+    and a CUDA target without a GPU stopped with TVM's traceback after writing a folder that later tunes refused."""
+    spec = resolve_target(target)
+    if rpc is None and (why := why_not_runnable_here(spec)):
+        raise ValueError(f"cannot tune for '{spec.name}' on this machine ({why}): candidates are measured where the "
+                         "target runs; measure on its devices through a TVM RPC tracker (--rpc HOST:PORT:KEY)")
+
+
 def _runner(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> ms.runner.Runner:
     """Measure on this machine (after a warm-up), or on the devices registered with a TVM RPC tracker."""
     if rpc is None:
@@ -862,10 +873,11 @@ def _head_to_head(run: _Run, best: dict[str, tuple[ms.ExtractedTask, tvm.IRModul
 
 
 def _runs_elsewhere(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
-    """Why the target's kernels do not run on this machine ("" where they do): RPC, or cross-compiled."""
+    """Why the target's kernels do not run on this machine ("" where they do): RPC, cross-compiled, or a CPU
+    or GPU this machine lacks."""
     if rpc is not None or spec.cross_compiler is not None:
         return "the target runs elsewhere (RPC or cross-compiled), and the untuned program runs here only"
-    return ""
+    return why_not_runnable_here(spec)
 
 
 def database_to_check(work_dir: str | Path, target: str | TargetSpec, rpc: tuple[str, int, str] | None = None
@@ -1048,6 +1060,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     check_work_dir(folder)
     if rpc is not None and not check_only:  # (a check runs here only: refused below, by database_to_check)
         check_tracker(rpc)
+    if not check_only:
+        check_measured_here(spec, rpc)
     if not isinstance(model, tvm.IRModule):
         from .model import shape_buckets  # transformers, which the model module imports, only for a model
 

@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import io
 import json
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -613,6 +614,22 @@ def test_a_tune_on_a_folder_being_tuned_and_an_oversized_csv_field_are_refused_b
     big.write_text("text\n" + "x" * 200_000 + "\n", encoding="utf-8")
     assert_one_line_error(cli("compile", "--model", str(model_dir), "--calibration", str(big), "-o",
                               str(tmp_path / "x.so")), "field larger than field limit")
+
+
+@pytest.mark.skipif(platform.machine().lower() in ("aarch64", "arm64"), reason="runs aarch64 code")
+def test_a_tune_for_a_target_this_machine_cannot_run_needs_rpc_and_is_refused_before_calibrating(model_dir, tmp_path,
+                                                                                                 monkeypatch):
+    """`tune --target aarch64` without --rpc measured every candidate here, where each failed to load; it is
+    refused in one line before calibrating, and makes no folder."""
+    from ibert_tvm import model
+
+    def calibrate(*_args, **_kwargs):
+        raise AssertionError("calibrated")
+
+    monkeypatch.setattr(model, "calibrate", calibrate)
+    assert_one_line_error(cli("tune", "--model", str(model_dir), "--seq", "16", "--target", "aarch64", "--work-dir",
+                              str(tmp_path / "db")), "cannot tune for 'aarch64' on this machine")
+    assert not (tmp_path / "db").exists()
 
 
 def test_layers_compares_every_stage_and_writes_the_report(model_dir, tmp_path):

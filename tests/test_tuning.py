@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import json
+import platform
 import shutil
 import time
 import warnings
@@ -335,6 +336,24 @@ def test_an_unreachable_rpc_tracker_is_refused_within_seconds(model, spec, tmp_p
     assert time.monotonic() - started < 10 and not (tmp_path / "rpc").exists()
 
 
+@pytest.mark.skipif(platform.machine().lower() in ("aarch64", "arm64") or tvm.cuda(0).exist,
+                    reason="needs a machine that runs neither aarch64 code nor CUDA")
+@pytest.mark.parametrize("target, why", [("aarch64", "this machine is x86_64"), ("t4", "no CUDA GPU is present")])
+def test_a_target_this_machine_cannot_run_is_tuned_over_rpc_only(model, tmp_path, target, why):
+    """Without --rpc, candidates are measured here: for a target this machine cannot run, `tune` is refused by
+    name before it makes the folder. An aarch64 target had every candidate fail to load (each failure a line of
+    the summary, as each named its temporary file), and a CUDA target without a GPU stopped with TVM's
+    "Device API cuda is not enabled" after writing a folder that every later tune into it refused (a fuzz,
+    2026-12-07). A check-only call, which runs the records here, is refused as well."""
+    refused = f"cannot tune for '{target}' on this machine \\(.*{why}.*--rpc HOST:PORT:KEY"
+    with pytest.raises(ValueError, match=refused):
+        tune(model, target, 4, tmp_path / "db", batch=BATCH, seq=SEQ, progress=False)
+    assert not (tmp_path / "db").exists()
+    with pytest.raises(ValueError, match="cannot check the records of"):
+        tune(model, target, 0, tmp_path / "db", batch=BATCH, seq=SEQ, progress=False, check_only=True)
+    assert not (tmp_path / "db").exists()
+
+
 def test_the_progress_estimate_keeps_a_default_that_beats_the_record():
     """The bar's latency estimate counts each task as compile applies it: a record slower than the default
     schedule at the default's time."""
@@ -369,8 +388,9 @@ def test_records_slower_than_the_default_schedule_are_not_applied(tuned, copy, s
 def test_open_database_refuses_another_target(copy, model, spec):
     with pytest.raises(TuningLogError, match="made for target 'llvm'.*not for 'aarch64'"):
         open_database(copy, "aarch64")
-    with pytest.raises(TuningLogError, match="not for 'aarch64'"):  # tuning into it is refused the same way
-        tune(model, "aarch64", 4, copy, batch=BATCH, seq=SEQ, progress=False)
+    # tuning into it is refused the same way (for a target that runs here: aarch64 needs --rpc first)
+    with pytest.raises(TuningLogError, match="not for 'x86-avx2'"):
+        tune(model, "x86-avx2", 4, copy, batch=BATCH, seq=SEQ, progress=False)
 
 
 def test_open_database_refuses_another_tvm_version(copy, spec):
