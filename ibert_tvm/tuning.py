@@ -277,7 +277,8 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
         raise TuningLogError(f"tuning database {folder} was made for target '{made_for.get('name')}' "
                              f"({made_for['target']}), not for '{spec.name}' ({spec.target})")
     made = meta.get("format", 1)
-    why = _OLDER_FORMATS.get(made, f"format {made}, which this ibert-tvm does not know") if made != _FORMAT else ""
+    older = _OLDER_FORMATS.get(made) if isinstance(made, int) else None  # (a list or a mapping cannot be looked up)
+    why = "" if made == _FORMAT else older or f"format {made!r}, which this ibert-tvm does not know"
     if not why and meta.get("key_scheme") != key_scheme():
         why = ("its records are filed under workload keys that this ibert-tvm computes otherwise (what a key "
                "masks changed)" if "key_scheme" in meta else "its workload keys' scheme is not recorded")

@@ -741,6 +741,7 @@ def test_metadata_keeps_what_other_tunings_of_the_folder_left_out(spec, tmp_path
     ("format", None, "its dot-product steps read non-compact tiles"),  # before the steps declared their strides
     ("format", 2, "its records are filed per kernel, not per kernel shape shared by the layers"),
     ("format", 9, "format 9, which this ibert-tvm does not know"),
+    ("format", [3], r"format \[3\], which this ibert-tvm does not know"),  # a TypeError (unhashable) until a fuzz
     # records filed under keys masked otherwise would be served to other kernels
     ("key_scheme", None, "its workload keys' scheme is not recorded"),
     ("key_scheme", "0", "its records are filed under workload keys that this ibert-tvm computes otherwise")])
