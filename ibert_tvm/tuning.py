@@ -359,7 +359,8 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     _register_intrinsics(folder, spec, _check_lines(folder))
     try:
         database = ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False)
-    except (RuntimeError, ValueError, TypeError) as err:  # what TVM raises for a record it cannot parse
+    except (RuntimeError, ValueError, TypeError, LookupError) as err:  # TVM's errors for a record it cannot parse
+        # (a KeyError for a workload whose IR graph has a node without its fields)
         raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
     left_out = {key for name in _LEFT_OUT for key in meta.get(name, {})}
     return SharedDatabase(database if keep_slower or not left_out else _without_workloads(database, left_out))

@@ -4,6 +4,7 @@ through a real TVM RPC tracker and server on loopback, and `open_database` refus
 
 from __future__ import annotations
 
+import base64
 import gc
 import json
 import platform
@@ -414,6 +415,23 @@ def _replace_first_line(path, change) -> None:
     path.write_text("\n".join([json.dumps(change(json.loads(lines[0]))), *lines[1:]]) + "\n")
 
 
+def _edit_first_workload(folder, change) -> None:
+    """Apply `change` to the IR graph (JSON) of the first workload, kept valid JSON in base64 after its 8-byte
+    length, as TVM writes it."""
+    lines = (folder / WORKLOAD_FILE).read_text().splitlines()
+    shash, encoded = json.loads(lines[0])
+    graph = json.loads(base64.b64decode(encoded)[8:])
+    change(graph)
+    body = json.dumps(graph).encode()
+    lines[0] = json.dumps([shash, base64.b64encode(len(body).to_bytes(8, "little") + body).decode()])
+    (folder / WORKLOAD_FILE).write_text("\n".join(lines) + "\n")
+
+
+def _drop_an_immediate_s_data(graph) -> None:
+    """Remove the fields of the graph's first integer immediate: TVM raises a KeyError reading it."""
+    next(node for node in graph["nodes"] if node["type"] == "ir.IntImm").pop("data")
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text()[:-200]),
      f"corrupt: {RECORD_FILE} line {TRIALS} "),
@@ -438,9 +456,11 @@ def _replace_first_line(path, change) -> None:
     (lambda d: (d / META_FILE).write_text(json.dumps({**json.loads((d / META_FILE).read_text()),
                                                       "shapes": [["a", "b"]]})),
      "corrupt: its shapes are not lists of positive integers"),
+    (lambda d: _edit_first_workload(d, _drop_an_immediate_s_data), "corrupt: 'key is not in Map'"),
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
-        "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings"])
+        "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
+        "workload-node-without-fields"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
