@@ -291,8 +291,9 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
 
 
 def _check_lines(folder: Path) -> set[str]:
-    """Parse both JSON-lines files, so that a truncated or garbage line is refused rather than skipped;
-    returns the tensor intrinsics the records' traces name."""
+    """Parse both JSON-lines files, so that a truncated or garbage line is refused rather than skipped, and a
+    blank one too (MetaSchedule's reader crashed the process with SIGSEGV on a blank line of the records, and
+    named no line for one among the workloads); returns the tensor intrinsics the records' traces name."""
     workloads, intrinsics = 0, set()
     for name in (WORKLOAD_FILE, RECORD_FILE):
         path = folder / name
@@ -300,7 +301,8 @@ def _check_lines(folder: Path) -> set[str]:
             raise TuningLogError(f"tuning database {folder} is missing {name}")
         for number, line in enumerate(_utf8_text(path).splitlines(), 1):
             if not line.strip():
-                continue
+                raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is blank "
+                                     "(MetaSchedule cannot read a blank line: delete it)")
             try:
                 row = json.loads(line)
                 ok = isinstance(row, list) and len(row) == 2

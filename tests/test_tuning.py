@@ -457,10 +457,14 @@ def _drop_an_immediate_s_data(graph) -> None:
                                                       "shapes": [["a", "b"]]})),
      "corrupt: its shapes are not lists of positive integers"),
     (lambda d: _edit_first_workload(d, _drop_an_immediate_s_data), "corrupt: 'key is not in Map'"),
+    (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text() + "\n"),  # SIGSEGV until a fuzz
+     f"corrupt: {RECORD_FILE} line {TRIALS + 1} is blank"),
+    (lambda d: (d / WORKLOAD_FILE).write_text(" \n" + (d / WORKLOAD_FILE).read_text()),
+     f"{WORKLOAD_FILE} line 1 is blank"),
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
         "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
-        "workload-node-without-fields"])
+        "workload-node-without-fields", "blank-record-line", "blank-workload-line"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
