@@ -1153,6 +1153,23 @@ def _shared_tasks(kernels: list[ms.ExtractedTask]) -> list[ms.ExtractedTask]:
                              sum(int(k.weight) for k in same)) for same in groups.values()]
 
 
+def _resumed_cost_model(saved: Path) -> ms.cost_model.XGBModel:
+    """The xgb model saved in the work dir by an earlier call, or a new one. A file that cannot be read (a save
+    cut short: a tune killed or interrupted while `tar` wrote it) is warned about and left for this call's save to
+    replace: the model only orders the candidates, and TVM's 'Tar error' stopped every later tune of the folder."""
+    if saved.is_file():
+        cost_model = ms.cost_model.XGBModel(num_tuning_cores=physical_cores())
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # xgboost guessing the format MetaSchedule saved in
+                cost_model.load(str(saved))
+            return cost_model
+        except (RuntimeError, ValueError, OSError, EOFError) as err:  # tar's, xgboost's and numpy's errors
+            warnings.warn(f"{saved} cannot be read ({_one_line(str(err))}): the cost model starts afresh, and this "
+                          "tune replaces the file", stacklevel=2)
+    return ms.cost_model.XGBModel(num_tuning_cores=physical_cores())
+
+
 def _search(run: _Run, tasks: list[ms.ExtractedTask], done: dict[str, int], budget: int, cap: int | None,
             per_iter: int, callback: _Progress) -> dict[str, str]:
     """Run MetaSchedule's gradient task scheduler over the tunable `tasks` for `budget` trials, the xgb model
@@ -1160,12 +1177,8 @@ def _search(run: _Run, tasks: list[ms.ExtractedTask], done: dict[str, int], budg
     tunable, untunable = _contexts(tasks, run.folder, run.spec, done, cap, per_iter)
     if not tunable:
         return untunable
-    cost_model = ms.cost_model.XGBModel(num_tuning_cores=physical_cores())
     saved = run.folder / COST_MODEL_FILE
-    if saved.is_file():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # xgboost guessing the format MetaSchedule saved in
-            cost_model.load(str(saved))
+    cost_model = _resumed_cost_model(saved)
     ms.tune_tasks(tasks=[c for _, c in tunable], task_weights=[t.weight for t, _ in tunable],
                   work_dir=str(run.folder), max_trials_global=budget, max_trials_per_task=cap,
                   num_trials_per_iter=per_iter, builder=run.builder, runner=run.runner, database=run.database,

@@ -288,6 +288,20 @@ def test_a_second_call_continues(model, spec, tuned, tmp_path):
     assert json.loads((work / META_FILE).read_text())["trials"] == TRIALS + PER_ITER
 
 
+def test_a_cost_model_saved_in_part_is_replaced_not_fatal(tuned, tmp_path):
+    """The xgb model a tune saved is resumed; one cut short (a tune killed while `tar` wrote it), empty or
+    garbage is warned about and a new model is started: TVM's 'Tar error' (a RuntimeError, a traceback from the
+    CLI) stopped every later tune of the folder (a fuzz, 2026-12-07)."""
+    whole = (tuned[0] / tuning.COST_MODEL_FILE).read_bytes()
+    assert tuning._resumed_cost_model(tuned[0] / tuning.COST_MODEL_FILE).booster is not None
+    saved = tmp_path / tuning.COST_MODEL_FILE
+    for content in (whole[:len(whole) // 2], b"", b"garbage"):
+        saved.write_bytes(content)
+        with pytest.warns(UserWarning, match=f"{saved} cannot be read .*: the cost model starts afresh"):
+            assert tuning._resumed_cost_model(saved).booster is None
+    assert tuning._resumed_cost_model(tmp_path / "absent").booster is None
+
+
 def test_rpc_tracker_measures_on_a_registered_server(model, spec, tmp_path):
     """A TVM RPC tracker and a server registered under a key, on loopback: the runner measures through them."""
     from tvm.rpc.server import Server
