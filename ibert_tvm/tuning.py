@@ -31,6 +31,7 @@ import logging
 import math
 import numbers
 import socket
+import struct
 import sys
 import time
 import types
@@ -47,6 +48,7 @@ import tvm
 from tqdm.auto import tqdm
 from tvm import relax
 from tvm.ir.utils import derived_object
+from tvm.rpc.base import RPC_TRACKER_MAGIC
 from tvm.s_tir import meta_schedule as ms
 from tvm.target import Target
 
@@ -609,12 +611,22 @@ def _f_run_evaluator(warmup_ms: int = _WARMUP_MS, rpc: bool = False) -> Callable
 
 def check_tracker(rpc: tuple[str, int, str]) -> None:
     """A ValueError within seconds where nothing answers at the RPC tracker's address (TVM's client retries for
-    a minute, then raises a message of several lines)."""
+    a minute, then raises a message of several lines), or where what answers does not return a TVM tracker's
+    handshake (another service at that port: TVM's client failed after the calibration and the folder were made,
+    its message's first line, which the CLI shows, naming neither the address nor the cause)."""
     host, port, _key = rpc
+    magic = struct.pack("<i", RPC_TRACKER_MAGIC)
     try:
-        socket.create_connection((host, int(port)), timeout=_TRACKER_TIMEOUT_S).close()
+        with socket.create_connection((host, int(port)), timeout=_TRACKER_TIMEOUT_S) as sock:
+            sock.sendall(magic)
+            reply = b""
+            while len(reply) < len(magic) and (chunk := sock.recv(len(magic) - len(reply))):
+                reply += chunk
     except OSError as err:
         raise ValueError(f"cannot reach the RPC tracker at {host}:{port} ({err.strerror or err})") from None
+    if reply != magic:
+        raise ValueError(f"{host}:{port} answers, but not as a TVM RPC tracker (it did not return the tracker's "
+                         "handshake): check the address")
 
 
 def check_measured_here(target: str | TargetSpec, rpc: tuple[str, int, str] | None) -> None:

@@ -351,6 +351,36 @@ def test_an_unreachable_rpc_tracker_is_refused_within_seconds(model, spec, tmp_p
     assert time.monotonic() - started < 10 and not (tmp_path / "rpc").exists()
 
 
+def test_a_service_that_is_not_an_rpc_tracker_is_refused_within_seconds(model, spec, tmp_path):
+    """Something else listening at the tracker's address (a web server answering the handshake, or one that
+    says nothing) is named before any work: TVM's client failed after the folder was made, with a message whose
+    first line ('Unable to connect to the tracker using the following configuration:') the CLI showed alone
+    (a fuzz, 2026-12-07)."""
+    import socket
+    import threading
+
+    for answer, refused in ((b"HTTP/1.1 400 Bad Request\r\n\r\n", "answers, but not as a TVM RPC tracker"),
+                            (None, "cannot reach the RPC tracker at 127.0.0.1:.* \\(timed out\\)")):
+        server = socket.create_server(("127.0.0.1", 0))
+
+        def serve(server=server, answer=answer):
+            connection, _ = server.accept()
+            connection.recv(4)  # the client's handshake
+            if answer is None:  # silent: held open past the client's wait
+                time.sleep(tuning._TRACKER_TIMEOUT_S + 2)
+            else:
+                connection.sendall(answer)
+            connection.close()
+
+        threading.Thread(target=serve, daemon=True).start()
+        started = time.monotonic()
+        with pytest.raises(ValueError, match=refused):
+            tune(model, spec, 4, tmp_path / "rpc", batch=BATCH, seq=SEQ, rpc=("127.0.0.1", server.getsockname()[1],
+                 "board"), progress=False, estimate=False)
+        assert time.monotonic() - started < 10 and not (tmp_path / "rpc").exists()
+        server.close()
+
+
 @pytest.mark.skipif(platform.machine().lower() in ("aarch64", "arm64") or tvm.cuda(0).exist,
                     reason="needs a machine that runs neither aarch64 code nor CUDA")
 @pytest.mark.parametrize("target, why", [("aarch64", "this machine is x86_64"), ("t4", "no CUDA GPU is present")])
