@@ -595,8 +595,9 @@ class _Reader:
         if types is None or types.op_type != "Gather" or self.g.const(types.input[0]) is None:
             folded = self.g.const(terms[0]) is not None
             self.fail("embeddings: the token-type embedding is not a table lookup ("
-                      + ("folded into a constant by the exporter, as a static export of sequence length 1 is: export "
-                         "with a dynamic sequence axis or at least 2 tokens)" if folded else "missing)"))
+                      + ("folded into a constant by the exporter, as a static-shape export without token_type_ids "
+                         "among its inputs may be where the lookup is small: export with token_type_ids as an input, "
+                         "or with a dynamic sequence axis)" if folded else "missing)"))
         self.types = self.g.canon(types.input[1])
         self.state["embeddings.token_type_embeddings.weight"] = self.g.param(
             types.input[0], "embeddings.token_type_embeddings.weight")
