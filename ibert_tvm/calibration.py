@@ -128,7 +128,9 @@ class _BatchRanges:
             return float(lo), float(hi)
         lo, hi = float(x.min()), float(x.max())
         top = max(-lo, hi)
-        ratio = mse_threshold(x, bits) / top if top > 0 else 1.0
+        if not 0 < top < np.inf:  # (NaN too) left as min/max, for `finite_ranges` to name the QuantAct
+            return lo, hi
+        ratio = mse_threshold(x, bits) / top
         return lo * ratio, hi * ratio
 
     def _record(self, module: QuantAct, args: tuple, kwargs: dict) -> None:

@@ -16,6 +16,7 @@ from tvm import relax
 from ibert_tvm import layers
 from ibert_tvm import model as model_module
 from ibert_tvm.build_util import host_vm
+from ibert_tvm import calibration
 from ibert_tvm.calibration import mse_threshold, quant_acts
 from ibert_tvm.model import Batch, UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, position_ids
 from ibert_tvm.quant import QuantizationRangeError
@@ -311,6 +312,14 @@ def test_mse_threshold_clips_an_outlier_and_keeps_a_uniform_range():
     assert mse_threshold(uniform, 8) >= 0.98 * np.abs(uniform).max()
     assert mse_threshold(gaussian, 16) == 60.0
     assert mse_threshold(np.zeros(10), 8) == 0.0
+
+
+def test_mse_leaves_a_non_finite_batch_to_the_check_that_names_the_quantact():
+    """A batch holding inf or NaN keeps its min/max, which `finite_ranges` then refuses naming the QuantAct;
+    the threshold search would raise numpy's anonymous 'range is not finite' first."""
+    ranges = calibration._BatchRanges([], "mse", 99.99)
+    assert ranges._batch_range(np.array([-1.0, np.inf]), 8) == (-1.0, np.inf)
+    assert np.isnan(ranges._batch_range(np.array([np.nan, 1.0]), 8)).any()
 
 
 def test_mse_calibration_narrows_ranges_only():
@@ -726,11 +735,12 @@ def degenerate(kind: str) -> BertModel:
     ("zero", "embeddings.LayerNorm: IntLayerNorm: LayerNorm weight \\(gamma\\) has zero channels"),  # before calibrating
     ("nan", "weight encoder.layer.1.attention.self.query.weight is not finite"),
     ("large", "calibration produced non-finite \\(NaN\\) activations, first at the input of QuantAct encoder.layer.0")])
-def test_degenerate_weights_are_named(kind, message):
+@pytest.mark.parametrize("method", ["minmax", "mse"])
+def test_degenerate_weights_are_named(kind, message, method):
     """Where HF's QuantAct asserted "NaN detected" deep in calibration (all-zero weights: a zero LayerNorm gamma,
-    named before calibrating since 2026-12-07)."""
+    named before calibrating since 2026-12-07), with either method."""
     with pytest.raises(ValueError, match=message):
-        from_pretrained(degenerate(kind), calibration=batches(0, 1, 2, 8, seed=1))
+        from_pretrained(degenerate(kind), calibration=batches(0, 1, 2, 8, seed=1), method=method)
 
 
 def test_graph_importer_refuses_an_ibert_checkpoint_before_calibrating(monkeypatch):
