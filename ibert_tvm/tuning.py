@@ -617,16 +617,20 @@ def check_tracker(rpc: tuple[str, int, str]) -> None:
     host, port, _key = rpc
     magic = struct.pack("<i", RPC_TRACKER_MAGIC)
     try:
-        with socket.create_connection((host, int(port)), timeout=_TRACKER_TIMEOUT_S) as sock:
-            sock.sendall(magic)
-            reply = b""
-            while len(reply) < len(magic) and (chunk := sock.recv(len(magic) - len(reply))):
-                reply += chunk
+        sock = socket.create_connection((host, int(port)), timeout=_TRACKER_TIMEOUT_S)
     except OSError as err:
         raise ValueError(f"cannot reach the RPC tracker at {host}:{port} ({err.strerror or err})") from None
+    reply = b""
+    with sock:
+        try:
+            sock.sendall(magic)
+            while len(reply) < len(magic) and (chunk := sock.recv(len(magic) - len(reply))):
+                reply += chunk
+        except OSError:  # (a timeout: it accepted, and said nothing)
+            pass
     if reply != magic:
         raise ValueError(f"{host}:{port} answers, but not as a TVM RPC tracker (it did not return the tracker's "
-                         "handshake): check the address")
+                         f"handshake within {_TRACKER_TIMEOUT_S:g} s): check the address")
 
 
 def check_measured_here(target: str | TargetSpec, rpc: tuple[str, int, str] | None) -> None:
