@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import tempfile
 from collections.abc import Callable
@@ -27,8 +28,9 @@ def folder_problem(path: str | Path) -> str | None:
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
-    except OSError:
-        return f"{path}: the folder {existing} cannot be written"
+    except OSError as err:  # the reason, where it says more than that (/proc answers "No such file")
+        reason = f" ({err.strerror})" if err.strerror and err.errno != errno.ENOENT else ""
+        return f"{path}: the folder {existing} cannot be written{reason}"
     return None
 
 

@@ -38,17 +38,15 @@ PHASES = ("legalize", "fuse", "verify", "lower")
 
 
 def _dump_folder(dump_dir: str | Path | None) -> Path | None:
-    """`dump_dir` made (with its parents) before any pass runs, so that a path that cannot be a folder is refused
-    by name up front instead of failing inside the pipeline after the first phase."""
+    """`dump_dir` checked before any pass runs (`reports.folder_problem`: under a file, or a folder where no file
+    can be made), so that it is refused by name up front instead of failing inside the pipeline."""
     if not dump_dir:
         return None
-    folder = Path(dump_dir)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ValueError(f"dump_dir {str(folder)!r} cannot be made a folder for the IR dumps: "
-                         f"{e.strerror or e}") from None
-    return folder
+    from ibert_tvm.reports import folder_problem
+
+    if problem := folder_problem(dump_dir):
+        raise ValueError(f"dump_dir: {problem}")
+    return Path(dump_dir)
 
 
 @tvm.transform.module_pass(opt_level=0, name="IBertDumpIR")
@@ -59,6 +57,7 @@ class _DumpIR:
         self.path = path
 
     def transform_module(self, mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.write_text(mod.script(show_meta=False), encoding="utf-8")
         return mod
 

@@ -169,12 +169,14 @@ def test_ir_dumps_have_numbered_phase_names(built):
     assert "def fused_ibert_linear_ibert_requantize" in fused
 
 
-@pytest.mark.parametrize("where", ["a file", "under a file"])
+@pytest.mark.parametrize("where", ["a file", "under a file", "/proc"])
 def test_a_dump_dir_that_cannot_be_a_folder_is_refused_up_front(where, tmp_path):
-    """Refused by name before any pass runs, not as an OSError from inside the pipeline after phase 0."""
+    """Refused by name before any pass runs, not as an OSError from inside the pipeline after phase 0 (/proc: a
+    folder where no file can be made, even by root)."""
     (tmp_path / "f").write_text("x")
-    path = tmp_path / "f" if where == "a file" else tmp_path / "f" / "ir"
-    with pytest.raises(ValueError, match=f"dump_dir '{re.escape(str(path))}' cannot be made a folder"):
+    path = {"a file": tmp_path / "f", "under a file": tmp_path / "f" / "ir", "/proc": Path("/proc")}[where]
+    message = "is a file, not a folder" if where != "/proc" else "the folder /proc cannot be written"
+    with pytest.raises(ValueError, match=f"^dump_dir: {re.escape(str(path))}.*{message}"):
         integer_pipeline("llvm", dump_dir=str(path))
 
 
