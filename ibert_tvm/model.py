@@ -14,8 +14,7 @@ import copy
 import numbers
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -386,7 +385,7 @@ class QuantizedModel:
             pos = bb.emit(relax.const(np.broadcast_to(np.arange(seq, dtype=np.int32), (batch, seq)).copy()))
         else:
             pos = layers.roberta_position_ids(bb, ids, self.ibert.config.pad_token_id)
-        with _named("embeddings"):
+        with quant.range_errors_of("embeddings"):
             h = layers.embeddings(bb, ids, pos, types, self.ibert.embeddings)
         mask4 = bb.emit(relax.op.reshape(mask, (batch, 1, 1, seq)))
         emb_scale = h.scale
@@ -395,7 +394,7 @@ class QuantizedModel:
         for index, layer in enumerate(self.ibert.encoder.layer):
             if self.semantics == "hf":
                 h = layers.QTensor(h.value, h.scale, emb_scale)
-            with _named(f"encoder.layer.{index}"):
+            with quant.range_errors_of(f"encoder.layer.{index}"):
                 h = layers.encoder_layer(bb, h, layer, mask4)
             collected.append(h)
         return h
@@ -505,17 +504,9 @@ def _check_layer_norms(model: PreTrainedModel) -> None:
     for name, module in model.named_modules():
         if isinstance(module, (torch.nn.LayerNorm, IntLayerNorm)) and module.weight is not None:
             bias = torch.zeros_like(module.weight) if module.bias is None else module.bias
-            with _named(name):
+            with quant.range_errors_of(name):
                 quant.layernorm_constants(module.weight.detach().numpy(), bias.detach().numpy())
 
-
-@contextmanager
-def _named(where: str) -> Iterator[None]:
-    """A QuantizationRangeError raised inside, prefixed with `where`: the module whose constants it refuses."""
-    try:
-        yield
-    except quant.QuantizationRangeError as err:
-        raise quant.QuantizationRangeError(f"{where}: {err}") from None
 
 
 def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths: Iterable[int]

@@ -11,6 +11,8 @@ on and raises :class:`QuantizationRangeError` when a scale would overflow them.
 from __future__ import annotations
 
 import decimal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +40,15 @@ INT64_SAFE = 1 << 62  # bound for values entering a wide (split) multiply
 
 class QuantizationRangeError(ValueError):
     """A scale or range that the integer-only operators cannot represent within their int64 bounds."""
+
+
+@contextmanager
+def range_errors_of(where: str) -> Iterator[None]:
+    """A QuantizationRangeError raised inside, prefixed with `where`: the module whose constants it refuses."""
+    try:
+        yield
+    except QuantizationRangeError as err:
+        raise QuantizationRangeError(f"{where}: {err}") from None
 
 
 def _f32(x: np.ndarray | float) -> np.ndarray:

@@ -20,7 +20,7 @@ import tvm
 from torch import nn
 from tvm import relax
 
-from ibert_tvm import layers, ops
+from ibert_tvm import layers, ops, quant
 from ibert_tvm.model import UnsupportedModelError
 
 __all__ = ["PARAM_PREFIX", "RewriteToIBert", "emit_encoder", "rewrite_to_ibert"]
@@ -283,7 +283,8 @@ class _Rewriter:
         if bias.module_path != x.path:
             raise UnsupportedModelError(f"rewrite_to_ibert: bias {bias.module_path}.bias added to the product of "
                                         f"{x.path}")
-        acc = layers.quant_linear(self.bb, x.qt, bias.module)
+        with quant.range_errors_of(x.path):
+            acc = layers.quant_linear(self.bb, x.qt, bias.module)
         owner, _, name = x.path.rpartition(".")
         if name in _QKV:
             act = getattr(self.ibert.get_submodule(owner), f"{name}_activation")
@@ -313,7 +314,8 @@ class _Rewriter:
         softmax = self.ibert.get_submodule(scores.path).softmax
         mask = None if scores.mask is None else self.bb.emit(relax.op.astype(scores.mask, "int32"))
         if softmax.quant_mode:
-            return _Quant(layers.int_softmax(self.bb, scores.qt, softmax, mask), "probs", scores.path)
+            with quant.range_errors_of(scores.path):
+                return _Quant(layers.int_softmax(self.bb, scores.qt, softmax, mask), "probs", scores.path)
         return _Quant(layers.QTensor(layers.float_softmax(self.bb, scores.qt, mask), None), "probs", scores.path)
 
     def on_layer_norm(self, call: relax.Call, x, gamma, beta):
@@ -363,7 +365,8 @@ class _Rewriter:
             raise self.refuse(call, "a GELU outside the feed-forward block")
         intermediate = self.ibert.get_submodule(_parent(x.path))
         layer = self.ibert.get_submodule(_parent(_parent(x.path)))
-        h = layers.int_gelu(self.bb, x.qt, intermediate.intermediate_act_fn)
+        with quant.range_errors_of(_parent(x.path)):
+            h = layers.int_gelu(self.bb, x.qt, intermediate.intermediate_act_fn)
         h = layers.requantize_act(self.bb, h, intermediate.output_activation)
         return _Quant(layers.requantize_act(self.bb, h, layer.pre_output_act), "act", x.path)
 

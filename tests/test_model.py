@@ -145,6 +145,9 @@ def test_a_pruned_channel_is_bounded_by_its_own_weights():
     assert float(qm.ibert.encoder.layer[0].intermediate.dense.bias_integer[5]) >= 2**31 - 1
     with pytest.raises(QuantizationRangeError, match=r"^encoder\.layer\.0: i-GELU: input scale .* of channel 5 .*pruned"):
         qm.program(1, 8)
+    graph = dataclasses.replace(qm, importer="graph")  # its rewriter names the module it was rewriting
+    with pytest.raises(QuantizationRangeError, match=r"^encoder\.layer\.0\.intermediate: i-GELU: .* channel 5"):
+        graph.program(1, 8)
 
 
 def test_hf_semantics_refuses_a_regridded_accumulator_past_int32():
@@ -165,6 +168,8 @@ def test_hf_semantics_refuses_a_regridded_accumulator_past_int32():
     qm = from_pretrained(fm, calibration=calibration, semantics="hf")
     with pytest.raises(QuantizationRangeError, match=r"^encoder\.layer\.1: 'hf' semantics: .* regridded .* past int32"):
         qm.program(1, 8)
+    with pytest.raises(QuantizationRangeError, match=r"^encoder\.layer\.1\.attention\.self\.\w+: 'hf' semantics"):
+        dataclasses.replace(qm, importer="graph").program(1, 8)
     from_pretrained(fm, calibration=calibration).program(1, 8)
 
 
