@@ -328,12 +328,12 @@ def _tune(args: argparse.Namespace) -> int:
     check_not_being_tuned(args.work_dir)  # before calibrating; `tune` holds the lock itself
     spec = resolve_target(args.target)
     check_toolchains(spec)
-    if args.rpc and not args.check_only:
-        check_tracker(args.rpc)
-    if not args.check_only:
-        check_measured_here(spec, args.rpc)
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
         database_to_check(args.work_dir, spec, args.rpc)
+    else:
+        if args.rpc:
+            check_tracker(args.rpc)
+        check_measured_here(spec, args.rpc)
     check_bucket_tokens([args.batch], [args.seq])
     result = tune(_quantize(args, [args.seq], "--seq"), spec, trials=args.trials, work_dir=args.work_dir,
                   batch=args.batch, seq=args.seq, rpc=args.rpc, check_only=args.check_only)

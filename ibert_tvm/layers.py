@@ -111,8 +111,9 @@ def _check_regridded_accumulator(q: quant.QuantizedLinear, x: QTensor) -> None:
         n = int(np.argmax(worst))
         raise quant.QuantizationRangeError(
             f"'hf' semantics: a linear layer's accumulator, regridded from its input's scale {float(x.scale):.4g} to "
-            f"the embedding scale {float(x.assumed):.4g} ({float(x.scale) / float(x.assumed):.4g} times), plus its bias "
-            f"can reach {int(worst[n])} at output channel {n}, past int32 (2^31 - 1); semantics='ibert' has no regrid")
+            f"the embedding scale {float(x.assumed):.4g} ({float(x.scale) / float(x.assumed):.4g} times), plus its "
+            f"bias can reach {int(worst[n])} at output channel {n}, past int32 (2^31 - 1); semantics='ibert' has no "
+            "regrid")
 
 
 def int_layernorm(bb: relax.BlockBuilder, x: QTensor, layer_norm) -> QTensor:

@@ -415,8 +415,8 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     Batch or tokenizer output alone is one batch), or sentences or sentence pairs as 2-tuples (tokenized with
     `tokenizer`, a tokenizer or its directory, or else the tokenizer saved in the model directory), each batch
     checked against the model, then run through HF's own range statistics (`method="minmax"`, momentum 0.95) or
-    their `percentile` or `mse` variant (`method="percentile"`, `"mse"`: `calibration`'s module docstring). An IBert model with `quant_mode=True` keeps its trained
-    ranges, always: calibration given with it calibrates the integer head only (the encoder runs in eval mode),
+    their `percentile` or `mse` variant (`method="percentile"`, `"mse"`: `calibration`'s module docstring). An
+    IBert model with `quant_mode=True` keeps its trained ranges, always: calibration given with it calibrates the integer head only (the encoder runs in eval mode),
     and is not read where there is none; one whose ranges are all untouched (never trained or calibrated) is
     calibrated as a float model is.
     `force_dequant` selects Q8BERT mode per nonlinearity, as HF's config does ("none", "gelu", "softmax",
@@ -506,7 +506,6 @@ def _check_layer_norms(model: PreTrainedModel) -> None:
             bias = torch.zeros_like(module.weight) if module.bias is None else module.bias
             with quant.range_errors_of(name):
                 quant.layernorm_constants(module.weight.detach().numpy(), bias.detach().numpy())
-
 
 
 def shape_buckets(model: QuantizedModel, batch_sizes: Iterable[int], seq_lengths: Iterable[int]

@@ -1078,9 +1078,9 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
     if trials < 0:
         raise ValueError(f"trials must be an integer of at least 0, got {trials}")
     check_work_dir(folder)
-    if rpc is not None and not check_only:  # (a check runs here only: refused below, by database_to_check)
-        check_tracker(rpc)
-    if not check_only:
+    if not check_only:  # (a check runs here only: refused below, by database_to_check)
+        if rpc is not None:
+            check_tracker(rpc)
         check_measured_here(spec, rpc)
     if not isinstance(model, tvm.IRModule):
         from .model import shape_buckets  # transformers, which the model module imports, only for a model

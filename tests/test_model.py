@@ -143,7 +143,8 @@ def test_a_pruned_channel_is_bounded_by_its_own_weights():
         fm.encoder.layer[0].intermediate.dense.bias[5] = 0.1
     qm = from_pretrained(fm, calibration=batches(0, 3, 4, 24, seed=1), semantics="hf")
     assert float(qm.ibert.encoder.layer[0].intermediate.dense.bias_integer[5]) >= 2**31 - 1
-    with pytest.raises(QuantizationRangeError, match=r"^encoder\.layer\.0: i-GELU: input scale .* of channel 5 .*pruned"):
+    with pytest.raises(QuantizationRangeError,
+                       match=r"^encoder\.layer\.0: i-GELU: input scale .* of channel 5 .*pruned"):
         qm.program(1, 8)
     graph = dataclasses.replace(qm, importer="graph")  # its rewriter names the module it was rewriting
     with pytest.raises(QuantizationRangeError, match=r"^encoder\.layer\.0\.intermediate: i-GELU: .* channel 5"):

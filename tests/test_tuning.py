@@ -435,8 +435,8 @@ def test_open_database_refuses_another_target(copy, model, spec):
     with pytest.raises(TuningLogError, match="made for target 'llvm'.*not for 'aarch64'"):
         open_database(copy, "aarch64")
     # tuning into it is refused the same way (for another target that runs here: aarch64 on x86 needs --rpc first)
-    other = next(name for name in ("x86-avx2", "x86-noamx", "aarch64-neon")
-                 if not why_not_runnable_here(resolve_target(name)) and str(resolve_target(name).target) != str(spec.target))
+    other = next(spec_.name for spec_ in map(resolve_target, ("x86-avx2", "x86-noamx", "aarch64-neon"))
+                 if not why_not_runnable_here(spec_) and str(spec_.target) != str(spec.target))
     with pytest.raises(TuningLogError, match=f"not for '{other}'"):
         tune(model, other, 4, copy, batch=BATCH, seq=SEQ, progress=False)
 
