@@ -15,9 +15,9 @@ import math
 import os
 import platform
 from importlib import metadata as pkg_metadata
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import tvm
 
@@ -261,52 +261,62 @@ def is_json_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def check_runnable_here(meta: dict[str, Any], library: str | Path = "artifact") -> None:
-    """Refuse an artifact whose target this machine cannot run (other ISA, missing CPU features, no GPU)."""
-    target = meta["target"]
-    family, name, features = target["family"], target["name"], target["features"]
+class _NotHere(NamedTuple):
+    """Why this machine cannot run a target's code: as an artifact's refusal says it (`refusal`, `advice`) and as
+    a clause about the target itself (`lacks`: `ibert-tvm targets`, `tune`)."""
+
+    refusal: str
+    advice: str
+    lacks: str
+
+
+def _not_here(family: str, name: str, features: Sequence[Any]) -> _NotHere | None:
+    """What this machine lacks to run code built for the target (other ISA, CPU features, GPU), or None."""
     machine = platform.machine().lower()
     if family == "arm" and machine not in ("aarch64", "arm64"):
-        raise ArtifactError(f"{library}: built for target '{name}' (aarch64), this machine is {machine}; run it on "
-                            "an aarch64 machine (or under qemu-aarch64 with examples/cpp), or compile for 'llvm'")
-    if family == "x86":
-        if machine not in ("x86_64", "amd64"):
-            raise ArtifactError(f"{library}: built for an x86-64 CPU, this machine is {machine}; compile for this "
-                                "machine's target")
-        here = host_cpu_features()
-        lacking = sorted(set(features) - set(here))
-        if lacking:
-            levels = x86_levels_for(here)
-            fits = f", or for '{levels[0]}' to run on this CPU and every CPU with its features" if levels else ""
-            raise ArtifactError(f"{library}: built for a CPU with {', '.join(lacking)}, which this CPU lacks; "
-                                f"compile it for this machine with target 'llvm'{fits}")
+        return _NotHere(f"built for target '{name}' (aarch64), this machine is {machine}", "run it on an aarch64 "
+                        "machine (or under qemu-aarch64 with examples/cpp), or compile for 'llvm'",
+                        f"this machine is {machine}, not aarch64")
+    if family == "x86" and machine not in ("x86_64", "amd64"):
+        return _NotHere(f"built for an x86-64 CPU, this machine is {machine}", "compile for this machine's target",
+                        f"this machine is {machine}, not x86-64")
+    if family == "x86" and (lacking := sorted(set(features) - set(here := host_cpu_features()))):
+        levels = x86_levels_for(here)
+        fits = f", or for '{levels[0]}' to run on this CPU and every CPU with its features" if levels else ""
+        return _NotHere(f"built for a CPU with {', '.join(lacking)}, which this CPU lacks",
+                        f"compile it for this machine with target 'llvm'{fits}", f"this CPU lacks {', '.join(lacking)}")
     if family == "cuda":
-        _check_cuda_device(str(features[0]) if features else "", library)
+        return _cuda_not_here(str(features[0]) if features else "")
+    return None
 
 
-def why_not_runnable_here(spec: TargetSpec) -> str:
-    """Why this machine cannot run code built for `spec` ("" where it can): the first clause of
-    `check_runnable_here`'s refusal (other ISA, missing CPU features, no GPU), for callers that give advice of
-    their own (`ibert-tvm targets`, `tune` measuring here)."""
-    try:
-        check_runnable_here({"target": {"family": spec.family, "name": spec.name, "features": list(spec.features)}},
-                            spec.name)
-    except ArtifactError as err:
-        return str(err).split(";")[0].removeprefix(f"{spec.name}: ")
-    return ""
-
-
-def _check_cuda_device(arch: str, library: str | Path) -> None:
-    """Refuse a GPU that cannot run the library's cubin for `arch` (`CudaArch.runs_on`), or no GPU."""
+def _cuda_not_here(arch: str) -> _NotHere | None:
+    """A GPU that cannot run the library's cubin for `arch` (`CudaArch.runs_on`), or no GPU."""
     dev = tvm.cuda(0)
     if not dev.exist:
-        raise ArtifactError(f"{library}: built for CUDA {arch}, and no CUDA GPU is present here")
+        return _NotHere(f"built for CUDA {arch}, and no CUDA GPU is present here", "", "no CUDA GPU is present here")
     major, minor = (int(v) for v in dev.compute_version.split("."))
     try:
         runs = parse_cuda_arch(arch).runs_on(major, minor)
     except UnknownTargetError:  # metadata naming no arch
         runs = False
-    if not runs:
-        have = f"sm_{major}{minor}"
-        raise ArtifactError(f"{library}: holds kernels for {arch or 'no CUDA arch'}, this GPU is {have}; compile "
-                            f"for target 'cuda' (detects {have}) or 'cuda:{have}'")
+    if runs:
+        return None
+    have, arch = f"sm_{major}{minor}", arch or "no CUDA arch"
+    return _NotHere(f"holds kernels for {arch}, this GPU is {have}",
+                    f"compile for target 'cuda' (detects {have}) or 'cuda:{have}'",
+                    f"this GPU is {have}, which cannot run kernels for {arch}")
+
+
+def check_runnable_here(meta: dict[str, Any], library: str | Path = "artifact") -> None:
+    """Refuse an artifact whose target this machine cannot run (other ISA, missing CPU features, no GPU)."""
+    target = meta["target"]
+    if why := _not_here(target["family"], target["name"], target["features"]):
+        raise ArtifactError(f"{library}: {why.refusal}" + (f"; {why.advice}" if why.advice else ""))
+
+
+def why_not_runnable_here(spec: TargetSpec) -> str:
+    """Why this machine cannot run code built for `spec` ("" where it can), said of the target, for callers that
+    give advice of their own (`ibert-tvm targets`, `tune` measuring here)."""
+    why = _not_here(spec.family, spec.name, spec.features)
+    return why.lacks if why else ""

@@ -30,9 +30,11 @@ import json
 import logging
 import math
 import numbers
+import shutil
 import socket
 import struct
 import sys
+import tempfile
 import time
 import types
 import warnings
@@ -292,11 +294,12 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
                              f"{tvm.__version__}: re-tune")
 
 
-def _check_lines(folder: Path) -> set[str]:
+def _check_lines(folder: Path) -> tuple[set[str], list[tuple[str, list]]]:
     """Parse both JSON-lines files, so that a truncated or garbage line is refused rather than skipped, and a
     blank one too (MetaSchedule's reader crashed the process with SIGSEGV on a blank line of the records, and
-    named no line for one among the workloads); returns the tensor intrinsics the records' traces name."""
-    workloads, intrinsics = 0, set()
+    named no line for one among the workloads); returns the tensor intrinsics the records' traces name, and
+    each record line with its parsed row."""
+    workloads, intrinsics, records = 0, set(), []
     for name in (WORKLOAD_FILE, RECORD_FILE):
         path = folder / name
         if not path.is_file():
@@ -310,7 +313,7 @@ def _check_lines(folder: Path) -> set[str]:
                 ok = isinstance(row, list) and len(row) == 2
                 ok = ok and (all(isinstance(v, str) for v in row) if name == WORKLOAD_FILE else
                              (type(row[0]) is int and 0 <= row[0] < workloads  # (a bool is an int to isinstance)
-                              and isinstance(row[1], list) and len(row[1]) == 4))
+                              and isinstance(row[1], list) and len(row[1]) == 4 and _run_secs_ok(row[1][1])))
             except json.JSONDecodeError:
                 ok = False
             if not ok:
@@ -319,7 +322,27 @@ def _check_lines(folder: Path) -> set[str]:
             workloads += name == WORKLOAD_FILE
             if name == RECORD_FILE:
                 intrinsics |= _tensorized_with(row[1][0])
-    return intrinsics
+                records.append((line, row))
+    return intrinsics, records
+
+
+def _run_secs_ok(secs: Any) -> bool:
+    """Whether a JSON record's run times are what MetaSchedule writes: null, or a list of finite times >= 0."""
+    return secs is None or isinstance(secs, list) and all(
+        type(s) in (int, float) and math.isfinite(s) and s >= 0 for s in secs)
+
+
+def _best_lines(records: list[tuple[str, list]]) -> list[str]:
+    """The record lines that may be their workload's best: those measured within float32 rounding of its least
+    mean run time (`SharedDatabase` picks among them as it would among all, the same record), failed ones
+    never. `compile` loads only these: MetaSchedule replays every record's trace as it reads it (75 s for
+    4,400 records of BERT-base), and a build applies one record per kernel shape."""
+    means = [(row[0], sum(row[1][1]) / len(row[1][1]) if row[1][1] else FAILED_SECS) for _line, row in records]
+    least: dict[int, float] = {}
+    for workload, secs in means:
+        least[workload] = min(secs, least.get(workload, secs))
+    return [line for (line, _row), (workload, secs) in zip(records, means)
+            if secs < FAILED_SECS and secs <= least[workload] * (1 + 1e-6)]
 
 
 def _tensorized_with(trace: Any) -> set[str]:
@@ -352,22 +375,34 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     Records of the kernels whose best candidate measured slower than their default schedule, wrote other
     integers than the untuned program, or whose kernel the program runs as a view (listed by `tune` in the
     metadata) are left out, so that the database
-    applies only records that beat the default as `tune` measured them and passed its check;
-    `keep_slower=True` (tuning itself) returns the database as it is on disk."""
+    applies only records that beat the default as `tune` measured them and passed its check; of the others,
+    only each kernel shape's best candidates are loaded (`_best_lines`). `keep_slower=True` (tuning itself)
+    returns the database as it is on disk, every record loaded."""
     spec, folder = resolve_target(target), Path(path)
     if not folder.is_dir():
         check_work_dir(folder, writing=False)
         raise TuningLogError(f"no tuning database at {folder} (folder not found)")
     meta = _read_meta(folder)
     _check_meta(folder, meta, spec)
-    _register_intrinsics(folder, spec, _check_lines(folder))
+    intrinsics, records = _check_lines(folder)
+    _register_intrinsics(folder, spec, intrinsics)
+    if keep_slower:
+        return SharedDatabase(_json_database(folder, folder))
+    left_out = {key for name in _LEFT_OUT for key in meta.get(name, {})}
+    with tempfile.TemporaryDirectory(prefix="ibert-tvm-records-") as tmp:
+        shutil.copyfile(folder / WORKLOAD_FILE, Path(tmp) / WORKLOAD_FILE)
+        (Path(tmp) / RECORD_FILE).write_text("".join(f"{line}\n" for line in _best_lines(records)), encoding="utf-8")
+        return SharedDatabase(_without_workloads(_json_database(Path(tmp), folder), left_out))
+
+
+def _json_database(files: Path, folder: Path) -> ms.database.JSONDatabase:
+    """MetaSchedule's database of the two files in `files`, or a TuningLogError naming `folder` where TVM cannot
+    read a line."""
     try:
-        database = ms.database.JSONDatabase(work_dir=str(folder), allow_missing=False)
+        return ms.database.JSONDatabase(work_dir=str(files), allow_missing=False)
     except (RuntimeError, ValueError, TypeError, LookupError) as err:  # TVM's errors for a record it cannot parse
         # (a KeyError for a workload whose IR graph has a node without its fields)
         raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
-    left_out = {key for name in _LEFT_OUT for key in meta.get(name, {})}
-    return SharedDatabase(database if keep_slower or not left_out else _without_workloads(database, left_out))
 
 
 def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.database.MemoryDatabase:
@@ -900,15 +935,16 @@ def _runs_elsewhere(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
     return why_not_runnable_here(spec)
 
 
-def database_to_check(work_dir: str | Path, target: str | TargetSpec, rpc: tuple[str, int, str] | None = None
-                      ) -> SharedDatabase:
+def database_to_check(work_dir: str | Path, target: str | TargetSpec, rpc: tuple[str, int, str] | None = None,
+                      *, every_record: bool = True) -> SharedDatabase:
     """The database that `tune(..., check_only=True)` checks: a TuningLogError where `work_dir` holds none
-    usable for `target`, a ValueError where the records cannot run here. Cheap: the CLI asks before
-    calibrating."""
+    usable for `target`, a ValueError where the records cannot run here. `every_record=False` loads only the
+    records `compile` would (`open_database`): the CLI's check before calibrating, in seconds however many
+    records the folder holds."""
     spec, folder = resolve_target(target), Path(work_dir)
     if why := _runs_elsewhere(spec, rpc):
         raise ValueError(f"cannot check the records of {folder}: {why}")
-    return open_database(folder, spec, keep_slower=True)
+    return open_database(folder, spec, keep_slower=every_record)
 
 
 def _check_plan(spec: TargetSpec, rpc: tuple[str, int, str] | None, mod: tvm.IRModule,

@@ -469,13 +469,14 @@ class _GPU:
 def test_cuda_library_runs_on_the_gpus_its_cubin_fits(arch, gpu, runs, monkeypatch):
     """A cubin for sm_XY runs on compute capability X.Z with Z >= Y; one for sm_XYa on exactly X.Y."""
     monkeypatch.setattr(artifact.tvm, "cuda", lambda _index=0: _GPU(gpu))
+    meta = {"target": {"family": "cuda", "name": "cuda", "features": [arch] if arch else []}}
     if runs:
-        artifact._check_cuda_device(arch, "m.so")
+        artifact.check_runnable_here(meta, "m.so")
     else:
         have = "sm_" + gpu.replace(".", "")
         with pytest.raises(ibert_tvm.ArtifactError, match=f"m.so: holds kernels for {arch or 'no CUDA arch'}, this "
                                                           f"GPU is {have}; compile for target 'cuda'"):
-            artifact._check_cuda_device(arch, "m.so")
+            artifact.check_runnable_here(meta, "m.so")
 
 
 def test_cuda_arch_older_than_cuda_13_builds_is_refused_without_nvcc(quantized, monkeypatch):

@@ -142,3 +142,14 @@ def test_library_this_cpu_cannot_run_names_the_level_it_could(export, monkeypatc
     with pytest.raises(ibert_tvm.ArtifactError, match="built for a CPU with avx512bw, avx512vnni, which this CPU "
                                                       "lacks; .* or for 'x86-avx2' to run on this CPU"):
         ibert_tvm.load(path)
+
+
+def test_tuning_for_a_level_this_cpu_lacks_says_so_of_the_target(monkeypatch):
+    """`tune` and `ibert-tvm targets` say what the CPU lacks for the target, not an artifact's "built for"."""
+    monkeypatch.setattr(artifact, "host_cpu_features", lambda: ("avx2",))
+    spec = targets.resolve_target("x86-avx512vnni")
+    assert artifact.why_not_runnable_here(spec) == "this CPU lacks avx512bw, avx512vnni"
+    with pytest.raises(ValueError, match=r"cannot tune for 'x86-avx512vnni' on this machine \(this CPU lacks "
+                                         r"avx512bw, avx512vnni\): .*--rpc"):
+        tuning.check_measured_here(spec, None)
+    assert artifact.why_not_runnable_here(targets.resolve_target("x86-avx2")) == ""
