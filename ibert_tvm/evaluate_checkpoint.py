@@ -18,7 +18,8 @@ from .artifact import SINGLE_LABEL, problem_type
 from .classifier import length_batches
 from .compiler import compile
 from .evaluate import FP32, EvalReport, report
-from .model import UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, load_float32, local_config
+from .model import (UnsupportedModelError, UnusedCalibrationWarning, check_float_layers, from_pretrained, load_float32,
+                    local_config)
 from .model_demo import sentences
 from .runtime import IntegerModel
 from .sentiment_data import Labelled
@@ -50,13 +51,14 @@ def _reference_name(config) -> str:
 
 
 def _integer_model(model_dir: Path, calibration: Sequence[Text] | None, force_dequant: str, batch_size: int,
-                   seq_lengths: Sequence[int]) -> IntegerModel:
+                   seq_lengths: Sequence[int], float_layers: Sequence[int] = ()) -> IntegerModel:
     """The checkpoint calibrated (default: the bundled sentences, as `ibert-tvm compile` does), compiled for this
-    CPU with `force_dequant`, as a runner."""
+    CPU with `force_dequant` and `float_layers`, as a runner."""
     with warnings.catch_warnings():
         if calibration is None:  # the bundled sentences, which a trained IBert checkpoint need not read
             warnings.simplefilter("ignore", UnusedCalibrationWarning)
-        qm = from_pretrained(model_dir, calibration=list(calibration or sentences()), force_dequant=force_dequant)
+        qm = from_pretrained(model_dir, calibration=list(calibration or sentences()), force_dequant=force_dequant,
+                             float_layers=float_layers)
     return compile(qm, "llvm", batch_sizes=(batch_size,), seq_lengths=seq_lengths).runner()
 
 
@@ -88,12 +90,14 @@ def _logits(run, batches: list, count: int, progress: bool, desc: str, since: fl
 
 def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequence[Text] | None = None,
                         seq_lengths: Sequence[int] = SEQ_LENGTHS, batch_size: int = 32, q8bert: bool = True,
-                        progress: bool = True, name: str = "the given texts") -> EvalReport:
-    """Classify `data` with the checkpoint in PyTorch, as the integer-only program and (with `q8bert`) in Q8BERT
-    mode, all on the same token ids; score. The programs are calibrated on `calibration` and compiled for this
+                        progress: bool = True, name: str = "the given texts", float_layers: Sequence[int] = ()
+                        ) -> EvalReport:
+    """Classify `data` with the checkpoint in PyTorch, as the integer-only program, (with `q8bert`) in Q8BERT
+    mode and (with `float_layers`) in Q8BERT mode in those layers only, all on the same token ids; score. The programs are calibrated on `calibration` and compiled for this
     CPU over `seq_lengths` (their times include that); texts longer than the longest are truncated to it."""
     model_dir = Path(model_dir)
     labels = checkpoint_labels(model_dir)
+    float_layers = check_float_layers(float_layers, local_config(model_dir).num_hidden_layers)
     if tuple(data.labels) != labels:
         raise ValueError(f"the data's labels {data.labels} differ from the checkpoint's {labels}")
     tokenizer_args(data.texts)  # all sentences or all pairs, before anything is compiled
@@ -109,9 +113,11 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
                             token_type_ids=torch.from_numpy(types).long()).logits.float().numpy()
 
     reference = _logits(float_logits, batches, len(data), progress, "PyTorch")
-    q8 = None
-    if q8bert:
+    def quantized(force_dequant: str, desc: str, layers: Sequence[int] = ()) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        q8_model = _integer_model(model_dir, calibration, "nonlinear", batch_size, seq_lengths)
-        q8 = _logits(q8_model, batches, len(data), progress, "Q8BERT mode", since=t0)
-    return report(data, name, reference, integer, q8, _reference_name(hf_model.config))
+        model = _integer_model(model_dir, calibration, force_dequant, batch_size, seq_lengths, layers)
+        return _logits(model, batches, len(data), progress, desc, since=t0)
+
+    return report(data, name, reference, integer, quantized("nonlinear", "Q8BERT mode") if q8bert else None,
+                  _reference_name(hf_model.config),
+                  quantized("none", "float layers", float_layers) if float_layers else None, float_layers)

@@ -166,12 +166,12 @@ def compare_layers(qm: QuantizedModel, input_ids, attention_mask, token_type_ids
     types = torch.zeros_like(ids) if token_type_ids is None else given.token_type_ids.long()
     b = Batch(ids, mask, types)
     mod, scales = _stages_program(qm, *ids.shape)
-    vm, _ = host_vm(mod, integer_only=qm.ibert.config.force_dequant == "none")
+    vm, _ = host_vm(mod, integer_only=qm.integer_encoder)
     args = [ids.numpy(), mask.numpy().astype(np.int32), types.numpy().astype(np.int32)]
     ours = [t.numpy() for t in vm["main"](*map(tvm.runtime.tensor, args))]
     floats, reference = _float_states(qm, b)
     real = mask.numpy().astype(bool)
-    names = ["embeddings"] + [f"layer {i}" for i in range(1, len(ours))]
+    names = ["embeddings"] + [f"layer {i}" for i in range(len(ours) - 1)]  # as encoder.layer.N and float_layers
     rows = [_stage(*row, real) for row in zip(names, ours, scales, floats, _hf_states(qm, b))]
     return LayerDiff(qm.source_type, qm.semantics, reference, int(real.sum()), rows)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import tvm
 from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer, IBertConfig, IBertModel, PreTrainedModel
+from transformers.models.ibert.modeling_ibert import IBertLayer
 from transformers.models.ibert.quant_modules import IntLayerNorm, QuantAct
 from tvm import relax
 
@@ -272,12 +273,53 @@ def _with_force_dequant(encoder: IBertModel, force_dequant: str) -> IBertModel:
     config.force_dequant = force_dequant
     target = IBertModel(config, add_pooling_layer=encoder.pooler is not None)
     target.load_state_dict(encoder.state_dict(), strict=True)
-    untrained = [n for n, act in quant_acts(target).items() if n.endswith(".softmax.act") and not _touched(act)]
+    kept_float = float_layers_of(encoder) if encoder.config.force_dequant != "nonlinear" else ()
+    with_float_layers(target, kept_float)  # (the layers in Q8BERT mode of their own stay so)
+    untrained = [n for n, act in quant_acts(target).items() if n.endswith(".softmax.act") and not _touched(act)
+                 and not any(n.startswith(f"encoder.layer.{i}.") for i in kept_float)]
     if force_dequant not in ("softmax", "nonlinear") and untrained:
         raise ValueError(f"this IBert checkpoint was trained with force_dequant={encoder.config.force_dequant!r}: its "
                          f"integer Softmax's range ({untrained[0]}) was never trained, so the Softmax must stay float "
                          "(force_dequant 'softmax' or 'nonlinear')")
     return target.eval()
+
+
+def check_float_layers(float_layers: Iterable[int], layers: int) -> tuple[int, ...]:
+    """`float_layers` as sorted, distinct encoder layer indices, or a ValueError naming the first entry that is
+    not one of 0 .. `layers` - 1."""
+    if isinstance(float_layers, (str, bytes)) or not isinstance(float_layers, Iterable):
+        raise TypeError(f"float_layers must be a list of encoder layer indices, got {type(float_layers).__name__}")
+    indices = list(float_layers)
+    for index in indices:
+        if not isinstance(index, numbers.Integral) or isinstance(index, bool) or not 0 <= index < layers:
+            raise ValueError(f"float_layers: {index!r} is not a layer of this encoder (its layers are 0 .. "
+                             f"{layers - 1})")
+    return tuple(sorted({int(i) for i in indices}))
+
+
+def _nonlinearities(layer: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
+    """An IBert layer's Softmax, GELU and LayerNorms: the modules Q8BERT mode keeps float."""
+    return (layer.attention.self.softmax, layer.intermediate.intermediate_act_fn, layer.attention.output.LayerNorm,
+            layer.output.LayerNorm)
+
+
+def float_layers_of(encoder: IBertModel) -> tuple[int, ...]:
+    """The layers of a quant-mode IBert encoder whose Softmax, GELU and LayerNorms are all float."""
+    return tuple(i for i, layer in enumerate(encoder.encoder.layer)
+                 if not any(m.quant_mode for m in _nonlinearities(layer)))
+
+
+def with_float_layers(encoder: IBertModel, float_layers: tuple[int, ...]) -> IBertModel:
+    """`encoder` with the layers `float_layers` rebuilt as HF builds them with force_dequant="nonlinear" (their
+    Softmax, GELU and LayerNorms float between the int8 GEMMs; every weight and range kept): Q8BERT mode per
+    layer, where HF's switch is model-wide. Changes `encoder` in place (the caller passes its own copy)."""
+    config = copy.deepcopy(encoder.config)
+    config.force_dequant = "nonlinear"
+    for index in float_layers:
+        layer = IBertLayer(config)
+        layer.load_state_dict(encoder.encoder.layer[index].state_dict(), strict=True)
+        encoder.encoder.layer[index] = layer.eval()
+    return encoder
 
 
 @dataclass
@@ -312,9 +354,20 @@ class QuantizedModel:
         return problem_type(self.head.num_labels, getattr(getattr(self.source, "config", None), "problem_type", None))
 
     @property
+    def float_layers(self) -> tuple[int, ...]:
+        """The encoder layers in Q8BERT mode of their own (`from_pretrained(float_layers=...)`): () where HF's
+        model-wide force_dequant="nonlinear" makes every layer so."""
+        return () if self.ibert.config.force_dequant == "nonlinear" else float_layers_of(self.ibert)
+
+    @property
+    def integer_encoder(self) -> bool:
+        """Whether the encoder is integer-only: no Q8BERT-mode nonlinearity in any layer."""
+        return self.ibert.config.force_dequant == "none" and not self.float_layers
+
+    @property
     def integer_only(self) -> bool:
-        """Whether the program is integer from ids to output: no Q8BERT-mode nonlinearity, no float head."""
-        return self.ibert.config.force_dequant == "none" and not (self.head is not None and self.head_mode == "float")
+        """Whether the program is integer from ids to output: an integer-only encoder, no float head."""
+        return self.integer_encoder and not (self.head is not None and self.head_mode == "float")
 
     @property
     def hidden_scale(self) -> float:
@@ -408,7 +461,8 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
                     calibration: Iterable[Batch] | Batch | Mapping | Sequence[Text] | None = None,
                     semantics: str = "ibert", tokenizer: object | str | os.PathLike | None = None,
                     method: str = "minmax", percentile: float = 99.99, force_dequant: str | None = None,
-                    head: str = "integer", importer: str = "modules") -> QuantizedModel:
+                    head: str = "integer", importer: str = "modules", float_layers: Iterable[int] = ()
+                    ) -> QuantizedModel:
     """Quantize a model of `SUPPORTED_TYPES` (object or local directory) for integer-only compilation.
 
     A float model needs `calibration`: batches of token ids and masks (and token types, for sentence pairs; one
@@ -421,6 +475,8 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     calibrated as a float model is.
     `force_dequant` selects Q8BERT mode per nonlinearity, as HF's config does ("none", "gelu", "softmax",
     "layernorm", "nonlinear"); None (the default) takes the checkpoint's own setting, "none" for a float model.
+    `float_layers` (encoder layer indices, e.g. those `ibert-tvm layers` shows drifting most) runs Q8BERT mode in
+    those layers only: their Softmax, GELU and LayerNorms in float, the rest of the program integer.
     A `...ForSequenceClassification` keeps its head: integer-only (`head="integer"`, calibrated on the same
     batches) or HF's float head (`head="float"`).
     `semantics="hf"` reproduces HF's IBertModel, which hands the embedding scale to every layer (spec §5.3),
@@ -441,6 +497,9 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     model = _load(model_or_dir)
     encoder = _encoder_of(model)
     qmodel = to_ibert(model, force_dequant)
+    float_layers = check_float_layers(float_layers, qmodel.config.num_hidden_layers)
+    if float_layers:
+        qmodel = with_float_layers(copy.deepcopy(qmodel) if qmodel is encoder else qmodel, float_layers)
     if importer == "graph" and _quant_mode_ibert(encoder):
         raise UnsupportedModelError("importer='graph' needs a float BERT / RoBERTa: an IBert checkpoint's graph is "
                                     "HF's float simulation of the integers (use importer='modules')")

@@ -333,6 +333,7 @@ def test_metadata_of_another_model_is_refused(exported, tmp_path):
     (lambda m: m.update(inputs=5), "inputs must be a list of {name, dtype, shape} entries, got 5"),
     (lambda m: m["inputs"][0].pop("name"), "inputs must be a list of {name, dtype, shape} entries"),
     (lambda m: m["output"].update(shape=5), "output.shape must be a list, got 5"),
+    (lambda m: m["model"].update(float_layers=5), "model.float_layers must be a list of layer indices, got 5"),
     (lambda m: m.update(tokenizer=["tokenizer.json"]), "tokenizer must map the tokenizer's file names"),
     (lambda m: m["tokenizer"].update({"tokenizer.json": 5}), "tokenizer must map the tokenizer's file names"),
     (lambda m: m["tokenizer"].update({"sub/tokenizer.json": "{}"}), "tokenizer must map the tokenizer's file names"),

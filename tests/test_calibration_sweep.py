@@ -35,9 +35,10 @@ def test_report_gives_each_row_against_fp32(tmp_path):
     text = calibration_sweep.markdown(fp32, rows, {"date": "2026-12-07"})
     assert "| 32 | minmax | 72.17% | 69.76% | -0.92 | 91.36% | 0.9543 |" in text
     assert "| 32 | percentile | 64.62% | 63.53% | -8.47 | 75.39% | 0.8100 |" in text
-    calibration_sweep.write_results(tmp_path, "calibration", {"fp32": fp32, "rows": rows}, text,
-                                    lambda path: calibration_sweep.draw(fp32, rows, path))
-    assert json.loads((tmp_path / "calibration.json").read_text())["rows"] == rows
+    calibration_sweep.publish("calibration_sweep.py", ["--sizes", "32"], str(tmp_path), "calibration", {"seed": 1},
+                              fp32, rows, calibration_sweep.markdown, calibration_sweep.draw)
+    saved = json.loads((tmp_path / "calibration.json").read_text())
+    assert saved["rows"] == rows and saved["context"]["command"] == "bench/calibration_sweep.py --sizes 32"
     assert (tmp_path / "calibration.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -462,27 +462,32 @@ def test_eval_scores_a_labelled_csv(tmp_path):
 
     csv, out, data = tmp_path / "six.csv", tmp_path / "results", bundled_test_slice().take(slice(0, 6))
     write_labelled_csv(data, csv)
-    proc = cli("eval", "--csv", str(csv), "--no-q8bert", "--batch-size", "4", "--out", str(out))
+    proc = cli("eval", "--csv", str(csv), "--no-q8bert", "--float-layers", "5", "--batch-size", "4", "--out",
+               str(out))
     assert proc.returncode == 0, proc.stderr
     assert f"6 labelled texts from {csv}" in proc.stdout
     assert "| integer-only (I-BERT, TVM) |" in proc.stdout and "Q8BERT" not in proc.stdout
+    assert "| integer, float layers 5 (TVM) |" in proc.stdout
     assert "prediction agreement" in proc.stdout
     saved = json.loads((out / "eval.json").read_text())
     report, markdown = saved["report"], (out / "eval.md").read_text()
     assert report["q8bert"] is None and saved["context"]["data"] == str(csv) and "machine" in saved["context"]
     assert saved["context"]["command"].startswith("ibert-tvm eval --csv ")  # this call's, not pytest's argv
-    for mode in ("fp32", "integer"):
+    assert report["float_layers"] == [5] and 0 <= report["mixed_agreement"] <= 1
+    for mode in ("fp32", "integer", "mixed"):
         counts = np.array(report[mode]["confusion"])
         assert counts.shape == (3, 3) and counts.sum(1).tolist() == np.bincount(data.targets, minlength=3).tolist()
         assert np.trace(counts) == round(6 * report[mode]["accuracy"])
     assert sum(report["cosine_histogram"]["counts"]) == 6 and report["cosine_histogram"]["edges"][-1] == 1.0
     assert min(report["cosine_histogram"]["edges"]) <= report["logit_cosine"] <= 1
-    assert markdown.count("confusion (rows: true label, columns: predicted)") == 2
+    assert markdown.count("confusion (rows: true label, columns: predicted)") == 3
     assert (out / "eval.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (tmp_path / "bad.csv").write_text("text,label\nfine,happy\n", encoding="utf-8")
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "'happy' is not one of")
     (tmp_path / "bad.csv").write_text("text,label\nfine,\u00b2\n", encoding="utf-8")  # a digit to isdigit()
     assert_one_line_error(cli("eval", "--csv", str(tmp_path / "bad.csv")), "row 2: label '\u00b2' is not one of")
+    assert_one_line_error(cli("eval", "--csv", str(csv), "--float-layers", "6"),
+                          "float_layers: 6 is not a layer of this encoder (its layers are 0 .. 5)")
 
 
 def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_path):
@@ -526,6 +531,36 @@ def test_compile_calibrates_on_a_csv_column_by_the_method_asked(model_dir, tmp_p
                            (["--percentile", "99.5"], "--percentile is read by --calibration-method percentile only")):
         assert_one_line_error(cli("compile", "--model", str(model_dir), *args, "-o", str(tmp_path / "x.so")),
                               fragment)
+
+
+def test_compile_keeps_the_layers_asked_in_float(model_dir, tmp_path):
+    """--float-layers 1: the library is from_pretrained(float_layers=[1])'s program (other integers than the
+    integer-only one), its metadata and `inspect` name the layer; a value that is not a layer index is refused
+    in one line before calibrating."""
+    import ibert_tvm
+
+    calibration = model_dir.parent / "calibration.txt"
+    out = tmp_path / "mixed.so"
+    proc = cli("compile", "--model", str(model_dir), "--calibration", str(calibration), "--float-layers", "1",
+               "--batch-sizes", "1", "--seq-lengths", "16", "--tuning-logs", "none", "-o", str(out))
+    assert proc.returncode == 0, proc.stderr
+    ids = np.array([[101, 2023, 2003, 1037, 2204, 2154, 102]])
+    got = ibert_tvm.load(out)(ids, integer=True)
+
+    def logits(**options) -> np.ndarray:
+        qm = ibert_tvm.from_pretrained(str(model_dir), calibration=calibration_texts(), **options)
+        return ibert_tvm.compile(qm, "llvm", tuning_logs=False, batch_sizes=(1,), seq_lengths=(16,))(ids, integer=True)
+
+    np.testing.assert_array_equal(got, logits(float_layers=[1]))
+    assert not np.array_equal(got, logits())
+    assert ibert_tvm.load(out).meta["model"]["float_layers"] == [1]
+    assert "force_dequant none, float layers 1, importer modules" in cli("inspect", str(out)).stdout
+    for value, fragment in (("1,x", "comma-separated layer indices are needed (e.g. 0,11), got '1,x'"),
+                            ("2", "float_layers: 2 is not a layer of this encoder (its layers are 0 .. 1)")):
+        proc = cli("compile", "--model", str(model_dir), "--calibration", str(calibration), "--float-layers", value,
+                   "--seq-lengths", "16", "-o", str(tmp_path / "x.so"))
+        assert_one_line_error(proc, fragment)
+        assert "calibrating" not in proc.stderr
 
 
 def test_ctrl_c_is_one_line_and_says_where_the_work_stands(model_dir, tmp_path, monkeypatch):
@@ -640,7 +675,7 @@ def test_layers_compares_every_stage_and_writes_the_report(model_dir, tmp_path):
                    "--out", str(tmp_path / "layers"))
     assert proc.returncode == 0, proc.stderr
     rows = [line for line in proc.stdout.splitlines() if line.startswith(("| embeddings", "| layer"))]
-    assert [row.split("|")[1].strip() for row in rows] == ["embeddings", "layer 1", "layer 2"]
+    assert [row.split("|")[1].strip() for row in rows] == ["embeddings", "layer 0", "layer 1"]
     assert all(row.rstrip(" |").endswith("100.00 %") for row in rows)
     assert sorted(p.name for p in (tmp_path / "layers").iterdir()) == ["layers.json", "layers.md", "layers.png"]
     assert_one_line_error(cli("layers", "--model", str(model_dir), "--pair", "x"), "--pair gives the second text")

@@ -96,18 +96,21 @@ def test_eval_of_a_pair_classifier_scores_the_checkpoint_and_its_integer_program
     assert alone.logit_cosine != pytest.approx(report.logit_cosine, abs=1e-6)  # the second sentences were read
 
 
-def test_eval_model_through_the_cli_writes_all_three_modes(model_dir, tmp_path):
-    """The command line with Q8BERT mode: one table of three modes and the report files."""
+def test_eval_model_through_the_cli_writes_all_four_modes(model_dir, tmp_path):
+    """The command line with Q8BERT mode and a float layer: one table of four modes and the report files."""
     texts = pairs()[:6]
     path = write_csv(tmp_path / "six.csv", texts, ["negative", "1", "positive", "0", "neutral", "2"])
     proc = cli("eval", "--model", str(model_dir), "--csv", str(path), "--text-column", "premise", "--label-column",
-               "gold", "--pair-column", "hypothesis", "--seq-lengths", "32,64", "--out", str(tmp_path / "out"))
+               "gold", "--pair-column", "hypothesis", "--seq-lengths", "32,64", "--float-layers", "0", "--out",
+               str(tmp_path / "out"))
     assert proc.returncode == 0, proc.stderr
     assert f"6 labelled texts from {path}" in proc.stdout
-    for mode in ("| FP32 (PyTorch) |", "| integer-only (I-BERT, TVM) |", "| Q8BERT mode"):
+    for mode in ("| FP32 (PyTorch) |", "| integer-only (I-BERT, TVM) |", "| Q8BERT mode",
+                 "| integer, float layers 0 (TVM) |"):
         assert mode in proc.stdout
     saved = json.loads((tmp_path / "out" / "eval.json").read_text())["report"]
     assert saved["labels"] == list(LABELS.values()) and saved["q8bert"] is not None
+    assert saved["float_layers"] == [0] and np.array(saved["mixed"]["confusion"]).sum() == 6
     assert np.array(saved["integer"]["confusion"]).sum(1).tolist() == [2, 2, 2]
 
 
@@ -126,6 +129,8 @@ def test_eval_model_refusals_come_before_any_work(model_dir, tmp_path):
                           "--pair-column: for a checkpoint given with --model")
     assert_one_line_error(cli("eval", "--text-column", "premise"), "name the columns of a --csv file")
     assert_one_line_error(cli("eval", "--model", str(tmp_path / "nowhere"), *common), "is not a local model directory")
+    assert_one_line_error(cli("eval", "--model", str(model_dir), *common[:-2], "--pair-column", "hypothesis",
+                              "--seq-lengths", "32,64", "--float-layers", "7"), "float_layers: 7 is not a layer")
     encoder = tmp_path / "encoder"
     torch.manual_seed(0)
     BertModel(BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,

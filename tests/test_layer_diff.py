@@ -13,7 +13,7 @@ from ibert_tvm.layer_diff import _float_states, compare_layers, layer_program, w
 from ibert_tvm.model import from_pretrained
 from test_model import batches, tiny
 
-STAGES = ["embeddings", "layer 1", "layer 2"]
+STAGES = ["embeddings", "layer 0", "layer 1"]  # numbered as encoder.layer.N
 
 
 def calibrated(kind: str):
@@ -52,7 +52,7 @@ def test_every_stage_matches_hf_and_the_float_model(kind, bert, report):
 
 
 def test_a_saturating_layer_is_localised(bert, report, tmp_path):
-    """Layer 2's output range shrunk 1000-fold saturates it: its cosine drops, the stages before it keep theirs;
+    """Layer 1's output range shrunk 1000-fold saturates it: its cosine drops, the stages before it keep theirs;
     HF's simulation saturates alike (the same ranges), so the identical share stays 100 %."""
     qm, b = bert
     broken = dataclasses.replace(qm, ibert=copy.deepcopy(qm.ibert))
@@ -60,7 +60,7 @@ def test_a_saturating_layer_is_localised(bert, report, tmp_path):
     act.x_max *= 1e-3
     act.x_min *= 1e-3
     diff = compare_layers(broken, b.input_ids, b.attention_mask)
-    measured(diff, report, " (layer 2's range x 1e-3)")
+    measured(diff, report, " (layer 1's range x 1e-3)")
     emb, first, second = diff.stages
     assert emb.cosine_min >= 0.98 and first.cosine_min >= 0.98
     assert second.cosine_mean < 0.9 and second.max_rel_error > 0.5

@@ -451,6 +451,60 @@ def test_q8bert_mode_matches_hf_force_dequant(force_dequant, report):
     assert cos.min() >= 0.99
 
 
+@pytest.mark.parametrize("importer", ["modules", "graph"])
+def test_float_layers_run_q8bert_mode_in_those_layers_only(importer, report):
+    """`float_layers=[1]`: layer 1's Softmax, GELU and LayerNorms are HF's float modules (force_dequant="nonlinear"
+    for that layer alone), layer 0 stays integer, and the program is bit for bit HF's IBertModel so built; it is
+    not integer-only, so the integer-only build refuses it by name."""
+    fm = tiny("bert")
+    calibration = batches(0, 3, 4, 24, seed=1)
+    qm = from_pretrained(fm, calibration=calibration, semantics="hf", float_layers=[1], importer=importer)
+    modes = [[m.quant_mode for m in model_module._nonlinearities(layer)] for layer in qm.ibert.encoder.layer]
+    assert modes == [[True] * 4, [False] * 4]
+    assert (qm.float_layers, qm.integer_encoder, qm.integer_only) == ((1,), False, False)
+    b = batches(0, 1, 3, 20, seed=2)[0]
+    ours, hf = run(qm, b), hf_forward(qm, b)
+    same, worst = agreement(ours, hf[-1][0])
+    integer = from_pretrained(fm, calibration=calibration, semantics="hf", importer=importer)
+    np.testing.assert_array_equal(hf[1][0], hf_forward(integer, b)[1][0])  # layer 0: the integer model's output
+    report(f"bert 2 layers, float_layers=[1] ({importer}) vs HF: {100 * same:.3f}% identical, max {worst} LSB; "
+           f"{100 * np.mean(ours != run(integer, b)):.1f}% of the outputs differ from integer-only")
+    assert same == 1.0 and worst == 0
+    assert np.mean(ours != run(integer, b)) > 0.1
+    with pytest.raises(FloatOpError, match="float types or arithmetic remain"):
+        host_vm(qm.program(*b.input_ids.shape))
+
+
+@pytest.mark.parametrize("layers, error, message", [
+    ([2], ValueError, r"float_layers: 2 is not a layer of this encoder \(its layers are 0 .. 1\)"),
+    ([-1], ValueError, r"float_layers: -1 is not a layer"),
+    ([True], ValueError, r"float_layers: True is not a layer"),
+    ([0.5], ValueError, r"float_layers: 0.5 is not a layer"),
+    ("1", TypeError, r"float_layers must be a list of encoder layer indices, got str"),
+    (1, TypeError, r"float_layers must be a list of encoder layer indices, got int"),
+])
+def test_float_layers_that_are_not_layers_are_named(layers, error, message):
+    with pytest.raises(error, match=message):
+        from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 8, seed=1), float_layers=layers)
+
+
+def test_float_layers_of_a_checkpoint_are_kept():
+    """An encoder quantized with float layers, passed back as an IBert checkpoint, keeps them (also where
+    another force_dequant rebuilds it, whose check of untrained integer Softmax ranges skips them); the
+    caller's model is never changed, and its layers given again are the same program."""
+    first = from_pretrained(tiny("bert"), calibration=batches(0, 3, 4, 24, seed=1), float_layers=[0])
+    before = state(first.ibert)
+    assert from_pretrained(first.ibert).float_layers == (0,)
+    gelu = from_pretrained(first.ibert, force_dequant="gelu")
+    assert (gelu.float_layers, gelu.ibert.config.force_dequant) == ((0,), "gelu")
+    assert not gelu.ibert.encoder.layer[1].intermediate.intermediate_act_fn.quant_mode
+    assert gelu.ibert.encoder.layer[1].attention.self.softmax.quant_mode
+    again = from_pretrained(first.ibert, float_layers=[0, 1])
+    assert again.float_layers == (0, 1) and again.ibert is not first.ibert
+    assert_same_state(first.ibert, before)
+    assert from_pretrained(first.ibert).ibert.encoder.layer[0].attention.self.softmax.quant_mode is False
+
+
 def test_unknown_force_dequant_is_named():
     with pytest.raises(ValueError, match="force_dequant"):
         from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 8, seed=1), force_dequant="tanh")
