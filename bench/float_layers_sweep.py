@@ -82,6 +82,8 @@ def _configs(text: str, layers: int) -> list[tuple[int, ...]]:
     """`--configs`: semicolon-separated lists of layer indices, after the integer-only model's ()."""
     configs: list[tuple[int, ...]] = [()]
     for part in filter(None, (p.strip() for p in text.split(";"))):
+        if not all(i.strip().lstrip("-").isdigit() for i in part.split(",")):
+            raise ValueError(f"--configs: {part!r} is not a comma-separated list of layer indices")
         indices = tuple(sorted({int(i) for i in part.split(",")}))
         if not all(0 <= i < layers for i in indices):
             raise ValueError(f"--configs: {part!r} names a layer outside 0 .. {layers - 1}")

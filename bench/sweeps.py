@@ -37,7 +37,8 @@ def scored(test: Labelled, fp32: np.ndarray, qm: QuantizedModel, head: SentenceH
 
 
 def publish(script: str, argv: list[str] | None, out: str, name: str, context: dict, fp32: dict, rows: list[dict],
-            markdown: Callable[[dict, list[dict], dict], str], draw: Callable[[dict, list[dict], object], None]) -> None:
+            markdown: Callable[[dict, list[dict], dict], str], draw: Callable[[dict, list[dict], object], None]
+            ) -> None:
     """Print the sweep's table and write `name`.{json,md,png} to `out`, with the command line and the machine."""
     command = " ".join([f"bench/{script}", *(sys.argv[1:] if argv is None else argv)])
     context = stamped({"command": command, **context})

@@ -41,7 +41,8 @@ class Scores:
 
 @dataclass(frozen=True)
 class EvalReport:
-    """The evaluation of the classifier in FP32, integer-only and (optionally) Q8BERT mode on one data set."""
+    """The evaluation of the classifier in FP32, integer-only and (optionally) Q8BERT mode and float layers on one
+    data set."""
 
     data: str
     examples: int

@@ -93,8 +93,9 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
                         progress: bool = True, name: str = "the given texts", float_layers: Sequence[int] = ()
                         ) -> EvalReport:
     """Classify `data` with the checkpoint in PyTorch, as the integer-only program, (with `q8bert`) in Q8BERT
-    mode and (with `float_layers`) in Q8BERT mode in those layers only, all on the same token ids; score. The programs are calibrated on `calibration` and compiled for this
-    CPU over `seq_lengths` (their times include that); texts longer than the longest are truncated to it."""
+    mode and (with `float_layers`) in Q8BERT mode in those layers only, all on the same token ids; score. The
+    programs are calibrated on `calibration` and compiled for this CPU over `seq_lengths` (their times include
+    that); texts longer than the longest are truncated to it."""
     model_dir = Path(model_dir)
     labels = checkpoint_labels(model_dir)
     float_layers = check_float_layers(float_layers, local_config(model_dir).num_hidden_layers)
@@ -113,6 +114,7 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
                             token_type_ids=torch.from_numpy(types).long()).logits.float().numpy()
 
     reference = _logits(float_logits, batches, len(data), progress, "PyTorch")
+
     def quantized(force_dequant: str, desc: str, layers: Sequence[int] = ()) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
         model = _integer_model(model_dir, calibration, force_dequant, batch_size, seq_lengths, layers)

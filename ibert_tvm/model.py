@@ -273,15 +273,20 @@ def _with_force_dequant(encoder: IBertModel, force_dequant: str) -> IBertModel:
     config.force_dequant = force_dequant
     target = IBertModel(config, add_pooling_layer=encoder.pooler is not None)
     target.load_state_dict(encoder.state_dict(), strict=True)
-    kept_float = float_layers_of(encoder) if encoder.config.force_dequant != "nonlinear" else ()
-    with_float_layers(target, kept_float)  # (the layers in Q8BERT mode of their own stay so)
-    untrained = [n for n, act in quant_acts(target).items() if n.endswith(".softmax.act") and not _touched(act)
-                 and not any(n.startswith(f"encoder.layer.{i}.") for i in kept_float)]
-    if force_dequant not in ("softmax", "nonlinear") and untrained:
-        raise ValueError(f"this IBert checkpoint was trained with force_dequant={encoder.config.force_dequant!r}: its "
-                         f"integer Softmax's range ({untrained[0]}) was never trained, so the Softmax must stay float "
-                         "(force_dequant 'softmax' or 'nonlinear')")
+    if encoder.config.force_dequant != "nonlinear":  # the layers in Q8BERT mode of their own stay so
+        with_float_layers(target, float_layers_of(encoder))
     return target.eval()
+
+
+def _check_trained_softmax(encoder: IBertModel, trained_with: str) -> None:
+    """A ValueError naming the first integer Softmax of a checkpoint kept with its trained ranges whose input range
+    was never trained (the checkpoint ran it in float): its program failed to build with an exp-shift error."""
+    for index, layer in enumerate(encoder.encoder.layer):
+        softmax = layer.attention.self.softmax
+        if softmax.quant_mode and not _touched(softmax.act):
+            raise ValueError(f"this IBert checkpoint (force_dequant={trained_with!r}) never trained the range of "
+                             f"encoder.layer.{index}.attention.self.softmax.act: that Softmax ran in float, so it must "
+                             f"stay float (force_dequant 'softmax' or 'nonlinear', or float_layers=[{index}])")
 
 
 def check_float_layers(float_layers: Iterable[int], layers: int) -> tuple[int, ...]:
@@ -500,6 +505,8 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     float_layers = check_float_layers(float_layers, qmodel.config.num_hidden_layers)
     if float_layers:
         qmodel = with_float_layers(copy.deepcopy(qmodel) if qmodel is encoder else qmodel, float_layers)
+    if _has_trained_ranges(encoder):  # kept, not calibrated: each integer Softmax needs a trained range
+        _check_trained_softmax(qmodel, encoder.config.force_dequant)
     if importer == "graph" and _quant_mode_ibert(encoder):
         raise UnsupportedModelError("importer='graph' needs a float BERT / RoBERTa: an IBert checkpoint's graph is "
                                     "HF's float simulation of the integers (use importer='modules')")

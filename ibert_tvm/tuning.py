@@ -13,8 +13,9 @@ timed beside its default schedule: the metadata lists those that write other int
 `open_database` leaves them out.
 
 MetaSchedule databases are not keyed by target, so `open_database(path, target)` refuses a folder made for
-another target or TVM version, one missing its files, and a corrupt log, each with a `TuningLogError`
-naming the problem. `shipped_database(target)` finds the database that ships for a target in
+another target or TVM version, one missing its files, and a corrupt log (every line is parsed; of the
+records, TVM reads each kernel shape's best only, `tune` all of them), each with a `TuningLogError` naming the
+problem. `shipped_database(target)` finds the database that ships for a target in
 `tuning_logs/<log_name(target)>/`.
 """
 
@@ -314,7 +315,7 @@ def _check_lines(folder: Path) -> tuple[set[str], list[tuple[str, list]]]:
                 ok = ok and (all(isinstance(v, str) for v in row) if name == WORKLOAD_FILE else
                              (type(row[0]) is int and 0 <= row[0] < workloads  # (a bool is an int to isinstance)
                               and isinstance(row[1], list) and len(row[1]) == 4 and _run_secs_ok(row[1][1])))
-            except json.JSONDecodeError:
+            except ValueError:  # (JSONDecodeError, and an integer of more digits than Python converts)
                 ok = False
             if not ok:
                 raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is not a "
@@ -327,15 +328,16 @@ def _check_lines(folder: Path) -> tuple[set[str], list[tuple[str, list]]]:
 
 
 def _run_secs_ok(secs: Any) -> bool:
-    """Whether a JSON record's run times are what MetaSchedule writes: null, or a list of finite times >= 0."""
+    """Whether a JSON record's run times are what MetaSchedule writes: null, or a list of times in seconds from 0
+    to FAILED_SECS, a failed candidate's (NaN, inf and integers past a float fail the comparison)."""
     return secs is None or isinstance(secs, list) and all(
-        type(s) in (int, float) and math.isfinite(s) and s >= 0 for s in secs)
+        type(s) in (int, float) and 0 <= s <= FAILED_SECS for s in secs)
 
 
 def _best_lines(records: list[tuple[str, list]]) -> list[str]:
-    """The record lines that may be their workload's best: those measured within float32 rounding of its least
-    mean run time (`SharedDatabase` picks among them as it would among all, the same record), failed ones
-    never. `compile` loads only these: MetaSchedule replays every record's trace as it reads it (75 s for
+    """The record lines that may be their workload's best: those whose mean run time is within a millionth of its
+    least (ties and near-ties: `SharedDatabase` picks among them as it would among all, the same record), failed
+    ones never. `compile` loads only these: MetaSchedule replays every record's trace as it reads it (75 s for
     4,400 records of BERT-base), and a build applies one record per kernel shape."""
     means = [(row[0], sum(row[1][1]) / len(row[1][1]) if row[1][1] else FAILED_SECS) for _line, row in records]
     least: dict[int, float] = {}
@@ -935,16 +937,14 @@ def _runs_elsewhere(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
     return why_not_runnable_here(spec)
 
 
-def database_to_check(work_dir: str | Path, target: str | TargetSpec, rpc: tuple[str, int, str] | None = None,
-                      *, every_record: bool = True) -> SharedDatabase:
+def database_to_check(work_dir: str | Path, target: str | TargetSpec, rpc: tuple[str, int, str] | None = None
+                      ) -> SharedDatabase:
     """The database that `tune(..., check_only=True)` checks: a TuningLogError where `work_dir` holds none
-    usable for `target`, a ValueError where the records cannot run here. `every_record=False` loads only the
-    records `compile` would (`open_database`): the CLI's check before calibrating, in seconds however many
-    records the folder holds."""
+    usable for `target`, a ValueError where the records cannot run here. The CLI asks before calibrating."""
     spec, folder = resolve_target(target), Path(work_dir)
     if why := _runs_elsewhere(spec, rpc):
         raise ValueError(f"cannot check the records of {folder}: {why}")
-    return open_database(folder, spec, keep_slower=every_record)
+    return open_database(folder, spec, keep_slower=True)
 
 
 def _check_plan(spec: TargetSpec, rpc: tuple[str, int, str] | None, mod: tvm.IRModule,

@@ -23,7 +23,8 @@ def test_configurations_start_integer_only_and_name_layers():
 
 
 @pytest.mark.parametrize("args, message", [(["--configs", "9"], "'9' names a layer outside 0 .. 5"),
-                                           (["--configs", "x"], "invalid literal")])
+                                           (["--configs", "x"], "'x' is not a comma-separated list of layer indices"),
+                                           (["--configs", "-1"], "'-1' names a layer outside 0 .. 5")])
 def test_bad_configurations_are_refused_before_the_work(args, message, capsys):
     with pytest.raises(SystemExit):
         float_layers_sweep.main(args)

@@ -488,10 +488,11 @@ def test_float_layers_that_are_not_layers_are_named(layers, error, message):
         from_pretrained(tiny("bert"), calibration=batches(0, 1, 2, 8, seed=1), float_layers=layers)
 
 
-def test_float_layers_of_a_checkpoint_are_kept():
+def test_float_layers_of_a_checkpoint_are_kept(tmp_path):
     """An encoder quantized with float layers, passed back as an IBert checkpoint, keeps them (also where
     another force_dequant rebuilds it, whose check of untrained integer Softmax ranges skips them); the
-    caller's model is never changed, and its layers given again are the same program."""
+    caller's model is never changed. Saved, it loses them (HF's config holds one model-wide switch): its float
+    layer's Softmax range was never trained, and that is refused naming float_layers, which restores it."""
     first = from_pretrained(tiny("bert"), calibration=batches(0, 3, 4, 24, seed=1), float_layers=[0])
     before = state(first.ibert)
     assert from_pretrained(first.ibert).float_layers == (0,)
@@ -503,6 +504,14 @@ def test_float_layers_of_a_checkpoint_are_kept():
     assert again.float_layers == (0, 1) and again.ibert is not first.ibert
     assert_same_state(first.ibert, before)
     assert from_pretrained(first.ibert).ibert.encoder.layer[0].attention.self.softmax.quant_mode is False
+    first.ibert.save_pretrained(tmp_path / "saved")
+    with pytest.raises(ValueError, match=r"never trained the range of encoder.layer.0.attention.self.softmax.act: "
+                                         r".*float_layers=\[0\]\)"):
+        from_pretrained(str(tmp_path / "saved"))
+    restored = from_pretrained(str(tmp_path / "saved"), float_layers=[0])
+    assert restored.float_layers == (0,)
+    kept = restored.ibert.state_dict()  # (AutoModel adds a pooler)
+    assert [k for k, v in before.items() if not torch.equal(kept[k], v)] == []
 
 
 def test_unknown_force_dequant_is_named():
@@ -704,9 +713,10 @@ def test_a_checkpoint_trained_with_a_float_softmax_keeps_it():
     """An IBert checkpoint calibrated with force_dequant="softmax" never ranged its integer Softmax's input: asked
     for an integer Softmax, it is refused by name (the program failed to build); its other switches work."""
     checkpoint = from_pretrained(tiny("bert"), calibration=batches(0, 2, 4, 24, seed=1), force_dequant="softmax").ibert
-    with pytest.raises(ValueError, match=r"trained with force_dequant='softmax': its integer Softmax's range "
-                                         r"\(encoder.layer.0.attention.self.softmax.act\) was never trained"):
+    with pytest.raises(ValueError, match=r"IBert checkpoint \(force_dequant='softmax'\) never trained the range of "
+                                         r"encoder.layer.0.attention.self.softmax.act: .* or float_layers=\[0\]\)"):
         from_pretrained(checkpoint, force_dequant="none")
+    assert from_pretrained(checkpoint, force_dequant="none", float_layers=[0, 1]).float_layers == (0, 1)
     assert from_pretrained(checkpoint, force_dequant="nonlinear").ibert.config.force_dequant == "nonlinear"
 
 

@@ -443,13 +443,13 @@ def test_compile_loads_each_kernel_shapes_best_records_only(copy, spec):
     (ties with the best kept: the first of them wins in both)."""
     lines = (copy / RECORD_FILE).read_text().splitlines()
 
-    def scaled(line: str, factor: float) -> str:
+    def timed(line: str, times) -> str:
         index, (trace, secs, target, args) = json.loads(line)
-        return json.dumps([index, [trace, [s * factor for s in secs] if secs else secs, target, args]])
+        return json.dumps([index, [trace, times(secs or []), target, args]])
 
-    failed = 2 * tuning.FAILED_SECS / min(s for x in lines for s in json.loads(x)[1][1] or [1])
-    (copy / RECORD_FILE).write_text("\n".join([*lines, *(scaled(x, 1.5) for x in lines),
-                                               *(scaled(x, failed) for x in lines), *lines]) + "\n")
+    (copy / RECORD_FILE).write_text("\n".join([*lines, *(timed(x, lambda secs: [1.5 * s for s in secs]) for x in lines),
+                                               *(timed(x, lambda _: [tuning.FAILED_SECS]) for x in lines), *lines])
+                                    + "\n")
     meta = json.loads((copy / META_FILE).read_text())
     (copy / META_FILE).write_text(json.dumps({**meta, "default_wins": {}}))
     everything = open_database(copy, spec, keep_slower=True)
@@ -540,11 +540,15 @@ def _drop_an_immediate_s_data(graph) -> None:
      f"corrupt: {RECORD_FILE} line 1 "),
     (lambda d: _replace_first_line(d / RECORD_FILE, lambda row: [row[0], [row[1][0], [float("nan")], *row[1][2:]]]),
      f"corrupt: {RECORD_FILE} line 1 "),
+    (lambda d: _replace_first_line(d / RECORD_FILE, lambda row: [row[0], [row[1][0], [10 ** 400], *row[1][2:]]]),
+     f"corrupt: {RECORD_FILE} line 1 "),  # (math.isfinite raised OverflowError on it)
+    (lambda d: (d / RECORD_FILE).write_text('[0, [[], [1' + "0" * 5000 + '], {}, []]]\n'),
+     f"corrupt: {RECORD_FILE} line 1 "),  # (past the digits Python converts: json raised a bare ValueError)
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
         "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
         "workload-node-without-fields", "blank-record-line", "blank-workload-line", "run-time-of-a-string",
-        "run-time-nan"])
+        "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
