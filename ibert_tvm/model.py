@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import numbers
 import os
+import re
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -517,7 +518,7 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     tokenizer = _tokenizer(tokenizer, model_or_dir)
     _check_finite(model)
     if qmodel.config.force_dequant not in ("layernorm", "nonlinear"):  # integer LayerNorms
-        _check_layer_norms(model)
+        _check_layer_norms(model, float_layers)
     calibrate_encoder = not _has_trained_ranges(encoder)
     classifier = head_of(model)
     calibrate_classifier = classifier is not None and head == "integer"
@@ -563,11 +564,14 @@ def _check_finite(model: PreTrainedModel) -> None:
             raise ValueError(f"weight {name} is not finite (it holds NaN or inf)")
 
 
-def _check_layer_norms(model: PreTrainedModel) -> None:
+def _check_layer_norms(model: PreTrainedModel, float_layers: tuple[int, ...] = ()) -> None:
     """A QuantizationRangeError naming the first LayerNorm of `model` (HF's or IBert's integer one) whose integer
     constants cannot exist (a zero gamma), before calibrating: HF's simulation would turn it into NaN activations
-    further on."""
+    further on. The LayerNorms of `float_layers` (`layer.N.` in the name, DistilBERT's `transformer.layer.N.`
+    too) stay float and need none."""
     for name, module in model.named_modules():
+        if (layer := re.search(r"(?:^|\.)layer\.(\d+)\.", name)) and int(layer.group(1)) in float_layers:
+            continue
         if isinstance(module, (torch.nn.LayerNorm, IntLayerNorm)) and module.weight is not None:
             bias = torch.zeros_like(module.weight) if module.bias is None else module.bias
             with quant.range_errors_of(name):

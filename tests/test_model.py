@@ -269,6 +269,9 @@ def test_a_zero_layer_norm_gamma_is_named_before_calibrating():
     with pytest.raises(QuantizationRangeError, match=r"encoder\.layer\.1\.attention\.output\.LayerNorm: .*gamma"):
         from_pretrained(fm, calibration=batches(0, 1, 2, 8, seed=1))
     assert from_pretrained(fm, calibration=batches(0, 1, 2, 8, seed=1), force_dequant="layernorm").ibert is not None
+    assert from_pretrained(fm, calibration=batches(0, 1, 2, 8, seed=1), float_layers=[1]).float_layers == (1,)
+    with pytest.raises(QuantizationRangeError, match=r"encoder\.layer\.1\.attention\.output\.LayerNorm: .*gamma"):
+        from_pretrained(fm, calibration=batches(0, 1, 2, 8, seed=1), float_layers=[0])
     torch.manual_seed(0)
     checkpoint = IBertModel(IBertConfig(quant_mode=True, type_vocab_size=1, pad_token_id=1, **COMMON)).eval()
     with torch.no_grad():
