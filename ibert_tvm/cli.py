@@ -344,7 +344,7 @@ def _tune(args: argparse.Namespace) -> int:
     spec = resolve_target(args.target)
     check_toolchains(spec)
     if args.check_only:  # refused before calibrating: no usable database there, or records that run elsewhere
-        database_to_check(args.work_dir, spec, args.rpc)
+        database_to_check(args.work_dir, spec, args.rpc, every_record=False)
     else:
         if args.rpc:
             check_tracker(args.rpc)

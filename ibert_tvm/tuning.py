@@ -937,14 +937,17 @@ def _runs_elsewhere(spec: TargetSpec, rpc: tuple[str, int, str] | None) -> str:
     return why_not_runnable_here(spec)
 
 
-def database_to_check(work_dir: str | Path, target: str | TargetSpec, rpc: tuple[str, int, str] | None = None
-                      ) -> SharedDatabase:
+def database_to_check(work_dir: str | Path, target: str | TargetSpec, rpc: tuple[str, int, str] | None = None,
+                      *, every_record: bool = True) -> SharedDatabase:
     """The database that `tune(..., check_only=True)` checks: a TuningLogError where `work_dir` holds none
-    usable for `target`, a ValueError where the records cannot run here. The CLI asks before calibrating."""
+    usable for `target`, a ValueError where the records cannot run here. `every_record=False` reads the records
+    as `compile` does (`open_database`: each kernel shape's best), in seconds however many the folder holds:
+    the CLI's check before calibrating, after which `tune` reads them all (and refuses there a slower record
+    whose trace TVM cannot read)."""
     spec, folder = resolve_target(target), Path(work_dir)
     if why := _runs_elsewhere(spec, rpc):
         raise ValueError(f"cannot check the records of {folder}: {why}")
-    return open_database(folder, spec, keep_slower=True)
+    return open_database(folder, spec, keep_slower=every_record)
 
 
 def _check_plan(spec: TargetSpec, rpc: tuple[str, int, str] | None, mod: tvm.IRModule,
