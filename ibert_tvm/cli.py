@@ -195,7 +195,7 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
     `option`, are checked first: calibrating takes time; the callers check the target before)."""
     from . import from_pretrained
     from .classifier import default_model_dir
-    from .model import (UnusedCalibrationWarning, check_float_layers, local_config, max_seq_length, position_limit,
+    from .model import (UnusedCalibrationWarning, check_float_layers_in, max_seq_length, position_limit,
                         tokenizer_from)
     from .model_demo import sentences
 
@@ -218,7 +218,7 @@ def _quantize(args: argparse.Namespace, seq_lengths: list[int], option: str):
         _check_lengths(seq_lengths, position_limit(model.config, model.config.model_type), option)
         return from_pretrained(model, **options)
     _check_lengths(seq_lengths, max_seq_length(args.model or default_model_dir()), option)
-    check_float_layers(args.float_layers, local_config(Path(args.model or default_model_dir())).num_hidden_layers)
+    check_float_layers_in(args.model or default_model_dir(), args.float_layers)
     with warnings.catch_warnings():
         if not args.calibration:  # the bundled sentences, which a trained IBert checkpoint need not read
             warnings.simplefilter("ignore", UnusedCalibrationWarning)
@@ -479,7 +479,7 @@ def _eval_checkpoint(args: argparse.Namespace):
     """`eval --model DIR --csv FILE`: the checkpoint's own classes scored on the CSV (everything checked first)."""
     from .evaluate import first_rows
     from .evaluate_checkpoint import SEQ_LENGTHS, checkpoint_labels, evaluate_checkpoint
-    from .model import check_float_layers, local_config, max_seq_length
+    from .model import check_float_layers_in, max_seq_length
     from .sentiment_data import read_labelled_csv
 
     if not args.csv:
@@ -487,7 +487,7 @@ def _eval_checkpoint(args: argparse.Namespace):
     labels = checkpoint_labels(args.model)
     seq_lengths = args.seq_lengths or list(SEQ_LENGTHS)
     _check_lengths(seq_lengths, max_seq_length(args.model), "--seq-lengths")
-    check_float_layers(args.float_layers, local_config(Path(args.model)).num_hidden_layers)
+    check_float_layers_in(args.model, args.float_layers)
     calibration = _calibration_texts(args.calibration) if args.calibration else None
     data = read_labelled_csv(args.csv, labels, args.text_column, args.label_column, args.pair_column)
     return evaluate_checkpoint(args.model, first_rows(data, args.limit), calibration, seq_lengths, args.batch_size,

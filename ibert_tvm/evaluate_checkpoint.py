@@ -18,8 +18,8 @@ from .artifact import SINGLE_LABEL, problem_type
 from .classifier import length_batches
 from .compiler import compile
 from .evaluate import FP32, EvalReport, report
-from .model import (UnsupportedModelError, UnusedCalibrationWarning, check_float_layers, from_pretrained, load_float32,
-                    local_config)
+from .model import (UnsupportedModelError, UnusedCalibrationWarning, check_float_layers_in, from_pretrained,
+                    load_float32, local_config)
 from .model_demo import sentences
 from .runtime import IntegerModel
 from .sentiment_data import Labelled
@@ -98,7 +98,7 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
     that); texts longer than the longest are truncated to it."""
     model_dir = Path(model_dir)
     labels = checkpoint_labels(model_dir)
-    float_layers = check_float_layers(float_layers, local_config(model_dir).num_hidden_layers)
+    float_layers = check_float_layers_in(model_dir, float_layers)
     if tuple(data.labels) != labels:
         raise ValueError(f"the data's labels {data.labels} differ from the checkpoint's {labels}")
     tokenizer_args(data.texts)  # all sentences or all pairs, before anything is compiled

@@ -303,6 +303,12 @@ def check_float_layers(float_layers: Iterable[int], layers: int) -> tuple[int, .
     return tuple(sorted({int(i) for i in indices}))
 
 
+def check_float_layers_in(model_dir: str | os.PathLike, float_layers: Iterable[int]) -> tuple[int, ...]:
+    """`check_float_layers` against a local model directory's layers, read from its config alone (no weights):
+    the checks that callers make before calibrating or scoring."""
+    return check_float_layers(float_layers, local_config(Path(model_dir)).num_hidden_layers)
+
+
 def _nonlinearities(layer: torch.nn.Module) -> tuple[torch.nn.Module, ...]:
     """An IBert layer's Softmax, GELU and LayerNorms: the modules Q8BERT mode keeps float."""
     return (layer.attention.self.softmax, layer.intermediate.intermediate_act_fn, layer.attention.output.LayerNorm,
@@ -476,9 +482,9 @@ def from_pretrained(model_or_dir: PreTrainedModel | str | Path,
     `tokenizer`, a tokenizer or its directory, or else the tokenizer saved in the model directory), each batch
     checked against the model, then run through HF's own range statistics (`method="minmax"`, momentum 0.95) or
     their `percentile` or `mse` variant (`method="percentile"`, `"mse"`: `calibration`'s module docstring). An
-    IBert model with `quant_mode=True` keeps its trained ranges, always: calibration given with it calibrates the integer head only (the encoder runs in eval mode),
-    and is not read where there is none; one whose ranges are all untouched (never trained or calibrated) is
-    calibrated as a float model is.
+    IBert model with `quant_mode=True` keeps its trained ranges, always: calibration given with it calibrates the
+    integer head only (the encoder runs in eval mode), and is not read where there is none; one whose ranges are
+    all untouched (never trained or calibrated) is calibrated as a float model is.
     `force_dequant` selects Q8BERT mode per nonlinearity, as HF's config does ("none", "gelu", "softmax",
     "layernorm", "nonlinear"); None (the default) takes the checkpoint's own setting, "none" for a float model.
     `float_layers` (encoder layer indices, e.g. those `ibert-tvm layers` shows drifting most) runs Q8BERT mode in

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 
 import tvm
 import tvm_ffi
@@ -24,7 +25,8 @@ from tvm.s_tir import meta_schedule as ms
 from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 from tvm.target import Target
 
-__all__ = ["FAILED_SECS", "SharedDatabase", "kernel_module", "key_scheme", "mean_secs", "record_digest", "workload_key"]
+__all__ = ["FAILED_SECS", "SharedDatabase", "kernel_module", "key_scheme", "mean_of", "mean_secs", "record_digest",
+           "workload_key"]
 
 #: MetaSchedule records a failed candidate (build or run error) with this run time.
 FAILED_SECS = 1e10
@@ -110,8 +112,12 @@ def _masked_hash(mod: tvm.IRModule) -> str:
 
 def mean_secs(record: ms.database.TuningRecord) -> float:
     """A record's mean run time (s); failed candidates at FAILED_SECS."""
-    secs = [float(s) for s in record.run_secs] if record.run_secs else [FAILED_SECS]
-    return sum(secs) / len(secs)
+    return mean_of([float(s) for s in record.run_secs] if record.run_secs else None)
+
+
+def mean_of(run_secs: Sequence[float] | None) -> float:
+    """The mean of a record's run times (s), as the database or its JSON line holds them; FAILED_SECS without any."""
+    return sum(run_secs) / len(run_secs) if run_secs else FAILED_SECS
 
 
 def record_digest(record: ms.database.TuningRecord) -> str:

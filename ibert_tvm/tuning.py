@@ -60,8 +60,8 @@ from .artifact import why_not_runnable_here
 from .relay_passes import pipeline
 from .reports import folder_problem
 from .schedules import schedules_for
-from .shared_workloads import (FAILED_SECS, SharedDatabase, kernel_module, key_scheme, mean_secs, record_digest,
-                               workload_key)
+from .shared_workloads import (FAILED_SECS, SharedDatabase, kernel_module, key_scheme, mean_of, mean_secs,
+                               record_digest, workload_key)
 from .targets import HOST_TARGETS, TargetSpec, host_cpu_name, resolve_target
 from .threads import physical_cores
 from .worker_interrupts import workers_spared_from_sigint
@@ -295,11 +295,11 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
                              f"{tvm.__version__}: re-tune")
 
 
-def _check_lines(folder: Path) -> tuple[set[str], list[tuple[str, list]]]:
+def _check_lines(folder: Path) -> tuple[set[str], list[tuple[str, int, float]]]:
     """Parse both JSON-lines files, so that a truncated or garbage line is refused rather than skipped, and a
     blank one too (MetaSchedule's reader crashed the process with SIGSEGV on a blank line of the records, and
     named no line for one among the workloads); returns the tensor intrinsics the records' traces name, and
-    each record line with its parsed row."""
+    each record line with its workload's index and its mean run time (`mean_of`)."""
     workloads, intrinsics, records = 0, set(), []
     for name in (WORKLOAD_FILE, RECORD_FILE):
         path = folder / name
@@ -323,7 +323,7 @@ def _check_lines(folder: Path) -> tuple[set[str], list[tuple[str, list]]]:
             workloads += name == WORKLOAD_FILE
             if name == RECORD_FILE:
                 intrinsics |= _tensorized_with(row[1][0])
-                records.append((line, row))
+                records.append((line, row[0], mean_of(row[1][1])))
     return intrinsics, records
 
 
@@ -334,17 +334,15 @@ def _run_secs_ok(secs: Any) -> bool:
         type(s) in (int, float) and 0 <= s <= FAILED_SECS for s in secs)
 
 
-def _best_lines(records: list[tuple[str, list]]) -> list[str]:
+def _best_lines(records: list[tuple[str, int, float]]) -> list[str]:
     """The record lines that may be their workload's best: those whose mean run time is within a millionth of its
     least (ties and near-ties: `SharedDatabase` picks among them as it would among all, the same record), failed
     ones never. `compile` loads only these: MetaSchedule replays every record's trace as it reads it (75 s for
     4,400 records of BERT-base), and a build applies one record per kernel shape."""
-    means = [(row[0], sum(row[1][1]) / len(row[1][1]) if row[1][1] else FAILED_SECS) for _line, row in records]
     least: dict[int, float] = {}
-    for workload, secs in means:
+    for _line, workload, secs in records:
         least[workload] = min(secs, least.get(workload, secs))
-    return [line for (line, _row), (workload, secs) in zip(records, means)
-            if secs < FAILED_SECS and secs <= least[workload] * (1 + 1e-6)]
+    return [line for line, workload, secs in records if secs < FAILED_SECS and secs <= least[workload] * (1 + 1e-6)]
 
 
 def _tensorized_with(trace: Any) -> set[str]:
