@@ -268,6 +268,17 @@ def _percentile(text: str) -> float:
     return value
 
 
+def _points(text: str) -> float:
+    """An argparse type: accuracy points in [0, 100]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100:  # (NaN fails it too)
+        raise argparse.ArgumentTypeError(f"accuracy points in [0, 100] are needed, got {text}")
+    return value
+
+
 def _layer_indices(text: str) -> tuple[int, ...]:
     """An argparse type: comma-separated encoder layer indices ("3" or "0,11"); the model checks their range."""
     try:
@@ -468,10 +479,14 @@ def _eval(args: argparse.Namespace) -> int:
             raise ValueError("--text-column and --label-column name the columns of a --csv file")
         report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert,
                           text_column=args.text_column, label_column=args.label_column,
-                          float_layers=args.float_layers)
+                          float_layers=args.float_layers, max_loss=args.max_loss)
     print(report)
     paths = write_report(report, args.out, {"data": report.data, "command": args.command_line})
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    if report.search and report.search.chosen is None:
+        print(f"ibert-tvm: no configuration of float layers is within --max-loss {args.max_loss:g} points of the "
+              "reference's accuracy", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -491,7 +506,8 @@ def _eval_checkpoint(args: argparse.Namespace):
     calibration = _calibration_texts(args.calibration) if args.calibration else None
     data = read_labelled_csv(args.csv, labels, args.text_column, args.label_column, args.pair_column)
     return evaluate_checkpoint(args.model, first_rows(data, args.limit), calibration, seq_lengths, args.batch_size,
-                               q8bert=not args.no_q8bert, name=args.csv, float_layers=args.float_layers)
+                               q8bert=not args.no_q8bert, name=args.csv, float_layers=args.float_layers,
+                               max_loss=args.max_loss)
 
 
 def _layers(args: argparse.Namespace) -> int:
@@ -689,8 +705,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--limit", type=_at_least(1), help="evaluate only the first N rows")
     ev.add_argument("--batch-size", type=_at_least(1), default=32, help="texts per compiled batch (default 32)")
     ev.add_argument("--no-q8bert", action="store_true", help="skip the Q8BERT-mode (float nonlinearities) run")
-    ev.add_argument("--float-layers", type=_layer_indices, default=(), metavar="I,J,...",
-                    help="add a run in Q8BERT mode in these encoder layers only (0-based), the rest integer")
+    layers = ev.add_mutually_exclusive_group()
+    layers.add_argument("--float-layers", type=_layer_indices, default=(), metavar="I,J,...",
+                        help="add a run in Q8BERT mode in these encoder layers only (0-based), the rest integer")
+    layers.add_argument("--max-loss", type=_points, metavar="POINTS",
+                        help="choose the float layers: the fewest found within POINTS accuracy points of the "
+                        "reference on these texts (each layer alone, then the most helpful together; at most 2 x "
+                        "layers compilations); exit status 1 where none is")
     ev.add_argument("--out", type=_output_folder, default="eval-results",
                     help="output folder of eval.json, eval.md and eval.png (confusion matrices, logit cosines; "
                     "default eval-results)")

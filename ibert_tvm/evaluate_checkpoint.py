@@ -17,9 +17,8 @@ from transformers import AutoModelForSequenceClassification
 from .artifact import SINGLE_LABEL, problem_type
 from .classifier import length_batches
 from .compiler import compile
-from .evaluate import FP32, EvalReport, report
-from .model import (UnsupportedModelError, UnusedCalibrationWarning, check_float_layers_in, from_pretrained,
-                    load_float32, local_config)
+from .evaluate import FP32, EvalReport, check_layer_choice, float_layers_mode, report
+from .model import UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, load_float32, local_config
 from .model_demo import sentences
 from .runtime import IntegerModel
 from .sentiment_data import Labelled
@@ -90,15 +89,16 @@ def _logits(run, batches: list, count: int, progress: bool, desc: str, since: fl
 
 def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequence[Text] | None = None,
                         seq_lengths: Sequence[int] = SEQ_LENGTHS, batch_size: int = 32, q8bert: bool = True,
-                        progress: bool = True, name: str = "the given texts", float_layers: Sequence[int] = ()
-                        ) -> EvalReport:
+                        progress: bool = True, name: str = "the given texts", float_layers: Sequence[int] = (),
+                        max_loss: float | None = None) -> EvalReport:
     """Classify `data` with the checkpoint in PyTorch, as the integer-only program, (with `q8bert`) in Q8BERT
-    mode and (with `float_layers`) in Q8BERT mode in those layers only, all on the same token ids; score. The
-    programs are calibrated on `calibration` and compiled for this CPU over `seq_lengths` (their times include
-    that); texts longer than the longest are truncated to it."""
+    mode and (with `float_layers`) in Q8BERT mode in those layers only, or (with `max_loss`) in the layers
+    `float_layer_search` chooses, all on the same token ids; score. The programs are calibrated on `calibration`
+    and compiled for this CPU over `seq_lengths` (their times include that); texts longer than the longest are
+    truncated to it."""
     model_dir = Path(model_dir)
     labels = checkpoint_labels(model_dir)
-    float_layers = check_float_layers_in(model_dir, float_layers)
+    float_layers = check_layer_choice(model_dir, float_layers, max_loss)
     if tuple(data.labels) != labels:
         raise ValueError(f"the data's labels {data.labels} differ from the checkpoint's {labels}")
     tokenizer_args(data.texts)  # all sentences or all pairs, before anything is compiled
@@ -120,6 +120,6 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
         model = _integer_model(model_dir, calibration, force_dequant, batch_size, seq_lengths, layers)
         return _logits(model, batches, len(data), progress, desc, since=t0)
 
+    mixed = float_layers_mode(model_dir, data, reference[0], integer, quantized, float_layers, max_loss, progress)
     return report(data, name, reference, integer, quantized("nonlinear", "Q8BERT mode") if q8bert else None,
-                  _reference_name(hf_model.config),
-                  quantized("none", "float layers", float_layers) if float_layers else None, float_layers)
+                  _reference_name(hf_model.config), *mixed)

