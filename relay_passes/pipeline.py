@@ -2,7 +2,8 @@
 
 Phase 0 removes requantizations that are the identity on their input dtype (`DropIdentityRequantize`), fuses
 the linear layers that share an input (Q, K, V) into one GEMM (`FuseSiblingLinears`), legalizes
-the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`) and folds constants. Phase 1
+the `ibert.*` ops (after the target's library dispatch, which lowers `cumsum`; on CPUs the float Softmax and
+GELU of Q8BERT mode with `ops/float_math.py`'s vectorized exp and erf) and folds constants. Phase 1
 rewrites the GEMMs into the operand forms of the target's x86 dot products (VNNI: `ShiftActivationsU8`; AVX2
 without VNNI: `WidenActivationsI16`; both: `PackProbabilitiesI16`; no-ops elsewhere) and fuses requantize
 epilogues into their GEMMs (`FuseRequantize`; on CUDA with requantize chains split, see there). Phase 2
@@ -21,6 +22,8 @@ from tvm import relax
 from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
 from tvm.relax.backend.cuda import pipeline as cuda_pipeline
 from tvm.target import Target
+
+from ibert_tvm.ops.float_math import CPU_LEGALIZATIONS
 
 from .apply_tuning_records import ApplyTuningRecords
 from .drop_identity_requantize import DropIdentityRequantize
@@ -102,7 +105,7 @@ def _phases(target: Target, database: Any | None = None, options: dict | None = 
     backend = cuda_pipeline if gpu else cpu_pipeline
     return [
         [DropIdentityRequantize(), FuseSiblingLinears(), *backend.library_dispatch_passes(target),
-         relax.transform.LegalizeOps(), relax.transform.FoldConstant()],
+         relax.transform.LegalizeOps(None if gpu else CPU_LEGALIZATIONS), relax.transform.FoldConstant()],
         [*([] if gpu else [ShiftActivationsU8(target), WidenActivationsI16(target), PackProbabilitiesI16(target)]),
          FuseRequantize(split_requantize_chains=gpu, layout_prologues=family_of(target) == "x86")],
         [VerifyIntegerOnly()] if integer_only else [],
