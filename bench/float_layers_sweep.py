@@ -6,7 +6,8 @@ which layers, kept float, buy back how much accuracy, and at what cost in time.
 Every configuration is calibrated on the same bundled training tweets and scored on the same held-out test split
 as `ibert-tvm eval`, against the same FP32 logits; the integer-only model (no float layer) is always the first
 row. Latency: the classifier program (encoder, pooling, head) at batch 1 x `--seq` on this CPU, median of
-`--repeats` calls, every configuration timed in turns (five rounds). Writes `float_layers.{json,md,png}` to `--out`.
+`--repeats` calls (rounded down to a multiple of 5), every configuration timed in turns (five rounds). Writes
+`float_layers.{json,md,png}` to `--out`.
 """
 
 from __future__ import annotations
@@ -29,8 +30,9 @@ from sweeps import fp32_scores, publish, scored
 
 def _latencies_ms(classifiers: list[IntegerClassifier], seq: int, repeats: int, rounds: int = 5) -> list[float]:
     """Median milliseconds of each classifier program at batch 1 x `seq` (every token real), timed in turns:
-    `rounds` rounds of `repeats / rounds` calls each, so that a slow spell of the machine falls on every
-    configuration alike (timed one after another, the same program read 3.3 ms and 4.6 ms on the VM)."""
+    `rounds` rounds of `repeats / rounds` calls each (at least one), each after 0.1 s of untimed calls, so that a
+    slow spell of the machine falls on every configuration alike (timed one after another, the same program read
+    3.3 ms and 4.6 ms on the VM)."""
     rng = np.random.default_rng(0)
     calls = []
     for clf in classifiers:
@@ -41,7 +43,7 @@ def _latencies_ms(classifiers: list[IntegerClassifier], seq: int, repeats: int, 
     times: list[list[float]] = [[] for _ in calls]
     for _ in range(rounds):
         for seen, call in zip(times, calls):
-            seen += time_calls(call, warmup=2, repeats=max(repeats // rounds, 1))
+            seen += time_calls(call, warmup=2, repeats=max(repeats // rounds, 1), warmup_seconds=0.1)
     return [float(np.median(seen)) for seen in times]
 
 

@@ -39,6 +39,9 @@ METHODS = ("minmax", "percentile", "mse")
 PERCENTILE = 99.99
 #: `tuning.META_FILE`, restated so that an interrupt needs no import (one half done may be what it interrupted)
 TUNING_META_FILE = "ibert_tuning.json"
+#: the exit status of `eval --max-loss` where no configuration met the target (1 is Python's for a crash, 2 a usage
+#: or input error's)
+TARGET_MISSED = 3
 #: how many values of a vector (an encoder's mean-pooled hidden states) `run` prints
 SHOWN_VALUES = 8
 #: demo's options of the encoder-block demo only (left out of the namespace where not given), with the defaults
@@ -484,9 +487,11 @@ def _eval(args: argparse.Namespace) -> int:
     paths = write_report(report, args.out, {"data": report.data, "command": args.command_line})
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     if report.search and report.search.chosen is None:
-        print(f"ibert-tvm: no configuration of float layers is within --max-loss {args.max_loss:g} points of the "
+        from .float_layer_search import points
+
+        print(f"ibert-tvm: no configuration of float layers is within --max-loss {points(args.max_loss)} of the "
               "reference's accuracy", file=sys.stderr)
-        return 1
+        return TARGET_MISSED
     return 0
 
 
@@ -711,7 +716,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--max-loss", type=_points, metavar="POINTS",
                         help="choose the float layers: the fewest found within POINTS accuracy points of the "
                         "reference on these texts (each layer alone, then the most helpful together; at most 2 x "
-                        "layers compilations); exit status 1 where none is")
+                        f"layers compilations); exit status {TARGET_MISSED} where none is")
     ev.add_argument("--out", type=_output_folder, default="eval-results",
                     help="output folder of eval.json, eval.md and eval.png (confusion matrices, logit cosines; "
                     "default eval-results)")

@@ -168,8 +168,8 @@ def float_layers_mode(model_dir: Path, data: Labelled, reference: np.ndarray, in
 
     if max_loss is None:
         return (run(tuple(float_layers)) if float_layers else None), tuple(float_layers), None
-    search, chosen = search_float_layers(local_config(model_dir).num_hidden_layers, data.targets, reference, integer,
-                                         run, max_loss, progress)
+    layers = local_config(Path(model_dir)).num_hidden_layers
+    search, chosen = search_float_layers(layers, data.targets, reference, integer, run, max_loss, progress)
     return chosen, search.chosen or (), search
 
 
@@ -245,7 +245,7 @@ def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch
 
 def write_report(report: EvalReport, out_dir: str | Path, context: dict) -> dict[str, Path]:
     """`eval.json`, `eval.md` and `eval.png` (each mode's confusion matrix; the histogram of per-text logit
-    cosines, integer-only vs FP32) in `out_dir`."""
+    cosines, integer-only vs FP32; the float-layer search's trials, where it ran) in `out_dir`."""
     context = stamped(context)
     lines = ["# ibert-tvm eval", "", *(f"- {k}: {v}" for k, v in context.items()), "", report.table()]
     for name, scores in report.modes():
@@ -259,7 +259,7 @@ def write_report(report: EvalReport, out_dir: str | Path, context: dict) -> dict
 
 def _plot(report: EvalReport, path: Path) -> None:
     """One confusion matrix per mode (shaded by the fraction of each true label's texts), then the cosine
-    histogram."""
+    histogram, then (with `--max-loss`) the float-layer search's trials."""
     plt = pyplot()
     modes, panels = report.modes(), len(report.modes()) + 1 + (report.search is not None)
     fig, axes = plt.subplots(1, panels, figsize=(4 * panels, 4.4))
@@ -304,4 +304,4 @@ def _plot_search(ax, search: LayerSearch, reference: str) -> None:
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=7)
     ax.set_title("float-layer search: " + ("none met the target" if search.chosen is None else
-                                           f"chose {','.join(map(str, search.chosen)) or 'none'}"), fontsize=9)
+                                           f"chose {','.join(map(str, search.chosen)) or 'integer-only'}"), fontsize=9)

@@ -93,7 +93,7 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
                         max_loss: float | None = None) -> EvalReport:
     """Classify `data` with the checkpoint in PyTorch, as the integer-only program, (with `q8bert`) in Q8BERT
     mode and (with `float_layers`) in Q8BERT mode in those layers only, or (with `max_loss`) in the layers
-    `float_layer_search` chooses, all on the same token ids; score. The programs are calibrated on `calibration`
+    `search_float_layers` chooses, all on the same token ids; score. The programs are calibrated on `calibration`
     and compiled for this CPU over `seq_lengths` (their times include that); texts longer than the longest are
     truncated to it."""
     model_dir = Path(model_dir)

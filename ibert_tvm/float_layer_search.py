@@ -11,13 +11,14 @@ choice on texts it did not see (`eval --float-layers`).
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LayerSearch", "Trial", "check_max_loss", "search_float_layers"]
+__all__ = ["LayerSearch", "Trial", "check_max_loss", "points", "search_float_layers"]
 
 #: a configuration's run: its float layers -> (real-valued logits [N, C], seconds its compilation and run took)
 Run = Callable[[tuple[int, ...]], tuple[np.ndarray, float]]
@@ -34,6 +35,7 @@ class Trial:
 
     @property
     def name(self) -> str:
+        """The float layers as `--float-layers` takes them, or "none (integer-only)"."""
         return ",".join(map(str, self.float_layers)) or "none (integer-only)"
 
 
@@ -55,7 +57,7 @@ class LayerSearch:
 
     def table(self) -> str:
         """The trials as a Markdown table and the outcome in a sentence."""
-        lines = [f"float-layer search: within {self.max_loss:g} points of the reference's "
+        lines = [f"float-layer search: within {points(self.max_loss)} of the reference's "
                  f"{100 * self.reference_accuracy:.2f} %, so at least {100 * self.target:.2f} %", "",
                  "| float layers | accuracy | vs reference (points) | agreement | time |", "|---|---|---|---|---|"]
         lines += [f"| {t.name} | {100 * t.accuracy:.2f} % | {100 * (t.accuracy - self.reference_accuracy):+.2f} | "
@@ -72,9 +74,14 @@ class LayerSearch:
         return "\n".join([*lines, "", outcome])
 
 
+def points(value: float) -> str:
+    """'1 point', '0.5 points'."""
+    return f"{value:g} point" + ("" if value == 1 else "s")
+
+
 def check_max_loss(max_loss: float) -> float:
     """`max_loss` as a float: a finite number of accuracy points in [0, 100]; a ValueError naming it otherwise."""
-    if isinstance(max_loss, bool) or not isinstance(max_loss, (int, float)) or not math.isfinite(max_loss) \
+    if isinstance(max_loss, bool) or not isinstance(max_loss, numbers.Real) or not math.isfinite(max_loss) \
             or not 0 <= max_loss <= 100:
         raise ValueError(f"max_loss must be a number of accuracy points in [0, 100], got {max_loss!r}")
     return float(max_loss)
@@ -89,6 +96,8 @@ def search_float_layers(layers: int, targets: np.ndarray, reference: np.ndarray,
     the chosen configuration's run (None where the integer-only program was chosen or nothing met the target).
     Meeting the target is decided on counts of correct texts (to a relative 1e-12 of `max_loss`)."""
     max_loss = check_max_loss(max_loss)
+    if layers < 1:
+        raise ValueError(f"the float-layer search needs a model with encoder layers, got {layers}")
     if len(targets) == 0:
         raise ValueError("the float-layer search needs at least one labelled text")
     targets, wanted = np.asarray(targets), np.asarray(reference).argmax(1)

@@ -48,6 +48,7 @@ def test_the_integer_program_is_chosen_where_it_meets_the_target():
     found, chosen, calls = search({(): 99}, 4, 1.0)
     assert found.chosen == () and chosen is None and calls == [] and len(found.trials) == 1
     assert found.target == pytest.approx(0.99) and "the integer-only program meets the target" in found.table()
+    assert "within 1 point of the reference's 100.00 %" in found.table()
 
 
 def test_the_best_single_layer_is_chosen_where_one_meets_the_target():
@@ -107,6 +108,12 @@ def test_max_loss_must_be_points_in_0_to_100(bad):
         check_max_loss(bad)
 
 
+def test_max_loss_takes_numpy_numbers_and_a_model_needs_layers():
+    assert check_max_loss(np.float32(1.5)) == 1.5 and check_max_loss(np.int64(2)) == 2.0
+    with pytest.raises(ValueError, match="needs a model with encoder layers, got 0"):
+        search_float_layers(0, np.zeros(3, int), np.eye(3), (np.eye(3), 0.0), None, 1.0, False)
+
+
 def test_no_texts_is_refused():
     with pytest.raises(ValueError, match="needs at least one labelled text"):
         search_float_layers(1, np.zeros(0, int), np.zeros((0, 3)), (np.zeros((0, 3)), 0.0), None, 1.0, False)
@@ -148,14 +155,14 @@ def test_search_on_a_checkpoint_runs_each_configuration_as_eval_float_layers_doe
 
 
 def test_eval_max_loss_through_the_cli(outlier_model, tmp_path):
-    """Exit status 1 and a line where nothing meets --max-loss, the search in the table and in eval.json; the
+    """Exit status 3 and a line where nothing meets --max-loss, the search in the table and in eval.json; the
     option's refusals."""
     path, data = outlier_model
     csv = tmp_path / "labelled.csv"
     csv.write_text("text,label\n" + "".join(f'"{t}",{LABELS[int(y)]}\n' for t, y in zip(data.texts, data.targets)))
     common = ("eval", "--model", str(path), "--csv", str(csv), "--seq-lengths", "32", "--no-q8bert")
     proc = cli(*common, "--max-loss", "0", "--out", str(tmp_path / "out"))
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 3, proc.stderr
     assert "| none (integer-only) |" in proc.stdout and "no configuration met the target" in proc.stdout
     assert "ibert-tvm: no configuration of float layers is within --max-loss 0 points" in proc.stderr
     saved = json.loads((tmp_path / "out" / "eval.json").read_text())["report"]["search"]

@@ -123,10 +123,22 @@ def test_gelu_is_as_accurate_as_tvms_own():
     assert np.abs(ours - exact).mean() <= 1.01 * np.abs(tvms - exact).mean()
 
 
-def test_other_dtypes_keep_tvms_legalization():
-    values = np.linspace(-3, 3, 64).astype(np.float16)
-    got = legalized(relax.op.nn.gelu, values.shape, "float16")["main"](tvm.runtime.tensor(values)).numpy()
-    np.testing.assert_allclose(got, torch.nn.functional.gelu(torch.from_numpy(values).float()).numpy(), atol=2e-3)
+def test_softmax_over_another_axis_is_tvms_own():
+    """The axis attribute is honoured: softmax over axis 1 of a 3-D tensor, as TVM's own computes it."""
+    values = (np.random.default_rng(2).standard_normal((3, 40, 5)) * 3).astype(np.float32)
+    ours, tvms, exact = ours_tvms_and_exact(lambda x: relax.op.nn.softmax(x, axis=1), lambda x: torch.softmax(x, 1),
+                                            values)
+    assert np.mean(ours == tvms) > 0.99 and np.allclose(ours, exact, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float64"])
+@pytest.mark.parametrize("op", [relax.op.nn.gelu, lambda x: relax.op.nn.softmax(x, axis=-1)], ids=["gelu", "softmax"])
+def test_other_dtypes_keep_tvms_legalization(op, dtype):
+    """Only float32 takes the polynomials: other dtypes give TVM's own legalization's values, bit for bit."""
+    values = np.linspace(-3, 3, 64).astype(dtype).reshape(4, 16)
+    ours, tvms = (legalized(op, values.shape, dtype, m)["main"](tvm.runtime.tensor(values)).numpy()
+                  for m in (CPU_LEGALIZATIONS, None))
+    np.testing.assert_array_equal(ours, tvms)
 
 
 def test_the_cpu_pipeline_computes_no_libm_exp_or_erf():

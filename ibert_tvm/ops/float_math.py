@@ -14,9 +14,10 @@ rounded result unless the exact one lies that near a halfway point (libm's misse
   points of [0, 16] (degree 24, from `math.erf` at import; within 1e-14 of erf) and summed by Horner's rule;
   x clamped to [-4, 4], beyond which erf rounds to +-1 in float32.
 
-A NaN stays NaN. The legalizations keep TVM's own formulas and block names (`topi.nn.softmax`'s four stages,
-`x * (0.5 + erf(x / sqrt 2) * 0.5)`), only the two functions differ, so the schedules treat them alike; other
-dtypes than float32 keep TVM's legalization.
+A NaN stays NaN. The legalizations keep TVM's own arithmetic: `topi.nn.softmax`'s four stages (their block
+names and the axis attribute too), and GELU's `x * (0.5 + erf(x / sqrt 2) * 0.5)` (one block where TVM's has
+five, which its fusion and the schedules inline alike); only exp and erf differ. Other dtypes than float32 keep
+TVM's legalization.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ _ERF_POLYNOMIAL = _erf_polynomial()
 
 
 def _f64(value: float) -> tirx.FloatImm:
+    """A float64 constant."""
     return tirx.const(value, "float64")
 
 
@@ -149,7 +151,7 @@ def _softmax(x: te.Tensor, axis: int) -> te.Tensor:
     top = te.compute(kept, lambda *i: te.max(x(*along(i, k1)), axis=k1), name="T_softmax_maxelem")
     e = te.compute(x.shape, lambda *i: exp_f32(x(*i) - top(*rest(i))), name="T_softmax_exp")
     total = te.compute(kept, lambda *i: te.sum(e(*along(i, k2)), axis=k2), name="T_softmax_expsum")
-    return te.compute(x.shape, lambda *i: e(*i) / total(*rest(i)), name="T_softmax_norm")
+    return te.compute(x.shape, lambda *i: e(*i) / total(*rest(i)), name="T_softmax_norm", attrs={"axis": axis})
 
 
 #: `LegalizeOps(customize_legalize_map=...)` for CPU targets
