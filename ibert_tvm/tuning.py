@@ -13,9 +13,9 @@ timed beside its default schedule: the metadata lists those that write other int
 `open_database` leaves them out.
 
 MetaSchedule databases are not keyed by target, so `open_database(path, target)` refuses a folder made for
-another target or TVM version, one missing its files, and a corrupt log (every line is parsed; of the
-records, TVM reads each kernel shape's best only, `tune` all of them), each with a `TuningLogError` naming the
-problem. `shipped_database(target)` finds the database that ships for a target in
+another target or TVM version, one missing its files, and a corrupt log (every line is parsed, each record's
+own target checked; of the records, TVM reads each kernel shape's best only, `tune` all of them), each with a
+`TuningLogError` naming the problem. `shipped_database(target)` finds the database that ships for a target in
 `tuning_logs/<log_name(target)>/`.
 """
 
@@ -295,12 +295,14 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
                              f"{tvm.__version__}: re-tune")
 
 
-def _check_lines(folder: Path) -> tuple[set[str], list[tuple[str, int, float]]]:
+def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[tuple[str, int, float]]]:
     """Parse both JSON-lines files, so that a truncated or garbage line is refused rather than skipped, and a
     blank one too (MetaSchedule's reader crashed the process with SIGSEGV on a blank line of the records, and
-    named no line for one among the workloads); returns the tensor intrinsics the records' traces name, and
-    each record line with its workload's index and its mean run time (`mean_of`)."""
+    named no line for one among the workloads), and a record tuned for another target than `spec`'s (one copied
+    in from another database: MetaSchedule would apply it); returns the tensor intrinsics the records' traces
+    name, and each record line with its workload's index and its mean run time (`mean_of`)."""
     workloads, intrinsics, records = 0, set(), []
+    wanted = _codegen_fields(json.loads(str(spec.target)))
     for name in (WORKLOAD_FILE, RECORD_FILE):
         path = folder / name
         if not path.is_file():
@@ -320,11 +322,22 @@ def _check_lines(folder: Path) -> tuple[set[str], list[tuple[str, int, float]]]:
             if not ok:
                 raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is not a "
                                      f"MetaSchedule {'workload' if name == WORKLOAD_FILE else 'record'}")
+            if name == RECORD_FILE and _codegen_fields(row[1][2]) != wanted:
+                raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is a record for "
+                                     f"target {json.dumps(row[1][2])[:200]}, not for {spec.name} ({spec.target})")
             workloads += name == WORKLOAD_FILE
             if name == RECORD_FILE:
                 intrinsics |= _tensorized_with(row[1][0])
                 records.append((line, row[0], mean_of(row[1][1])))
     return intrinsics, records
+
+
+def _codegen_fields(target: Any) -> dict[str, Any] | None:
+    """What of a target (as exported to JSON) decides the kernels built for it: its kind, CPU, features, triple
+    and GPU arch; None where it is not a target object. The rest may differ between records of one target
+    (`num-cores` is the tuning machine's, `_tuning_target`; a CUDA target's host builds no kernel)."""
+    return {key: target.get(key) for key in ("kind", "mcpu", "mattr", "mtriple", "arch")} \
+        if isinstance(target, dict) else None
 
 
 def _run_secs_ok(secs: Any) -> bool:
@@ -384,7 +397,7 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
         raise TuningLogError(f"no tuning database at {folder} (folder not found)")
     meta = _read_meta(folder)
     _check_meta(folder, meta, spec)
-    intrinsics, records = _check_lines(folder)
+    intrinsics, records = _check_lines(folder, spec)
     _register_intrinsics(folder, spec, intrinsics)
     if keep_slower:
         return SharedDatabase(_json_database(folder, folder))

@@ -544,16 +544,31 @@ def _drop_an_immediate_s_data(graph) -> None:
      f"corrupt: {RECORD_FILE} line 1 "),  # (math.isfinite raised OverflowError on it)
     (lambda d: (d / RECORD_FILE).write_text('[0, [[], [1' + "0" * 5000 + '], {}, []]]\n'),
      f"corrupt: {RECORD_FILE} line 1 "),  # (past the digits Python converts: json raised a bare ValueError)
+    (lambda d: _replace_first_line(d / RECORD_FILE, lambda row: [row[0], [*row[1][:2],
+                                                                      {**row[1][2], "mcpu": "x86-64-v3"}, row[1][3]]]),
+     f"corrupt: {RECORD_FILE} line 1 is a record for target .*x86-64-v3.*, not for llvm"),  # (MetaSchedule applied it)
+    (lambda d: _replace_first_line(d / RECORD_FILE, lambda row: [row[0], [*row[1][:2], "llvm", row[1][3]]]),
+     f"corrupt: {RECORD_FILE} line 1 is a record for target \"llvm\""),
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
         "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
         "workload-node-without-fields", "blank-record-line", "blank-workload-line", "run-time-of-a-string",
-        "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits"])
+        "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits", "record-of-another-cpu",
+        "record-target-a-string"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
         open_database(copy, spec)
     assert "\n" not in str(err.value)
+
+
+def test_records_tuned_on_a_machine_with_other_cores_are_kept(copy, spec):
+    """A record's `num-cores` is the tuning machine's (a resumed tune on another machine writes another): only
+    the fields that decide the kernels' code are compared with the folder's target."""
+    _replace_first_line(copy / RECORD_FILE, lambda row: [row[0], [*row[1][:2], {**row[1][2], "num-cores": 96},
+                                                                  row[1][3]]])
+    lines = (copy / RECORD_FILE).read_text().splitlines()
+    assert len(open_database(copy, spec, keep_slower=True).get_all_tuning_records()) == len(lines)
 
 
 def test_a_second_tune_on_a_folder_being_tuned_is_refused(copy, spec):
