@@ -322,9 +322,10 @@ def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[tuple[s
             if not ok:
                 raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is not a "
                                      f"MetaSchedule {'workload' if name == WORKLOAD_FILE else 'record'}")
-            if name == RECORD_FILE and _codegen_fields(row[1][2]) != wanted:
+            if name == RECORD_FILE and (fields := _codegen_fields(row[1][2])) != wanted:
+                made_for = json.dumps({k: v for k, v in fields.items() if v is not None} if fields else row[1][2])
                 raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is a record for "
-                                     f"target {json.dumps(row[1][2])[:200]}, not for {spec.name} ({spec.target})")
+                                     f"target {made_for[:200]}, not for {spec.name} ({spec.target})")
             workloads += name == WORKLOAD_FILE
             if name == RECORD_FILE:
                 intrinsics |= _tensorized_with(row[1][0])
