@@ -276,9 +276,11 @@ def _read_meta(folder: Path) -> dict[str, Any]:
 
 
 def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
-    """Refuse records made for another target or another TVM (their traces and workloads would not apply)."""
+    """Refuse records made for another target or another TVM (their traces and workloads would not apply). The
+    targets are compared by `_codegen_fields`, as each record's is: a CUDA target's host, which TVM fills in from
+    the machine (its triple), builds no kernel."""
     made_for = meta["target"]
-    if made_for["target"] != str(spec.target):
+    if _codegen_fields(_json_or_none(made_for["target"])) != _codegen_fields(json.loads(str(spec.target))):
         raise TuningLogError(f"tuning database {folder} was made for target '{made_for.get('name')}' "
                              f"({made_for['target']}), not for '{spec.name}' ({spec.target})")
     made = meta.get("format", 1)
@@ -331,6 +333,14 @@ def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[tuple[s
                 intrinsics |= _tensorized_with(row[1][0])
                 records.append((line, row[0], mean_of(row[1][1])))
     return intrinsics, records
+
+
+def _json_or_none(text: str) -> Any:
+    """`text` parsed as JSON, or None where it is not JSON."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
 
 
 def _codegen_fields(target: Any) -> dict[str, Any] | None:

@@ -469,6 +469,21 @@ def test_open_database_refuses_another_target(copy, model, spec):
         tune(model, other, 4, copy, batch=BATCH, seq=SEQ, progress=False)
 
 
+def test_a_folder_of_the_same_target_on_another_host_is_opened(copy, spec):
+    """The folder's target is compared by the fields that decide the kernels' code: a CUDA target's host (TVM fills
+    in the machine's triple) or a num-cores in it does not make another target; another CPU does."""
+    meta = json.loads((copy / META_FILE).read_text())
+    target = json.loads(meta["target"]["target"])
+    host = {"kind": "llvm", "mtriple": "aarch64-unknown-linux-gnu"}
+    (copy / META_FILE).write_text(json.dumps({**meta, "target": {**meta["target"], "target": json.dumps(
+        {**target, "host": host, "num-cores": 96})}}))
+    assert open_database(copy, spec, keep_slower=True).get_all_tuning_records()
+    (copy / META_FILE).write_text(json.dumps({**meta, "target": {**meta["target"], "target": json.dumps(
+        {**target, "mcpu": "x86-64-v3"})}}))
+    with pytest.raises(TuningLogError, match="made for target 'llvm'"):
+        open_database(copy, spec)
+
+
 def test_open_database_refuses_another_tvm_version(copy, spec):
     meta = json.loads((copy / META_FILE).read_text())
     (copy / META_FILE).write_text(json.dumps({**meta, "tvm": "0.26.0"}))
