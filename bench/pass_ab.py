@@ -6,11 +6,12 @@
     .venv/bin/python bench/pass_ab.py --legalizations --model minilm --float-layers 0,1,2,3,4,5 --shape 1x128
 
 Run-to-run spread on a shared host is larger than a few-percent change, so both builds run in the same process,
-on the same inputs, alternating: each round times 10 calls of each and keeps their median; the figure is the
-median over rounds. With `--pass`, "without" replaces the pass named in `relay_passes/pipeline.py` by a no-op;
-with `--constant MODULE.NAME=VALUE`, "without" is built with that integer constant of `schedules/MODULE.py`;
-with `--legalizations`, "without" legalizes the float Softmax and GELU as TVM does (libm's exp and erf) rather
-than with `ops/float_math.py` (give `--float-layers`, or both builds are the same integer program).
+on the same inputs, alternating (`bench_peers.time_in_rounds`, the order rotating): each round times 10 calls of
+each and keeps their median; the figure is the median over rounds. With `--pass`, "without" replaces the pass
+named in `relay_passes/pipeline.py` by a no-op; with `--constant MODULE.NAME=VALUE`, "without" is built with
+that integer constant of `schedules/MODULE.py`; with `--legalizations`, "without" legalizes the float Softmax
+and GELU as TVM does (libm's exp and erf) rather than with `ops/float_math.py` (give `--float-layers`, or both
+builds are the same integer program).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ import re
 import numpy as np
 import tvm
 
-from bench_peers import ibert_compiled, inputs, load_model
-from ibert_tvm.latency import time_calls
+from bench_peers import ibert_compiled, inputs, load_model, time_in_rounds
 from ibert_tvm.relay_passes import pipeline
 
 
@@ -77,10 +77,8 @@ def main() -> int:
         runs[labels[1]] = _runner(model, batch, seq, args.target, args.float_layers)
     finally:
         setattr(owner, attribute, original)
-    medians: dict[str, list[float]] = {k: [] for k in runs}
-    for _ in range(args.rounds):
-        for name, run in runs.items():
-            medians[name].append(float(np.median(time_calls(run, warmup=1, repeats=10))))
+    timing = argparse.Namespace(rounds=args.rounds, repeats=10, warmup=1, warmup_seconds=0.0)
+    medians = time_in_rounds(runs, lambda run: run(), timing, f"{args.model} {args.shape}")
     for name, values in medians.items():
         print(f"{args.model} {args.shape} {name}: median {np.median(values):.2f} ms "
               f"(rounds {len(values)}, min {min(values):.2f})")

