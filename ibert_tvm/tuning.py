@@ -424,8 +424,8 @@ def _json_database(files: Path, folder: Path) -> ms.database.JSONDatabase:
     read a line."""
     try:
         return ms.database.JSONDatabase(work_dir=str(files), allow_missing=False)
-    except (RuntimeError, ValueError, TypeError, LookupError) as err:  # TVM's errors for a record it cannot parse
-        # (a KeyError for a workload whose IR graph has a node without its fields)
+    except Exception as err:  # whatever TVM raises for a line it cannot parse: RuntimeError, ValueError, TypeError,
+        # a KeyError for an IR node without its fields, an AttributeError for a string node made an operator
         raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
 
 

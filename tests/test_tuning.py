@@ -522,6 +522,11 @@ def _drop_an_immediate_s_data(graph) -> None:
     next(node for node in graph["nodes"] if node["type"] == "ir.IntImm").pop("data")
 
 
+def _make_a_name_an_operator(graph) -> None:
+    """Retype the graph's first string as an operator: TVM raises an AttributeError (no operator of that name)."""
+    next(node for node in graph["nodes"] if node["type"] == "ffi.String")["type"] = "ir.Op"
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text()[:-200]),
      f"corrupt: {RECORD_FILE} line {TRIALS} "),
@@ -547,6 +552,7 @@ def _drop_an_immediate_s_data(graph) -> None:
                                                       "shapes": [["a", "b"]]})),
      "corrupt: its shapes are not lists of positive integers"),
     (lambda d: _edit_first_workload(d, _drop_an_immediate_s_data), "corrupt: 'key is not in Map'"),
+    (lambda d: _edit_first_workload(d, _make_a_name_an_operator), "corrupt: .* is not registered"),
     (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text() + "\n"),  # SIGSEGV until a fuzz
      f"corrupt: {RECORD_FILE} line {TRIALS + 1} is blank"),
     (lambda d: (d / WORKLOAD_FILE).write_text(" \n" + (d / WORKLOAD_FILE).read_text()),
@@ -567,7 +573,7 @@ def _drop_an_immediate_s_data(graph) -> None:
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
         "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
-        "workload-node-without-fields", "blank-record-line", "blank-workload-line", "run-time-of-a-string",
+        "workload-node-without-fields", "string-node-made-an-operator", "blank-record-line", "blank-workload-line", "run-time-of-a-string",
         "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits", "record-of-another-cpu",
         "record-target-a-string"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
