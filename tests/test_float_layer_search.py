@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, BertForSequenceClassification
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
 
+from ibert_tvm.evaluate import Scoring, check_layer_choice, float_layers_mode
 from ibert_tvm.evaluate_checkpoint import evaluate_checkpoint
 from ibert_tvm.float_layer_search import check_max_loss, search_float_layers
 from ibert_tvm.model_demo import sentences
@@ -119,6 +120,40 @@ def test_no_texts_is_refused():
         search_float_layers(1, np.zeros(0, int), np.zeros((0, 3)), (np.zeros((0, 3)), 0.0), None, 1.0, False)
 
 
+def scoring(name: str, correct: dict[tuple[int, ...], int], calls: list) -> Scoring:
+    """`scripted` runs over TEXTS texts of class 0 as a `Scoring` (the reference right on every text)."""
+    run = scripted(correct, calls)
+    data = Labelled([f"text {i}" for i in range(TEXTS)], np.zeros(TEXTS, int), tuple(LABELS.values()))
+    return Scoring(data, name, np.eye(3)[np.zeros(TEXTS, int)], lambda _dequant, _desc, layers: run(layers))
+
+
+def test_a_search_on_texts_of_its_own_is_reported_on_the_evaluated_ones(tmp_path):
+    """With search texts (`--search-csv`), the trials score only those and the table names them; the chosen layers
+    are then compiled and scored on the evaluated texts, which would have chosen otherwise."""
+    BertConfig(num_hidden_layers=2).save_pretrained(tmp_path)
+    on_search, on_evaluated = [], []
+    search_on = scoring("dev.csv", {(): 90, (0,): 92, (1,): 97}, on_search)
+    evaluated = scoring("test.csv", {(): 90, (0,): 99, (1,): 91}, on_evaluated)
+    mixed, layers, found = float_layers_mode(tmp_path, evaluated, evaluated.quantized("none", "", ()), (), 5.0,
+                                             False, search_on)
+    assert on_search == [(), (0,), (1,)] and on_evaluated == [(), (1,)]
+    assert found.chosen == layers == (1,) and mixed[0][:, 0].sum() == 91  # the evaluated texts' run of layer 1
+    assert [t.accuracy for t in found.trials] == [0.90, 0.92, 0.97]
+    assert "float-layer search on 100 labelled texts from dev.csv: within 5 points" in found.table()
+    mixed, layers, found = float_layers_mode(tmp_path, evaluated, evaluated.quantized("none", "", ()), (), 5.0, False)
+    assert layers == (0,) and "float-layer search on the evaluated texts" in found.table()
+
+
+def test_search_texts_need_max_loss_and_the_evaluated_texts_labels(tmp_path):
+    BertConfig(num_hidden_layers=2).save_pretrained(tmp_path)
+    texts = scoring("dev.csv", {}, []).data
+    with pytest.raises(ValueError, match="need max_loss"):
+        check_layer_choice(tmp_path, (), None, texts, texts.labels)
+    with pytest.raises(ValueError, match="the search texts' labels .* differ from the evaluated texts'"):
+        check_layer_choice(tmp_path, (), 1.0, texts, ("a", "b", "c"))
+    assert check_layer_choice(tmp_path, (), 1.0, texts, texts.labels) == ()
+
+
 @pytest.fixture(scope="module")
 def outlier_model(tmp_path_factory) -> tuple[Path, Labelled]:
     """The tiny 2-layer classifier with two outlier channels after layer 0 (LayerNorm gain 60), which per-tensor
@@ -172,3 +207,9 @@ def test_eval_max_loss_through_the_cli(outlier_model, tmp_path):
         assert_one_line_error(cli(*common, "--max-loss", bad), "--max-loss")
     proc = cli(*common, "--max-loss", "1", "--float-layers", "0")
     assert proc.returncode == 2 and "not allowed with argument" in proc.stderr
+    dev = tmp_path / "dev.csv"
+    dev.write_text("\n".join(csv.read_text().splitlines()[:11]) + "\n")  # the header and 10 texts
+    proc = cli(*common, "--max-loss", "100", "--search-csv", str(dev), "--out", str(tmp_path / "dev-out"))
+    assert proc.returncode == 0, proc.stderr
+    assert f"float-layer search on 10 labelled texts from {dev}: within 100 points" in proc.stdout
+    assert_one_line_error(cli(*common, "--search-csv", str(dev)), "need max_loss (--max-loss)")
