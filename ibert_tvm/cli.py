@@ -478,8 +478,8 @@ def _eval(args: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{', '.join(given)}: for a checkpoint given with --model (the bundled sentiment "
                              "classifier takes single sentences, calibrated on its own tweets)")
-        if not args.csv and (args.text_column, args.label_column) != ("text", "label"):
-            raise ValueError("--text-column and --label-column name the columns of a --csv file")
+        if not (args.csv or args.search_csv) and (args.text_column, args.label_column) != ("text", "label"):
+            raise ValueError("--text-column and --label-column name the columns of a --csv or --search-csv file")
         report = evaluate(csv_path=args.csv, limit=args.limit, batch_size=args.batch_size, q8bert=not args.no_q8bert,
                           text_column=args.text_column, label_column=args.label_column,
                           float_layers=args.float_layers, max_loss=args.max_loss, search_csv=args.search_csv)
@@ -718,7 +718,8 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("--max-loss", type=_points, metavar="POINTS",
                         help="choose the float layers: the fewest found within POINTS accuracy points of the "
                         "reference on the search texts (--search-csv; each layer alone, then the most helpful "
-                        f"together; at most 2 x layers compilations); exit status {TARGET_MISSED} where none is")
+                        f"together; at most 2 x layers compilations); exit status {TARGET_MISSED} where none is "
+                        "(on the search texts)")
     ev.add_argument("--search-csv", type=_existing_file, metavar="FILE",
                     help="with --max-loss: choose the float layers on these labelled texts (the same columns; "
                     "--limit applies) and report the choice on the evaluated ones (default: for the test split, "

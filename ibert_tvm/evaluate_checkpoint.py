@@ -101,7 +101,7 @@ def evaluate_checkpoint(model_dir: str | Path, data: Labelled, calibration: Sequ
     labels = checkpoint_labels(model_dir)
     if tuple(data.labels) != labels:
         raise ValueError(f"the data's labels {data.labels} differ from the checkpoint's {labels}")
-    float_layers = check_layer_choice(model_dir, float_layers, max_loss, search_data, labels)
+    float_layers = check_layer_choice(model_dir, float_layers, max_loss, data, search_data)
     for texts in (data,) if search_data is None else (data, search_data):
         tokenizer_args(texts.texts)  # all sentences or all pairs, before anything is compiled
     t0 = time.perf_counter()

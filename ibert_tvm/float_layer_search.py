@@ -95,9 +95,9 @@ def search_float_layers(layers: int, targets: np.ndarray, reference: np.ndarray,
     """Search the float layers of a model of `layers` encoder layers for the least within `max_loss` points of the
     reference's accuracy on `targets` (class indices [N]): `reference` is its logits [N, C], `integer` the
     integer-only program's (logits, seconds), `run` compiles and scores a configuration; `texts` names them in the
-    report. Returns the search and
-    the chosen configuration's run (None where the integer-only program was chosen or nothing met the target).
-    Meeting the target is decided on counts of correct texts (to a relative 1e-12 of `max_loss`)."""
+    report. Returns the search and the chosen configuration's run (None where the integer-only program was chosen
+    or nothing met the target). Meeting the target is decided on counts of correct texts (to a relative 1e-12 of
+    `max_loss`)."""
     max_loss = check_max_loss(max_loss)
     if layers < 1:
         raise ValueError(f"the float-layer search needs a model with encoder layers, got {layers}")

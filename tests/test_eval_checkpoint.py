@@ -127,7 +127,7 @@ def test_eval_model_refusals_come_before_any_work(model_dir, tmp_path):
                               "--label-column", "gold"), "give a shorter --seq-lengths")
     assert_one_line_error(cli("eval", "--csv", str(path), "--pair-column", "hypothesis"),
                           "--pair-column: for a checkpoint given with --model")
-    assert_one_line_error(cli("eval", "--text-column", "premise"), "name the columns of a --csv file")
+    assert_one_line_error(cli("eval", "--text-column", "premise"), "name the columns of a --csv or --search-csv file")
     assert_one_line_error(cli("eval", "--model", str(tmp_path / "nowhere"), *common), "is not a local model directory")
     assert_one_line_error(cli("eval", "--model", str(model_dir), *common[:-2], "--pair-column", "hypothesis",
                               "--seq-lengths", "32,64", "--float-layers", "7"), "float_layers: 7 is not a layer")

@@ -148,10 +148,13 @@ def test_search_texts_need_max_loss_and_the_evaluated_texts_labels(tmp_path):
     BertConfig(num_hidden_layers=2).save_pretrained(tmp_path)
     texts = scoring("dev.csv", {}, []).data
     with pytest.raises(ValueError, match="need max_loss"):
-        check_layer_choice(tmp_path, (), None, texts, texts.labels)
-    with pytest.raises(ValueError, match="the search texts' labels .* differ from the evaluated texts'"):
-        check_layer_choice(tmp_path, (), 1.0, texts, ("a", "b", "c"))
-    assert check_layer_choice(tmp_path, (), 1.0, texts, texts.labels) == ()
+        check_layer_choice(tmp_path, (), None, texts, texts)
+    other = Labelled(texts.texts, texts.targets, ("a", "b", "c"))
+    with pytest.raises(ValueError, match="the search texts' labels .* differ from the evaluated texts' .'a', 'b'"):
+        check_layer_choice(tmp_path, (), 1.0, other, texts)
+    with pytest.raises(ValueError, match="differ from the evaluated texts' None"):
+        check_layer_choice(tmp_path, (), 1.0, None, texts)
+    assert check_layer_choice(tmp_path, (), 1.0, texts, texts) == ()
 
 
 @pytest.fixture(scope="module")
@@ -172,7 +175,7 @@ def outlier_model(tmp_path_factory) -> tuple[Path, Labelled]:
 def test_search_on_a_checkpoint_runs_each_configuration_as_eval_float_layers_does(outlier_model):
     """With max_loss 0 nothing meets the target: integer-only, each layer alone, then both, in that order; each
     trial's accuracy is that of `evaluate_checkpoint(float_layers=...)`'s own run of the same layers. With the
-    integer-only program's loss as max_loss, it is chosen after one trial."""
+    integer-only program's loss as max_loss, it is chosen after one trial, also on search texts of their own."""
     path, data = outlier_model
     options = {"batch_size": 8, "seq_lengths": (32,), "q8bert": False, "progress": False}
     report = evaluate_checkpoint(path, data, max_loss=0.0, **options)
@@ -185,8 +188,12 @@ def test_search_on_a_checkpoint_runs_each_configuration_as_eval_float_layers_doe
         alone = evaluate_checkpoint(path, data, float_layers=layers, **options)
         assert alone.mixed.accuracy == trial.accuracy and alone.mixed_agreement == trial.agreement
     loss = 100 * round(len(data.texts) * (1 - report.integer.accuracy)) / len(data.texts)
-    chosen = evaluate_checkpoint(path, data, max_loss=loss, **options)
-    assert chosen.search.chosen == () and len(chosen.search.trials) == 1
+    # on search texts of their own (here the same sentences, compiled and scored again), named in the table
+    chosen = evaluate_checkpoint(path, data, max_loss=loss, search_data=data, search_name="the same sentences",
+                                 **options)
+    assert chosen.search.chosen == () and len(chosen.search.trials) == 1 and chosen.mixed is None
+    assert chosen.search.trials[0].accuracy == report.integer.accuracy
+    assert chosen.search.texts == f"{len(data)} labelled texts from the same sentences"
 
 
 def test_eval_max_loss_through_the_cli(outlier_model, tmp_path):
@@ -213,3 +220,7 @@ def test_eval_max_loss_through_the_cli(outlier_model, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert f"float-layer search on 10 labelled texts from {dev}: within 100 points" in proc.stdout
     assert_one_line_error(cli(*common, "--search-csv", str(dev)), "need max_loss (--max-loss)")
+    renamed = tmp_path / "renamed.csv"  # the bundled classifier on the test split reads its columns too
+    renamed.write_text(dev.read_text().replace("text,label", "tweet,sentiment", 1))
+    assert_one_line_error(cli("eval", "--search-csv", str(renamed), "--text-column", "tweet", "--label-column",
+                              "sentiment"), "need max_loss (--max-loss)")

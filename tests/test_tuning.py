@@ -573,8 +573,8 @@ def _make_a_name_an_operator(graph) -> None:
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
         "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
-        "workload-node-without-fields", "string-node-made-an-operator", "blank-record-line", "blank-workload-line", "run-time-of-a-string",
-        "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits", "record-of-another-cpu",
+        "workload-node-without-fields", "string-node-made-an-operator", "blank-record-line", "blank-workload-line",
+        "run-time-of-a-string", "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits", "record-of-another-cpu",
         "record-target-a-string"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
