@@ -57,6 +57,7 @@ from tvm.target import Target
 
 from . import record_check
 from .artifact import why_not_runnable_here
+from .ir_graph_check import graph_problem, workload_graph
 from .relay_passes import pipeline
 from .reports import folder_problem
 from .schedules import schedules_for
@@ -324,6 +325,8 @@ def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[tuple[s
             if not ok:
                 raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is not a "
                                      f"MetaSchedule {'workload' if name == WORKLOAD_FILE else 'record'}")
+            if name == WORKLOAD_FILE and (problem := _workload_problem(row[1])):
+                raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number}: {problem}")
             if name == RECORD_FILE and (fields := _codegen_fields(row[1][2])) != wanted:
                 made_for = json.dumps({k: v for k, v in fields.items() if v is not None} if fields else row[1][2])
                 raise TuningLogError(f"tuning database {folder} is corrupt: {name} line {number} is a record for "
@@ -333,6 +336,16 @@ def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[tuple[s
                 intrinsics |= _tensorized_with(row[1][0])
                 records.append((line, row[0], mean_of(row[1][1])))
     return intrinsics, records
+
+
+def _workload_problem(encoded: str) -> str | None:
+    """What in a workload's module TVM's reader would crash on (an object of the wrong class in a field: SIGSEGV),
+    or None."""
+    try:
+        graph = workload_graph(encoded)
+    except ValueError:  # (binascii.Error and JSONDecodeError are ValueErrors)
+        return "its module is not an IR graph in base64"
+    return None if (problem := graph_problem(graph)) is None else f"its module's {problem}"
 
 
 def _json_or_none(text: str) -> Any:

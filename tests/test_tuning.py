@@ -522,9 +522,19 @@ def _drop_an_immediate_s_data(graph) -> None:
     next(node for node in graph["nodes"] if node["type"] == "ir.IntImm").pop("data")
 
 
-def _make_a_name_an_operator(graph) -> None:
-    """Retype the graph's first string as an operator: TVM raises an AttributeError (no operator of that name)."""
-    next(node for node in graph["nodes"] if node["type"] == "ffi.String")["type"] = "ir.Op"
+def _type_an_immediate_with_an_array(graph) -> None:
+    """Make the first integer immediate's type field refer to an array: TVM's reader died of SIGSEGV on it."""
+    array = next(i for i, node in enumerate(graph["nodes"]) if node["type"] == "ffi.Array")
+    next(node for node in graph["nodes"] if node["type"] == "ir.IntImm")["data"]["ty"] = array
+
+
+def _make_an_attribute_an_operator(graph) -> None:
+    """Make the first value of the first attribute map (whose values may be anything) an operator of no registered
+    name: TVM raises an AttributeError."""
+    nodes = graph["nodes"]
+    nodes.append({"type": "ir.Op", "data": "no_such_operator"})
+    attrs = next(node for node in nodes if node["type"] == "ir.DictAttrs")["data"]["__dict__"]
+    nodes[attrs]["data"][1] = len(nodes) - 1
 
 
 @pytest.mark.parametrize("damage, message", [
@@ -552,7 +562,12 @@ def _make_a_name_an_operator(graph) -> None:
                                                       "shapes": [["a", "b"]]})),
      "corrupt: its shapes are not lists of positive integers"),
     (lambda d: _edit_first_workload(d, _drop_an_immediate_s_data), "corrupt: 'key is not in Map'"),
-    (lambda d: _edit_first_workload(d, _make_a_name_an_operator), "corrupt: .* is not registered"),
+    (lambda d: _edit_first_workload(d, _make_an_attribute_an_operator), "corrupt: .* is not registered"),
+    (lambda d: _edit_first_workload(d, _type_an_immediate_with_an_array),
+     f"corrupt: {WORKLOAD_FILE} line 1: its module's node \\d+ \\(ir.IntImm\\) field 'ty' is of type ffi.Array, "
+     "not ir.Type"),
+    (lambda d: _replace_first_line(d / WORKLOAD_FILE, lambda row: [row[0], "bm90IGEgZ3JhcGg="]),
+     f"corrupt: {WORKLOAD_FILE} line 1: its module is not an IR graph in base64"),
     (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text() + "\n"),  # SIGSEGV until a fuzz
      f"corrupt: {RECORD_FILE} line {TRIALS + 1} is blank"),
     (lambda d: (d / WORKLOAD_FILE).write_text(" \n" + (d / WORKLOAD_FILE).read_text()),
@@ -573,8 +588,9 @@ def _make_a_name_an_operator(graph) -> None:
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
         "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
-        "workload-node-without-fields", "string-node-made-an-operator", "blank-record-line", "blank-workload-line",
-        "run-time-of-a-string", "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits", "record-of-another-cpu",
+        "workload-node-without-fields", "attribute-made-an-operator", "immediate-typed-with-an-array",
+        "workload-not-base64-json", "blank-record-line", "blank-workload-line", "run-time-of-a-string",
+        "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits", "record-of-another-cpu",
         "record-target-a-string"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
