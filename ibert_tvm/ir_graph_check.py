@@ -1,11 +1,14 @@
-"""Check an IR graph (TVM's JSON serialization, as tuning databases store workloads) for objects of the wrong class
-before TVM reads it: TVM's reader stores a field's object without checking its class, so an `ir.IntImm` whose
-type refers to an array crashed the process (SIGSEGV) instead of raising.
+"""Check an IR graph (TVM's JSON serialization, as tuning databases store workloads) for what crashes TVM's reader
+(SIGSEGV) instead of making it raise: an object of the wrong class in a field (it stores the object unchecked: an
+`ir.IntImm` whose type was an array), a cycle or a chain of references too deep (it recurses until its stack
+overflows).
 
 Each field's class comes from TVM's own reflection (its type schema, read through `tvm_ffi.core`'s type lookup, as
-the pinned apache-tvm-ffi 0.1.14 has it); a field's object must be None, a plain value
-(TVM converts and checks those itself), or of that class or a subclass; arrays and maps are checked element by
-element. A graph that passes can still be refused by TVM, with an error it raises.
+the pinned apache-tvm-ffi 0.1.14 has it): a field's object must be None, a plain value (TVM converts and checks
+those itself), or of that class or a subclass; arrays and maps are checked element by element. Every reference must
+point to a node written before it (TVM writes a node's parts first), which rules out cycles, and lie at most
+`MAX_DEPTH` deep. A graph that passes can still be refused by TVM with an error it raises, or crash a later step: a
+required field left empty (None) is not checked.
 """
 
 from __future__ import annotations
@@ -19,19 +22,25 @@ import tvm  # noqa: F401 (registers TVM's types with TVM-FFI, whose reflection t
 from tvm_ffi import core
 from tvm_ffi.registry import get_registered_type_keys
 
-__all__ = ["graph_problem", "workload_graph"]
+__all__ = ["MAX_DEPTH", "graph_problem", "workload_graph"]
 
 #: node types whose data TVM converts with a check of its own (a plain value, not an object)
 _VALUES = {"None", "int", "bool", "float", "ffi.String", "ffi.Bytes", "ffi.SmallStr", "ffi.SmallBytes"}
 #: schema kinds stored inline in a node's data, not as a node index
-_INLINE = {"int", "bool", "float", "DataType", "Device"}
+_INLINE = {"int", "bool", "float", "DataType"}
+#: the deepest chain of references accepted (a BERT program's graph reaches 71; TVM's reader overflowed its stack on
+#: chains of 2,000 to 3,000)
+MAX_DEPTH = 1000
 
 
 def workload_graph(encoded: str) -> dict:
     """The IR graph of a MetaSchedule workload's module: JSON after an 8-byte length, in base64; a ValueError
     where it is not."""
     raw = base64.b64decode(encoded, validate=True)
-    graph = json.loads(raw[8:])
+    try:
+        graph = json.loads(raw[8:])
+    except RecursionError:  # (JSON nested deeper than Python's parser goes)
+        raise ValueError("JSON nested too deep") from None
     if not (isinstance(graph, dict) and isinstance(graph.get("nodes"), list) and type(graph.get("root_index")) is int):
         raise ValueError("not an IR graph")
     return graph
@@ -101,17 +110,35 @@ def graph_problem(graph: dict, root: str = "ir.IRModule") -> str | None:
 
     if (top := node(graph["root_index"])) is None or top["type"] != root:
         return f"its root is not of type {root}"
+    references: list[list[Any]] = []  # each node's references to other nodes
     for index, item in enumerate(nodes):
         if not (isinstance(item, dict) and isinstance(item.get("type"), str)):
             return f"node {index} has no type"
-        fields = _fields(item["type"])
+        fields, data = _fields(item["type"]), item.get("data")
         if fields is None and item["type"] not in _VALUES:
             return f"node {index} is of type {item['type']!r}, which TVM does not know"
-        if fields is None or not isinstance(item.get("data"), dict):
+        references.append(list(data) if item["type"] in ("ffi.Array", "ffi.Map") and isinstance(data, list) else [])
+        if fields is None or not isinstance(data, dict):
             continue
-        for name, value in item["data"].items():
+        for name, value in data.items():
             schema = fields.get(name)
-            if schema is not None and schema.get("type") not in _INLINE and schema.get("type") != "ffi.BigInt" and (
-                    why := mismatch(schema, value, f"node {index} ({item['type']}) field {name!r}")):
-                return why
+            if schema is not None and schema.get("type") not in _INLINE:
+                references[-1].append(value)
+                if why := mismatch(schema, value, f"node {index} ({item['type']}) field {name!r}"):
+                    return why
+    return _order_problem(nodes, references)
+
+
+def _order_problem(nodes: list, references: list[list[Any]]) -> str | None:
+    """Whether every node refers only to nodes before it, as TVM writes them (a node's parts first), and lies at
+    most MAX_DEPTH references deep: TVM's reader follows references recursively, and a cycle or a chain thousands
+    deep overflowed its stack (SIGSEGV)."""
+    depth = [0] * len(nodes)
+    for index, refs in enumerate(references):
+        for ref in refs:
+            if not (type(ref) is int and 0 <= ref < index):
+                return f"node {index} ({nodes[index]['type']}) refers to node {ref!r}, which does not come before it"
+            depth[index] = max(depth[index], depth[ref] + 1)
+        if depth[index] > MAX_DEPTH:
+            return f"node {index} ({nodes[index]['type']}) lies {depth[index]} references deep (at most {MAX_DEPTH})"
     return None

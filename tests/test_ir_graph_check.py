@@ -1,6 +1,7 @@
 """`ir_graph_check`: the IR graphs of real kernels pass (for every target family, integer and float layers), and
 the edits that would crash TVM's reader, or that it could not read, are named."""
 
+import base64
 import json
 import subprocess
 import sys
@@ -11,7 +12,7 @@ import tvm
 from transformers import RobertaConfig, RobertaModel
 from tvm import te, tirx
 
-from ibert_tvm.ir_graph_check import graph_problem
+from ibert_tvm.ir_graph_check import MAX_DEPTH, graph_problem, workload_graph
 from ibert_tvm.model import from_pretrained
 from ibert_tvm.relay_passes import pipeline
 from ibert_tvm.targets import resolve_target
@@ -75,6 +76,28 @@ def test_container_elements_and_kinds_are_checked(kernel):
     kernel["nodes"][params]["data"][0], _ = first(kernel, "ir.Var")
     func["data"]["params"], _ = first(kernel, "ffi.Map")
     assert "field 'params' is of type ffi.Map, not ffi.Array" in graph_problem(kernel)
+
+
+def test_a_cycle_and_a_chain_too_deep_are_named(kernel):
+    """A loop whose body is itself (TVM's reader recursed until its stack overflowed), and an attribute holding
+    arrays nested deeper than MAX_DEPTH (at 2,000 to 3,000 levels TVM's reader overflowed its stack too)."""
+    loop, node = first(kernel, "tirx.For")
+    body = node["data"]["body"]
+    node["data"]["body"] = loop
+    assert graph_problem(kernel) == f"node {loop} (tirx.For) refers to node {loop}, which does not come before it"
+    for levels, problem in ((MAX_DEPTH // 2, None), (MAX_DEPTH, f"lies {MAX_DEPTH + 1} references deep (at most "
+                                                            f"{MAX_DEPTH})")):
+        nested = []
+        for _ in range(levels):
+            nested = [nested]
+        func = te.create_prim_func([te.placeholder((4,), name="A")]).with_attr("deep", nested)
+        found = graph_problem(graph(tvm.IRModule({"main": func})))
+        assert found == problem if problem is None else found.endswith(problem)
+
+
+def test_json_nested_too_deep_for_python_is_a_value_error():
+    with pytest.raises(ValueError, match="nested too deep"):
+        workload_graph(base64.b64encode(bytes(8) + b"[" * 100_000).decode())
 
 
 @pytest.mark.parametrize("edit, message", [
