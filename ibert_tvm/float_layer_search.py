@@ -19,8 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["LayerSearch", "Trial", "check_max_loss", "points", "search_float_layers"]
+__all__ = ["EVALUATED_TEXTS", "LayerSearch", "Trial", "check_max_loss", "points", "search_float_layers"]
 
+#: what `LayerSearch.texts` says where the search scored the texts the evaluation reports
+EVALUATED_TEXTS = "the evaluated texts"
 #: a configuration's run: its float layers -> (real-valued logits [N, C], seconds its compilation and run took)
 Run = Callable[[tuple[int, ...]], tuple[np.ndarray, float]]
 
@@ -50,7 +52,7 @@ class LayerSearch:
     max_loss: float  # accuracy points (percent) below the reference's
     trials: tuple[Trial, ...]
     chosen: tuple[int, ...] | None
-    texts: str = "the evaluated texts"  # the labelled texts the trials scored
+    texts: str = EVALUATED_TEXTS  # the labelled texts the trials scored
 
     @property
     def target(self) -> float:
@@ -90,7 +92,7 @@ def check_max_loss(max_loss: float) -> float:
 
 
 def search_float_layers(layers: int, targets: np.ndarray, reference: np.ndarray, integer: tuple[np.ndarray, float],
-                        run: Run, max_loss: float, progress: bool = True, texts: str = "the evaluated texts"
+                        run: Run, max_loss: float, progress: bool = True, texts: str = EVALUATED_TEXTS
                         ) -> tuple[LayerSearch, tuple[np.ndarray, float] | None]:
     """Search the float layers of a model of `layers` encoder layers for the least within `max_loss` points of the
     reference's accuracy on `targets` (class indices [N]): `reference` is its logits [N, C], `integer` the
