@@ -339,8 +339,8 @@ def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[tuple[s
 
 
 def _workload_problem(encoded: str) -> str | None:
-    """What in a workload's module TVM's reader would crash on (an object of the wrong class in a field: SIGSEGV),
-    or None."""
+    """What in a workload's module TVM's reader would crash on (SIGSEGV: `ir_graph_check.graph_problem`), or
+    None."""
     try:
         graph = workload_graph(encoded)
     except ValueError:  # (binascii.Error and JSONDecodeError are ValueErrors)
@@ -438,10 +438,9 @@ def _json_database(files: Path, folder: Path) -> ms.database.JSONDatabase:
     try:
         return ms.database.JSONDatabase(work_dir=str(files), allow_missing=False)
     except (RuntimeError, ValueError, TypeError, LookupError, AttributeError) as err:  # what TVM raises for a line
-        # it cannot parse (a KeyError for an IR node without its fields, an AttributeError for a string node made an
-        # operator)
-        why = (str(err).strip().splitlines() or [type(err).__name__])[-1]
-        raise TuningLogError(f"tuning database {folder} is corrupt: {why}") from err
+        # it cannot parse (a KeyError for an IR node without its fields, an AttributeError for an unknown operator)
+        raise TuningLogError(f"tuning database {folder} is corrupt: {_one_line(str(err) or type(err).__name__)}") \
+            from err
 
 
 def _without_workloads(database: ms.database.Database, keys: set[str]) -> ms.database.MemoryDatabase:
