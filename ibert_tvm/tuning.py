@@ -15,8 +15,9 @@ timed beside its default schedule: the metadata lists those that write other int
 MetaSchedule databases are not keyed by target, so `open_database(path, target)` refuses a folder made for
 another target or TVM version, one missing its files, and a corrupt log (every line is parsed, each record's
 own target checked; of the records, TVM reads each kernel shape's best only, `tune` all of them), each with a
-`TuningLogError` naming the problem. `shipped_database(target)` finds the database that ships for a target in
-`tuning_logs/<log_name(target)>/`.
+`TuningLogError` naming the problem; a folder edited since `tune` wrote it is read in a child process first,
+where a damaged record that kills TVM's reader is named by its line (`record_replay`).
+`shipped_database(target)` finds the database that ships for a target in `tuning_logs/<log_name(target)>/`.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from tvm.target import Target
 from . import record_check
 from .artifact import why_not_runnable_here
 from .ir_graph_check import graph_problem, workload_graph
+from .record_replay import files_digest, replay_problem
 from .relay_passes import pipeline
 from .reports import folder_problem
 from .schedules import schedules_for
@@ -76,6 +78,7 @@ __all__ = ["META_FILE", "RECORD_FILE", "WORKLOAD_FILE", "TuningLogError", "Tunin
 
 WORKLOAD_FILE = "database_workload.json"
 RECORD_FILE = "database_tuning_record.json"
+_FILES = (WORKLOAD_FILE, RECORD_FILE)  # MetaSchedule's two files, in the order its reader reads them
 #: ibert-tvm's metadata beside MetaSchedule's two files: what the records were tuned for and how.
 META_FILE = "ibert_tuning.json"
 #: the lock file a `tune` holds while it writes the folder (`_sole_writer`)
@@ -298,15 +301,25 @@ def _check_meta(folder: Path, meta: dict[str, Any], spec: TargetSpec) -> None:
                              f"{tvm.__version__}: re-tune")
 
 
-def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[tuple[str, int, float]]]:
+@dataclass(frozen=True)
+class _RecordLine:
+    """A line of the records file: its text, its number, its workload's index and its mean run time."""
+
+    text: str
+    number: int
+    workload: int
+    secs: float
+
+
+def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[_RecordLine]]:
     """Parse both JSON-lines files, so that a truncated or garbage line is refused rather than skipped, and a
     blank one too (MetaSchedule's reader crashed the process with SIGSEGV on a blank line of the records, and
     named no line for one among the workloads), and a record tuned for another target than `spec`'s (one copied
     in from another database: MetaSchedule would apply it); returns the tensor intrinsics the records' traces
-    name, and each record line with its workload's index and its mean run time (`mean_of`)."""
+    name, and each record line (its run time `mean_of` its times)."""
     workloads, intrinsics, records = 0, set(), []
     wanted = _codegen_fields(json.loads(str(spec.target)))
-    for name in (WORKLOAD_FILE, RECORD_FILE):
+    for name in _FILES:
         path = folder / name
         if not path.is_file():
             raise TuningLogError(f"tuning database {folder} is missing {name}")
@@ -334,7 +347,7 @@ def _check_lines(folder: Path, spec: TargetSpec) -> tuple[set[str], list[tuple[s
             workloads += name == WORKLOAD_FILE
             if name == RECORD_FILE:
                 intrinsics |= _tensorized_with(row[1][0])
-                records.append((line, row[0], mean_of(row[1][1])))
+                records.append(_RecordLine(line, number, row[0], mean_of(row[1][1])))
     return intrinsics, records
 
 
@@ -371,15 +384,15 @@ def _run_secs_ok(secs: Any) -> bool:
         type(s) in (int, float) and 0 <= s <= FAILED_SECS for s in secs)
 
 
-def _best_lines(records: list[tuple[str, int, float]]) -> list[str]:
+def _best_lines(records: list[_RecordLine]) -> list[_RecordLine]:
     """The record lines that may be their workload's best: those whose mean run time is within a millionth of its
     least (ties and near-ties: `SharedDatabase` picks among them as it would among all, the same record), failed
     ones never. `compile` loads only these: MetaSchedule replays every record's trace as it reads it (75 s for
     4,400 records of BERT-base), and a build applies one record per kernel shape."""
     least: dict[int, float] = {}
-    for _line, workload, secs in records:
-        least[workload] = min(secs, least.get(workload, secs))
-    return [line for line, workload, secs in records if secs < FAILED_SECS and secs <= least[workload] * (1 + 1e-6)]
+    for record in records:
+        least[record.workload] = min(record.secs, least.get(record.workload, record.secs))
+    return [r for r in records if r.secs < FAILED_SECS and r.secs <= least[r.workload] * (1 + 1e-6)]
 
 
 def _tensorized_with(trace: Any) -> set[str]:
@@ -414,7 +427,10 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     metadata) are left out, so that the database
     applies only records that beat the default as `tune` measured them and passed its check; of the others,
     only each kernel shape's best candidates are loaded (`_best_lines`). `keep_slower=True` (tuning itself)
-    returns the database as it is on disk, every record loaded."""
+    returns the database as it is on disk, every record loaded.
+
+    A folder whose files are not those that `tune` wrote (the digests in its metadata) is read in a child process
+    first (`record_replay`): a line that kills TVM's reader there is refused, by its number."""
     spec, folder = resolve_target(target), Path(path)
     if not folder.is_dir():
         check_work_dir(folder, writing=False)
@@ -423,18 +439,36 @@ def open_database(path: str | Path, target: str | TargetSpec, *, keep_slower: bo
     _check_meta(folder, meta, spec)
     intrinsics, records = _check_lines(folder, spec)
     _register_intrinsics(folder, spec, intrinsics)
+    read = _Reading(folder, spec, intrinsics, meta.get("files") != files_digest(folder, _FILES))
     if keep_slower:
-        return SharedDatabase(_json_database(folder, folder))
+        return SharedDatabase(_json_database(folder, read))
     left_out = {key for name in _LEFT_OUT for key in meta.get(name, {})}
+    best = _best_lines(records)
     with tempfile.TemporaryDirectory(prefix="ibert-tvm-records-") as tmp:
         shutil.copyfile(folder / WORKLOAD_FILE, Path(tmp) / WORKLOAD_FILE)
-        (Path(tmp) / RECORD_FILE).write_text("".join(f"{line}\n" for line in _best_lines(records)), encoding="utf-8")
-        return SharedDatabase(_without_workloads(_json_database(Path(tmp), folder), left_out))
+        (Path(tmp) / RECORD_FILE).write_text("".join(f"{r.text}\n" for r in best), encoding="utf-8")
+        return SharedDatabase(_without_workloads(_json_database(Path(tmp), read, [r.number for r in best]), left_out))
 
 
-def _json_database(files: Path, folder: Path) -> ms.database.JSONDatabase:
-    """MetaSchedule's database of the two files in `files`, or a TuningLogError naming `folder` where TVM cannot
-    read a line."""
+@dataclass(frozen=True)
+class _Reading:
+    """How `open_database` reads a folder: its target and the intrinsics its records name, and whether TVM's
+    reader is first run in a child process (`record_replay`), as for a folder whose files are not those that
+    `tune` wrote (their digests in the metadata)."""
+
+    folder: Path
+    spec: TargetSpec
+    intrinsics: set[str]
+    in_a_child_first: bool
+
+
+def _json_database(files: Path, read: _Reading, numbers: list[int] | None = None) -> ms.database.JSONDatabase:
+    """MetaSchedule's database of the two files in `files`, or a TuningLogError naming the folder where TVM cannot
+    read a line (`numbers`: the folder's line number of each record line in `files`, where they differ)."""
+    folder = read.folder
+    if read.in_a_child_first and (
+            problem := replay_problem(files, _FILES, read.spec, read.intrinsics, str(folder), numbers)):
+        raise TuningLogError(f"tuning database {folder} is corrupt: {problem}")
     try:
         return ms.database.JSONDatabase(work_dir=str(files), allow_missing=False)
     except (RuntimeError, ValueError, TypeError, LookupError, AttributeError) as err:  # what TVM raises for a line
@@ -537,6 +571,9 @@ def tuned_shapes(folder: str | Path) -> set[tuple[int, int]]:
 
 
 def _save_meta(folder: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write the metadata with the digests of the files as they are now (`tune` wrote or read them): a folder
+    whose files match is not read in a child process first (`_Reading`)."""
+    meta = {**meta, "files": files_digest(folder, _FILES)}
     (folder / META_FILE).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return meta
 

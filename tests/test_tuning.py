@@ -540,6 +540,32 @@ def _rename_an_operator(graph) -> bool:
     return op is not None
 
 
+def _in_every_trace(change):
+    """A damage that applies `change` to each record's instructions (so that it reaches the records `compile`
+    loads, each kernel shape's best), some of which it must change."""
+    def damage(folder) -> None:
+        rows = [json.loads(line) for line in (folder / RECORD_FILE).read_text().splitlines()]
+        assert sum(change(row[1][0][0]) is not False for row in rows)
+        (folder / RECORD_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return damage
+
+
+def _null_a_categorical_probability(instructions) -> bool:
+    """Make the first SampleCategorical's first probability null (TVM's reader dies of SIGSEGV on it)."""
+    sample = next((i for i in instructions if i[0] == "SampleCategorical"), None)
+    if sample is not None:
+        sample[2][1][0] = None
+    return sample is not None
+
+
+def _null_an_inlined_block(instructions) -> bool:
+    """Make the first ComputeInline's block null, written as TVM writes a null input (TVM raises a TypeError)."""
+    inline = next((i for i in instructions if i[0] == "ComputeInline"), None)
+    if inline is not None:
+        inline[1][0] = "None"
+    return inline is not None
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text()[:-200]),
      f"corrupt: {RECORD_FILE} line {TRIALS} "),
@@ -564,8 +590,10 @@ def _rename_an_operator(graph) -> bool:
     (lambda d: (d / META_FILE).write_text(json.dumps({**json.loads((d / META_FILE).read_text()),
                                                       "shapes": [["a", "b"]]})),
      "corrupt: its shapes are not lists of positive integers"),
-    (lambda d: _edit_first_workload(d, _drop_an_immediate_s_data), "corrupt: 'key is not in Map'"),
-    (lambda d: _edit_first_workload(d, _rename_an_operator), "corrupt: .*no_such_operator is not registered"),
+    (lambda d: _edit_first_workload(d, _drop_an_immediate_s_data),
+     f"corrupt: {WORKLOAD_FILE} line 1: 'key is not in Map'"),
+    (lambda d: _edit_first_workload(d, _rename_an_operator),
+     f"corrupt: {WORKLOAD_FILE} line 1: .*no_such_operator is not registered"),
     (lambda d: _edit_first_workload(d, _type_an_immediate_with_an_array),
      f"corrupt: {WORKLOAD_FILE} line 1: its module's node \\d+ \\(ir.IntImm\\) field 'ty' is of type ffi.Array, "
      "not ir.Type"),
@@ -588,18 +616,54 @@ def _rename_an_operator(graph) -> bool:
      f"corrupt: {RECORD_FILE} line 1 is a record for target .*x86-64-v3.*, not for llvm"),  # (MetaSchedule applied it)
     (lambda d: _replace_first_line(d / RECORD_FILE, lambda row: [row[0], [*row[1][:2], "llvm", row[1][3]]]),
      f"corrupt: {RECORD_FILE} line 1 is a record for target \"llvm\""),
+    (_in_every_trace(_null_a_categorical_probability),
+     f"corrupt: {RECORD_FILE} line \\d+: TVM's reader died of SIGSEGV on it$"),  # (it killed pytest)
+    (_in_every_trace(_null_an_inlined_block),
+     f"corrupt: {RECORD_FILE} line \\d+: Mismatched type .*Expected `s_tir.SBlockRV` but got `None`"),
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
         "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
         "workload-node-without-fields", "unknown-operator", "immediate-typed-with-an-array",
         "workload-not-base64-json", "blank-record-line", "blank-workload-line", "run-time-of-a-string",
         "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits", "record-of-another-cpu",
-        "record-target-a-string"])
+        "record-target-a-string", "null-categorical-probability", "null-inlined-block"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
         open_database(copy, spec)
     assert "\n" not in str(err.value)
+
+
+def test_a_record_that_kills_tvms_reader_is_refused_by_its_line(copy, spec):
+    """TVM's reader dies of SIGSEGV on a null SampleCategorical probability (a fuzz of record traces, 2026-12-07).
+    A folder whose files are not those `tune` wrote is read in a child process first: the damaged record is
+    refused by its line's number in the folder, among the records `compile` loads (each kernel shape's best, a
+    selection whose lines are numbered otherwise) as among all."""
+    rows = [json.loads(line) for line in (copy / RECORD_FILE).read_text().splitlines()]
+    least = {}
+    for row in rows:
+        least[row[0]] = min(tuning.mean_of(row[1][1]), least.get(row[0], tuning.FAILED_SECS))
+    best = [n for n, row in enumerate(rows, 1) if tuning.mean_of(row[1][1]) == least[row[0]] < tuning.FAILED_SECS]
+    number = best[-1]
+    assert number > len(best)  # its line in the selection is another
+    assert _null_a_categorical_probability(rows[number - 1][1][0][0])
+    (copy / RECORD_FILE).write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for keep_slower in (False, True):
+        with pytest.raises(TuningLogError, match=f"{RECORD_FILE} line {number}: TVM's reader died of SIGSEGV"):
+            open_database(copy, spec, keep_slower=keep_slower)
+
+
+def test_a_folder_as_tune_wrote_it_is_read_by_tvm_alone(tuned, copy, spec, monkeypatch):
+    """`tune` records the digests of the files it wrote in the metadata: a folder that matches is not read in a
+    child process first; once a line is edited, it is, and still loads."""
+    assert json.loads((copy / META_FILE).read_text())["files"] == tuning.files_digest(tuned[0], tuning._FILES)
+    calls = []
+    real = tuning.replay_problem
+    monkeypatch.setattr(tuning, "replay_problem", lambda *args: calls.append(args) or real(*args))
+    assert open_database(copy, spec).get_all_tuning_records()
+    assert open_database(copy, spec, keep_slower=True).get_all_tuning_records() and not calls
+    _replace_first_line(copy / RECORD_FILE, lambda row: [row[0], [row[1][0], [1e-3], *row[1][2:]]])
+    assert open_database(copy, spec, keep_slower=True).get_all_tuning_records() and len(calls) == 1
 
 
 def test_records_tuned_on_a_machine_with_other_cores_are_kept(copy, spec):
