@@ -34,8 +34,11 @@ $(TOOLCHAINS): | $(VENV)/bin/python
 demo: $(STAMP)
 	$(VENV)/bin/ibert-tvm demo
 
+# Two pytest-xdist workers (the 2-core CI machine's cores), each given whole files: a file's module fixtures (a
+# tuned database, a compiled model) are made once. TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
 test: $(STAMP) $(TOOLCHAINS)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 # The peers benchmark of the README (run by hand; ONNX Runtime comes with the `bench` extra).
 bench: $(STAMP)

@@ -33,8 +33,9 @@ _PROGRESS_DELAY_S = 2.0  # the bar shows only where the reading takes longer (th
 
 
 def files_digest(folder: Path, names: Sequence[str]) -> dict[str, str]:
-    """The SHA-256 of each of the folder's files `names`."""
-    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names}
+    """The SHA-256 of each of the folder's files `names` that exists."""
+    return {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names
+            if (folder / name).is_file()}
 
 
 def replay_problem(files: Path, names: Sequence[str], spec: TargetSpec, intrinsics: set[str], shown_as: str,

@@ -2,7 +2,7 @@
 
 Tests that measure something (agreement with HuggingFace's I-BERT modules, approximation errors) call
 `report("...")`; the lines appear under "ibert-tvm measurements" in the terminal summary of a normal
-`pytest -q` run, in the order they were reported, whether the tests passed or failed.
+`pytest -q` run (also with pytest-xdist's workers), test by test as they finish, whether they passed or failed.
 
 `tiny_bert` is the calibrated tiny BERT program that several files build and check against its unscheduled
 build; the session compiles that reference once (about 13 s per compile).
@@ -19,14 +19,21 @@ _MEASUREMENTS: list[str] = []
 _HEADER = "ibert-tvm measurements"
 
 
-@pytest.fixture(scope="session")
-def report() -> Callable[[str], None]:
-    """`report(line)` records one measurement line for the terminal summary."""
+@pytest.fixture
+def report(request: pytest.FixtureRequest) -> Callable[[str], None]:
+    """`report(line)` records one measurement line for the terminal summary, as a property of the test, which
+    pytest-xdist sends from its workers with the test's report."""
 
     def _report(line: str) -> None:
-        _MEASUREMENTS.append(str(line))
+        request.node.user_properties.append((_HEADER, str(line)))
 
     return _report
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Collect a test's measurement lines once it is torn down (its last report carries all its properties)."""
+    if report.when == "teardown":
+        _MEASUREMENTS.extend(line for name, line in report.user_properties if name == _HEADER)
 
 
 class TinyProgram(NamedTuple):
