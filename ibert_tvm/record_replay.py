@@ -82,7 +82,9 @@ def _reported(at: tuple[str, int], names: Sequence[str], numbers: Sequence[int] 
 def _read(folder: Path, spec_json: str, intrinsics_json: str, names: Sequence[str]) -> None:
     """Read the workloads (the first file) and the records (the second) as MetaSchedule's JSONDatabase does,
     naming each line on stdout before reading it."""
+    from tvm.s_tir import Schedule
     from tvm.s_tir import meta_schedule as ms
+    from tvm.s_tir.schedule import ScheduleError, Trace
     from tvm.target import Target
 
     from . import tuning
@@ -99,7 +101,11 @@ def _read(folder: Path, spec_json: str, intrinsics_json: str, names: Sequence[st
     for number, line in enumerate((folder / records_file).read_text(encoding="utf-8").splitlines(), 1):
         print("line", records_file, number, flush=True)
         index, record = json.loads(line)
-        ms.database.TuningRecord.from_json(record, workloads[index])
+        try:
+            ms.database.TuningRecord.from_json(record, workloads[index])
+        except ScheduleError:  # its message is '(not rendered)': replay the trace where TVM renders it
+            Trace.apply_json_to_schedule(record[0], Schedule(workloads[index].mod, error_render_level="fast"))
+            raise
 
 
 def main(argv: Sequence[str]) -> int:

@@ -566,6 +566,14 @@ def _null_an_inlined_block(instructions) -> bool:
     return inline is not None
 
 
+def _rename_a_block(instructions) -> bool:
+    """Make the first GetSBlock name a block the kernel lacks (TVM's error says '(not rendered)' on its own)."""
+    get = next((i for i in instructions if i[0] == "GetSBlock"), None)
+    if get is not None:
+        get[2][0] = "no_such_block"
+    return get is not None
+
+
 @pytest.mark.parametrize("damage, message", [
     (lambda d: (d / RECORD_FILE).write_text((d / RECORD_FILE).read_text()[:-200]),
      f"corrupt: {RECORD_FILE} line {TRIALS} "),
@@ -620,13 +628,15 @@ def _null_an_inlined_block(instructions) -> bool:
      f"corrupt: {RECORD_FILE} line \\d+: TVM's reader died of SIGSEGV on it$"),  # (it killed pytest)
     (_in_every_trace(_null_an_inlined_block),
      f"corrupt: {RECORD_FILE} line \\d+: Mismatched type .*Expected `s_tir.SBlockRV` but got `None`"),
+    (_in_every_trace(_rename_a_block),
+     f"corrupt: {RECORD_FILE} line \\d+: ScheduleError: Cannot find a block with the specified name$"),
 ], ids=["truncated-record", "garbage-workload", "record-of-no-workload", "corrupt-metadata", "missing-records",
         "missing-metadata", "missing-folder", "unknown-intrinsic", "corrupt-checked-list", "non-utf8-metadata",
         "non-utf8-records", "workload-of-integers", "record-index-true", "shapes-of-strings",
         "workload-node-without-fields", "unknown-operator", "immediate-typed-with-an-array",
         "workload-not-base64-json", "blank-record-line", "blank-workload-line", "run-time-of-a-string",
         "run-time-nan", "run-time-past-a-float", "run-time-of-5000-digits", "record-of-another-cpu",
-        "record-target-a-string", "null-categorical-probability", "null-inlined-block"])
+        "record-target-a-string", "null-categorical-probability", "null-inlined-block", "unknown-block"])
 def test_open_database_refuses_damaged_folders(copy, spec, damage, message):
     damage(copy)
     with pytest.raises(TuningLogError, match=message) as err:
