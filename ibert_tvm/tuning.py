@@ -136,6 +136,8 @@ class TuningResult:
     recorded: tuple[str, ...] = ()  # tasks with a best record in the folder
     left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per `_LEFT_OUT` list, the recorded tasks
     # it names, earlier calls' entries included: `compile` applies none of their records
+    untimed: dict[str, str] = field(default_factory=dict)  # task -> why its default schedule or best record could
+    # not be timed (the build's or run's error): a task whose default was not timed is not compared with its record
 
     @property
     def applied(self) -> tuple[str, ...]:
@@ -199,6 +201,9 @@ class TuningResult:
                       "build or run there; compile never applies it):", *_listed(self.wrong_integers)]
         if self.unchecked:
             lines.append(f"best records not checked against the untuned program's integers: {self.unchecked}")
+        if self.untimed:
+            lines.append("could not be timed (a default schedule that failed leaves its task's record uncompared):")
+            lines += [f"  {name}: {why}" for name, why in self.untimed.items()]
         return "\n".join(lines)
 
 
@@ -953,14 +958,17 @@ class _Run:
     database: ms.database.Database
     builder: ms.builder.Builder
     runner: ms.runner.Runner
+    untimed: dict[str, str] = field(default_factory=dict)  # task -> why a kernel of it did not build or run (`_measure`)
 
 
 def _measure(run: _Run, kernels: list[tuple[ms.ExtractedTask, tvm.IRModule]]) -> list[float | None]:
     """The run time (s) of each scheduled kernel, built and timed in one batch as the candidates are; None
-    where it did not build or run."""
+    where it did not build or run (why, in `run.untimed` under its task's name)."""
     built = run.builder.build([ms.builder.BuilderInput(m, t.target) for t, m in kernels])
     device = "cuda" if run.spec.is_gpu else "cpu"
     ok = [i for i, b in enumerate(built) if not b.error_msg]
+    for i in set(range(len(kernels))) - set(ok):
+        run.untimed[kernels[i][0].task_name] = "build: " + _one_line(built[i].error_msg)
     futures = run.runner.run([ms.runner.RunnerInput(built[i].artifact_path, device,
                                                     ms.arg_info.ArgInfo.from_prim_func(kernels[i][1]["main"]))
                               for i in ok])
@@ -969,6 +977,8 @@ def _measure(run: _Run, kernels: list[tuple[ms.ExtractedTask, tvm.IRModule]]) ->
         result = future.result()
         if not result.error_msg:
             out[i] = sum(float(s) for s in result.run_secs) / len(result.run_secs)
+        else:
+            run.untimed[kernels[i][0].task_name] = "run: " + _one_line(result.error_msg)
     return out
 
 
@@ -1268,7 +1278,8 @@ def tune(model: QuantizedModel | tvm.IRModule, target: str | TargetSpec, trials:
             check_seconds=checked.seconds, kernels_checked=checked.kernels,
             seconds=time.monotonic() - started, check_only=check_only, recorded=tuple(best),
             left_out={name: tuple(n for n in best if keys[n] in meta.get(name, {})) for name in _LEFT_OUT},
-            untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable))
+            untried=tuple(name for name, r in per_task.items() if searched and not r and name not in untunable),
+            untimed=dict(run.untimed) if run else {})
 
 
 def _shared_tasks(kernels: list[ms.ExtractedTask]) -> list[ms.ExtractedTask]:

@@ -742,7 +742,7 @@ def test_a_record_that_loses_beside_the_default_is_not_applied(spec, tmp_path):
     loops) loses there and is listed, though its stored time beats every measurement of the default."""
     mod, task, work = _folder_with_an_unchanged_record(spec, 3, tmp_path)
     result = tune(mod, spec, 1, work, progress=False)  # the record is the one trial asked for: no search
-    assert result.trials_run == 0 and result.slower_than_default == (task.task_name,)
+    assert result.trials_run == 0 and result.slower_than_default == (task.task_name,), result.untimed
     assert result.records_checked == 1 and not result.wrong_integers  # its integers are right, only slow
     assert tuning.workload_key(task.dispatched[0]) in json.loads((work / META_FILE).read_text())["default_wins"]
 
@@ -942,6 +942,24 @@ def _folder_with_an_unchanged_record(spec, seed: int, tmp_path: Path) -> tuple[t
     unchanged.get_sblock("acc")
     _commit_record(work, spec, task, unchanged)
     return mod, task, work
+
+
+def test_kernels_that_could_not_be_timed_are_named_with_why(spec, tmp_path, monkeypatch):
+    """Where the default schedule and the record fail to build for the timing, the task cannot be compared: the
+    result names it with the build's error instead of leaving it out of the comparison unsaid."""
+    mod, task, work = _folder_with_an_unchanged_record(spec, 6, tmp_path)
+
+    def failing_build():
+        def build(*_args):
+            raise tvm.error.InternalError("no room left on the device")
+        return build
+
+    monkeypatch.setattr(tuning, "_f_build", failing_build)
+    result = tune(mod, spec, 1, work, progress=False, check=False)
+    assert result.untimed == {task.task_name: "build: tvm.error.InternalError: no room left on the device"}
+    assert not result.slower_than_default
+    assert f"could not be timed (a default schedule that failed leaves its task's record uncompared):\n  " \
+           f"{task.task_name}: build: tvm.error.InternalError: no room left on the device" in str(result)
 
 
 def test_a_record_that_does_not_build_is_left_out_without_the_timing(spec, tmp_path, monkeypatch):
