@@ -947,17 +947,20 @@ def _folder_with_an_unchanged_record(spec, seed: int, tmp_path: Path) -> tuple[t
     return mod, task, work
 
 
+def _builds_failing_with(message: str):
+    """A stand-in for `tuning._f_build` whose builds all raise TVM's InternalError with `message`."""
+    def failing_build():
+        def build(*_args):
+            raise tvm.error.InternalError(message)
+        return build
+    return failing_build
+
+
 def test_kernels_that_could_not_be_timed_are_named_with_why(spec, tmp_path, monkeypatch):
     """Where the default schedule and the record fail to build for the timing, the task cannot be compared: the
     result names it with the build's error instead of leaving it out of the comparison unsaid."""
     mod, task, work = _folder_with_an_unchanged_record(spec, 6, tmp_path)
-
-    def failing_build():
-        def build(*_args):
-            raise tvm.error.InternalError("no room left on the device")
-        return build
-
-    monkeypatch.setattr(tuning, "_f_build", failing_build)
+    monkeypatch.setattr(tuning, "_f_build", _builds_failing_with("no room left on the device"))
     result = tune(mod, spec, 1, work, progress=False, check=False)
     assert result.untimed == {task.task_name: "build: tvm.error.InternalError: no room left on the device"}
     assert not result.slower_than_default
@@ -969,13 +972,8 @@ def test_a_record_that_does_not_build_is_left_out_without_the_timing(spec, tmp_p
     """With `estimate=False` no record is timed beside its default (where one that fails to build loses): the
     check lists a record whose kernel does not build, since `compile` would fail on it."""
     mod, task, work = _folder_with_an_unchanged_record(spec, 5, tmp_path)
-
-    def failing_build():
-        def build(*_args):
-            raise tvm.error.InternalError("The buffer match constraint for b.strides_0 unmet: 4==16")
-        return build
-
-    monkeypatch.setattr(tuning, "_f_build", failing_build)
+    monkeypatch.setattr(tuning, "_f_build", _builds_failing_with("The buffer match constraint for b.strides_0 unmet: "
+                                                                  "4==16"))
     result = tune(mod, spec, 1, work, progress=False, estimate=False)
     assert result.wrong_integers == (task.task_name,) and "fails to build or run" in str(result)
 
