@@ -6,7 +6,8 @@ each instruction's C++ code, so no parse of the JSON foresees it. A child that d
 `tune` records the files' digests (`files_digest`) in the folder's metadata, so that a folder it wrote is not
 read twice; a folder edited since is.
 
-Run as `python -m ibert_tvm.record_replay FOLDER SPEC INTRINSICS` (SPEC and INTRINSICS as JSON): it prints
+Run as `python -m ibert_tvm.record_replay FOLDER SPEC INTRINSICS WORKLOADS RECORDS` (SPEC and INTRINSICS as JSON,
+then the two files' names): it prints
 `line FILE NUMBER` before reading each line, `done` at the end, or `error MESSAGE` and exits 1 on a Python error.
 """
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from .targets import TargetSpec
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)  # the folder that holds `ibert_tvm`, for the child
-_PROGRESS_DELAY_S = 2.0  # the bar shows only where the reading takes longer (thousands of records)
+_PROGRESS_DELAY_S = 2.0  # the bar shows only where the reading takes longer (the child's start alone takes 3-4 s)
 
 
 def files_digest(folder: Path, names: Sequence[str]) -> dict[str, str]:
@@ -70,7 +71,7 @@ def replay_problem(files: Path, names: Sequence[str], spec: TargetSpec, intrinsi
             return f"{where}{outcome[1]}"
         stderr.seek(0)
         tail = stderr.read().decode(errors="replace").strip().splitlines()[-1:]
-        raise RuntimeError(f"the child process reading {files} exited with status {child.returncode} before "
+        raise RuntimeError(f"the child process reading {shown_as} exited with status {child.returncode} before "
                            f"reading every line: {tail[0] if tail else 'no message'}")
 
 

@@ -967,8 +967,9 @@ def _measure(run: _Run, kernels: list[tuple[ms.ExtractedTask, tvm.IRModule]]) ->
     built = run.builder.build([ms.builder.BuilderInput(m, t.target) for t, m in kernels])
     device = "cuda" if run.spec.is_gpu else "cpu"
     ok = [i for i, b in enumerate(built) if not b.error_msg]
-    for i in set(range(len(kernels))) - set(ok):
-        run.untimed[kernels[i][0].task_name] = "build: " + _one_line(built[i].error_msg)
+    for (task, _), b in zip(kernels, built):
+        if b.error_msg:
+            run.untimed[task.task_name] = "build: " + _one_line(b.error_msg)
     futures = run.runner.run([ms.runner.RunnerInput(built[i].artifact_path, device,
                                                     ms.arg_info.ArgInfo.from_prim_func(kernels[i][1]["main"]))
                               for i in ok])
